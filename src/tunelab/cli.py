@@ -1,0 +1,149 @@
+"""The `tunelab` command: parse arguments, build the config, call one pipeline function, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tunelab.config import ConfigError, load_config
+
+
+def _cmd_models_list(args) -> None:
+    from tunelab.models.registry import REGISTRY, is_installed, is_prepared
+
+    print(f"{'name':24} {'family':8} {'installed':9} {'prepared':9} description")
+    for model in REGISTRY.values():
+        installed = is_installed(model)
+        prepared = ("yes" if is_prepared(model) else "no") if model.needs_prepare else "n/a"
+        print(f"{model.name:24} {model.family:8} {'yes' if installed else 'no':9} {prepared:9} {model.description}")
+    print("\nAny Hugging Face hub id or local model directory also works as model.name.")
+
+
+def _cmd_models_prepare(args) -> None:
+    from tunelab.models.loading import prepare
+    from tunelab.models.registry import REGISTRY
+
+    if args.name not in REGISTRY:
+        raise ConfigError(f"unknown model '{args.name}'; registry models: {', '.join(REGISTRY)}")
+    print(f"{args.name}: ready at {prepare(args.name, force=args.force)}")
+
+
+def _cmd_data_check(args) -> None:
+    from tunelab.data.readers import read_file
+    from tunelab.data.splits import infer_labels
+    from tunelab.data.validate import check_records, enforce
+
+    config = load_config(args.config, [f"task={args.task}", *args.overrides])
+    records = read_file(args.file)
+    labels = None
+    if config.task == "classification":
+        labels = list(config.data.labels) if config.data.labels else infer_labels(records, config.data.label_field)
+    valid = enforce(check_records(records, config.task, config.data, labels), args.file, config.data.skip_invalid)
+    print(f"{args.file}: {len(valid)} valid records for task {config.task}" + (f", labels {labels}" if labels else ""))
+
+
+def _cmd_train(args) -> None:
+    from tunelab import pipeline
+    from tunelab.runs import RunDir
+
+    if args.resume:
+        run = RunDir(args.resume)
+        if run.state().get("state") == "complete":
+            raise ConfigError(f"run {run.path} is already complete; nothing to resume")
+        config = run.config()
+        run = pipeline.train(config, resume=run)
+    else:
+        if not args.config:
+            raise ConfigError("give a config file (e.g. configs/sentiment-minilm-lora.yaml) or --resume RUN_DIR")
+        run = pipeline.train(load_config(args.config, args.overrides))
+    print((run.path / "README.md").read_text(encoding="utf-8"))
+    print(f"run complete: {run.path}")
+
+
+def _cmd_eval(args) -> None:
+    from tunelab import pipeline
+    from tunelab.runs import RunDir, write_json
+
+    metrics = pipeline.evaluate_run(RunDir(args.run), args.data)
+    print(json.dumps(metrics, indent=2))
+    if args.output:
+        write_json(Path(args.output), metrics)
+
+
+def _cmd_predict(args) -> None:
+    from tunelab import pipeline
+    from tunelab.runs import RunDir
+
+    count = pipeline.predict_run(RunDir(args.run), args.input, args.output)
+    print(f"wrote {count} predictions to {args.output}")
+
+
+def _cmd_demo(args) -> None:
+    from tunelab.demo import run_demo
+
+    run_demo(args.output_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models and measure what it did.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="offline model registry").add_subparsers(dest="models_command", required=True)
+    models.add_parser("list", help="registry models and whether each is installed/prepared").set_defaults(func=_cmd_models_list)
+    prepare = models.add_parser("prepare", help="one-time GGUF -> safetensors conversion into $TUNELAB_HOME")
+    prepare.add_argument("name")
+    prepare.add_argument("--force", action="store_true", help="convert again even if prepared")
+    prepare.set_defaults(func=_cmd_models_prepare)
+
+    data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="validate a data file; errors name file:line and field")
+    check.add_argument("file")
+    check.add_argument("--task", default="classification", choices=["classification", "causal_lm", "seq2seq"])
+    check.add_argument("--config", help="take field mapping (data.*) from this run config")
+    check.add_argument("overrides", nargs="*", help="key=value, e.g. data.text_field=sentence")
+    check.set_defaults(func=_cmd_data_check)
+
+    train = commands.add_parser("train", help="fine-tune from a YAML config")
+    train.add_argument("config", nargs="?")
+    train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.epochs=1")
+    train.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last checkpoint")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="score a run's tuned model on labelled data")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    predict = commands.add_parser("predict", help="run a tuned model over a JSONL/CSV/Parquet file")
+    predict.add_argument("run")
+    predict.add_argument("--input", required=True)
+    predict.add_argument("--output", required=True)
+    predict.set_defaults(func=_cmd_predict)
+
+    demo = commands.add_parser("demo", help="LoRA-tune minilm-l6 on the bundled sentiment data; print base vs tuned")
+    demo.add_argument("--output-dir", default="runs")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from tunelab.data.readers import DataError
+    from tunelab.models.registry import ModelNotAvailable
+    from tunelab.runs import RunError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError, RunError, ModelNotAvailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The run configuration: the single source of defaults and validation.
+
+A run is one YAML file (plus ``key.sub=value`` overrides) validated here before
+any model loads. Nothing deeper in the pipeline re-validates or invents
+defaults, so every field below carries its default and a docstring that
+explains it. Errors name the key, the bad value and what is allowed, with a
+did-you-mean for misspelt keys and choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TaskType = Literal["classification", "causal_lm", "seq2seq"]
+MethodName = Literal["full", "lora"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message says what and how."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(_Section):
+    name: str = "minilm-l6"
+    """A registry name (`tunelab models list`), a Hugging Face hub id, or a local directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `name` is a hub id."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from the hub; off unless you trust the repository."""
+
+
+class DataConfig(_Section):
+    train: str | None = None
+    """Training data: a .jsonl/.csv/.parquet file, a directory of split files, or `hf:NAME[:CONFIG]` for a Hugging Face dataset."""
+    validation: str | None = None
+    """Validation data (same forms as `train`); split from train with `validation_fraction` when absent."""
+    test: str | None = None
+    """Test data (same forms as `train`); split from train with `test_fraction` when absent."""
+    text_field: str = "text"
+    """Field holding the input text (classification)."""
+    text_pair_field: str | None = None
+    """Optional second text field for sentence-pair tasks (e.g. entailment)."""
+    label_field: str = "label"
+    """Field holding the class label (classification)."""
+    labels: list[str] | None = None
+    """The label set, in id order; inferred (sorted) from the training data when absent."""
+    prompt_field: str | None = None
+    """Field holding the prompt (generation); used when `prompt_template` is absent."""
+    prompt_template: str | None = None
+    """Prompt built from record fields, e.g. 'Summarise:\\n{dialogue}' (generation)."""
+    response_field: str = "response"
+    """Field holding the target completion (generation)."""
+    max_length: int = Field(256, ge=8)
+    """Longest input in tokens; longer inputs are truncated and counted."""
+    max_target_length: int = Field(128, ge=1)
+    """Longest target completion in tokens (generation); longer targets are truncated and counted."""
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of train held out for validation when no validation data is given."""
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of train held out for test when no test data is given."""
+    split_seed: int = 0
+    """Seed of the deterministic split of train into train/validation/test."""
+    max_train_examples: int | None = Field(None, ge=1)
+    """Use only the first N training examples (after any split); all when absent."""
+    max_eval_examples: int | None = Field(None, ge=1)
+    """Use only the first N validation and test examples; all when absent."""
+    skip_invalid: bool = False
+    """Skip invalid records (reporting the count and the first few) instead of failing."""
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1)
+    """Rank of the low-rank update."""
+    alpha: int = Field(16, ge=1)
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | Literal["attention", "all-linear"] = "attention"
+    """Modules to adapt: 'attention' (query/value projections), 'all-linear', or a list of module names."""
+
+
+class MethodConfig(_Section):
+    name: MethodName = "lora"
+    """How the model is adapted: 'full' trains every weight, 'lora' trains low-rank updates (PEFT)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA settings (used when name is 'lora')."""
+
+
+class TrainingConfig(_Section):
+    epochs: float = Field(2, gt=0)
+    """Passes over the training data."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimiser steps (overrides epochs)."""
+    batch_size: int = Field(16, ge=1)
+    """Examples per device per forward pass."""
+    eval_batch_size: int = Field(32, ge=1)
+    """Examples per forward pass (or generation batch) in evaluation."""
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    """Forward passes per optimiser step; effective batch = batch_size x this."""
+    learning_rate: float | None = Field(None, gt=0)
+    """Peak learning rate; when absent the method's default (full 5e-5, lora 2e-3 for classifiers and 2e-4 for generation)."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay."""
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Share of steps spent warming the learning rate up from zero."""
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warmup."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    seed: int = 42
+    """Seed for head initialisation, data order and dropout: same seed, same run."""
+    precision: Precision = "auto"
+    """'auto' picks bf16 where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many evaluations without improvement; no early stopping when absent."""
+    metric_for_best: str | None = None
+    """Validation metric that picks the best checkpoint: default accuracy (classification) or loss (generation)."""
+    logging_steps: int = Field(10, ge=1)
+    """Optimiser steps between loss log lines."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory at the cost of time."""
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(64, ge=1)
+    """Longest generated answer in evaluation and predict."""
+    num_beams: int = Field(1, ge=1)
+    """Beam search width; 1 is greedy decoding."""
+    evaluate_base: bool = True
+    """Also evaluate the model before tuning on the same test data, for the base-vs-tuned table."""
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name; the run directory is `<output_dir>/<name>-<timestamp>`."""
+    task: TaskType = "classification"
+    """'classification' (encoder + head), 'causal_lm' (prompt -> completion, decoder) or 'seq2seq' (encoder-decoder)."""
+    output_dir: str = "runs"
+    """Where run directories are created."""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: MethodConfig = MethodConfig()
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_task_fields(self) -> "RunConfig":
+        if self.task != "classification" and not (self.data.prompt_template or self.data.prompt_field):
+            raise ValueError(
+                f"task '{self.task}' needs data.prompt_template (e.g. 'Summarise:\\n{{dialogue}}') "
+                "or data.prompt_field naming the field that holds the prompt"
+            )
+        return self
+
+    def learning_rate(self) -> float:
+        """The learning rate to train with: the configured one, or the method's measured default."""
+        if self.training.learning_rate is not None:
+            return self.training.learning_rate
+        if self.method.name == "full":
+            return 5e-5
+        return 2e-3 if self.task == "classification" else 2e-4
+
+    def best_metric(self) -> str:
+        """The validation metric that selects the best checkpoint."""
+        if self.training.metric_for_best:
+            return self.training.metric_for_best
+        return "accuracy" if self.task == "classification" else "loss"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ['training.epochs=1', 'data.train=x.jsonl'] into a nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. training.epochs=1)")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' sets a key inside '{part}', which is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (all but its last element)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not str(p).startswith(("function-", "literal[")))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        section = _section_at(loc)
+        known = sorted(section.model_fields) if section else []
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" Did you mean '{'.'.join(map(str, loc[:-1] + (guess[0],)))}'?" if guess else ""
+        return f"unknown key '{key}'.{hint} Known keys here: {', '.join(known)}"
+    allowed = error.get("ctx", {}).get("expected")
+    message = f"{key}: {error['msg']}" + (f" (got {value!r})" if loc else "")
+    if allowed:
+        choices = [c.strip(" '") for c in allowed.replace(" or ", ",").split(",") if c.strip(" '")]
+        guess = difflib.get_close_matches(str(value), choices, n=1)
+        if guess:
+            message += f". Did you mean '{guess[0]}'?"
+    return message
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a raw config dict, turning pydantic's errors into messages that say what to fix."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(e)}" for e in exc.errors())
+        raise ConfigError(f"{source} is invalid:\n{problems}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults when path is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), got {type(loaded).__name__}")
+        raw = loaded or {}
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    return build_config(_merge(raw, parse_overrides(list(overrides))), source)
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    """The fully resolved config as YAML, as saved in the run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: reading, validating, splitting, templating and tokenising task records."""

@@ -1,0 +1,143 @@
+"""Reading records from JSONL, CSV, Parquet, a directory of split files, or a Hugging Face dataset.
+
+Every record keeps where it came from (file and line, or dataset and row) so
+that validation errors can point at it. Reading never drops anything: a line
+that cannot be parsed becomes a `Record` with a `problem`, and validation
+decides (fail, or skip and report when `data.skip_invalid` is set).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLIT_NAMES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataError(ValueError):
+    """Data that cannot be used as it is; the message names file, line and field."""
+
+
+@dataclass
+class Record:
+    fields: dict[str, Any]
+    where: str
+    """'path:line' for files, 'hf:name[split] row N' for hub datasets."""
+    problem: str | None = field(default=None)
+    """Why the record could not even be parsed (malformed JSON, bad bytes); None when it parsed."""
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    records = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                records.append(Record({}, where, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"))
+                continue
+            if not line.strip():
+                continue  # blank lines (e.g. a trailing newline) are not records
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                records.append(Record({}, where, f"malformed JSON: {exc.msg} at column {exc.colno}"))
+                continue
+            if not isinstance(value, dict):
+                records.append(Record({}, where, f"expected a JSON object, got {type(value).__name__}"))
+                continue
+            records.append(Record(value, where))
+    return records
+
+
+def _read_csv(path: Path) -> list[Record]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    records = []
+    start = 2  # line 1 is the header
+    for row in reader:
+        where = f"{path}:{start}"
+        start = reader.line_num + 1
+        if None in row:
+            records.append(Record({}, where, f"more columns than the header's {len(reader.fieldnames)}"))
+            continue
+        records.append(Record({k: v for k, v in row.items()}, where))
+    return records
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    return [Record(row, f"{path}:row {i + 1}") for i, row in enumerate(rows)]
+
+
+def read_file(path: str | Path) -> list[Record]:
+    """Read one data file by its extension."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return _read_jsonl(path)
+    if suffix == ".csv":
+        return _read_csv(path)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    raise DataError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
+
+
+def find_split_files(directory: Path) -> dict[str, Path]:
+    """The split files in a directory, e.g. train.jsonl, dev.csv, test.parquet."""
+    found: dict[str, Path] = {}
+    for split, names in SPLIT_NAMES.items():
+        for name in names:
+            for suffix in SUFFIXES:
+                candidate = directory / f"{name}{suffix}"
+                if candidate.exists() and split not in found:
+                    found[split] = candidate
+    if not found:
+        raise DataError(
+            f"directory {directory} holds no split files; expected train/validation/test "
+            f"with one of {', '.join(SUFFIXES)} (e.g. train.jsonl)"
+        )
+    return found
+
+
+def _read_hub_dataset(spec: str) -> dict[str, list[Record]]:
+    """`hf:NAME` or `hf:NAME:CONFIG` through `datasets` (needs network access to the hub)."""
+    import datasets
+
+    _, _, rest = spec.partition(":")
+    name, _, config = rest.partition(":")
+    loaded = datasets.load_dataset(name, config or None)
+    splits: dict[str, list[Record]] = {}
+    for split_name, dataset in loaded.items():
+        split = next((s for s, names in SPLIT_NAMES.items() if split_name in names), split_name)
+        splits[split] = [Record(dict(row), f"{spec}[{split_name}] row {i + 1}") for i, row in enumerate(dataset)]
+    return splits
+
+
+def read_source(spec: str) -> dict[str, list[Record]]:
+    """Read a data source into named splits: a file gives {'data': ...}, a directory or hub dataset its splits."""
+    if spec.startswith("hf:"):
+        return _read_hub_dataset(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return {split: read_file(file) for split, file in find_split_files(path).items()}
+    return {"data": read_file(path)}

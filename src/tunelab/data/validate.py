@@ -1,0 +1,86 @@
+"""Checking records against what a task needs, before any model loads.
+
+A record is invalid when it did not parse, when a field the task reads is
+missing or empty, or when its label is outside the label set. Invalid records
+are an error naming file, line and field, unless the user opts into
+`data.skip_invalid`, in which case they are skipped and counted, never silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunelab.config import DataConfig
+from tunelab.data.readers import DataError, Record
+from tunelab.data.templates import template_fields
+
+SHOWN_PROBLEMS = 10
+
+
+@dataclass
+class Checked:
+    valid: list[Record]
+    problems: list[str] = field(default_factory=list)
+    """One 'file:line: field ...: what is wrong' line per invalid record."""
+
+
+def required_fields(task: str, data: DataConfig, with_target: bool = True) -> list[str]:
+    """The record fields a task reads; `with_target=False` for prediction inputs."""
+    if task == "classification":
+        needed = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
+        return needed + ([data.label_field] if with_target else [])
+    needed = template_fields(data.prompt_template) if data.prompt_template else [data.prompt_field]
+    return needed + ([data.response_field] if with_target else [])
+
+
+def _record_problem(record: Record, needed: list[str], label_field: str | None, labels: list[str] | None) -> str | None:
+    if record.problem:
+        return f"{record.where}: {record.problem}"
+    for name in needed:
+        if name not in record.fields or record.fields[name] is None:
+            present = ", ".join(sorted(record.fields)) or "none"
+            return f"{record.where}: field '{name}' is missing (fields present: {present})"
+        value = record.fields[name]
+        if isinstance(value, str) and not value.strip():
+            return f"{record.where}: field '{name}' is empty"
+    if label_field and labels is not None:
+        label = str(record.fields[label_field])
+        if label not in labels:
+            return f"{record.where}: field '{label_field}': label '{label}' is not in the label set {labels}"
+    return None
+
+
+def check_records(
+    records: list[Record],
+    task: str,
+    data: DataConfig,
+    labels: list[str] | None,
+    with_target: bool = True,
+) -> Checked:
+    """Split records into valid ones and one problem line per invalid one."""
+    needed = required_fields(task, data, with_target)
+    label_field = data.label_field if task == "classification" and with_target else None
+    checked = Checked(valid=[])
+    for record in records:
+        problem = _record_problem(record, needed, label_field, labels)
+        if problem:
+            checked.problems.append(problem)
+        else:
+            checked.valid.append(record)
+    return checked
+
+
+def enforce(checked: Checked, name: str, skip_invalid: bool) -> list[Record]:
+    """Fail on invalid records, or (opt-in) skip them with a report; never drop silently."""
+    if not checked.problems:
+        return checked.valid
+    shown = "\n".join(f"  {p}" for p in checked.problems[:SHOWN_PROBLEMS])
+    more = len(checked.problems) - SHOWN_PROBLEMS
+    listing = shown + (f"\n  ... and {more} more" if more > 0 else "")
+    if not skip_invalid:
+        raise DataError(
+            f"{len(checked.problems)} invalid record(s) in {name}:\n{listing}\n"
+            "Fix them, or set data.skip_invalid=true to skip invalid records (they will be counted and listed)."
+        )
+    print(f"warning: skipped {len(checked.problems)} invalid record(s) in {name} (data.skip_invalid=true):\n{listing}")
+    return checked.valid

@@ -1,0 +1,42 @@
+"""`tunelab demo`: the whole pipeline on embedded defaults, in about a minute on a laptop CPU.
+
+LoRA-tunes the real minilm-l6 encoder on a small sentiment set that ships with
+the package (written by us, balanced), then prints base vs tuned on its
+held-out part.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.resources import files
+
+from tunelab import pipeline
+from tunelab.card import metrics_table
+from tunelab.config import build_config
+
+
+def demo_data_path() -> str:
+    return str(files("tunelab").joinpath("data/demo/sentiment.jsonl"))
+
+
+def demo_config(output_dir: str = "runs"):
+    return build_config({
+        "name": "demo-sentiment-minilm-lora",
+        "task": "classification",
+        "output_dir": output_dir,
+        "model": {"name": "minilm-l6"},
+        "data": {"train": demo_data_path(), "test_fraction": 0.2, "validation_fraction": 0.1, "max_length": 64},
+        "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
+        "training": {"epochs": 6, "batch_size": 16, "learning_rate": 2e-3, "logging_steps": 5},
+    }, "demo config")
+
+
+def run_demo(output_dir: str = "runs") -> None:
+    started = time.perf_counter()
+    run = pipeline.train(demo_config(output_dir))
+    evaluation = json.loads(run.eval_path.read_text())
+    print(f"\nminilm-l6 + LoRA on the bundled sentiment demo ({evaluation['tuned']['examples']} held-out reviews)")
+    print(metrics_table(evaluation["base"], evaluation["tuned"]))
+    print(f"\n{run.state()['trainable']['trainable_percent']:.2f}% of parameters trained; "
+          f"demo took {time.perf_counter() - started:.0f} s; run directory: {run.path}")

@@ -1,0 +1,1 @@
+"""Evaluation: predictions from a model, and the metric each task type calls for."""

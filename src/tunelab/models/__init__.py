@@ -1,0 +1,1 @@
+"""Pretrained models: the offline registry and loading for a task."""

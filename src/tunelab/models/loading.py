@@ -1,0 +1,134 @@
+"""Loading pretrained models for a task, from a registry name, a local directory or a hub id.
+
+All three go through the same `from_pretrained` call; only the registry adds a
+step, for GGUF models: transformers can dequantise GGUF but refuses to save
+such a model, so `prepare` clears the quantiser and writes safetensors once
+into the cache. Later loads then take seconds instead of a conversion.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from tunelab.config import ConfigError
+from tunelab.models.registry import REGISTRY, RegistryModel, cache_dir, is_prepared, native_dir, package_dir
+
+_AUTO_CLASS = {
+    "classification": AutoModelForSequenceClassification,
+    "causal_lm": AutoModelForCausalLM,
+    "seq2seq": AutoModelForSeq2SeqLM,
+}
+_TASK_FAMILY = {"classification": "encoder", "causal_lm": "decoder", "seq2seq": "seq2seq"}
+
+
+def _gguf_path(model: RegistryModel) -> Path:
+    if model.assembled_from_parts:
+        import importlib
+
+        assembler = importlib.import_module(model.module)
+        return Path(assembler.assemble(cache_dir(model).parent / "gguf" / model.gguf_file))
+    return package_dir(model) / model.gguf_file
+
+
+def prepare(name: str, force: bool = False) -> Path:
+    """Dequantise a GGUF registry model into $TUNELAB_HOME/models/NAME (safetensors + tokenizer), once.
+
+    The copy is written into a temporary sibling directory and renamed into place
+    with its `.prepared` marker, so an interrupted prepare never looks done.
+    """
+    model = REGISTRY[name]
+    if not model.needs_prepare:
+        return native_dir(model)
+    target = cache_dir(model)
+    if is_prepared(model) and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    steps = tqdm(total=4, desc=f"prepare {name}", unit="step")
+    steps.set_postfix_str("locating GGUF")
+    gguf = _gguf_path(model)
+    steps.update()
+    steps.set_postfix_str("converting tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    steps.update()
+    steps.set_postfix_str("dequantising weights")
+    weights = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    weights.hf_quantizer = None  # the dequantised tensors are plain fp32; saving is safe
+    if hasattr(weights.config, "quantization_config"):
+        del weights.config.quantization_config
+    steps.update()
+    steps.set_postfix_str("writing safetensors")
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        weights.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / ".prepared").write_text(f"dequantised from {gguf.name}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    steps.update()
+    steps.close()
+    return target
+
+
+def resolve_source(reference: str) -> str:
+    """The path or hub id that `from_pretrained` should read for a model reference."""
+    if reference in REGISTRY:
+        return str(prepare(reference))
+    if Path(reference).expanduser().is_dir():
+        return str(Path(reference).expanduser())
+    return reference  # a hub id: from_pretrained fetches it (needs network access to the hub)
+
+
+def check_family(reference: str, task: str) -> None:
+    """Fail early, before loading, when a registry model cannot serve the task."""
+    model = REGISTRY.get(reference)
+    if model is not None and model.family != _TASK_FAMILY[task]:
+        fits = [m.name for m in REGISTRY.values() if m.family == _TASK_FAMILY[task]]
+        raise ConfigError(
+            f"model '{reference}' is a {model.family} model and cannot do task '{task}'; "
+            f"registry models for it: {', '.join(fits) or 'none (use a hub id or local directory)'}"
+        )
+
+
+def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and give it a pad token (decoders often have none; we pad with EOS)."""
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    task: str,
+    source: str,
+    labels: list[str] | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load the pretrained model with what the task needs (a fresh classification head for classifiers).
+
+    Weights are loaded in fp32; mixed precision is applied by the trainer, which
+    keeps fp32 master weights.
+    """
+    kwargs: dict = {"dtype": torch.float32, "revision": revision, "trust_remote_code": trust_remote_code}
+    if task == "classification":
+        kwargs["num_labels"] = len(labels)
+        kwargs["id2label"] = dict(enumerate(labels))
+        kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
+    return _AUTO_CLASS[task].from_pretrained(source, **kwargs)

@@ -1,0 +1,126 @@
+"""The run directory: the product of a run, and the only thing later commands read.
+
+Layout of `<output_dir>/<name>-<timestamp>/`:
+
+    config.yaml     resolved config (every default filled in)
+    run.json        state (running | complete | failed), labels, trainable parameters, timings
+    metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
+    base_eval.json  test metrics of the model before tuning (written before training, kept on resume)
+    checkpoints/    Trainer checkpoints while training (removed once the run completes)
+    model/          final weights (safetensors: full model or PEFT adapter) and tokenizer
+    eval.json       final test metrics, tuned and base, same data and metric
+    README.md       model card
+
+Every file is written to a temporary name and renamed into place, and `run.json`
+says 'complete' only after everything else is written, so a killed run never
+looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, config_to_yaml, load_config
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used for what was asked, with what to do instead."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, config: RunConfig) -> "RunDir":
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(config.output_dir) / f"{config.name}-{stamp}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = Path(config.output_dir) / f"{config.name}-{stamp}-{suffix}"
+        path.mkdir(parents=True)
+        run = cls(path)
+        write_atomic(run.config_path, config_to_yaml(config))
+        run.update_state(state="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), task=config.task,
+                         method=config.method.name, base_model=config.model.name)
+        return run
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    state_path = property(lambda self: self.path / "run.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    base_eval_path = property(lambda self: self.path / "base_eval.json")
+    eval_path = property(lambda self: self.path / "eval.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    model_dir = property(lambda self: self.path / "model")
+    card_path = property(lambda self: self.path / "README.md")
+
+    def config(self) -> RunConfig:
+        return load_config(self.config_path)
+
+    def state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            raise RunError(f"{self.path} is not a tunelab run directory (no run.json)")
+        return json.loads(self.state_path.read_text(encoding="utf-8"))
+
+    def update_state(self, **fields: Any) -> None:
+        current = self.state() if self.state_path.exists() else {}
+        current.update(fields)
+        write_json(self.state_path, current)
+
+    def require_complete(self) -> dict[str, Any]:
+        """The run's state, or a clear error when training did not finish."""
+        state = self.state()
+        if state.get("state") != "complete":
+            raise RunError(
+                f"run {self.path} is not complete (state: {state.get('state')}); "
+                f"finish it with `tunelab train --resume {self.path}`"
+            )
+        return state
+
+    def append_metrics(self, entry: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(entry) + "\n")
+
+    def last_checkpoint(self) -> Path | None:
+        if not self.checkpoints.exists():
+            return None
+        found = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        return found[-1] if found else None
+
+    def save_model(self, model, tokenizer) -> None:
+        """Save final weights next to the run via a staging folder renamed into place."""
+        staging = self.path / "model.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if self.model_dir.exists():
+            shutil.rmtree(self.model_dir)
+        staging.rename(self.model_dir)
+
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.model_dir.rglob("*") if f.is_file())

@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny randomly initialised models (seconds to train) with the installed MiniLM tokenizer.
+
+Each tiny model is saved as a local model directory, so tests exercise the same
+`from_pretrained` path a user's local model or hub id takes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+from tunelab.models.registry import REGISTRY, native_dir
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Keep registry caches out of the user's home, but share them across the session's tests."""
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    return native_dir(REGISTRY["minilm-l6"])
+
+
+def _save(model, tokenizer, path: Path, **special) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    for name, value in special.items():
+        setattr(tokenizer, name, value)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory, tokenizer_dir) -> str:
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    return _save(BertModel(config), tokenizer_dir, tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory, tokenizer_dir) -> str:
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
+                         pad_token_id=0, eos_token_id=102, bos_token_id=101)
+    return _save(LlamaForCausalLM(config), tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"), eos_token="[SEP]")
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq(tmp_path_factory, tokenizer_dir) -> str:
+    config = T5Config(vocab_size=30522, d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, pad_token_id=0, eos_token_id=102, decoder_start_token_id=0)
+    return _save(T5ForConditionalGeneration(config), tokenizer_dir, tmp_path_factory.mktemp("tiny-t5"), eos_token="[SEP]")
+
+
+POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]
+NEGATIVE = ["awful", "boring", "dreadful", "tedious", "clumsy", "dull"]
+NOUNS = ["film", "story", "cast", "score", "ending", "script"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sentiment_file(tmp_path) -> Path:
+    """A trivially separable sentiment set: the adjective decides the label."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(96):
+        positive = i % 2 == 0
+        adjective = rng.choice(POSITIVE if positive else NEGATIVE)
+        rows.append({"text": f"the {rng.choice(NOUNS)} was {adjective}", "label": "positive" if positive else "negative"})
+    return write_jsonl(tmp_path / "sentiment.jsonl", rows)
+
+
+@pytest.fixture
+def copy_task_file(tmp_path) -> Path:
+    """Prompt -> completion pairs where the completion repeats the prompt's last word."""
+    rng = random.Random(0)
+    words = POSITIVE + NEGATIVE + NOUNS
+    rows = [{"question": f"repeat the word {w}", "answer": w} for w in (rng.choice(words) for _ in range(64))]
+    return write_jsonl(tmp_path / "copy.jsonl", rows)

@@ -1,0 +1,177 @@
+"""End-to-end training on tiny models: the three model families, both methods, the run directory, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from tunelab import pipeline
+from tunelab.config import ConfigError, build_config
+from tunelab.data.encode import encode, make_collator
+from tunelab.data.splits import load_task_data
+from tunelab.methods import apply_method
+from tunelab.models.loading import check_family
+from tunelab.runs import RunDir, RunError
+from tunelab.train import trainer as trainer_module
+from tunelab.train.trainer import CompletionLossTrainer, build_trainer
+
+
+def classification_config(model_dir, data_file, out, method="full", **training):
+    return build_config({
+        "name": "tiny-cls", "task": "classification", "output_dir": str(out),
+        "model": {"name": model_dir},
+        "data": {"train": str(data_file), "max_length": 32},
+        "method": {"name": method},
+        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32", **training},
+    })
+
+
+def causal_config(model_dir, data_file, out, task="causal_lm", method="lora", **training):
+    return build_config({
+        "name": f"tiny-{task}", "task": task, "output_dir": str(out),
+        "model": {"name": model_dir},
+        "data": {"train": str(data_file), "prompt_template": "{question}", "response_field": "answer",
+                 "max_length": 48, "max_target_length": 8},
+        "method": {"name": method},
+        "training": {"epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32", **training},
+        "eval": {"max_new_tokens": 4},
+    })
+
+
+def logged_losses(run: RunDir) -> list[float]:
+    return [e["loss"] for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
+
+
+def test_classification_full_writes_a_complete_run(tiny_encoder, sentiment_file, tmp_path):
+    run = pipeline.train(classification_config(tiny_encoder, sentiment_file, tmp_path))
+    assert run.state()["state"] == "complete"
+    for name in ("config.yaml", "metrics.jsonl", "eval.json", "README.md", "model/model.safetensors", "model/tokenizer.json"):
+        assert (run.path / name).exists(), name
+    assert not run.checkpoints.exists()
+    evaluation = json.loads(run.eval_path.read_text())
+    assert set(evaluation["tuned"]) >= {"accuracy", "precision_macro", "recall_macro", "f1_macro"}
+    assert evaluation["base"]["examples"] == evaluation["tuned"]["examples"]
+    assert evaluation["trainable"]["trainable_percent"] == 100.0
+    losses = logged_losses(run)
+    assert losses[-1] < losses[0]
+    assert "full" in run.card_path.read_text() and "accuracy" in run.card_path.read_text()
+    # save -> load gives the same predictions: scoring the saved run reproduces the in-run test metrics
+    test_file = tmp_path / "test.jsonl"
+    data = load_task_data(run.config())
+    test_file.write_text("".join(json.dumps(r.fields) + "\n" for r in data.test))
+    assert pipeline.evaluate_run(run, str(test_file)) == evaluation["tuned"]
+
+
+def test_lora_trains_only_adapter_and_head_and_reloads_identically(tiny_encoder, sentiment_file, tmp_path):
+    config = classification_config(tiny_encoder, sentiment_file, tmp_path, method="lora", epochs=2)
+    data = load_task_data(config)
+    model, tokenizer = pipeline._load_for_config(config, data.labels)
+    model, report = apply_method(model, config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    assert 0 < report.percent < 50
+    run = RunDir.create(config)
+    examples = encode("classification", data.train, tokenizer, config.data, data.labels).examples
+    build_trainer(model, tokenizer, config, run, examples, examples[:16], "fp32").train()
+    for name, parameter in model.named_parameters():
+        if name not in trainable:
+            assert torch.equal(parameter.detach(), before[name]), f"frozen weight {name} changed"
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if "lora_B" in n)
+
+    run.save_model(model, tokenizer)
+    run.update_state(state="complete", labels=data.labels)
+    reloaded, _, _, _ = pipeline.load_run(run)
+    batch = make_collator("classification", tokenizer)(examples[:8])
+    batch.pop("labels")
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-5)
+
+
+def test_same_seed_gives_the_same_run(tiny_encoder, sentiment_file, tmp_path):
+    runs = [pipeline.train(classification_config(tiny_encoder, sentiment_file, tmp_path / str(i), max_steps=6))
+            for i in range(2)]
+    weights = [load_file(r.model_dir / "model.safetensors") for r in runs]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert json.loads(runs[0].eval_path.read_text())["tuned"] == json.loads(runs[1].eval_path.read_text())["tuned"]
+
+
+@pytest.mark.parametrize("chunk", [1024, 3])
+def test_completion_loss_equals_the_models_own_loss(tiny_decoder, copy_task_file, tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(trainer_module, "LOSS_CHUNK_TOKENS", chunk)
+    config = causal_config(tiny_decoder, copy_task_file, tmp_path)
+    data = load_task_data(config)
+    model, tokenizer = pipeline._load_for_config(config, None)
+    examples = encode("causal_lm", data.train[:6], tokenizer, config.data).examples
+    tokenizer.padding_side = "right"
+    batch = make_collator("causal_lm", tokenizer)(examples)
+    assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum()  # the prompt is masked
+    trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
+    ours = trainer.compute_loss(model, dict(batch))
+    theirs = model(**batch).loss
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_causal_lora_run_masks_prompt_and_learns(tiny_decoder, copy_task_file, tmp_path):
+    run = pipeline.train(causal_config(tiny_decoder, copy_task_file, tmp_path, epochs=6, learning_rate=1e-2))
+    losses = logged_losses(run)
+    assert losses[-1] < losses[0]
+    evaluation = json.loads(run.eval_path.read_text())
+    assert {"rouge1", "rouge2", "rougeL", "exact_match"} <= set(evaluation["tuned"])
+    assert (run.model_dir / "adapter_model.safetensors").exists()
+    assert 0 < evaluation["trainable"]["trainable_percent"] < 100
+
+
+def test_seq2seq_trains_and_predicts_every_input(tiny_seq2seq, copy_task_file, tmp_path):
+    run = pipeline.train(causal_config(tiny_seq2seq, copy_task_file, tmp_path, task="seq2seq", method="full", epochs=3))
+    losses = logged_losses(run)
+    assert losses[-1] < losses[0]
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"question": f"repeat the word {w}"}) + "\n" for w in ("film", "dull", "cast")))
+    output = tmp_path / "preds.jsonl"
+    assert pipeline.predict_run(run, str(inputs), str(output)) == 3
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["question"] for r in rows] == ["repeat the word film", "repeat the word dull", "repeat the word cast"]
+    assert all(isinstance(r["prediction"], str) for r in rows)
+
+
+class InterruptAfterFirstSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt
+
+
+def test_interrupted_run_is_not_complete_and_resumes(tiny_encoder, sentiment_file, tmp_path, monkeypatch):
+    config = classification_config(tiny_encoder, sentiment_file, tmp_path, epochs=2)
+    original = pipeline.build_trainer
+
+    def interrupting_trainer(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        trainer.add_callback(InterruptAfterFirstSave())
+        return trainer
+
+    monkeypatch.setattr(pipeline, "build_trainer", interrupting_trainer)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train(config)
+    run = RunDir(next(tmp_path.glob("tiny-cls-*")))
+    assert run.state()["state"] == "interrupted"
+    assert not run.eval_path.exists() and not run.model_dir.exists()
+    with pytest.raises(RunError, match="--resume"):
+        pipeline.evaluate_run(run, str(sentiment_file))
+    steps_done = int(run.last_checkpoint().name.split("-")[-1])
+
+    monkeypatch.setattr(pipeline, "build_trainer", original)
+    pipeline.train(run.config(), resume=run)
+    assert run.state()["state"] == "complete"
+    steps = [json.loads(line)["step"] for line in run.metrics_path.read_text().splitlines()]
+    assert max(steps) == 2 * steps_done  # the second epoch continued from the checkpoint, not from zero
+
+
+def test_model_family_mismatch_is_a_config_error():
+    with pytest.raises(ConfigError, match="encoder model"):
+        check_family("minilm-l6", "causal_lm")
