@@ -132,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`data check F --task T data.labels=[a,b]`), which argparse
+    # cannot express with two positionals, so they are collected here.
+    if extra and (not hasattr(args, "overrides") or not all("=" in item and not item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     from tunelab.data.readers import DataError
     from tunelab.models.registry import ModelNotAvailable
     from tunelab.runs import RunError
