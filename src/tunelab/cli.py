@@ -33,14 +33,12 @@ def _cmd_models_prepare(args) -> None:
 
 def _cmd_data_check(args) -> None:
     from tunelab.data.readers import read_file
-    from tunelab.data.splits import infer_labels
+    from tunelab.data.splits import label_set
     from tunelab.data.validate import check_records, enforce
 
     config = load_config(args.config, [f"task={args.task}", *args.overrides])
     records = read_file(args.file)
-    labels = None
-    if config.task == "classification":
-        labels = list(config.data.labels) if config.data.labels else infer_labels(records, config.data.label_field)
+    labels = label_set(records, config, args.file) if config.task == "classification" else None
     valid = enforce(check_records(records, config.task, config.data, labels), args.file, config.data.skip_invalid)
     print(f"{args.file}: {len(valid)} valid records for task {config.task}" + (f", labels {labels}" if labels else ""))
 

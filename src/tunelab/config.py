@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # Numbers become strings where a string is expected, so YAML like `labels: [0, 1]` or `data.labels=[0,1]`
+    # matches the integer labels in the data (labels are always compared as strings).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, coerce_numbers_to_str=True)
 
 
 class ModelConfig(_Section):
@@ -183,7 +185,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. training.epochs=1)")
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({problem}); quote it, e.g. {key}='\"...\"'") from None
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -216,7 +222,7 @@ def _section_at(loc: tuple) -> type[BaseModel] | None:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(p for p in error["loc"] if not str(p).startswith(("function-", "literal[")))
+    loc = tuple(p for p in error["loc"] if not str(p).startswith(("function-", "literal[", "list[")))  # drop union-member tags
     key = ".".join(str(p) for p in loc) or "(top level)"
     value = error.get("input")
     if error["type"] == "extra_forbidden":

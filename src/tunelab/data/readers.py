@@ -42,9 +42,9 @@ def _read_jsonl(path: Path) -> list[Record]:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is not part of the JSON
             except UnicodeDecodeError as exc:
-                records.append(Record({}, where, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"))
+                records.append(Record({}, where, f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})"))
                 continue
             if not line.strip():
                 continue  # blank lines (e.g. a trailing newline) are not records
@@ -60,6 +60,24 @@ def _read_jsonl(path: Path) -> list[Record]:
     return records
 
 
+def _read_json(path: Path) -> list[Record]:
+    """A .json file: a JSON array of objects, or JSON Lines under a .json name."""
+    text = path.read_bytes().lstrip(b"\xef\xbb\xbf").lstrip()
+    if not text.startswith(b"["):
+        return _read_jsonl(path)
+    try:
+        rows = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from None
+    return [
+        Record(row, f"{path}:item {i + 1}") if isinstance(row, dict)
+        else Record({}, f"{path}:item {i + 1}", f"expected a JSON object, got {type(row).__name__}")
+        for i, row in enumerate(rows)
+    ]
+
+
 def _read_csv(path: Path) -> list[Record]:
     data = path.read_bytes()
     try:
@@ -67,12 +85,16 @@ def _read_csv(path: Path) -> list[Record]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    lines = io.StringIO(text, newline="").readlines()  # physical lines, as the csv reader counts them
+    reader = csv.DictReader(lines)
     records = []
-    start = 2  # line 1 is the header
+    end = reader.line_num if reader.fieldnames is not None else 0  # the header's last line
     for row in reader:
+        start = end + 1  # a row starts after the previous one, past the blank lines DictReader skips
+        while start <= len(lines) and not lines[start - 1].strip("\r\n"):
+            start += 1
         where = f"{path}:{start}"
-        start = reader.line_num + 1
+        end = reader.line_num
         if None in row:
             records.append(Record({}, where, f"more columns than the header's {len(reader.fieldnames)}"))
             continue
@@ -93,8 +115,10 @@ def read_file(path: str | Path) -> list[Record]:
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
+    if suffix == ".jsonl":
         return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
     if suffix == ".csv":
         return _read_csv(path)
     if suffix == ".parquet":

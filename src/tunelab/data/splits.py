@@ -29,19 +29,28 @@ def _only_split(source: dict[str, list[Record]], spec: str, wanted: str) -> list
     return source[wanted]
 
 
-def _carve(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Deterministically move `fraction` of records out: (kept, carved)."""
+def _carve(records: list[Record], count: int, seed: int) -> tuple[list[Record], list[Record]]:
+    """Deterministically move `count` records out: (kept, carved)."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
-    count = max(1, round(len(records) * fraction))
     carved_ids = set(order[:count])
     kept = [r for i, r in enumerate(records) if i not in carved_ids]
     carved = [r for i, r in enumerate(records) if i in carved_ids]
     return kept, carved
 
 
-def infer_labels(records: list[Record], label_field: str) -> list[str]:
-    return sorted({str(r.fields[label_field]) for r in records if r.problem is None and r.fields.get(label_field) not in (None, "")})
+def label_set(records: list[Record], config: RunConfig, source: str) -> list[str]:
+    """The configured labels, or the sorted labels of the records that pass the field checks (so a record
+    that will be rejected or skipped cannot add a class)."""
+    data = config.data
+    if data.labels:
+        return list(data.labels)
+    checked = check_records(records, config.task, data, None)
+    labels = sorted({str(r.fields[data.label_field]) for r in checked.valid})
+    if len(labels) < 2:
+        enforce(checked, source, skip_invalid=False)  # invalid records, if any, explain the missing labels best
+        raise DataError(f"{source}: field '{data.label_field}' has {len(labels)} distinct label(s); a classifier needs at least 2")
+    return labels
 
 
 def load_task_data(config: RunConfig) -> TaskData:
@@ -62,15 +71,14 @@ def load_task_data(config: RunConfig) -> TaskData:
             splits[split] = _only_split(given[split], spec, split)
         elif split in train_source:
             splits[split] = train_source[split]
+    total = len(train)  # fractions are shares of all of train, not of what is left after the other split
     for split, fraction, offset in (("test", data.test_fraction, 1), ("validation", data.validation_fraction, 0)):
         if split not in splits:
-            train, splits[split] = _carve(train, fraction, data.split_seed + offset)
+            train, splits[split] = _carve(train, max(1, round(total * fraction)), data.split_seed + offset)
             notes.append(f"{split}: {len(splits[split])} records split from train (seed {data.split_seed + offset})")
     labels = None
     if config.task == "classification":
-        labels = list(data.labels) if data.labels else infer_labels(train, data.label_field)
-        if len(labels) < 2:
-            raise DataError(f"{data.train}: field '{data.label_field}' has {len(labels)} distinct label(s); a classifier needs at least 2")
+        labels = label_set(train, config, data.train)
     checked = {
         name: enforce(check_records(records, config.task, data, labels), f"{name} data", data.skip_invalid)
         for name, records in (("train", train), ("validation", splits["validation"]), ("test", splits["test"]))
