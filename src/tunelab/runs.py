@@ -121,6 +121,3 @@ class RunDir:
         if self.model_dir.exists():
             shutil.rmtree(self.model_dir)
         staging.rename(self.model_dir)
-
-    def size_on_disk(self) -> int:
-        return sum(f.stat().st_size for f in self.model_dir.rglob("*") if f.is_file())

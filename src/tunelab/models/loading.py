@@ -81,6 +81,8 @@ def prepare(name: str, force: bool = False) -> Path:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+    if model.assembled_from_parts:
+        gguf.unlink()  # the assembled copy is only an input to the conversion; the parts stay installed
     steps.update()
     steps.close()
     return target
