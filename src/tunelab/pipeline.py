@@ -102,7 +102,8 @@ def load_run(run: RunDir):
     else:
         from peft import PeftModel
 
-        base = load_model(config.task, resolve_source(config.model.name), labels)
+        base = load_model(config.task, resolve_source(config.model.name), labels,
+                          config.model.revision, config.model.trust_remote_code)
         model = PeftModel.from_pretrained(base, run.model_dir)
     tokenizer = load_tokenizer(str(run.model_dir))
     model.eval()
