@@ -85,20 +85,21 @@ def _read_csv(path: Path) -> list[Record]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
-    lines = io.StringIO(text, newline="").readlines()  # physical lines, as the csv reader counts them
-    reader = csv.DictReader(lines)
+    # csv.reader (not DictReader) yields blank lines as empty rows, so each row's first line is simply the
+    # line after the previous row's last one, quoted newlines included.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
     records = []
-    end = reader.line_num if reader.fieldnames is not None else 0  # the header's last line
+    end = reader.line_num
     for row in reader:
-        start = end + 1  # a row starts after the previous one, past the blank lines DictReader skips
-        while start <= len(lines) and not lines[start - 1].strip("\r\n"):
-            start += 1
-        where = f"{path}:{start}"
+        where = f"{path}:{end + 1}"
         end = reader.line_num
-        if None in row:
-            records.append(Record({}, where, f"more columns than the header's {len(reader.fieldnames)}"))
+        if not row:
+            continue  # a blank line is not a record
+        if len(row) > len(header):
+            records.append(Record({}, where, f"more columns than the header's {len(header)}"))
             continue
-        records.append(Record({k: v for k, v in row.items()}, where))
+        records.append(Record(dict(zip(header, row)), where))
     return records
 
 
