@@ -84,7 +84,7 @@ def test_lora_trains_only_adapter_and_head_and_reloads_identically(tiny_encoder,
             assert torch.equal(parameter.detach(), before[name]), f"frozen weight {name} changed"
     assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if "lora_B" in n)
 
-    run.save_model(model, tokenizer)
+    run.save_model(model.save_pretrained, tokenizer)
     run.update_state(state="complete", labels=data.labels)
     reloaded, _, _, _ = pipeline.load_run(run)
     batch = make_collator("classification", tokenizer)(examples[:8])

@@ -71,12 +71,49 @@ def _cmd_eval(args) -> None:
         write_json(Path(args.output), metrics)
 
 
+def _named_adapters(items: list[str]) -> dict:
+    """['a=runs/x', 'runs/y'] -> {'a': RunDir('runs/x'), 'y': RunDir('runs/y')}: names key the predictions."""
+    from tunelab.runs import RunDir
+
+    adapters: dict = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item.rstrip("/")).name, item
+        if name in adapters:
+            raise ConfigError(f"two --adapter runs are named '{name}'; name them with --adapter NAME=RUN_DIR")
+        adapters[name] = RunDir(path)
+    return adapters
+
+
 def _cmd_predict(args) -> None:
     from tunelab import pipeline
     from tunelab.runs import RunDir
 
-    count = pipeline.predict_run(RunDir(args.run), args.input, args.output)
+    if bool(args.run) == bool(args.adapter):
+        raise ConfigError("give either one RUN_DIR, or one or more --adapter RUN_DIR to share one base model")
+    if args.run:
+        count = pipeline.predict_run(RunDir(args.run), args.input, args.output)
+    else:
+        count = pipeline.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
     print(f"wrote {count} predictions to {args.output}")
+
+
+def _cmd_merge(args) -> None:
+    from tunelab import pipeline
+    from tunelab.runs import RunDir
+
+    print(f"merged model written to {pipeline.merge_run(RunDir(args.run), Path(args.output))}")
+
+
+def _cmd_compare(args) -> None:
+    from tunelab.compare import compare_methods, parse_learning_rates
+
+    config = load_config(args.config, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    summary = compare_methods(config, methods, Path(args.output_dir), parse_learning_rates(args.learning_rates),
+                              source=args.config)
+    print(f"\ncomparison written to {summary}")
 
 
 def _cmd_demo(args) -> None:
@@ -116,11 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=_cmd_eval)
 
-    predict = commands.add_parser("predict", help="run a tuned model over a JSONL/CSV/Parquet file")
-    predict.add_argument("run")
+    predict = commands.add_parser("predict", help="run a tuned model (or several adapters on one base) over a JSONL/CSV/Parquet file")
+    predict.add_argument("run", nargs="?", help="a complete run directory")
+    predict.add_argument("--adapter", action="append", metavar="[NAME=]RUN_DIR",
+                         help="a PEFT adapter run; repeat to switch adapters on one base model loaded once "
+                              "(predictions are keyed by NAME, default the run directory's name)")
     predict.add_argument("--input", required=True)
     predict.add_argument("--output", required=True)
     predict.set_defaults(func=_cmd_predict)
+
+    merge = commands.add_parser("merge", help="write a standalone model with the run's update folded in (lora family, ia3, bitfit, head, full)")
+    merge.add_argument("run")
+    merge.add_argument("--output", required=True, help="new folder for the merged model (safetensors + tokenizer)")
+    merge.set_defaults(func=_cmd_merge)
+
+    compare = commands.add_parser("compare", help="train one config with several methods; table, JSON and plot of cost vs gain")
+    compare.add_argument("config")
+    compare.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every method's run")
+    compare.add_argument("--methods", default="full,head,bitfit,lora,adapter,prefix,prompt,ia3",
+                         help="comma-separated method names (default: %(default)s)")
+    compare.add_argument("--learning-rates", default="", metavar="M=LR,...",
+                         help="per-method learning rates, e.g. full=3e-5,lora=1e-3; others use the method's default")
+    compare.add_argument("--output-dir", default="compare", help="the comparison goes to OUTPUT_DIR/<config name>")
+    compare.set_defaults(func=_cmd_compare)
 
     demo = commands.add_parser("demo", help="LoRA-tune minilm-l6 on the bundled sentiment data; print base vs tuned")
     demo.add_argument("--output-dir", default="runs")
@@ -139,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     from tunelab.data.readers import DataError
+    from tunelab.methods import MethodError
     from tunelab.models.registry import ModelNotAvailable
     from tunelab.runs import RunError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, RunError, ModelNotAvailable) as exc:
+    except (ConfigError, DataError, RunError, ModelNotAvailable, MethodError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

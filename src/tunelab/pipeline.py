@@ -21,9 +21,10 @@ from tunelab.data.splits import TaskData, load_task_data
 from tunelab.data.validate import check_records, enforce
 from tunelab.eval.evaluate import evaluate
 from tunelab.eval.predict import classify, generate
-from tunelab.methods import apply_method
+from tunelab.methods import MethodError, apply_method, base_load_options, check_method, method_module
 from tunelab.models.loading import check_family, load_model, load_tokenizer, resolve_source
-from tunelab.runs import RunDir, write_atomic, write_json
+from tunelab.runs import RunDir, RunError, write_atomic, write_json
+from tunelab.train.memory import peak_memory, reset_peak
 from tunelab.train.trainer import build_trainer, choose_precision
 
 
@@ -35,17 +36,28 @@ def _encode_split(config: RunConfig, records, tokenizer, labels, name: str) -> l
     return encoded.examples
 
 
+def _load_base(config: RunConfig, labels: list[str] | None, **options):
+    """The pretrained model the run starts from; the seed fixes a classifier's new head, so every load is the same."""
+    set_seed(config.training.seed)
+    return load_model(config.task, resolve_source(config.model.name), labels, config.model.revision,
+                      config.model.trust_remote_code, **options)
+
+
 def _load_for_config(config: RunConfig, labels: list[str] | None):
     source = resolve_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
-    set_seed(config.training.seed)  # the new head's initialisation depends on it
-    model = load_model(config.task, source, labels, config.model.revision, config.model.trust_remote_code)
-    return model, tokenizer
+    return _load_base(config, labels, **base_load_options(config)), tokenizer
+
+
+def _saved_weights_bytes(directory: Path) -> int:
+    """Size on disk of the saved weights (the tokenizer, the same for every method, is left out)."""
+    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
 
 def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
     """Train a model as configured (or finish an interrupted run) and write a complete run directory."""
     check_family(config.model.name, config.task)
+    check_method(config)
     data: TaskData = load_task_data(config)  # every data error surfaces before a model loads
     for note in data.notes:
         print(f"data: {note}")
@@ -69,17 +81,22 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
         checkpoint = run.last_checkpoint() if resume else None
         if checkpoint:
             print(f"resuming from {checkpoint}")
+        window = reset_peak()
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.perf_counter() - started + run.state().get("train_seconds", 0.0)
+        memory = peak_memory(window)
         model = trainer.model
         print("evaluating the tuned model on the test data ...")
         tuned = evaluate(model, tokenizer, data.test, config, data.labels)
         base = json.loads(run.base_eval_path.read_text()) if run.base_eval_path.exists() else None
-        run.save_model(model, tokenizer)
+        method = method_module(config.method.name)
+        run.save_model(lambda directory: method.save(model, directory), tokenizer)
         evaluation = {"tuned": tuned, "base": base, "trainable": trainable.as_dict(), "method": config.method.name}
         write_json(run.eval_path, evaluation)
-        run.update_state(train_seconds=train_seconds, best_checkpoint=trainer.state.best_model_checkpoint)
+        run.update_state(train_seconds=train_seconds, epochs_trained=round(trainer.state.epoch or 0, 4),
+                         learning_rate=config.learning_rate(), saved_weights_bytes=_saved_weights_bytes(run.model_dir),
+                         best_checkpoint=trainer.state.best_model_checkpoint, **memory)
         write_atomic(run.card_path, render_card(config, run.state(), evaluation))
         shutil.rmtree(run.checkpoints, ignore_errors=True)
         run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -93,21 +110,43 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
 
 
 def load_run(run: RunDir):
-    """The tuned model of a complete run, with its tokenizer, config and labels."""
+    """The tuned model of a complete run, with its tokenizer, config and labels.
+
+    A full fine-tune is its own checkpoint; every other method is rebuilt from a
+    fresh base (loaded in full precision, also for qlora) and what it saved.
+    """
     state = run.require_complete()
     config = run.config()
     labels = state.get("labels")
     if config.method.name == "full":
         model = load_model(config.task, str(run.model_dir), labels)
     else:
-        from peft import PeftModel
-
-        base = load_model(config.task, resolve_source(config.model.name), labels,
-                          config.model.revision, config.model.trust_remote_code)
-        model = PeftModel.from_pretrained(base, run.model_dir)
+        model = method_module(config.method.name).load(_load_base(config, labels), run.model_dir)
     tokenizer = load_tokenizer(str(run.model_dir))
     model.eval()
     return model, tokenizer, config, labels
+
+
+def merge_run(run: RunDir, output: Path) -> Path:
+    """Write a standalone transformers model (safetensors + tokenizer) with the run's update folded in.
+
+    The folder is written under a temporary name and renamed into place, and an
+    existing non-empty folder is never overwritten.
+    """
+    if output.exists() and any(output.iterdir()):
+        raise RunError(f"{output} already exists and is not empty; choose a new --output folder")
+    model, tokenizer, config, _ = load_run(run)
+    merged = method_module(config.method.name).merge(model)
+    staging = output.with_name(f".{output.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    merged.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if output.exists():
+        output.rmdir()
+    staging.rename(output)
+    return output
 
 
 def _read_checked(path: str, config: RunConfig, labels, with_target: bool) -> list:
@@ -124,15 +163,67 @@ def evaluate_run(run: RunDir, data_path: str) -> dict[str, float]:
     return evaluate(model, tokenizer, _read_checked(data_path, config, labels, with_target=True), config, labels)
 
 
+def _predictions(model, tokenizer, records, config: RunConfig, labels) -> list[dict]:
+    """Per record: the prediction (label or generated text), plus label scores for classifiers."""
+    if config.task == "classification":
+        return [{"prediction": p["label"], "scores": p["scores"]} for p in classify(model, tokenizer, records, config, labels)]
+    return [{"prediction": text} for text in generate(model, tokenizer, records, config)]
+
+
+def _write_rows(output_path: str, rows: list[dict]) -> None:
+    write_atomic(Path(output_path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def predict_run(run: RunDir, input_path: str, output_path: str) -> int:
     """Write one JSON line per input record: the record plus its prediction. Returns the count."""
     model, tokenizer, config, labels = load_run(run)
     records = _read_checked(input_path, config, labels, with_target=False)
-    if config.task == "classification":
-        predictions = classify(model, tokenizer, records, config, labels)
-        rows = [{**r.fields, "prediction": p["label"], "scores": p["scores"]} for r, p in zip(records, predictions)]
-    else:
-        texts = generate(model, tokenizer, records, config)
-        rows = [{**r.fields, "prediction": t} for r, t in zip(records, texts)]
-    write_atomic(Path(output_path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    return len(rows)
+    predictions = _predictions(model, tokenizer, records, config, labels)
+    _write_rows(output_path, [{**r.fields, **p} for r, p in zip(records, predictions)])
+    return len(records)
+
+
+def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
+    """The shared config and labels of runs whose PEFT adapters can take turns on one base model."""
+    configs = [run.config() for run in runs]
+    states = [run.require_complete() for run in runs]
+    first, first_labels = configs[0], states[0].get("labels")
+    peft_types = set()
+    for run, config, state in zip(runs, configs, states):
+        adapter_config = run.model_dir / "adapter_config.json"
+        if not adapter_config.exists():
+            raise MethodError(f"run {run.path} (method {config.method.name}) saved no PEFT adapter; adapter switching "
+                              "needs runs of lora, dora, rslora, qlora, ia3, prefix or prompt")
+        if (config.model.name, config.task, state.get("labels")) != (first.model.name, first.task, first_labels):
+            raise MethodError(f"run {run.path} was tuned from {config.model.name} ({config.task}, labels "
+                              f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task}, labels "
+                              f"{first_labels}); adapters can only share the base model, task and labels they were trained with")
+        peft_types.add(json.loads(adapter_config.read_text())["peft_type"])
+    if len(peft_types) > 1:
+        raise MethodError(f"these adapters are of different PEFT types ({', '.join(sorted(peft_types))}); PEFT switches "
+                          "between adapters of one type on a model, so predict with each kind separately")
+    return first, first_labels
+
+
+def predict_with_adapters(adapters: dict[str, RunDir], input_path: str, output_path: str) -> int:
+    """Predict with several adapter runs over one base model loaded once, switching adapters between passes.
+
+    Each output line is the record plus `predictions`: {adapter name: prediction}.
+    """
+    from peft import PeftModel
+
+    names, runs = list(adapters), list(adapters.values())
+    config, labels = _check_switchable(runs)
+    model = PeftModel.from_pretrained(_load_base(config, labels), runs[0].model_dir, adapter_name=names[0])
+    for name, run in zip(names[1:], runs[1:]):
+        model.load_adapter(run.model_dir, adapter_name=name)
+    model.eval()
+    tokenizer = load_tokenizer(str(runs[0].model_dir))
+    records = _read_checked(input_path, config, labels, with_target=False)
+    by_adapter = {}
+    for name in names:
+        model.set_adapter(name)
+        by_adapter[name] = _predictions(model, tokenizer, records, config, labels)
+    rows = [{**record.fields, "predictions": {name: by_adapter[name][i] for name in names}} for i, record in enumerate(records)]
+    _write_rows(output_path, rows)
+    return len(records)

@@ -3,11 +3,12 @@
 Layout of `<output_dir>/<name>-<timestamp>/`:
 
     config.yaml     resolved config (every default filled in)
-    run.json        state (running | complete | failed), labels, trainable parameters, timings
+    run.json        state (running | complete | failed), labels, trainable parameters, timings, peak memory
     metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
     base_eval.json  test metrics of the model before tuning (written before training, kept on resume)
     checkpoints/    Trainer checkpoints while training (removed once the run completes)
-    model/          final weights (safetensors: full model or PEFT adapter) and tokenizer
+    model/          what training changed, as the method saves it (safetensors: the full model, a PEFT
+                    adapter, a bottleneck adapter, or the changed tensors of head/bitfit) and the tokenizer
     eval.json       final test metrics, tuned and base, same data and metric
     README.md       model card
 
@@ -111,12 +112,13 @@ class RunDir:
         found = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
         return found[-1] if found else None
 
-    def save_model(self, model, tokenizer) -> None:
-        """Save final weights next to the run via a staging folder renamed into place."""
+    def save_model(self, save_weights, tokenizer) -> None:
+        """Save final weights (with the method's `save_weights(directory)`) via a staging folder renamed into place."""
         staging = self.path / "model.partial"
         if staging.exists():
             shutil.rmtree(staging)
-        model.save_pretrained(staging, safe_serialization=True)
+        staging.mkdir()
+        save_weights(staging)
         tokenizer.save_pretrained(staging)
         if self.model_dir.exists():
             shutil.rmtree(self.model_dir)

@@ -1,17 +1,34 @@
-"""Adaptation methods: each module has one `apply(model, config, task)` returning the model to train.
+"""Adaptation methods, registered by name: `method.name` in the config picks one module here.
 
-The registry maps `method.name` to its module so that adding a method is one
-file and one line here.
+Every method module provides the same five things, so the pipeline never
+branches on the method:
+
+- ``check(config)``: raise ``MethodError`` before any data or model loads when the
+  method cannot run here (e.g. qlora without CUDA), saying what to use instead;
+- ``apply(model, config)``: the model to train, with exactly the method's weights trainable;
+- ``save(model, directory)``: write what training changed, in a format the ecosystem loads;
+- ``load(base, directory)``: rebuild the tuned model from a freshly loaded base and ``save``'s output;
+- ``merge(model)``: a plain transformers model with the update folded in, or ``MethodError``
+  for methods whose update cannot be folded into the base weights.
+
+A method may also provide ``load_options(config)``: extra ``from_pretrained``
+settings its training base needs (qlora's 4-bit quantisation).
+
+Adding a method is one module and one line in ``METHODS``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.methods import full, lora
+
+
+class MethodError(ValueError):
+    """A method that cannot do what was asked (run here, merge, load), with what to do instead."""
 
 
 @dataclass
@@ -35,10 +52,36 @@ def count_parameters(model: nn.Module) -> TrainableReport:
     return TrainableReport(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
-METHODS = {"full": full, "lora": lora}
+def _registry() -> dict[str, ModuleType]:
+    from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
+
+    return {"full": full, "head": head, "bitfit": bitfit, "lora": lora, "dora": lora, "rslora": lora, "qlora": lora,
+            "adapter": adapter, "prefix": prefix, "prompt": prompt, "ia3": ia3}
+
+
+METHODS: dict[str, ModuleType] = _registry()
+
+
+def method_module(name: str) -> ModuleType:
+    return METHODS[name]
+
+
+def check_method(config: RunConfig) -> None:
+    """Fail before loading anything when the configured method cannot run on this machine or model."""
+    method_module(config.method.name).check(config)
 
 
 def apply_method(model: nn.Module, config: RunConfig) -> tuple[nn.Module, TrainableReport]:
     """Adapt the model with the configured method and report what is trainable."""
-    adapted = METHODS[config.method.name].apply(model, config)
-    return adapted, count_parameters(adapted)
+    adapted = method_module(config.method.name).apply(model, config)
+    report = count_parameters(adapted)
+    if report.trainable == 0:
+        raise MethodError(f"method '{config.method.name}' left no trainable parameters in {type(model).__name__}; "
+                          "pick another method for this model")
+    return adapted, report
+
+
+def base_load_options(config: RunConfig) -> dict:
+    """Extra `from_pretrained` settings for the base a method trains on (empty for most methods)."""
+    options = getattr(method_module(config.method.name), "load_options", None)
+    return options(config) if options else {}

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from tunelab.config import RunConfig
 
 
+def check(config: RunConfig) -> None:
+    """Full fine-tuning runs wherever the model fits."""
+
+
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(True)
+    return model
+
+
+def save(model, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def load(base, directory: Path):
+    """A fully tuned model is its own checkpoint: the pipeline loads it from `directory` as the base."""
+    return base
+
+
+def merge(model):
     return model

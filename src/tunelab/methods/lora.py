@@ -1,19 +1,54 @@
-"""LoRA through PEFT: frozen base weights plus trainable low-rank updates.
+"""The LoRA family through PEFT: frozen base weights plus trainable low-rank updates.
 
-PEFT already implements LoRA, saves adapters that `PeftModel.from_pretrained`
-loads, and knows each architecture's attention projections, so we only map our
-config onto `peft.LoraConfig`. For classifiers PEFT also keeps the new head
-trainable (and saves it with the adapter).
+One module serves four method names, which differ only in how PEFT is told to
+build the update:
+
+- ``lora``: the update B·A scaled by alpha / r;
+- ``rslora``: scaled by alpha / sqrt(r), which keeps higher ranks learning (Kalajdzievski 2023);
+- ``dora``: weight-decomposed LoRA, a learned magnitude per output plus a LoRA direction (Liu et al. 2024);
+- ``qlora``: LoRA over a base quantised to 4 bits by bitsandbytes (Dettmers et al. 2023), which
+  needs CUDA: on other machines `check` stops the run before anything loads.
+
+PEFT knows each architecture's attention projections and keeps a classifier's
+new head trainable (saved with the adapter), so we only map our config.
 """
 
 from __future__ import annotations
 
-from peft import LoraConfig, TaskType, get_peft_model
+import importlib.util
+
+import torch
+from peft import LoraConfig, prepare_model_for_kbit_training
 from torch import nn
 
 from tunelab.config import RunConfig
+from tunelab.methods import MethodError, peft_common
 
-PEFT_TASK = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}
+
+def check(config: RunConfig) -> None:
+    if config.method.name != "qlora":
+        return
+    if not torch.cuda.is_available():
+        raise MethodError(
+            "method 'qlora' quantises the base model to 4 bits with bitsandbytes, which needs a CUDA GPU, and "
+            "this machine has none; use method.name=lora (same adapter, fp32/bf16 base) here"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MethodError("method 'qlora' needs the bitsandbytes package: `pip install bitsandbytes`, or use method.name=lora")
+
+
+def load_options(config: RunConfig) -> dict:
+    """qlora trains on a base loaded in 4 bits; the other variants on the ordinary base."""
+    if config.method.name != "qlora":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.method.qlora.quant_type,
+        bnb_4bit_use_double_quant=config.method.qlora.double_quant,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )}
 
 
 def peft_config(config: RunConfig) -> LoraConfig:
@@ -21,13 +56,22 @@ def peft_config(config: RunConfig) -> LoraConfig:
     # 'attention' means PEFT's per-architecture default: the query and value projections.
     targets = None if lora.target_modules == "attention" else lora.target_modules
     return LoraConfig(
-        task_type=PEFT_TASK[config.task],
+        task_type=peft_common.PEFT_TASK[config.task],
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=targets,
+        use_rslora=config.method.name == "rslora",
+        use_dora=config.method.name == "dora",
     )
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    return get_peft_model(model, peft_config(config))
+    if config.method.name == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing)
+    return peft_common.wrap(model, peft_config(config))
+
+
+save = peft_common.save
+load = peft_common.load
+merge = peft_common.merge_tuner

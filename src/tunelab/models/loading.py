@@ -122,13 +122,17 @@ def load_model(
     labels: list[str] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    quantization_config=None,
 ) -> PreTrainedModel:
     """Load the pretrained model with what the task needs (a fresh classification head for classifiers).
 
     Weights are loaded in fp32; mixed precision is applied by the trainer, which
-    keeps fp32 master weights.
+    keeps fp32 master weights. `quantization_config` (qlora's 4-bit settings)
+    loads the base quantised instead.
     """
     kwargs: dict = {"dtype": torch.float32, "revision": revision, "trust_remote_code": trust_remote_code}
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, dtype=torch.bfloat16, device_map={"": 0})
     if task == "classification":
         kwargs["num_labels"] = len(labels)
         kwargs["id2label"] = dict(enumerate(labels))

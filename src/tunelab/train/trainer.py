@@ -40,7 +40,7 @@ def choose_precision(requested: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def training_arguments(config: RunConfig, run: RunDir, precision: str) -> TrainingArguments:
+def training_arguments(config: RunConfig, run: RunDir, precision: str, reload_best: bool = True) -> TrainingArguments:
     training = config.training
     best = config.best_metric()
     return TrainingArguments(
@@ -64,7 +64,7 @@ def training_arguments(config: RunConfig, run: RunDir, precision: str) -> Traini
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,
-        load_best_model_at_end=True,
+        load_best_model_at_end=reload_best,
         metric_for_best_model=best,
         greater_is_better=best not in ("loss", "eval_loss"),
         logging_steps=training.logging_steps,
@@ -119,16 +119,34 @@ def accuracy_from_logits(prediction) -> dict[str, float]:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
+def adds_virtual_tokens(model) -> bool:
+    """Prefix and prompt tuning (PEFT prompt learning) insert positions inside the model's own forward."""
+    peft_config = getattr(model, "active_peft_config", None)
+    return bool(peft_config is not None and peft_config.is_prompt_learning)
+
+
+def can_reload_best_checkpoint(model) -> bool:
+    """PEFT cannot load a prefix-tuning checkpoint back into a model that is still training (peft issue 2256)."""
+    peft_config = getattr(model, "active_peft_config", None)
+    return not (peft_config is not None and peft_config.peft_type == "PREFIX_TUNING")
+
+
 def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, train_examples: list[dict],
                   validation_examples: list[dict], precision: str) -> Trainer:
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left itself
-    trainer_class = CompletionLossTrainer if config.task == "causal_lm" else Trainer
+    # The chunked completion loss runs the decoder itself, which would skip PEFT's virtual tokens: prompt-learning
+    # methods keep the model's own loss (PEFT pads the labels over the virtual positions).
+    chunked = config.task == "causal_lm" and not adds_virtual_tokens(model)
+    trainer_class = CompletionLossTrainer if chunked else Trainer
+    reload_best = can_reload_best_checkpoint(model)
+    if not reload_best:
+        print("prefix tuning: the run keeps its last weights (PEFT cannot reload its best checkpoint mid-training)")
     callbacks = [MetricsLog(run)]
     if config.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = trainer_class(
         model=model,
-        args=training_arguments(config, run, precision),
+        args=training_arguments(config, run, precision, reload_best),
         data_collator=make_collator(config.task, tokenizer),
         train_dataset=train_examples,
         eval_dataset=validation_examples,

@@ -1,0 +1,43 @@
+"""Soft prompt tuning through PEFT: trainable input embeddings prepended to every input (Lester et al. 2021).
+
+Only `num_virtual_tokens` x hidden-size weights train. Initialising them from
+the embeddings of a task description (`init: text`) converges faster than
+random vectors, as the paper reports, especially for small models.
+"""
+
+from __future__ import annotations
+
+from peft import PromptTuningConfig, PromptTuningInit
+from torch import nn
+
+from tunelab.config import RunConfig
+from tunelab.methods import peft_common
+
+
+def check(config: RunConfig) -> None:
+    """Prompt tuning only prepends embeddings, so it applies to every model family."""
+
+
+def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
+    prompt = config.method.prompt
+    from_text = prompt.init == "text"
+    return PromptTuningConfig(
+        task_type=peft_common.PEFT_TASK[config.task],
+        num_virtual_tokens=prompt.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
+        prompt_tuning_init_text=prompt.init_text if from_text else None,
+        tokenizer_name_or_path=tokenizer_source if from_text else None,
+    )
+
+
+def apply(model: nn.Module, config: RunConfig) -> nn.Module:
+    # The text initialisation tokenises init_text with the model's own tokenizer, saved beside its weights.
+    return peft_common.wrap(model, peft_config(config, model.config._name_or_path))
+
+
+save = peft_common.save
+load = peft_common.load
+
+
+def merge(model):
+    peft_common.refuse_merge("prompt", "its soft prompt is extra input positions, not a change to any weight")

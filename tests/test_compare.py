@@ -1,0 +1,58 @@
+"""`tunelab compare` on a tiny encoder: one row per method, failures as rows, the files a user reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tunelab.cli import main
+from tunelab.compare import parse_learning_rates
+from tunelab.config import ConfigError
+
+
+def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder, sentiment_file, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny", "task": "classification", "model": {"name": tiny_encoder},
+        "data": {"train": str(sentiment_file), "max_length": 32},
+        "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32", "learning_rate": 1.0},
+    }))
+    code = main(["compare", str(config), "--methods", "full,head,lora,qlora,nonsense",
+                 "--learning-rates", "lora=3e-3", "--output-dir", str(tmp_path / "cmp")])
+    assert code == 0
+    out = tmp_path / "cmp" / "tiny"
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {row["method"]: row for row in summary["methods"]}
+    assert list(rows) == ["full", "head", "lora", "qlora", "nonsense"]
+    assert [rows[m]["status"] for m in rows] == ["ok", "ok", "ok", "failed", "failed"]
+    assert "CUDA" in rows["qlora"]["error"] and "'nonsense'" in rows["nonsense"]["error"]
+    assert rows["head"]["trainable_percent"] < rows["lora"]["trainable_percent"] < rows["full"]["trainable_percent"] == 100
+    assert rows["lora"]["learning_rate"] == 3e-3 and rows["full"]["learning_rate"] == 5e-5  # config's 1.0 is not shared
+    assert rows["head"]["saved_mb"] < rows["full"]["saved_mb"]
+    assert all(rows[m]["peak_rss_mb"] > 0 and rows[m]["seconds_per_epoch"] > 0 for m in ("full", "head", "lora"))
+    assert summary["base"]["examples"] == rows["full"]["metrics"]["examples"]
+    table = (out / "summary.md").read_text()
+    assert all(f"| {m} |" in table for m in rows) and "## Failed methods" in table
+    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["compare", str(config), "--methods", "head", "--output-dir", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "tiny-2" / "summary.json").exists()  # the first comparison is kept
+    assert (out / "summary.json").read_text() == json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("text,expected", [("", {}), ("full=3e-5, lora=1e-3", {"full": 3e-5, "lora": 1e-3})])
+def test_learning_rate_option_parses(text, expected):
+    assert parse_learning_rates(text) == expected
+
+
+def test_learning_rate_option_names_the_bad_item():
+    with pytest.raises(ConfigError, match="'lora:1e-3' is not METHOD=RATE"):
+        parse_learning_rates("full=3e-5,lora:1e-3")
+
+
+def test_predict_rejects_two_adapters_with_one_name(tmp_path, capsys):
+    code = main(["predict", "--adapter", str(tmp_path / "a" / "run"), "--adapter", str(tmp_path / "b" / "run"),
+                 "--input", "x.jsonl", "--output", "y.jsonl"])
+    assert code == 2 and "NAME=RUN_DIR" in capsys.readouterr().err

@@ -1,0 +1,244 @@
+"""Every adaptation method on tiny models: what trains, what stays frozen, learning, save/load, merge, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from tunelab import pipeline
+from tunelab.config import ConfigError, build_config
+from tunelab.data.encode import encode, make_collator
+from tunelab.data.splits import load_task_data
+from tunelab.methods import MethodError, apply_method, check_method, method_module
+from tunelab.runs import RunDir
+
+from helpers import descend
+
+CLASSIFIER = "classifier."
+"""Name fragment of the tiny BERT classifier's head (PEFT wraps it as ...classifier.modules_to_save...)."""
+
+PROMISES = {
+    "full": lambda name: True,
+    "head": lambda name: name.startswith(CLASSIFIER),
+    "bitfit": lambda name: name.endswith(".bias") or name.startswith(CLASSIFIER),
+    "lora": lambda name: "lora_" in name or CLASSIFIER in name,
+    "dora": lambda name: "lora_" in name or CLASSIFIER in name,
+    "rslora": lambda name: "lora_" in name or CLASSIFIER in name,
+    "ia3": lambda name: "ia3_" in name or CLASSIFIER in name,
+    "prefix": lambda name: "prompt_encoder" in name or CLASSIFIER in name,
+    "prompt": lambda name: "prompt_encoder" in name or CLASSIFIER in name,
+    "adapter": lambda name: "adapter" in name or CLASSIFIER in name,
+}
+"""For each method, the parameters it promises to train (the rest must stay bit-identical)."""
+
+ALL_FAMILIES = ["lora", "dora", "rslora", "ia3", "prefix", "prompt", "adapter", "full"]
+MATRIX = ([("classification", m) for m in [*ALL_FAMILIES, "head", "bitfit"]]
+          + [("causal_lm", m) for m in ALL_FAMILIES] + [("seq2seq", m) for m in ALL_FAMILIES])
+
+
+def make_config(task, model_dir, data_file, out, method, **training):
+    data = {"train": str(data_file), "max_length": 32, "max_target_length": 8}
+    if task != "classification":
+        data.update(prompt_template="{question}", response_field="answer")
+    return build_config({
+        "name": f"tiny-{task}-{method}", "task": task, "output_dir": str(out), "model": {"name": model_dir},
+        "data": data, "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
+        "training": {"epochs": 1, "batch_size": 8, "precision": "fp32", "logging_steps": 1, **training},
+        "eval": {"max_new_tokens": 4},
+    })
+
+
+@pytest.fixture
+def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_file, copy_task_file):
+    def pick(task):
+        model = {"classification": tiny_encoder, "causal_lm": tiny_decoder, "seq2seq": tiny_seq2seq}[task]
+        return model, sentiment_file if task == "classification" else copy_task_file
+    return pick
+
+
+def fixed_batch(config, tokenizer, data):
+    examples = encode(config.task, data.train[:16], tokenizer, config.data, data.labels).examples
+    tokenizer.padding_side = "right"
+    return make_collator(config.task, tokenizer)(examples)
+
+
+def outputs(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("task,method", MATRIX)
+def test_method_trains_only_what_it_promises_and_reloads(task, method, model_and_data, tmp_path):
+    model_dir, data_file = model_and_data(task)
+    config = make_config(task, model_dir, data_file, tmp_path, method)
+    data = load_task_data(config)
+    model, tokenizer = pipeline._load_for_config(config, data.labels)
+    model, report = apply_method(model, config)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(PROMISES[method](n) for n in trainable), sorted(n for n in trainable if not PROMISES[method](n))
+    assert (report.percent == 100.0) == (method == "full")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    batch = fixed_batch(config, tokenizer, data)
+    losses = descend(model, batch, lr=1e-3 if method == "full" else 1e-2)
+    assert losses[-1] < losses[0], losses
+    for name, parameter in model.named_parameters():
+        if name not in trainable:
+            assert torch.equal(parameter.detach(), before[name]), f"frozen weight {name} changed"
+    assert any(not torch.equal(model.get_parameter(n).detach(), before[n]) for n in trainable)
+
+    run = RunDir.create(config)
+    run.save_model(lambda directory: method_module(method).save(model, directory), tokenizer)
+    run.update_state(state="complete", labels=data.labels)
+    reloaded, _, _, _ = pipeline.load_run(run)
+    assert torch.allclose(outputs(model, batch), outputs(reloaded, batch), atol=1e-5)
+
+
+def logged_losses(run: RunDir) -> list[float]:
+    return [e["loss"] for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "adapter"])
+def test_generation_methods_learn_through_the_trainer(method, tiny_decoder, copy_task_file, tmp_path):
+    """Prompt-learning methods take the model's own loss path in the Trainer (virtual tokens), adapters the chunked one."""
+    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, method, epochs=4, batch_size=16,
+                         learning_rate=2e-2)
+    run = pipeline.train(config)
+    losses = logged_losses(run)
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    assert run.state()["state"] == "complete" and (run.model_dir / "README.md").exists() is (method != "adapter")
+
+
+@pytest.mark.parametrize("method", ["head", "bitfit"])
+def test_head_and_bitfit_save_only_what_changed(method, tiny_encoder, sentiment_file, tmp_path):
+    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, method, max_steps=3))
+    from safetensors.torch import load_file
+
+    saved = load_file(run.model_dir / "delta.safetensors")
+    assert saved and all(PROMISES[method](name) for name in saved)
+    total = json.loads(run.eval_path.read_text())["trainable"]
+    assert sum(t.numel() for t in saved.values()) == total["trainable_params"]
+    assert not (run.model_dir / "model.safetensors").exists()
+
+
+def greedy(model, tokenizer, prompts):
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
+    with torch.no_grad():
+        return model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id).tolist()
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "ia3", "full"])
+def test_merged_decoder_generates_what_the_unmerged_one_does(method, tiny_decoder, copy_task_file, tmp_path):
+    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, method, max_steps=4, learning_rate=1e-2)
+    run = pipeline.train(config)
+    merged_dir = pipeline.merge_run(run, tmp_path / "merged")
+    unmerged, tokenizer, _, _ = pipeline.load_run(run)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())
+    prompts = ["repeat the word film", "repeat the word dull please"]
+    assert greedy(merged, tokenizer, prompts) == greedy(unmerged, tokenizer, prompts)
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit", "head", "ia3"])
+def test_merged_classifier_scores_what_the_unmerged_one_does(method, tiny_encoder, sentiment_file, tmp_path):
+    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, method, max_steps=4))
+    merged_dir = pipeline.merge_run(run, tmp_path / "merged")
+    unmerged, tokenizer, _, labels = pipeline.load_run(run)
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    assert [merged.config.id2label[i] for i in range(len(labels))] == labels
+    batch = tokenizer(["the film was great", "the cast was dull"], return_tensors="pt", padding=True)
+    assert torch.allclose(outputs(merged, batch), outputs(unmerged, batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "adapter"])
+def test_unmergeable_methods_refuse_to_merge_and_write_nothing(method, tiny_encoder, sentiment_file, tmp_path):
+    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, method, max_steps=2))
+    with pytest.raises(MethodError, match="cannot be"):
+        pipeline.merge_run(run, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_never_overwrites_an_existing_folder(tiny_encoder, sentiment_file, tmp_path):
+    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "lora", max_steps=2))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    from tunelab.runs import RunError
+
+    with pytest.raises(RunError, match="not empty"):
+        pipeline.merge_run(run, tmp_path / "taken")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_adapters_switch_on_one_base_model(tiny_encoder, sentiment_file, tmp_path, monkeypatch):
+    runs = [pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path / name, "lora",
+                                       max_steps=steps, seed=seed))
+            for name, steps, seed in (("a", 2, 1), ("b", 8, 2))]
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the film was great", "the score was dull", "a dreadful end")))
+    alone = []
+    for i, run in enumerate(runs):
+        pipeline.predict_run(run, str(inputs), str(tmp_path / f"alone{i}.jsonl"))
+        alone.append([json.loads(line) for line in (tmp_path / f"alone{i}.jsonl").read_text().splitlines()])
+
+    loads = []
+    original = pipeline.load_model
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: loads.append(a) or original(*a, **k))
+    assert pipeline.predict_with_adapters({"a": runs[0], "b": runs[1]}, str(inputs), str(tmp_path / "both.jsonl")) == 3
+    assert len(loads) == 1  # one base model for both adapters
+    rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+    for i, name in enumerate("ab"):
+        assert [row["predictions"][name]["scores"] for row in rows] == [a["scores"] for a in alone[i]]
+    assert [r["predictions"]["a"]["scores"] for r in rows] != [r["predictions"]["b"]["scores"] for r in rows]
+
+
+def test_adapter_switching_refuses_runs_without_a_peft_adapter(tiny_encoder, sentiment_file, tmp_path):
+    lora = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "lora", max_steps=2))
+    bitfit = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "bitfit", max_steps=2))
+    with pytest.raises(MethodError, match="saved no PEFT adapter"):
+        pipeline.predict_with_adapters({"lora": lora, "bitfit": bitfit}, str(sentiment_file), str(tmp_path / "out.jsonl"))
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_head_is_refused_for_generation_at_config_time(tiny_decoder, copy_task_file, tmp_path):
+    with pytest.raises(ConfigError, match="method 'head' is defined only for task classification"):
+        make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "head")
+
+
+def test_bitfit_is_refused_for_bias_free_models(tiny_decoder, copy_task_file, tmp_path):
+    registry = make_config("causal_lm", "smollm2-135m-instruct", copy_task_file, tmp_path, "bitfit")
+    with pytest.raises(MethodError, match="has none"):
+        check_method(registry)  # known from the registry: nothing loads
+    local = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "bitfit")
+    with pytest.raises(MethodError, match="has none"):
+        pipeline.train(local)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_qlora_without_cuda_is_a_clear_error_before_anything_loads(tiny_decoder, copy_task_file, tmp_path):
+    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "qlora")
+    with pytest.raises(MethodError, match="needs a CUDA GPU.*method.name=lora"):
+        pipeline.train(config)
+    assert not list(tmp_path.glob("tiny-*"))  # refused before a run directory was made
+
+
+@pytest.mark.parametrize("method,bad,message", [
+    ("prompt", {"prompt": {"init": "text"}}, "prompt.init_text is empty"),
+    ("ia3", {"ia3": {"target_modules": ["value"]}}, "feedforward_modules"),
+    ("adapter", {"adapter": {"placement": "sideways"}}, "houlsby"),
+])
+def test_method_settings_are_validated(method, bad, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        build_config({"task": "classification", "method": {"name": method, **bad}})
+
+
+def test_learning_rate_defaults_depend_on_method_and_task():
+    rate = lambda method, task="classification": build_config(
+        {"task": task, "method": {"name": method}, "data": {"prompt_field": "p"}}).learning_rate()
+    assert rate("full") == 5e-5
+    assert rate("lora") == 2e-3 and rate("lora", "causal_lm") == 2e-4
+    assert rate("prompt") > rate("lora") > rate("full")
