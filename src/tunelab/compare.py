@@ -172,15 +172,21 @@ def compare_methods(config: RunConfig, methods: list[str], output_dir: Path, lea
         outcome = (f"{PRIMARY_METRIC[config.task]}={row['metric']:.4f}, {row['trainable_percent']:.3f}% trainable"
                    if row["status"] == "ok" else "failed: " + row["error"].splitlines()[-1][:200])
         print(f"[{index}/{len(methods)}] {method}: {outcome}", flush=True)
+        write_summary(directory, config, source, rows, pending=methods[index:])
+    return directory / "summary.md"
+
+
+def write_summary(directory: Path, config: RunConfig, source: str, rows: list[dict], pending: list[str]) -> None:
+    """Write summary.json/.md/.png after every method, so a long comparison shows its results as they come
+    (and an interrupted one keeps them); `pending` lists the methods still to run."""
     summary = {
         "config": source, "name": config.name, "task": config.task, "model": config.model.name,
         "metric": PRIMARY_METRIC[config.task], "seed": config.training.seed, "machine": machine_description(),
-        "date": time.strftime("%Y-%m-%d"), "base": _base_metrics(rows), "methods": rows,
+        "date": time.strftime("%Y-%m-%d"), "base": _base_metrics(rows), "methods": rows, "pending": pending,
     }
     write_json(directory / "summary.json", summary)
     write_atomic(directory / "summary.md", render_summary(summary, config))
     plot_summary(summary, directory / "summary.png")
-    return directory / "summary.md"
 
 
 def _fmt(value, pattern: str) -> str:
@@ -221,6 +227,8 @@ def render_summary(summary: dict, config: RunConfig) -> str:
               "saved MB is the weights the method writes (tokenizer excluded)."]
     if failures:
         lines += ["", "## Failed methods", "", *failures]
+    if summary["pending"]:
+        lines += ["", f"Still to run: {', '.join(summary['pending'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -258,5 +266,7 @@ def plot_summary(summary: dict, path: Path) -> None:
         axis.tick_params(axis="x", rotation=45)
     figure.suptitle(f"{summary['name']}: {summary['model']} ({summary['task']}), {summary['machine']['device']}")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    partial = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(partial, dpi=110)
     plt.close(figure)
+    os.replace(partial, path)  # a reader never sees half a PNG
