@@ -255,10 +255,16 @@ def plot_summary(summary: dict, path: Path) -> None:
                 title="quality vs trainable share")
     speed.bar(names, [r["seconds_per_epoch"] or 0 for r in rows], color="tab:orange")
     speed.set(ylabel="seconds per epoch", title="training time")
-    memory.bar(names, [r["peak_rss_mb"] or 0 for r in rows], color="tab:green", label="peak RSS")
-    if any(r["peak_gpu_mb"] for r in rows):
-        memory.bar(names, [r["peak_gpu_mb"] or 0 for r in rows], color="tab:purple", alpha=0.7, label="peak GPU")
-        memory.legend()
+    on_gpu = any(r["peak_gpu_mb"] for r in rows)
+    width = 0.4 if on_gpu else 0.8
+    positions = range(len(rows))
+    memory.bar([x - width / 2 * on_gpu for x in positions], [r["peak_rss_mb"] or 0 for r in rows], width,
+               color="tab:green", label="peak RSS")
+    if on_gpu:
+        memory.bar([x + width / 2 for x in positions], [r["peak_gpu_mb"] or 0 for r in rows], width,
+                   color="tab:purple", label="peak GPU")
+    memory.set_xticks(list(positions), names)
+    memory.legend()
     memory.set(ylabel="MB", title="peak memory in training")
     size.bar(names, [max(r["saved_mb"], 1e-3) for r in rows], color="tab:red")
     size.set(yscale="log", ylabel="MB (log)", title="saved weights")
