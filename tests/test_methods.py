@@ -242,3 +242,14 @@ def test_learning_rate_defaults_depend_on_method_and_task():
     assert rate("full") == 5e-5
     assert rate("lora") == 2e-3 and rate("lora", "causal_lm") == 2e-4
     assert rate("prompt") > rate("lora") > rate("full")
+
+
+@pytest.mark.parametrize("task,setting,expected", [
+    ("classification", None, False), ("causal_lm", None, True), ("classification", True, True), ("causal_lm", False, False),
+])
+def test_prefix_reparameterisation_defaults_by_task_and_obeys_the_config(task, setting, expected):
+    from tunelab.methods import prefix
+
+    config = build_config({"task": task, "data": {"prompt_field": "p"},
+                           "method": {"name": "prefix", "prefix": {"reparameterize": setting}}})
+    assert prefix.peft_config(config).prefix_projection is expected

@@ -109,8 +109,10 @@ class AdapterConfig(_Section):
 class PrefixConfig(_Section):
     num_virtual_tokens: int = Field(20, ge=1)
     """Trainable key/value positions prepended to every layer's attention."""
-    reparameterize: bool = True
-    """Train the prefixes through a two-layer MLP (more stable, as in the prefix-tuning paper); only the MLP's output is needed at inference."""
+    reparameterize: bool | None = None
+    """Train the prefixes through a two-layer MLP (the prefix-tuning paper's choice for generation); only its output is saved.
+    When absent: on for generation, off for classification, as P-tuning v2 does for encoders (measured on SST-2 with
+    minilm-l6: 0.51 accuracy with the MLP at every rate tried, 0.77 without it at 3e-2)."""
     hidden_size: int = Field(512, ge=1)
     """Hidden width of the reparameterisation MLP."""
 
@@ -169,7 +171,7 @@ DEFAULT_LEARNING_RATES: dict[str, tuple[float, float]] = {
     "rslora": (2e-3, 2e-4),
     "qlora": (2e-3, 2e-4),
     "adapter": (1e-3, 5e-4),
-    "prefix": (1e-2, 3e-3),
+    "prefix": (3e-2, 3e-3),
     "prompt": (3e-2, 3e-2),
     "ia3": (5e-3, 3e-3),
 }

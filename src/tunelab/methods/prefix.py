@@ -1,8 +1,10 @@
 """Prefix tuning through PEFT: trainable key/value vectors prepended to every layer's attention (Li & Liang 2021).
 
 With `reparameterize` the prefixes are produced by a two-layer MLP during
-training, which the paper found necessary for stable optimisation; PEFT saves
-the prefixes the MLP produces. The prefixes live in the attention cache, not in
+training, which the paper found necessary for stable generation training; PEFT
+saves the prefixes the MLP produces. For classifiers the default is without it,
+as in P-tuning v2: on SST-2 the MLP version stayed at chance for every learning
+rate we tried. The prefixes live in the attention cache, not in
 the weights, so the method cannot be merged.
 """
 
@@ -24,7 +26,7 @@ def peft_config(config: RunConfig) -> PrefixTuningConfig:
     return PrefixTuningConfig(
         task_type=peft_common.PEFT_TASK[config.task],
         num_virtual_tokens=prefix.num_virtual_tokens,
-        prefix_projection=prefix.reparameterize,
+        prefix_projection=prefix.reparameterize if prefix.reparameterize is not None else config.task != "classification",
         encoder_hidden_size=prefix.hidden_size,
     )
 
