@@ -105,11 +105,11 @@ def logged_losses(run: RunDir) -> list[float]:
 @pytest.mark.parametrize("method", ["prefix", "prompt", "adapter"])
 def test_generation_methods_learn_through_the_trainer(method, tiny_decoder, copy_task_file, tmp_path):
     """Prompt-learning methods take the model's own loss path in the Trainer (virtual tokens), adapters the chunked one."""
-    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, method, epochs=4, batch_size=16,
-                         learning_rate=2e-2)
+    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, method, epochs=6, batch_size=16,
+                         learning_rate=1e-1 if method == "prompt" else 2e-2, warmup_ratio=0.0)
     run = pipeline.train(config)
     losses = logged_losses(run)
-    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    assert sum(losses[-3:]) < sum(losses[:3]) - 0.03, losses
     assert run.state()["state"] == "complete" and (run.model_dir / "README.md").exists() is (method != "adapter")
 
 

@@ -118,10 +118,12 @@ def load_run(run: RunDir):
     state = run.require_complete()
     config = run.config()
     labels = state.get("labels")
-    if config.method.name == "full":
-        model = load_model(config.task, str(run.model_dir), labels)
+    method = method_module(config.method.name)
+    if getattr(method, "SAVES_WHOLE_MODEL", False):
+        base = load_model(config.task, str(run.model_dir), labels)
     else:
-        model = method_module(config.method.name).load(_load_base(config, labels), run.model_dir)
+        base = _load_base(config, labels)
+    model = method.load(base, run.model_dir)
     tokenizer = load_tokenizer(str(run.model_dir))
     model.eval()
     return model, tokenizer, config, labels

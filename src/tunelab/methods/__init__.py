@@ -12,7 +12,9 @@ branches on the method:
   for methods whose update cannot be folded into the base weights.
 
 A method may also provide ``load_options(config)``: extra ``from_pretrained``
-settings its training base needs (qlora's 4-bit quantisation).
+settings its training base needs (qlora's 4-bit quantisation); and
+``SAVES_WHOLE_MODEL = True`` when ``save`` writes a complete checkpoint (full
+fine-tuning), which is then loaded as its own base.
 
 Adding a method is one module and one line in ``METHODS``.
 """
@@ -52,7 +54,16 @@ def count_parameters(model: nn.Module) -> TrainableReport:
     return TrainableReport(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
+def cannot_merge(method: str, why: str):
+    """Refuse `tunelab merge` for a method whose update is not a change of existing weights."""
+    raise MethodError(
+        f"method '{method}' cannot be merged into the base weights: {why}. Use the run directly "
+        "(`tunelab predict RUN`), or train with lora, dora, rslora, ia3 or bitfit when a standalone merged model is needed"
+    )
+
+
 def _registry() -> dict[str, ModuleType]:
+    # Imported here, not at the top: the method modules import MethodError and cannot_merge from this package.
     from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
 
     return {"full": full, "head": head, "bitfit": bitfit, "lora": lora, "dora": lora, "rslora": lora, "qlora": lora,

@@ -26,7 +26,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from tunelab.config import RunConfig
-from tunelab.methods import MethodError, head
+from tunelab.methods import MethodError, cannot_merge, head
 
 ADAPTER_FILE = "adapter_model.safetensors"
 SETTINGS_FILE = "tunelab_adapter.json"
@@ -216,7 +216,4 @@ def load(base: nn.Module, directory: Path) -> nn.Module:
 
 
 def merge(model: nn.Module) -> nn.Module:
-    raise MethodError("method 'adapter' cannot be merged into the base weights: a bottleneck adapter adds a non-linear "
-                      "sublayer, which no change of the existing weights reproduces. Use the run directly "
-                      "(`tunelab predict RUN`), or train with lora, dora, rslora, ia3 or bitfit "
-                      "when a standalone merged model is needed")
+    cannot_merge("adapter", "a bottleneck adapter adds a non-linear sublayer, which no change of the existing weights reproduces")

@@ -8,6 +8,9 @@ from torch import nn
 
 from tunelab.config import RunConfig
 
+SAVES_WHOLE_MODEL = True
+"""The saved folder is a complete checkpoint: the pipeline loads it as the base, and `load` has nothing to add."""
+
 
 def check(config: RunConfig) -> None:
     """Full fine-tuning runs wherever the model fits."""
@@ -24,7 +27,6 @@ def save(model, directory: Path) -> None:
 
 
 def load(base, directory: Path):
-    """A fully tuned model is its own checkpoint: the pipeline loads it from `directory` as the base."""
     return base
 
 

@@ -6,7 +6,7 @@ projection); the rescaling is linear, so it merges into the base weights.
 
 from __future__ import annotations
 
-from peft import IA3Config
+from peft import IA3Config, get_peft_model
 from torch import nn
 
 from tunelab.config import RunConfig
@@ -28,7 +28,7 @@ def peft_config(config: RunConfig) -> IA3Config:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    return peft_common.wrap(model, peft_config(config))
+    return get_peft_model(model, peft_config(config))
 
 
 save = peft_common.save

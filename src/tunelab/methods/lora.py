@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from peft import LoraConfig, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
 from tunelab.config import RunConfig
@@ -69,7 +69,7 @@ def peft_config(config: RunConfig) -> LoraConfig:
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     if config.method.name == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing)
-    return peft_common.wrap(model, peft_config(config))
+    return get_peft_model(model, peft_config(config))
 
 
 save = peft_common.save

@@ -10,11 +10,11 @@ the weights, so the method cannot be merged.
 
 from __future__ import annotations
 
-from peft import PrefixTuningConfig
+from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.methods import peft_common
+from tunelab.methods import cannot_merge, peft_common
 
 
 def check(config: RunConfig) -> None:
@@ -32,7 +32,7 @@ def peft_config(config: RunConfig) -> PrefixTuningConfig:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    return peft_common.wrap(model, peft_config(config))
+    return get_peft_model(model, peft_config(config))
 
 
 save = peft_common.save
@@ -40,4 +40,4 @@ load = peft_common.load
 
 
 def merge(model):
-    peft_common.refuse_merge("prefix", "its prefixes are extra attention positions, not a change to any weight")
+    cannot_merge("prefix", "its prefixes are extra attention positions, not a change to any weight")

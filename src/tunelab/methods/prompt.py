@@ -7,11 +7,11 @@ random vectors, as the paper reports, especially for small models.
 
 from __future__ import annotations
 
-from peft import PromptTuningConfig, PromptTuningInit
+from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.methods import peft_common
+from tunelab.methods import cannot_merge, peft_common
 
 
 def check(config: RunConfig) -> None:
@@ -32,7 +32,7 @@ def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     # The text initialisation tokenises init_text with the model's own tokenizer, saved beside its weights.
-    return peft_common.wrap(model, peft_config(config, model.config._name_or_path))
+    return get_peft_model(model, peft_config(config, model.config._name_or_path))
 
 
 save = peft_common.save
@@ -40,4 +40,4 @@ load = peft_common.load
 
 
 def merge(model):
-    peft_common.refuse_merge("prompt", "its soft prompt is extra input positions, not a change to any weight")
+    cannot_merge("prompt", "its soft prompt is extra input positions, not a change to any weight")
