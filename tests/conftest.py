@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from tunelab.models.registry import REGISTRY, native_dir
@@ -29,6 +30,12 @@ def tokenizer_dir() -> Path:
     return native_dir(REGISTRY["minilm-l6"])
 
 
+def _seeded(build):
+    """Build a tiny model from a fixed seed: every test session trains the same weights, so results are reproducible."""
+    torch.manual_seed(0)
+    return build()
+
+
 def _save(model, tokenizer, path: Path, **special) -> str:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     for name, value in special.items():
@@ -42,7 +49,7 @@ def _save(model, tokenizer, path: Path, **special) -> str:
 def tiny_encoder(tmp_path_factory, tokenizer_dir) -> str:
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
-    return _save(BertModel(config), tokenizer_dir, tmp_path_factory.mktemp("tiny-bert"))
+    return _save(_seeded(lambda: BertModel(config)), tokenizer_dir, tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
@@ -50,14 +57,14 @@ def tiny_decoder(tmp_path_factory, tokenizer_dir) -> str:
     config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
                          pad_token_id=0, eos_token_id=102, bos_token_id=101)
-    return _save(LlamaForCausalLM(config), tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"), eos_token="[SEP]")
+    return _save(_seeded(lambda: LlamaForCausalLM(config)), tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"), eos_token="[SEP]")
 
 
 @pytest.fixture(scope="session")
 def tiny_seq2seq(tmp_path_factory, tokenizer_dir) -> str:
     config = T5Config(vocab_size=30522, d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
                       num_heads=2, pad_token_id=0, eos_token_id=102, decoder_start_token_id=0)
-    return _save(T5ForConditionalGeneration(config), tokenizer_dir, tmp_path_factory.mktemp("tiny-t5"), eos_token="[SEP]")
+    return _save(_seeded(lambda: T5ForConditionalGeneration(config)), tokenizer_dir, tmp_path_factory.mktemp("tiny-t5"), eos_token="[SEP]")
 
 
 POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]

@@ -59,6 +59,7 @@ def test_classification_full_writes_a_complete_run(tiny_encoder, sentiment_file,
     losses = logged_losses(run)
     assert losses[-1] < losses[0]
     assert "full" in run.card_path.read_text() and "accuracy" in run.card_path.read_text()
+    assert run.state()["peak_rss_mb"] > 0 and "MB RSS" in run.card_path.read_text()
     # save -> load gives the same predictions: scoring the saved run reproduces the in-run test metrics
     test_file = tmp_path / "test.jsonl"
     data = load_task_data(run.config())

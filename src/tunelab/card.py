@@ -29,6 +29,9 @@ def render_card(config: RunConfig, state: dict, evaluation: dict) -> str:
                   f"- test: `{data.test or 'split from train'}` ({state['examples']['test']} examples)"]
     notes = "".join(f"- {note}\n" for note in state.get("data_notes", []))
     trainable = state["trainable"]
+    memory = f"{state['peak_rss_mb']:.0f} MB RSS" if state.get("peak_rss_mb") else "not measured"
+    if state.get("peak_gpu_mb"):
+        memory += f", {state['peak_gpu_mb']:.0f} MB GPU"
     return f"""# {config.name}
 
 Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
@@ -39,6 +42,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 - trainable parameters: {trainable['trainable_params']:,} of {trainable['total_params']:,} ({trainable['trainable_percent']:.2f}%)
 - precision: {state['precision']}
 - training time: {state['train_seconds']:.1f} s
+- peak memory in training: {memory}
 
 ## Data
 {chr(10).join(data_lines)}
