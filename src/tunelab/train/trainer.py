@@ -126,9 +126,10 @@ def adds_virtual_tokens(model) -> bool:
 
 
 def can_reload_best_checkpoint(model) -> bool:
-    """PEFT cannot load a prefix-tuning checkpoint back into a model that is still training (peft issue 2256)."""
+    """PEFT saves reparameterised prefixes as their MLP's output, which it cannot load back into a model that
+    still has the MLP (peft issue 2256), so such runs cannot switch to their best checkpoint at the end."""
     peft_config = getattr(model, "active_peft_config", None)
-    return not (peft_config is not None and peft_config.peft_type == "PREFIX_TUNING")
+    return not (peft_config is not None and peft_config.peft_type == "PREFIX_TUNING" and peft_config.prefix_projection)
 
 
 def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, train_examples: list[dict],
@@ -140,7 +141,7 @@ def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, train_exampl
     trainer_class = CompletionLossTrainer if chunked else Trainer
     reload_best = can_reload_best_checkpoint(model)
     if not reload_best:
-        print("prefix tuning: the run keeps its last weights (PEFT cannot reload its best checkpoint mid-training)")
+        print("prefix tuning with reparameterisation: the run keeps its last weights (PEFT cannot reload its best checkpoint)")
     callbacks = [MetricsLog(run)]
     if config.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
