@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from tunelab.config import ConfigError, RunConfig, build_config, config_to_yaml
-from tunelab.methods import MethodError, check_method
-from tunelab.models.loading import check_family
+from tunelab.methods import MethodError
+from tunelab.pipeline import check_runnable
 from tunelab.runs import RunDir, write_atomic, write_json
 
 PRIMARY_METRIC = {"classification": "accuracy", "causal_lm": "rougeL", "seq2seq": "rougeL"}
@@ -107,8 +107,7 @@ def run_method(config: RunConfig, directory: Path) -> dict:
     """Train one method in its own process and turn its run directory (or its failure) into a row."""
     method = config.method.name
     try:
-        check_family(config.model.name, config.task)
-        check_method(config)
+        check_runnable(config)
     except (ConfigError, MethodError) as exc:
         return _failed(method, str(exc))
     config_path = directory / "configs" / f"{method}.yaml"

@@ -54,10 +54,15 @@ def _saved_weights_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
 
-def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
-    """Train a model as configured (or finish an interrupted run) and write a complete run directory."""
+def check_runnable(config: RunConfig) -> None:
+    """Refuse, before any data or model loads, a model that cannot do the task or a method that cannot run here."""
     check_family(config.model.name, config.task)
     check_method(config)
+
+
+def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
+    """Train a model as configured (or finish an interrupted run) and write a complete run directory."""
+    check_runnable(config)
     data: TaskData = load_task_data(config)  # every data error surfaces before a model loads
     for note in data.notes:
         print(f"data: {note}")

@@ -54,6 +54,17 @@ def count_parameters(model: nn.Module) -> TrainableReport:
     return TrainableReport(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
+def train_only(model: nn.Module, keep) -> list[str]:
+    """Make trainable exactly the parameters whose name `keep(name)` accepts, freeze the rest; returns the kept names."""
+    kept = []
+    for name, parameter in model.named_parameters():
+        trainable = bool(keep(name))
+        parameter.requires_grad_(trainable)
+        if trainable:
+            kept.append(name)
+    return kept
+
+
 def cannot_merge(method: str, why: str):
     """Refuse `tunelab merge` for a method whose update is not a change of existing weights."""
     raise MethodError(

@@ -26,7 +26,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from tunelab.config import RunConfig
-from tunelab.methods import MethodError, cannot_merge, head
+from tunelab.methods import MethodError, cannot_merge, head, train_only
 
 ADAPTER_FILE = "adapter_model.safetensors"
 SETTINGS_FILE = "tunelab_adapter.json"
@@ -164,14 +164,10 @@ def check(config: RunConfig) -> None:
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     settings = config.method.adapter
     head_module = head.head_name(model) if config.task == "classification" else None
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
     insert_adapters(model, settings.placement, settings.reduction_factor, settings.activation)
     model.tunelab_adapter = {"placement": settings.placement, "reduction_factor": settings.reduction_factor,
                              "activation": settings.activation, "model_type": model.config.model_type, "head": head_module}
-    parameters = dict(model.named_parameters())
-    for name in saved_parameter_names(model, head_module):
-        parameters[name].requires_grad_(True)
+    train_only(model, set(saved_parameter_names(model, head_module)).__contains__)
     return model
 
 

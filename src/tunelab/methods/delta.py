@@ -15,20 +15,15 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.methods import MethodError
+from tunelab.methods import MethodError, train_only
 
 DELTA_FILE = "delta.safetensors"
 DELTA_INFO = "tunelab_delta.json"
 
 
 def freeze_all_but(model: nn.Module, keep) -> list[str]:
-    """Freeze every parameter except those whose name `keep(name)` accepts; returns the kept names."""
-    kept = []
-    for name, parameter in model.named_parameters():
-        trainable = bool(keep(name))
-        parameter.requires_grad_(trainable)
-        if trainable:
-            kept.append(name)
+    """Freeze every parameter except those whose name `keep(name)` accepts, and remember them for `save`."""
+    kept = train_only(model, keep)
     model.tunelab_delta_names = kept  # save() writes exactly these, whatever requires_grad says later
     return kept
 
