@@ -1,1 +1,6 @@
-"""Evaluation: predictions from a model, and the metric each task type calls for."""
+"""Evaluation: predictions from a model, the metric each task type calls for, suites, forgetting,
+robustness, bias and human ratings."""
+
+
+class EvaluationError(ValueError):
+    """An evaluation request that cannot be carried out as given; the message says what to change."""

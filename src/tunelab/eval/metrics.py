@@ -1,41 +1,429 @@
-"""Task metrics, computed by the well-kept libraries: scikit-learn for classification, rouge-score for ROUGE."""
+"""Task metrics in one registry, each computed by the library the field trusts for it.
+
+Who computes what:
+
+- scikit-learn: accuracy, macro/micro precision, recall and F1, and Matthews
+  correlation (MCC) for classification.
+- rouge-score: ROUGE-1/2/L/Lsum F-measure, with Porter stemming, for summarisation.
+- sacrebleu: corpus BLEU and chrF for translation (its default 13a tokenisation).
+- seqeval: entity-level precision, recall and F1 for IOB2-tagged NER
+  (conlleval-compatible default mode).
+- tunelab (written here): SQuAD exact match and token F1, following the official
+  SQuAD v1.1 evaluation script, and perplexity as exp of the token-weighted mean NLL.
+
+Every bounded metric is reported on a 0-100 scale (accuracy 87.5, F1 x100, MCC
+x100, ROUGE x100, BLEU/chrF as sacrebleu gives them); perplexity is raw. Each
+metric takes (predictions, references) and returns one corpus-level float.
+`Metric.per_example` is set only when the corpus score is exactly the mean of
+per-example scores, which lets the bootstrap resample those scores cheaply.
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
+import numpy as np
 from rouge_score import rouge_scorer
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_recall_fscore_support
+
+from tunelab.eval import EvaluationError
+
+Reference = str | Sequence[str]
+"""One example's reference: a single string or a list of acceptable strings."""
+
+_UNMATCHED = "\0<no label matched>"
+"""Stands in for a None prediction so scikit-learn sees strings; never in the label set, so always wrong."""
 
 
-def classification_metrics(gold: list[str], predicted: list[str], labels: list[str]) -> dict[str, float]:
-    """Accuracy and macro precision/recall/F1 over the full label set."""
-    precision, recall, f1, _ = precision_recall_fscore_support(gold, predicted, labels=labels, average="macro", zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(gold, predicted)),
-        "precision_macro": float(precision),
-        "recall_macro": float(recall),
-        "f1_macro": float(f1),
-    }
+class MetricError(EvaluationError):
+    """An unknown metric name or inputs a metric cannot score."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: how to compute it, and what a reader needs to interpret it."""
+
+    name: str
+    compute: Callable[[Sequence, Sequence], float]
+    per_example: Callable[[Any, Any], float] | None
+    higher_is_better: bool
+    library: str
+    description: str
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+
+def align(predictions: Sequence, references: Sequence | None) -> tuple[list, list]:
+    """Predictions and references as equal-length, non-empty lists.
+
+    A metric of zero examples is undefined and mismatched lengths mean the
+    caller zipped the wrong lists, so both fail loudly here rather than as a
+    library's obscure error. References may be None for metrics that ignore them
+    (perplexity).
+    """
+    predictions = list(predictions)
+    references = [None] * len(predictions) if references is None else list(references)
+    if len(predictions) != len(references):
+        raise MetricError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise MetricError("no examples to score")
+    return predictions, references
+
+
+def _reference_list(reference: Reference) -> list[str]:
+    """A reference as a non-empty list of acceptable strings (a plain string is a list of one)."""
+    references = [reference] if isinstance(reference, str) else list(reference)
+    if not references:
+        raise MetricError("an example has no reference")
+    return references
+
+
+def _mean_of(per_example: Callable[[Any, Any], float]) -> Callable[[Sequence, Sequence], float]:
+    """The corpus score of a mean-decomposable metric: the mean of its per-example scores."""
+
+    def compute(predictions: Sequence, references: Sequence) -> float:
+        return float(np.mean([per_example(p, r) for p, r in zip(predictions, references)]))
+
+    return compute
+
+
+# --- classification -----------------------------------------------------------------------------
+
+
+def _as_labels(predictions: Sequence[str | None]) -> list[str]:
+    """Predictions with None (generated text that matched no label) replaced by a never-correct string."""
+    return [_UNMATCHED if p is None else p for p in predictions]
+
+
+def _prf(predictions: Sequence[str | None], references: Sequence[str], average: str,
+         labels: Sequence[str] | None = None) -> tuple[float, float, float]:
+    """Precision, recall, F1 (fractions) over the label set: the given one, else the sorted reference labels.
+
+    Restricting to the label set is what keeps None out: an unmatched prediction
+    is a false negative for its true class but a false positive for none.
+    """
+    label_set = list(labels) if labels is not None else sorted(set(references))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        references, _as_labels(predictions), labels=label_set, average=average, zero_division=0)
+    return float(precision), float(recall), float(f1)
+
+
+def label_correct(prediction: str | None, reference: str) -> float:
+    """100 when the predicted label is the reference label, else 0 (None is always wrong)."""
+    return 100.0 if prediction is not None and prediction == reference else 0.0
+
+
+def accuracy(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Share of examples whose label is right, x100: the headline classification number."""
+    return 100.0 * float(accuracy_score(references, _as_labels(predictions)))
+
+
+def precision_macro(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Unweighted mean of per-class precision, x100: every class counts the same, however rare."""
+    return 100.0 * _prf(predictions, references, "macro")[0]
+
+
+def recall_macro(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Unweighted mean of per-class recall, x100."""
+    return 100.0 * _prf(predictions, references, "macro")[1]
+
+
+def f1_macro(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Unweighted mean of per-class F1, x100: the usual number for imbalanced label sets."""
+    return 100.0 * _prf(predictions, references, "macro")[2]
+
+
+def precision_micro(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Pooled precision, x100; below accuracy when some predictions matched no label."""
+    return 100.0 * _prf(predictions, references, "micro")[0]
+
+
+def recall_micro(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Pooled recall, x100; equals accuracy, since every reference is in the label set."""
+    return 100.0 * _prf(predictions, references, "micro")[1]
+
+
+def f1_micro(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Pooled F1, x100."""
+    return 100.0 * _prf(predictions, references, "micro")[2]
+
+
+def mcc(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Matthews correlation, x100: chance-corrected, so a majority-class guesser scores 0.
+
+    A None prediction lands in its own column of the confusion matrix (it is
+    wrong for every true class) but, never being a reference, adds no row.
+    """
+    return 100.0 * float(matthews_corrcoef(references, _as_labels(predictions)))
+
+
+# --- summarisation (ROUGE) ----------------------------------------------------------------------
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@lru_cache(maxsize=None)
+def _rouge_scorer(kind: str) -> rouge_scorer.RougeScorer:
+    """One stemming scorer per ROUGE type, built once (the stemmer set-up is not free)."""
+    return rouge_scorer.RougeScorer([kind], use_stemmer=True)
+
+
+def _sentence_lines(text: str) -> str:
+    """Sentences one per line, as rougeLsum expects; a regex split, since nltk's punkt data is not offline."""
+    return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
+
+
+def _rouge(kind: str, prediction: str, reference: Reference) -> float:
+    """ROUGE F-measure x100 against the best-matching reference."""
+    targets = _reference_list(reference)
+    if kind == "rougeLsum":
+        prediction, targets = _sentence_lines(prediction), [_sentence_lines(t) for t in targets]
+    return 100.0 * _rouge_scorer(kind).score_multi(targets, prediction)[kind].fmeasure
+
+
+def rouge1(prediction: str, reference: Reference) -> float:
+    """ROUGE-1 F-measure x100: stemmed unigram overlap, how much of the content is there."""
+    return _rouge("rouge1", prediction, reference)
+
+
+def rouge2(prediction: str, reference: Reference) -> float:
+    """ROUGE-2 F-measure x100: stemmed bigram overlap, a first check on fluency."""
+    return _rouge("rouge2", prediction, reference)
+
+
+def rougeL(prediction: str, reference: Reference) -> float:
+    """ROUGE-L F-measure x100: longest common subsequence over the whole text."""
+    return _rouge("rougeL", prediction, reference)
+
+
+def rougeLsum(prediction: str, reference: Reference) -> float:
+    """ROUGE-Lsum F-measure x100: union LCS per sentence, the variant summarisation papers report."""
+    return _rouge("rougeLsum", prediction, reference)
+
+
+# --- translation (sacrebleu) --------------------------------------------------------------------
+
+
+def _reference_streams(references: Sequence[Reference]) -> list[list[str | None]]:
+    """Per-example references regrouped into sacrebleu's reference streams.
+
+    sacrebleu wants one list per reference position, each as long as the
+    corpus. An example with fewer references is padded with None, which
+    sacrebleu drops per segment; an empty string would instead count as a real,
+    empty reference and distort BLEU's closest-length brevity penalty.
+    """
+    per_example = [_reference_list(r) for r in references]
+    width = max(len(r) for r in per_example)
+    return [[r[i] if i < len(r) else None for r in per_example] for i in range(width)]
+
+
+def bleu(predictions: Sequence[str], references: Sequence[Reference]) -> float:
+    """Corpus BLEU (sacrebleu defaults): n-gram precision pooled over the corpus, so not a per-example mean."""
+    import sacrebleu  # imported where used: only translation tasks need it
+
+    return float(sacrebleu.corpus_bleu(list(predictions), _reference_streams(references)).score)
+
+
+def chrf(predictions: Sequence[str], references: Sequence[Reference]) -> float:
+    """Corpus chrF (sacrebleu defaults): character n-gram F-score, kinder than BLEU to morphology."""
+    import sacrebleu  # imported where used: only translation tasks need it
+
+    return float(sacrebleu.corpus_chrf(list(predictions), _reference_streams(references)).score)
+
+
+# --- extractive QA (SQuAD v1.1) -----------------------------------------------------------------
 
 
 def normalise_answer(text: str) -> str:
-    """SQuAD-style normalisation: lower case, no punctuation, no articles, single spaces."""
+    """SQuAD v1.1 normalisation: lower case, no punctuation, no articles, single spaces.
+
+    Answers that differ only in these ways are the same answer to a reader, so
+    the official script ignores the differences; so do we, in the same order.
+    """
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
 
+def _token_f1(prediction: str, reference: str) -> float:
+    """Token-overlap F1 (fraction) of normalised answers, exactly as the v1.1 script (no empty-answer case)."""
+    predicted, gold = normalise_answer(prediction).split(), normalise_answer(reference).split()
+    common = sum((Counter(predicted) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, reference: Reference) -> float:
+    """100 when the normalised prediction equals any normalised acceptable answer, else 0."""
+    return 100.0 * max(normalise_answer(prediction) == normalise_answer(r) for r in _reference_list(reference))
+
+
+def squad_f1(prediction: str, reference: Reference) -> float:
+    """Best token F1 x100 over the acceptable answers: partial credit for a partly right span."""
+    return 100.0 * max(_token_f1(prediction, r) for r in _reference_list(reference))
+
+
+# --- NER (seqeval) ------------------------------------------------------------------------------
+
+
+def _entity_scores(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> tuple[float, ...]:
+    """seqeval's entity-level micro precision, recall, F1 (fractions): an entity counts only if span and type match."""
+    from seqeval.metrics import f1_score, precision_score, recall_score  # imported where used: only NER needs it
+
+    gold, predicted = [list(tags) for tags in references], [list(tags) for tags in predictions]
+    return tuple(float(fn(gold, predicted, zero_division=0)) for fn in (precision_score, recall_score, f1_score))
+
+
+def entity_precision(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> float:
+    """Share of predicted entities that are right (span and type), x100."""
+    return 100.0 * _entity_scores(predictions, references)[0]
+
+
+def entity_recall(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> float:
+    """Share of gold entities found (span and type), x100."""
+    return 100.0 * _entity_scores(predictions, references)[1]
+
+
+def entity_f1(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> float:
+    """Entity-level F1, x100: the CoNLL headline number."""
+    return 100.0 * _entity_scores(predictions, references)[2]
+
+
+# --- language modelling -------------------------------------------------------------------------
+
+
+def perplexity(predictions: Sequence[tuple[float, int]], references: Sequence | None = None) -> float:
+    """exp(total NLL / total tokens) over (nll_sum, token_count) pairs; references are ignored.
+
+    Weighting by tokens (not averaging per-example perplexities) is what makes
+    it the perplexity of the corpus as one text; hence no per-example form.
+    """
+    total_nll = sum(float(nll) for nll, _ in predictions)
+    total_tokens = sum(int(count) for _, count in predictions)
+    if total_tokens <= 0:
+        raise MetricError("perplexity needs at least one token")
+    return math.exp(total_nll / total_tokens)
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+def _classification(name: str, compute: Callable, description: str) -> Metric:
+    """A scikit-learn label metric; not a per-example mean (except accuracy, registered by hand)."""
+    return Metric(name, compute, None, True, "scikit-learn", description)
+
+
+def _mean_metric(per_example: Callable[[Any, Any], float], library: str, description: str) -> Metric:
+    """A metric whose corpus score is the mean of `per_example`, named after that function."""
+    return Metric(per_example.__name__, _mean_of(per_example), per_example, True, library, description)
+
+
+METRICS: dict[str, Metric] = {metric.name: metric for metric in (
+    Metric("accuracy", accuracy, label_correct, True, "scikit-learn", "share of correct labels"),
+    _classification("precision_macro", precision_macro, "mean per-class precision"),
+    _classification("recall_macro", recall_macro, "mean per-class recall"),
+    _classification("f1_macro", f1_macro, "mean per-class F1"),
+    _classification("precision_micro", precision_micro, "pooled precision"),
+    _classification("recall_micro", recall_micro, "pooled recall"),
+    _classification("f1_micro", f1_micro, "pooled F1"),
+    _classification("mcc", mcc, "Matthews correlation coefficient"),
+    _mean_metric(rouge1, "rouge-score", "stemmed unigram-overlap F-measure"),
+    _mean_metric(rouge2, "rouge-score", "stemmed bigram-overlap F-measure"),
+    _mean_metric(rougeL, "rouge-score", "longest-common-subsequence F-measure"),
+    _mean_metric(rougeLsum, "rouge-score", "summary-level (per-sentence union) LCS F-measure"),
+    Metric("bleu", bleu, None, True, "sacrebleu", "corpus BLEU"),
+    Metric("chrf", chrf, None, True, "sacrebleu", "corpus character n-gram F-score"),
+    _mean_metric(exact_match, "tunelab", "SQuAD v1.1 normalised exact match"),
+    _mean_metric(squad_f1, "tunelab", "SQuAD v1.1 token F1"),
+    Metric("entity_precision", entity_precision, None, True, "seqeval", "entity-level precision"),
+    Metric("entity_recall", entity_recall, None, True, "seqeval", "entity-level recall"),
+    Metric("entity_f1", entity_f1, None, True, "seqeval", "entity-level F1"),
+    Metric("perplexity", perplexity, None, False, "tunelab", "exp of token-weighted mean NLL"),
+)}
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric called `name`; a typo gets the known names and the closest one."""
+    if name in METRICS:
+        return METRICS[name]
+    by_lower = {known.lower(): known for known in METRICS}
+    close = [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=1)]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise MetricError(f"Unknown metric {name!r}.{hint} Known metrics: {', '.join(sorted(METRICS))}")
+
+
+def score(name: str, predictions: Sequence, references: Sequence | None) -> float:
+    """The corpus score of metric `name` on aligned predictions and references."""
+    predictions, references = align(predictions, references)
+    return get_metric(name).compute(predictions, references)
+
+
+# --- generative classification ------------------------------------------------------------------
+
+
+def _normalise_text(text: str) -> str:
+    """Lower case, single spaces, no punctuation or space around the ends: "  Positive!" -> "positive"."""
+    return " ".join(text.lower().split()).strip(string.punctuation + " ")
+
+
+def _whole_word(word: str) -> re.Pattern[str]:
+    """A pattern for `word` not glued to letters or digits on either side."""
+    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")
+
+
+def match_label(text: str, label_words: dict[str, list[str]]) -> str | None:
+    """The label a generated text names, or None when it names none or is ambiguous.
+
+    A label word at the start wins (the model answered); otherwise a label
+    word anywhere counts if only one label is mentioned. Longer words are tried
+    first and their matches blanked out, so "not entailment" is never also read
+    as "entailment".
+    """
+    normalised = _normalise_text(text)
+    words = sorted(((_normalise_text(w), label) for label, ws in label_words.items() for w in ws),
+                   key=lambda pair: len(pair[0]), reverse=True)
+    for word, label in words:
+        if word and _whole_word(word).match(normalised):
+            return label
+    mentioned = set()
+    for word, label in words:
+        if word and _whole_word(word).search(normalised):
+            mentioned.add(label)
+            normalised = _whole_word(word).sub(" ", normalised)
+    return mentioned.pop() if len(mentioned) == 1 else None
+
+
+def unmatched_share(predictions: Sequence[str | None]) -> float:
+    """Share (0-100) of generated answers that matched no label: a high value means the metric measures format, not skill."""
+    predictions = list(predictions)
+    return 100.0 * sum(p is None for p in predictions) / len(predictions) if predictions else 0.0
+
+
+# --- the evaluation loop's summaries (kept for evaluate.py) ---------------------------------------
+
+
+def classification_metrics(gold: list[str], predicted: list[str], labels: list[str]) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 over the full label set, as fractions (0-1) as before."""
+    precision, recall, f1 = _prf(predicted, gold, "macro", labels)
+    return {
+        "accuracy": float(accuracy_score(gold, _as_labels(predicted))),
+        "precision_macro": precision,
+        "recall_macro": recall,
+        "f1_macro": f1,
+    }
+
+
 def generation_metrics(references: list[str], predictions: list[str]) -> dict[str, float]:
     """ROUGE-1/2/L F-measure (stemmed, x100) and normalised exact match (x100)."""
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    for reference, prediction in zip(references, predictions):
-        for name, score in scorer.score(reference, prediction).items():
-            totals[name] += score.fmeasure
-    count = max(1, len(references))
-    metrics = {name: 100.0 * total / count for name, total in totals.items()}
-    matches = sum(normalise_answer(r) == normalise_answer(p) for r, p in zip(references, predictions))
-    metrics["exact_match"] = 100.0 * matches / count
-    return metrics
+    return {name: score(name, predictions, references) for name in ("rouge1", "rouge2", "rougeL", "exact_match")}
