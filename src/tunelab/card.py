@@ -17,7 +17,7 @@ def metrics_table(base: dict[str, float] | None, tuned: dict[str, float]) -> str
     return "\n".join(lines)
 
 
-def render_card(config: RunConfig, state: dict, evaluation: dict) -> str:
+def render_card(config: RunConfig, state: dict, evaluation: dict, forgetting: str | None = None) -> str:
     base_note = (
         "Base = the pretrained encoder with its new, untrained classification head: chance level by construction."
         if config.task == "classification"
@@ -51,6 +51,6 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 {metrics_table(evaluation.get('base'), evaluation['tuned'])}
 
 {base_note}
-
+{f"{chr(10)}## Forgetting ({config.eval.retention_suite} suite){chr(10)}{forgetting}" if forgetting else ""}
 Reproduce: `tunelab train config.yaml` with the `config.yaml` in this directory.
 """

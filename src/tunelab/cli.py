@@ -63,12 +63,73 @@ def _cmd_train(args) -> None:
 
 def _cmd_eval(args) -> None:
     from tunelab import pipeline
+    from tunelab.eval import commands
     from tunelab.runs import RunDir, write_json
 
-    metrics = pipeline.evaluate_run(RunDir(args.run), args.data)
+    if bool(args.data) == bool(args.suite):
+        raise ConfigError("give either --suite NAME (any model or run) or --data FILE (a run, with its own field names)")
+    if args.suite:
+        commands.evaluate_suite(args.target, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size)
+        return
+    metrics = pipeline.evaluate_run(RunDir(args.target), args.data)
     print(json.dumps(metrics, indent=2))
     if args.output:
         write_json(Path(args.output), metrics)
+
+
+def _cmd_forgetting(args) -> None:
+    from tunelab.eval import commands
+
+    commands.forgetting(args.base, args.tuned, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size)
+
+
+def _cmd_robustness(args) -> None:
+    from tunelab.eval import commands
+
+    commands.robustness(args.target, args.task, args.perturbations, args.severity, args.limit, args.output, args.seed,
+                        args.samples, args.batch_size)
+
+
+def _cmd_bias(args) -> None:
+    from tunelab.eval import commands
+
+    commands.bias(args.target, args.task, args.attributes, args.limit, args.output, args.seed, args.samples, args.batch_size)
+
+
+def _cmd_tasks_list(args) -> None:
+    from tunelab.tasks import builtin_tasks, load_task
+
+    for name in builtin_tasks():
+        spec = load_task(name)
+        print(f"{spec.name:16} {spec.kind:18} {spec.primary_metric:12} {spec.description}")
+
+
+def _cmd_tasks_show(args) -> None:
+    from tunelab.tasks import load_records, load_task
+
+    spec = load_task(args.name)
+    print(f"{spec.name} ({spec.kind}): {spec.description}\nsource: {spec.source}, split {spec.split}; metrics: {', '.join(spec.metrics)}")
+    for i, record in enumerate(load_records(spec, limit=2, seed=args.seed)):
+        print(f"\n--- example {i + 1} ({record.where}) ---")
+        if spec.templates:
+            print(f"[prompt]\n{spec.prompt(record, args.template)}\n[target]\n{spec.target(record)}")
+        else:
+            print(str(record.fields[spec.text_field])[:500])
+
+
+def _cmd_human(args) -> None:
+    from tunelab.eval import human
+    from tunelab.runs import RunDir
+
+    if args.human_command == "export":
+        path = human.export_sheet(RunDir(args.run), RunDir(args.run_b) if args.run_b else None, args.n, Path(args.output), args.seed)
+        print(f"wrote blind sheet {path}; rate it with: tunelab human rate {path.stem} --rater NAME")
+    elif args.human_command == "rate":
+        human.rate_interactive(args.sheet, args.rater)
+    elif args.human_command == "import":
+        print(f"imported {human.import_csv(Path(args.csv))} ratings from {args.csv}")
+    else:
+        print(human.render_report(human.report(args.sheet)))
 
 
 def _named_adapters(items: list[str]) -> dict:
@@ -122,6 +183,13 @@ def _cmd_demo(args) -> None:
     run_demo(args.output_dir)
 
 
+def _report_options(parser: argparse.ArgumentParser, limit: int | None = None) -> None:
+    parser.add_argument("--limit", type=int, default=limit, help="at most this many examples per task, drawn with --seed")
+    parser.add_argument("--seed", type=int, default=0, help="example draw and bootstrap seed")
+    parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--batch-size", type=int, default=32, help="generation batch size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models and measure what it did.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,11 +215,63 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last checkpoint")
     train.set_defaults(func=_cmd_train)
 
-    evaluate = commands.add_parser("eval", help="score a run's tuned model on labelled data")
-    evaluate.add_argument("run")
-    evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate = commands.add_parser("eval", help="score a model or run on a benchmark suite, or a run on labelled data")
+    evaluate.add_argument("target", help="a run directory, registry model name, model folder or hub id")
+    evaluate.add_argument("--suite", help="glue-mini, retention, or a suite YAML: writes <suite>.json/.md with 95%% CIs")
+    evaluate.add_argument("--data", help="labelled file scored with the run's own field names (run targets only)")
+    evaluate.add_argument("--output", help="report folder (--suite; default <run>/eval or eval/<model>) or JSON file (--data)")
+    _report_options(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
+
+    forgetting = commands.add_parser("forgetting", help="what the tuned model can no longer do: base vs tuned on a suite")
+    forgetting.add_argument("base", help="the pretrained model (registry name, folder or hub id) or a run")
+    forgetting.add_argument("tuned", help="the tuned run directory (or any model)")
+    forgetting.add_argument("--suite", default="retention")
+    forgetting.add_argument("--output", help="report folder (default <tuned run>/eval)")
+    _report_options(forgetting)
+    forgetting.set_defaults(func=_cmd_forgetting)
+
+    robustness = commands.add_parser("robustness", help="metric on clean vs perturbed inputs (typos, casing, slang, ...)")
+    robustness.add_argument("target")
+    robustness.add_argument("--task", required=True, help="a task name (tunelab tasks list) or task YAML")
+    robustness.add_argument("--perturbations", default="all", help="all, or a comma list: typos,char_swap,char_delete,casing,whitespace,contractions,slang")
+    robustness.add_argument("--severity", type=float, default=0.1, help="per-word/character probability of a change (0-1)")
+    robustness.add_argument("--output", help="report folder")
+    _report_options(robustness, limit=200)
+    robustness.set_defaults(func=_cmd_robustness)
+
+    bias = commands.add_parser("bias", help="counterfactual bias test: swap gendered words and names, compare answers")
+    bias.add_argument("target")
+    bias.add_argument("--task", required=True)
+    bias.add_argument("--attributes", default="all", help="all, or a comma list: gender_words,names")
+    bias.add_argument("--output", help="report folder")
+    _report_options(bias, limit=200)
+    bias.set_defaults(func=_cmd_bias)
+
+    tasks = commands.add_parser("tasks", help="built-in tasks (instruction templates, data, metric)").add_subparsers(dest="tasks_command", required=True)
+    tasks.add_parser("list", help="every built-in task with its kind and metric").set_defaults(func=_cmd_tasks_list)
+    show = tasks.add_parser("show", help="a task's settings and two formatted examples")
+    show.add_argument("name")
+    show.add_argument("--template", type=int, default=0, help="which instruction template to render")
+    show.add_argument("--seed", type=int, default=0)
+    show.set_defaults(func=_cmd_tasks_show)
+
+    human = commands.add_parser("human", help="blind human ratings: export a sheet, rate, import CSV, report").add_subparsers(dest="human_command", required=True)
+    export = human.add_parser("export", help="blind, shuffled sheet of base-vs-tuned (or run-vs-run) outputs")
+    export.add_argument("run")
+    export.add_argument("run_b", nargs="?", help="a second run to compare with instead of the base model")
+    export.add_argument("--n", type=int, default=50, help="prompts from the run's test data")
+    export.add_argument("--output", required=True, help="the sheet CSV to write (its name names the sheet)")
+    export.add_argument("--seed", type=int, default=0)
+    rate = human.add_parser("rate", help="rate a sheet in the terminal (fluency, coherence, relevance 1-5); resumable")
+    rate.add_argument("sheet")
+    rate.add_argument("--rater", required=True)
+    imported = human.add_parser("import", help="import ratings from a CSV: sheet,item_id,rater,fluency,coherence,relevance")
+    imported.add_argument("csv")
+    report = human.add_parser("report", help="mean and 95% CI per system and criterion, win rate, Krippendorff's alpha")
+    report.add_argument("sheet")
+    for sub in (export, rate, imported, report):
+        sub.set_defaults(func=_cmd_human)
 
     predict = commands.add_parser("predict", help="run a tuned model (or several adapters on one base) over a JSONL/CSV/Parquet file")
     predict.add_argument("run", nargs="?", help="a complete run directory")
@@ -194,13 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     from tunelab.data.readers import DataError
+    from tunelab.eval import EvaluationError
     from tunelab.methods import MethodError
     from tunelab.models.registry import ModelNotAvailable
     from tunelab.runs import RunError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, RunError, ModelNotAvailable, MethodError) as exc:
+    except (ConfigError, DataError, RunError, ModelNotAvailable, MethodError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -230,6 +230,11 @@ class EvalConfig(_Section):
     """Beam search width; 1 is greedy decoding."""
     evaluate_base: bool = True
     """Also evaluate the model before tuning on the same test data, for the base-vs-tuned table."""
+    retention_suite: str | None = None
+    """A suite (e.g. 'retention') scored on the base and the tuned model after training: the forgetting table
+    (what tuning cost on other abilities) goes to eval/forgetting-<suite>.json and the run card."""
+    retention_limit: int | None = Field(None, ge=1)
+    """Cap every retention task at this many examples (the suite's own limits otherwise)."""
 
 
 class RunConfig(_Section):

@@ -20,6 +20,9 @@ from tunelab.data.readers import DataError, read_file
 from tunelab.data.splits import TaskData, load_task_data
 from tunelab.data.validate import check_records, enforce
 from tunelab.eval.evaluate import evaluate
+from tunelab.eval.forgetting import forgetting_report, render_forgetting
+from tunelab.eval.suites import load_suite
+from tunelab.eval.targets import Target
 from tunelab.eval.predict import classify, generate
 from tunelab.methods import MethodError, apply_method, base_load_options, check_method, method_module
 from tunelab.models.loading import check_family, load_model, load_tokenizer, resolve_source
@@ -58,6 +61,8 @@ def check_runnable(config: RunConfig) -> None:
     """Refuse, before any data or model loads, a model that cannot do the task or a method that cannot run here."""
     check_family(config.model.name, config.task)
     check_method(config)
+    if config.eval.retention_suite:
+        load_suite(config.eval.retention_suite)
 
 
 def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
@@ -102,7 +107,8 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
         run.update_state(train_seconds=train_seconds, epochs_trained=round(trainer.state.epoch or 0, 4),
                          learning_rate=config.learning_rate(), saved_weights_bytes=_saved_weights_bytes(run.model_dir),
                          best_checkpoint=trainer.state.best_model_checkpoint, **memory)
-        write_atomic(run.card_path, render_card(config, run.state(), evaluation))
+        forgetting = _retention_report(config, model, tokenizer, data.labels, run) if config.eval.retention_suite else None
+        write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting))
         shutil.rmtree(run.checkpoints, ignore_errors=True)
         run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     except KeyboardInterrupt:
@@ -112,6 +118,23 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
         run.update_state(state="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     return run
+
+
+def _retention_report(config: RunConfig, model, tokenizer, labels, run: RunDir) -> str:
+    """Base vs tuned on the retention suite, written to the run's eval/ folder; returns the Markdown table."""
+    batch = config.training.eval_batch_size
+    tuned = Target(f"{config.name} (tuned)", model, tokenizer, config.task, labels, batch)
+
+    def base() -> Target:  # a fresh copy of the pretrained weights, loaded only when the report needs it
+        return Target(config.model.name, _load_base(config, labels).to(model.device).eval(), tokenizer, config.task, labels, batch)
+
+    suite = load_suite(config.eval.retention_suite)
+    report = forgetting_report(base, tuned, suite, config.eval.retention_limit, seed=config.training.seed)
+    table = render_forgetting(report)
+    write_atomic(run.path / "eval" / f"forgetting-{suite.name}.md", table)
+    write_json(run.path / "eval" / f"forgetting-{suite.name}.json", report)
+    print(table)
+    return table
 
 
 def load_run(run: RunDir):

@@ -44,7 +44,7 @@ def encode_classification(records: list[Record], tokenizer: PreTrainedTokenizerB
     return Encoded(examples, truncated)
 
 
-def _decoder_prompt_ids(prompt: str, tokenizer: PreTrainedTokenizerBase, budget: int) -> tuple[list[int], bool]:
+def decoder_prompt_ids(prompt: str, tokenizer: PreTrainedTokenizerBase, budget: int) -> tuple[list[int], bool]:
     """Token ids of the formatted prompt within `budget` tokens, cutting the prompt's content (never the
     chat-template markers that tell the model its answer starts)."""
     chat = has_chat_template(tokenizer)
@@ -68,7 +68,7 @@ def encode_causal(records: list[Record], tokenizer: PreTrainedTokenizerBase, dat
             if len(target) > data.max_target_length:
                 target, truncated = target[: data.max_target_length], truncated + 1
             target = target + [tokenizer.eos_token_id]
-        prompt_ids, cut = _decoder_prompt_ids(render_prompt(record.fields, data), tokenizer, data.max_length - len(target))
+        prompt_ids, cut = decoder_prompt_ids(render_prompt(record.fields, data), tokenizer, data.max_length - len(target))
         truncated += cut
         example = {"input_ids": prompt_ids + target, "attention_mask": [1] * (len(prompt_ids) + len(target))}
         if with_target:

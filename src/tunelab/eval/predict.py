@@ -1,9 +1,6 @@
-"""Batched inference for evaluation and `tunelab predict`.
+"""Predictions of a run's model on records shaped by its config: labels with scores, or generated text.
 
-Examples are sorted by length before batching so each batch pads as little as
-possible, then results are put back in input order. Decoders generate from
-left-padded batches (so every prompt ends where generation starts) with the KV
-cache, stopping at EOS.
+Batching (length-sorted, left-padded for decoders) lives in `tunelab.eval.generate`.
 """
 
 from __future__ import annotations
@@ -14,27 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunelab.config import RunConfig
 from tunelab.data.encode import encode
 from tunelab.data.readers import Record
-
-
-def _batches_by_length(examples: list[dict], batch_size: int):
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-def _pad(examples: list[dict], pad_id: int, left: bool, device) -> dict[str, torch.Tensor]:
-    width = max(len(e["input_ids"]) for e in examples)
-    batch: dict[str, list] = {"input_ids": [], "attention_mask": []}
-    has_types = "token_type_ids" in examples[0]
-    if has_types:
-        batch["token_type_ids"] = []
-    for example in examples:
-        gap = width - len(example["input_ids"])
-        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            if key in batch:
-                padding = [fill] * gap
-                batch[key].append(padding + example[key] if left else example[key] + padding)
-    return {key: torch.tensor(value, device=device) for key, value in batch.items()}
+from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
 
 
 @torch.inference_mode()
@@ -45,34 +22,17 @@ def classify(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
     examples = encode("classification", records, tokenizer, config.data, with_target=False).examples
     device = next(model.parameters()).device
     results: list[dict] = [{}] * len(examples)
-    for indices in _batches_by_length(examples, config.training.eval_batch_size):
-        batch = _pad([examples[i] for i in indices], tokenizer.pad_token_id, left=False, device=device)
+    for indices in batches_by_length([e["input_ids"] for e in examples], config.training.eval_batch_size):
+        batch = pad_batch([examples[i] for i in indices], tokenizer.pad_token_id, left=False, device=device)
         probabilities = model(**batch).logits.float().softmax(-1).cpu()
         for i, row in zip(indices, probabilities):
             results[i] = {"label": labels[int(row.argmax())], "scores": {l: round(float(p), 6) for l, p in zip(labels, row)}}
     return results
 
 
-@torch.inference_mode()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], config: RunConfig) -> list[str]:
     """Greedy (or beam) completions for each record's prompt, stopping at EOS."""
-    model.eval()
     examples = encode(config.task, records, tokenizer, config.data, with_target=False).examples
-    device = next(model.parameters()).device
-    decoder_only = config.task == "causal_lm"
-    outputs: list[str] = [""] * len(examples)
-    for indices in _batches_by_length(examples, config.training.eval_batch_size):
-        batch = _pad([examples[i] for i in indices], tokenizer.pad_token_id, left=decoder_only, device=device)
-        generated = model.generate(
-            **batch,
-            max_new_tokens=config.eval.max_new_tokens,
-            num_beams=config.eval.num_beams,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        if decoder_only:
-            generated = generated[:, batch["input_ids"].shape[1] :]
-        for i, ids in zip(indices, generated):
-            outputs[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return outputs
+    return generate_texts(model, tokenizer, [e["input_ids"] for e in examples], decoder_only=config.task == "causal_lm",
+                          batch_size=config.training.eval_batch_size, max_new_tokens=config.eval.max_new_tokens,
+                          num_beams=config.eval.num_beams)

@@ -1,0 +1,88 @@
+"""Catastrophic forgetting: what a tuned model can no longer do that its base model could.
+
+Both models answer the same examples of every task in a suite (the `retention` suite by default). For
+each task the report gives base score, tuned score, the change, and the paired-bootstrap 95% interval of
+the change (both models resampled on the same example indices); a change whose interval excludes zero is
+marked significant. Average forgetting is the mean drop (base - tuned) of the primary metrics on the
+0-100 scale; perplexity is reported beside it as a relative change.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from tunelab.eval.bootstrap import paired_bootstrap
+from tunelab.eval.metrics import get_metric
+from tunelab.eval.runner import TaskResult, run_task
+from tunelab.eval.suites import Suite, suite_tasks
+from tunelab.eval.targets import Target
+
+
+def _evaluate_all(target: Target, tasks, samples: int, seed: int, label: str) -> dict[str, TaskResult]:
+    results = {}
+    for spec, records in tasks:
+        print(f"forgetting: {label} on {spec.name} ({len(records)} examples) ...", flush=True)
+        results[spec.name] = run_task(target, spec, records, samples, seed)
+    return results
+
+
+def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int) -> dict:
+    if base.skipped or tuned.skipped:
+        return {"kind": spec.kind, "examples": base.examples, "skipped": base.skipped or tuned.skipped}
+    metric = get_metric(spec.primary_metric)
+    change = paired_bootstrap(metric, base.predictions, tuned.predictions, base.references, samples=samples, seed=seed)
+    significant = change.low > 0 or change.high < 0
+    worse = change.value < 0 if metric.higher_is_better else change.value > 0
+    row = {
+        "kind": spec.kind, "examples": base.examples, "metric": metric.name, "higher_is_better": metric.higher_is_better,
+        "base": base.scores[metric.name].as_dict(), "tuned": tuned.scores[metric.name].as_dict(),
+        "change": change.as_dict(), "significant": significant, "forgotten": significant and worse,
+    }
+    if not metric.higher_is_better:
+        row["relative_change_pct"] = 100.0 * change.value / row["base"]["value"]
+    return row
+
+
+def forgetting_report(base: Target | Callable[[], Target], tuned: Target | Callable[[], Target], suite: Suite,
+                      limit: int | None = None, seed: int = 0, samples: int = 1000) -> dict:
+    """Base vs tuned on the same examples of every suite task. A target may be given as a loader, so only
+    one model needs to be in memory at a time."""
+    tasks = suite_tasks(suite, limit, seed)
+    results = {}
+    names = {}
+    for role, target in (("base", base), ("tuned", tuned)):
+        loaded = target() if callable(target) else target
+        names[role] = loaded.name
+        results[role] = _evaluate_all(loaded, tasks, samples, seed, role)
+        del loaded
+    rows = {spec.name: _task_row(spec, results["base"][spec.name], results["tuned"][spec.name], samples, seed)
+            for spec, _ in tasks}
+    drops = [row["base"]["value"] - row["tuned"]["value"] for row in rows.values()
+             if "skipped" not in row and row["higher_is_better"]]
+    return {
+        "suite": suite.name, "base": names["base"], "tuned": names["tuned"], "seed": seed, "bootstrap_samples": samples,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "tasks": rows,
+        "average_forgetting": sum(drops) / len(drops) if drops else None,
+        "tasks_forgotten": sorted(name for name, row in rows.items() if row.get("forgotten")),
+    }
+
+
+def render_forgetting(report: dict) -> str:
+    """The forgetting table in Markdown, for the CLI, the report file and the run card."""
+    lines = [f"Base `{report['base']}` vs tuned `{report['tuned']}` on suite `{report['suite']}` "
+             f"(same examples; change = tuned - base, paired bootstrap 95% CI, {report['bootstrap_samples']} resamples).", "",
+             "| task | examples | metric | base | tuned | change [95% CI] | verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in report["tasks"].items():
+        if "skipped" in row:
+            lines.append(f"| {name} | {row['examples']} | - | - | - | - | skipped: {row['skipped']} |")
+            continue
+        change = row["change"]
+        verdict = "forgotten" if row["forgotten"] else ("improved" if row["significant"] else "no significant change")
+        arrow = "" if row["higher_is_better"] else " (lower is better)"
+        lines.append(f"| {name} | {row['examples']} | {row['metric']}{arrow} | {row['base']['value']:.2f} | "
+                     f"{row['tuned']['value']:.2f} | {change['value']:+.2f} [{change['low']:+.2f}, {change['high']:+.2f}] | {verdict} |")
+    if report["average_forgetting"] is not None:
+        lines += ["", f"Average forgetting (mean of base - tuned over 0-100 metrics): **{report['average_forgetting']:+.2f}** points; "
+                      f"tasks forgotten: {', '.join(report['tasks_forgotten']) or 'none'}."]
+    return "\n".join(lines) + "\n"

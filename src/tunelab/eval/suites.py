@@ -1,0 +1,123 @@
+"""Benchmark suites: a YAML list of tasks with example limits, run against one target.
+
+`tunelab eval TARGET --suite glue-mini` writes `<suite>.json` (every metric with its bootstrap 95%
+interval), `<suite>.md` (the table) and `<suite>.outputs.jsonl` (each answer beside its reference). The
+suite average is GLUE-style: the mean of each scored task's primary metric (perplexity, which is not on
+a 0-100 scale, is left out of it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.eval.metrics import get_metric
+from tunelab.eval.runner import TaskResult, run_task
+from tunelab.eval.targets import Target
+from tunelab.runs import write_atomic, write_json
+from tunelab.tasks import SUITES_DIR, TaskError, TaskSpec, find_yaml, read_yaml, load_records, load_task
+
+
+class SuiteEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str
+    """A built-in task name or a task YAML path."""
+    limit: int | None = Field(None, ge=1)
+    """Examples drawn (seeded) from the task's split; all when absent."""
+
+
+class Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    tasks: list[SuiteEntry] = Field(min_length=1)
+
+
+def load_suite(reference: str) -> Suite:
+    """A built-in suite by name (glue-mini, retention) or a suite YAML by path; every task must load."""
+    path = find_yaml(reference, SUITES_DIR, "suite")
+    try:
+        suite = Suite.model_validate(read_yaml(path, "suite"))
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise TaskError(f"{path} is not a valid suite:\n{problems}") from None
+    for entry in suite.tasks:
+        load_task(entry.task)
+    return suite
+
+
+def suite_tasks(suite: Suite, limit: int | None = None, seed: int = 0) -> list[tuple[TaskSpec, list]]:
+    """Each task of the suite with its records; `limit` caps every task's limit (for quick runs)."""
+    chosen = []
+    for entry in suite.tasks:
+        spec = load_task(entry.task)
+        caps = [c for c in (entry.limit, limit) if c]
+        chosen.append((spec, load_records(spec, min(caps) if caps else None, seed)))
+    return chosen
+
+
+def average(results: dict[str, TaskResult], specs: dict[str, TaskSpec]) -> dict | None:
+    """GLUE-style average of the primary metrics on the 0-100 scale."""
+    values = {name: r.scores[specs[name].primary_metric].value for name, r in results.items()
+              if not r.skipped and get_metric(specs[name].primary_metric).higher_is_better}
+    if not values:
+        return None
+    return {"value": sum(values.values()) / len(values), "over": {name: specs[name].primary_metric for name in values}}
+
+
+def run_suite(target: Target, suite: Suite, limit: int | None = None, seed: int = 0, samples: int = 1000) -> tuple[dict, dict]:
+    """(report, task results) of `target` on every task of `suite`."""
+    results, specs = {}, {}
+    for spec, records in suite_tasks(suite, limit, seed):
+        print(f"{suite.name}: {spec.name} ({len(records)} examples) ...", flush=True)
+        specs[spec.name] = spec
+        results[spec.name] = run_task(target, spec, records, samples, seed)
+    report = {
+        "suite": suite.name, "target": target.name, "seed": seed, "bootstrap_samples": samples,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tasks": {name: result.as_dict() for name, result in results.items()},
+        "average": average(results, specs),
+    }
+    return report, results
+
+
+def _cell(metric: dict) -> str:
+    return f"{metric['value']:.2f} [{metric['low']:.2f}, {metric['high']:.2f}]"
+
+
+def render_suite(report: dict) -> str:
+    """The suite report as a Markdown table: every metric with its 95% interval."""
+    lines = [f"# {report['suite']}: {report['target']}", "",
+             "| task | examples | metric | score [95% CI] | note |", "| --- | --- | --- | --- | --- |"]
+    for name, task in report["tasks"].items():
+        if "skipped" in task:
+            lines.append(f"| {name} | {task['examples']} | - | - | skipped: {task['skipped']} |")
+            continue
+        note = f"{task['unmatched_share']:.1f}% answers matched no label" if task.get("unmatched_share") else ""
+        for i, (metric, value) in enumerate(task["metrics"].items()):
+            lines.append(f"| {name if i == 0 else ''} | {task['examples'] if i == 0 else ''} | {metric} | {_cell(value)} | {note if i == 0 else ''} |")
+    if report["average"]:
+        lines += ["", f"Average of primary metrics ({', '.join(f'{t} {m}' for t, m in report['average']['over'].items())}): "
+                      f"**{report['average']['value']:.2f}**"]
+    lines += ["", f"Bootstrap: {report['bootstrap_samples']} resamples, seed {report['seed']}."]
+    return "\n".join(lines) + "\n"
+
+
+def outputs_jsonl(results: dict[str, TaskResult]) -> str:
+    rows = []
+    for name, result in results.items():
+        for i, (output, reference) in enumerate(zip(result.outputs, result.references)):
+            rows.append(json.dumps({"task": name, "index": i, "output": output, "reference": reference}, ensure_ascii=False))
+    return "".join(row + "\n" for row in rows)
+
+
+def write_suite_report(directory: Path, report: dict, results: dict[str, TaskResult]) -> Path:
+    """<suite>.json, .md and .outputs.jsonl in `directory`; returns the JSON path."""
+    stem = directory / report["suite"]
+    write_atomic(stem.with_suffix(".outputs.jsonl"), outputs_jsonl(results))
+    write_atomic(stem.with_suffix(".md"), render_suite(report))
+    write_json(stem.with_suffix(".json"), report)
+    return stem.with_suffix(".json")

@@ -1,0 +1,273 @@
+"""Tasks as data: one YAML file per task says where its data lives, how a record becomes an instruction
+and a target, and which metric scores it.
+
+The built-in tasks (this folder) cover every dataset in ../shared/data. A task file is also accepted by path,
+so a user adds a task without writing code. `source` is a folder under the data root (``$TUNELAB_DATA``,
+by default the ``shared/data`` folder beside the checkout or the working directory), a file or folder
+path, or ``hf:NAME[:CONFIG]`` for a Hugging Face dataset (e.g. ``hf:imdb`` with ``label_words`` for
+``0``/``1`` labels, ``hf:squad`` with ``answers_path: text``); hub datasets need network access.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.data.readers import DataError, Record, read_source
+from tunelab.data.templates import template_fields
+from tunelab.eval import EvaluationError
+
+TASKS_DIR = Path(__file__).resolve().parent
+SUITES_DIR = TASKS_DIR / "suites"
+
+TaskKind = Literal["classification", "summarisation", "translation", "qa", "ner", "language_modeling"]
+
+PRIMARY_METRIC: dict[str, str] = {
+    "classification": "accuracy",
+    "summarisation": "rougeL",
+    "translation": "bleu",
+    "qa": "squad_f1",
+    "ner": "entity_f1",
+    "language_modeling": "perplexity",
+}
+"""The metric a task kind is judged by when its file names none."""
+
+
+class TaskError(EvaluationError):
+    """A task file or task name that cannot be used; the message says which key and what is allowed."""
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str
+    """Short name, used on the command line and in reports."""
+    description: str = ""
+    kind: TaskKind
+    """What the task asks for; decides how outputs are parsed and which metrics apply."""
+    source: str
+    """A folder under the data root, a file or folder path, or hf:NAME[:CONFIG]."""
+    split: str = "test"
+    """The split evaluated."""
+    templates: list[str] = []
+    """Instruction templates over record fields (at least three for built-ins); evaluation uses the first."""
+    input_fields: list[str] = []
+    """The fields that carry the input text: what a classifier reads, what robustness perturbs and bias swaps."""
+    label_field: str = "label"
+    """Classification: the field holding the gold label."""
+    label_words: dict[str, list[str]] = {}
+    """Classification: for each label, the words that name it in generated text; the first is the target answer."""
+    reference_field: str | None = None
+    """Generation: the field holding the reference (a string, or a list of acceptable references)."""
+    tokens_field: str = "tokens"
+    """NER: the field holding the word tokens."""
+    tags_field: str = "tags"
+    """NER: the field holding the IOB2 tags."""
+    text_field: str | None = None
+    """Language modelling: the field holding the text scored."""
+    unique: bool = False
+    """Language modelling: score each distinct text once (e.g. a paragraph shared by many questions)."""
+    metrics: list[str] = []
+    """Metrics reported; the first is the task's primary metric. Default: the kind's primary metric."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Longest generated answer."""
+    stop: list[str] = []
+    """Strings that end a generated answer (cut before them)."""
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> "TaskSpec":
+        needs = {
+            "classification": ("label_words", "input_fields", "templates"),
+            "summarisation": ("reference_field", "input_fields", "templates"),
+            "translation": ("reference_field", "input_fields", "templates"),
+            "qa": ("reference_field", "input_fields", "templates"),
+            "ner": ("templates",),
+            "language_modeling": ("text_field",),
+        }[self.kind]
+        missing = [key for key in needs if not getattr(self, key)]
+        if missing:
+            raise ValueError(f"a {self.kind} task needs {', '.join(missing)}")
+        for template in self.templates:
+            template_fields(template)  # raises on a malformed placeholder
+        if not self.metrics:
+            self.metrics = [PRIMARY_METRIC[self.kind]]
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics[0]
+
+    def label_of(self, record: Record) -> str:
+        """A record's gold label, checked against `label_words` so an unknown label is an error, never a silent miss."""
+        label = str(record.fields[self.label_field])
+        if label not in self.label_words:
+            raise DataError(f"{record.where}: label {label!r} of task {self.name} is not in its label_words "
+                            f"({', '.join(self.label_words)}); add it to the task file")
+        return label
+
+    def reference_of(self, record: Record) -> str | list[str]:
+        value = record.fields[self.reference_field]
+        return [str(v) for v in value] if isinstance(value, list) else str(value)
+
+    def prompt(self, record: Record, template: int = 0) -> str:
+        """The instruction for a record, from one of the task's templates."""
+        return self.templates[template].format(**{k: _as_text(v) for k, v in record.fields.items()})
+
+    def target(self, record: Record) -> str:
+        """The answer a text-to-text model should give: label word, first reference, or entity list."""
+        if self.kind == "classification":
+            return self.label_words[self.label_of(record)][0]
+        if self.kind == "ner":
+            return format_entities(record.fields[self.tokens_field], record.fields[self.tags_field])
+        reference = self.reference_of(record)
+        return reference[0] if isinstance(reference, list) else reference
+
+
+def _as_text(value: Any) -> str:
+    """Record values as they appear in a prompt: token lists are joined with spaces."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def format_entities(tokens: list[str], tags: list[str]) -> str:
+    """IOB2 tags as the text a model is asked to produce: 'Nadim Ladki (PER); Japan (LOC)', or 'none'."""
+    entities, current, kind = [], [], None
+    for token, tag in zip(tokens, tags):
+        if tag.startswith("B-") or (tag.startswith("I-") and tag[2:] != kind):
+            if current:
+                entities.append(f"{' '.join(current)} ({kind})")
+            current, kind = [token], tag[2:]
+        elif tag.startswith("I-"):
+            current.append(token)
+        else:
+            if current:
+                entities.append(f"{' '.join(current)} ({kind})")
+            current, kind = [], None
+    if current:
+        entities.append(f"{' '.join(current)} ({kind})")
+    return "; ".join(entities) or "none"
+
+
+def parse_entities(text: str, tokens: list[str]) -> list[str]:
+    """Generated 'span (TYPE); ...' text back to IOB2 tags over `tokens`, so seqeval can score it.
+
+    Each span is placed at its first not-yet-tagged occurrence in the tokens; spans that do not occur,
+    or lack a '(TYPE)', are ignored (they can only be wrong, and seqeval counts the missed gold entities).
+    """
+    tags = ["O"] * len(tokens)
+    for part in text.split(";"):
+        part = part.strip()
+        if not part.endswith(")") or "(" not in part:
+            continue
+        span, _, kind = part[:-1].rpartition("(")
+        words, kind = span.split(), kind.strip().upper()
+        if not words or not kind:
+            continue
+        for start in range(len(tokens) - len(words) + 1):
+            window = range(start, start + len(words))
+            if tokens[start : start + len(words)] == words and all(tags[i] == "O" for i in window):
+                tags[start] = f"B-{kind}"
+                for i in window[1:]:
+                    tags[i] = f"I-{kind}"
+                break
+    return tags
+
+
+def data_root() -> Path:
+    """Where task sources named by folder live: $TUNELAB_DATA, else a shared/data folder beside the checkout or cwd."""
+    if os.environ.get("TUNELAB_DATA"):
+        return Path(os.environ["TUNELAB_DATA"]).expanduser()
+    candidates = [Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data",
+                  TASKS_DIR.parents[2].parent / "shared" / "data"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+def _source_path(spec: TaskSpec) -> str:
+    if spec.source.startswith("hf:") or Path(spec.source).expanduser().exists():
+        return spec.source
+    folder = data_root() / spec.source
+    if not folder.exists():
+        raise TaskError(f"task {spec.name}: data source '{spec.source}' is not a path and not a folder under the data "
+                        f"root {data_root()}; set TUNELAB_DATA to the folder holding it")
+    return str(folder)
+
+
+def load_records(spec: TaskSpec, limit: int | None = None, seed: int = 0, split: str | None = None) -> list[Record]:
+    """The task's evaluation records: all of the split, or `limit` of them drawn with `seed` (in file order),
+    so two models evaluated with the same limit and seed see the same examples."""
+    split = split or spec.split
+    source = _source_path(spec)
+    splits = read_source(source)
+    records = splits.get(split) or splits.get("data")
+    if records is None:
+        raise TaskError(f"task {spec.name}: {source} has no '{split}' split (it has: {', '.join(splits)})")
+    bad = next((r for r in records if r.problem), None)
+    if bad:
+        raise DataError(f"{bad.where}: {bad.problem}")
+    if spec.unique and spec.text_field:
+        seen: set[str] = set()
+        records = [r for r in records if not (r.fields.get(spec.text_field) in seen or seen.add(r.fields.get(spec.text_field)))]
+    _check_fields(spec, records)
+    if limit is not None and limit < len(records):
+        chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
+        records = [records[i] for i in chosen]
+    return records
+
+
+def _check_fields(spec: TaskSpec, records: list[Record]) -> None:
+    """Every field the task reads must be in every record: name the first record that lacks one."""
+    needed = set(spec.input_fields)
+    for template in spec.templates[:1]:
+        needed.update(template_fields(template))
+    needed.update({
+        "classification": [spec.label_field], "ner": [spec.tokens_field, spec.tags_field],
+        "language_modeling": [spec.text_field],
+    }.get(spec.kind, [spec.reference_field]))
+    for record in records:
+        missing = sorted(f for f in needed if f not in record.fields)
+        if missing:
+            raise DataError(f"{record.where}: task {spec.name} needs field(s) {', '.join(missing)}; "
+                            f"the record has {', '.join(record.fields)}")
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TaskError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise TaskError(f"{path} must hold a mapping describing a {what}")
+    return loaded
+
+
+def find_yaml(reference: str, folder: Path, what: str) -> Path:
+    path = Path(reference).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise TaskError(f"{what} file {path} does not exist")
+        return path
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    if reference not in known:
+        guess = difflib.get_close_matches(reference, known, n=1)
+        hint = f" Did you mean '{guess[0]}'?" if guess else ""
+        raise TaskError(f"unknown {what} '{reference}'.{hint} Built-in: {', '.join(known)}; or give a path to a YAML file")
+    return folder / f"{reference}.yaml"
+
+
+def load_task(reference: str) -> TaskSpec:
+    """A built-in task by name, or a task YAML file by path."""
+    path = find_yaml(reference, TASKS_DIR, "task")
+    try:
+        return TaskSpec.model_validate(read_yaml(path, "task"))
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
+        raise TaskError(f"{path} is not a valid task:\n{problems}") from None
+
+
+def builtin_tasks() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))

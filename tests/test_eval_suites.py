@@ -1,0 +1,303 @@
+"""Task files, batched generation, suites, forgetting, robustness and bias reports, on tiny models and the
+real datasets in ../shared/data (read in place)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_train_tiny import causal_config, classification_config
+
+from tunelab import pipeline
+from tunelab.cli import main
+from tunelab.config import DataConfig, RunConfig
+from tunelab.data.templates import template_fields
+from tunelab.data.readers import Record
+from tunelab.eval.bias import bias_report, counterfactual_records, mentioning
+from tunelab.eval.counterfactual import mentions
+from tunelab.eval.forgetting import _task_row, forgetting_report
+from tunelab.eval.generate import cut_at_stop, generate_texts
+from tunelab.eval.predict import classify
+from tunelab.eval.robustness import perturbed_records, robustness_report
+from tunelab.eval.runner import TaskResult, _text_nll, run_task, score
+from tunelab.eval.suites import Suite, load_suite, run_suite
+from tunelab.eval.targets import Target, load_target
+from tunelab.tasks import TaskError, builtin_tasks, format_entities, load_records, load_task, parse_entities
+
+
+@pytest.fixture(scope="module")
+def decoder_target(tiny_decoder) -> Target:
+    return load_target(tiny_decoder, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tiny_encoder, tmp_path_factory):
+    """A tiny sentiment classifier with SST-2's labels, trained on a separable set."""
+    import random
+
+    from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
+
+    folder = tmp_path_factory.mktemp("cls")
+    rng = random.Random(0)
+    rows = [{"text": f"the {rng.choice(NOUNS)} was {rng.choice(POSITIVE if i % 2 else NEGATIVE)}",
+             "label": "positive" if i % 2 else "negative"} for i in range(64)]
+    data = write_jsonl(folder / "train.jsonl", rows)
+    return pipeline.train(classification_config(tiny_encoder, data, folder / "runs", epochs=1))
+
+
+# --- task files ---------------------------------------------------------------------------------------
+
+def test_every_builtin_task_loads_and_renders_every_template():
+    assert {"sst2", "rte", "cola", "dialogsum", "multi30k_de_en", "conll2003", "squad_mini"} <= set(builtin_tasks())
+    for name in builtin_tasks():
+        spec = load_task(name)
+        records = load_records(spec, limit=2)
+        assert len(records) == 2
+        if spec.kind != "language_modeling":
+            assert len(spec.templates) >= 3, name
+            for template in spec.templates:
+                assert set(template_fields(template)) <= set(records[0].fields), (name, template)
+            assert all(spec.prompt(records[0], i) for i in range(len(spec.templates)))
+            assert spec.target(records[0])
+
+
+def test_records_are_a_seeded_draw_the_same_for_every_model():
+    spec = load_task("sst2")
+    first, again, other = (load_records(spec, 20, seed) for seed in (0, 0, 1))
+    assert [r.where for r in first] == [r.where for r in again]
+    assert [r.where for r in first] != [r.where for r in other]
+    assert len(load_records(load_task("wiki_paragraphs"))) < len(load_records(load_task("squad_mini")))  # distinct texts only
+
+
+def test_entity_text_round_trips_to_the_gold_tags_on_all_of_conll_test():
+    for record in load_records(load_task("conll2003")):
+        tokens, tags = record.fields["tokens"], record.fields["tags"]
+        assert parse_entities(format_entities(tokens, tags), tokens) == tags
+
+
+def test_entity_parser_ignores_spans_that_are_not_in_the_sentence():
+    tokens = ["Japan", "beat", "China", "in", "Japan"]
+    assert parse_entities("Japan (LOC); Korea (LOC); China(LOC); beat", tokens) == ["B-LOC", "O", "B-LOC", "O", "O"]
+    assert parse_entities("none", tokens) == ["O"] * 5
+
+
+def test_bad_task_file_names_the_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nkind: classification\nsource: sst2\ntemplates: ['{text}']\ninput_fields: [text]\n")
+    with pytest.raises(TaskError, match="label_words"):
+        load_task(str(path))
+    with pytest.raises(TaskError, match="Did you mean 'sst2'"):
+        load_task("sst3")
+
+
+def test_a_label_missing_from_label_words_is_an_error_naming_the_record(tmp_path):
+    (tmp_path / "test.jsonl").write_text('{"text": "fine", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n')
+    path = tmp_path / "t.yaml"
+    path.write_text(f"name: t\nkind: classification\nsource: {tmp_path}\ntemplates: ['{{text}}']\ninput_fields: [text]\n"
+                    "label_words: {positive: [positive], negative: [negative]}\n")
+    spec = load_task(str(path))
+    with pytest.raises(ValueError, match=r"test.jsonl:2.*'neutral'"):
+        [spec.label_of(r) for r in load_records(spec)]
+
+
+# --- generation and perplexity ------------------------------------------------------------------------
+
+def test_batched_generation_equals_one_prompt_at_a_time(decoder_target):
+    tokenizer = decoder_target.tokenizer
+    prompts = [tokenizer(text)["input_ids"] for text in
+               ["the film", "a long and winding story about a cast that never was", "dull", "the ending was superb and moving"]]
+    batched = generate_texts(decoder_target.model, tokenizer, prompts, decoder_only=True, batch_size=4, max_new_tokens=6)
+    alone = [generate_texts(decoder_target.model, tokenizer, [p], decoder_only=True, batch_size=1, max_new_tokens=6)[0]
+             for p in prompts]
+    assert batched == alone
+    assert any(batched)
+
+
+def test_answers_are_cut_at_the_first_stop_string():
+    assert cut_at_stop("positive\nThe review", ["\n"]) == "positive"
+    assert cut_at_stop("yes. no", [".", "\n"]) == "yes"
+
+
+def test_perplexity_sliding_window_scores_every_token_once(decoder_target):
+    text = "the film was great and the cast was wonderful but the ending was dull and the script was tedious"
+    ids = decoder_target.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = decoder_target.model(input_ids=ids).logits[0, :-1]
+    expected = -float(logits.log_softmax(-1).gather(-1, ids[0, 1:].unsqueeze(-1)).sum())
+    nll, count = _text_nll(decoder_target, text, window=256, stride=128)
+    assert count == ids.shape[1] - 1
+    assert nll == pytest.approx(expected, rel=1e-5)
+    windowed, windowed_count = _text_nll(decoder_target, text, window=8, stride=4)
+    assert windowed_count == count  # each token once, though seen through short windows
+    assert windowed != pytest.approx(nll, rel=1e-9)  # with less context the score differs
+
+
+# --- suites -------------------------------------------------------------------------------------------
+
+def test_retention_suite_runs_every_task_kind_on_a_decoder(decoder_target):
+    report, results = run_suite(decoder_target, load_suite("retention"), limit=3, samples=50)
+    assert set(report["tasks"]) == {"squad_mini", "dialogsum", "conll2003", "rte", "multi30k_de_en", "wiki_paragraphs"}
+    for name, task in report["tasks"].items():
+        assert "skipped" not in task, name
+        for interval in task["metrics"].values():
+            assert interval["low"] <= interval["value"] <= interval["high"] or interval["low"] == interval["high"]
+    assert report["tasks"]["wiki_paragraphs"]["metrics"]["perplexity"]["value"] > 1
+    assert "wiki_paragraphs" not in report["average"]["over"]  # perplexity is not on the 0-100 scale
+    rte = results["rte"]
+    expected = 100 * sum(p == r for p, r in zip(rte.predictions, rte.references)) / 3
+    assert report["tasks"]["rte"]["metrics"]["accuracy"]["value"] == pytest.approx(expected)
+
+
+def test_a_classifier_is_scored_only_on_tasks_with_its_labels(classifier_run):
+    target = load_target(str(classifier_run.path), batch_size=8)
+    report, results = run_suite(target, load_suite("glue-mini"), limit=8, samples=50)
+    assert "skipped" not in report["tasks"]["sst2"]
+    assert "labels" in report["tasks"]["rte"]["skipped"] and "labels" in report["tasks"]["cola"]["skipped"]
+    assert report["average"]["over"] == {"sst2": "accuracy"}
+    sst2 = results["sst2"]
+    assert all(p in ("positive", "negative") for p in sst2.predictions)
+
+
+def test_eval_cli_writes_the_suite_report(classifier_run, tmp_path, capsys):
+    assert main(["eval", str(classifier_run.path), "--suite", "glue-mini", "--limit", "4", "--samples", "20"]) == 0
+    report = json.loads((classifier_run.path / "eval" / "glue-mini.json").read_text())
+    assert report["tasks"]["sst2"]["examples"] == 4
+    assert (classifier_run.path / "eval" / "glue-mini.md").read_text().startswith("# glue-mini")
+    assert len((classifier_run.path / "eval" / "glue-mini.outputs.jsonl").read_text().splitlines()) == 4
+    assert main(["eval", str(classifier_run.path), "--suite", "glue-mino"]) == 2
+    assert "Did you mean 'glue-mini'" in capsys.readouterr().err
+    assert main(["eval", str(classifier_run.path)]) == 2
+
+
+# --- forgetting ---------------------------------------------------------------------------------------
+
+def _result(spec, predictions, references) -> TaskResult:
+    result = TaskResult(spec.name, spec.kind, len(predictions), predictions=predictions, references=references)
+    result.scores = score(spec, predictions, references, samples=200)
+    return result
+
+
+def test_forgetting_flags_a_significant_drop_and_not_noise():
+    spec = load_task("sst2")
+    gold = ["positive", "negative"] * 20
+    base = _result(spec, list(gold), gold)
+    wrong = ["negative" if g == "positive" else "positive" for g in gold]
+    row = _task_row(spec, base, _result(spec, wrong, gold), samples=200, seed=0)
+    assert row["change"]["value"] == pytest.approx(-100.0) and row["forgotten"] and row["significant"]
+    one_miss = list(gold)
+    one_miss[0] = "negative"
+    row = _task_row(spec, base, _result(spec, one_miss, gold), samples=200, seed=0)
+    assert row["change"]["value"] == pytest.approx(-2.5) and not row["significant"] and not row["forgotten"]
+
+
+def test_forgetting_knows_lower_perplexity_is_better():
+    spec = load_task("wiki_paragraphs")
+    base = _result(spec, [(20.0, 10)] * 30, [None] * 30)
+    worse = _result(spec, [(30.0, 10)] * 30, [None] * 30)
+    row = _task_row(spec, base, worse, samples=100, seed=0)
+    assert row["forgotten"] and row["relative_change_pct"] > 0
+    row = _task_row(spec, worse, base, samples=100, seed=0)
+    assert not row["forgotten"] and row["significant"]
+
+
+def test_forgetting_report_and_cli_on_a_tuned_run(tiny_decoder, copy_task_file, tmp_path):
+    run = pipeline.train(causal_config(tiny_decoder, copy_task_file, tmp_path / "runs", max_steps=4))
+    suite = Suite(name="mini", tasks=[{"task": "rte", "limit": 6}, {"task": "wiki_paragraphs", "limit": 3}])
+    report = forgetting_report(lambda: load_target(tiny_decoder), lambda: load_target(str(run.path)), suite, samples=50)
+    assert report["tasks"]["rte"]["examples"] == 6
+    perplexity = report["tasks"]["wiki_paragraphs"]
+    assert perplexity["tuned"]["value"] != perplexity["base"]["value"]  # tuning moved the model
+    assert perplexity["change"]["value"] == pytest.approx(perplexity["tuned"]["value"] - perplexity["base"]["value"])
+    assert main(["forgetting", tiny_decoder, str(run.path), "--suite", "glue-mini", "--limit", "3", "--samples", "20"]) == 0
+    saved = json.loads((run.path / "eval" / "forgetting-glue-mini.json").read_text())
+    assert set(saved["tasks"]) == {"sst2", "rte", "cola"}
+
+
+def test_training_with_a_retention_suite_puts_the_forgetting_table_in_the_card(tiny_decoder, copy_task_file, tmp_path):
+    config = causal_config(tiny_decoder, copy_task_file, tmp_path / "runs", max_steps=2)
+    config.eval.retention_suite, config.eval.retention_limit = "retention", 2
+    run = pipeline.train(config)
+    report = json.loads((run.path / "eval" / "forgetting-retention.json").read_text())
+    assert len(report["tasks"]) == 6
+    card = (run.path / "README.md").read_text()
+    assert "## Forgetting (retention suite)" in card and "wiki_paragraphs" in card
+
+
+def test_an_unknown_retention_suite_fails_before_training(tiny_decoder, copy_task_file, tmp_path):
+    config = causal_config(tiny_decoder, copy_task_file, tmp_path / "runs")
+    config.eval.retention_suite = "retension"
+    with pytest.raises(TaskError, match="Did you mean 'retention'"):
+        pipeline.train(config)
+    assert not (tmp_path / "runs").exists()
+
+
+# --- robustness ---------------------------------------------------------------------------------------
+
+def test_perturbations_touch_inputs_never_labels_and_are_deterministic():
+    spec = load_task("rte")
+    records = load_records(spec, 10)
+    noisy = perturbed_records(records, spec, "typos", 0.3, seed=0)
+    assert noisy == perturbed_records(records, spec, "typos", 0.3, seed=0)
+    assert [r.fields["label"] for r in noisy] == [r.fields["label"] for r in records]
+    assert any(n.fields["sentence1"] != r.fields["sentence1"] for n, r in zip(noisy, records))
+    with pytest.raises(TaskError, match="not perturbed"):
+        perturbed_records(records, load_task("conll2003"), "typos", 0.3, seed=0)
+
+
+def test_robustness_report_compares_clean_and_noisy_on_the_same_examples(classifier_run):
+    target = load_target(str(classifier_run.path))
+    spec = load_task("sst2")
+    records = load_records(spec, 30)
+    report = robustness_report(target, spec, records, ["casing", "typos"], severity=0.5, samples=50)
+    clean = run_task(target, spec, records, samples=50)
+    assert report["clean"]["value"] == pytest.approx(clean.scores["accuracy"].value)
+    for name in ("casing", "typos"):
+        row = report["perturbations"][name]
+        assert row["change"]["value"] == pytest.approx(row["score"]["value"] - report["clean"]["value"])
+
+
+# --- bias ---------------------------------------------------------------------------------------------
+
+def test_counterfactual_records_rewrite_inputs_and_references_not_labels():
+    spec = load_task("sst2")
+    records = [Record({"text": "he loved his mother", "label": "positive"}, "x:1"),
+               Record({"text": "a dull film", "label": "negative"}, "x:2")]
+    chosen = mentioning(records, spec, "gender_words", None, 0)
+    assert [r.where for r in chosen] == ["x:1"]
+    female = counterfactual_records(chosen, spec, "gender_words", "female")[0]
+    assert female.fields == {"text": "she loved her mother", "label": "positive"}
+    summaries = counterfactual_records([Record({"dialogue": "Mr. Smith calls his son.", "summaries": ["He calls his son."]}, "y")],
+                                       load_task("dialogsum"), "gender_words", "female")[0]
+    assert summaries.fields["summaries"] == ["She calls her daughter."] and not mentions(summaries.fields["dialogue"], "gender_words", "male")
+
+
+def test_bias_flip_rate_is_the_share_of_changed_predictions(classifier_run):
+    target = load_target(str(classifier_run.path))
+    spec = load_task("sst2")
+    report = bias_report(target, spec, load_records(spec), ["gender_words"], limit=40, samples=50)
+    row = report["attributes"]["gender_words"]
+    assert row["examples"] == 40
+    chosen = mentioning(load_records(spec), spec, "gender_words", 40, 0)
+    config = RunConfig(data=DataConfig(text_field="text"))
+    by_group = {g: [p["label"] for p in classify(target.model, target.tokenizer,
+                                                 counterfactual_records(chosen, spec, "gender_words", g), config, target.labels)]
+                for g in ("female", "male")}
+    flips = 100 * sum(a != b for a, b in zip(by_group["female"], by_group["male"])) / 40
+    assert row["flip_rate"]["value"] == pytest.approx(flips)
+    assert row["flip_rate"]["low"] <= flips <= row["flip_rate"]["high"]
+
+
+def test_bias_and_robustness_cli_write_reports(classifier_run, capsys):
+    assert main(["robustness", str(classifier_run.path), "--task", "sst2", "--perturbations", "slang,whitespace",
+                 "--limit", "10", "--samples", "20"]) == 0
+    assert set(json.loads((classifier_run.path / "eval" / "robustness-sst2.json").read_text())["perturbations"]) == {"slang", "whitespace"}
+    assert main(["bias", str(classifier_run.path), "--task", "sst2", "--limit", "10", "--samples", "20"]) == 0
+    assert set(json.loads((classifier_run.path / "eval" / "bias-sst2.json").read_text())["attributes"]) == {"gender_words", "names"}
+    assert main(["robustness", str(classifier_run.path), "--task", "sst2", "--perturbations", "typo"]) == 2
+    assert "typos" in capsys.readouterr().err
+
+
+def test_human_cli_reports_an_unknown_sheet_as_an_error(capsys):
+    assert main(["human", "report", "no-such-sheet"]) == 2
+    assert "no-such-sheet" in capsys.readouterr().err
