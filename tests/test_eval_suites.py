@@ -206,6 +206,7 @@ def test_forgetting_report_and_cli_on_a_tuned_run(tiny_decoder, copy_task_file, 
     suite = Suite(name="mini", tasks=[{"task": "rte", "limit": 6}, {"task": "wiki_paragraphs", "limit": 3}])
     report = forgetting_report(lambda: load_target(tiny_decoder), lambda: load_target(str(run.path)), suite, samples=50)
     assert report["tasks"]["rte"]["examples"] == 6
+    assert set(report["tasks"]["rte"]["unmatched_share"]) == {"base", "tuned"}
     perplexity = report["tasks"]["wiki_paragraphs"]
     assert perplexity["tuned"]["value"] != perplexity["base"]["value"]  # tuning moved the model
     assert perplexity["change"]["value"] == pytest.approx(perplexity["tuned"]["value"] - perplexity["base"]["value"])

@@ -41,6 +41,8 @@ def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int
     }
     if not metric.higher_is_better:
         row["relative_change_pct"] = 100.0 * change.value / row["base"]["value"]
+    if tuned.unmatched is not None:
+        row["unmatched_share"] = {"base": base.unmatched, "tuned": tuned.unmatched}
     return row
 
 
@@ -79,6 +81,8 @@ def render_forgetting(report: dict) -> str:
             continue
         change = row["change"]
         verdict = "forgotten" if row["forgotten"] else ("improved" if row["significant"] else "no significant change")
+        if row.get("unmatched_share", {}).get("tuned"):
+            verdict += f" ({row['unmatched_share']['tuned']:.0f}% of tuned answers named no label)"
         arrow = "" if row["higher_is_better"] else " (lower is better)"
         lines.append(f"| {name} | {row['examples']} | {row['metric']}{arrow} | {row['base']['value']:.2f} | "
                      f"{row['tuned']['value']:.2f} | {change['value']:+.2f} [{change['low']:+.2f}, {change['high']:+.2f}] | {verdict} |")

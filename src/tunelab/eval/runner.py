@@ -83,7 +83,7 @@ def _answers(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]
 
 def _classifier_labels(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
     data = DataConfig(text_field=spec.input_fields[0], text_pair_field=(spec.input_fields[1:] or [None])[0],
-                      max_length=min(target.max_length, 512))
+                      max_length=_positions(target))
     config = RunConfig(task="classification", data=data, training=TrainingConfig(eval_batch_size=target.batch_size))
     return [p["label"] for p in classify(target.model, target.tokenizer, records, config, target.labels)]
 
