@@ -302,3 +302,13 @@ def test_bias_and_robustness_cli_write_reports(classifier_run, capsys):
 def test_human_cli_reports_an_unknown_sheet_as_an_error(capsys):
     assert main(["human", "report", "no-such-sheet"]) == 2
     assert "no-such-sheet" in capsys.readouterr().err
+
+
+def test_hub_style_squad_answers_are_read_as_references(tmp_path):
+    (tmp_path / "test.jsonl").write_text(json.dumps({"context": "Paris is in France.", "question": "Where is Paris?",
+                                                      "answers": {"text": ["France", "in France"], "answer_start": [12, 9]}}) + "\n")
+    path = tmp_path / "squad.yaml"
+    path.write_text(f"name: squad\nkind: qa\nsource: {tmp_path}\ntemplates: ['{{context}} {{question}}']\n"
+                    "input_fields: [question]\nreference_field: answers\n")
+    spec = load_task(str(path))
+    assert spec.reference_of(load_records(spec)[0]) == ["France", "in France"]

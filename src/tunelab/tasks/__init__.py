@@ -4,8 +4,9 @@ and a target, and which metric scores it.
 The built-in tasks (this folder) cover every dataset in ../shared/data. A task file is also accepted by path,
 so a user adds a task without writing code. `source` is a folder under the data root (``$TUNELAB_DATA``,
 by default the ``shared/data`` folder beside the checkout or the working directory), a file or folder
-path, or ``hf:NAME[:CONFIG]`` for a Hugging Face dataset (e.g. ``hf:imdb`` with ``label_words`` for
-``0``/``1`` labels, ``hf:squad`` with ``answers_path: text``); hub datasets need network access.
+path, or ``hf:NAME[:CONFIG]`` for a Hugging Face dataset (e.g. ``hf:imdb`` with ``label_words`` keyed
+``"0"``/``"1"``; ``hf:squad``, whose ``answers`` are ``{"text": [...]}``; ``hf:cnn_dailymail:3.0.0`` with
+``reference_field: highlights``); hub datasets need network access.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class TaskSpec(BaseModel):
     """Classification: for each label, the words that name it in generated text; the first is the target answer."""
     reference_field: str | None = None
     """Generation: the field holding the reference (a string, or a list of acceptable references)."""
+    target_field: str | None = None
+    """Generation: the field holding the one answer a model is trained to give (default: `reference_field`);
+    e.g. DialogSum trains on `summary` and is scored against the three `summaries`."""
+    train_split: str = "train"
+    """The split multi-task training draws from; a task without one can only be evaluated (`eval_only`)."""
     tokens_field: str = "tokens"
     """NER: the field holding the word tokens."""
     tags_field: str = "tags"
@@ -112,7 +118,11 @@ class TaskSpec(BaseModel):
         return label
 
     def reference_of(self, record: Record) -> str | list[str]:
-        value = record.fields[self.reference_field]
+        """What a generated answer is scored against: the reference field, or the target field where a split lacks it."""
+        field = self.reference_field if self.reference_field in record.fields else (self.target_field or self.reference_field)
+        value = record.fields[field]
+        if isinstance(value, dict) and "text" in value:  # SQuAD on the hub: {"text": [...], "answer_start": [...]}
+            value = value["text"]
         return [str(v) for v in value] if isinstance(value, list) else str(value)
 
     def prompt(self, record: Record, template: int = 0) -> str:
@@ -125,8 +135,8 @@ class TaskSpec(BaseModel):
             return self.label_words[self.label_of(record)][0]
         if self.kind == "ner":
             return format_entities(record.fields[self.tokens_field], record.fields[self.tags_field])
-        reference = self.reference_of(record)
-        return reference[0] if isinstance(reference, list) else reference
+        reference = record.fields[self.target_field] if self.target_field else self.reference_of(record)
+        return reference[0] if isinstance(reference, list) else str(reference)
 
 
 def _as_text(value: Any) -> str:
@@ -227,9 +237,12 @@ def _check_fields(spec: TaskSpec, records: list[Record]) -> None:
     needed.update({
         "classification": [spec.label_field], "ner": [spec.tokens_field, spec.tags_field],
         "language_modeling": [spec.text_field],
-    }.get(spec.kind, [spec.reference_field]))
+    }.get(spec.kind, []))
     for record in records:
         missing = sorted(f for f in needed if f not in record.fields)
+        if spec.reference_field and spec.kind not in ("classification", "ner", "language_modeling") and not (
+                spec.reference_field in record.fields or spec.target_field in record.fields):
+            missing.append(spec.reference_field)
         if missing:
             raise DataError(f"{record.where}: task {spec.name} needs field(s) {', '.join(missing)}; "
                             f"the record has {', '.join(record.fields)}")
