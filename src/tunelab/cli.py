@@ -171,6 +171,11 @@ def _cmd_compare(args) -> None:
     from tunelab.compare import compare_methods, parse_learning_rates
 
     config = load_config(args.config, args.overrides)
+    if args.mixtures:
+        from tunelab.compare_mixtures import compare_mixtures, parse_mixtures
+
+        print(f"\ncomparison written to {compare_mixtures(config, parse_mixtures(args.mixtures), Path(args.output_dir), args.config)}")
+        return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     summary = compare_methods(config, methods, Path(args.output_dir), parse_learning_rates(args.learning_rates),
                               source=args.config)
@@ -294,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated method names (default: %(default)s)")
     compare.add_argument("--learning-rates", default="", metavar="M=LR,...",
                          help="per-method learning rates, e.g. full=3e-5,lora=1e-3; others use the method's default")
+    compare.add_argument("--mixtures", metavar="T[+T...],...",
+                         help="compare task mixtures instead of methods, e.g. 'sst2,rte,sst2+rte' (specialists vs multi-task)")
     compare.add_argument("--output-dir", default="compare", help="the comparison goes to OUTPUT_DIR/<config name>")
     compare.set_defaults(func=_cmd_compare)
 

@@ -103,16 +103,14 @@ def _row_from_run(method: str, run: RunDir, task: str) -> dict:
     }
 
 
-def run_method(config: RunConfig, directory: Path) -> dict:
-    """Train one method in its own process and turn its run directory (or its failure) into a row."""
-    method = config.method.name
-    try:
-        check_runnable(config)
-    except (ConfigError, MethodError) as exc:
-        return _failed(method, str(exc))
-    config_path = directory / "configs" / f"{method}.yaml"
+def train_in_subprocess(config: RunConfig, directory: Path) -> tuple[RunDir | None, dict]:
+    """Run `tunelab train` on `config` in its own process; (the complete run or None, its log facts or failure row).
+
+    The run's config and log are kept under `directory` as configs/<name>.yaml and logs/<name>.log."""
+    name = config.name
+    config_path = directory / "configs" / f"{name}.yaml"
     write_atomic(config_path, config_to_yaml(config))
-    log = directory / "logs" / f"{method}.log"
+    log = directory / "logs" / f"{name}.log"
     log.parent.mkdir(exist_ok=True)
     started = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
@@ -120,12 +118,25 @@ def run_method(config: RunConfig, directory: Path) -> dict:
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     wall = round(time.perf_counter() - started, 1)
-    runs = sorted(Path(config.output_dir).glob(f"{method}-*"))
+    runs = sorted(Path(config.output_dir).glob(f"{name}-*"))
     run = RunDir(runs[-1]) if runs else None
     if process.returncode != 0 or run is None or run.state().get("state") != "complete":
         error = (run.state().get("error") if run else None) or _log_tail(log) or f"exit code {process.returncode}"
-        return _failed(method, error, log=str(log), wall_seconds=wall)
-    return {**_row_from_run(method, run, config.task), "log": str(log), "wall_seconds": wall}
+        return None, _failed(name, error, log=str(log), wall_seconds=wall)
+    return run, {"log": str(log), "wall_seconds": wall}
+
+
+def run_method(config: RunConfig, directory: Path) -> dict:
+    """Train one method in its own process and turn its run directory (or its failure) into a row."""
+    method = config.method.name
+    try:
+        check_runnable(config)
+    except (ConfigError, MethodError) as exc:
+        return _failed(method, str(exc))
+    run, facts = train_in_subprocess(config, directory)
+    if run is None:
+        return facts
+    return {**_row_from_run(method, run, config.task), **facts}
 
 
 def _base_metrics(rows: list[dict]) -> dict | None:

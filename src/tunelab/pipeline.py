@@ -67,6 +67,12 @@ def check_runnable(config: RunConfig) -> None:
 
 def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
     """Train a model as configured (or finish an interrupted run) and write a complete run directory."""
+    if config.mixture is not None:
+        from tunelab.multitask import train_mixture
+
+        if resume is not None:
+            raise RunError("multi-task runs cannot be resumed yet; start the run again")
+        return train_mixture(config)
     check_runnable(config)
     data: TaskData = load_task_data(config)  # every data error surfaces before a model loads
     for note in data.notes:
@@ -77,7 +83,7 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
     print(f"run directory: {run.path}")
     run.update_state(state="running", precision=precision, labels=data.labels, data_notes=data.notes,
                      examples={"train": len(data.train), "validation": len(data.validation), "test": len(data.test)})
-    try:
+    with run.marks_failure():
         model, tokenizer = _load_for_config(config, data.labels)
         train_examples = _encode_split(config, data.train, tokenizer, data.labels, "train")
         validation_examples = _encode_split(config, data.validation, tokenizer, data.labels, "validation")
@@ -111,12 +117,6 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
         write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting))
         shutil.rmtree(run.checkpoints, ignore_errors=True)
         run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    except KeyboardInterrupt:
-        run.update_state(state="interrupted")
-        raise
-    except Exception as exc:
-        run.update_state(state="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
     return run
 
 
@@ -145,6 +145,9 @@ def load_run(run: RunDir):
     """
     state = run.require_complete()
     config = run.config()
+    if config.mixture is not None and config.mixture.architecture != "text_to_text":
+        raise RunError(f"{run.path} is a {config.mixture.architecture} multi-task run: its per-task scores are in eval.json; "
+                       "loading it for eval/predict/merge is supported for text_to_text mixtures only")
     labels = state.get("labels")
     method = method_module(config.method.name)
     if getattr(method, "SAVES_WHOLE_MODEL", False):
@@ -206,6 +209,9 @@ def _write_rows(output_path: str, rows: list[dict]) -> None:
 
 def predict_run(run: RunDir, input_path: str, output_path: str) -> int:
     """Write one JSON line per input record: the record plus its prediction. Returns the count."""
+    if run.config().mixture is not None:
+        raise RunError(f"{run.path} is a multi-task run with no single prompt template; score it with "
+                       "`tunelab eval RUN --suite ...` (or a suite YAML of the tasks you want)")
     model, tokenizer, config, labels = load_run(run)
     records = _read_checked(input_path, config, labels, with_target=False)
     predictions = _predictions(model, tokenizer, records, config, labels)

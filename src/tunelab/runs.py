@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,18 @@ class RunDir:
             return None
         found = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
         return found[-1] if found else None
+
+    @contextmanager
+    def marks_failure(self):
+        """Record an interruption or a crash in run.json, so a half-written run never looks complete."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.update_state(state="interrupted")
+            raise
+        except Exception as exc:
+            self.update_state(state="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
 
     def save_model(self, save_weights, tokenizer) -> None:
         """Save final weights (with the method's `save_weights(directory)`) via a staging folder renamed into place."""

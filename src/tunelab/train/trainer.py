@@ -89,25 +89,31 @@ class CompletionLossTrainer(Trainer):
     loss_is_scaled_for_ga = True  # we divide by num_items_in_batch, like HF models do
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Summed completion-token cross-entropy over the batch's token count; an optional per-example
+        `loss_weights` (multi-task weighted loss) scales each example's tokens."""
         labels = inputs["labels"]
+        example_weights = inputs.get("loss_weights")
         decoder = model.get_decoder()
         head = model.get_output_embeddings()
         hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
         targets = labels[:, 1:]
-        selected = hidden[:, :-1][targets != IGNORE_INDEX]
-        targets = targets[targets != IGNORE_INDEX]
+        scored = targets != IGNORE_INDEX
+        selected = hidden[:, :-1][scored]
+        weights = (example_weights.float()[:, None].expand_as(targets)[scored] if example_weights is not None
+                   else torch.ones(int(scored.sum()), device=hidden.device))
+        targets = targets[scored]
         softcap = getattr(model.config, "final_logit_softcapping", None)
 
-        def chunk_loss(states: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        def chunk_loss(states: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             logits = head(states).float()
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            return F.cross_entropy(logits, gold, reduction="sum")
+            return (F.cross_entropy(logits, gold, reduction="none") * weight).sum()
 
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, targets.numel(), LOSS_CHUNK_TOKENS):
             end = start + LOSS_CHUNK_TOKENS
-            total = total + checkpoint(chunk_loss, selected[start:end], targets[start:end], use_reentrant=False)
+            total = total + checkpoint(chunk_loss, selected[start:end], targets[start:end], weights[start:end], use_reentrant=False)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(1, targets.numel())
         loss = total / denominator
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -133,12 +139,13 @@ def can_reload_best_checkpoint(model) -> bool:
 
 
 def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, train_examples: list[dict],
-                  validation_examples: list[dict], precision: str) -> Trainer:
+                  validation_examples: list[dict] | dict[str, list[dict]], precision: str, trainer_class=None) -> Trainer:
+    """The Trainer for a run; `trainer_class` replaces the default choice (multi-task runs read a planned order)."""
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left itself
     # The chunked completion loss runs the decoder itself, which would skip PEFT's virtual tokens: prompt-learning
     # methods keep the model's own loss (PEFT pads the labels over the virtual positions).
     chunked = config.task == "causal_lm" and not adds_virtual_tokens(model)
-    trainer_class = CompletionLossTrainer if chunked else Trainer
+    trainer_class = trainer_class or (CompletionLossTrainer if chunked else Trainer)
     reload_best = can_reload_best_checkpoint(model)
     if not reload_best:
         print("prefix tuning with reparameterisation: the run keeps its last weights (PEFT cannot reload its best checkpoint)")
