@@ -86,7 +86,7 @@ def mixture_table(evaluation: dict) -> str:
 def mixture_lines(stages: list[dict]) -> str:
     lines = []
     for stage in stages:
-        budget = f"{stage['steps']} steps" if stage["steps"] else f"{stage['epochs']:g} epochs"
+        budget = f"{stage['steps']} steps" if stage["steps"] else f"{stage['epochs']:g} epoch(s)"
         lines.append(f"- {stage['name']} (from step {stage['starts_at_step']}, {budget}): " + ", ".join(
             f"{task} {info['per_epoch']}/{info['available']} per epoch ({100 * info['share']:.1f}%)" for task, info in stage["tasks"].items()))
     return "\n".join(lines)
