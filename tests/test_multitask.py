@@ -54,6 +54,8 @@ def test_bad_mixtures_are_config_errors(tiny_decoder, tmp_path):
         mixture_config(tiny_decoder, tmp_path, strategy="capped")
     with pytest.raises(ConfigError, match="multi_head"):
         mixture_config(tiny_decoder, tmp_path, task="classification")
+    with pytest.raises(ConfigError, match="method.name: full"):
+        mixture_config(tiny_decoder, tmp_path, task="classification", method="lora", architecture="multi_head")
     with pytest.raises(DataError, match="eval_only"):
         plan_training(mixture_config(tiny_decoder, tmp_path, tasks=[{"task": "squad_mini"}]))
 

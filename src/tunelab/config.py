@@ -335,8 +335,9 @@ class RunConfig(_Section):
 
     def _check_mixture(self) -> "RunConfig":
         architecture = self.mixture.architecture
-        if architecture == "multi_head" and self.task != "classification":
-            raise ValueError("mixture.architecture 'multi_head' trains classification heads: set task: classification")
+        if architecture == "multi_head" and (self.task != "classification" or self.method.name != "full"):
+            raise ValueError("mixture.architecture 'multi_head' fine-tunes a shared encoder and its classification heads: "
+                             "set task: classification and method.name: full")
         if architecture != "multi_head" and self.task == "classification":
             raise ValueError(f"mixture.architecture '{architecture}' phrases tasks as instructions: set task: causal_lm "
                              "(or seq2seq), or use architecture multi_head for an encoder")
