@@ -54,6 +54,9 @@ def test_bad_mixtures_are_config_errors(tiny_decoder, tmp_path):
         mixture_config(tiny_decoder, tmp_path, strategy="capped")
     with pytest.raises(ConfigError, match="multi_head"):
         mixture_config(tiny_decoder, tmp_path, task="classification")
+    with pytest.raises(ConfigError, match="curriculum stages"):
+        mixture_config(tiny_decoder, tmp_path, architecture="task_adapters", tasks=[],
+                       stages=[{"tasks": [{"task": "sst2"}], "steps": 1}])
     with pytest.raises(ConfigError, match="method.name: full"):
         mixture_config(tiny_decoder, tmp_path, task="classification", method="lora", architecture="multi_head")
     with pytest.raises(DataError, match="eval_only"):

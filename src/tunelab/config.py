@@ -341,8 +341,11 @@ class RunConfig(_Section):
         if architecture != "multi_head" and self.task == "classification":
             raise ValueError(f"mixture.architecture '{architecture}' phrases tasks as instructions: set task: causal_lm "
                              "(or seq2seq), or use architecture multi_head for an encoder")
-        if architecture == "task_adapters" and self.method.name not in ("lora", "dora", "rslora"):
-            raise ValueError("mixture.architecture 'task_adapters' trains one LoRA adapter per task: set method.name: lora")
+        if architecture == "task_adapters" and (self.method.name not in ("lora", "dora", "rslora") or self.task != "causal_lm"):
+            raise ValueError("mixture.architecture 'task_adapters' trains one LoRA adapter per task of a decoder: "
+                             "set task: causal_lm and method.name: lora")
+        if architecture == "task_adapters" and self.mixture.stages:
+            raise ValueError("mixture.architecture 'task_adapters' does not take curriculum stages yet; use mixture.tasks")
         return self
 
     def learning_rate(self) -> float:

@@ -10,7 +10,8 @@ Three architectures share the plan:
 - text_to_text: one decoder (or encoder-decoder) model; every task is an instruction with a text answer;
 - multi_head: one shared encoder with a classification head per task (classification tasks only);
 - task_adapters: one LoRA adapter per task over a frozen base (plus an optional shared one), batches routed
-  to their task's adapter.
+  to their task's adapter; the plan's draws are regrouped into single-task batches (so `balanced_batches`
+  does not apply), each task's last batch filled up with a few of its own examples.
 """
 
 from __future__ import annotations
@@ -409,8 +410,6 @@ class AdaptersOff(torch.nn.Module):
 
 def _task_adapters(config: RunConfig, plan: Plan, tokenizer, source: str, tasks) -> tuple[Setup, dict[str, TaskResult]]:
     """One LoRA adapter per task (plus an optional shared one) over a frozen base, trained in one run."""
-    if config.task != "causal_lm" or config.mixture.stages:
-        raise DataError("mixture.architecture task_adapters needs task: causal_lm and one stage (no curriculum stages yet)")
     model = _on_device(load_model(config.task, source))
     batch = config.training.eval_batch_size
     base = _score_base(config, tasks, lambda task: Target(config.model.name, model, tokenizer, config.task, None, batch))
