@@ -56,3 +56,20 @@ def test_predict_rejects_two_adapters_with_one_name(tmp_path, capsys):
     code = main(["predict", "--adapter", str(tmp_path / "a" / "run"), "--adapter", str(tmp_path / "b" / "run"),
                  "--input", "x.jsonl", "--output", "y.jsonl"])
     assert code == 2 and "NAME=RUN_DIR" in capsys.readouterr().err
+
+
+def test_compare_reports_each_methods_forgetting_when_a_retention_suite_is_set(tiny_decoder, copy_task_file, tmp_path):
+    config = tmp_path / "gen.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "gen", "task": "causal_lm", "model": {"name": tiny_decoder},
+        "data": {"train": str(copy_task_file), "prompt_template": "{question}", "response_field": "answer", "max_length": 48},
+        "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
+        "eval": {"max_new_tokens": 4, "retention_suite": "glue-mini", "retention_limit": 2},
+    }))
+    assert main(["compare", str(config), "--methods", "lora,full", "--output-dir", str(tmp_path / "cmp")]) == 0
+    out = tmp_path / "cmp" / "gen"
+    rows = {row["method"]: row for row in json.loads((out / "summary.json").read_text())["methods"]}
+    for method in ("lora", "full"):
+        report = json.loads((next((out / "runs" / method).glob("*")) / "eval" / "forgetting-glue-mini.json").read_text())
+        assert rows[method]["forgetting"] == report["average_forgetting"]
+    assert "avg forgetting (glue-mini)" in (out / "summary.md").read_text()

@@ -100,7 +100,18 @@ def _row_from_run(method: str, run: RunDir, task: str) -> dict:
         "peak_gpu_mb": state.get("peak_gpu_mb"),
         "saved_mb": round(state.get("saved_weights_bytes", 0) / 2**20, 3),
         "run_dir": str(run.path),
+        **_forgetting(run),
     }
+
+
+def _forgetting(run: RunDir) -> dict:
+    """The run's average forgetting and forgotten tasks, when it was trained with `eval.retention_suite`."""
+    suite = run.config().eval.retention_suite
+    path = run.path / "eval" / f"forgetting-{suite}.json"
+    if not suite or not path.exists():
+        return {}
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return {"forgetting": report["average_forgetting"], "forgotten_tasks": report["tasks_forgotten"]}
 
 
 def train_in_subprocess(config: RunConfig, directory: Path) -> tuple[RunDir | None, dict]:
@@ -221,6 +232,10 @@ def render_summary(summary: dict, config: RunConfig) -> str:
         "| peak RSS MB | peak GPU MB | saved MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    with_forgetting = any("forgetting" in row for row in summary["methods"])
+    if with_forgetting:
+        lines[-2] += f" avg forgetting ({config.eval.retention_suite}) | forgotten tasks |"
+        lines[-1] += " ---: | --- |"
     failures = []
     for row in summary["methods"]:
         if row["status"] != "ok":
@@ -232,6 +247,8 @@ def render_summary(summary: dict, config: RunConfig) -> str:
             f"| {row['method']} | {_fmt(row['metric'], '.4f')} | {_fmt(change, '+.4f')} | {row['trainable_params']:,} "
             f"| {row['trainable_percent']:.3f} | {_fmt(row['learning_rate'], 'g')} | {_fmt(row['seconds_per_epoch'], '.1f')} "
             f"| {_fmt(row['peak_rss_mb'], '.0f')} | {_fmt(row['peak_gpu_mb'], '.0f')} | {row['saved_mb']:.2f} |"
+            + (f" {_fmt(row.get('forgetting'), '+.2f')} | {', '.join(row.get('forgotten_tasks', [])) or 'none'} |"
+               if with_forgetting else "")
         )
     lines += ["", "Peak RSS covers training alone (model loading and evaluation excluded) where the OS allows it; "
               "saved MB is the weights the method writes (tokenizer excluded)."]
