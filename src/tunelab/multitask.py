@@ -37,7 +37,7 @@ from tunelab.data.mixture import Stage, balanced_order, curriculum_plan, describ
 from tunelab.data.readers import DataError, Record
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
-from tunelab.eval.targets import Target
+from tunelab.eval.targets import Target, on_device
 from tunelab.methods import TrainableReport, apply_method, check_method, lora, method_module
 from tunelab.methods.task_adapters import (SHARED, TASK_KEY, TaskRoutedTrainer, apply_task_adapters, route,
                                           save_task_adapters, trainable_by_adapter)
@@ -211,16 +211,24 @@ def _configure_schedule(trainer, steps: int, has_validation: bool) -> None:
     args.save_strategy = "no"
 
 
-def _validation_sets(plan: Plan, tokenizer, config: RunConfig) -> dict[str, list[dict]]:
-    """Per trained task: its validation split (when it has one), for a per-task validation loss in the log."""
-    sets = {}
+def _validation_records(plan: Plan, config: RunConfig) -> dict[str, list[Record]]:
+    """Per trained task: a seeded draw of its validation split, for a per-task validation loss in the log;
+    a task without one is named and left out."""
+    chosen = {}
     for name, pool in plan.pools.items():
         try:
-            records = load_records(pool.spec, config.mixture.validation_examples, config.training.seed, split="validation")
-        except ValueError:
+            chosen[name] = load_records(pool.spec, config.mixture.validation_examples, config.training.seed, split="validation")
+        except TaskError:
             print(f"mixture: task {name} has no validation split; no validation loss for it")
-            continue
-        instruction = [Record({"prompt": pool.spec.prompt(r), "target": pool.spec.target(r), "task": name}, r.where) for r in records]
+    return chosen
+
+
+def _validation_sets(plan: Plan, tokenizer, config: RunConfig) -> dict[str, list[dict]]:
+    """The validation records as instruction examples (first template), per task."""
+    sets = {}
+    for name, records in _validation_records(plan, config).items():
+        spec = plan.pools[name].spec
+        instruction = [Record({"prompt": spec.prompt(r), "target": spec.target(r), "task": name}, r.where) for r in records]
         sets[name] = encode_instructions(instruction, tokenizer, config, {name: 1.0})
     return sets
 
@@ -296,7 +304,7 @@ def _planned_steps(config: RunConfig, plan: Plan) -> int:
 
 def _text_to_text(config: RunConfig, plan: Plan, tokenizer, source: str, tasks) -> tuple[Setup, dict[str, TaskResult]]:
     """One instruction-following model; the base is scored before the method touches it."""
-    model = _on_device(load_model(config.task, source))
+    model = on_device(load_model(config.task, source))
     base = _score_base(config, tasks, lambda task: Target(config.model.name, model, tokenizer, config.task, None,
                                                           config.training.eval_batch_size))
     model, trainable = apply_method(model, config)
@@ -308,10 +316,6 @@ def _text_to_text(config: RunConfig, plan: Plan, tokenizer, source: str, tasks) 
                  WeightedCollator(make_collator(config.task, tokenizer)),
                  lambda task, label: Target(label, model, tokenizer, config.task, None, config.training.eval_batch_size),
                  lambda directory: method.save(model, directory), _planned_steps(config, plan)), base
-
-
-def _on_device(model):
-    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 class TaskView(torch.nn.Module):
@@ -368,14 +372,9 @@ def _multi_head(config: RunConfig, plan: Plan, tokenizer, source: str, tasks) ->
     model = build_multihead(source, {n: list(plan.pools[n].spec.label_words) for n in names}, seed=config.training.seed)
     encoded = {n: _head_examples(p.records, p.spec, names.index(n), p.loss_weight, tokenizer, config) for n, p in plan.pools.items()}
     examples = [encoded[task][index] for task, index in plan.order]
-    validation = {}
-    for n, pool in plan.pools.items():
-        try:
-            records = load_records(pool.spec, config.mixture.validation_examples, config.training.seed, split="validation")
-        except TaskError:
-            continue
-        validation[n] = _head_examples(records, pool.spec, names.index(n), 1.0, tokenizer, config)
-    _on_device(model)
+    validation = {n: _head_examples(records, plan.pools[n].spec, names.index(n), 1.0, tokenizer, config)
+                  for n, records in _validation_records(plan, config).items()}
+    on_device(model)
     total = sum(p.numel() for p in model.parameters())
     trainable = TrainableReport(total, total)
 
@@ -410,7 +409,7 @@ class AdaptersOff(torch.nn.Module):
 
 def _task_adapters(config: RunConfig, plan: Plan, tokenizer, source: str, tasks) -> tuple[Setup, dict[str, TaskResult]]:
     """One LoRA adapter per task (plus an optional shared one) over a frozen base, trained in one run."""
-    model = _on_device(load_model(config.task, source))
+    model = on_device(load_model(config.task, source))
     batch = config.training.eval_batch_size
     base = _score_base(config, tasks, lambda task: Target(config.model.name, model, tokenizer, config.task, None, batch))
     names = list(plan.pools)

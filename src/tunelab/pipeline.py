@@ -21,9 +21,9 @@ from tunelab.data.splits import TaskData, load_task_data
 from tunelab.data.validate import check_records, enforce
 from tunelab.eval.evaluate import evaluate
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
+from tunelab.eval.predict import classify, generate
 from tunelab.eval.suites import load_suite
 from tunelab.eval.targets import Target
-from tunelab.eval.predict import classify, generate
 from tunelab.methods import MethodError, apply_method, base_load_options, check_method, method_module
 from tunelab.models.loading import check_family, load_model, load_tokenizer, resolve_source
 from tunelab.runs import RunDir, RunError, write_atomic, write_json

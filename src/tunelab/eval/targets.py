@@ -44,7 +44,8 @@ class Target:
         return self.task != "classification"
 
 
-def _on_device(model: PreTrainedModel) -> PreTrainedModel:
+def on_device(model: PreTrainedModel) -> PreTrainedModel:
+    """The model on the GPU when there is one (evaluation and multi-task scoring run there)."""
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
@@ -70,10 +71,10 @@ def load_target(reference: str, batch_size: int = 32) -> Target:
         from tunelab.pipeline import load_run
 
         model, tokenizer, config, labels = load_run(RunDir(reference))
-        return Target(reference, _on_device(model), tokenizer, config.task, labels, batch_size)
+        return Target(reference, on_device(model), tokenizer, config.task, labels, batch_size)
     source = resolve_source(reference)
     task = _task_of_model(reference, source)
     model = load_model(task, source)
     model.eval()
-    return Target(reference, _on_device(model), load_tokenizer(source), task, None, batch_size)
+    return Target(reference, on_device(model), load_tokenizer(source), task, None, batch_size)
 
