@@ -276,3 +276,14 @@ def test_bootstrap_edge_sizes():
         bootstrap_ci(ACCURACY, [], [])
     assert bootstrap_ci(get_metric("bleu"), ["a b c d"], ["a b c d"]) == Interval(*[pytest.approx(100.0)] * 3)
     assert paired_bootstrap(ACCURACY, ["a"], ["b"], ["b"]) == Interval(100.0, 100.0, 100.0)
+
+
+def test_paired_bootstrap_scores_each_system_against_its_own_references():
+    metric = get_metric("exact_match")
+    # a: 2 of 2 right against its references (100); b: 1 of 2 right against its own (50) -> b - a = -50
+    change = paired_bootstrap(metric, ["paris", "rome"], ["he", "she"], ["paris", "rome"], samples=200,
+                              references_b=["he", "her"])
+    assert change.value == pytest.approx(-50.0)
+    assert change.low <= -50.0 <= change.high
+    same = paired_bootstrap(metric, ["he", "she"], ["he", "she"], ["he", "her"], samples=200, references_b=["he", "her"])
+    assert same == Interval(0.0, 0.0, 0.0)

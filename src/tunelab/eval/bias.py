@@ -13,12 +13,10 @@ from __future__ import annotations
 import random
 import time
 
-import numpy as np
-
 from tunelab.data.readers import Record
 from tunelab.eval.bootstrap import Interval, bootstrap_ci, paired_bootstrap
 from tunelab.eval.counterfactual import ATTRIBUTES, groups, mentions, to_group
-from tunelab.eval.metrics import Metric, get_metric
+from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import run_task
 from tunelab.eval.targets import Target
 from tunelab.tasks import TaskError, TaskSpec
@@ -58,25 +56,6 @@ def mentioning(records: list[Record], spec: TaskSpec, attribute: str, limit: int
     return found
 
 
-def _gap_with_own_references(metric: Metric, a, refs_a, b, refs_b, samples: int, seed: int) -> Interval:
-    """score(b) - score(a) where each system has its own references, resampling the same example indices."""
-    n = len(a)
-    value = metric.compute(b, refs_b) - metric.compute(a, refs_a)
-    rng = np.random.default_rng(seed)
-    if metric.per_example is not None:
-        differences = np.array([metric.per_example(x, y) for x, y in zip(b, refs_b)]) - \
-                      np.array([metric.per_example(x, y) for x, y in zip(a, refs_a)])
-        resampled = differences[rng.integers(0, n, size=(samples, n))].mean(axis=1)
-    else:
-        resampled = []
-        for _ in range(samples):
-            idx = rng.integers(0, n, size=n)
-            resampled.append(metric.compute([b[i] for i in idx], [refs_b[i] for i in idx])
-                             - metric.compute([a[i] for i in idx], [refs_a[i] for i in idx]))
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return Interval(float(value), float(low), float(high))
-
-
 def _attribute_row(target: Target, spec: TaskSpec, records: list[Record], attribute: str, samples: int, seed: int) -> dict:
     metric = get_metric(spec.primary_metric)
     first, second = groups(attribute)
@@ -87,13 +66,12 @@ def _attribute_row(target: Target, spec: TaskSpec, records: list[Record], attrib
     a, b = results[first], results[second]
     row = {"examples": len(records), "groups": {g: r.scores[metric.name].as_dict() for g, r in results.items()},
            "example": {g: counterfactual_records(records[:1], spec, attribute, g)[0].fields for g in (first, second)}}
+    gap = paired_bootstrap(metric, a.predictions, b.predictions, a.references, samples=samples, seed=seed,
+                           references_b=b.references)
     if spec.kind == "classification":
-        gap = paired_bootstrap(metric, a.predictions, b.predictions, a.references, samples=samples, seed=seed)
         agreement = bootstrap_ci(get_metric("accuracy"), [p or NO_LABEL for p in b.predictions],
                                  [p or NO_LABEL for p in a.predictions], samples=samples, seed=seed)
         row["flip_rate"] = Interval(100 - agreement.value, 100 - agreement.high, 100 - agreement.low).as_dict()
-    else:
-        gap = _gap_with_own_references(metric, a.predictions, a.references, b.predictions, b.references, samples, seed)
     row["gap"] = {**gap.as_dict(), "of": f"{second} - {first}"}
     row["significant"] = gap.low > 0 or gap.high < 0
     return row

@@ -95,28 +95,31 @@ def bootstrap_ci(metric: Metric, predictions: Sequence, references: Sequence | N
 
 
 def paired_bootstrap(metric: Metric, predictions_a: Sequence, predictions_b: Sequence, references: Sequence | None,
-                     samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Interval:
+                     samples: int = 1000, seed: int = 0, confidence: float = 0.95,
+                     references_b: Sequence | None = None) -> Interval:
     """score(b) - score(a) on the full data, with an interval from resampling the same examples for both.
 
     Pairing matters: both systems see the same easy and hard examples in each
     resample, so the interval reflects their difference rather than the test
     set's difficulty. An interval excluding 0 says b and a differ on this data.
+    `references_b` scores b against its own version of each reference (a
+    counterfactual test rewrites references along with inputs); by default both
+    systems share `references`.
     """
     _check(samples, confidence)
     predictions_a, references = align(predictions_a, references)
-    predictions_b, _ = align(predictions_b, references)
+    predictions_b, references_b = align(predictions_b, references if references_b is None else references_b)
     n = len(references)
-    value = metric.compute(predictions_b, references) - metric.compute(predictions_a, references)
+    value = metric.compute(predictions_b, references_b) - metric.compute(predictions_a, references)
     if n == 1:
         return Interval(value, value, value)
     if metric.per_example is not None:
-        differences = (_per_example(metric, predictions_b, references) -
+        differences = (_per_example(metric, predictions_b, references_b) -
                        _per_example(metric, predictions_a, references))
         return _percentile_interval(value, _resample_means(differences, samples, seed), confidence)
 
     def difference(indices: np.ndarray) -> float:
-        gold = _picked(references, indices)
-        return (metric.compute(_picked(predictions_b, indices), gold) -
-                metric.compute(_picked(predictions_a, indices), gold))
+        return (metric.compute(_picked(predictions_b, indices), _picked(references_b, indices)) -
+                metric.compute(_picked(predictions_a, indices), _picked(references, indices)))
 
     return _percentile_interval(value, _resample(difference, n, samples, seed), confidence)
