@@ -221,6 +221,9 @@ class TrainingConfig(_Section):
     """Optimiser steps between loss log lines."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory at the cost of time."""
+    packing: bool = True
+    """Decoder (causal_lm) training without padding: a batch's examples are laid end to end in rows of at most
+    data.max_length tokens, position ids restarting per example, so no example attends to another."""
 
 
 class EvalConfig(_Section):

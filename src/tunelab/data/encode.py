@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
@@ -103,8 +104,68 @@ def encode(task: str, records: list[Record], tokenizer: PreTrainedTokenizerBase,
     return encode_seq2seq(records, tokenizer, data, with_target)
 
 
-def make_collator(task: str, tokenizer: PreTrainedTokenizerBase):
-    """Dynamic padding per batch; labels are padded with IGNORE_INDEX so padding never counts in the loss."""
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins whose lengths sum to at most `capacity` (an item longer than it gets a bin of its own).
+
+    Longest first, each into the first bin with room: few bins, so little padding is left at the rows' ends.
+    """
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        target = next((b for b, free in enumerate(room) if free >= lengths[index]), None)
+        if target is None:
+            bins.append([])
+            room.append(capacity)
+            target = len(bins) - 1
+        bins[target].append(index)
+        room[target] -= lengths[index]
+    return bins
+
+
+@dataclass
+class PackedCollator:
+    """Padding-free decoder batches: examples laid end to end in rows of at most `row_tokens` tokens.
+
+    Position ids restart at 0 for each example and no attention mask is sent, so
+    transformers reads the restarts as sequence boundaries and builds a
+    block-diagonal causal mask: no example attends to another (tested against each
+    example run alone). Only each row's tail is padding, itself a separate segment
+    with IGNORE_INDEX labels. Each example's first label is IGNORE_INDEX, so the
+    last token of one example is never trained to predict the next example.
+    Rows are bounded (rather than one row per batch) because attention over a row
+    costs its length squared, masked or not.
+    """
+
+    pad_token_id: int
+    row_tokens: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = [len(f["input_ids"]) for f in features]
+        rows = first_fit_decreasing(lengths, self.row_tokens)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        input_ids, labels, positions = [], [], []
+        for row in rows:
+            ids, gold, pos = [], [], []
+            for i in row:
+                example = features[i]
+                ids += example["input_ids"]
+                gold += [IGNORE_INDEX] + list(example.get("labels", example["input_ids"]))[1:]
+                pos += range(lengths[i])
+            tail = width - len(ids)
+            input_ids.append(ids + [self.pad_token_id] * tail)
+            labels.append(gold + [IGNORE_INDEX] * tail)
+            positions.append(pos + list(range(tail)))
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+
+
+def make_collator(task: str, tokenizer: PreTrainedTokenizerBase, packed_row_tokens: int | None = None):
+    """Dynamic padding per batch; labels are padded with IGNORE_INDEX so padding never counts in the loss.
+
+    `packed_row_tokens` switches decoder batches to padding-free packing (PackedCollator).
+    """
     if task == "classification":
         return DataCollatorWithPadding(tokenizer)
+    if packed_row_tokens and task == "causal_lm":
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return PackedCollator(pad, packed_row_tokens)
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
