@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,22 +45,48 @@ def _cmd_data_check(args) -> None:
     print(f"{args.file}: {len(valid)} valid records for task {config.task}" + (f", labels {labels}" if labels else ""))
 
 
-def _cmd_train(args) -> None:
-    from tunelab import pipeline
+def _torchrun(processes: int, arguments: list[str]) -> int:
+    """Run `tunelab ARGUMENTS` as `processes` ranks under torchrun on this machine; returns torchrun's exit status.
+
+    The ranks write to this terminal directly, so their output streams as it comes.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "tunelab", *arguments]
+    print(f"launching {processes} processes: {shlex.join(command)}", flush=True)
+    launcher = subprocess.Popen(command)
+    try:
+        return launcher.wait()
+    except KeyboardInterrupt:  # the ranks got the Ctrl-C too: let torchrun stop them and mark the run interrupted
+        return launcher.wait()
+
+
+def _cmd_train(args) -> int | None:
+    from tunelab import distributed, pipeline
     from tunelab.runs import RunDir
 
-    if args.resume:
-        run = RunDir(args.resume)
-        if run.state().get("state") == "complete":
-            raise ConfigError(f"run {run.path} is already complete; nothing to resume")
-        config = run.config()
-        run = pipeline.train(config, resume=run)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: give the number of training processes, 1 or more")
+    if args.nproc > 1 and distributed.world_size() > 1:
+        raise ConfigError(f"this process was already started as one of {distributed.world_size()} by torchrun or "
+                          "accelerate launch; drop --nproc (the launcher's own option sets the process count)")
+    resume = RunDir(args.resume) if args.resume else None
+    if resume:
+        if resume.state().get("state") == "complete":
+            raise ConfigError(f"run {resume.path} is already complete; nothing to resume")
+        config = resume.config()
     else:
         if not args.config:
             raise ConfigError("give a config file (e.g. configs/sentiment-minilm-lora.yaml) or --resume RUN_DIR")
-        run = pipeline.train(load_config(args.config, args.overrides))
-    print((run.path / "README.md").read_text(encoding="utf-8"))
-    print(f"run complete: {run.path}")
+        config = load_config(args.config, args.overrides)
+    if args.nproc > 1:  # the config was checked once, here, before N processes each load it again
+        if config.mixture is not None:
+            distributed.refuse_multiprocess("multi-task (mixture:) runs", args.nproc)
+        return _torchrun(args.nproc, ["train", "--resume", args.resume] if resume else ["train", args.config, *args.overrides])
+    run = pipeline.train(config, resume=resume)
+    if distributed.is_main_process():  # the other ranks return as soon as training ends, before the card exists
+        print((run.path / "README.md").read_text(encoding="utf-8"))
+        print(f"run complete: {run.path}")
+    return None
 
 
 def _cmd_eval(args) -> None:
@@ -218,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.epochs=1")
     train.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last checkpoint")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train with N data-parallel processes on this machine (relaunches under torchrun); "
+                            "training.batch_size is per process")
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="score a model or run on a benchmark suite, or a run on labelled data")
@@ -327,11 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.runs import RunError
 
     try:
-        args.func(args)
+        return args.func(args) or 0  # a command returns a status only when it ran another process (train --nproc)
     except (ConfigError, DataError, RunError, ModelNotAvailable, MethodError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

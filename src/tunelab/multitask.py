@@ -30,6 +30,7 @@ from torch.utils.data import SequentialSampler
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from tunelab import distributed
 from tunelab.card import render_mixture_card
 from tunelab.config import DataConfig, MixtureTask, RunConfig
 from tunelab.data.encode import IGNORE_INDEX, encode_causal, encode_classification, encode_seq2seq, make_collator
@@ -439,6 +440,8 @@ def _task_adapters(config: RunConfig, plan: Plan, tokenizer, source: str, tasks)
 
 def train_mixture(config: RunConfig) -> RunDir:
     """Train one model on the mixture (as `mixture.architecture` says) and write a complete run directory."""
+    # its planned example order, per-task targets and run directory are single-process code
+    distributed.refuse_multiprocess("multi-task (mixture:) runs")
     check_family(config.model.name, config.task)
     check_method(config)
     plan = plan_training(config)  # every data and mixture error before a model loads

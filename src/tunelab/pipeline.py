@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from transformers import set_seed
 
+from tunelab import distributed
 from tunelab.card import render_card
 from tunelab.config import RunConfig
-from tunelab.data.encode import encode
+from tunelab.data.cache import encode_cached
 from tunelab.data.readers import DataError, read_file
 from tunelab.data.splits import TaskData, load_task_data
 from tunelab.data.validate import check_records, enforce
@@ -32,7 +34,10 @@ from tunelab.train.trainer import build_trainer, choose_precision
 
 
 def _encode_split(config: RunConfig, records, tokenizer, labels, name: str) -> list[dict]:
-    encoded = encode(config.task, records, tokenizer, config.data, labels)
+    """Token ids of a split, tokenised once and then read from the token cache while data and tokenizer stay the same."""
+    encoded, cached = encode_cached(config.task, records, tokenizer, config.data, labels)
+    if cached:
+        print(f"{name}: {len(records)} examples read from the token cache")
     if encoded.truncated:
         print(f"{name}: {encoded.truncated} of {len(records)} examples truncated to "
               f"data.max_length={config.data.max_length} / data.max_target_length={config.data.max_target_length}")
@@ -65,8 +70,18 @@ def check_runnable(config: RunConfig) -> None:
         load_suite(config.eval.retention_suite)
 
 
+def _run_dir(config: RunConfig, resume: RunDir | None) -> RunDir:
+    """The run's directory: rank 0 creates it (or takes the one being resumed), every other rank gets its path."""
+    run = resume or (RunDir.create(config) if distributed.is_main_process() else None)
+    return RunDir(distributed.share_from_main(str(run.path) if run else None))
+
+
 def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
-    """Train a model as configured (or finish an interrupted run) and write a complete run directory."""
+    """Train a model as configured (or finish an interrupted run) and write a complete run directory.
+
+    Under torchrun / accelerate launch every rank loads the data and model and trains; rank 0 alone writes
+    the run directory and evaluates, and the other ranks return once training ends.
+    """
     if config.mixture is not None:
         from tunelab.multitask import train_mixture
 
@@ -79,27 +94,39 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
         print(f"data: {note}")
     precision = choose_precision(config.training.precision)
     print(f"precision: {precision} (training.precision={config.training.precision})")
-    run = resume or RunDir.create(config)
+    distributed.start()
+    main = distributed.is_main_process()
+    run = _run_dir(config, resume)
     print(f"run directory: {run.path}")
-    run.update_state(state="running", precision=precision, labels=data.labels, data_notes=data.notes,
-                     examples={"train": len(data.train), "validation": len(data.validation), "test": len(data.test)})
-    with run.marks_failure():
+    if main:
+        run.update_state(state="running", precision=precision, labels=data.labels, data_notes=data.notes,
+                         world_size=distributed.world_size(),
+                         examples={"train": len(data.train), "validation": len(data.validation), "test": len(data.test)})
+    with run.marks_failure() if main else nullcontext():
         model, tokenizer = _load_for_config(config, data.labels)
         train_examples = _encode_split(config, data.train, tokenizer, data.labels, "train")
         validation_examples = _encode_split(config, data.validation, tokenizer, data.labels, "validation")
-        if config.eval.evaluate_base and not run.base_eval_path.exists():
-            print("evaluating the base model on the test data ...")
-            write_json(run.base_eval_path, evaluate(model, tokenizer, data.test, config, data.labels))
+        # decided once, by rank 0: another rank looking for the file could see it already written and skip the barrier
+        if distributed.share_from_main(config.eval.evaluate_base and not run.base_eval_path.exists()):
+            if main:
+                print("evaluating the base model on the test data ...")
+                write_json(run.base_eval_path, evaluate(model, tokenizer, data.test, config, data.labels))
+            distributed.barrier()
         model, trainable = apply_method(model, config)
         print(f"method {config.method.name}: {trainable}")
-        run.update_state(trainable=trainable.as_dict())
+        if main:
+            run.update_state(trainable=trainable.as_dict())
+        # The Trainer saves checkpoints from rank 0, except that each rank writes its own RNG state file into
+        # them (rng_state_<rank>.pth): that is its resume machinery, so the run directory tolerates it.
         trainer = build_trainer(model, tokenizer, config, run, train_examples, validation_examples, precision)
-        checkpoint = run.last_checkpoint() if resume else None
+        checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
         if checkpoint:
             print(f"resuming from {checkpoint}")
         window = reset_peak()
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if not main:  # training was the last collective step; what follows is rank 0's alone
+            return run
         train_seconds = time.perf_counter() - started + run.state().get("train_seconds", 0.0)
         memory = peak_memory(window)
         model = trainer.model

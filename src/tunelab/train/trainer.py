@@ -13,9 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from accelerate.utils import extract_model_from_parallel
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
+from tunelab import distributed
 from tunelab.config import RunConfig
 from tunelab.data.encode import IGNORE_INDEX, make_collator
 from tunelab.runs import RunDir
@@ -40,9 +42,13 @@ def choose_precision(requested: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def training_arguments(config: RunConfig, run: RunDir, precision: str, reload_best: bool = True) -> TrainingArguments:
+def training_arguments(config: RunConfig, run: RunDir, precision: str, reload_best: bool = True,
+                       packed: bool = False) -> TrainingArguments:
+    """Trainer settings from the config; decoder batches are grouped by length unless they are packed (packing
+    leaves no padding to save, so examples keep a random order)."""
     training = config.training
     best = config.best_metric()
+    grouped = config.task != "classification" and not packed
     return TrainingArguments(
         output_dir=str(run.checkpoints),
         num_train_epochs=training.epochs,
@@ -70,7 +76,7 @@ def training_arguments(config: RunConfig, run: RunDir, precision: str, reload_be
         logging_steps=training.logging_steps,
         logging_first_step=True,
         report_to="none",
-        train_sampling_strategy="random" if config.task == "classification" else "group_by_length",
+        train_sampling_strategy="group_by_length" if grouped else "random",
         gradient_checkpointing=training.gradient_checkpointing,
         prediction_loss_only=config.task != "classification",
         remove_unused_columns=False,
@@ -93,16 +99,22 @@ class CompletionLossTrainer(Trainer):
         `loss_weights` (multi-task weighted loss) scales each example's tokens."""
         labels = inputs["labels"]
         example_weights = inputs.get("loss_weights")
-        decoder = model.get_decoder()
-        head = model.get_output_embeddings()
-        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        # Padded batches carry an attention mask, packed ones position ids that restart per example. No KV cache:
+        # transformers only reads packed boundaries from position ids when there is none (else attention would leak).
+        # The forward goes through `model` itself, not its inner decoder, because under DDP only a forward of the
+        # wrapper synchronises gradients; logits_to_keep=1 keeps it from projecting every position on the vocabulary.
+        boundaries = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+        outputs = model(input_ids=inputs["input_ids"], use_cache=False, output_hidden_states=True, logits_to_keep=1, **boundaries)
+        hidden = outputs.hidden_states[-1]  # the final (normed) hidden states
+        inner = extract_model_from_parallel(model)
+        head = inner.get_output_embeddings()
         targets = labels[:, 1:]
         scored = targets != IGNORE_INDEX
         selected = hidden[:, :-1][scored]
         weights = (example_weights.float()[:, None].expand_as(targets)[scored] if example_weights is not None
                    else torch.ones(int(scored.sum()), device=hidden.device))
         targets = targets[scored]
-        softcap = getattr(model.config, "final_logit_softcapping", None)
+        softcap = getattr(inner.config, "final_logit_softcapping", None)
 
         def chunk_loss(states: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             logits = head(states).float()
@@ -116,6 +128,10 @@ class CompletionLossTrainer(Trainer):
             total = total + checkpoint(chunk_loss, selected[start:end], targets[start:end], weights[start:end], use_reentrant=False)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(1, targets.numel())
         loss = total / denominator
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts every process's tokens and DDP averages gradients over processes,
+            # so each process's share is scaled back up (what Trainer.compute_loss does for HF models)
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
@@ -146,6 +162,7 @@ def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, train_exampl
     # methods keep the model's own loss (PEFT pads the labels over the virtual positions).
     chunked = config.task == "causal_lm" and not adds_virtual_tokens(model)
     trainer_class = trainer_class or (CompletionLossTrainer if chunked else Trainer)
+    packed = chunked and config.training.packing and trainer_class is CompletionLossTrainer
     reload_best = can_reload_best_checkpoint(model)
     if not reload_best:
         print("prefix tuning with reparameterisation: the run keeps its last weights (PEFT cannot reload its best checkpoint)")
@@ -154,14 +171,20 @@ def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, train_exampl
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = trainer_class(
         model=model,
-        args=training_arguments(config, run, precision, reload_best),
-        data_collator=make_collator(config.task, tokenizer),
+        args=training_arguments(config, run, precision, reload_best, packed),
+        data_collator=make_collator(config.task, tokenizer, config.data.max_length if packed else None),
         train_dataset=train_examples,
         eval_dataset=validation_examples,
         processing_class=tokenizer,
         compute_metrics=accuracy_from_logits if config.task == "classification" else None,
         callbacks=callbacks,
     )
+    if config.task == "classification":
+        # Classifier heads average their loss over their own batch, so the Trainer must not treat it as a sum over
+        # the tokens of all processes and accumulation steps (it would scale it by process count, and skip the
+        # division by gradient_accumulation_steps).
+        trainer.model_accepts_loss_kwargs = False
+    distributed.group_by_global_batch(trainer)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgressBar())
     return trainer
