@@ -14,6 +14,7 @@ Variants:
                  padding-free packing, completion-only chunked loss, no gradient checkpointing
   tunelab-fp32   the same, forced to fp32 (separates the precision choice from the rest)
   tunelab-nopack the same, with packing off (length-grouped padded batches instead)
+  tunelab-gc     the same, with training.gradient_checkpointing on (tunelab's low-memory setting; TRL's default)
   trl-fair       TRL SFTTrainer with bf16=False (the baseline the target is measured against)
   trl-defaults   TRL SFTTrainer with its pure defaults (bf16=True, as TRL ships)
 
@@ -51,7 +52,7 @@ sys.path.insert(0, str(BENCH))
 DIALOGSUM = Path(os.environ.get("TUNELAB_DATA", BENCH.parent.parent / "shared" / "data")) / "dialogsum"
 PROMPT = "Summarise the dialogue:\n{dialogue}"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
-VARIANTS = ("tunelab", "tunelab-fp32", "tunelab-nopack", "trl-fair", "trl-defaults")
+VARIANTS = ("tunelab", "tunelab-fp32", "tunelab-nopack", "tunelab-gc", "trl-fair", "trl-defaults")
 HELDOUT = 16
 
 
@@ -122,7 +123,7 @@ def heldout_loss(model, tokenizer, examples: list[tuple[str, str]]) -> float:
     return total / count
 
 
-def tunelab_trainer(args, workdir: Path, precision: str, packing: bool):
+def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpointing: bool):
     """A trainer built exactly as `tunelab train` builds it, from a config equivalent to the TRL run's settings."""
     from tunelab import pipeline
     from tunelab.config import build_config
@@ -142,15 +143,15 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool):
         "method": {"name": "lora", "lora": {**LORA, "target_modules": ["q_proj", "v_proj"]}},
         "training": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                      "warmup_ratio": 0, "weight_decay": 0, "seed": args.seed, "logging_steps": 1,
-                     "precision": precision, "packing": packing},
+                     "precision": precision, "packing": packing, "gradient_checkpointing": checkpointing},
         "eval": {"evaluate_base": False},
     })
     data = load_task_data(config)
-    model, tokenizer = pipeline._load_for_config(config, None)
+    resolved = choose_precision(precision)
+    model, tokenizer = pipeline._load_for_config(config, None, resolved)
     model, _ = apply_method(model, config)
     examples = pipeline._encode_split(config, data.train, tokenizer, None, "train")
     validation = pipeline._encode_split(config, data.validation, tokenizer, None, "validation")
-    resolved = choose_precision(precision)
     return build_trainer(model, tokenizer, config, RunDir.create(config), examples, validation, resolved), tokenizer, resolved
 
 
@@ -182,7 +183,7 @@ def run_variant(variant: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as workdir:
         if variant.startswith("tunelab"):
             trainer, tokenizer, precision = tunelab_trainer(args, Path(workdir), "fp32" if variant == "tunelab-fp32" else "auto",
-                                                           packing=variant != "tunelab-nopack")
+                                                           packing=variant != "tunelab-nopack", checkpointing=variant == "tunelab-gc")
         else:
             trainer, tokenizer, precision = baseline_trainer(args, fair=variant == "trl-fair")
         clock, counter = StepClock(), CountingCollator(trainer.data_collator)

@@ -260,3 +260,26 @@ def test_prefix_classifier_returns_to_its_best_checkpoint(tiny_encoder, sentimen
     run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix", epochs=2))
     assert run.state()["best_checkpoint"] is not None
     assert run.state()["state"] == "complete"
+
+
+@pytest.mark.parametrize("method, task, stored", [
+    ("lora", "causal_lm", torch.bfloat16), ("ia3", "causal_lm", torch.bfloat16),
+    ("full", "causal_lm", torch.float32),  # trained weights keep fp32 master copies
+    ("prefix", "causal_lm", torch.float32),
+    ("lora", "classification", torch.float32),  # the classifier head trains in the base's dtype
+])
+def test_a_frozen_generative_base_is_stored_in_bf16_only_for_bf16_runs(tiny_decoder, tiny_encoder, copy_task_file,
+                                                                         sentiment_file, method, task, stored):
+    data = ({"train": str(copy_task_file), "prompt_template": "{question}", "response_field": "answer"} if task == "causal_lm"
+            else {"train": str(sentiment_file)})
+    config = build_config({"name": "dtype", "task": task, "model": {"name": tiny_decoder if task == "causal_lm" else tiny_encoder},
+                           "data": data, "method": {"name": method}})
+    labels = None if task == "causal_lm" else ["negative", "positive"]
+    model, _ = pipeline._load_for_config(config, labels, "bf16")
+    assert model.get_input_embeddings().weight.dtype == stored
+    fp32_model, _ = pipeline._load_for_config(config, labels, "fp32")
+    assert fp32_model.get_input_embeddings().weight.dtype == torch.float32
+    if stored == torch.bfloat16:
+        adapted, _ = apply_method(model, config)
+        trainable = [p for p in adapted.parameters() if p.requires_grad]
+        assert trainable and all(p.dtype == torch.float32 for p in trainable)  # the optimiser sees fp32 adapters

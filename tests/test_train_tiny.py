@@ -106,7 +106,7 @@ def test_same_seed_gives_the_same_run(tiny_encoder, sentiment_file, tmp_path):
 
 @pytest.mark.parametrize("chunk", [1024, 3])
 def test_completion_loss_equals_the_models_own_loss(tiny_decoder, copy_task_file, tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(trainer_module, "LOSS_CHUNK_TOKENS", chunk)
+    monkeypatch.setattr(trainer_module, "LOSS_CHUNK_LOGITS", chunk * 30522)  # chunks of `chunk` positions
     config = causal_config(tiny_decoder, copy_task_file, tmp_path)
     data = load_task_data(config)
     model, tokenizer = pipeline._load_for_config(config, None)

@@ -51,10 +51,11 @@ def _load_base(config: RunConfig, labels: list[str] | None, **options):
                       config.model.trust_remote_code, **options)
 
 
-def _load_for_config(config: RunConfig, labels: list[str] | None):
+def _load_for_config(config: RunConfig, labels: list[str] | None, precision: str = "fp32"):
+    """The base to train, loaded as the method and the training precision want it, and its tokenizer."""
     source = resolve_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
-    return _load_base(config, labels, **base_load_options(config)), tokenizer
+    return _load_base(config, labels, **base_load_options(config, precision)), tokenizer
 
 
 def _saved_weights_bytes(directory: Path) -> int:
@@ -103,7 +104,7 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
                          world_size=distributed.world_size(),
                          examples={"train": len(data.train), "validation": len(data.validation), "test": len(data.test)})
     with run.marks_failure() if main else nullcontext():
-        model, tokenizer = _load_for_config(config, data.labels)
+        model, tokenizer = _load_for_config(config, data.labels, precision)
         train_examples = _encode_split(config, data.train, tokenizer, data.labels, "train")
         validation_examples = _encode_split(config, data.validation, tokenizer, data.labels, "validation")
         # decided once, by rank 0: another rank looking for the file could see it already written and skip the barrier

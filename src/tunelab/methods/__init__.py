@@ -14,7 +14,9 @@ branches on the method:
 A method may also provide ``load_options(config)``: extra ``from_pretrained``
 settings its training base needs (qlora's 4-bit quantisation); and
 ``SAVES_WHOLE_MODEL = True`` when ``save`` writes a complete checkpoint (full
-fine-tuning), which is then loaded as its own base.
+fine-tuning), which is then loaded as its own base; and ``FREEZES_BASE = True`` when
+every pretrained weight stays frozen (its adapters are PEFT's, kept in fp32), so a bf16
+run may load the base in bf16.
 
 Adding a method is one module and one line in ``METHODS``.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from tunelab.config import RunConfig
@@ -103,7 +106,18 @@ def apply_method(model: nn.Module, config: RunConfig) -> tuple[nn.Module, Traina
     return adapted, report
 
 
-def base_load_options(config: RunConfig) -> dict:
-    """Extra `from_pretrained` settings for the base a method trains on (empty for most methods)."""
-    options = getattr(method_module(config.method.name), "load_options", None)
-    return options(config) if options else {}
+def base_load_options(config: RunConfig, precision: str = "fp32") -> dict:
+    """Extra `from_pretrained` settings for the base a method trains on.
+
+    A generative model's base that the method freezes (``FREEZES_BASE``) is loaded in
+    bf16 when training runs in bf16: autocast computes its matmuls in bf16 either way,
+    and frozen weights need no fp32 master copy, so this halves weight memory and
+    spares the per-step casts. PEFT keeps the adapters themselves in fp32.
+    Classifiers keep an fp32 base, since their head trains in the base's dtype.
+    """
+    module = method_module(config.method.name)
+    options = module.load_options(config) if hasattr(module, "load_options") else {}
+    frozen = getattr(module, "FREEZES_BASE", False) and config.task != "classification"
+    if precision == "bf16" and frozen and "quantization_config" not in options:
+        options["dtype"] = torch.bfloat16
+    return options

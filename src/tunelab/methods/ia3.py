@@ -12,6 +12,9 @@ from torch import nn
 from tunelab.config import RunConfig
 from tunelab.methods import peft_common
 
+FREEZES_BASE = True
+"""Every pretrained weight stays frozen and PEFT keeps the adapters in fp32: a bf16 run may load the base in bf16."""
+
 
 def check(config: RunConfig) -> None:
     """IA3 applies to every architecture PEFT maps (or any, given explicit target modules)."""

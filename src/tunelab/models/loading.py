@@ -123,14 +123,16 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     quantization_config=None,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """Load the pretrained model with what the task needs (a fresh classification head for classifiers).
 
-    Weights are loaded in fp32; mixed precision is applied by the trainer, which
-    keeps fp32 master weights. `quantization_config` (qlora's 4-bit settings)
+    Weights are loaded in fp32 unless `dtype` says otherwise (a frozen base trained
+    in bf16); mixed precision is applied by the trainer, which keeps fp32 master
+    weights for what it trains. `quantization_config` (qlora's 4-bit settings)
     loads the base quantised instead.
     """
-    kwargs: dict = {"dtype": torch.float32, "revision": revision, "trust_remote_code": trust_remote_code}
+    kwargs: dict = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code}
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, dtype=torch.bfloat16, device_map={"": 0})
     if task == "classification":

@@ -23,8 +23,10 @@ from tunelab.data.encode import IGNORE_INDEX, make_collator
 from tunelab.runs import RunDir
 from tunelab.train.callbacks import LossProgressBar, MetricsLog
 
-LOSS_CHUNK_TOKENS = 1024
-"""Completion positions projected onto the vocabulary at once; each chunk's logits are recomputed in backward."""
+LOSS_CHUNK_LOGITS = 16 * 2**20
+"""Logits materialised at once by the completion loss (64 MiB in fp32): a chunk holds this many divided by the
+vocabulary size of completion positions (64 for Gemma's 262k vocabulary, 341 for SmolLM2's 49k), and each chunk's
+logits are recomputed in backward rather than kept."""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -123,8 +125,9 @@ class CompletionLossTrainer(Trainer):
             return (F.cross_entropy(logits, gold, reduction="none") * weight).sum()
 
         total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, targets.numel(), LOSS_CHUNK_TOKENS):
-            end = start + LOSS_CHUNK_TOKENS
+        chunk = max(1, LOSS_CHUNK_LOGITS // head.weight.shape[0])  # rows of the head = vocabulary size
+        for start in range(0, targets.numel(), chunk):
+            end = start + chunk
             total = total + checkpoint(chunk_loss, selected[start:end], targets[start:end], weights[start:end], use_reentrant=False)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(1, targets.numel())
         loss = total / denominator
