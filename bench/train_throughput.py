@@ -13,6 +13,7 @@ Variants:
   tunelab        tunelab's own training path (build_trainer) with its defaults: precision chosen from the hardware,
                  padding-free packing, completion-only chunked loss, no gradient checkpointing
   tunelab-fp32   the same, forced to fp32 (separates the precision choice from the rest)
+  tunelab-bf16   the same, forced to bf16 (what the automatic choice passed over, where it chose fp32)
   tunelab-nopack the same, with packing off (length-grouped padded batches instead)
   tunelab-gc     the same, with training.gradient_checkpointing on (tunelab's low-memory setting; TRL's default)
   trl-fair       TRL SFTTrainer with bf16=False (the baseline the target is measured against)
@@ -21,8 +22,8 @@ Variants:
 Figures per run: non-padding tokens/s and seconds/step over the steps after the
 first (warm-up), peak RSS of the process, peak GPU memory, the final training
 loss (mean of the last 3 logged steps) and the loss on 16 held-out DialogSum
-validation dialogues computed by one shared function (plain fp32 forward,
-completion tokens only), so speed cannot come from training less. MFU divides
+validation dialogues computed by one shared function (the trained model cast to
+fp32, plain forward, completion tokens only), so speed cannot come from training less. MFU divides
 model FLOPs per second (4 x non-embedding parameters per token: forward and
 activation-gradient backward, no weight gradients for frozen weights; LM head
 and attention scores left out, so it is a lower bound) by the matmul peak that
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -52,7 +54,7 @@ sys.path.insert(0, str(BENCH))
 DIALOGSUM = Path(os.environ.get("TUNELAB_DATA", BENCH.parent.parent / "shared" / "data")) / "dialogsum"
 PROMPT = "Summarise the dialogue:\n{dialogue}"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
-VARIANTS = ("tunelab", "tunelab-fp32", "tunelab-nopack", "tunelab-gc", "trl-fair", "trl-defaults")
+VARIANTS = ("tunelab", "tunelab-fp32", "tunelab-bf16", "tunelab-nopack", "tunelab-gc", "trl-fair", "trl-defaults")
 HELDOUT = 16
 
 
@@ -106,8 +108,9 @@ class CountingCollator:
 
 
 def heldout_loss(model, tokenizer, examples: list[tuple[str, str]]) -> float:
-    """Token-weighted completion cross-entropy on fixed examples, computed the same way for every variant."""
-    model.eval()
+    """Token-weighted completion cross-entropy on fixed examples, computed the same way for every variant: in
+    fp32, so a variant that stored its frozen base in bf16 is judged on what it learned, not on bf16 rounding."""
+    model = model.float().eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for prompt, completion in examples:
@@ -182,7 +185,8 @@ def run_variant(variant: str, args) -> dict:
     """Train one variant in this process and return its figures."""
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as workdir:
         if variant.startswith("tunelab"):
-            trainer, tokenizer, precision = tunelab_trainer(args, Path(workdir), "fp32" if variant == "tunelab-fp32" else "auto",
+            forced = {"tunelab-fp32": "fp32", "tunelab-bf16": "bf16"}.get(variant, "auto")
+            trainer, tokenizer, precision = tunelab_trainer(args, Path(workdir), forced,
                                                            packing=variant != "tunelab-nopack", checkpointing=variant == "tunelab-gc")
         else:
             trainer, tokenizer, precision = baseline_trainer(args, fair=variant == "trl-fair")
@@ -213,7 +217,8 @@ def launch(variant: str, argv: list[str]) -> dict:
     done = subprocess.run([sys.executable, __file__, *argv, "--worker", variant], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
-        return {"variant": variant, "error": (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]}
+        errors = [line for line in done.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
+        return {"variant": variant, "error": errors[-1:] or done.stderr.strip().splitlines()[-1:] or ["no output"]}
     return json.loads(lines[-1][len("RESULT "):])
 
 
