@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from accelerate.utils import extract_model_from_parallel
+from torch.utils.checkpoint import checkpoint
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
@@ -31,7 +31,7 @@ logits are recomputed in backward rather than kept."""
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: without them a bf16 matmul is emulated and ~60x slower than fp32; with AVX512-BF16,
-    LoRA training of smollm2 ran 1.6x faster in bf16 than in fp32 (BENCHMARKS.md, "Training throughput")."""
+    LoRA training of smollm2 ran 1.5x faster in bf16 than in fp32 (BENCHMARKS.md, "Training throughput")."""
     cpu = torch.cpu
     return bool(getattr(cpu, "_is_avx512_bf16_supported", bool)() or getattr(cpu, "_is_amx_tile_supported", bool)())
 
