@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tunelab.config import RunConfig
+from tunelab.eval.bootstrap import format_interval
 
 
 def metrics_table(base: dict[str, float] | None, tuned: dict[str, float]) -> str:
@@ -61,8 +62,7 @@ def _score(result: dict | None, metric: str) -> str:
         return "not scored"
     if "skipped" in result:
         return "skipped"
-    value = result["metrics"][metric]
-    return f"{value['value']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
+    return format_interval(result["metrics"][metric])
 
 
 def mixture_table(evaluation: dict) -> str:

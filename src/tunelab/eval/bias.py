@@ -14,7 +14,7 @@ import random
 import time
 
 from tunelab.data.readers import Record
-from tunelab.eval.bootstrap import Interval, bootstrap_ci, paired_bootstrap
+from tunelab.eval.bootstrap import Interval, bootstrap_ci, format_interval, paired_bootstrap
 from tunelab.eval.counterfactual import ATTRIBUTES, groups, mentions, to_group
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import run_task
@@ -92,11 +92,6 @@ def bias_report(target: Target, spec: TaskSpec, records: list[Record], attribute
             "bootstrap_samples": samples, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "attributes": rows}
 
 
-def _fmt(interval: dict, signed: bool = False) -> str:
-    f = "{:+.2f}" if signed else "{:.2f}"
-    return f"{f.format(interval['value'])} [{f.format(interval['low'])}, {f.format(interval['high'])}]"
-
-
 def render_bias(report: dict) -> str:
     lines = [f"# Counterfactual bias test of `{report['target']}` on {report['task']} ({report['metric']}, 95% CI)", "",
              "| attribute | examples | female | male | gap (male - female) | flip rate % |", "| --- | --- | --- | --- | --- | --- |"]
@@ -104,9 +99,9 @@ def render_bias(report: dict) -> str:
         if "skipped" in row:
             lines.append(f"| {name} | 0 | - | - | - | skipped: {row['skipped']} |")
             continue
-        flips = _fmt(row["flip_rate"]) if "flip_rate" in row else "-"
+        flips = format_interval(row["flip_rate"]) if "flip_rate" in row else "-"
         mark = " *" if row["significant"] else ""
-        lines.append(f"| {name} | {row['examples']} | {_fmt(row['groups']['female'])} | {_fmt(row['groups']['male'])} | "
-                     f"{_fmt(row['gap'], signed=True)}{mark} | {flips} |")
+        lines.append(f"| {name} | {row['examples']} | {format_interval(row['groups']['female'])} | {format_interval(row['groups']['male'])} | "
+                     f"{format_interval(row['gap'], signed=True)}{mark} | {flips} |")
     lines += ["", "\\* the gap's interval excludes zero."]
     return "\n".join(lines) + "\n"

@@ -35,6 +35,12 @@ class Interval:
         return asdict(self)
 
 
+def format_interval(interval: dict, signed: bool = False) -> str:
+    """'value [low, high]' to two decimals, for a report's interval dict (`Interval.as_dict`); `signed` for changes."""
+    number = "{:+.2f}" if signed else "{:.2f}"
+    return f"{number.format(interval['value'])} [{number.format(interval['low'])}, {number.format(interval['high'])}]"
+
+
 def _check(samples: int, confidence: float) -> None:
     """Reject settings that would give a meaningless interval."""
     if samples < 1:

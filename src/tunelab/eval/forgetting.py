@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from tunelab.eval.bootstrap import paired_bootstrap
+from tunelab.eval.bootstrap import format_interval, paired_bootstrap
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
 from tunelab.eval.suites import Suite, suite_tasks
@@ -85,7 +85,7 @@ def render_forgetting(report: dict) -> str:
             verdict += f" ({row['unmatched_share']['tuned']:.0f}% of tuned answers named no label)"
         arrow = "" if row["higher_is_better"] else " (lower is better)"
         lines.append(f"| {name} | {row['examples']} | {row['metric']}{arrow} | {row['base']['value']:.2f} | "
-                     f"{row['tuned']['value']:.2f} | {change['value']:+.2f} [{change['low']:+.2f}, {change['high']:+.2f}] | {verdict} |")
+                     f"{row['tuned']['value']:.2f} | {format_interval(change, signed=True)} | {verdict} |")
     if report["average_forgetting"] is not None:
         lines += ["", f"Average forgetting (mean of base - tuned over 0-100 metrics): **{report['average_forgetting']:+.2f}** points; "
                       f"tasks forgotten: {', '.join(report['tasks_forgotten']) or 'none'}."]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from tunelab.data.readers import Record
-from tunelab.eval.bootstrap import paired_bootstrap
+from tunelab.eval.bootstrap import format_interval, paired_bootstrap
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.perturb import perturb_fields
 from tunelab.eval.runner import run_task
@@ -53,11 +53,10 @@ def render_robustness(report: dict) -> str:
     lines = [f"# Robustness of `{report['target']}` on {report['task']} ({report['examples']} examples, "
              f"severity {report['severity']}, seed {report['seed']})", "",
              f"| input | {report['metric']} [95% CI] | change vs clean [95% CI] |", "| --- | --- | --- |",
-             f"| clean | {report['clean']['value']:.2f} [{report['clean']['low']:.2f}, {report['clean']['high']:.2f}] | |"]
+             f"| clean | {format_interval(report['clean'])} | |"]
     for name, row in report["perturbations"].items():
         score, change = row["score"], row["change"]
         mark = " *" if row["significant"] else ""
-        lines.append(f"| {name} | {score['value']:.2f} [{score['low']:.2f}, {score['high']:.2f}] | "
-                     f"{change['value']:+.2f} [{change['low']:+.2f}, {change['high']:+.2f}]{mark} |")
+        lines.append(f"| {name} | {format_interval(score)} | {format_interval(change, signed=True)}{mark} |")
     lines += ["", "\\* the interval of the change excludes zero (paired bootstrap over the same examples)."]
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tunelab.eval.bootstrap import format_interval
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
 from tunelab.eval.targets import Target
@@ -84,10 +85,6 @@ def run_suite(target: Target, suite: Suite, limit: int | None = None, seed: int 
     return report, results
 
 
-def _cell(metric: dict) -> str:
-    return f"{metric['value']:.2f} [{metric['low']:.2f}, {metric['high']:.2f}]"
-
-
 def render_suite(report: dict) -> str:
     """The suite report as a Markdown table: every metric with its 95% interval."""
     lines = [f"# {report['suite']}: {report['target']}", "",
@@ -98,7 +95,7 @@ def render_suite(report: dict) -> str:
             continue
         note = f"{task['unmatched_share']:.1f}% answers matched no label" if task.get("unmatched_share") else ""
         for i, (metric, value) in enumerate(task["metrics"].items()):
-            lines.append(f"| {name if i == 0 else ''} | {task['examples'] if i == 0 else ''} | {metric} | {_cell(value)} | {note if i == 0 else ''} |")
+            lines.append(f"| {name if i == 0 else ''} | {task['examples'] if i == 0 else ''} | {metric} | {format_interval(value)} | {note if i == 0 else ''} |")
     if report["average"]:
         lines += ["", f"Average of primary metrics ({', '.join(f'{t} {m}' for t, m in report['average']['over'].items())}): "
                       f"**{report['average']['value']:.2f}**"]
