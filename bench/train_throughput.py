@@ -281,12 +281,11 @@ def main() -> None:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     from peak import matmul_peaks
 
-    argv = [a for a in sys.argv[1:]]
     peaks = matmul_peaks()
     results = []
     for repeat in range(args.repeats):
         for variant in variants:
-            result = launch(variant, argv)
+            result = launch(variant, sys.argv[1:])
             print(f"repeat {repeat + 1} {variant}: " + json.dumps(result), flush=True)
             results.append(result)
     table = summarise(results, peaks)
