@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig, DistilBertModel
 
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
@@ -283,3 +283,100 @@ def test_a_frozen_generative_base_is_stored_in_bf16_only_for_bf16_runs(tiny_deco
         adapted, _ = apply_method(model, config)
         trainable = [p for p in adapted.parameters() if p.requires_grad]
         assert trainable and all(p.dtype == torch.float32 for p in trainable)  # the optimiser sees fp32 adapters
+
+
+def _perturb_trainable(model, seed: int = 0) -> None:
+    """Large random prompt/prefix weights, so what they add shows in every answer (an untrained prompt barely does)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+
+
+def _token_by_token(model, prompt_ids: list[int], task: str, start_id: int, steps: int) -> list[int]:
+    """Greedy answer through the model's training forward, one token at a time, no cache, no padding."""
+    ids = torch.tensor([prompt_ids])
+    answer = []
+    with torch.no_grad():
+        for _ in range(steps):
+            if task == "causal_lm":
+                logits = model(input_ids=torch.tensor([prompt_ids + answer])).logits
+            else:
+                logits = model(input_ids=ids, decoder_input_ids=torch.tensor([[start_id] + answer])).logits
+            answer.append(int(logits[0, -1].argmax()))
+    return answer
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "seq2seq"])
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_prompt_learning_generates_what_its_forward_computes(method, task, model_and_data, tmp_path):
+    """Batched, left-padded, cached generation (what eval and predict run) equals a token-by-token greedy decode
+    through the forward that training optimised, before and after save/load. transformers 5.24 renamed the
+    generation cache, and PEFT alone then generated without the prefix, or re-inserted the soft prompt every step."""
+    from tunelab.eval.generate import generate_texts
+
+    model_dir, data_file = model_and_data(task)
+    config = make_config(task, model_dir, data_file, tmp_path, method)
+    data = load_task_data(config)
+    model, tokenizer = pipeline._load_for_config(config, data.labels)
+    prompts = [tokenizer(text)["input_ids"] for text in ("repeat the word film", "say a word", "the score was a dull one")]
+    start = model.config.decoder_start_token_id if task == "seq2seq" else None
+
+    def as_text(ids: list[int]) -> str:  # what generation returns: the answer up to EOS, special tokens dropped
+        end = ids.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in ids else len(ids)
+        return tokenizer.decode(ids[:end], skip_special_tokens=True)
+
+    model.eval()
+    base_answers = [_token_by_token(model, p, task, start, 5) for p in prompts]
+    model, _ = apply_method(model, config)
+    _perturb_trainable(model)
+    run = RunDir.create(config)
+    run.save_model(lambda directory: method_module(method).save(model, directory), tokenizer)
+    run.update_state(state="complete", labels=data.labels)
+    reloaded, _, _, _ = pipeline.load_run(run)
+    for tuned in (model.eval(), reloaded):
+        expected = [_token_by_token(tuned, p, task, start, 5) for p in prompts]
+        assert expected != base_answers  # the prompt changes the answers, so generating without it would show
+        generated = generate_texts(tuned, tokenizer, prompts, decoder_only=task == "causal_lm", batch_size=3, max_new_tokens=5)
+        assert generated == [as_text(ids) for ids in expected]
+        assert any(generated)
+
+
+def test_a_prefix_classifier_reads_its_prefix(tiny_encoder, sentiment_file, tmp_path):
+    """The classifier's answer depends on the prefix (transformers 5.24 renamed the cache argument PEFT passes it in)."""
+    config = make_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix")
+    data = load_task_data(config)
+    model, tokenizer = pipeline._load_for_config(config, data.labels)
+    model, _ = apply_method(model, config)
+    batch = fixed_batch(config, tokenizer, data)
+    before = outputs(model, batch)
+    _perturb_trainable(model.prompt_encoder)
+    assert not torch.allclose(before, outputs(model, batch), atol=1e-4)
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory, tokenizer_dir) -> str:
+    """A BERT-style encoder whose forward takes no attention cache."""
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128)
+    model = DistilBertModel(config)
+    path = tmp_path_factory.mktemp("tiny-distilbert")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_cache", "takes no attention cache.*method.name=prompt"),
+    ("positions", "needs 132 positions.*data.max_length=108"),
+])
+def test_prefix_classifiers_that_cannot_work_are_refused_before_anything_loads(case, message, tiny_distilbert,
+                                                                               tiny_encoder, sentiment_file, tmp_path):
+    model = tiny_distilbert if case == "no_cache" else tiny_encoder
+    config = make_config("classification", model, sentiment_file, tmp_path, "prefix")
+    if case == "positions":  # the tiny encoder has 128 positions; 20 prefixes + 112 tokens do not fit
+        config = build_config({**config.model_dump(), "data": {**config.data.model_dump(), "max_length": 112},
+                               "method": {"name": "prefix", "prefix": {"num_virtual_tokens": 20}}})
+    with pytest.raises(MethodError, match=message):
+        pipeline.train(config)
+    assert not list(tmp_path.glob("tiny-*"))  # refused before a run directory was made

@@ -274,11 +274,9 @@ def predict_with_adapters(adapters: dict[str, RunDir], input_path: str, output_p
 
     Each output line is the record plus `predictions`: {adapter name: prediction}.
     """
-    from peft import PeftModel
-
     names, runs = list(adapters), list(adapters.values())
     config, labels = _check_switchable(runs)
-    model = PeftModel.from_pretrained(_load_base(config, labels), runs[0].model_dir, adapter_name=names[0])
+    model = method_module(config.method.name).load(_load_base(config, labels), runs[0].model_dir, adapter_name=names[0])
     for name, run in zip(names[1:], runs[1:]):
         model.load_adapter(run.model_dir, adapter_name=name)
     model.eval()

@@ -7,7 +7,9 @@ random vectors, as the paper reports, especially for small models.
 
 from __future__ import annotations
 
-from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+from pathlib import Path
+
+from peft import PeftConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from torch import nn
 
 from tunelab.config import RunConfig
@@ -31,12 +33,19 @@ def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
+    if config.task != "classification":
+        peft_common.show_cache_to_prompt_learning(model)
     # The text initialisation tokenises init_text with the model's own tokenizer, saved beside its weights.
     return get_peft_model(model, peft_config(config, model.config._name_or_path))
 
 
 save = peft_common.save
-load = peft_common.load
+
+
+def load(base: nn.Module, directory: Path, adapter_name: str = "default") -> PeftModel:
+    if PeftConfig.from_pretrained(directory).task_type != TaskType.SEQ_CLS:
+        peft_common.show_cache_to_prompt_learning(base)
+    return peft_common.load(base, directory, adapter_name)
 
 
 def merge(model):
