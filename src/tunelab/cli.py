@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tunelab.config import ConfigError, load_config
+from tunelab.errors import TunelabError
 
 
 def _cmd_models_list(args) -> None:
@@ -304,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--rater", required=True)
     imported = human.add_parser("import", help="import ratings from a CSV: sheet,item_id,rater,fluency,coherence,relevance")
     imported.add_argument("csv")
-    report = human.add_parser("report", help="mean and 95% CI per system and criterion, win rate, Krippendorff's alpha")
+    report = human.add_parser("report", help="mean and 95%% CI per system and criterion, win rate, Krippendorff's alpha")
     report.add_argument("sheet")
     for sub in (export, rate, imported, report):
         sub.set_defaults(func=_cmd_human)
@@ -351,15 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from tunelab.data.readers import DataError
-    from tunelab.eval import EvaluationError
-    from tunelab.methods import MethodError
-    from tunelab.models.registry import ModelNotAvailable
-    from tunelab.runs import RunError
-
     try:
         return args.func(args) or 0  # a command returns a status only when it ran another process (train --nproc)
-    except (ConfigError, DataError, RunError, ModelNotAvailable, MethodError, EvaluationError) as exc:
+    except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -16,12 +16,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tunelab.errors import TunelabError
+
 TaskType = Literal["classification", "causal_lm", "seq2seq"]
 MethodName = Literal["full", "head", "bitfit", "lora", "dora", "rslora", "qlora", "adapter", "prefix", "prompt", "ia3"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-class ConfigError(ValueError):
+class ConfigError(TunelabError, ValueError):
     """A configuration problem the user must fix; the message says what and how."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import TunelabError
+
 SPLIT_NAMES = {
     "train": ("train",),
     "validation": ("validation", "valid", "val", "dev"),
@@ -23,7 +25,7 @@ SPLIT_NAMES = {
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(TunelabError, ValueError):
     """Data that cannot be used as it is; the message names file, line and field."""
 
 

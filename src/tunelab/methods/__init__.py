@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from tunelab.config import RunConfig
+from tunelab.errors import TunelabError
 
 
-class MethodError(ValueError):
+class MethodError(TunelabError, ValueError):
     """A method that cannot do what was asked (run here, merge, load), with what to do instead."""
 
 

@@ -13,9 +13,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.errors import TunelabError
 
-class ModelNotAvailable(RuntimeError):
-    """A registry model whose package is missing, with the command that installs it."""
+
+class ModelNotAvailable(TunelabError, RuntimeError):
+    """A model reference that names nothing loadable here (a registry model whose package is missing, a
+    misspelt name, an unreachable hub id), with what to do instead."""
 
 
 @dataclass(frozen=True)
