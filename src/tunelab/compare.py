@@ -25,6 +25,7 @@ import torch
 
 from tunelab.config import ConfigError, RunConfig, build_config, config_to_yaml
 from tunelab.methods import MethodError
+from tunelab.models.reference import check_reference
 from tunelab.pipeline import check_runnable
 from tunelab.runs import RunDir, write_atomic, write_json
 
@@ -174,6 +175,7 @@ def compare_methods(config: RunConfig, methods: list[str], output_dir: Path, lea
     unknown_rates = set(learning_rates) - set(methods)
     if unknown_rates:
         raise ConfigError(f"--learning-rates names {', '.join(sorted(unknown_rates))}, which --methods does not run")
+    check_reference(config.model.name, config.model.revision)  # once, not as a failed row per method
     directory = _new_directory(output_dir, config.name)
     write_atomic(directory / "config.yaml", config_to_yaml(config))
     if config.training.learning_rate is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tunelab.compare import _failed, _new_directory, machine_description, train_in_subprocess
 from tunelab.config import ConfigError, MixtureTask, RunConfig, build_config, config_to_yaml
+from tunelab.models.reference import check_reference
 from tunelab.runs import write_atomic, write_json
 from tunelab.tasks import load_task
 
@@ -68,6 +69,7 @@ def compare_mixtures(config: RunConfig, mixtures: list[list[str]], output_dir: P
     """Train every mixture; write summary.md/.json after each and return the summary.md path."""
     if config.mixture is None or config.mixture.stages:
         raise ConfigError("--mixtures needs a config with a mixture.tasks list (no curriculum stages)")
+    check_reference(config.model.name, config.model.revision)
     configs = [mixture_config(config, tasks) for tasks in mixtures]  # every task resolves before anything runs
     configs = [_scoring_base_once(planned, configs[:i]) for i, planned in enumerate(configs)]
     directory = _new_directory(output_dir, config.name)

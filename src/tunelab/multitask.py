@@ -43,6 +43,7 @@ from tunelab.methods import TrainableReport, apply_method, check_method, lora, m
 from tunelab.methods.task_adapters import (SHARED, TASK_KEY, TaskRoutedTrainer, apply_task_adapters, route,
                                           save_task_adapters, trainable_by_adapter)
 from tunelab.models.loading import check_family, load_model, load_tokenizer, resolve_source
+from tunelab.models.reference import check_reference
 from tunelab.models.multihead import MultiHeadClassifier, build_multihead
 from tunelab.runs import RunDir, write_atomic, write_json
 from tunelab.tasks import TaskError, TaskSpec, load_records, load_task
@@ -442,6 +443,7 @@ def train_mixture(config: RunConfig) -> RunDir:
     """Train one model on the mixture (as `mixture.architecture` says) and write a complete run directory."""
     # its planned example order, per-task targets and run directory are single-process code
     distributed.refuse_multiprocess("multi-task (mixture:) runs")
+    check_reference(config.model.name, config.model.revision)
     check_family(config.model.name, config.task)
     check_method(config)
     plan = plan_training(config)  # every data and mixture error before a model loads
@@ -452,7 +454,7 @@ def train_mixture(config: RunConfig) -> RunDir:
     print(f"run directory: {run.path}")
     run.update_state(state="running", precision=precision, mixture=plan.stages)
     with run.marks_failure():
-        source = resolve_source(config.model.name)
+        source = resolve_source(config.model.name, config.model.revision)
         tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
         set_seed(config.training.seed)
         build = {"text_to_text": _text_to_text, "multi_head": _multi_head, "task_adapters": _task_adapters}[config.mixture.architecture]

@@ -28,6 +28,7 @@ from tunelab.eval.suites import load_suite
 from tunelab.eval.targets import Target
 from tunelab.methods import MethodError, apply_method, base_load_options, check_method, method_module
 from tunelab.models.loading import check_family, load_model, load_tokenizer, resolve_source
+from tunelab.models.reference import check_reference
 from tunelab.runs import RunDir, RunError, write_atomic, write_json
 from tunelab.train.memory import peak_memory, reset_peak
 from tunelab.train.trainer import build_trainer, choose_precision
@@ -47,13 +48,13 @@ def _encode_split(config: RunConfig, records, tokenizer, labels, name: str) -> l
 def _load_base(config: RunConfig, labels: list[str] | None, **options):
     """The pretrained model the run starts from; the seed fixes a classifier's new head, so every load is the same."""
     set_seed(config.training.seed)
-    return load_model(config.task, resolve_source(config.model.name), labels, config.model.revision,
+    return load_model(config.task, resolve_source(config.model.name, config.model.revision), labels, config.model.revision,
                       config.model.trust_remote_code, **options)
 
 
 def _load_for_config(config: RunConfig, labels: list[str] | None, precision: str = "fp32"):
     """The base to train, loaded as the method and the training precision want it, and its tokenizer."""
-    source = resolve_source(config.model.name)
+    source = resolve_source(config.model.name, config.model.revision)
     tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
     return _load_base(config, labels, **base_load_options(config, precision)), tokenizer
 
@@ -64,7 +65,9 @@ def _saved_weights_bytes(directory: Path) -> int:
 
 
 def check_runnable(config: RunConfig) -> None:
-    """Refuse, before any data or model loads, a model that cannot do the task or a method that cannot run here."""
+    """Refuse, before any data or model loads, a model that names nothing loadable or cannot do the task, or a
+    method that cannot run here."""
+    check_reference(config.model.name, config.model.revision)
     check_family(config.model.name, config.task)
     check_method(config)
     if config.eval.retention_suite:

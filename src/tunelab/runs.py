@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import RunConfig, config_to_yaml, load_config
+from tunelab.errors import TunelabError
 
 
-class RunError(RuntimeError):
+class RunError(TunelabError, RuntimeError):
     """A run directory that cannot be used for what was asked, with what to do instead."""
 
 
@@ -84,6 +85,8 @@ class RunDir:
         return load_config(self.config_path)
 
     def state(self) -> dict[str, Any]:
+        if not self.path.is_dir():
+            raise RunError(f"run directory {self.path} does not exist; runs are under the config's output_dir (default runs/)")
         if not self.state_path.exists():
             raise RunError(f"{self.path} is not a tunelab run directory (no run.json)")
         return json.loads(self.state_path.read_text(encoding="utf-8"))

@@ -200,7 +200,7 @@ def _generate_outputs(run_a: RunDir, run_b: RunDir | None, n: int) -> tuple[list
     records = records[:n]
     prompts = [render_prompt(record.fields, config.data) for record in records]
     if run_b is None:
-        tokenizer = load_tokenizer(resolve_source(config.model.name), config.model.revision, config.model.trust_remote_code)
+        tokenizer = load_tokenizer(resolve_source(config.model.name, config.model.revision), config.model.revision, config.model.trust_remote_code)
         outputs_a = generate(_load_base(config, None), tokenizer, records, config)
     else:
         model, tokenizer, config_a, _ = load_run(run_a)

@@ -72,7 +72,7 @@ def load_target(reference: str, batch_size: int = 32) -> Target:
 
         model, tokenizer, config, labels = load_run(RunDir(reference))
         return Target(reference, on_device(model), tokenizer, config.task, labels, batch_size)
-    source = resolve_source(reference)
+    source = resolve_source(reference)  # refuses, in seconds, a name that is no model here
     task = _task_of_model(reference, source)
     model = load_model(task, source)
     model.eval()

@@ -52,7 +52,7 @@ def check(config: RunConfig) -> None:
     """
     if config.task != "classification":
         return
-    model_config = AutoConfig.from_pretrained(resolve_source(config.model.name), revision=config.model.revision,
+    model_config = AutoConfig.from_pretrained(resolve_source(config.model.name, config.model.revision), revision=config.model.revision,
                                               trust_remote_code=config.model.trust_remote_code)
     if type(model_config) in MODEL_MAPPING:
         backbone = MODEL_MAPPING[type(model_config)]

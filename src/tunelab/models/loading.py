@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from tunelab.config import ConfigError
+from tunelab.models.reference import check_reference
 from tunelab.models.registry import REGISTRY, RegistryModel, cache_dir, is_prepared, native_dir, package_dir
 
 _AUTO_CLASS = {
@@ -88,13 +89,15 @@ def prepare(name: str, force: bool = False) -> Path:
     return target
 
 
-def resolve_source(reference: str) -> str:
-    """The path or hub id that `from_pretrained` should read for a model reference."""
+def resolve_source(reference: str, revision: str | None = None) -> str:
+    """The path or hub id that `from_pretrained` should read for a model reference; ModelNotAvailable when
+    it names nothing loadable."""
+    check_reference(reference, revision)
     if reference in REGISTRY:
         return str(prepare(reference))
     if Path(reference).expanduser().is_dir():
         return str(Path(reference).expanduser())
-    return reference  # a hub id: from_pretrained fetches it (needs network access to the hub)
+    return reference  # a hub id the hub or its local cache has
 
 
 def check_family(reference: str, task: str) -> None:
