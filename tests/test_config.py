@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -278,3 +280,14 @@ def test_configured_learning_rate_wins():
 def test_best_metric_default_and_override():
     assert build_config({}).best_metric() != build_config({"task": "seq2seq", "data": {"prompt_field": "q"}}).best_metric()
     assert build_config({"training": {"metric_for_best": "f1"}}).best_metric() == "f1"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.epochs=.inf", "training.epochs: Input should be a finite number"),
+    ("data.prompt_template='{0}'", "must name a record field"),
+    ("data.prompt_template='{x:d}'", "data.prompt_template"),
+    ("a..b=1", "not of the form key.sub=value"),
+])
+def test_settings_that_could_never_run_are_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override, "task=causal_lm", "data.prompt_field=p"])

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main
-from tunelab.config import build_config
+from tunelab.config import build_config, template_fields
 from tunelab.data.readers import DataError, find_split_files, read_file, read_source
 from tunelab.data.splits import load_task_data
-from tunelab.data.templates import template_fields
 from tunelab.data.validate import SHOWN_PROBLEMS, check_records, enforce, required_fields
 
 LABELS = ("neg", "pos")
@@ -449,3 +448,67 @@ def test_data_check_non_utf8_csv(tmp_path, capsys):
     path.write_bytes(b"text,label\ngood,pos\nbad\xff,neg\n")
     assert main(["data", "check", str(path), "--task", "classification"]) == 2
     assert f"{path}:3: not valid UTF-8" in capsys.readouterr().err
+
+
+# --- inputs that once crashed or misled (found by tests/test_input_properties.py and the report) ----
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("empty.jsonl", b"", "the file is empty"),
+    ("blank.jsonl", b"\n\n  \n", "only blank lines"),
+    ("header.csv", b"text,label\n", "a header"),
+    ("empty.json", b"[]", "an empty list"),
+])
+def test_a_file_without_records_says_so(name, content, why, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path} holds no records .*{why}"):
+        read_file(path)
+    assert main(["data", "check", str(path)]) == 2
+    assert f"{path} holds no records" in capsys.readouterr().err
+
+
+def test_a_repeated_csv_column_is_an_error_not_a_lost_column(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,text\na,pos,b\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"{path}:1: .*'text' more than once"):
+        read_file(path)
+
+
+def test_a_long_csv_field_is_a_record(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [{"text": "word " * 40_000, "label": "pos"}])  # past csv's 128 KiB default
+    assert len(read_file(path)[0].fields["text"]) == 200_000
+
+
+def test_deeply_nested_json_is_a_problem_not_a_crash(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "ok", "label": "pos"}, deep])
+    assert read_file(path)[1].problem == "JSON nested too deeply to read"
+    array = tmp_path / "d.json"
+    array.write_text(deep)
+    with pytest.raises(DataError, match="nested too deeply"):
+        read_file(array)
+
+
+def test_a_file_that_is_not_parquet_names_the_file(tmp_path):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1 but not really")
+    with pytest.raises(DataError, match=f"{path}: not a readable Parquet file"):
+        read_file(path)
+
+
+@pytest.mark.parametrize("value, problem", [
+    (["a", "b"], "holds a list, not text"),
+    ({"a": 1}, "holds a dict, not text"),
+    ("caf\ud800", "is not valid text (a lone surrogate '\\ud800' at character 4)"),
+])
+def test_fields_that_are_not_text_are_named(value, problem, tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": value, "label": "positive"}) + "\n", encoding="utf-8")
+    assert only_problem(path) == f"{path}:1: field 'text' {problem}"
+
+
+@pytest.mark.parametrize("template", ["{x:d}", "{x!z}"])
+def test_a_template_text_cannot_fill_is_refused(template):
+    with pytest.raises(ValueError):
+        template_fields(template)

@@ -11,8 +11,7 @@ from test_train_tiny import causal_config, classification_config
 
 from tunelab import pipeline
 from tunelab.cli import main
-from tunelab.config import DataConfig, RunConfig
-from tunelab.data.templates import template_fields
+from tunelab.config import DataConfig, RunConfig, template_fields
 from tunelab.data.readers import Record
 from tunelab.eval.bias import bias_report, counterfactual_records, mentioning
 from tunelab.eval.counterfactual import mentions

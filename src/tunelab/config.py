@@ -10,11 +10,12 @@ did-you-mean for misspelt keys and choices.
 from __future__ import annotations
 
 import difflib
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import TunelabError
 
@@ -27,10 +28,26 @@ class ConfigError(TunelabError, ValueError):
     """A configuration problem the user must fix; the message says what and how."""
 
 
+def template_fields(template: str) -> list[str]:
+    """The record fields a prompt template reads, in order of first use; ValueError, saying why, for a template
+    that could not be filled from a record's fields."""
+    names: list[str] = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None:
+            if not name or not name.isidentifier():
+                raise ValueError(f"prompt_template placeholder '{{{name}}}' must name a record field, e.g. {{text}}")
+            if name not in names:
+                names.append(name)
+    template.format(**{name: "" for name in names})  # a conversion or format spec that text cannot take fails here
+    return names
+
+
 class _Section(BaseModel):
     # Numbers become strings where a string is expected, so YAML like `labels: [0, 1]` or `data.labels=[0,1]`
-    # matches the integer labels in the data (labels are always compared as strings).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, coerce_numbers_to_str=True)
+    # matches the integer labels in the data (labels are always compared as strings). Infinity and NaN are
+    # never a sensible setting (`training.epochs=.inf`).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              coerce_numbers_to_str=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -79,6 +96,13 @@ class DataConfig(_Section):
     """Use only the first N validation and test examples; all when absent."""
     skip_invalid: bool = False
     """Skip invalid records (reporting the count and the first few) instead of failing."""
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_reads_fields(cls, template: str | None) -> str | None:
+        if template is not None:
+            template_fields(template)
+        return template
 
 
 class LoraConfig(_Section):
@@ -372,7 +396,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or "" in key.split("."):
             raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. training.epochs=1)")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -410,8 +434,17 @@ def _section_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _user_loc(error: dict[str, Any]) -> tuple:
+    """The error's location as the user wrote it: pydantic's union-member tags ('literal[...]', 'list[str]',
+    'function-after[...]') dropped, except the last part of an unknown key, which is the user's own word."""
+    loc = error["loc"]
+    user_key = loc[-1:] if error["type"] == "extra_forbidden" else ()
+    path = loc[: len(loc) - len(user_key)]
+    return tuple(p for p in path if not str(p).startswith(("function-", "literal[", "list["))) + user_key
+
+
 def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(p for p in error["loc"] if not str(p).startswith(("function-", "literal[", "list[")))  # drop union-member tags
+    loc = _user_loc(error)
     key = ".".join(str(p) for p in loc) or "(top level)"
     value = error.get("input")
     if error["type"] == "extra_forbidden":

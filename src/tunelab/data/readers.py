@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ def _read_jsonl(path: Path) -> list[Record]:
             except json.JSONDecodeError as exc:
                 records.append(Record({}, where, f"malformed JSON: {exc.msg} at column {exc.colno}"))
                 continue
+            except RecursionError:
+                records.append(Record({}, where, "JSON nested too deeply to read"))
+                continue
             if not isinstance(value, dict):
                 records.append(Record({}, where, f"expected a JSON object, got {type(value).__name__}"))
                 continue
@@ -73,6 +77,8 @@ def _read_json(path: Path) -> list[Record]:
         raise DataError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     return [
         Record(row, f"{path}:item {i + 1}") if isinstance(row, dict)
         else Record({}, f"{path}:item {i + 1}", f"expected a JSON object, got {type(row).__name__}")
@@ -87,46 +93,68 @@ def _read_csv(path: Path) -> list[Record]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    csv.field_size_limit(sys.maxsize)  # a long review or article is a record, not an error
     # csv.reader (not DictReader) yields blank lines as empty rows, so each row's first line is simply the
     # line after the previous row's last one, quoted newlines included.
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
     records = []
-    end = reader.line_num
-    for row in reader:
-        where = f"{path}:{end + 1}"
+    end = 0
+    try:
+        header = next(reader, None)
+        if header is not None:
+            _check_header(path, header)
         end = reader.line_num
-        if not row:
-            continue  # a blank line is not a record
-        if len(row) > len(header):
-            records.append(Record({}, where, f"more columns than the header's {len(header)}"))
-            continue
-        records.append(Record(dict(zip(header, row)), where))
+        for row in reader:
+            where = f"{path}:{end + 1}"
+            end = reader.line_num
+            if not row:
+                continue  # a blank line is not a record
+            if len(row) > len(header):
+                records.append(Record({}, where, f"more columns than the header's {len(header)}"))
+                continue
+            records.append(Record(dict(zip(header, row)), where))
+    except csv.Error as exc:  # Python 3.10 refuses NUL bytes
+        raise DataError(f"{path}:{reader.line_num}: not readable as CSV ({exc})") from None
     return records
 
 
+def _check_header(path: Path, header: list[str]) -> None:
+    """Columns are record fields: a repeated name would silently keep only one of its columns."""
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}:1: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
+                        "give every column its own name")
+
+
 def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     return [Record(row, f"{path}:row {i + 1}") for i, row in enumerate(rows)]
 
 
+_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
 def read_file(path: str | Path) -> list[Record]:
-    """Read one data file by its extension."""
+    """Read one data file by its extension; DataError for a file that holds no records at all."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix == ".csv":
-        return _read_csv(path)
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    raise DataError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a data file ({', '.join(SUFFIXES)})")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type '{path.suffix.lower()}'; use one of {', '.join(SUFFIXES)}")
+    records = reader(path)
+    if not records:
+        what = "the file is empty" if path.stat().st_size == 0 else "only blank lines, a header or an empty list"
+        raise DataError(f"{path} holds no records ({what})")
+    return records
 
 
 def find_split_files(directory: Path) -> dict[str, Path]:

@@ -8,24 +8,11 @@ gets the prompt followed by a newline, and learns to answer after it.
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
-
-
-def template_fields(template: str) -> list[str]:
-    """The field names a template reads, in order of first use."""
-    names: list[str] = []
-    for _, name, _, _ in string.Formatter().parse(template):
-        if name is not None:
-            if not name or not name.isidentifier():
-                raise ValueError(f"prompt_template placeholder '{{{name}}}' must name a record field, e.g. {{text}}")
-            if name not in names:
-                names.append(name)
-    return names
 
 
 def render_prompt(fields: dict[str, Any], data: DataConfig) -> str:

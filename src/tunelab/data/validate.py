@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, template_fields
 from tunelab.data.readers import DataError, Record
-from tunelab.data.templates import template_fields
 
 SHOWN_PROBLEMS = 10
 
@@ -33,6 +32,20 @@ def required_fields(task: str, data: DataConfig, with_target: bool = True) -> li
     return needed + ([data.response_field] if with_target else [])
 
 
+def _value_problem(value) -> str | None:
+    """Why a field's value cannot be read as text, or None: the model reads every field as a string."""
+    if isinstance(value, (dict, list, tuple)):
+        return f"holds a {type(value).__name__}, not text"
+    if isinstance(value, str):
+        if not value.strip():
+            return "is empty"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"is not valid text (a lone surrogate {value[exc.start]!a} at character {exc.start + 1})"
+    return None
+
+
 def _record_problem(record: Record, needed: list[str], label_field: str | None, labels: list[str] | None) -> str | None:
     if record.problem:
         return f"{record.where}: {record.problem}"
@@ -40,9 +53,9 @@ def _record_problem(record: Record, needed: list[str], label_field: str | None, 
         if name not in record.fields or record.fields[name] is None:
             present = ", ".join(sorted(record.fields)) or "none"
             return f"{record.where}: field '{name}' is missing (fields present: {present})"
-        value = record.fields[name]
-        if isinstance(value, str) and not value.strip():
-            return f"{record.where}: field '{name}' is empty"
+        problem = _value_problem(record.fields[name])
+        if problem:
+            return f"{record.where}: field '{name}' {problem}"
     if label_field and labels is not None:
         label = str(record.fields[label_field])
         if label not in labels:

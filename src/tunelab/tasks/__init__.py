@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tunelab.config import template_fields
 from tunelab.data.readers import DataError, Record, read_source
-from tunelab.data.templates import template_fields
 from tunelab.eval import EvaluationError
 
 TASKS_DIR = Path(__file__).resolve().parent
