@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tunelab import pipeline
+from tunelab.cli import main
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
@@ -64,7 +65,14 @@ def test_classification_full_writes_a_complete_run(tiny_encoder, sentiment_file,
     test_file = tmp_path / "test.jsonl"
     data = load_task_data(run.config())
     test_file.write_text("".join(json.dumps(r.fields) + "\n" for r in data.test))
-    assert pipeline.evaluate_run(run, str(test_file)) == evaluation["tuned"]
+    report = json.loads(pipeline.evaluate_run(run, str(test_file)).read_text())
+    scored = report["tasks"]["test.jsonl"]
+    assert scored["examples"] == evaluation["tuned"]["examples"]
+    for metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
+        interval = scored["metrics"][metric]
+        assert interval["value"] == pytest.approx(100 * evaluation["tuned"][metric])  # the registry's 0-100 scale
+        assert interval["low"] <= interval["value"] <= interval["high"]
+    assert (run.path / "eval" / "data-test.md").exists() and (run.path / "eval" / "data-test.outputs.jsonl").exists()
 
 
 def test_lora_trains_only_adapter_and_head_and_reloads_identically(tiny_encoder, sentiment_file, tmp_path):
@@ -128,6 +136,17 @@ def test_causal_lora_run_masks_prompt_and_learns(tiny_decoder, copy_task_file, t
     assert {"rouge1", "rouge2", "rougeL", "exact_match"} <= set(evaluation["tuned"])
     assert (run.model_dir / "adapter_model.safetensors").exists()
     assert 0 < evaluation["trainable"]["trainable_percent"] < 100
+    # `tunelab eval RUN --data FILE` reports like a suite task: Markdown and JSON, every metric with its interval
+    assert main(["eval", str(run.path), "--data", str(copy_task_file), "--output", str(tmp_path / "report"),
+                 "--samples", "200"]) == 0
+    report = json.loads((tmp_path / "report" / "data-copy.json").read_text())
+    scored = report["tasks"]["copy.jsonl"]
+    assert scored["kind"] == "generation" and scored["examples"] == 64
+    assert list(scored["metrics"]) == ["rougeL", "rouge1", "rouge2", "exact_match"]
+    assert all(m["low"] <= m["value"] <= m["high"] for m in scored["metrics"].values())
+    table = (tmp_path / "report" / "data-copy.md").read_text()
+    assert "| copy.jsonl | 64 | rougeL |" in table and "score [95% CI]" in table
+    assert len((tmp_path / "report" / "data-copy.outputs.jsonl").read_text().splitlines()) == 64
 
 
 def test_seq2seq_trains_and_predicts_every_input(tiny_seq2seq, copy_task_file, tmp_path):

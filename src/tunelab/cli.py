@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -93,17 +92,17 @@ def _cmd_train(args) -> int | None:
 def _cmd_eval(args) -> None:
     from tunelab import pipeline
     from tunelab.eval import commands
-    from tunelab.runs import RunDir, write_json
+    from tunelab.runs import RunDir
 
     if bool(args.data) == bool(args.suite):
         raise ConfigError("give either --suite NAME (any model or run) or --data FILE (a run, with its own field names)")
     if args.suite:
         commands.evaluate_suite(args.target, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size)
         return
-    metrics = pipeline.evaluate_run(RunDir(args.target), args.data)
-    print(json.dumps(metrics, indent=2))
-    if args.output:
-        write_json(Path(args.output), metrics)
+    report = pipeline.evaluate_run(RunDir(args.target), args.data, Path(args.output) if args.output else None,
+                                   args.samples, args.seed)
+    print(report.with_suffix(".md").read_text(encoding="utf-8"))
+    print(f"report written to {report} (and .md, .outputs.jsonl)")
 
 
 def _cmd_forgetting(args) -> None:
@@ -255,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a model or run on a benchmark suite, or a run on labelled data")
     evaluate.add_argument("target", help="a run directory, registry model name, model folder or hub id")
     evaluate.add_argument("--suite", help="glue-mini, retention, or a suite YAML: writes <suite>.json/.md with 95%% CIs")
-    evaluate.add_argument("--data", help="labelled file scored with the run's own field names (run targets only)")
-    evaluate.add_argument("--output", help="report folder (--suite; default <run>/eval or eval/<model>) or JSON file (--data)")
+    evaluate.add_argument("--data", help="labelled file scored with the run's own field names (run targets only): "
+                                         "writes data-<file>.json/.md with 95%% CIs")
+    evaluate.add_argument("--output", help="report folder (default <run>/eval, or eval/<model> for --suite on a model)")
     _report_options(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
 

@@ -21,10 +21,10 @@ from tunelab.data.cache import encode_cached
 from tunelab.data.readers import DataError, read_file
 from tunelab.data.splits import TaskData, load_task_data
 from tunelab.data.validate import check_records, enforce
-from tunelab.eval.evaluate import evaluate
+from tunelab.eval.evaluate import evaluate, score_records
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.predict import classify, generate
-from tunelab.eval.suites import load_suite
+from tunelab.eval.suites import build_report, load_suite, write_suite_report
 from tunelab.eval.targets import Target
 from tunelab.methods import MethodError, apply_method, base_load_options, check_method, method_module
 from tunelab.models.loading import check_family, load_model, load_tokenizer, resolve_source
@@ -221,10 +221,16 @@ def _read_checked(path: str, config: RunConfig, labels, with_target: bool) -> li
     return records
 
 
-def evaluate_run(run: RunDir, data_path: str) -> dict[str, float]:
-    """The run's tuned model scored on a labelled file, mapped with the run's field names."""
+def evaluate_run(run: RunDir, data_path: str, output: Path | None = None, samples: int = 1000, seed: int = 0) -> Path:
+    """Score the run's tuned model on a labelled file, read with the run's field names, and write the report a
+    suite task gets (`data-<file>.json/.md/.outputs.jsonl`, every metric with its 95% interval) to `output`
+    (default the run's eval/ folder); returns the JSON path."""
     model, tokenizer, config, labels = load_run(run)
-    return evaluate(model, tokenizer, _read_checked(data_path, config, labels, with_target=True), config, labels)
+    records = _read_checked(data_path, config, labels, with_target=True)
+    name = Path(data_path).name
+    results = {name: score_records(model, tokenizer, records, config, labels, name, samples, seed)}
+    report = build_report(f"data-{Path(data_path).stem}", str(run.path), results, seed, samples)
+    return write_suite_report(output or run.path / "eval", report, results)
 
 
 def _predictions(model, tokenizer, records, config: RunConfig, labels) -> list[dict]:

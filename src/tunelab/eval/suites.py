@@ -69,6 +69,17 @@ def average(results: dict[str, TaskResult], specs: dict[str, TaskSpec]) -> dict 
     return {"value": sum(values.values()) / len(values), "over": {name: specs[name].primary_metric for name in values}}
 
 
+def build_report(name: str, target: str, results: dict[str, TaskResult], seed: int, samples: int,
+                 average_of: dict | None = None) -> dict:
+    """The report of a suite (or of one data file, as a suite of one task), as written to `<name>.json`."""
+    return {
+        "suite": name, "target": target, "seed": seed, "bootstrap_samples": samples,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tasks": {task: result.as_dict() for task, result in results.items()},
+        "average": average_of,
+    }
+
+
 def run_suite(target: Target, suite: Suite, limit: int | None = None, seed: int = 0, samples: int = 1000) -> tuple[dict, dict]:
     """(report, task results) of `target` on every task of `suite`."""
     results, specs = {}, {}
@@ -76,13 +87,7 @@ def run_suite(target: Target, suite: Suite, limit: int | None = None, seed: int 
         print(f"{suite.name}: {spec.name} ({len(records)} examples) ...", flush=True)
         specs[spec.name] = spec
         results[spec.name] = run_task(target, spec, records, samples, seed)
-    report = {
-        "suite": suite.name, "target": target.name, "seed": seed, "bootstrap_samples": samples,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "tasks": {name: result.as_dict() for name, result in results.items()},
-        "average": average(results, specs),
-    }
-    return report, results
+    return build_report(suite.name, target.name, results, seed, samples, average(results, specs)), results
 
 
 def render_suite(report: dict) -> str:
