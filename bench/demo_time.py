@@ -38,7 +38,8 @@ def main() -> None:
                 config.eval.evaluate_base = False
                 run = pipeline.train(config)
                 seconds[precision].append(run.state()["train_seconds"])
-                accuracy[precision].append(json.loads(run.eval_path.read_text())["tuned"]["accuracy"])
+                (task,) = json.loads(run.eval_path.read_text())["tasks"].values()
+                accuracy[precision].append(task["tuned"]["metrics"]["accuracy"]["value"])
     auto, fp32 = statistics.median(seconds["auto"]), statistics.median(seconds["fp32"])
     print("\n## demo benchmark")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")

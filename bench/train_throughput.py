@@ -10,7 +10,7 @@ peak RSS is its own) and the variants alternate (A B C A B C ...); the table
 shows medians over the repeats.
 
 Variants:
-  tunelab        tunelab's own training path (build_trainer) with its defaults: precision chosen from the hardware,
+  tunelab        tunelab's own training path (pipeline.setup) with its defaults: precision chosen from the hardware,
                  padding-free packing, completion-only chunked loss, no gradient checkpointing
   tunelab-fp32   the same, forced to fp32 (separates the precision choice from the rest)
   tunelab-bf16   the same, forced to bf16 (what the automatic choice passed over, where it chose fp32)
@@ -130,10 +130,10 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpoi
     """A trainer built exactly as `tunelab train` builds it, from a config equivalent to the TRL run's settings."""
     from tunelab import pipeline
     from tunelab.config import build_config
-    from tunelab.data.splits import load_task_data
-    from tunelab.methods import apply_method
+    from tunelab.data.plan import plan_training
+    from tunelab.data.taskset import load_taskset
     from tunelab.runs import RunDir
-    from tunelab.train.trainer import build_trainer, choose_precision
+    from tunelab.train.trainer import choose_precision
 
     files = {}
     for split, rows in (("train", dialogsum_rows("train", args.steps * args.batch_size)), ("validation", dialogsum_rows("validation", 8))):
@@ -149,13 +149,10 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpoi
                      "precision": precision, "packing": packing, "gradient_checkpointing": checkpointing},
         "eval": {"evaluate_base": False},
     })
-    data = load_task_data(config)
     resolved = choose_precision(precision)
-    model, tokenizer = pipeline._load_for_config(config, None, resolved)
-    model, _ = apply_method(model, config)
-    examples = pipeline._encode_split(config, data.train, tokenizer, None, "train")
-    validation = pipeline._encode_split(config, data.validation, tokenizer, None, "validation")
-    return build_trainer(model, tokenizer, config, RunDir.create(config), examples, validation, resolved), tokenizer, resolved
+    tasks = load_taskset(config)
+    ready = pipeline.setup(config, RunDir.create(config), tasks, plan_training(config, tasks), resolved)
+    return ready.trainer, ready.tokenizer, resolved
 
 
 def baseline_trainer(args, fair: bool):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from tunelab.config import RunConfig
+from tunelab.methods import base_load_options
+from tunelab.models.loading import load_base, load_tokenizer, resolve_source
+
 
 def descend(model, batch, steps: int = 10, lr: float = 1e-2) -> list[float]:
     """Full-batch AdamW steps on the trainable weights; the losses seen (dropout off, so the descent is deterministic)."""
@@ -17,3 +21,37 @@ def descend(model, batch, steps: int = 10, lr: float = 1e-2) -> list[float]:
         optimiser.zero_grad()
         losses.append(loss.item())
     return losses
+
+
+def load_for_config(config: RunConfig, labels: list[str] | None = None, precision: str = "fp32"):
+    """The base a run trains, stored as its method and precision want it, and its tokenizer (as `tunelab train` loads them)."""
+    tokenizer = load_tokenizer(resolve_source(config.model.name, config.model.revision))
+    return load_base(config, labels, **base_load_options(config, precision)), tokenizer
+
+
+def only_task(evaluation: dict) -> dict:
+    """The one task of a one-task run's eval.json: its metric, and its base and tuned reports."""
+    (task,) = evaluation["tasks"].values()
+    return task
+
+
+def value(report: dict, metric: str) -> float:
+    """A metric's value (0-100) in a task report (`TaskResult.as_dict`)."""
+    return report["metrics"][metric]["value"]
+
+
+def train_in_process(model, tokenizer, config: RunConfig, run):
+    """Train an already adapted model as `tunelab train` would (planned order, trainer and collator of the run's
+    architecture), without the rest of the run's lifecycle; returns the trainer."""
+    from tunelab.data.plan import plan_training
+    from tunelab.data.taskset import load_taskset
+    from tunelab.train.architectures import architecture_of
+    from tunelab.train.trainer import build_trainer
+
+    tasks = load_taskset(config)
+    plan = plan_training(config, tasks)
+    feed = architecture_of(config).feed(model, config, tasks, plan, tokenizer)
+    trainer = build_trainer(model, tokenizer, config, run, plan, feed.train, feed.validation, "fp32", feed.trainer_class,
+                            feed.collator)
+    trainer.train()
+    return trainer

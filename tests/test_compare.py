@@ -24,7 +24,7 @@ def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder,
     assert code == 0
     out = tmp_path / "cmp" / "tiny"
     summary = json.loads((out / "summary.json").read_text())
-    rows = {row["method"]: row for row in summary["methods"]}
+    rows = {row["variant"]: row for row in summary["variants"]}
     assert list(rows) == ["full", "head", "lora", "qlora", "nonsense"]
     assert [rows[m]["status"] for m in rows] == ["ok", "ok", "ok", "failed", "failed"]
     assert "CUDA" in rows["qlora"]["error"] and "'nonsense'" in rows["nonsense"]["error"]
@@ -32,9 +32,11 @@ def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder,
     assert rows["lora"]["learning_rate"] == 3e-3 and rows["full"]["learning_rate"] == 5e-5  # config's 1.0 is not shared
     assert rows["head"]["saved_mb"] < rows["full"]["saved_mb"]
     assert all(rows[m]["peak_rss_mb"] > 0 and rows[m]["seconds_per_epoch"] > 0 for m in ("full", "head", "lora"))
-    assert summary["base"]["examples"] == rows["full"]["metrics"]["examples"]
+    (task,) = summary["tasks"]
+    assert summary["base"][task] is not None and summary["base_score"] == summary["base"][task]
+    assert rows["full"]["tuned"][task]["examples"] == 10 and rows["full"]["score"] == rows["full"]["scores"][task]
     table = (out / "summary.md").read_text()
-    assert all(f"| {m} |" in table for m in rows) and "## Failed methods" in table
+    assert all(f"| {m} |" in table for m in rows) and "## Failed variants" in table and f"{task} (accuracy)" in table
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert main(["compare", str(config), "--methods", "head", "--output-dir", str(tmp_path / "cmp")]) == 0
@@ -68,7 +70,7 @@ def test_compare_reports_each_methods_forgetting_when_a_retention_suite_is_set(t
     }))
     assert main(["compare", str(config), "--methods", "lora,full", "--output-dir", str(tmp_path / "cmp")]) == 0
     out = tmp_path / "cmp" / "gen"
-    rows = {row["method"]: row for row in json.loads((out / "summary.json").read_text())["methods"]}
+    rows = {row["variant"]: row for row in json.loads((out / "summary.json").read_text())["variants"]}
     for method in ("lora", "full"):
         report = json.loads((next((out / "runs" / method).glob("*")) / "eval" / "forgetting-glue-mini.json").read_text())
         assert rows[method]["forgetting"] == report["average_forgetting"]

@@ -1,9 +1,10 @@
-"""Data-parallel training: `tunelab train --nproc 2` (torchrun, gloo on CPU) trains the run one process trains.
+"""Data-parallel training: `tunelab train --nproc 2` (torchrun, gloo on CPU) trains the run one process trains,
+for one task and for mixtures of every architecture.
 
-Two processes with batch 4 and one with batch 8 see the same 8 examples at every optimiser step, and DDP
-averages the two halves' gradients into the one-process gradient, so the logged loss curves agree up to
-floating-point summation order. Dropout is switched off: each process draws its own masks, which no
-process count can reproduce.
+Two processes with batch 4 and one with batch 8 see the same 8 examples of the planned order at every
+optimiser step, and DDP averages the two halves' gradients into the one-process gradient, so the logged loss
+curves agree up to floating-point summation order. Dropout is switched off: each process draws its own masks,
+which no process count can reproduce.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ LOSS_RTOL = 1e-5
 all-reduce instead of one sum, other thread counts), measured at ~1e-7 relative over six steps. Examples in
 another order (length-grouped sampling sized by the per-device batch) measured 4.5e-3, so 1e-5 separates the two."""
 
+MIXTURE = {"tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}],
+           "eval_examples": 4, "validation_examples": 4}
+
 def _encoder_without_dropout(model_dir: str, out: Path) -> str:
     """The tiny encoder with dropout off (BERT's default is 0.1), for the reason in the module docstring."""
     model = AutoModel.from_pretrained(model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -52,16 +56,18 @@ def _copy_file_of_mixed_lengths(path: Path) -> Path:
                               for word in (rng.choice(words) for _ in range(64))])
 
 
-def _config_file(path: Path, task: str, model_dir: str, data_file: Path, **training) -> Path:
-    data = ({"train": str(data_file), "max_length": 32} if task == "classification" else
-            {"train": str(data_file), "prompt_template": "{question}", "response_field": "answer",
-             "max_length": 48, "max_target_length": 8})
+def _config_file(path: Path, task: str, model_dir: str, data_file: Path | None, mixture: dict | None = None,
+                 method: str = "lora", **training) -> Path:
+    data = ({"max_length": 96, "max_target_length": 8} if mixture else {"train": str(data_file), "max_length": 32}
+            if task == "classification" else {"train": str(data_file), "prompt_template": "{question}",
+                                               "response_field": "answer", "max_length": 48, "max_target_length": 8})
     path.write_text(yaml.safe_dump({
         "name": f"tiny-ddp-{task}", "task": task, "model": {"name": model_dir}, "data": data,
-        "method": {"name": "lora", "lora": {"dropout": 0.0}},
+        "method": {"name": method, "lora": {"dropout": 0.0}},
         "training": {"max_steps": STEPS, "logging_steps": 1, "learning_rate": 3e-3, "precision": "fp32", "seed": 7,
                      **training},
         "eval": {"max_new_tokens": 4},
+        **({"mixture": mixture} if mixture else {}),
     }), encoding="utf-8")
     return path
 
@@ -117,16 +123,24 @@ def test_two_classification_processes_follow_the_one_process_loss_curve(classifi
     assert _loss_per_step(two) == pytest.approx(_loss_per_step(one), rel=LOSS_RTOL)
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["length-grouped", "packed"])
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 def test_two_decoder_processes_follow_the_one_process_loss_curve(tiny_decoder, tmp_path, packing):
-    # padded: the length-grouped order that group_by_global_batch keeps; packed: random order, rows per process
+    # padded: each process pads its own half batch; packed: each process packs its own rows
     config = _config_file(tmp_path / "config.yaml", "causal_lm", tiny_decoder,
                           _copy_file_of_mixed_lengths(tmp_path / "copy.jsonl"), packing=packing)
     two, one, _ = _train_both(config, tmp_path)
     assert _loss_per_step(two) == pytest.approx(_loss_per_step(one), rel=LOSS_RTOL)
 
 
-def test_mixture_runs_refuse_several_processes_before_launching(capsys):
-    config = Path(__file__).resolve().parents[1] / "configs" / "multitask-smollm2.yaml"
-    assert main(["train", str(config), "--nproc", "2"]) == 2
-    assert "single process only" in capsys.readouterr().err
+@pytest.mark.parametrize("architecture", ["text_to_text", "multi_head", "task_adapters"])
+def test_two_processes_train_a_mixture_as_one_does(architecture, tiny_decoder, tiny_encoder, tmp_path):
+    """The planned mixture is dealt out batch by batch: balanced text-to-text batches, multi-head batches, and
+    single-task batches that both processes route to the same adapter."""
+    encoder = architecture == "multi_head"
+    model = _encoder_without_dropout(tiny_encoder, tmp_path / "encoder") if encoder else tiny_decoder
+    mixture = {**MIXTURE, "architecture": architecture, "balanced_batches": architecture == "text_to_text"}
+    config = _config_file(tmp_path / "config.yaml", "classification" if encoder else "causal_lm", model, None,
+                          mixture=mixture, method="full" if encoder else "lora")
+    two, one, _ = _train_both(config, tmp_path)
+    assert two.state()["world_size"] == 2 and two.state()["plan"] == one.state()["plan"]
+    assert _loss_per_step(two) == pytest.approx(_loss_per_step(one), rel=LOSS_RTOL)

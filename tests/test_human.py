@@ -22,8 +22,8 @@ from tunelab.data.templates import render_prompt
 from tunelab.eval import human
 from tunelab.eval.human import HumanEvalError, SystemOutputs
 from tunelab.eval.predict import generate
-from tunelab.models.loading import load_tokenizer
-from tunelab.runs import RunDir
+from tunelab.models.loading import load_base, load_tokenizer
+from tunelab.runs import RunDir, load_run
 
 
 def generation_config(model_dir, data_file, out, prompt_template="{question}", task="causal_lm") -> object:
@@ -88,9 +88,9 @@ def test_export_writes_a_blind_sheet_whose_key_maps_back(tiny_decoder, copy_task
     assert base not in text and tuned not in text and run.path.name not in text
 
     # the key says who wrote each output: regenerate with each system and compare
-    model, tokenizer, _, _ = pipeline.load_run(run)
-    expected = {tuned: generate(model, tokenizer, records, config),
-                base: generate(pipeline._load_base(config, None), load_tokenizer(tiny_decoder), records, config)}
+    loaded = load_run(run)
+    expected = {tuned: generate(loaded.model, loaded.tokenizer, records, config),
+                base: generate(load_base(config), load_tokenizer(tiny_decoder), records, config)}
     assert expected[tuned] != expected[base]  # otherwise the check below could not tell the systems apart
     for row in rows:
         entry = key["items"][row["item_id"]]

@@ -19,6 +19,7 @@ from tunelab.models.registry import REGISTRY, is_prepared
 from tunelab.train.trainer import CompletionLossTrainer
 
 from conftest import SHARED_DATA
+from helpers import load_for_config, only_task, value
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,9 +36,10 @@ def test_minilm_lora_on_sst2_beats_the_untrained_head(tmp_path):
     ])
     run = pipeline.train(config)
     evaluation = json.loads(run.eval_path.read_text())
-    assert evaluation["tuned"]["examples"] == 300
-    assert evaluation["tuned"]["accuracy"] > evaluation["base"]["accuracy"] + 0.1
-    assert evaluation["tuned"]["accuracy"] > 0.62
+    task = only_task(evaluation)
+    assert task["tuned"]["examples"] == 300
+    assert value(task["tuned"], "accuracy") > value(task["base"], "accuracy") + 10
+    assert value(task["tuned"], "accuracy") > 62
     assert evaluation["trainable"]["trainable_percent"] < 1.0
 
 
@@ -50,7 +52,7 @@ def test_smollm2_lora_lowers_the_loss_and_reloads_with_the_same_outputs(tmp_path
     source = str(prepare("smollm2-135m-instruct"))
     assert is_prepared(REGISTRY["smollm2-135m-instruct"])
     data = load_task_data(config)
-    model, tokenizer = pipeline._load_for_config(config, None)
+    model, tokenizer = load_for_config(config, None)
     assert tokenizer.chat_template, "the prepared SmolLM2 keeps its chat template"
     model, _ = apply_method(model, config)
     tokenizer.padding_side = "right"

@@ -13,9 +13,9 @@ from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
 from tunelab.methods import MethodError, apply_method, check_method, method_module
-from tunelab.runs import RunDir
+from tunelab.runs import RunDir, load_run
 
-from helpers import descend
+from helpers import descend, load_for_config
 
 CLASSIFIER = "classifier."
 """Name fragment of the tiny BERT classifier's head (PEFT wraps it as ...classifier.modules_to_save...)."""
@@ -76,7 +76,7 @@ def test_method_trains_only_what_it_promises_and_reloads(task, method, model_and
     model_dir, data_file = model_and_data(task)
     config = make_config(task, model_dir, data_file, tmp_path, method)
     data = load_task_data(config)
-    model, tokenizer = pipeline._load_for_config(config, data.labels)
+    model, tokenizer = load_for_config(config, data.labels)
     model, report = apply_method(model, config)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(PROMISES[method](n) for n in trainable), sorted(n for n in trainable if not PROMISES[method](n))
@@ -94,7 +94,7 @@ def test_method_trains_only_what_it_promises_and_reloads(task, method, model_and
     run = RunDir.create(config)
     run.save_model(lambda directory: method_module(method).save(model, directory), tokenizer)
     run.update_state(state="complete", labels=data.labels)
-    reloaded, _, _, _ = pipeline.load_run(run)
+    reloaded = load_run(run).model
     assert torch.allclose(outputs(model, batch), outputs(reloaded, batch), atol=1e-5)
 
 
@@ -137,7 +137,8 @@ def test_merged_decoder_generates_what_the_unmerged_one_does(method, tiny_decode
     config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, method, max_steps=4, learning_rate=1e-2)
     run = pipeline.train(config)
     merged_dir = pipeline.merge_run(run, tmp_path / "merged")
-    unmerged, tokenizer, _, _ = pipeline.load_run(run)
+    loaded = load_run(run)
+    unmerged, tokenizer = loaded.model, loaded.tokenizer
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())
     prompts = ["repeat the word film", "repeat the word dull please"]
@@ -148,7 +149,8 @@ def test_merged_decoder_generates_what_the_unmerged_one_does(method, tiny_decode
 def test_merged_classifier_scores_what_the_unmerged_one_does(method, tiny_encoder, sentiment_file, tmp_path):
     run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, method, max_steps=4))
     merged_dir = pipeline.merge_run(run, tmp_path / "merged")
-    unmerged, tokenizer, _, labels = pipeline.load_run(run)
+    loaded = load_run(run)
+    unmerged, tokenizer, labels = loaded.model, loaded.tokenizer, loaded.labels
     merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
     assert [merged.config.id2label[i] for i in range(len(labels))] == labels
     batch = tokenizer(["the film was great", "the cast was dull"], return_tensors="pt", padding=True)
@@ -186,8 +188,8 @@ def test_adapters_switch_on_one_base_model(tiny_encoder, sentiment_file, tmp_pat
         alone.append([json.loads(line) for line in (tmp_path / f"alone{i}.jsonl").read_text().splitlines()])
 
     loads = []
-    original = pipeline.load_model
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: loads.append(a) or original(*a, **k))
+    original = pipeline.load_base
+    monkeypatch.setattr(pipeline, "load_base", lambda *a, **k: loads.append(a) or original(*a, **k))
     assert pipeline.predict_with_adapters({"a": runs[0], "b": runs[1]}, str(inputs), str(tmp_path / "both.jsonl")) == 3
     assert len(loads) == 1  # one base model for both adapters
     rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
@@ -199,7 +201,7 @@ def test_adapters_switch_on_one_base_model(tiny_encoder, sentiment_file, tmp_pat
 def test_adapter_switching_refuses_runs_without_a_peft_adapter(tiny_encoder, sentiment_file, tmp_path):
     lora = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "lora", max_steps=2))
     bitfit = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "bitfit", max_steps=2))
-    with pytest.raises(MethodError, match="saved no PEFT adapter"):
+    with pytest.raises(MethodError, match="saved no single PEFT adapter"):
         pipeline.predict_with_adapters({"lora": lora, "bitfit": bitfit}, str(sentiment_file), str(tmp_path / "out.jsonl"))
     assert not (tmp_path / "out.jsonl").exists()
 
@@ -275,9 +277,9 @@ def test_a_frozen_generative_base_is_stored_in_bf16_only_for_bf16_runs(tiny_deco
     config = build_config({"name": "dtype", "task": task, "model": {"name": tiny_decoder if task == "causal_lm" else tiny_encoder},
                            "data": data, "method": {"name": method}})
     labels = None if task == "causal_lm" else ["negative", "positive"]
-    model, _ = pipeline._load_for_config(config, labels, "bf16")
+    model, _ = load_for_config(config, labels, "bf16")
     assert model.get_input_embeddings().weight.dtype == stored
-    fp32_model, _ = pipeline._load_for_config(config, labels, "fp32")
+    fp32_model, _ = load_for_config(config, labels, "fp32")
     assert fp32_model.get_input_embeddings().weight.dtype == torch.float32
     if stored == torch.bfloat16:
         adapted, _ = apply_method(model, config)
@@ -319,7 +321,7 @@ def test_prompt_learning_generates_what_its_forward_computes(method, task, model
     model_dir, data_file = model_and_data(task)
     config = make_config(task, model_dir, data_file, tmp_path, method)
     data = load_task_data(config)
-    model, tokenizer = pipeline._load_for_config(config, data.labels)
+    model, tokenizer = load_for_config(config, data.labels)
     prompts = [tokenizer(text)["input_ids"] for text in ("repeat the word film", "say a word", "the score was a dull one")]
     start = model.config.decoder_start_token_id if task == "seq2seq" else None
 
@@ -334,7 +336,7 @@ def test_prompt_learning_generates_what_its_forward_computes(method, task, model
     run = RunDir.create(config)
     run.save_model(lambda directory: method_module(method).save(model, directory), tokenizer)
     run.update_state(state="complete", labels=data.labels)
-    reloaded, _, _, _ = pipeline.load_run(run)
+    reloaded = load_run(run).model
     for tuned in (model.eval(), reloaded):
         expected = [_token_by_token(tuned, p, task, start, 5) for p in prompts]
         assert expected != base_answers  # the prompt changes the answers, so generating without it would show
@@ -347,7 +349,7 @@ def test_a_prefix_classifier_reads_its_prefix(tiny_encoder, sentiment_file, tmp_
     """The classifier's answer depends on the prefix (transformers 5.24 renamed the cache argument PEFT passes it in)."""
     config = make_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix")
     data = load_task_data(config)
-    model, tokenizer = pipeline._load_for_config(config, data.labels)
+    model, tokenizer = load_for_config(config, data.labels)
     model, _ = apply_method(model, config)
     batch = fixed_batch(config, tokenizer, data)
     before = outputs(model, batch)

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from tunelab.eval.bootstrap import Interval, bootstrap_ci, paired_bootstrap
-from tunelab.eval.metrics import (METRICS, MetricError, classification_metrics, generation_metrics, get_metric,
-                                  match_label, score, unmatched_share)
+from tunelab.eval.metrics import METRICS, MetricError, get_metric, match_label, score, unmatched_share
+from tunelab.tasks import INLINE_METRICS
 
 # --- classification ------------------------------------------------------------------------------
 
@@ -49,12 +49,13 @@ def test_mcc_binary_from_the_confusion_matrix():
     assert score("mcc", ["a", "b", "b", "b"], ["a", "a", "b", "b"]) == pytest.approx(100 * 2 / math.sqrt(12))
 
 
-def test_old_classification_summary_keeps_fractions_and_the_given_label_set():
-    # the label set includes "bird", never seen: macro averages over 3 classes (bird scores 0)
-    metrics = classification_metrics(["cat", "dog"], ["cat", "dog"], ["bird", "cat", "dog"])
-    assert metrics["accuracy"] == pytest.approx(1.0)
-    assert metrics["precision_macro"] == pytest.approx(2 / 3)
-    assert set(metrics) == {"accuracy", "precision_macro", "recall_macro", "f1_macro"}
+def test_a_data_classification_task_is_scored_on_the_registry_scale():
+    # a run's own classification data gets accuracy and the macro averages, 0-100 like every other score
+    scores = {name: score(name, ["cat", "dog", "dog"], ["cat", "dog", "cat"]) for name in INLINE_METRICS["classification"]}
+    assert scores["accuracy"] == pytest.approx(200 / 3)
+    assert scores["precision_macro"] == pytest.approx(75.0)  # cat 1/1, dog 1/2
+    assert scores["recall_macro"] == pytest.approx(75.0)  # cat 1/2, dog 1/1
+    assert list(scores) == ["accuracy", "f1_macro", "precision_macro", "recall_macro"]
 
 
 # --- ROUGE ---------------------------------------------------------------------------------------
@@ -183,8 +184,8 @@ def test_mismatched_or_empty_inputs_are_refused():
         score("bleu", [], [])
 
 
-def test_old_generation_summary_is_unchanged():
-    metrics = generation_metrics(["the cat ran away"], ["The cat sat"])
+def test_a_data_generation_task_keeps_the_scores_runs_always_had():
+    metrics = {name: score(name, ["The cat sat"], ["the cat ran away"]) for name in INLINE_METRICS["generation"]}
     assert metrics == pytest.approx({"rouge1": 400 / 7, "rouge2": 40.0, "rougeL": 400 / 7, "exact_match": 0.0})
 
 
@@ -287,3 +288,24 @@ def test_paired_bootstrap_scores_each_system_against_its_own_references():
     assert change.low <= -50.0 <= change.high
     same = paired_bootstrap(metric, ["he", "she"], ["he", "she"], ["he", "her"], samples=200, references_b=["he", "her"])
     assert same == Interval(0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro",
+                                  "f1_micro", "mcc"])
+@pytest.mark.parametrize("seed", range(4))
+def test_counted_label_metrics_equal_scikit_learn_on_every_resample(name, seed):
+    """The bootstrap's confusion-count path gives scikit-learn's value on each resample, unmatched answers and
+    labels absent from a resample included."""
+    import numpy as np
+
+    from tunelab.eval.bootstrap import _index_batches, _picked, _resample_confusions
+
+    rng = np.random.default_rng(seed)
+    labels = ["a", "b", "c"]
+    references = [labels[i] for i in rng.integers(0, 3, 40)]
+    predictions = [None if r < 0.1 else labels[int(r * 10) % 3] if r < 0.9 else "zz" for r in rng.random(40)]
+    metric = get_metric(name)
+    counted = _resample_confusions(metric, predictions, references, samples=60, seed=seed)
+    direct = [metric.compute(_picked(predictions, idx), _picked(references, idx))
+              for batch in _index_batches(40, 60, seed) for idx in batch]
+    assert counted == pytest.approx(direct, abs=1e-9)

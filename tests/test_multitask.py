@@ -13,7 +13,9 @@ from tunelab import pipeline
 from tunelab.cli import main
 from tunelab.config import ConfigError, build_config
 from tunelab.data.readers import DataError
-from tunelab.multitask import WeightedCollator, plan_training
+from tunelab.data.encode import TaskCollator
+from tunelab.data.plan import plan_training
+from tunelab.data.taskset import load_taskset
 from tunelab.train.trainer import CompletionLossTrainer
 
 
@@ -28,13 +30,17 @@ def mixture_config(model_dir, out, task="causal_lm", method="lora", **mixture):
     })
 
 
+def planned(config):
+    return plan_training(config, load_taskset(config))
+
+
 def test_plan_follows_the_strategy_and_is_saved_with_the_run(tiny_decoder, tmp_path):
-    proportional = plan_training(mixture_config(tiny_decoder, tmp_path))
-    equal = plan_training(mixture_config(tiny_decoder, tmp_path, strategy="equal"))
+    proportional = planned(mixture_config(tiny_decoder, tmp_path))
+    equal = planned(mixture_config(tiny_decoder, tmp_path, strategy="equal"))
     count = lambda plan, task: sum(t == task for t, _ in plan.order)
     assert (count(proportional, "sst2"), count(proportional, "rte")) == (24, 8)
     assert (count(equal, "sst2"), count(equal, "rte")) == (16, 16)  # rte up-sampled, sst2 down-sampled
-    temperature = plan_training(mixture_config(tiny_decoder, tmp_path, strategy="temperature", temperature=3.0))
+    temperature = planned(mixture_config(tiny_decoder, tmp_path, strategy="temperature", temperature=3.0))
     assert 8 < count(temperature, "rte") < 16  # between proportional and equal
 
 
@@ -42,7 +48,7 @@ def test_curriculum_stage_switches_at_its_step(tiny_decoder, tmp_path):
     config = mixture_config(tiny_decoder, tmp_path, tasks=[], stages=[
         {"name": "related", "tasks": [{"task": "sst2", "max_examples": 24}], "steps": 3},
         {"name": "target", "tasks": [{"task": "rte", "max_examples": 8}], "steps": 2}])
-    plan = plan_training(config)
+    plan = planned(config)
     assert plan.boundaries == [3]
     assert {t for t, _ in plan.order[:12]} == {"sst2"} and {t for t, _ in plan.order[12:]} == {"rte"}
     assert len(plan.order) == 20
@@ -54,13 +60,14 @@ def test_bad_mixtures_are_config_errors(tiny_decoder, tmp_path):
         mixture_config(tiny_decoder, tmp_path, strategy="capped")
     with pytest.raises(ConfigError, match="multi_head"):
         mixture_config(tiny_decoder, tmp_path, task="classification")
-    with pytest.raises(ConfigError, match="curriculum stages"):
-        mixture_config(tiny_decoder, tmp_path, architecture="task_adapters", tasks=[],
-                       stages=[{"tasks": [{"task": "sst2"}], "steps": 1}])
+    with pytest.raises(ConfigError, match="takes no per-task loss_weight"):
+        mixture_config(tiny_decoder, tmp_path, method="prompt", tasks=[{"task": "sst2", "loss_weight": 2.0}])
+    with pytest.raises(ConfigError, match="early_stopping_patience needs one task"):
+        build_config({**mixture_config(tiny_decoder, tmp_path).model_dump(), "training": {"early_stopping_patience": 2}})
     with pytest.raises(ConfigError, match="method.name: full"):
         mixture_config(tiny_decoder, tmp_path, task="classification", method="lora", architecture="multi_head")
     with pytest.raises(DataError, match="eval_only"):
-        plan_training(mixture_config(tiny_decoder, tmp_path, tasks=[{"task": "squad_mini"}]))
+        planned(mixture_config(tiny_decoder, tmp_path, tasks=[{"task": "squad_mini"}]))
 
 
 def test_loss_weights_scale_each_tasks_gradient(tiny_decoder):
@@ -72,7 +79,7 @@ def test_loss_weights_scale_each_tasks_gradient(tiny_decoder):
     tokenizer = AutoTokenizer.from_pretrained(tiny_decoder)
     examples = [{"input_ids": [101, 2000 + i, 2100 + i, 102], "attention_mask": [1] * 4, "labels": [-100, -100, 2100 + i, 102]}
                 for i in range(2)]
-    collate = WeightedCollator(make_collator("causal_lm", tokenizer))
+    collate = TaskCollator(make_collator("causal_lm", tokenizer))
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
 
     def loss_for(weights):
@@ -92,7 +99,7 @@ def test_text_to_text_mixture_trains_and_scores_every_task(tiny_decoder, tmp_pat
     run = pipeline.train(mixture_config(tiny_decoder, tmp_path, eval_only=["cola"], balanced_batches=True))
     state = run.state()
     assert state["state"] == "complete"
-    assert state["mixture"][0]["tasks"]["sst2"] == {"available": 24, "per_epoch": 24, "share": 0.75}
+    assert state["plan"][0]["tasks"]["sst2"] == {"available": 24, "per_epoch": 24, "share": 0.75}
     evaluation = json.loads(run.eval_path.read_text())
     assert set(evaluation["tasks"]) == {"sst2", "rte", "cola"}
     assert evaluation["tasks"]["cola"]["held_out"] and not evaluation["tasks"]["sst2"]["held_out"]
@@ -133,23 +140,25 @@ def test_compare_mixtures_puts_specialists_and_the_mixture_in_one_table(tiny_dec
     config_path.write_text(json.dumps(mixture_config(tiny_decoder, tmp_path / "unused", eval_only=["cola"]).model_dump(mode="json")))
     assert main(["compare", str(config_path), "--mixtures", "sst2+rte,sst2", "--output-dir", str(tmp_path / "cmp")]) == 0
     summary = json.loads((tmp_path / "cmp" / "tiny-mix" / "summary.json").read_text())
-    rows = {row["mixture"]: row for row in summary["mixtures"]}
+    rows = {row["variant"]: row for row in summary["variants"]}
     assert set(rows) == {"sst2", "sst2+rte"} and all(r["status"] == "ok" for r in rows.values())
     assert set(rows["sst2"]["scores"]) == {"sst2", "cola"} and set(rows["sst2+rte"]["scores"]) == {"sst2", "rte", "cola"}
     assert rows["sst2"]["base"] == {}  # the base model was scored once, by the first mixture
-    assert set(summary["base"]) == {"sst2", "rte", "cola"} and summary["held_out"] == ["cola"]
+    assert set(summary["base"]) == {"sst2", "rte", "cola"} and all(v is not None for v in summary["base"].values())
+    assert [t for t, info in summary["tasks"].items() if info["held_out"]] == ["cola"]
     table = (tmp_path / "cmp" / "tiny-mix" / "summary.md").read_text()
     assert "| base model |" in table and "cola (mcc, held out)" in table
     assert main(["compare", str(config_path), "--mixtures", "sst2+nope"]) == 2
 
 
-def test_multi_task_runs_refuse_what_they_cannot_do(tiny_encoder, tiny_decoder, tmp_path):
-    from tunelab.runs import RunError
+def test_a_mixture_run_asks_which_task_a_command_means(tiny_encoder, tiny_decoder, tmp_path):
+    from tunelab.tasks import TaskError
 
-    run = pipeline.train(mixture_config(tiny_encoder, tmp_path, task="classification", method="full", architecture="multi_head",
-                                        tasks=[{"task": "sst2", "max_examples": 8}]))
-    with pytest.raises(RunError, match="eval.json"):
-        pipeline.load_run(run)
-    text = pipeline.train(mixture_config(tiny_decoder, tmp_path, tasks=[{"task": "sst2", "max_examples": 8}]))
-    with pytest.raises(RunError, match="--suite"):
-        pipeline.predict_run(text, "unused.jsonl", str(tmp_path / "out.jsonl"))
+    run = pipeline.train(mixture_config(tiny_encoder, tmp_path, task="classification", method="full", architecture="multi_head"))
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
+    with pytest.raises(TaskError, match="trained on sst2, rte; say which task with --task NAME"):
+        pipeline.predict_run(run, str(inputs), str(tmp_path / "out.jsonl"))
+    with pytest.raises(TaskError, match="--task"):
+        pipeline.merge_run(run, tmp_path / "merged")
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "merged").exists()

@@ -10,10 +10,11 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
+from tunelab.data.plan import single_task_batches
+from tunelab.train.trainer import PlannedOrder
 from tunelab.methods.task_adapters import (
     SHARED,
     TaskAdapterError,
-    TaskHomogeneousSampler,
     TaskRoutedTrainer,
     adapter_parameters,
     apply_task_adapters,
@@ -156,14 +157,14 @@ def test_adamw_over_all_adapters_moves_only_the_routed_ones(shared, tiny_decoder
         assert all(changed(before[SHARED], after[SHARED]))
 
 
-def test_sampler_makes_every_batch_single_task_and_covers_every_example():
-    tasks = ["echo"] * 5 + ["antonym"] * 3
-    order = list(TaskHomogeneousSampler(tasks, batch_size=2, seed=1))
+def test_the_plan_makes_every_batch_single_task_and_covers_every_example():
+    draws = [("echo", i) for i in range(5)] + [("antonym", i) for i in range(3)]
+    order = single_task_batches(draws, batch=2, seed=1)
 
     batches = [order[i:i + 2] for i in range(0, len(order), 2)]
-    assert all(len({tasks[i] for i in b}) == 1 for b in batches)
-    assert set(order) == set(range(len(tasks)))
-    assert len(order) == len(TaskHomogeneousSampler(tasks, batch_size=2)) == 6 + 4
+    assert all(len({task for task, _ in b}) == 1 for b in batches)
+    assert set(order) == set(draws)
+    assert len(order) == 6 + 4  # each task's last batch filled up with its own examples
 
 
 def test_a_mixed_batch_is_refused():
@@ -172,8 +173,8 @@ def test_a_mixed_batch_is_refused():
         batch_task(["echo", "antonym"])
 
 
-class RecordingTrainer(TaskRoutedTrainer):
-    """Notes the task list of every training batch, to check what the sampler fed."""
+class RecordingTrainer(PlannedOrder, TaskRoutedTrainer):
+    """Reads the planned single-task batches in order and notes the task list of every training batch."""
 
     seen: list[list[str]]
 
@@ -207,7 +208,9 @@ def trained(tiny_decoder, tokenizer, tmp_path_factory) -> Trained:
     args = TrainingArguments(output_dir=str(tmp_path_factory.mktemp("routed")), max_steps=4, per_device_train_batch_size=2,
                              learning_rate=1e-2, weight_decay=0.01, report_to=[], use_cpu=True,
                              remove_unused_columns=False, save_strategy="no", logging_strategy="no")
-    trainer = RecordingTrainer(model=model, args=args, train_dataset=rows["echo"] + rows["antonym"], data_collator=collate)
+    planned = single_task_batches([(task, i) for task in TASKS for i in range(len(rows[task]))], batch=2, seed=0)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=[rows[task][i] for task, i in planned],
+                               data_collator=collate)
     trainer.seen = []
     trainer.train()
     model.eval()

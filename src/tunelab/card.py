@@ -6,57 +6,6 @@ from tunelab.config import RunConfig
 from tunelab.eval.bootstrap import format_interval
 
 
-def metrics_table(base: dict[str, float] | None, tuned: dict[str, float]) -> str:
-    """Markdown table of base vs tuned for every metric (examples count excluded)."""
-    names = [k for k in tuned if k != "examples"]
-    lines = ["| metric | base | tuned | change |", "| --- | ---: | ---: | ---: |"]
-    for name in names:
-        if base and name in base:
-            lines.append(f"| {name} | {base[name]:.4f} | {tuned[name]:.4f} | {tuned[name] - base[name]:+.4f} |")
-        else:
-            lines.append(f"| {name} | n/a | {tuned[name]:.4f} | |")
-    return "\n".join(lines)
-
-
-def render_card(config: RunConfig, state: dict, evaluation: dict, forgetting: str | None = None) -> str:
-    base_note = (
-        "Base = the pretrained encoder with its new, untrained classification head: chance level by construction."
-        if config.task == "classification"
-        else "Base = the pretrained model before tuning, prompted the same way."
-    )
-    data = config.data
-    data_lines = [f"- train: `{data.train}` ({state['examples']['train']} examples)",
-                  f"- validation: `{data.validation or 'split from train'}` ({state['examples']['validation']} examples)",
-                  f"- test: `{data.test or 'split from train'}` ({state['examples']['test']} examples)"]
-    notes = "".join(f"- {note}\n" for note in state.get("data_notes", []))
-    trainable = state["trainable"]
-    memory = f"{state['peak_rss_mb']:.0f} MB RSS" if state.get("peak_rss_mb") else "not measured"
-    if state.get("peak_gpu_mb"):
-        memory += f", {state['peak_gpu_mb']:.0f} MB GPU"
-    return f"""# {config.name}
-
-Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
-
-- base model: `{config.model.name}`
-- task: {config.task}
-- method: {config.method.name}
-- trainable parameters: {trainable['trainable_params']:,} of {trainable['total_params']:,} ({trainable['trainable_percent']:.2f}%)
-- precision: {state['precision']}
-- training time: {state['train_seconds']:.1f} s
-- peak memory in training: {memory}
-
-## Data
-{chr(10).join(data_lines)}
-{notes}
-## Test results ({evaluation['tuned'].get('examples', '?')} examples)
-{metrics_table(evaluation.get('base'), evaluation['tuned'])}
-
-{base_note}
-{f"{chr(10)}## Forgetting ({config.eval.retention_suite} suite){chr(10)}{forgetting}" if forgetting else ""}
-Reproduce: `tunelab train config.yaml` with the `config.yaml` in this directory.
-"""
-
-
 def _score(result: dict | None, metric: str) -> str:
     if result is None:
         return "not scored"
@@ -65,21 +14,32 @@ def _score(result: dict | None, metric: str) -> str:
     return format_interval(result["metrics"][metric])
 
 
-def mixture_table(evaluation: dict) -> str:
-    """Per task: its own metric before and after tuning (95% CIs), held-out tasks marked, and the macro averages."""
-    lines = ["| task | metric | base | tuned | change |", "| --- | --- | --- | --- | ---: |"]
+def _change(base: dict | None, tuned: dict, metric: str) -> str:
+    if base is None or "skipped" in base or "skipped" in tuned:
+        return ""
+    return f"{tuned['metrics'][metric]['value'] - base['metrics'][metric]['value']:+.2f}"
+
+
+def results_table(evaluation: dict) -> str:
+    """Per task: each of its metrics before and after tuning (95% CIs), held-out tasks marked, and, for several
+    tasks, the macro averages of their primary metrics."""
+    lines = ["| task | examples | metric | base | tuned | change |", "| --- | ---: | --- | --- | --- | ---: |"]
     for name, task in evaluation["tasks"].items():
         label = f"{name} (held out)" if task["held_out"] else name
-        base, tuned, metric = task["base"], task["tuned"], task["metric"]
-        change = ("" if base is None or "skipped" in base or "skipped" in tuned
-                  else f"{tuned['metrics'][metric]['value'] - base['metrics'][metric]['value']:+.2f}")
-        lines.append(f"| {label} | {metric} | {_score(base, metric)} | {_score(tuned, metric)} | {change} |")
-    for key, title in (("macro_average", "macro average, trained tasks"), ("held_out_average", "macro average, held-out tasks")):
-        average = evaluation[key]
-        if average["tuned"] is not None and average["base"] is not None:
-            lines.append(f"| {title} | | {average['base']:.2f} | {average['tuned']:.2f} | {average['tuned'] - average['base']:+.2f} |")
-        elif average["tuned"] is not None:
-            lines.append(f"| {title} | | not scored | {average['tuned']:.2f} | |")
+        base, tuned = task["base"], task["tuned"]
+        metrics = list(tuned.get("metrics", {})) or [task["metric"]]
+        for i, metric in enumerate(metrics):
+            first = i == 0
+            lines.append(f"| {label if first else ''} | {tuned['examples'] if first else ''} | {metric} | "
+                         f"{_score(base, metric)} | {_score(tuned, metric)} | {_change(base, tuned, metric)} |")
+    if len(evaluation["tasks"]) > 1:
+        for key, title in (("macro_average", "macro average, trained tasks"), ("held_out_average", "macro average, held-out tasks")):
+            average = evaluation[key]
+            if average["tuned"] is None:
+                continue
+            base = "not scored" if average["base"] is None else f"{average['base']:.2f}"
+            change = "" if average["base"] is None else f"{average['tuned'] - average['base']:+.2f}"
+            lines.append(f"| {title} | | | {base} | {average['tuned']:.2f} | {change} |")
     return "\n".join(lines)
 
 
@@ -92,27 +52,57 @@ def mixture_lines(stages: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render_mixture_card(config: RunConfig, state: dict, evaluation: dict) -> str:
-    """The model card of a multi-task run: the mixture as trained, and every task's score before and after."""
-    trainable = state["trainable"]
+def _data_section(config: RunConfig, state: dict) -> str:
+    if config.mixture is not None:
+        return f"## Mixture, as trained\n{mixture_lines(state['plan'])}\n"
+    data, examples = config.data, state["examples"]
+    notes = "".join(f"- {note}\n" for note in state.get("data_notes", []))
+    return (f"## Data\n- train: `{data.train}` ({examples['train']} examples)\n"
+            f"- validation: `{data.validation or 'split from train'}` ({examples['validation']} examples)\n"
+            f"- test: `{data.test or 'split from train'}` ({examples['test']} examples)\n{notes}")
+
+
+def _setup_lines(config: RunConfig) -> str:
+    if config.mixture is None:
+        return f"- task: {config.task}\n- method: {config.method.name}"
     mixture = config.mixture
+    sampling = mixture.strategy + (f", cap {mixture.cap}" if mixture.strategy == "capped" else "") + (
+        f", temperature {mixture.temperature:g}" if mixture.strategy == "temperature" else "")
+    return (f"- architecture: {mixture.architecture}; method: {config.method.name}\n"
+            f"- sampling: {sampling}; task-balanced batches: {'yes' if mixture.balanced_batches else 'no'}; "
+            f"templates: {mixture.templates}")
+
+
+def _base_note(config: RunConfig) -> str:
+    if config.architecture() == "classifier":
+        return "Base = the pretrained encoder with its new, untrained classification head: chance level by construction."
+    if config.architecture() == "multi_head":
+        return "Base = the pretrained encoder with its new, untrained heads. Held-out tasks were never trained on."
+    return "Base = the pretrained model before tuning, prompted the same way. Held-out tasks were never trained on."
+
+
+def render_card(config: RunConfig, state: dict, evaluation: dict, forgetting: str | None = None) -> str:
+    trainable = state["trainable"]
+    memory = f"{state['peak_rss_mb']:.0f} MB RSS" if state.get("peak_rss_mb") else "not measured"
+    if state.get("peak_gpu_mb"):
+        memory += f", {state['peak_gpu_mb']:.0f} MB GPU"
+    forgetting_section = f"\n## Forgetting ({config.eval.retention_suite} suite)\n{forgetting}\n" if forgetting else ""
     return f"""# {config.name}
 
-Multi-task fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
+Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 
 - base model: `{config.model.name}`
-- architecture: {mixture.architecture}; method: {config.method.name}
+{_setup_lines(config)}
 - trainable parameters: {trainable['trainable_params']:,} of {trainable['total_params']:,} ({trainable['trainable_percent']:.2f}%)
-- sampling: {mixture.strategy}{f", cap {mixture.cap}" if mixture.strategy == "capped" else ""}{f", temperature {mixture.temperature:g}" if mixture.strategy == "temperature" else ""}; task-balanced batches: {"yes" if mixture.balanced_batches else "no"}; templates: {mixture.templates}
-- precision: {state['precision']}; training time: {state['train_seconds']:.1f} s; steps: {state['steps']}
+- precision: {state['precision']}
+- training time: {state['train_seconds']:.1f} s; steps: {state['steps']}
+- peak memory in training: {memory}
 
-## Mixture, as trained
-{mixture_lines(state['mixture'])}
+{_data_section(config, state)}
+## Test results (95% bootstrap intervals)
+{results_table(evaluation)}
 
-## Test results per task (95% bootstrap intervals)
-{mixture_table(evaluation)}
-
-Base = the pretrained model before tuning, prompted with the same instructions. Held-out tasks were never trained on.
-
+{_base_note(config)}
+{forgetting_section}
 Reproduce: `tunelab train config.yaml` with the `config.yaml` in this directory.
 """

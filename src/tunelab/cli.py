@@ -79,8 +79,6 @@ def _cmd_train(args) -> int | None:
             raise ConfigError("give a config file (e.g. configs/sentiment-minilm-lora.yaml) or --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
     if args.nproc > 1:  # the config was checked once, here, before N processes each load it again
-        if config.mixture is not None:
-            distributed.refuse_multiprocess("multi-task (mixture:) runs", args.nproc)
         return _torchrun(args.nproc, ["train", "--resume", args.resume] if resume else ["train", args.config, *args.overrides])
     run = pipeline.train(config, resume=resume)
     if distributed.is_main_process():  # the other ranks return as soon as training ends, before the card exists
@@ -100,7 +98,7 @@ def _cmd_eval(args) -> None:
         commands.evaluate_suite(args.target, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size)
         return
     report = pipeline.evaluate_run(RunDir(args.target), args.data, Path(args.output) if args.output else None,
-                                   args.samples, args.seed)
+                                   args.samples, args.seed, args.task)
     print(report.with_suffix(".md").read_text(encoding="utf-8"))
     print(f"report written to {report} (and .md, .outputs.jsonl)")
 
@@ -150,7 +148,8 @@ def _cmd_human(args) -> None:
     from tunelab.runs import RunDir
 
     if args.human_command == "export":
-        path = human.export_sheet(RunDir(args.run), RunDir(args.run_b) if args.run_b else None, args.n, Path(args.output), args.seed)
+        path = human.export_sheet(RunDir(args.run), RunDir(args.run_b) if args.run_b else None, args.n, Path(args.output),
+                                  args.seed, args.task)
         print(f"wrote blind sheet {path}; rate it with: tunelab human rate {path.stem} --rater NAME")
     elif args.human_command == "rate":
         human.rate_interactive(args.sheet, args.rater)
@@ -182,7 +181,7 @@ def _cmd_predict(args) -> None:
     if bool(args.run) == bool(args.adapter):
         raise ConfigError("give either one RUN_DIR, or one or more --adapter RUN_DIR to share one base model")
     if args.run:
-        count = pipeline.predict_run(RunDir(args.run), args.input, args.output)
+        count = pipeline.predict_run(RunDir(args.run), args.input, args.output, args.task)
     else:
         count = pipeline.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
     print(f"wrote {count} predictions to {args.output}")
@@ -192,28 +191,29 @@ def _cmd_merge(args) -> None:
     from tunelab import pipeline
     from tunelab.runs import RunDir
 
-    print(f"merged model written to {pipeline.merge_run(RunDir(args.run), Path(args.output))}")
+    print(f"merged model written to {pipeline.merge_run(RunDir(args.run), Path(args.output), args.task)}")
 
 
 def _cmd_compare(args) -> None:
-    from tunelab.compare import compare_methods, parse_learning_rates
+    from tunelab.compare import compare, method_variants, mixture_variants, parse_learning_rates, parse_mixtures
 
     config = load_config(args.config, args.overrides)
     if args.mixtures:
-        from tunelab.compare_mixtures import compare_mixtures, parse_mixtures
-
-        print(f"\ncomparison written to {compare_mixtures(config, parse_mixtures(args.mixtures), Path(args.output_dir), args.config)}")
-        return
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    summary = compare_methods(config, methods, Path(args.output_dir), parse_learning_rates(args.learning_rates),
-                              source=args.config)
-    print(f"\ncomparison written to {summary}")
+        variants, kind = mixture_variants(config, parse_mixtures(args.mixtures)), "mixture"
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        variants, kind = method_variants(config, methods, parse_learning_rates(args.learning_rates)), "method"
+    print(f"\ncomparison written to {compare(config, variants, Path(args.output_dir), kind, source=args.config)}")
 
 
 def _cmd_demo(args) -> None:
     from tunelab.demo import run_demo
 
     run_demo(args.output_dir)
+
+
+TASK_HELP = ("for a multi-task run: the task whose template, head or adapter answers (one of its tasks, or any built-in "
+             "task or task YAML); a one-task run answers its own task")
 
 
 def _report_options(parser: argparse.ArgumentParser, limit: int | None = None) -> None:
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="labelled file scored with the run's own field names (run targets only): "
                                          "writes data-<file>.json/.md with 95%% CIs")
     evaluate.add_argument("--output", help="report folder (default <run>/eval, or eval/<model> for --suite on a model)")
+    evaluate.add_argument("--task", help=TASK_HELP)
     _report_options(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--n", type=int, default=50, help="prompts from the run's test data")
     export.add_argument("--output", required=True, help="the sheet CSV to write (its name names the sheet)")
     export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--task", help=TASK_HELP)
     rate = human.add_parser("rate", help="rate a sheet in the terminal (fluency, coherence, relevance 1-5); resumable")
     rate.add_argument("sheet")
     rate.add_argument("--rater", required=True)
@@ -317,11 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "(predictions are keyed by NAME, default the run directory's name)")
     predict.add_argument("--input", required=True)
     predict.add_argument("--output", required=True)
+    predict.add_argument("--task", help=TASK_HELP)
     predict.set_defaults(func=_cmd_predict)
 
     merge = commands.add_parser("merge", help="write a standalone model with the run's update folded in (lora family, ia3, bitfit, head, full)")
     merge.add_argument("run")
     merge.add_argument("--output", required=True, help="new folder for the merged model (safetensors + tokenizer)")
+    merge.add_argument("--task", help="for a multi_head or task_adapters run: the task whose head or adapter to export "
+                                      "as a standalone model")
     merge.set_defaults(func=_cmd_merge)
 
     compare = commands.add_parser("compare", help="train one config with several methods; table, JSON and plot of cost vs gain")

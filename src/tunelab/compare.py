@@ -1,14 +1,19 @@
-"""`tunelab compare`: one task, data, seed and budget trained with each method, and what each cost and gained.
+"""`tunelab compare`: variants of one config trained side by side, and what each cost and gained.
 
-Every method runs as its own `tunelab train` process: a method that crashes (or
-is refused, like qlora without CUDA) becomes a row with its error instead of
-ending the comparison, and each process's peak memory is its own. The config's
-`training.learning_rate` is not shared: one rate cannot suit full fine-tuning
-and prompt tuning alike, so each method gets its default (DEFAULT_LEARNING_RATES)
-unless `--learning-rates` names one.
+A variant is the config with one thing changed: its method (`--methods full,lora,...`: same task, data,
+seed and budget) or its mixture (`--mixtures sst2,rte,sst2+rte`: single-task specialists against multi-task
+mixtures, each with the config's settings for its tasks and its held-out tasks). Both run through one runner
+and one table and plot.
 
-Output, in `<output_dir>/<config name>/`: `summary.md`, `summary.json`,
-`summary.png`, the per-method configs and logs, and the complete run directories.
+Every variant runs as its own `tunelab train` process: a variant that crashes (or is refused, like qlora
+without CUDA) becomes a row with its error instead of ending the comparison, and each process's peak memory
+is its own. The config's `training.learning_rate` is not shared across methods: one rate cannot suit full
+fine-tuning and prompt tuning alike, so each method gets its default (DEFAULT_LEARNING_RATES) unless
+`--learning-rates` names one. The base model is scored once, by the first variant that trains or holds out
+each task.
+
+Output, in `<output_dir>/<config name>/`: `summary.md`, `summary.json`, `summary.png`, the per-variant configs
+and logs, and the complete run directories.
 """
 
 from __future__ import annotations
@@ -19,21 +24,29 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tunelab.config import ConfigError, RunConfig, build_config, config_to_yaml
+from tunelab.config import ConfigError, MixtureTask, RunConfig, build_config, config_to_yaml
+from tunelab.eval.gain import primary_score
 from tunelab.methods import MethodError
 from tunelab.models.reference import check_reference
 from tunelab.pipeline import check_runnable
 from tunelab.runs import RunDir, write_atomic, write_json
-
-PRIMARY_METRIC = {"classification": "accuracy", "causal_lm": "rougeL", "seq2seq": "rougeL"}
-"""The test metric each task's comparison is ranked by (all metrics are kept in summary.json)."""
+from tunelab.tasks import data_task_name, load_task
 
 LOG_TAIL_LINES = 15
-"""Lines of a failed method's log quoted in its row when the run left no error of its own."""
+"""Lines of a failed variant's log quoted in its row when the run left no error of its own."""
+
+
+@dataclass
+class Variant:
+    label: str
+    config: RunConfig | None
+    """None when the variant could not even be configured (`error` says why)."""
+    error: str | None = None
 
 
 def parse_learning_rates(text: str) -> dict[str, float]:
@@ -50,6 +63,79 @@ def parse_learning_rates(text: str) -> dict[str, float]:
     return rates
 
 
+def parse_mixtures(text: str) -> list[list[str]]:
+    """'sst2;rte;sst2+rte' or 'sst2,rte,sst2+rte' -> [['sst2'], ['rte'], ['sst2', 'rte']]."""
+    mixtures = [[t.strip() for t in item.split("+") if t.strip()] for item in text.replace(";", ",").split(",")]
+    mixtures = [m for m in mixtures if m]
+    if not mixtures:
+        raise ConfigError("--mixtures is empty; give e.g. --mixtures 'sst2,rte,sst2+rte'")
+    return mixtures
+
+
+def _variant_config(config: RunConfig, label: str, **changes) -> RunConfig:
+    """The shared config with its name and `changes` (dotted section -> value) applied."""
+    raw = config.model_dump(mode="json")
+    raw["name"] = label
+    for key, value in changes.items():
+        section, _, field = key.partition(".")
+        raw[section][field] = value
+    return build_config(raw, f"the config for '{label}'")
+
+
+def method_variants(config: RunConfig, methods: list[str], learning_rates: dict[str, float]) -> list[Variant]:
+    """The config once per method, each with its own learning rate (its default unless given)."""
+    if not methods:
+        raise ConfigError("--methods is empty; name at least one method, e.g. --methods full,lora")
+    unknown_rates = set(learning_rates) - set(methods)
+    if unknown_rates:
+        raise ConfigError(f"--learning-rates names {', '.join(sorted(unknown_rates))}, which --methods does not run")
+    if config.training.learning_rate is not None:
+        print(f"note: training.learning_rate={config.training.learning_rate} is not shared across methods; "
+              "each uses its default unless --learning-rates sets it")
+    variants = []
+    for method in methods:
+        try:
+            variants.append(Variant(method, _variant_config(config, method, **{
+                "method.name": method, "training.learning_rate": learning_rates.get(method)})))
+        except ConfigError as exc:
+            variants.append(Variant(method, None, str(exc)))
+    return variants
+
+
+def mixture_variants(config: RunConfig, mixtures: list[list[str]]) -> list[Variant]:
+    """The config once per mixture of its tasks, each task keeping its own settings (max_examples, weights).
+    Every task must resolve before anything trains."""
+    if config.mixture is None or config.mixture.stages:
+        raise ConfigError("--mixtures needs a config with a mixture.tasks list (no curriculum stages)")
+    entries = {load_task(entry.task).name: entry for entry in config.mixture.tasks}
+    variants = []
+    for names in mixtures:
+        chosen = [entries.get(load_task(name).name, MixtureTask(task=name)) for name in names]
+        label = "+".join(load_task(name).name for name in names)
+        variants.append(Variant(label, _variant_config(config, label, **{
+            "mixture.tasks": [entry.model_dump(mode="json") for entry in chosen]})))
+    return variants
+
+
+def _scored_tasks(config: RunConfig) -> set[str]:
+    if config.mixture is None:
+        return {data_task_name(config.data.train)}
+    return {load_task(e.task).name for e in config.mixture.tasks} | {load_task(t).name for t in config.mixture.eval_only}
+
+
+def _base_scored_once(variants: list[Variant]) -> None:
+    """Only the first variant that scores a task scores the base model on it."""
+    seen: set[str] = set()
+    for variant in variants:
+        if variant.config is None:
+            continue
+        tasks = _scored_tasks(variant.config)
+        if tasks <= seen:
+            variant.config = variant.config.model_copy(
+                update={"eval": variant.config.eval.model_copy(update={"evaluate_base": False})})
+        seen |= tasks
+
+
 def _new_directory(output_dir: Path, name: str) -> Path:
     """`output_dir/name`, or `name-2`, `name-3`, ... so an earlier comparison is never overwritten."""
     path, suffix = output_dir / name, 1
@@ -60,59 +146,13 @@ def _new_directory(output_dir: Path, name: str) -> Path:
     return path
 
 
-def method_config(config: RunConfig, method: str, learning_rates: dict[str, float], runs_dir: Path,
-                  evaluate_base: bool) -> RunConfig:
-    """The shared config with only the method, its learning rate and where its run goes changed."""
-    raw = config.model_dump(mode="json")
-    raw["name"] = method
-    raw["output_dir"] = str(runs_dir / method)
-    raw["method"]["name"] = method
-    raw["training"]["learning_rate"] = learning_rates.get(method)
-    raw["eval"]["evaluate_base"] = evaluate_base
-    return build_config(raw, f"the config for method '{method}'")
-
-
 def _log_tail(log: Path) -> str:
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.exists() else []
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def _failed(method: str, error: str, **extra) -> dict:
-    return {"method": method, "status": "failed", "error": error, **extra}
-
-
-def _row_from_run(method: str, run: RunDir, task: str) -> dict:
-    state = run.state()
-    evaluation = json.loads(run.eval_path.read_text(encoding="utf-8"))
-    tuned = evaluation["tuned"]
-    epochs = state.get("epochs_trained") or 0
-    return {
-        "method": method,
-        "status": "ok",
-        "metric": tuned.get(PRIMARY_METRIC[task]),
-        "metrics": tuned,
-        "trainable_params": state["trainable"]["trainable_params"],
-        "total_params": state["trainable"]["total_params"],
-        "trainable_percent": state["trainable"]["trainable_percent"],
-        "learning_rate": state.get("learning_rate"),
-        "train_seconds": round(state["train_seconds"], 2),
-        "seconds_per_epoch": round(state["train_seconds"] / epochs, 2) if epochs else None,
-        "peak_rss_mb": state.get("peak_rss_mb"),
-        "peak_gpu_mb": state.get("peak_gpu_mb"),
-        "saved_mb": round(state.get("saved_weights_bytes", 0) / 2**20, 3),
-        "run_dir": str(run.path),
-        **_forgetting(run),
-    }
-
-
-def _forgetting(run: RunDir) -> dict:
-    """The run's average forgetting and forgotten tasks, when it was trained with `eval.retention_suite`."""
-    suite = run.config().eval.retention_suite
-    path = run.path / "eval" / f"forgetting-{suite}.json"
-    if not suite or not path.exists():
-        return {}
-    report = json.loads(path.read_text(encoding="utf-8"))
-    return {"forgetting": report["average_forgetting"], "forgotten_tasks": report["tasks_forgotten"]}
+def _failed(label: str, error: str, **extra) -> dict:
+    return {"variant": label, "status": "failed", "error": error, **extra}
 
 
 def train_in_subprocess(config: RunConfig, directory: Path) -> tuple[RunDir | None, dict]:
@@ -138,27 +178,61 @@ def train_in_subprocess(config: RunConfig, directory: Path) -> tuple[RunDir | No
     return run, {"log": str(log), "wall_seconds": wall}
 
 
-def run_method(config: RunConfig, directory: Path) -> dict:
-    """Train one method in its own process and turn its run directory (or its failure) into a row."""
-    method = config.method.name
+def _primary(task: dict, side: str) -> float | None:
+    result = task[side]
+    return None if result is None or "skipped" in result else result["metrics"][task["metric"]]["value"]
+
+
+def _forgetting(run: RunDir) -> dict:
+    """The run's average forgetting and forgotten tasks, when it was trained with `eval.retention_suite`."""
+    suite = run.config().eval.retention_suite
+    path = run.path / "eval" / f"forgetting-{suite}.json"
+    if not suite or not path.exists():
+        return {}
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return {"forgetting": report["average_forgetting"], "forgotten_tasks": report["tasks_forgotten"]}
+
+
+def _row(label: str, run: RunDir) -> dict:
+    """A finished variant's figures: its scores per task and overall, and what it cost."""
+    state = run.state()
+    evaluation = json.loads(run.eval_path.read_text(encoding="utf-8"))
+    tasks = evaluation["tasks"]
+    epochs = state.get("epochs_trained") or 0
+    return {
+        "variant": label, "status": "ok", "run_dir": str(run.path),
+        "score": primary_score(evaluation), "base_score": primary_score(evaluation, "base"),
+        "scores": {name: _primary(task, "tuned") for name, task in tasks.items()},
+        "base": {name: _primary(task, "base") for name, task in tasks.items() if task["base"]},
+        "metrics": {name: task["metric"] for name, task in tasks.items()},
+        "held_out": [name for name, task in tasks.items() if task["held_out"]],
+        "tuned": {name: task["tuned"] for name, task in tasks.items()},
+        "trainable_params": state["trainable"]["trainable_params"],
+        "total_params": state["trainable"]["total_params"],
+        "trainable_percent": state["trainable"]["trainable_percent"],
+        "learning_rate": state.get("learning_rate"),
+        "train_seconds": round(state["train_seconds"], 2),
+        "steps": state.get("steps"),
+        "seconds_per_epoch": round(state["train_seconds"] / epochs, 2) if epochs else None,
+        "peak_rss_mb": state.get("peak_rss_mb"),
+        "peak_gpu_mb": state.get("peak_gpu_mb"),
+        "saved_mb": round(state.get("saved_weights_bytes", 0) / 2**20, 3),
+        **_forgetting(run),
+    }
+
+
+def run_variant(variant: Variant, directory: Path) -> dict:
+    """Train one variant in its own process and turn its run directory (or its failure) into a row."""
+    if variant.config is None:
+        return _failed(variant.label, variant.error)
     try:
-        check_runnable(config)
+        check_runnable(variant.config)
     except (ConfigError, MethodError) as exc:
-        return _failed(method, str(exc))
-    run, facts = train_in_subprocess(config, directory)
+        return _failed(variant.label, str(exc))
+    run, facts = train_in_subprocess(variant.config, directory)
     if run is None:
-        return facts
-    return {**_row_from_run(method, run, config.task), **facts}
-
-
-def _base_metrics(rows: list[dict]) -> dict | None:
-    """The base model's test metrics, from the first run that evaluated it."""
-    for row in rows:
-        if row["status"] == "ok":
-            path = Path(row["run_dir"]) / "base_eval.json"
-            if path.exists():
-                return json.loads(path.read_text(encoding="utf-8"))
-    return None
+        return {**facts, "variant": variant.label}
+    return {**_row(variant.label, run), **facts}
 
 
 def machine_description() -> dict:
@@ -167,45 +241,49 @@ def machine_description() -> dict:
             "torch": torch.__version__}
 
 
-def compare_methods(config: RunConfig, methods: list[str], output_dir: Path, learning_rates: dict[str, float],
-                    source: str = "config") -> Path:
-    """Run every method on the same config; write summary.md/.json/.png and return the summary.md path."""
-    if not methods:
-        raise ConfigError("--methods is empty; name at least one method, e.g. --methods full,lora")
-    unknown_rates = set(learning_rates) - set(methods)
-    if unknown_rates:
-        raise ConfigError(f"--learning-rates names {', '.join(sorted(unknown_rates))}, which --methods does not run")
-    check_reference(config.model.name, config.model.revision)  # once, not as a failed row per method
+def compare(config: RunConfig, variants: list[Variant], output_dir: Path, kind: str, source: str = "config") -> Path:
+    """Train every variant into `<output_dir>/<config name>/runs/<variant>`; rewrite summary.md/.json/.png after
+    each (so a long comparison shows its results as they come, and an interrupted one keeps them) and return the
+    summary.md path. The model is checked once, not as a failed row per variant."""
+    check_reference(config.model.name, config.model.revision)
     directory = _new_directory(output_dir, config.name)
     write_atomic(directory / "config.yaml", config_to_yaml(config))
-    if config.training.learning_rate is not None:
-        print(f"note: training.learning_rate={config.training.learning_rate} is not shared across methods; "
-              "each uses its default unless --learning-rates sets it")
+    for variant in variants:
+        if variant.config is not None:
+            variant.config = variant.config.model_copy(update={"output_dir": str(directory / "runs" / variant.label)})
+    _base_scored_once(variants)
     rows: list[dict] = []
-    for index, method in enumerate(methods, 1):
-        print(f"[{index}/{len(methods)}] {method} ...", flush=True)
-        try:
-            method_cfg = method_config(config, method, learning_rates, directory / "runs",
-                                       evaluate_base=_base_metrics(rows) is None)
-        except ConfigError as exc:
-            row = _failed(method, str(exc))
-        else:
-            row = run_method(method_cfg, directory)
+    for index, variant in enumerate(variants, 1):
+        print(f"[{index}/{len(variants)}] {variant.label} ...", flush=True)
+        row = run_variant(variant, directory)
         rows.append(row)
-        outcome = (f"{PRIMARY_METRIC[config.task]}={row['metric']:.4f}, {row['trainable_percent']:.3f}% trainable"
-                   if row["status"] == "ok" else "failed: " + row["error"].splitlines()[-1][:200])
-        print(f"[{index}/{len(methods)}] {method}: {outcome}", flush=True)
-        write_summary(directory, config, source, rows, pending=methods[index:])
+        outcome = (f"score {row['score']:.2f}, {row['trainable_percent']:.3f}% trainable" if row["status"] == "ok"
+                   and row["score"] is not None else "ok" if row["status"] == "ok" else "failed: " + row["error"].splitlines()[-1][:200])
+        print(f"[{index}/{len(variants)}] {variant.label}: {outcome}", flush=True)
+        write_summary(directory, config, source, kind, rows, pending=[v.label for v in variants[index:]])
     return directory / "summary.md"
 
 
-def write_summary(directory: Path, config: RunConfig, source: str, rows: list[dict], pending: list[str]) -> None:
-    """Write summary.json/.md/.png after every method, so a long comparison shows its results as they come
-    (and an interrupted one keeps them); `pending` lists the methods still to run."""
+def _columns(rows: list[dict]) -> list[str]:
+    """The tasks scored by any finished variant, trained tasks first."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    tasks = list(dict.fromkeys(name for row in ok for name in row["scores"]))
+    held_out = {name for row in ok for name in row["held_out"]}
+    return [t for t in tasks if t not in held_out] + [t for t in tasks if t in held_out]
+
+
+def write_summary(directory: Path, config: RunConfig, source: str, kind: str, rows: list[dict], pending: list[str]) -> None:
+    ok = [r for r in rows if r["status"] == "ok"]
+    tasks = _columns(rows)
     summary = {
-        "config": source, "name": config.name, "task": config.task, "model": config.model.name,
-        "metric": PRIMARY_METRIC[config.task], "seed": config.training.seed, "machine": machine_description(),
-        "date": time.strftime("%Y-%m-%d"), "base": _base_metrics(rows), "methods": rows, "pending": pending,
+        "config": source, "name": config.name, "kind": kind, "task": config.task, "model": config.model.name,
+        "architecture": config.architecture(), "seed": config.training.seed, "machine": machine_description(),
+        "date": time.strftime("%Y-%m-%d"),
+        "tasks": {t: {"metric": next(r["metrics"][t] for r in ok if t in r["metrics"]),
+                      "held_out": any(t in r["held_out"] for r in ok)} for t in tasks},
+        "base": {t: next((r["base"][t] for r in ok if t in r["base"]), None) for t in tasks},
+        "base_score": next((r["base_score"] for r in ok if r["base_score"] is not None), None),
+        "variants": rows, "pending": pending,
     }
     write_json(directory / "summary.json", summary)
     write_atomic(directory / "summary.md", render_summary(summary, config))
@@ -217,70 +295,71 @@ def _fmt(value, pattern: str) -> str:
 
 
 def render_summary(summary: dict, config: RunConfig) -> str:
-    metric = summary["metric"]
-    base = (summary["base"] or {}).get(metric)
+    tasks = summary["tasks"]
     budget = f"max_steps {config.training.max_steps}" if config.training.max_steps else f"{config.training.epochs:g} epochs"
+    what = (f"data: train `{config.data.train}` (cap {config.data.max_train_examples or 'none'}), "
+            f"test `{config.data.test or 'split from train'}` (cap {config.data.max_eval_examples or 'none'})"
+            if config.mixture is None else f"{config.mixture.architecture}, sampling {config.mixture.strategy}")
     lines = [
-        f"# Method comparison: {summary['name']}",
-        "",
-        f"- model `{summary['model']}`, task {summary['task']}, config `{summary['config']}`",
-        f"- data: train `{config.data.train}` (cap {config.data.max_train_examples or 'none'}), "
-        f"test `{config.data.test or 'split from train'}` (cap {config.data.max_eval_examples or 'none'})",
-        f"- same seed ({summary['seed']}), data and budget ({budget}, batch {config.training.batch_size}) for every method",
+        f"# {summary['kind'].capitalize()} comparison: {summary['name']}", "",
+        f"- model `{summary['model']}`, {summary['task']}, method {config.method.name if summary['kind'] == 'mixture' else 'per row'}; "
+        f"config `{summary['config']}`",
+        f"- {what}",
+        f"- same seed ({summary['seed']}) and budget ({budget}, batch {config.training.batch_size}) for every variant",
         f"- machine: {summary['machine']['device']}, torch {summary['machine']['torch']}; {summary['date']}",
-        f"- base model (before tuning) test {metric}: {_fmt(base, '.4f')}",
-        "",
-        f"| method | test {metric} | vs base | trainable params | trainable % | learning rate | s / epoch "
-        "| peak RSS MB | peak GPU MB | saved MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "- each task cell: its primary test metric (0-100 scale; blank where that variant did not score the task)", "",
     ]
-    with_forgetting = any("forgetting" in row for row in summary["methods"])
-    if with_forgetting:
-        lines[-2] += f" avg forgetting ({config.eval.retention_suite}) | forgotten tasks |"
-        lines[-1] += " ---: | --- |"
+    header = [f"{t} ({info['metric']}{', held out' if info['held_out'] else ''})" for t, info in tasks.items()]
+    forgetting = any("forgetting" in row for row in summary["variants"])
+    columns = [summary["kind"], *header, "vs base", "trainable params", "trainable %", "learning rate", "s / epoch",
+               "peak RSS MB", "peak GPU MB", "saved MB"]
+    if forgetting:
+        columns += [f"avg forgetting ({config.eval.retention_suite})", "forgotten tasks"]
+    lines += ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
+    lines.append("| base model | " + " | ".join(_fmt(summary["base"][t], ".2f") for t in tasks) + " |" + " |" * (len(columns) - len(tasks) - 1))
     failures = []
-    for row in summary["methods"]:
+    for row in summary["variants"]:
         if row["status"] != "ok":
-            lines.append(f"| {row['method']} | failed | | | | | | | | |")
-            failures.append(f"- **{row['method']}**: " + row["error"].replace("\n", "\n  "))
+            lines.append(f"| {row['variant']} | failed |" + " |" * (len(columns) - 2))
+            failures.append(f"- **{row['variant']}**: " + row["error"].replace("\n", "\n  "))
             continue
-        change = row["metric"] - base if base is not None and row["metric"] is not None else None
-        lines.append(
-            f"| {row['method']} | {_fmt(row['metric'], '.4f')} | {_fmt(change, '+.4f')} | {row['trainable_params']:,} "
-            f"| {row['trainable_percent']:.3f} | {_fmt(row['learning_rate'], 'g')} | {_fmt(row['seconds_per_epoch'], '.1f')} "
-            f"| {_fmt(row['peak_rss_mb'], '.0f')} | {_fmt(row['peak_gpu_mb'], '.0f')} | {row['saved_mb']:.2f} |"
-            + (f" {_fmt(row.get('forgetting'), '+.2f')} | {', '.join(row.get('forgotten_tasks', [])) or 'none'} |"
-               if with_forgetting else "")
-        )
-    lines += ["", "Peak RSS covers training alone (model loading and evaluation excluded) where the OS allows it; "
-              "saved MB is the weights the method writes (tokenizer excluded)."]
+        change = row["score"] - summary["base_score"] if summary["base_score"] is not None and row["score"] is not None else None
+        cells = [row["variant"], *(_fmt(row["scores"].get(t), ".2f") for t in tasks), _fmt(change, "+.2f"),
+                 f"{row['trainable_params']:,}", f"{row['trainable_percent']:.3f}", _fmt(row["learning_rate"], "g"),
+                 _fmt(row["seconds_per_epoch"], ".1f"), _fmt(row["peak_rss_mb"], ".0f"), _fmt(row["peak_gpu_mb"], ".0f"),
+                 f"{row['saved_mb']:.2f}"]
+        if forgetting:
+            cells += [_fmt(row.get("forgetting"), "+.2f"), ", ".join(row.get("forgotten_tasks", [])) or "none"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "vs base: the variant's headline score (its one task's metric, or the macro average over its trained "
+              "tasks) minus the base model's. Peak RSS covers training alone (model loading and evaluation excluded) "
+              "where the OS allows it; saved MB is the weights the variant writes (tokenizer excluded)."]
     if failures:
-        lines += ["", "## Failed methods", "", *failures]
+        lines += ["", "## Failed variants", "", *failures]
     if summary["pending"]:
         lines += ["", f"Still to run: {', '.join(summary['pending'])}."]
     return "\n".join(lines) + "\n"
 
 
 def plot_summary(summary: dict, path: Path) -> None:
-    """Four panels: metric vs trainable % (log), time per epoch, peak memory, saved size."""
+    """Four panels: headline score vs trainable % (log), time per epoch, peak memory, saved size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summary["methods"] if r["status"] == "ok"]
-    names = [r["method"] for r in rows]
+    rows = [r for r in summary["variants"] if r["status"] == "ok" and r["score"] is not None]
+    names = [r["variant"] for r in rows]
     figure, axes = plt.subplots(2, 2, figsize=(11, 8))
     quality, speed, memory, size = axes.flat
     for row in rows:
-        quality.scatter(max(row["trainable_percent"], 1e-4), row["metric"])
-        quality.annotate(row["method"], (max(row["trainable_percent"], 1e-4), row["metric"]),
+        quality.scatter(max(row["trainable_percent"], 1e-4), row["score"])
+        quality.annotate(row["variant"], (max(row["trainable_percent"], 1e-4), row["score"]),
                          textcoords="offset points", xytext=(4, 4), fontsize=8)
-    base = (summary["base"] or {}).get(summary["metric"])
-    if base is not None:
-        quality.axhline(base, linestyle="--", color="grey", label="base model")
+    if summary["base_score"] is not None:
+        quality.axhline(summary["base_score"], linestyle="--", color="grey", label="base model")
         quality.legend(loc="lower right")
-    quality.set(xscale="log", xlabel="trainable parameters (%)", ylabel=f"test {summary['metric']}",
+    quality.set(xscale="log", xlabel="trainable parameters (%)", ylabel="test score (0-100)",
                 title="quality vs trainable share")
     speed.bar(names, [r["seconds_per_epoch"] or 0 for r in rows], color="tab:orange")
     speed.set(ylabel="seconds per epoch", title="training time")
@@ -299,9 +378,9 @@ def plot_summary(summary: dict, path: Path) -> None:
     size.set(yscale="log", ylabel="MB (log)", title="saved weights")
     for axis in (speed, memory, size):
         axis.tick_params(axis="x", rotation=45)
-    figure.suptitle(f"{summary['name']}: {summary['model']} ({summary['task']}), {summary['machine']['device']}")
+    figure.suptitle(f"{summary['name']}: {summary['model']} ({summary['architecture']}), {summary['machine']['device']}")
     figure.tight_layout()
     partial = path.with_name(f".{path.name}.partial.png")
     figure.savefig(partial, dpi=110)
     plt.close(figure)
-    os.replace(partial, path)  # a reader never sees half a PNG
+    os.replace(partial, path)

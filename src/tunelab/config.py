@@ -250,6 +250,11 @@ class TrainingConfig(_Section):
     packing: bool = True
     """Decoder (causal_lm) training without padding: a batch's examples are laid end to end in rows of at most
     data.max_length tokens, position ids restarting per example, so no example attends to another."""
+    save_steps: int | None = Field(None, ge=1)
+    """Also write a checkpoint every this many optimiser steps (one is always written at every evaluation)."""
+    save_minutes: float | None = Field(10.0, gt=0)
+    """Also write a checkpoint when this many minutes have passed since the last one, so a killed run resumed with
+    `tunelab train --resume RUN` loses at most that much; none when absent."""
 
 
 class EvalConfig(_Section):
@@ -373,9 +378,21 @@ class RunConfig(_Section):
         if architecture == "task_adapters" and (self.method.name not in ("lora", "dora", "rslora") or self.task != "causal_lm"):
             raise ValueError("mixture.architecture 'task_adapters' trains one LoRA adapter per task of a decoder: "
                              "set task: causal_lm and method.name: lora")
-        if architecture == "task_adapters" and self.mixture.stages:
-            raise ValueError("mixture.architecture 'task_adapters' does not take curriculum stages yet; use mixture.tasks")
+        stages = self.mixture.stage_list()
+        if self.method.name in ("prefix", "prompt") and any(t.loss_weight != 1 for s in stages for t in s.tasks):
+            raise ValueError(f"method '{self.method.name}' trains through the model's own loss, which takes no per-task "
+                             "loss_weight; drop the loss weights (use weight to sample a task more) or use lora")
+        if self.training.early_stopping_patience and len({t.task for s in stages for t in s.tasks}) > 1:
+            raise ValueError("training.early_stopping_patience needs one task's validation metric, and a mixture of "
+                             "several tasks keeps its last weights; drop it for this run")
         return self
+
+    def architecture(self) -> str:
+        """How the run's model answers its tasks: 'classifier' (one head: a `data:` classification run) or
+        'text_to_text' (a `data:` generation run), or the mixture's own architecture."""
+        if self.mixture is not None:
+            return self.mixture.architecture
+        return "classifier" if self.task == "classification" else "text_to_text"
 
     def learning_rate(self) -> float:
         """The learning rate to train with: the configured one, or the method's measured default."""

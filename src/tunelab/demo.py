@@ -12,7 +12,7 @@ import time
 from importlib.resources import files
 
 from tunelab import pipeline
-from tunelab.card import metrics_table
+from tunelab.card import results_table
 from tunelab.config import build_config
 
 
@@ -36,7 +36,7 @@ def run_demo(output_dir: str = "runs") -> None:
     started = time.perf_counter()
     run = pipeline.train(demo_config(output_dir))
     evaluation = json.loads(run.eval_path.read_text())
-    print(f"\nminilm-l6 + LoRA on the bundled sentiment demo ({evaluation['tuned']['examples']} held-out reviews)")
-    print(metrics_table(evaluation["base"], evaluation["tuned"]))
+    print("\nminilm-l6 + LoRA on the bundled sentiment demo, base vs tuned on its held-out reviews")
+    print(results_table(evaluation))
     print(f"\n{run.state()['trainable']['trainable_percent']:.2f}% of parameters trained; "
           f"demo took {time.perf_counter() - started:.0f} s; run directory: {run.path}")

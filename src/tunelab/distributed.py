@@ -16,9 +16,6 @@ import os
 from typing import TypeVar
 
 import torch
-from transformers.trainer_pt_utils import LengthGroupedSampler
-
-from tunelab.config import ConfigError
 
 T = TypeVar("T")
 
@@ -59,32 +56,3 @@ def barrier() -> None:
     """Wait until every rank gets here (a no-op in a single process)."""
     if world_size() > 1:
         torch.distributed.barrier()
-
-
-def refuse_multiprocess(what: str, processes: int | None = None) -> None:
-    """Stop, with what to do instead, a kind of run that only works in one process."""
-    processes = processes or world_size()
-    if processes > 1:
-        raise ConfigError(f"{what} train in a single process only, and {processes} processes were asked for; "
-                          "run `tunelab train CONFIG` without --nproc, torchrun or accelerate launch")
-
-
-def group_by_global_batch(trainer) -> None:
-    """Make N processes train on the examples one process would with an N times larger batch, step for step.
-
-    transformers sizes its length-grouped megabatches from the per-device batch (batch_size x accumulation),
-    and the megabatch size decides the order of examples, so 2 processes with batch 4 would see other
-    examples at each step than 1 process with batch 8. Sized from the global batch the order is the same,
-    and accelerate deals consecutive per-device batches to consecutive ranks, so each optimiser step holds the
-    same examples whatever the process count. A no-op in one process and for the other sampling strategies.
-    """
-    build = trainer._get_train_sampler
-
-    def sampler(train_dataset=None):
-        chosen = build(train_dataset)
-        if isinstance(chosen, LengthGroupedSampler):
-            args = trainer.args
-            chosen.batch_size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-        return chosen
-
-    trainer._get_train_sampler = sampler

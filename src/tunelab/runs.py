@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,19 @@ class RunDir:
         with self.metrics_path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(entry) + "\n")
 
+    def keep_metrics_until(self, step: int) -> None:
+        """Drop the log lines after `step`: a resumed run logs the steps after its checkpoint again, once."""
+        if self.metrics_path.exists():
+            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+            write_atomic(self.metrics_path, "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+
     def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint a kill
+        interrupted is passed over."""
         if not self.checkpoints.exists():
             return None
-        found = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        complete = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+        found = sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
         return found[-1] if found else None
 
     @contextmanager
@@ -139,3 +149,44 @@ class RunDir:
         if self.model_dir.exists():
             shutil.rmtree(self.model_dir)
         staging.rename(self.model_dir)
+
+
+@dataclass
+class LoadedRun:
+    """A complete run's tuned model, ready to answer, with what it was trained as."""
+
+    run: RunDir
+    model: Any
+    tokenizer: Any
+    config: RunConfig
+    labels: list[str] | None
+    """A classifier's labels in head order (None for other architectures)."""
+
+
+def load_run(run: RunDir) -> LoadedRun:
+    """The tuned model of a complete run of any architecture, in eval mode.
+
+    A full fine-tune is its own checkpoint, a multi-head model is its own folder; every other method (and the
+    per-task adapters) is rebuilt from a fresh base, loaded in full precision (also for qlora), and what it saved.
+    The model stack is imported here so that commands that only read a run's files never pay for torch.
+    """
+    from tunelab.methods import method_module
+    from tunelab.methods.task_adapters import load_task_adapters
+    from tunelab.models.loading import load_base, load_model, load_tokenizer
+    from tunelab.models.multihead import MultiHeadClassifier
+
+    state = run.require_complete()
+    config = run.config()
+    labels = state.get("labels")
+    architecture = config.architecture()
+    if architecture == "multi_head":
+        model = MultiHeadClassifier.load(run.model_dir)
+    elif architecture == "task_adapters":
+        model = load_task_adapters(load_base(config), run.model_dir)
+    else:
+        method = method_module(config.method.name)
+        whole = getattr(method, "SAVES_WHOLE_MODEL", False)
+        base = load_model(config.task, str(run.model_dir), labels) if whole else load_base(config, labels)
+        model = method.load(base, run.model_dir)
+    model.eval()
+    return LoadedRun(run, model, load_tokenizer(str(run.model_dir)), config, labels)

@@ -140,22 +140,68 @@ class PackedCollator:
     row_tokens: int
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """Rows of packed examples; an example's `loss_weights` becomes the weight of each of its tokens."""
         lengths = [len(f["input_ids"]) for f in features]
         rows = first_fit_decreasing(lengths, self.row_tokens)
         width = max(sum(lengths[i] for i in row) for row in rows)
-        input_ids, labels, positions = [], [], []
+        weighted = any("loss_weights" in f for f in features)
+        input_ids, labels, positions, weights = [], [], [], []
         for row in rows:
-            ids, gold, pos = [], [], []
+            ids, gold, pos, weight = [], [], [], []
             for i in row:
                 example = features[i]
                 ids += example["input_ids"]
                 gold += [IGNORE_INDEX] + list(example.get("labels", example["input_ids"]))[1:]
                 pos += range(lengths[i])
+                weight += [float(example.get("loss_weights", 1.0))] * lengths[i]
             tail = width - len(ids)
             input_ids.append(ids + [self.pad_token_id] * tail)
             labels.append(gold + [IGNORE_INDEX] * tail)
             positions.append(pos + list(range(tail)))
-        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+            weights.append(weight + [0.0] * tail)
+        batch = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+        if weighted:
+            batch["loss_weights"] = torch.tensor(weights)
+        return batch
+
+
+TASK_KEY = "task"
+"""The field naming an example's task, which per-task adapters route each batch by."""
+
+
+class TaskCollator:
+    """A text collator (padded or packed) that also carries each example's `loss_weights` (its task's weight in
+    the loss, per example; per token when packed) and its task name for routing."""
+
+    def __init__(self, base):
+        self.base = base
+        self.packed = isinstance(base, PackedCollator)
+
+    def __call__(self, features: list[dict]) -> dict:
+        tasks = [f.get(TASK_KEY) for f in features]
+        weights = torch.tensor([float(f.get("loss_weights", 1.0)) for f in features])
+        dropped = (TASK_KEY,) if self.packed else (TASK_KEY, "loss_weights")
+        batch = self.base([{k: v for k, v in f.items() if k not in dropped} for f in features])
+        if not self.packed:
+            batch["loss_weights"] = weights
+        if tasks[0] is not None:
+            batch[TASK_KEY] = tasks
+        return batch
+
+
+class HeadCollator:
+    """Multi-head batches: pads the token fields and stacks task ids, labels and loss weights."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.pad = DataCollatorWithPadding(tokenizer)
+
+    def __call__(self, features: list[dict]) -> dict:
+        extra = {key: [f[key] for f in features] for key in ("task_ids", "labels", "loss_weights")}
+        batch = self.pad([{k: v for k, v in f.items() if k not in extra} for f in features])
+        batch["task_ids"] = torch.tensor(extra["task_ids"])
+        batch["labels"] = torch.tensor(extra["labels"])
+        batch["loss_weights"] = torch.tensor(extra["loss_weights"], dtype=torch.float32)
+        return batch
 
 
 def make_collator(task: str, tokenizer: PreTrainedTokenizerBase, packed_row_tokens: int | None = None):

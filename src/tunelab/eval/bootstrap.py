@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tunelab.eval.metrics import Metric, align
+from tunelab.eval.metrics import Metric, align, confusion_cells
 
 _BATCH_CELLS = 1 << 20
 """Index draws per batch: bounds memory at ~8 MiB however large samples x examples gets."""
@@ -79,6 +79,18 @@ def _resample_means(scores: np.ndarray, samples: int, seed: int) -> np.ndarray:
     return np.concatenate([scores[batch].mean(axis=1) for batch in _index_batches(len(scores), samples, seed)])
 
 
+def _resample_confusions(metric: Metric, predictions: list, references: list, samples: int, seed: int) -> np.ndarray:
+    """A label metric on every resample from counted confusion matrices (the fast path for corpus label metrics):
+    each example is one (reference, prediction) cell, and a resample's matrix is its cells' counts."""
+    cells, rows, columns = confusion_cells(predictions, references)
+    values = []
+    for batch in _index_batches(len(cells), samples, seed):
+        offsets = np.arange(len(batch))[:, None] * rows * columns
+        counts = np.bincount((cells[batch] + offsets).ravel(), minlength=len(batch) * rows * columns)
+        values.append(metric.from_confusion(counts.reshape(len(batch), rows, columns)))
+    return np.concatenate(values)
+
+
 def _picked(items: list, indices: np.ndarray) -> list:
     """The items at `indices`, repeats included."""
     return [items[i] for i in indices]
@@ -95,6 +107,8 @@ def bootstrap_ci(metric: Metric, predictions: Sequence, references: Sequence | N
     if metric.per_example is not None:
         scores = _per_example(metric, predictions, references)
         return _percentile_interval(value, _resample_means(scores, samples, seed), confidence)
+    if metric.from_confusion is not None:
+        return _percentile_interval(value, _resample_confusions(metric, predictions, references, samples, seed), confidence)
     resampled = _resample(lambda idx: metric.compute(_picked(predictions, idx), _picked(references, idx)),
                           len(predictions), samples, seed)
     return _percentile_interval(value, resampled, confidence)

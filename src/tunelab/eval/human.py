@@ -157,17 +157,26 @@ def _check_generation_run(run: RunDir) -> None:
     config = run.config()
     if config.task not in GENERATION_TASKS:
         raise HumanEvalError(f"run {run.path} is a {config.task} run; human rating is for generated text "
-                             f"({' or '.join(GENERATION_TASKS)} runs). Score a classifier with `tunelab evaluate`")
+                             f"({' or '.join(GENERATION_TASKS)} runs). Score a classifier with `tunelab eval`")
     run.require_complete()
+
+
+def _test_prompt_settings(run: RunDir) -> dict:
+    """The settings that decide a run's test prompts: its data section, or, for a mixture, how its test draws are made."""
+    config = run.config()
+    if config.mixture is None:
+        return {f"data.{key}": value for key, value in config.data.model_dump().items() if key not in TRAINING_ONLY_DATA_FIELDS}
+    return {"mixture.eval_examples": config.mixture.eval_examples, "training.seed": config.training.seed,
+            "data.max_length": config.data.max_length}
 
 
 def _check_same_prompts(run_a: RunDir, run_b: RunDir) -> None:
     """Two runs are only comparable item by item when their test prompts are the same."""
     if run_a.path.resolve() == run_b.path.resolve():
         raise HumanEvalError(f"both systems are run {run_a.path}; give two different runs, or one run to compare with its base model")
-    data_a, data_b = run_a.config().data.model_dump(), run_b.config().data.model_dump()
-    differing = [f"data.{key}: {data_a[key]!r} vs {data_b[key]!r}" for key in data_a
-                 if key not in TRAINING_ONLY_DATA_FIELDS and data_a[key] != data_b[key]]
+    settings_a, settings_b = _test_prompt_settings(run_a), _test_prompt_settings(run_b)
+    differing = [f"{key}: {settings_a.get(key)!r} vs {settings_b.get(key)!r}" for key in settings_a.keys() | settings_b.keys()
+                 if settings_a.get(key) != settings_b.get(key)]
     if differing:
         raise HumanEvalError(f"runs {run_a.path} and {run_b.path} do not share their test data and prompt template ("
                              + "; ".join(differing) + "); compare runs trained on the same data, or compare each with its base model")
@@ -182,33 +191,30 @@ def _system_names(run_a: RunDir, run_b: RunDir | None) -> tuple[str, str]:
     return f"tuned {run_a.path.name}", f"tuned {run_b.path.name}"
 
 
-def _generate_outputs(run_a: RunDir, run_b: RunDir | None, n: int) -> tuple[list[str], list[str], list[str]]:
-    """The first n test prompts and the outputs of system A and B for them, one model in memory at a time.
+def _generate_outputs(run_a: RunDir, run_b: RunDir | None, n: int, task: str | None) -> tuple[list[str], list[str], list[str]]:
+    """The first n test prompts of the run's task (`task` names one of a mixture's) and the answers of system A
+    and B to them, one model in memory at a time.
 
     The model stack is imported here so that rating and reporting never pay for loading torch.
     """
-    from tunelab.data.splits import load_task_data
-    from tunelab.data.templates import render_prompt
-    from tunelab.eval.predict import generate
-    from tunelab.models.loading import load_tokenizer, resolve_source
-    from tunelab.pipeline import _load_base, load_run
+    from tunelab.data.taskset import task_specs, test_records
+    from tunelab.eval.runner import answers
+    from tunelab.eval.targets import load_target
 
     config = run_a.config()
-    records = load_task_data(config).test
+    spec = task_specs(config, run_a.state().get("labels")).pick(task)
+    records = test_records(config, spec)
     if n < 1 or n > len(records):
-        raise HumanEvalError(f"run {run_a.path} has {len(records)} test records; ask for between 1 and {len(records)} (--n)")
+        raise HumanEvalError(f"run {run_a.path} has {len(records)} test records of task {spec.name}; ask for between 1 "
+                             f"and {len(records)} (--n)")
     records = records[:n]
-    prompts = [render_prompt(record.fields, config.data) for record in records]
-    if run_b is None:
-        tokenizer = load_tokenizer(resolve_source(config.model.name, config.model.revision), config.model.revision, config.model.trust_remote_code)
-        outputs_a = generate(_load_base(config, None), tokenizer, records, config)
-    else:
-        model, tokenizer, config_a, _ = load_run(run_a)
-        outputs_a = generate(model, tokenizer, records, config_a)
-        del model
-    model, tokenizer, config_b, _ = load_run(run_b or run_a)
-    outputs_b = generate(model, tokenizer, records, config_b)
-    return prompts, outputs_a, outputs_b
+    system_a = config.model.name if run_b is None else str(run_a.path)
+    outputs = []
+    for reference in (system_a, str((run_b or run_a).path)):
+        target = load_target(reference).for_task(spec.name)
+        outputs.append(answers(target, spec, records))
+        del target
+    return [spec.prompt(record) for record in records], outputs[0], outputs[1]
 
 
 def _sheet_paths(output: Path) -> tuple[str, Path]:
@@ -280,8 +286,9 @@ def write_sheet(output: Path, prompts: list[str], a: SystemOutputs, b: SystemOut
     return output
 
 
-def export_sheet(run_a: RunDir, run_b: RunDir | None, n: int, output: Path, seed: int = 0) -> Path:
-    """Generate and write a blind rating sheet for the first n test prompts of a generation run.
+def export_sheet(run_a: RunDir, run_b: RunDir | None, n: int, output: Path, seed: int = 0, task: str | None = None) -> Path:
+    """Generate and write a blind rating sheet for the first n test prompts of a generation run (of its task
+    `task`, for a mixture).
 
     With one run, system A is its base model and B the tuned run; with two, A and
     B are the two tuned runs, which must share their test data and prompt
@@ -295,7 +302,7 @@ def export_sheet(run_a: RunDir, run_b: RunDir | None, n: int, output: Path, seed
         _check_same_prompts(run_a, run_b)
     _refuse_existing(output)  # before minutes of generation, not after
     names = _system_names(run_a, run_b)
-    prompts, outputs_a, outputs_b = _generate_outputs(run_a, run_b, n)
+    prompts, outputs_a, outputs_b = _generate_outputs(run_a, run_b, n, task)
     return write_sheet(output, prompts, SystemOutputs(names[0], outputs_a), SystemOutputs(names[1], outputs_b), seed)
 
 

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunelab.config import DataConfig, RunConfig, TrainingConfig
+from tunelab.config import RunConfig, TrainingConfig
 from tunelab.data.encode import decoder_prompt_ids
 from tunelab.data.readers import Record
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
 from tunelab.eval.generate import generate_texts
 from tunelab.eval.metrics import get_metric, match_label, unmatched_share
 from tunelab.eval.predict import classify
-from tunelab.eval.targets import Target
+from tunelab.eval.targets import Target, TargetError
 from tunelab.tasks import TaskSpec, parse_entities
 
 
@@ -51,6 +51,10 @@ class TaskResult:
 
 def skip_reason(target: Target, spec: TaskSpec) -> str | None:
     """Why `target` cannot be scored on `spec`, or None when it can."""
+    if target.unavailable:
+        return target.unavailable
+    if target.generates and spec.kind != "language_modeling" and not spec.templates:
+        return f"task {spec.name} has no instruction template, so a generating model cannot be asked it"
     if not target.generates:
         if spec.kind != "classification":
             return f"{target.name} is a classifier; it cannot answer a {spec.kind} task"
@@ -63,29 +67,33 @@ def skip_reason(target: Target, spec: TaskSpec) -> str | None:
     return None
 
 
-def _positions(target: Target) -> int:
-    """The longest sequence the model takes: its position table, or our cap for models without one (T5)."""
-    return min(target.max_length, getattr(target.model.config, "max_position_embeddings", None) or target.max_length)
+def _positions(target: Target, spec: TaskSpec | None = None) -> int:
+    """The longest input: the task's own limit or the target's, within the model's position table (models
+    without one, such as T5, take the limit as it is)."""
+    limit = (spec.max_length if spec is not None else None) or target.max_length
+    return min(limit, getattr(target.model.config, "max_position_embeddings", None) or limit)
 
 
-def prompt_ids(target: Target, prompt: str, max_new_tokens: int) -> list[int]:
-    """Prompt ids that leave room for the answer within the model's positions."""
+def prompt_ids(target: Target, prompt: str, max_new_tokens: int, spec: TaskSpec | None = None) -> list[int]:
+    """Prompt ids that leave room for the answer within the input limit."""
     if target.task == "causal_lm":
-        return decoder_prompt_ids(prompt, target.tokenizer, max(8, _positions(target) - max_new_tokens))[0]
-    return target.tokenizer(prompt, truncation=True, max_length=_positions(target))["input_ids"]
+        return decoder_prompt_ids(prompt, target.tokenizer, max(8, _positions(target, spec) - max_new_tokens))[0]
+    return target.tokenizer(prompt, truncation=True, max_length=_positions(target, spec))["input_ids"]
 
 
-def _answers(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
-    prompts = [prompt_ids(target, spec.prompt(record), spec.max_new_tokens) for record in records]
+def answers(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
+    """The target's generated answers to the records, phrased with the task's first template."""
+    prompts = [prompt_ids(target, spec.prompt(record), spec.max_new_tokens, spec) for record in records]
     return generate_texts(target.model, target.tokenizer, prompts, decoder_only=target.task == "causal_lm",
-                          batch_size=target.batch_size, max_new_tokens=spec.max_new_tokens, stop=spec.stop)
+                          batch_size=target.batch_size, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams,
+                          stop=spec.stop)
 
 
-def _classifier_labels(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
-    data = DataConfig(text_field=spec.input_fields[0], text_pair_field=(spec.input_fields[1:] or [None])[0],
-                      max_length=_positions(target))
+def classifier_predictions(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
+    """A classifier's label and label probabilities for each record, read with the task's text fields."""
+    data = spec.data_config(_positions(target, spec))
     config = RunConfig(task="classification", data=data, training=TrainingConfig(eval_batch_size=target.batch_size))
-    return [p["label"] for p in classify(target.model, target.tokenizer, records, config, target.labels)]
+    return classify(target.model, target.tokenizer, records, config, target.labels)
 
 
 @torch.inference_mode()
@@ -109,7 +117,7 @@ def _text_nll(target: Target, text: str, window: int, stride: int) -> tuple[floa
 
 
 def _nll_pairs(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
-    window = _positions(target)
+    window = _positions(target, spec)
     return [_text_nll(target, str(r.fields[spec.text_field]), window, max(1, window // 2)) for r in records]
 
 
@@ -121,11 +129,11 @@ def predictions_for(target: Target, spec: TaskSpec, records: list[Record]) -> tu
     if spec.kind == "classification":
         references = [spec.label_of(r) for r in records]
         if not target.generates:
-            labels = _classifier_labels(target, spec, records)
+            labels = [p["label"] for p in classifier_predictions(target, spec, records)]
             return labels, references, labels
-        outputs = _answers(target, spec, records)
+        outputs = answers(target, spec, records)
         return [match_label(o, spec.label_words) for o in outputs], references, outputs
-    outputs = _answers(target, spec, records)
+    outputs = answers(target, spec, records)
     if spec.kind == "ner":
         predictions = [parse_entities(o, list(map(str, r.fields[spec.tokens_field]))) for o, r in zip(outputs, records)]
         return predictions, [list(map(str, r.fields[spec.tags_field])) for r in records], outputs
@@ -138,7 +146,9 @@ def score(spec: TaskSpec, predictions: list, references: list, samples: int = 10
 
 
 def run_task(target: Target, spec: TaskSpec, records: list[Record], samples: int = 1000, seed: int = 0) -> TaskResult:
-    """Score `target` on `records` of task `spec`, or say why it cannot be scored."""
+    """Score `target` (for a multi-task model: what answers this task) on `records` of task `spec`, or say why it
+    cannot be scored."""
+    target = target.for_task(spec.name)
     result = TaskResult(spec.name, spec.kind, len(records))
     result.skipped = skip_reason(target, spec)
     if result.skipped:
@@ -148,3 +158,20 @@ def run_task(target: Target, spec: TaskSpec, records: list[Record], samples: int
     if spec.kind == "classification" and target.generates:
         result.unmatched = unmatched_share(result.predictions)
     return result
+
+
+def predict_records(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
+    """What `target` answers for each record of task `spec`: a classifier's label and label probabilities, or a
+    generator's text (with the label it names, for a classification task)."""
+    target = target.for_task(spec.name)
+    reason = skip_reason(target, spec)
+    if reason:
+        raise TargetError(f"cannot predict task {spec.name}: {reason}")
+    if not target.generates:
+        return [{"prediction": p["label"], "scores": p["scores"]} for p in classifier_predictions(target, spec, records)]
+    if spec.kind == "language_modeling":
+        return [{"prediction": output} for output in predictions_for(target, spec, records)[2]]
+    outputs = answers(target, spec, records)
+    if spec.kind == "classification":
+        return [{"prediction": output, "label": match_label(output, spec.label_words)} for output in outputs]
+    return [{"prediction": output} for output in outputs]

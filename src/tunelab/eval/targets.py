@@ -2,22 +2,28 @@
 
 A target knows how it answers: a decoder or encoder-decoder generates text for any task phrased as an
 instruction; a classifier (a run with a trained head) can only score classification tasks whose labels are
-its own. Evaluation places the model on the GPU when there is one.
+its own. A multi-task run answers each task its own way (`Target.for_task`): a multi-head encoder with that
+task's head, per-task adapters with that task's adapter (a task without one with the shared adapter, or the
+base model). Evaluation places the model on the GPU when there is one.
 """
 
 from __future__ import annotations
 
-from tunelab.eval import EvaluationError
-
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
 
-from tunelab.models.loading import load_model, load_tokenizer, resolve_source
+from tunelab.config import RunConfig
+from tunelab.eval import EvaluationError
+from tunelab.methods.task_adapters import SHARED, route, task_names
+from tunelab.models.loading import load_model, load_tokenizer, on_device, resolve_source
+from tunelab.models.multihead import MultiHeadClassifier
 from tunelab.models.registry import REGISTRY
-from tunelab.runs import RunDir
+from tunelab.runs import RunDir, load_run
 
 _FAMILY_TASK = {"decoder": "causal_lm", "seq2seq": "seq2seq"}
 
@@ -29,7 +35,7 @@ class TargetError(EvaluationError):
 @dataclass
 class Target:
     name: str
-    model: PreTrainedModel
+    model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     task: str
     """'classification' (answers through its head), 'causal_lm' or 'seq2seq' (answers by generating)."""
@@ -37,16 +43,85 @@ class Target:
     """A classifier's labels, in head order."""
     batch_size: int = 32
     max_length: int = 1024
-    """Longest prompt in tokens; longer prompts lose the end of their content, never the answer cue."""
+    """Longest prompt in tokens when the task sets none; longer prompts lose the end of their content, never the answer cue."""
+    route: Callable[[str], "Target"] | None = None
+    """A multi-task model's way to answer one task (a head, an adapter); None when one model answers everything."""
+    unavailable: str | None = None
+    """Why this target cannot answer at all (a multi-head run asked for a task it has no head for)."""
 
     @property
     def generates(self) -> bool:
         return self.task != "classification"
 
+    def for_task(self, task: str) -> "Target":
+        """The target that answers `task`."""
+        return self.route(task) if self.route is not None else self
 
-def on_device(model: PreTrainedModel) -> PreTrainedModel:
-    """The model on the GPU when there is one (evaluation and multi-task scoring run there)."""
-    return model.to("cuda") if torch.cuda.is_available() else model
+
+class TaskView(torch.nn.Module):
+    """One task's head of a multi-head model, shaped like a sequence classifier for the shared evaluation code."""
+
+    def __init__(self, model: MultiHeadClassifier, task: str):
+        super().__init__()
+        self.model, self.task, self.config = model, task, model.config
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return SequenceClassifierOutput(logits=self.model.predict(input_ids, attention_mask, self.task, token_type_ids))
+
+
+class AdaptersOff(torch.nn.Module):
+    """The base model inside a task-adapter model (adapters disabled), for tasks that have no adapter."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.peft, self.config = model, model.config
+
+    def forward(self, *args, **kwargs):
+        with self.peft.disable_adapter():
+            return self.peft(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self.peft.disable_adapter():
+            return self.peft.generate(*args, **kwargs)
+
+
+def _multi_head(target: Target, model: MultiHeadClassifier) -> Callable[[str], Target]:
+    def answer(task: str) -> Target:
+        if task not in model.tasks:
+            return Target(target.name, model, target.tokenizer, "classification", [], target.batch_size,
+                          unavailable=f"{target.name} has heads for {', '.join(model.task_names)} only, not {task}")
+        return Target(f"{target.name} [{task} head]", TaskView(model, task), target.tokenizer, "classification",
+                      model.tasks[task], target.batch_size, target.max_length)
+    return answer
+
+
+def _task_adapters(target: Target, model) -> Callable[[str], Target]:
+    def answer(task: str) -> Target:
+        if task in task_names(model):
+            route(model, task)
+            return Target(f"{target.name} [{task} adapter]", model, target.tokenizer, target.task, None, target.batch_size,
+                          target.max_length)
+        if SHARED in model.peft_config:  # a task without an adapter: the shared adapter is what generalises
+            model.base_model.set_adapter([SHARED])
+            return Target(f"{target.name} [shared adapter]", model, target.tokenizer, target.task, None, target.batch_size,
+                          target.max_length)
+        return Target(f"{target.name} [adapters off]", AdaptersOff(model), target.tokenizer, target.task, None,
+                      target.batch_size, target.max_length)
+    return answer
+
+
+def trained_target(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
+                   labels: list[str] | None, name: str, batch_size: int | None = None) -> Target:
+    """How a model of the run's architecture answers tasks (the model in training, or one loaded from a run)."""
+    batch_size = batch_size or config.training.eval_batch_size
+    architecture = config.architecture()
+    task = "classification" if architecture in ("classifier", "multi_head") else config.task
+    target = Target(name, on_device(model), tokenizer, task, labels, batch_size)
+    if architecture == "multi_head":
+        target.route = _multi_head(target, model)
+    elif architecture == "task_adapters" and hasattr(model, "peft_config"):  # not the base before its adapters
+        target.route = _task_adapters(target, model)
+    return target
 
 
 def _task_of_model(reference: str, source: str) -> str:
@@ -68,13 +143,10 @@ def _task_of_model(reference: str, source: str) -> str:
 def load_target(reference: str, batch_size: int = 32) -> Target:
     """A run directory (its tuned model), or a registry name / model folder / hub id (the pretrained model)."""
     if (Path(reference) / "run.json").exists():
-        from tunelab.pipeline import load_run
-
-        model, tokenizer, config, labels = load_run(RunDir(reference))
-        return Target(reference, on_device(model), tokenizer, config.task, labels, batch_size)
+        loaded = load_run(RunDir(reference))
+        return trained_target(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, reference, batch_size)
     source = resolve_source(reference)  # refuses, in seconds, a name that is no model here
     task = _task_of_model(reference, source)
-    model = load_model(task, source)
+    model: PreTrainedModel = load_model(task, source)
     model.eval()
     return Target(reference, on_device(model), load_tokenizer(source), task, None, batch_size)
-

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
-import random
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,10 +31,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
+from tunelab.data.encode import TASK_KEY
 from tunelab.methods import MethodError
 
 SHARED = "shared"
-TASK_KEY = "task"
 MANIFEST = "task_adapters.json"
 # PEFT saves an adapter named "default" in the save directory itself rather than in a subfolder.
 _PEFT_DEFAULT = "default"
@@ -141,6 +139,14 @@ def save_task_adapters(model: PeftModel, directory: Path) -> None:
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
+def merge_task_adapter(model: PeftModel, task: str) -> PreTrainedModel:
+    """One task's adapter (with the shared one, when there is one) folded into the base weights: a standalone
+    transformers model that answers that task as the routed model does (`tunelab merge RUN --task NAME`)."""
+    route(model, task)
+    active = [SHARED, task] if SHARED in model.peft_config else [task]
+    return model.merge_and_unload(adapter_names=active)
+
+
 def load_task_adapters(base: PreTrainedModel, directory: Path) -> PeftModel:
     """Rebuild the multi-task model from a fresh base and `save_task_adapters`'s output, frozen and in eval mode."""
     directory = Path(directory)
@@ -153,64 +159,23 @@ def load_task_adapters(base: PreTrainedModel, directory: Path) -> PeftModel:
     return model
 
 
-class TaskHomogeneousSampler(torch.utils.data.Sampler[int]):
-    """Example order whose consecutive `batch_size` chunks each hold one task, in shuffled chunk order.
-
-    The DataLoader cuts batches from this flat order, so each batch is
-    single-task as long as every chunk is full: a task whose example count is
-    not a multiple of `batch_size` repeats its first shuffled examples to fill
-    its last chunk.
-    """
-
-    def __init__(self, tasks: Sequence[str], batch_size: int, seed: int = 0) -> None:
-        self.tasks = list(tasks)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _chunks(self) -> list[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
-        chunks = []
-        for task in sorted(set(self.tasks)):
-            indices = [i for i, t in enumerate(self.tasks) if t == task]
-            rng.shuffle(indices)
-            short = -len(indices) % self.batch_size
-            indices += (indices * (short // len(indices) + 1))[:short]
-            chunks += [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
-        rng.shuffle(chunks)
-        return chunks
-
-    def __iter__(self) -> Iterator[int]:
-        return (i for chunk in self._chunks() for i in chunk)
-
-    def __len__(self) -> int:
-        return sum(-(-count // self.batch_size) * self.batch_size for count in Counter(self.tasks).values())
-
-
 class TaskRoutedTrainer(Trainer):
     """A `Trainer` that routes each single-task batch to its adapter before the forward pass.
 
     Batches carry ``inputs["task"]``: the task name, or a list of names that
     must all be equal (what a collator produces by copying each example's
     ``task``). Needs ``remove_unused_columns=False`` so the key reaches the
-    collator and `compute_loss`. Training examples are ordered by
-    `TaskHomogeneousSampler`, read from each example's ``task`` entry;
-    evaluation keeps the dataset's order, so pass ``eval_dataset`` as a dict of
-    single-task datasets (the Trainer then reports ``eval_<task>_loss``).
+    collator and `compute_loss`. Every batch must hold one task: the training
+    plan orders the examples in single-task global batches
+    (`tunelab.data.plan.single_task_batches`), read in that order; pass
+    ``eval_dataset`` as a dict of single-task datasets (the Trainer then reports
+    ``eval_<task>_loss``).
     """
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """Build the optimizer over every adapter, not only the one the last route left trainable."""
         make_all_adapters_trainable(self.model)
         return super().create_optimizer(model)
-
-    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
-        dataset = self.train_dataset if train_dataset is None else train_dataset
-        tasks = [example[TASK_KEY] for example in dataset]
-        return TaskHomogeneousSampler(tasks, self._train_batch_size, seed=self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         route(self.model, batch_task(inputs.pop(TASK_KEY)))
@@ -223,5 +188,6 @@ def batch_task(task: str | Sequence[str]) -> str:
         return task
     distinct = sorted(set(task))
     if len(distinct) != 1:
-        raise TaskAdapterError(f"a batch must hold one task, got {distinct}; order examples with TaskHomogeneousSampler")
+        raise TaskAdapterError(f"a batch must hold one task, got {distinct}; order examples with "
+                               "tunelab.data.plan.single_task_batches")
     return distinct[0]

@@ -21,9 +21,10 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    set_seed,
 )
 
-from tunelab.config import ConfigError
+from tunelab.config import ConfigError, RunConfig
 from tunelab.models.reference import check_reference
 from tunelab.models.registry import REGISTRY, RegistryModel, cache_dir, is_prepared, native_dir, package_dir
 
@@ -143,3 +144,16 @@ def load_model(
         kwargs["id2label"] = dict(enumerate(labels))
         kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
     return _AUTO_CLASS[task].from_pretrained(source, **kwargs)
+
+
+def load_base(config: RunConfig, labels: list[str] | None = None, **options) -> PreTrainedModel:
+    """The pretrained model a run starts from, for its task type; the seed fixes a classifier's new head, so
+    every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base)."""
+    set_seed(config.training.seed)
+    return load_model(config.task, resolve_source(config.model.name, config.model.revision), labels,
+                      config.model.revision, config.model.trust_remote_code, **options)
+
+
+def on_device(model: torch.nn.Module) -> torch.nn.Module:
+    """The model on the GPU when there is one (evaluation and scoring run there; training places it itself)."""
+    return model.to("cuda") if torch.cuda.is_available() else model

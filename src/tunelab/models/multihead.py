@@ -25,6 +25,7 @@ Saved layout (`save` / `load`)::
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,18 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
+
+from tunelab.errors import TunelabError
 
 ENCODER_DIR = "encoder"
 HEADS_FILE = "heads.safetensors"
 SETTINGS_FILE = "multihead.json"
+
+
+class MultiHeadError(TunelabError, ValueError):
+    """A multi-head model asked for something it cannot do, with what to do instead."""
 
 
 @dataclass
@@ -170,6 +177,32 @@ class MultiHeadClassifier(nn.Module):
             activation_checkpointing_kwargs=activation_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload
         )
 
+    @torch.no_grad()
+    def as_classifier(self, task: str) -> PreTrainedModel:
+        """The shared encoder with one task's head as a standalone transformers sequence classifier, the model
+        `tunelab merge RUN --task NAME` writes; checked to give this model's logits for that task."""
+        labels = self.tasks[self.task_names[self._task_index(task)]]
+        config = copy.deepcopy(self.encoder.config)
+        config.num_labels, config.id2label = len(labels), dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        classifier = AutoModelForSequenceClassification.from_config(config).to(self.encoder.device).eval()
+        getattr(classifier, classifier.base_model_prefix).load_state_dict(self.encoder.state_dict())
+        head, linear = self.heads[self._task_index(task)][1], getattr(classifier, "classifier", None)
+        if not isinstance(linear, nn.Linear) or linear.weight.shape != head.weight.shape:
+            raise MultiHeadError(f"{type(classifier).__name__} does not put one linear layer on the pooled encoding, as "
+                                 "the multi-head model does, so a head cannot be exported as it; use the run directly")
+        linear.load_state_dict(head.state_dict())
+        probe = torch.randint(0, config.vocab_size, (2, 8), device=self.encoder.device)
+        mask = torch.ones_like(probe)
+        was_training = self.training
+        self.eval()
+        same = torch.allclose(classifier(input_ids=probe, attention_mask=mask).logits, self.predict(probe, mask, task), atol=1e-5)
+        self.train(was_training)
+        if not same:
+            raise MultiHeadError(f"{type(classifier).__name__} pools the encoding differently from the multi-head model, "
+                                 "so a head cannot be exported as it; use the run directly")
+        return classifier
+
     def _head_parameters(self) -> dict[str, nn.Parameter]:
         """Head parameters under portable names, TASK.weight and TASK.bias: the keys of heads.safetensors."""
         return {
@@ -209,6 +242,17 @@ def _load_encoder(source: str) -> PreTrainedModel:
     return AutoModel.from_pretrained(source, dtype=torch.float32)
 
 
+def head_dropout(config) -> float:
+    """The dropout before each head: what the encoder's own classification head would use (its
+    classifier_dropout, else its hidden dropout), 0.1 for an encoder that names neither."""
+    for name in ("classifier_dropout", "hidden_dropout_prob", "dropout"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return float(value)
+    return 0.1
+
+
 def build_multihead(source: str, tasks: dict[str, list[str]], seed: int = 0) -> MultiHeadClassifier:
     """A pretrained encoder (local directory or hub id) with fresh seeded heads for `tasks`."""
-    return MultiHeadClassifier(_load_encoder(source), tasks, seed=seed)
+    encoder = _load_encoder(source)
+    return MultiHeadClassifier(encoder, tasks, dropout=head_dropout(encoder.config), seed=seed)

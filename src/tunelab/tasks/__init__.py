@@ -20,17 +20,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.config import template_fields
-from tunelab.data.readers import DataError, Record, read_source
-from tunelab.eval import EvaluationError
+from tunelab.config import DataConfig, RunConfig, template_fields
+from tunelab.data.readers import DataError, Record, read_file, read_source
+from tunelab.data.validate import check_records, enforce
+from tunelab.errors import TunelabError
 
 TASKS_DIR = Path(__file__).resolve().parent
 SUITES_DIR = TASKS_DIR / "suites"
 
-TaskKind = Literal["classification", "summarisation", "translation", "qa", "ner", "language_modeling"]
+TaskKind = Literal["classification", "generation", "summarisation", "translation", "qa", "ner", "language_modeling"]
 
 PRIMARY_METRIC: dict[str, str] = {
     "classification": "accuracy",
+    "generation": "rougeL",
     "summarisation": "rougeL",
     "translation": "bleu",
     "qa": "squad_f1",
@@ -40,7 +42,14 @@ PRIMARY_METRIC: dict[str, str] = {
 """The metric a task kind is judged by when its file names none."""
 
 
-class TaskError(EvaluationError):
+INLINE_METRICS: dict[str, list[str]] = {
+    "classification": ["accuracy", "f1_macro", "precision_macro", "recall_macro"],
+    "generation": ["rougeL", "rouge1", "rouge2", "exact_match"],
+}
+"""What the task of a `data:` section is scored with, the first being the primary metric."""
+
+
+class TaskError(TunelabError, ValueError):
     """A task file or task name that cannot be used; the message says which key and what is allowed."""
 
 
@@ -83,13 +92,19 @@ class TaskSpec(BaseModel):
     """Metrics reported; the first is the task's primary metric. Default: the kind's primary metric."""
     max_new_tokens: int = Field(64, ge=1)
     """Longest generated answer."""
+    num_beams: int = Field(1, ge=1)
+    """Beam search width for generated answers; 1 is greedy decoding."""
     stop: list[str] = []
     """Strings that end a generated answer (cut before them)."""
+    max_length: int | None = Field(None, ge=8)
+    """Longest input in tokens (prompt, or a classifier's text); the model's own limit when absent. The task of a
+    `data:` section keeps the run's data.max_length, so it is scored on inputs cut as in training."""
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> "TaskSpec":
         needs = {
-            "classification": ("label_words", "input_fields", "templates"),
+            "classification": ("label_words", "input_fields"),
+            "generation": ("reference_field", "templates"),
             "summarisation": ("reference_field", "input_fields", "templates"),
             "translation": ("reference_field", "input_fields", "templates"),
             "qa": ("reference_field", "input_fields", "templates"),
@@ -124,6 +139,16 @@ class TaskSpec(BaseModel):
         if isinstance(value, dict) and "text" in value:  # SQuAD on the hub: {"text": [...], "answer_start": [...]}
             value = value["text"]
         return [str(v) for v in value] if isinstance(value, list) else str(value)
+
+    def data_config(self, max_length: int, max_target_length: int = 128, template: int = 0) -> DataConfig:
+        """The run-data settings that read this task's records: a classifier's text fields, label field and labels,
+        or a generator's prompt template and answer field."""
+        if self.kind == "classification":
+            pair = self.input_fields[1] if len(self.input_fields) > 1 else None
+            return DataConfig(text_field=self.input_fields[0], text_pair_field=pair, label_field=self.label_field,
+                              labels=list(self.label_words), max_length=max_length)
+        return DataConfig(prompt_template=self.templates[template], response_field=self.target_field or self.reference_field,
+                          max_length=max_length, max_target_length=max_target_length)
 
     def prompt(self, record: Record, template: int = 0) -> str:
         """The instruction for a record, from one of the task's templates."""
@@ -229,23 +254,40 @@ def load_records(spec: TaskSpec, limit: int | None = None, seed: int = 0, split:
     return records
 
 
-def _check_fields(spec: TaskSpec, records: list[Record]) -> None:
-    """Every field the task reads must be in every record: name the first record that lacks one."""
+def _check_fields(spec: TaskSpec, records: list[Record], with_target: bool = True) -> None:
+    """Every field the task reads (its answer fields only `with_target`) must be in every record: name the first
+    record that lacks one."""
     needed = set(spec.input_fields)
     for template in spec.templates[:1]:
         needed.update(template_fields(template))
     needed.update({
-        "classification": [spec.label_field], "ner": [spec.tokens_field, spec.tags_field],
+        "classification": [spec.label_field] if with_target else [], "ner": [spec.tokens_field] + ([spec.tags_field] if with_target else []),
         "language_modeling": [spec.text_field],
     }.get(spec.kind, []))
     for record in records:
         missing = sorted(f for f in needed if f not in record.fields)
-        if spec.reference_field and spec.kind not in ("classification", "ner", "language_modeling") and not (
+        if with_target and spec.reference_field and spec.kind not in ("classification", "ner", "language_modeling") and not (
                 spec.reference_field in record.fields or spec.target_field in record.fields):
             missing.append(spec.reference_field)
         if missing:
             raise DataError(f"{record.where}: task {spec.name} needs field(s) {', '.join(missing)}; "
                             f"the record has {', '.join(record.fields)}")
+
+
+def read_for_task(path: str, spec: TaskSpec, with_target: bool = True) -> list[Record]:
+    """A data file read as records of `spec`: every record must parse and carry the fields the task reads (and,
+    `with_target`, its answer), each checked as a run's own data is, so a bad one is named by file and line."""
+    records = read_file(path)
+    if spec.kind in ("classification", "generation"):
+        labels = list(spec.label_words) if spec.kind == "classification" else None
+        task_type = "classification" if spec.kind == "classification" else "causal_lm"
+        return enforce(check_records(records, task_type, spec.data_config(spec.max_length or 512), labels, with_target),
+                       path, skip_invalid=False)
+    bad = next((r for r in records if r.problem), None)
+    if bad:
+        raise DataError(f"{bad.where}: {bad.problem}")
+    _check_fields(spec, records, with_target)
+    return records
 
 
 def read_yaml(path: Path, what: str) -> dict:
@@ -284,3 +326,33 @@ def load_task(reference: str) -> TaskSpec:
 
 def builtin_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def data_task_name(source: str | None) -> str:
+    """A `data:` section's task name, from where its training data lives: the folder of a split file
+    (`.../sst2/train.jsonl` -> sst2), the file's own name otherwise, or a hub dataset's name."""
+    if not source:
+        return "data"
+    if source.startswith("hf:"):
+        return source[3:].split(":")[0].rstrip("/").split("/")[-1] or "data"
+    path = Path(source)
+    if path.is_dir():
+        return path.name
+    named_by_folder = path.stem.lower() in ("train", "training", "data") and path.parent.name not in ("", ".")
+    return path.parent.name if named_by_folder else path.stem
+
+
+def inline_task(config: RunConfig, labels: list[str] | None = None) -> TaskSpec:
+    """The task a `data:` section describes, so that a single-task run is a mixture of one task: a classifier's
+    text fields and label set, or a generator's prompt and answer fields, with the run's decoding settings."""
+    data, name = config.data, data_task_name(config.data.train)
+    common = {"name": name, "description": f"the run's data ({data.train})", "source": data.train or "",
+              "max_length": data.max_length, "metrics": INLINE_METRICS["classification" if config.task == "classification" else "generation"]}
+    if config.task == "classification":
+        fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
+        return TaskSpec(kind="classification", input_fields=fields, label_field=data.label_field,
+                        label_words={label: [label] for label in labels or []}, **common)
+    template = data.prompt_template or "{" + data.prompt_field + "}"
+    return TaskSpec(kind="generation", templates=[template], input_fields=template_fields(template),
+                    reference_field=data.response_field, max_new_tokens=config.eval.max_new_tokens,
+                    num_beams=config.eval.num_beams, **common)

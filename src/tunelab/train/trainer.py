@@ -1,25 +1,35 @@
 """Optimisation on Hugging Face `Trainer`, so `accelerate launch` / `torchrun` give multi-GPU and multi-node.
 
-What we add: a precision chosen from what the hardware really runs, the run
-directory's metrics log and progress bar, best-checkpoint keeping and early
-stopping wired from the config, and, for decoders, a loss that only projects
-completion positions onto the vocabulary (the full logits tensor of a 262k-token
-vocabulary is the largest thing in memory otherwise).
+What we add: a precision chosen from what the hardware really runs; the planned example order read as it is
+(`tunelab.data.plan`); the run directory's metrics log, progress bar and step/time checkpoints; best-checkpoint
+keeping and early stopping for one-task runs; and the losses the architectures need:
+
+- decoders: a completion-only loss that projects only completion positions onto the vocabulary, in chunks (the
+  full logits tensor of a 262k-token vocabulary is the largest thing in memory otherwise), each example (or
+  packed token) weighted by its task's `loss_weight`;
+- encoder-decoders: token cross-entropy with the same weights;
+- per-task adapters: the decoder loss, each single-task batch routed to its task's adapter;
+- classifiers, multi-head encoders and prompt-learning methods: the model's own loss.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch.utils.checkpoint import checkpoint
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from torch.utils.data import SequentialSampler
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from tunelab import distributed
 from tunelab.config import RunConfig
-from tunelab.data.encode import IGNORE_INDEX, make_collator
+from tunelab.data.encode import IGNORE_INDEX
+from tunelab.data.plan import Plan
+from tunelab.methods.task_adapters import TaskRoutedTrainer
 from tunelab.runs import RunDir
 from tunelab.train.callbacks import LossProgressBar, MetricsLog
 
@@ -45,49 +55,19 @@ def choose_precision(requested: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def training_arguments(config: RunConfig, run: RunDir, precision: str, reload_best: bool = True,
-                       packed: bool = False) -> TrainingArguments:
-    """Trainer settings from the config; decoder batches are grouped by length unless they are packed (packing
-    leaves no padding to save, so examples keep a random order)."""
-    training = config.training
-    best = config.best_metric()
-    grouped = config.task != "classification" and not packed
-    return TrainingArguments(
-        output_dir=str(run.checkpoints),
-        num_train_epochs=training.epochs,
-        max_steps=training.max_steps or -1,
-        per_device_train_batch_size=training.batch_size,
-        per_device_eval_batch_size=training.eval_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        learning_rate=config.learning_rate(),
-        weight_decay=training.weight_decay,
-        warmup_steps=training.warmup_ratio,
-        lr_scheduler_type=training.scheduler,
-        max_grad_norm=training.max_grad_norm,
-        optim="adamw_torch",
-        seed=training.seed,
-        data_seed=training.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=reload_best,
-        metric_for_best_model=best,
-        greater_is_better=best not in ("loss", "eval_loss"),
-        logging_steps=training.logging_steps,
-        logging_first_step=True,
-        report_to="none",
-        train_sampling_strategy="group_by_length" if grouped else "random",
-        gradient_checkpointing=training.gradient_checkpointing,
-        prediction_loss_only=config.task != "classification",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-    )
+class PlannedOrder:
+    """Reads the training examples in the order given: the plan already shuffled, balanced and staged them, and
+    under torchrun accelerate deals consecutive per-device batches to consecutive processes."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        return SequentialSampler(self.train_dataset if train_dataset is None else train_dataset)
 
 
-class CompletionLossTrainer(Trainer):
+class PlannedTrainer(PlannedOrder, Trainer):
+    """The model's own loss over the planned order: classifiers, multi-head encoders, prompt-learning decoders."""
+
+
+class CompletionLossTrainer(PlannedOrder, Trainer):
     """Causal-LM training whose loss projects only completion positions onto the vocabulary, in chunks.
 
     The result equals the model's own shifted cross-entropy (tested), but memory
@@ -98,10 +78,10 @@ class CompletionLossTrainer(Trainer):
     loss_is_scaled_for_ga = True  # we divide by num_items_in_batch, like HF models do
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Summed completion-token cross-entropy over the batch's token count; an optional per-example
-        `loss_weights` (multi-task weighted loss) scales each example's tokens."""
+        """Summed completion-token cross-entropy over the batch's token count; an optional `loss_weights` (per
+        example, or per token in packed rows) scales each token (the weighted multi-task loss)."""
         labels = inputs["labels"]
-        example_weights = inputs.get("loss_weights")
+        weights = inputs.get("loss_weights")
         # Padded batches carry an attention mask, packed ones position ids that restart per example. No KV cache:
         # transformers only reads packed boundaries from position ids when there is none (else attention would leak).
         # The forward goes through `model` itself, not its inner decoder, because under DDP only a forward of the
@@ -114,8 +94,11 @@ class CompletionLossTrainer(Trainer):
         targets = labels[:, 1:]
         scored = targets != IGNORE_INDEX
         selected = hidden[:, :-1][scored]
-        weights = (example_weights.float()[:, None].expand_as(targets)[scored] if example_weights is not None
-                   else torch.ones(int(scored.sum()), device=hidden.device))
+        if weights is None:
+            weights = torch.ones(int(scored.sum()), device=hidden.device)
+        else:
+            weights = weights.float()
+            weights = (weights[:, 1:] if weights.dim() == 2 else weights[:, None].expand_as(targets))[scored]
         targets = targets[scored]
         softcap = getattr(inner.config, "final_logit_softcapping", None)
 
@@ -129,14 +112,43 @@ class CompletionLossTrainer(Trainer):
         chunk = max(1, LOSS_CHUNK_LOGITS // head.weight.shape[0])  # rows of the head = vocabulary size
         for start in range(0, targets.numel(), chunk):
             end = start + chunk
-            total = total + checkpoint(chunk_loss, selected[start:end], targets[start:end], weights[start:end], use_reentrant=False)
-        denominator = num_items_in_batch if num_items_in_batch is not None else max(1, targets.numel())
-        loss = total / denominator
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            # num_items_in_batch counts every process's tokens and DDP averages gradients over processes,
-            # so each process's share is scaled back up (what Trainer.compute_loss does for HF models)
-            loss = loss * self.accelerator.num_processes
+            total = total + checkpoint(chunk_loss, selected[start:end], targets[start:end], weights[start:end].to(hidden.device),
+                                       use_reentrant=False)
+        loss = _per_item(self, total, num_items_in_batch, targets.numel())
         return (loss, {"loss": loss}) if return_outputs else loss
+
+
+def _per_item(trainer: Trainer, total: torch.Tensor, num_items_in_batch, items: int) -> torch.Tensor:
+    """A summed token loss divided by the tokens of the whole optimiser step, as HF models do it.
+
+    num_items_in_batch counts every process's tokens over the accumulation steps and DDP averages gradients over
+    processes, so each process's share is scaled back up by their number (what Trainer.compute_loss does).
+    """
+    loss = total / (num_items_in_batch if num_items_in_batch is not None else max(1, items))
+    if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
+        loss = loss * trainer.accelerator.num_processes
+    return loss
+
+
+class WeightedSeq2SeqTrainer(PlannedOrder, Trainer):
+    """Encoder-decoders: token cross-entropy, each example weighted by its task's `loss_weight`."""
+
+    loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop("loss_weights", None)
+        outputs = model(**inputs)
+        labels = inputs["labels"]
+        token_loss = F.cross_entropy(outputs.logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        if weights is not None:
+            token_loss = token_loss * weights[:, None].to(token_loss)
+        scored = labels != IGNORE_INDEX
+        loss = _per_item(self, (token_loss * scored).sum(), num_items_in_batch, int(scored.sum()))
+        return (loss, outputs) if return_outputs else loss
+
+
+class RoutedCompletionTrainer(TaskRoutedTrainer, CompletionLossTrainer):
+    """Per-task adapters: each single-task batch routed to its adapter, with the weighted completion loss."""
 
 
 def accuracy_from_logits(prediction) -> dict[str, float]:
@@ -158,37 +170,94 @@ def can_reload_best_checkpoint(model) -> bool:
     return not (peft_config is not None and peft_config.peft_type == "PREFIX_TUNING" and peft_config.prefix_projection)
 
 
-def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, train_examples: list[dict],
-                  validation_examples: list[dict] | dict[str, list[dict]], precision: str, trainer_class=None) -> Trainer:
-    """The Trainer for a run; `trainer_class` replaces the default choice (multi-task runs read a planned order)."""
+class CheckpointEvery(TrainerCallback):
+    """A checkpoint every `steps` optimiser steps and whenever `minutes` have passed since the last one, beside
+    the one at every evaluation, so a killed run resumes having lost little. Under torchrun, rank 0's clock
+    decides for every rank (they must save together)."""
+
+    def __init__(self, steps: int | None, minutes: float | None):
+        self.steps, self.seconds = steps, minutes * 60 if minutes else None
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        due = bool(self.steps and state.global_step % self.steps == 0)
+        due = due or bool(self.seconds and time.monotonic() - self.last >= self.seconds)
+        if distributed.share_from_main(due) and state.global_step < state.max_steps:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+
+
+def training_arguments(config: RunConfig, run: RunDir, precision: str, plan: Plan, validated: bool,
+                       keeps_best: bool) -> TrainingArguments:
+    """Trainer settings from the config and the plan: `plan.steps` optimiser steps over the planned order, with
+    validation (and a checkpoint) every `plan.eval_steps`; `keeps_best` returns to the best checkpoint at the end."""
+    training = config.training
+    best = config.best_metric()
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        max_steps=plan.steps,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.eval_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=config.learning_rate(),
+        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_ratio,
+        lr_scheduler_type=training.scheduler,
+        max_grad_norm=training.max_grad_norm,
+        optim="adamw_torch",
+        seed=training.seed,
+        data_seed=training.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy="steps" if validated else "no",
+        eval_steps=plan.eval_steps,
+        save_strategy="steps",
+        save_steps=plan.eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=keeps_best,
+        metric_for_best_model=best if keeps_best else None,
+        greater_is_better=best not in ("loss", "eval_loss"),
+        logging_steps=training.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        gradient_checkpointing=training.gradient_checkpointing,
+        prediction_loss_only=config.architecture() != "classifier",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, plan: Plan, train_examples: list[dict],
+                  validation: list[dict] | dict[str, list[dict]] | None, precision: str, trainer_class: type[Trainer],
+                  collator) -> Trainer:
+    """The Trainer of a run. A one-task run with validation keeps its best checkpoint and may stop early; a
+    multi-task run keeps its last weights (per-task validation losses name no single best)."""
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left itself
-    # The chunked completion loss runs the decoder itself, which would skip PEFT's virtual tokens: prompt-learning
-    # methods keep the model's own loss (PEFT pads the labels over the virtual positions).
-    chunked = config.task == "causal_lm" and not adds_virtual_tokens(model)
-    trainer_class = trainer_class or (CompletionLossTrainer if chunked else Trainer)
-    packed = chunked and config.training.packing and trainer_class is CompletionLossTrainer
-    reload_best = can_reload_best_checkpoint(model)
-    if not reload_best:
+    one_task = not isinstance(validation, dict)
+    keeps_best = bool(validation) and one_task and can_reload_best_checkpoint(model)
+    if validation and one_task and not keeps_best:
         print("prefix tuning with reparameterisation: the run keeps its last weights (PEFT cannot reload its best checkpoint)")
-    callbacks = [MetricsLog(run)]
-    if config.training.early_stopping_patience:
+    callbacks = [MetricsLog(run, plan.steps_per_epoch), CheckpointEvery(config.training.save_steps, config.training.save_minutes)]
+    if config.training.early_stopping_patience and keeps_best:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = trainer_class(
         model=model,
-        args=training_arguments(config, run, precision, reload_best, packed),
-        data_collator=make_collator(config.task, tokenizer, config.data.max_length if packed else None),
+        args=training_arguments(config, run, precision, plan, bool(validation), keeps_best),
+        data_collator=collator,
         train_dataset=train_examples,
-        eval_dataset=validation_examples,
+        eval_dataset=validation or None,
         processing_class=tokenizer,
-        compute_metrics=accuracy_from_logits if config.task == "classification" else None,
+        compute_metrics=accuracy_from_logits if config.architecture() == "classifier" else None,
         callbacks=callbacks,
     )
-    if config.task == "classification":
+    if config.architecture() in ("classifier", "multi_head"):
         # Classifier heads average their loss over their own batch, so the Trainer must not treat it as a sum over
         # the tokens of all processes and accumulation steps (it would scale it by process count, and skip the
         # division by gradient_accumulation_steps).
         trainer.model_accepts_loss_kwargs = False
-    distributed.group_by_global_batch(trainer)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgressBar())
     return trainer
