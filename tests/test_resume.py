@@ -1,0 +1,137 @@
+"""Resume after `kill -9`: every run kind, one task or a mixture, curricula included, is killed by a real SIGKILL
+once it has written a step checkpoint, resumed with `tunelab train --resume`, and ends where the uninterrupted
+run ends: the same loss at every step, each step logged once, and the same final scores."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import TrainerControl, TrainerState
+
+from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
+from tunelab.cli import main
+from tunelab.runs import RunDir
+from tunelab.train import trainer as trainer_module
+
+SAVE_STEPS = 5
+
+MIXTURE = {"eval_examples": 4, "validation_examples": 4}
+STAGES = [{"name": "first", "tasks": [{"task": "sst2", "max_examples": 24}], "steps": 20},
+          {"name": "then", "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}], "steps": 20}]
+TASKS = [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}]
+
+
+def _config(kind: str, folder: Path, encoder: str, decoder: str) -> Path:
+    training = {"batch_size": 4, "learning_rate": 3e-3, "precision": "fp32", "logging_steps": 1, "seed": 3,
+                "save_steps": SAVE_STEPS, "save_minutes": None}
+    if kind == "classifier":
+        rows = [{"text": f"the {noun} was {adjective}", "label": label} for label, words in (("positive", POSITIVE), ("negative", NEGATIVE))
+                for adjective in words for noun in NOUNS[:4]]
+        config = {"task": "classification", "model": {"name": encoder}, "method": {"name": "lora"},
+                  "data": {"train": str(write_jsonl(folder / "sentiment.jsonl", rows)), "max_length": 32},
+                  "training": {**training, "epochs": 4}}
+    elif kind == "text_to_text":
+        rows = [{"question": f"repeat the word {w}", "answer": w} for w in (POSITIVE + NEGATIVE + NOUNS) * 3]
+        config = {"task": "causal_lm", "model": {"name": decoder}, "method": {"name": "lora"},
+                  "data": {"train": str(write_jsonl(folder / "copy.jsonl", rows)), "prompt_template": "{question}",
+                           "response_field": "answer", "max_length": 48}, "training": {**training, "epochs": 3}}
+    elif kind == "multi_head":
+        config = {"task": "classification", "model": {"name": encoder}, "method": {"name": "full"}, "data": {"max_length": 96},
+                  "mixture": {**MIXTURE, "tasks": TASKS, "architecture": "multi_head"}, "training": {**training, "max_steps": 40}}
+    else:  # mixtures of instructions, as a curriculum: one plain, one with an adapter per task
+        architecture = "task_adapters" if kind == "task_adapters_curriculum" else "text_to_text"
+        config = {"task": "causal_lm", "model": {"name": decoder}, "method": {"name": "lora"}, "data": {"max_length": 96},
+                  "mixture": {**MIXTURE, "stages": STAGES, "architecture": architecture,
+                              "shared_adapter": architecture == "task_adapters"}, "training": training}
+    path = folder / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump({"name": kind, "eval": {"max_new_tokens": 4}, **config}), encoding="utf-8")
+    return path
+
+
+def _only_run(output_dir: Path) -> RunDir:
+    (path,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return RunDir(path)
+
+
+def _kill_after_a_checkpoint(config: Path, output_dir: Path) -> RunDir:
+    """`tunelab train` in a subprocess, SIGKILLed as soon as its first step checkpoint is complete."""
+    process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(config), f"output_dir={output_dir}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if list(output_dir.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert process.wait(timeout=60) == -signal.SIGKILL, (
+        f"the run ended (exit {process.returncode}) before it could be killed: {process.stderr.read()[-2000:]}")
+    return _only_run(output_dir)
+
+
+def _losses(run: RunDir) -> dict[int, float]:
+    entries = [e for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
+    steps = [e["step"] for e in entries]
+    assert steps == sorted(set(steps)), f"a step is logged twice or out of order: {steps}"
+    return {e["step"]: e["loss"] for e in entries}
+
+
+def _tuned(run: RunDir) -> dict:
+    return {name: task["tuned"] for name, task in json.loads(run.eval_path.read_text())["tasks"].items()}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="the mixtures read sst2 and rte from ../shared/data")
+@pytest.mark.parametrize("kind", ["classifier", "text_to_text", "multi_head", "curriculum", "task_adapters_curriculum"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(kind, tiny_encoder, tiny_decoder, tmp_path):
+    config = _config(kind, tmp_path, tiny_encoder, tiny_decoder)
+    assert main(["train", str(config), f"output_dir={tmp_path / 'whole'}"]) == 0
+    whole = _only_run(tmp_path / "whole")
+
+    killed = _kill_after_a_checkpoint(config, tmp_path / "killed")
+    assert killed.state()["state"] == "running" and not killed.eval_path.exists()  # a killed run never looks complete
+    assert main(["train", "--resume", str(killed.path)]) == 0
+    assert killed.state()["state"] == "complete"
+    assert _losses(killed) == pytest.approx(_losses(whole), rel=1e-5)
+    _assert_same_scores(_tuned(killed), _tuned(whole))
+
+
+def _assert_same_scores(a: dict, b: dict) -> None:
+    """Equal task reports, numbers within float rounding."""
+    assert a.keys() == b.keys()
+    for task in a:
+        assert a[task].get("skipped") == b[task].get("skipped")
+        for metric, interval in a[task].get("metrics", {}).items():
+            assert interval == pytest.approx(b[task]["metrics"][metric], abs=1e-6), (task, metric)
+
+
+def test_checkpoints_every_n_steps_and_every_few_minutes(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: clock[0])
+    callback = trainer_module.CheckpointEvery(steps=4, minutes=2)
+    state, saved = TrainerState(max_steps=100), []
+    for step in range(1, 13):
+        state.global_step = step
+        clock[0] += 30 if step != 6 else 100  # step 6 takes long: 2 minutes have passed since the start
+        control = TrainerControl()
+        callback.on_step_end(None, state, control)
+        if control.should_save:
+            saved.append(step)
+            callback.on_save(None, state, control)
+    assert saved == [4, 6, 8, 12]  # every 4 steps, and at step 6 for the time (whose clock then restarts)
+
+
+def test_a_checkpoint_a_kill_interrupted_is_passed_over(tmp_path):
+    run = RunDir(tmp_path)
+    for step, complete in ((5, True), (10, False)):
+        folder = run.checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert run.last_checkpoint() == run.checkpoints / "checkpoint-5"
