@@ -140,7 +140,7 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpoi
         files[split] = workdir / f"{split}.jsonl"
         files[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     config = build_config({
-        "name": "bench", "task": "causal_lm", "output_dir": str(workdir / "runs"), "model": {"name": args.model},
+        "name": "bench", "task_type": "causal_lm", "output_dir": str(workdir / "runs"), "model": {"name": args.model},
         "data": {"train": str(files["train"]), "validation": str(files["validation"]), "test": str(files["validation"]),
                  "prompt_template": PROMPT, "response_field": "summary", "max_length": args.max_length, "max_target_length": 256},
         "method": {"name": "lora", "lora": {**LORA, "target_modules": ["q_proj", "v_proj"]}},

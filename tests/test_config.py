@@ -23,7 +23,7 @@ def test_defaults_validate():
     config = load_config(None)
     assert isinstance(config, RunConfig)
     assert config == build_config({})
-    assert config.task == "classification"
+    assert config.task_type == "classification"
     # every default is itself valid when fed back through validation
     assert build_config(config.model_dump()) == config
 
@@ -184,13 +184,14 @@ def test_all_problems_reported_together():
 @pytest.mark.parametrize("task", ["causal_lm", "seq2seq"])
 def test_generation_task_needs_prompt(task):
     message = config_error({"task": task})
-    assert f"task '{task}' needs data.prompt_template" in message
+    assert f"task_type '{task}' needs data.prompt_template" in message
     assert "data.prompt_field" in message
 
 
 @pytest.mark.parametrize("data", [{"prompt_template": "Q: {question}"}, {"prompt_field": "question"}])
 def test_generation_task_with_prompt_accepted(data):
-    assert build_config({"task": "causal_lm", "data": data}).task == "causal_lm"
+    assert build_config({"task": "causal_lm", "data": data}).task_type == "causal_lm"  # `task` is task_type's old name
+    assert build_config({"task_type": "causal_lm", "data": data}).task_type == "causal_lm"
 
 
 # --- YAML files ---------------------------------------------------------------------------------------

@@ -60,9 +60,9 @@ def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_
 
 
 def fixed_batch(config, tokenizer, data):
-    examples = encode(config.task, data.train[:16], tokenizer, config.data, data.labels).examples
+    examples = encode(config.task_type, data.train[:16], tokenizer, config.data, data.labels).examples
     tokenizer.padding_side = "right"
-    return make_collator(config.task, tokenizer)(examples)
+    return make_collator(config.task_type, tokenizer)(examples)
 
 
 def outputs(model, batch):
@@ -207,7 +207,7 @@ def test_adapter_switching_refuses_runs_without_a_peft_adapter(tiny_encoder, sen
 
 
 def test_head_is_refused_for_generation_at_config_time(tiny_decoder, copy_task_file, tmp_path):
-    with pytest.raises(ConfigError, match="method 'head' is defined only for task classification"):
+    with pytest.raises(ConfigError, match="method 'head' is defined only for task_type classification"):
         make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "head")
 
 

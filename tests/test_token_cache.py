@@ -44,7 +44,7 @@ def setup(request, tiny_decoder, tiny_encoder, copy_task_file, sentiment_file):
         model_dir, (config, data) = tiny_decoder, causal_setup(tiny_decoder, copy_task_file)
     else:
         model_dir, (config, data) = tiny_encoder, classification_setup(tiny_encoder, sentiment_file)
-    args = {"task": config.task, "records": data.train, "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+    args = {"task": config.task_type, "records": data.train, "tokenizer": AutoTokenizer.from_pretrained(model_dir),
             "data": config.data, "labels": data.labels, "with_target": True}
     return SimpleNamespace(config=config, data=data, model_dir=model_dir, args=args,
                            call=lambda cache_dir, **changes: encode_cached(**{**args, **changes}, cache_dir=cache_dir))
@@ -132,7 +132,7 @@ def assert_miss_matching_fresh(setup, folder, **changes):
 def test_changed_record_is_a_miss(setup, folder):
     setup.call(folder)
     records = list(setup.data.train)
-    field = setup.config.data.text_field if setup.config.task == "classification" else "question"
+    field = setup.config.data.text_field if setup.config.task_type == "classification" else "question"
     records[3] = dataclasses.replace(records[3], fields={**records[3].fields, field: records[3].fields[field] + " again"})
     assert_miss_matching_fresh(setup, folder, records=records)
 
@@ -153,7 +153,7 @@ def test_changed_data_config_is_a_miss(setup, folder):
 
 def test_changed_labels_or_target_is_a_miss(setup, folder):
     setup.call(folder)
-    if setup.config.task == "classification":
+    if setup.config.task_type == "classification":
         assert_miss_matching_fresh(setup, folder, labels=list(reversed(setup.data.labels)))
     assert_miss_matching_fresh(setup, folder, with_target=False)
 

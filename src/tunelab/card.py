@@ -64,7 +64,7 @@ def _data_section(config: RunConfig, state: dict) -> str:
 
 def _setup_lines(config: RunConfig) -> str:
     if config.mixture is None:
-        return f"- task: {config.task}\n- method: {config.method.name}"
+        return f"- task: {config.task_type}\n- method: {config.method.name}"
     mixture = config.mixture
     sampling = mixture.strategy + (f", cap {mixture.cap}" if mixture.strategy == "capped" else "") + (
         f", temperature {mixture.temperature:g}" if mixture.strategy == "temperature" else "")

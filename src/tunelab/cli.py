@@ -38,11 +38,11 @@ def _cmd_data_check(args) -> None:
     from tunelab.data.splits import label_set
     from tunelab.data.validate import check_records, enforce
 
-    config = load_config(args.config, [f"task={args.task}", *args.overrides])
+    config = load_config(args.config, [f"task_type={args.task_type}", *args.overrides])
     records = read_file(args.file)
-    labels = label_set(records, config, args.file) if config.task == "classification" else None
-    valid = enforce(check_records(records, config.task, config.data, labels), args.file, config.data.skip_invalid)
-    print(f"{args.file}: {len(valid)} valid records for task {config.task}" + (f", labels {labels}" if labels else ""))
+    labels = label_set(records, config, args.file) if config.task_type == "classification" else None
+    valid = enforce(check_records(records, config.task_type, config.data, labels), args.file, config.data.skip_invalid)
+    print(f"{args.file}: {len(valid)} valid records for task_type {config.task_type}" + (f", labels {labels}" if labels else ""))
 
 
 def _torchrun(processes: int, arguments: list[str]) -> int:
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate a data file; errors name file:line and field")
     check.add_argument("file")
-    check.add_argument("--task", default="classification", choices=["classification", "causal_lm", "seq2seq"])
+    check.add_argument("--task-type", "--task", dest="task_type", default="classification",
+                       choices=["classification", "causal_lm", "seq2seq"], help="how the records are read (--task is its old name)")
     check.add_argument("--config", help="take field mapping (data.*) from this run config")
     check.add_argument("overrides", nargs="*", help="key=value, e.g. data.text_field=sentence")
     check.set_defaults(func=_cmd_data_check)

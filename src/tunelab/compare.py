@@ -276,7 +276,7 @@ def write_summary(directory: Path, config: RunConfig, source: str, kind: str, ro
     ok = [r for r in rows if r["status"] == "ok"]
     tasks = _columns(rows)
     summary = {
-        "config": source, "name": config.name, "kind": kind, "task": config.task, "model": config.model.name,
+        "config": source, "name": config.name, "kind": kind, "task_type": config.task_type, "model": config.model.name,
         "architecture": config.architecture(), "seed": config.training.seed, "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
         "tasks": {t: {"metric": next(r["metrics"][t] for r in ok if t in r["metrics"]),
@@ -302,7 +302,7 @@ def render_summary(summary: dict, config: RunConfig) -> str:
             if config.mixture is None else f"{config.mixture.architecture}, sampling {config.mixture.strategy}")
     lines = [
         f"# {summary['kind'].capitalize()} comparison: {summary['name']}", "",
-        f"- model `{summary['model']}`, {summary['task']}, method {config.method.name if summary['kind'] == 'mixture' else 'per row'}; "
+        f"- model `{summary['model']}`, {summary['task_type']}, method {config.method.name if summary['kind'] == 'mixture' else 'per row'}; "
         f"config `{summary['config']}`",
         f"- {what}",
         f"- same seed ({summary['seed']}) and budget ({budget}, batch {config.training.batch_size}) for every variant",

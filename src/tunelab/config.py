@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import TunelabError
 
@@ -105,7 +105,7 @@ class DataConfig(_Section):
         return template
 
 
-class LoraConfig(_Section):
+class LoraSettings(_Section):
     r: int = Field(8, ge=1)
     """Rank of the low-rank update."""
     alpha: int = Field(16, ge=1)
@@ -116,14 +116,14 @@ class LoraConfig(_Section):
     """Modules to adapt: 'attention' (query/value projections), 'all-linear', or a list of module names."""
 
 
-class QLoraConfig(_Section):
+class QLoraSettings(_Section):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     """4-bit data type of the frozen base weights (NF4 is the QLoRA paper's)."""
     double_quant: bool = True
     """Also quantise the quantisation constants (saves ~0.4 bits per weight)."""
 
 
-class AdapterConfig(_Section):
+class AdapterSettings(_Section):
     placement: Literal["houlsby", "pfeiffer"] = "houlsby"
     """'houlsby': an adapter after the attention and the feed-forward sublayer of every layer; 'pfeiffer': after the feed-forward sublayer only."""
     reduction_factor: int = Field(16, ge=1)
@@ -132,7 +132,7 @@ class AdapterConfig(_Section):
     """Non-linearity inside the bottleneck."""
 
 
-class PrefixConfig(_Section):
+class PrefixSettings(_Section):
     num_virtual_tokens: int = Field(20, ge=1)
     """Trainable key/value positions prepended to every layer's attention."""
     reparameterize: bool | None = None
@@ -143,7 +143,7 @@ class PrefixConfig(_Section):
     """Hidden width of the reparameterisation MLP."""
 
 
-class PromptConfig(_Section):
+class PromptSettings(_Section):
     num_virtual_tokens: int = Field(20, ge=1)
     """Trainable soft-prompt embeddings prepended to the input."""
     init: Literal["random", "text"] = "random"
@@ -152,13 +152,13 @@ class PromptConfig(_Section):
     """Text whose token embeddings initialise the soft prompt (needed when init is 'text')."""
 
     @model_validator(mode="after")
-    def _text_init_needs_text(self) -> "PromptConfig":
+    def _text_init_needs_text(self) -> "PromptSettings":
         if self.init == "text" and not self.init_text:
             raise ValueError("prompt.init is 'text' but prompt.init_text is empty: give the text, e.g. 'Classify the sentiment of this review:'")
         return self
 
 
-class IA3Config(_Section):
+class IA3Settings(_Section):
     target_modules: list[str] | Literal["default"] = "default"
     """Modules whose outputs get learned rescaling vectors: PEFT's per-architecture default (keys, values, feed-forward) or a list."""
     feedforward_modules: list[str] | None = None
@@ -168,17 +168,17 @@ class IA3Config(_Section):
 class MethodConfig(_Section):
     name: MethodName = "lora"
     """How the model is adapted: full | head | bitfit | lora | dora | rslora | qlora | adapter | prefix | prompt | ia3 (see `tunelab.methods`)."""
-    lora: LoraConfig = LoraConfig()
+    lora: LoraSettings = LoraSettings()
     """LoRA settings (used by lora, dora, rslora and qlora)."""
-    qlora: QLoraConfig = QLoraConfig()
+    qlora: QLoraSettings = QLoraSettings()
     """4-bit base settings (used by qlora; needs CUDA and bitsandbytes)."""
-    adapter: AdapterConfig = AdapterConfig()
+    adapter: AdapterSettings = AdapterSettings()
     """Bottleneck adapter settings (used by adapter)."""
-    prefix: PrefixConfig = PrefixConfig()
+    prefix: PrefixSettings = PrefixSettings()
     """Prefix-tuning settings (used by prefix)."""
-    prompt: PromptConfig = PromptConfig()
+    prompt: PromptSettings = PromptSettings()
     """Soft-prompt settings (used by prompt)."""
-    ia3: IA3Config = IA3Config()
+    ia3: IA3Settings = IA3Settings()
     """IA3 settings (used by ia3)."""
 
     @model_validator(mode="after")
@@ -208,7 +208,7 @@ Methods that train few weights need far larger steps than full fine-tuning
 values follow the methods' papers and the SST-2 comparison in BENCHMARKS.md.
 """
 
-METHOD_TASKS: dict[str, set[str]] = {
+METHOD_TASK_TYPES: dict[str, set[str]] = {
     "head": {"classification"},
 }
 """Methods defined for only some task types; every other method works for all three."""
@@ -338,8 +338,9 @@ class MixtureConfig(_Section):
 class RunConfig(_Section):
     name: str = "run"
     """Run name; the run directory is `<output_dir>/<name>-<timestamp>`."""
-    task: TaskType = "classification"
-    """'classification' (encoder + head), 'causal_lm' (prompt -> completion, decoder) or 'seq2seq' (encoder-decoder)."""
+    task_type: TaskType = Field("classification", validation_alias=AliasChoices("task_type", "task"))
+    """'classification' (encoder + head), 'causal_lm' (prompt -> completion, decoder) or 'seq2seq' (encoder-decoder).
+    Configs written before the rename say `task:`, which is read the same way."""
     output_dir: str = "runs"
     """Where run directories are created."""
     model: ModelConfig = ModelConfig()
@@ -354,30 +355,30 @@ class RunConfig(_Section):
     def _check_task_fields(self) -> "RunConfig":
         if self.mixture is not None:
             return self._check_mixture()
-        if self.task != "classification" and not (self.data.prompt_template or self.data.prompt_field):
+        if self.task_type != "classification" and not (self.data.prompt_template or self.data.prompt_field):
             raise ValueError(
-                f"task '{self.task}' needs data.prompt_template (e.g. 'Summarise:\\n{{dialogue}}') "
+                f"task_type '{self.task_type}' needs data.prompt_template (e.g. 'Summarise:\\n{{dialogue}}') "
                 "or data.prompt_field naming the field that holds the prompt"
             )
-        tasks = METHOD_TASKS.get(self.method.name)
-        if tasks and self.task not in tasks:
+        tasks = METHOD_TASK_TYPES.get(self.method.name)
+        if tasks and self.task_type not in tasks:
             raise ValueError(
-                f"method '{self.method.name}' is defined only for task {' / '.join(sorted(tasks))}, not '{self.task}' "
+                f"method '{self.method.name}' is defined only for task_type {' / '.join(sorted(tasks))}, not '{self.task_type}' "
                 "(a decoder has no separate task head to train); use lora, ia3, prompt or full"
             )
         return self
 
     def _check_mixture(self) -> "RunConfig":
         architecture = self.mixture.architecture
-        if architecture == "multi_head" and (self.task != "classification" or self.method.name != "full"):
+        if architecture == "multi_head" and (self.task_type != "classification" or self.method.name != "full"):
             raise ValueError("mixture.architecture 'multi_head' fine-tunes a shared encoder and its classification heads: "
-                             "set task: classification and method.name: full")
-        if architecture != "multi_head" and self.task == "classification":
-            raise ValueError(f"mixture.architecture '{architecture}' phrases tasks as instructions: set task: causal_lm "
+                             "set task_type: classification and method.name: full")
+        if architecture != "multi_head" and self.task_type == "classification":
+            raise ValueError(f"mixture.architecture '{architecture}' phrases tasks as instructions: set task_type: causal_lm "
                              "(or seq2seq), or use architecture multi_head for an encoder")
-        if architecture == "task_adapters" and (self.method.name not in ("lora", "dora", "rslora") or self.task != "causal_lm"):
+        if architecture == "task_adapters" and (self.method.name not in ("lora", "dora", "rslora") or self.task_type != "causal_lm"):
             raise ValueError("mixture.architecture 'task_adapters' trains one LoRA adapter per task of a decoder: "
-                             "set task: causal_lm and method.name: lora")
+                             "set task_type: causal_lm and method.name: lora")
         stages = self.mixture.stage_list()
         if self.method.name in ("prefix", "prompt") and any(t.loss_weight != 1 for s in stages for t in s.tasks):
             raise ValueError(f"method '{self.method.name}' trains through the model's own loss, which takes no per-task "
@@ -392,20 +393,20 @@ class RunConfig(_Section):
         'text_to_text' (a `data:` generation run), or the mixture's own architecture."""
         if self.mixture is not None:
             return self.mixture.architecture
-        return "classifier" if self.task == "classification" else "text_to_text"
+        return "classifier" if self.task_type == "classification" else "text_to_text"
 
     def learning_rate(self) -> float:
         """The learning rate to train with: the configured one, or the method's measured default."""
         if self.training.learning_rate is not None:
             return self.training.learning_rate
         classification, generation = DEFAULT_LEARNING_RATES[self.method.name]
-        return classification if self.task == "classification" else generation
+        return classification if self.task_type == "classification" else generation
 
     def best_metric(self) -> str:
         """The validation metric that selects the best checkpoint."""
         if self.training.metric_for_best:
             return self.training.metric_for_best
-        return "accuracy" if self.task == "classification" else "loss"
+        return "accuracy" if self.task_type == "classification" else "loss"
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

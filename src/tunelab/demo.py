@@ -23,7 +23,7 @@ def demo_data_path() -> str:
 def demo_config(output_dir: str = "runs"):
     return build_config({
         "name": "demo-sentiment-minilm-lora",
-        "task": "classification",
+        "task_type": "classification",
         "output_dir": output_dir,
         "model": {"name": "minilm-l6"},
         "data": {"train": demo_data_path(), "test_fraction": 0.2, "validation_fraction": 0.1, "max_length": 64},

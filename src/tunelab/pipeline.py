@@ -42,7 +42,7 @@ def check_runnable(config: RunConfig) -> None:
     """Refuse, before any data or model loads, a model that names nothing loadable or cannot do the task, or a
     method that cannot run here."""
     check_reference(config.model.name, config.model.revision)
-    check_family(config.model.name, config.task)
+    check_family(config.model.name, config.task_type)
     check_method(config)
     if config.eval.retention_suite:
         load_suite(config.eval.retention_suite)
@@ -249,9 +249,9 @@ def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
         if not adapter_config.exists() or config.mixture is not None:
             raise MethodError(f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
                               "switching needs one-task runs of lora, dora, rslora, qlora, ia3, prefix or prompt")
-        if (config.model.name, config.task, state.get("labels")) != (first.model.name, first.task, first_labels):
-            raise MethodError(f"run {run.path} was tuned from {config.model.name} ({config.task}, labels "
-                              f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task}, labels "
+        if (config.model.name, config.task_type, state.get("labels")) != (first.model.name, first.task_type, first_labels):
+            raise MethodError(f"run {run.path} was tuned from {config.model.name} ({config.task_type}, labels "
+                              f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task_type}, labels "
                               f"{first_labels}); adapters can only share the base model, task and labels they were trained with")
         peft_types.add(json.loads(adapter_config.read_text())["peft_type"])
     if len(peft_types) > 1:

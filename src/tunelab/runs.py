@@ -69,7 +69,7 @@ class RunDir:
         path.mkdir(parents=True)
         run = cls(path)
         write_atomic(run.config_path, config_to_yaml(config))
-        run.update_state(state="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), task=config.task,
+        run.update_state(state="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), task_type=config.task_type,
                          method=config.method.name, base_model=config.model.name)
         return run
 
@@ -186,7 +186,7 @@ def load_run(run: RunDir) -> LoadedRun:
     else:
         method = method_module(config.method.name)
         whole = getattr(method, "SAVES_WHOLE_MODEL", False)
-        base = load_model(config.task, str(run.model_dir), labels) if whole else load_base(config, labels)
+        base = load_model(config.task_type, str(run.model_dir), labels) if whole else load_base(config, labels)
         model = method.load(base, run.model_dir)
     model.eval()
     return LoadedRun(run, model, load_tokenizer(str(run.model_dir)), config, labels)

@@ -45,7 +45,7 @@ def label_set(records: list[Record], config: RunConfig, source: str) -> list[str
     data = config.data
     if data.labels:
         return list(data.labels)
-    checked = check_records(records, config.task, data, None)
+    checked = check_records(records, config.task_type, data, None)
     labels = sorted({str(r.fields[data.label_field]) for r in checked.valid})
     if len(labels) < 2:
         enforce(checked, source, skip_invalid=False)  # invalid records, if any, explain the missing labels best
@@ -77,10 +77,10 @@ def load_task_data(config: RunConfig) -> TaskData:
             train, splits[split] = _carve(train, max(1, round(total * fraction)), data.split_seed + offset)
             notes.append(f"{split}: {len(splits[split])} records split from train (seed {data.split_seed + offset})")
     labels = None
-    if config.task == "classification":
+    if config.task_type == "classification":
         labels = label_set(train, config, data.train)
     checked = {
-        name: enforce(check_records(records, config.task, data, labels), f"{name} data", data.skip_invalid)
+        name: enforce(check_records(records, config.task_type, data, labels), f"{name} data", data.skip_invalid)
         for name, records in (("train", train), ("validation", splits["validation"]), ("test", splits["test"]))
     }
     if data.max_train_examples and len(checked["train"]) > data.max_train_examples:

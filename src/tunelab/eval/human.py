@@ -155,8 +155,8 @@ def _save_rating(connection: sqlite3.Connection, sheet: str, item_id: str, rater
 def _check_generation_run(run: RunDir) -> None:
     """Only generated text can be rated, and only a finished run has a tuned model to generate it."""
     config = run.config()
-    if config.task not in GENERATION_TASKS:
-        raise HumanEvalError(f"run {run.path} is a {config.task} run; human rating is for generated text "
+    if config.task_type not in GENERATION_TASKS:
+        raise HumanEvalError(f"run {run.path} is a {config.task_type} run; human rating is for generated text "
                              f"({' or '.join(GENERATION_TASKS)} runs). Score a classifier with `tunelab eval`")
     run.require_complete()
 

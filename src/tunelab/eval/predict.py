@@ -32,7 +32,7 @@ def classify(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], config: RunConfig) -> list[str]:
     """Greedy (or beam) completions for each record's prompt, stopping at EOS."""
-    examples = encode(config.task, records, tokenizer, config.data, with_target=False).examples
-    return generate_texts(model, tokenizer, [e["input_ids"] for e in examples], decoder_only=config.task == "causal_lm",
+    examples = encode(config.task_type, records, tokenizer, config.data, with_target=False).examples
+    return generate_texts(model, tokenizer, [e["input_ids"] for e in examples], decoder_only=config.task_type == "causal_lm",
                           batch_size=config.training.eval_batch_size, max_new_tokens=config.eval.max_new_tokens,
                           num_beams=config.eval.num_beams)

@@ -118,7 +118,7 @@ def base_load_options(config: RunConfig, precision: str = "fp32") -> dict:
     """
     module = method_module(config.method.name)
     options = module.load_options(config) if hasattr(module, "load_options") else {}
-    frozen = getattr(module, "FREEZES_BASE", False) and config.task != "classification"
+    frozen = getattr(module, "FREEZES_BASE", False) and config.task_type != "classification"
     if precision == "bf16" and frozen and "quantization_config" not in options:
         options["dtype"] = torch.bfloat16
     return options

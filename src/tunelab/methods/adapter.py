@@ -163,7 +163,7 @@ def check(config: RunConfig) -> None:
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     settings = config.method.adapter
-    head_module = head.head_name(model) if config.task == "classification" else None
+    head_module = head.head_name(model) if config.task_type == "classification" else None
     insert_adapters(model, settings.placement, settings.reduction_factor, settings.activation)
     model.tunelab_adapter = {"placement": settings.placement, "reduction_factor": settings.reduction_factor,
                              "activation": settings.activation, "model_type": model.config.model_type, "head": head_module}

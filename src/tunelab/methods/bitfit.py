@@ -29,7 +29,7 @@ def check(config: RunConfig) -> None:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    head_prefix = head.head_name(model) + "." if config.task == "classification" else None
+    head_prefix = head.head_name(model) + "." if config.task_type == "classification" else None
     kept = delta.freeze_all_but(
         model, lambda name: name.endswith(".bias") or (head_prefix is not None and name.startswith(head_prefix))
     )

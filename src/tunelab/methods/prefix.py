@@ -50,7 +50,7 @@ def check(config: RunConfig) -> None:
 
     Read from the model's config, before any weights load, so a run that cannot work never starts.
     """
-    if config.task != "classification":
+    if config.task_type != "classification":
         return
     model_config = AutoConfig.from_pretrained(resolve_source(config.model.name, config.model.revision), revision=config.model.revision,
                                               trust_remote_code=config.model.trust_remote_code)
@@ -72,9 +72,9 @@ def check(config: RunConfig) -> None:
 def peft_config(config: RunConfig) -> PrefixTuningConfig:
     prefix = config.method.prefix
     return PrefixTuningConfig(
-        task_type=peft_common.PEFT_TASK[config.task],
+        task_type=peft_common.PEFT_TASK[config.task_type],
         num_virtual_tokens=prefix.num_virtual_tokens,
-        prefix_projection=prefix.reparameterize if prefix.reparameterize is not None else config.task != "classification",
+        prefix_projection=prefix.reparameterize if prefix.reparameterize is not None else config.task_type != "classification",
         encoder_hidden_size=prefix.hidden_size,
     )
 
@@ -103,7 +103,7 @@ def route_prefix_to_cache(classifier: nn.Module) -> None:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    if config.task == "classification":
+    if config.task_type == "classification":
         route_prefix_to_cache(model)
     else:
         peft_common.show_cache_to_prompt_learning(model)

@@ -24,7 +24,7 @@ def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
     prompt = config.method.prompt
     from_text = prompt.init == "text"
     return PromptTuningConfig(
-        task_type=peft_common.PEFT_TASK[config.task],
+        task_type=peft_common.PEFT_TASK[config.task_type],
         num_virtual_tokens=prompt.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
         prompt_tuning_init_text=prompt.init_text if from_text else None,
@@ -33,7 +33,7 @@ def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    if config.task != "classification":
+    if config.task_type != "classification":
         peft_common.show_cache_to_prompt_learning(model)
     # The text initialisation tokenises init_text with the model's own tokenizer, saved beside its weights.
     return get_peft_model(model, peft_config(config, model.config._name_or_path))

@@ -150,7 +150,7 @@ def load_base(config: RunConfig, labels: list[str] | None = None, **options) -> 
     """The pretrained model a run starts from, for its task type; the seed fixes a classifier's new head, so
     every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base)."""
     set_seed(config.training.seed)
-    return load_model(config.task, resolve_source(config.model.name, config.model.revision), labels,
+    return load_model(config.task_type, resolve_source(config.model.name, config.model.revision), labels,
                       config.model.revision, config.model.trust_remote_code, **options)
 
 

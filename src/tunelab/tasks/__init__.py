@@ -347,8 +347,8 @@ def inline_task(config: RunConfig, labels: list[str] | None = None) -> TaskSpec:
     text fields and label set, or a generator's prompt and answer fields, with the run's decoding settings."""
     data, name = config.data, data_task_name(config.data.train)
     common = {"name": name, "description": f"the run's data ({data.train})", "source": data.train or "",
-              "max_length": data.max_length, "metrics": INLINE_METRICS["classification" if config.task == "classification" else "generation"]}
-    if config.task == "classification":
+              "max_length": data.max_length, "metrics": INLINE_METRICS["classification" if config.task_type == "classification" else "generation"]}
+    if config.task_type == "classification":
         fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
         return TaskSpec(kind="classification", input_fields=fields, label_field=data.label_field,
                         label_words={label: [label] for label in labels or []}, **common)

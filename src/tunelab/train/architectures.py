@@ -122,18 +122,18 @@ class TextToText(Architecture):
         distinct = list(dict.fromkeys(keys))
         records = [_instruction(tasks.trained[task], tasks.trained[task].train[index], template)
                    for task, index, template in distinct]
-        encoded = dict(zip(distinct, _encoded(config, config.task, records, tokenizer, instruction_data(config), None, "train")))
+        encoded = dict(zip(distinct, _encoded(config, config.task_type, records, tokenizer, instruction_data(config), None, "train")))
         return [{**encoded[key], "loss_weights": tasks.trained[key[0]].loss_weight, TASK_KEY: key[0]} for key in keys]
 
     def _validation(self, config, tasks: TaskSet, tokenizer) -> dict[str, list[dict]]:
         """Each task's validation records as instructions (first template)."""
         return {name: [{**e, TASK_KEY: name} for e in _encoded(
-                    config, config.task, [_instruction(task, r, 0) for r in task.validation], tokenizer,
+                    config, config.task_type, [_instruction(task, r, 0) for r in task.validation], tokenizer,
                     instruction_data(config), None, f"{name} validation")]
                 for name, task in tasks.trained.items() if task.validation}
 
     def _trainer_and_collator(self, model, config, tokenizer) -> tuple[type[Trainer], Callable]:
-        if config.task == "seq2seq":
+        if config.task_type == "seq2seq":
             return WeightedSeq2SeqTrainer, TaskCollator(make_collator("seq2seq", tokenizer))
         if adds_virtual_tokens(model):  # PEFT's virtual tokens live in the model's own forward and loss
             return PlannedTrainer, make_collator("causal_lm", tokenizer)
