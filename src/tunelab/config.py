@@ -10,6 +10,7 @@ did-you-mean for misspelt keys and choices.
 from __future__ import annotations
 
 import difflib
+import os
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,12 @@ from tunelab.errors import TunelabError
 TaskType = Literal["classification", "causal_lm", "seq2seq"]
 MethodName = Literal["full", "head", "bitfit", "lora", "dora", "rslora", "qlora", "adapter", "prefix", "prompt", "ia3"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def tunelab_home() -> Path:
+    """Root of tunelab's caches (prepared models, tokenised data, human ratings): $TUNELAB_HOME, default
+    ~/.cache/tunelab."""
+    return Path(os.environ.get("TUNELAB_HOME", Path.home() / ".cache" / "tunelab")).expanduser()
 
 
 class ConfigError(TunelabError, ValueError):

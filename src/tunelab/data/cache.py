@@ -26,10 +26,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, tunelab_home
 from tunelab.data.encode import Encoded, encode
 from tunelab.data.readers import Record
-from tunelab.models.registry import tunelab_home
 
 FORMAT_VERSION = 1
 """Part of every key: bump it when the file layout changes, so old entries stop matching."""

@@ -35,8 +35,8 @@ from typing import Callable, Iterator, NamedTuple
 import krippendorff
 import numpy as np
 
+from tunelab.config import tunelab_home
 from tunelab.eval import EvaluationError
-from tunelab.models.registry import tunelab_home
 from tunelab.runs import RunDir, write_atomic, write_json
 
 CRITERIA = ("fluency", "coherence", "relevance")

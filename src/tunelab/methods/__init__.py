@@ -23,69 +23,22 @@ Adding a method is one module and one line in ``METHODS``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.errors import TunelabError
+from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
+from tunelab.methods.base import MethodError, TrainableReport, count_parameters
+
+__all__ = ["METHODS", "MethodError", "TrainableReport", "apply_method", "base_load_options", "check_method", "method_module"]
 
 
-class MethodError(TunelabError, ValueError):
-    """A method that cannot do what was asked (run here, merge, load), with what to do instead."""
-
-
-@dataclass
-class TrainableReport:
-    trainable: int
-    total: int
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.trainable / self.total if self.total else 0.0
-
-    def as_dict(self) -> dict:
-        return {"trainable_params": self.trainable, "total_params": self.total, "trainable_percent": round(self.percent, 4)}
-
-    def __str__(self) -> str:
-        return f"{self.trainable:,} of {self.total:,} parameters trainable ({self.percent:.2f}%)"
-
-
-def count_parameters(model: nn.Module) -> TrainableReport:
-    params = {id(p): p for p in model.parameters()}.values()  # tied weights count once
-    return TrainableReport(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
-
-
-def train_only(model: nn.Module, keep) -> list[str]:
-    """Make trainable exactly the parameters whose name `keep(name)` accepts, freeze the rest; returns the kept names."""
-    kept = []
-    for name, parameter in model.named_parameters():
-        trainable = bool(keep(name))
-        parameter.requires_grad_(trainable)
-        if trainable:
-            kept.append(name)
-    return kept
-
-
-def cannot_merge(method: str, why: str):
-    """Refuse `tunelab merge` for a method whose update is not a change of existing weights."""
-    raise MethodError(
-        f"method '{method}' cannot be merged into the base weights: {why}. Use the run directly "
-        "(`tunelab predict RUN`), or train with lora, dora, rslora, ia3 or bitfit when a standalone merged model is needed"
-    )
-
-
-def _registry() -> dict[str, ModuleType]:
-    # Imported here, not at the top: the method modules import MethodError and cannot_merge from this package.
-    from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
-
-    return {"full": full, "head": head, "bitfit": bitfit, "lora": lora, "dora": lora, "rslora": lora, "qlora": lora,
-            "adapter": adapter, "prefix": prefix, "prompt": prompt, "ia3": ia3}
-
-
-METHODS: dict[str, ModuleType] = _registry()
+METHODS: dict[str, ModuleType] = {
+    "full": full, "head": head, "bitfit": bitfit, "lora": lora, "dora": lora, "rslora": lora, "qlora": lora,
+    "adapter": adapter, "prefix": prefix, "prompt": prompt, "ia3": ia3,
+}
 
 
 def method_module(name: str) -> ModuleType:

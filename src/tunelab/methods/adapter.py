@@ -26,7 +26,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from tunelab.config import RunConfig
-from tunelab.methods import MethodError, cannot_merge, head, train_only
+from tunelab.methods import head
+from tunelab.methods.base import MethodError, cannot_merge, train_only
 
 ADAPTER_FILE = "adapter_model.safetensors"
 SETTINGS_FILE = "tunelab_adapter.json"

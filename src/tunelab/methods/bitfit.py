@@ -13,7 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.methods import MethodError, delta, head
+from tunelab.methods import delta, head
+from tunelab.methods.base import MethodError
 from tunelab.models.registry import REGISTRY
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.methods import MethodError, train_only
+from tunelab.methods.base import MethodError, train_only
 
 DELTA_FILE = "delta.safetensors"
 DELTA_INFO = "tunelab_delta.json"

@@ -13,7 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.methods import MethodError, delta
+from tunelab.methods import delta
+from tunelab.methods.base import MethodError
 
 HEAD_MODULES = ("classifier", "score", "classification_head")
 """Attribute names transformers gives a sequence classifier's new head, across architectures."""

@@ -22,7 +22,8 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.methods import MethodError, peft_common
+from tunelab.methods import peft_common
+from tunelab.methods.base import MethodError
 
 FREEZES_BASE = True
 """Every pretrained weight stays frozen and PEFT keeps the adapters in fp32: a bf16 run may load the base in bf16."""

@@ -25,7 +25,8 @@ from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig
 
 from tunelab.config import RunConfig
-from tunelab.methods import MethodError, cannot_merge, peft_common
+from tunelab.methods import peft_common
+from tunelab.methods.base import MethodError, cannot_merge
 from tunelab.models.loading import resolve_source
 
 CACHE_ARGUMENTS = ("cache", "past_key_values")

@@ -13,7 +13,8 @@ from peft import PeftConfig, PeftModel, PromptTuningConfig, PromptTuningInit, Ta
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.methods import cannot_merge, peft_common
+from tunelab.methods import peft_common
+from tunelab.methods.base import cannot_merge
 
 
 def check(config: RunConfig) -> None:

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from tunelab.data.encode import TASK_KEY
-from tunelab.methods import MethodError
+from tunelab.methods.base import MethodError
 
 SHARED = "shared"
 MANIFEST = "task_adapters.json"

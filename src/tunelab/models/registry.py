@@ -9,10 +9,10 @@ safetensors cache (see `tunelab.models.prepare`).
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.config import tunelab_home
 from tunelab.errors import TunelabError
 
 
@@ -79,11 +79,6 @@ REGISTRY: dict[str, RegistryModel] = {
         ),
     )
 }
-
-
-def tunelab_home() -> Path:
-    """Root of tunelab's caches: $TUNELAB_HOME, default ~/.cache/tunelab."""
-    return Path(os.environ.get("TUNELAB_HOME", Path.home() / ".cache" / "tunelab")).expanduser()
 
 
 def cache_dir(model: RegistryModel) -> Path:
