@@ -42,7 +42,9 @@ def main() -> None:
                 accuracy[precision].append(task["tuned"]["metrics"]["accuracy"]["value"])
     auto, fp32 = statistics.median(seconds["auto"]), statistics.median(seconds["fp32"])
     print("\n## demo benchmark")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print(f"demo end to end: {demo_seconds:.1f} s")
     print(f"training, precision auto (= {choose_precision('auto')}): median {auto:.1f} s, accuracy {accuracy['auto']}")
     print(f"training, fp32 baseline: median {fp32:.1f} s, accuracy {accuracy['fp32']}")

@@ -48,23 +48,51 @@ def main() -> None:
     decoder_only = target.task == "causal_lm"
     texts = [tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
     tokenizer.padding_side = "left"
-    generator = hf_pipeline("text-generation" if decoder_only else "text2text-generation", model=target.model,
-                            tokenizer=tokenizer, device=target.model.device)
+    generator = hf_pipeline(
+        "text-generation" if decoder_only else "text2text-generation",
+        model=target.model,
+        tokenizer=tokenizer,
+        device=target.model.device,
+    )
 
     def batched():
-        return generate_texts(target.model, tokenizer, prompts, decoder_only=decoder_only, batch_size=args.batch_size,
-                              max_new_tokens=max_new, stop=spec.stop)
+        return generate_texts(
+            target.model,
+            tokenizer,
+            prompts,
+            decoder_only=decoder_only,
+            batch_size=args.batch_size,
+            max_new_tokens=max_new,
+            stop=spec.stop,
+        )
 
     def one_at_a_time():
-        return generate_texts(target.model, tokenizer, prompts, decoder_only=decoder_only, batch_size=1,
-                              max_new_tokens=max_new, stop=spec.stop)
+        return generate_texts(
+            target.model,
+            tokenizer,
+            prompts,
+            decoder_only=decoder_only,
+            batch_size=1,
+            max_new_tokens=max_new,
+            stop=spec.stop,
+        )
 
     def transformers_pipeline():
-        outputs = generator(texts, batch_size=args.batch_size, max_new_tokens=max_new, do_sample=False,
-                            return_full_text=False, pad_token_id=tokenizer.pad_token_id)
+        outputs = generator(
+            texts,
+            batch_size=args.batch_size,
+            max_new_tokens=max_new,
+            do_sample=False,
+            return_full_text=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         return [o[0]["generated_text"].strip() for o in outputs]
 
-    methods = {"tunelab batched": batched, "one at a time": one_at_a_time, "transformers pipeline": transformers_pipeline}
+    methods = {
+        "tunelab batched": batched,
+        "one at a time": one_at_a_time,
+        "transformers pipeline": transformers_pipeline,
+    }
     seconds = {name: [] for name in methods}
     answers = {}
     for _ in range(args.repeats):
@@ -77,9 +105,15 @@ def main() -> None:
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - started)
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
-    print(f"model {args.model}, task {args.task}, {args.n} prompts, batch {args.batch_size}, max_new_tokens {max_new}, "
-          f"greedy; {device}; torch {torch.__version__}; medians of {args.repeats} alternating runs")
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"model {args.model}, task {args.task}, {args.n} prompts, batch {args.batch_size}, max_new_tokens {max_new}, "
+        f"greedy; {device}; torch {torch.__version__}; medians of {args.repeats} alternating runs"
+    )
     baseline = _tokens(tokenizer, answers["one at a time"]) / statistics.median(seconds["one at a time"])
     print(f"{'method':24} {'seconds':>8} {'gen tokens':>10} {'tokens/s':>9} {'vs one at a time':>17}")
     for name in methods:

@@ -39,7 +39,10 @@ def matmul_peaks(repeats: int = 5) -> dict[str, float]:
     """
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: TF32 would report a different unit
-        return {"fp32": matmul_flops(torch.float32, 8192, repeats, "cuda"), "bf16": matmul_flops(torch.bfloat16, 8192, repeats, "cuda")}
+        return {
+            "fp32": matmul_flops(torch.float32, 8192, repeats, "cuda"),
+            "bf16": matmul_flops(torch.bfloat16, 8192, repeats, "cuda"),
+        }
     fp32 = max(matmul_flops(torch.float32, size, repeats, "cpu") for size in (1024, 2048))
     probe = matmul_flops(torch.bfloat16, 256, 2, "cpu")
     sizes = (1024, 2048) if probe > fp32 / 10 else (512,)

@@ -114,7 +114,9 @@ def heldout_loss(model, tokenizer, examples: list[tuple[str, str]]) -> float:
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for prompt, completion in examples:
-        prompt_ids = tokenizer(format_decoder_prompt(prompt, tokenizer), add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+        prompt_ids = tokenizer(
+            format_decoder_prompt(prompt, tokenizer), add_special_tokens=not has_chat_template(tokenizer)
+        )["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([list(prompt_ids) + completion_ids], device=device)
         labels = ids.clone()
@@ -136,19 +138,43 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpoi
     from tunelab.train.trainer import choose_precision
 
     files = {}
-    for split, rows in (("train", dialogsum_rows("train", args.steps * args.batch_size)), ("validation", dialogsum_rows("validation", 8))):
+    for split, rows in (
+        ("train", dialogsum_rows("train", args.steps * args.batch_size)),
+        ("validation", dialogsum_rows("validation", 8)),
+    ):
         files[split] = workdir / f"{split}.jsonl"
         files[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config = build_config({
-        "name": "bench", "task_type": "causal_lm", "output_dir": str(workdir / "runs"), "model": {"name": args.model},
-        "data": {"train": str(files["train"]), "validation": str(files["validation"]), "test": str(files["validation"]),
-                 "prompt_template": PROMPT, "response_field": "summary", "max_length": args.max_length, "max_target_length": 256},
-        "method": {"name": "lora", "lora": {**LORA, "target_modules": ["q_proj", "v_proj"]}},
-        "training": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                     "warmup_ratio": 0, "weight_decay": 0, "seed": args.seed, "logging_steps": 1,
-                     "precision": precision, "packing": packing, "gradient_checkpointing": checkpointing},
-        "eval": {"evaluate_base": False},
-    })
+    config = build_config(
+        {
+            "name": "bench",
+            "task_type": "causal_lm",
+            "output_dir": str(workdir / "runs"),
+            "model": {"name": args.model},
+            "data": {
+                "train": str(files["train"]),
+                "validation": str(files["validation"]),
+                "test": str(files["validation"]),
+                "prompt_template": PROMPT,
+                "response_field": "summary",
+                "max_length": args.max_length,
+                "max_target_length": 256,
+            },
+            "method": {"name": "lora", "lora": {**LORA, "target_modules": ["q_proj", "v_proj"]}},
+            "training": {
+                "max_steps": args.steps,
+                "batch_size": args.batch_size,
+                "learning_rate": args.learning_rate,
+                "warmup_ratio": 0,
+                "weight_decay": 0,
+                "seed": args.seed,
+                "logging_steps": 1,
+                "precision": precision,
+                "packing": packing,
+                "gradient_checkpointing": checkpointing,
+            },
+            "eval": {"evaluate_base": False},
+        }
+    )
     resolved = choose_precision(precision)
     tasks = load_taskset(config)
     ready = pipeline.setup(config, RunDir.create(config), tasks, plan_training(config, tasks), resolved)
@@ -156,25 +182,38 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpoi
 
 
 def baseline_trainer(args, fair: bool):
-    from trl_baseline import trl_trainer
     from tunelab.models.loading import load_tokenizer, resolve_source
+
+    from trl_baseline import trl_trainer
 
     source = resolve_source(args.model)
     chat = has_chat_template(load_tokenizer(source))
     rows = pairs(dialogsum_rows("train", args.steps * args.batch_size))
     if not chat:  # a base model: the prompt ends with the newline tunelab puts before the answer
         rows = [(f"{prompt}\n", completion) for prompt, completion in rows]
-    trainer = trl_trainer(source, rows, conversational=chat,
-                          steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                          lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                          max_length=args.max_length, fair=fair)
+    trainer = trl_trainer(
+        source,
+        rows,
+        conversational=chat,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        lora_r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        max_length=args.max_length,
+        fair=fair,
+    )
     precision = "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
     return trainer, trainer.processing_class, precision
 
 
 def non_embedding_parameters(model) -> int:
     """The pretrained weights every token passes through: all but the embeddings, the LM head and LoRA's own."""
-    embeddings = {id(p) for module in (model.get_input_embeddings(), model.get_output_embeddings()) for p in module.parameters()}
+    embeddings = {
+        id(p) for module in (model.get_input_embeddings(), model.get_output_embeddings()) for p in module.parameters()
+    }
     return sum(p.numel() for name, p in model.named_parameters() if id(p) not in embeddings and "lora_" not in name)
 
 
@@ -183,8 +222,9 @@ def run_variant(variant: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as workdir:
         if variant.startswith("tunelab"):
             forced = {"tunelab-fp32": "fp32", "tunelab-bf16": "bf16"}.get(variant, "auto")
-            trainer, tokenizer, precision = tunelab_trainer(args, Path(workdir), forced,
-                                                           packing=variant != "tunelab-nopack", checkpointing=variant == "tunelab-gc")
+            trainer, tokenizer, precision = tunelab_trainer(
+                args, Path(workdir), forced, packing=variant != "tunelab-nopack", checkpointing=variant == "tunelab-gc"
+            )
         else:
             trainer, tokenizer, precision = baseline_trainer(args, fair=variant == "trl-fair")
         clock, counter = StepClock(), CountingCollator(trainer.data_collator)
@@ -195,15 +235,20 @@ def run_variant(variant: str, args) -> dict:
         trainer.train()
         model = trainer.model
         timed = clock.durations[1:]  # the first step pays for lazy initialisation
-        tokens = sum(counter.tokens[1:len(clock.durations)])
+        tokens = sum(counter.tokens[1 : len(clock.durations)])
         result = {
-            "variant": variant, "precision": precision, "steps": len(clock.durations),
-            "seconds_per_step": statistics.median(timed), "tokens_per_second": tokens / sum(timed),
-            "padding_free_tokens": sum(counter.tokens[:len(clock.durations)]),
+            "variant": variant,
+            "precision": precision,
+            "steps": len(clock.durations),
+            "seconds_per_step": statistics.median(timed),
+            "tokens_per_second": tokens / sum(timed),
+            "padding_free_tokens": sum(counter.tokens[: len(clock.durations)]),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "final_train_loss": statistics.mean(clock.losses[-3:]),
-            "non_embedding_parameters": non_embedding_parameters(model.get_base_model() if hasattr(model, "get_base_model") else model),
+            "non_embedding_parameters": non_embedding_parameters(
+                model.get_base_model() if hasattr(model, "get_base_model") else model
+            ),
         }
         result["heldout_loss"] = heldout_loss(model, tokenizer, pairs(dialogsum_rows("validation", HELDOUT)))
         return result
@@ -216,7 +261,7 @@ def launch(variant: str, argv: list[str]) -> dict:
     if done.returncode or not lines:
         errors = [line for line in done.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
         return {"variant": variant, "error": errors[-1:] or done.stderr.strip().splitlines()[-1:] or ["no output"]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def summarise(results: list[dict], peaks: dict[str, float]) -> dict[str, dict]:
@@ -227,9 +272,13 @@ def summarise(results: list[dict], peaks: dict[str, float]) -> dict[str, dict]:
         if not runs:
             table[variant] = {"error": next(r["error"] for r in results if r["variant"] == variant)}
             continue
-        row = {key: statistics.median(r[key] for r in runs) for key in
-               ("tokens_per_second", "seconds_per_step", "peak_rss_mb", "final_train_loss", "heldout_loss")}
-        row["peak_gpu_mb"] = statistics.median(r["peak_gpu_mb"] for r in runs) if runs[0]["peak_gpu_mb"] is not None else None
+        row = {
+            key: statistics.median(r[key] for r in runs)
+            for key in ("tokens_per_second", "seconds_per_step", "peak_rss_mb", "final_train_loss", "heldout_loss")
+        }
+        row["peak_gpu_mb"] = (
+            statistics.median(r["peak_gpu_mb"] for r in runs) if runs[0]["peak_gpu_mb"] is not None else None
+        )
         row["precision"], row["runs"] = runs[0]["precision"], len(runs)
         peak = peaks.get(row["precision"])
         row["mfu"] = 4 * runs[0]["non_embedding_parameters"] * row["tokens_per_second"] / peak if peak else None
@@ -239,9 +288,11 @@ def summarise(results: list[dict], peaks: dict[str, float]) -> dict[str, dict]:
 
 def render(table: dict[str, dict], reference: str, peaks: dict[str, float]) -> str:
     base = table.get(reference, {}).get("tokens_per_second")
-    lines = [f"matmul peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in peaks.items()),
-             f"{'variant':15} {'prec':5} {'tok/s':>8} {'s/step':>7} {'RSS MB':>8} {'GPU MB':>8} {'train loss':>10} "
-             f"{'heldout':>8} {'MFU':>6} {'vs ' + reference:>12}"]
+    lines = [
+        "matmul peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in peaks.items()),
+        f"{'variant':15} {'prec':5} {'tok/s':>8} {'s/step':>7} {'RSS MB':>8} {'GPU MB':>8} {'train loss':>10} "
+        f"{'heldout':>8} {'MFU':>6} {'vs ' + reference:>12}",
+    ]
     for variant, row in table.items():
         if "error" in row:
             lines.append(f"{variant:15} failed: {row['error']}")
@@ -249,8 +300,10 @@ def render(table: dict[str, dict], reference: str, peaks: dict[str, float]) -> s
         ratio = f"{row['tokens_per_second'] / base:.2f}x" if base else "-"
         gpu = f"{row['peak_gpu_mb']:8.0f}" if row["peak_gpu_mb"] is not None else f"{'-':>8}"
         mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] is not None else f"{'-':>6}"
-        lines.append(f"{variant:15} {row['precision']:5} {row['tokens_per_second']:8.1f} {row['seconds_per_step']:7.2f} "
-                     f"{row['peak_rss_mb']:8.0f} {gpu} {row['final_train_loss']:10.4f} {row['heldout_loss']:8.4f} {mfu} {ratio:>12}")
+        lines.append(
+            f"{variant:15} {row['precision']:5} {row['tokens_per_second']:8.1f} {row['seconds_per_step']:7.2f} "
+            f"{row['peak_rss_mb']:8.0f} {gpu} {row['final_train_loss']:10.4f} {row['heldout_loss']:8.4f} {mfu} {ratio:>12}"
+        )
     return "\n".join(lines)
 
 
@@ -263,8 +316,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--variants", default="tunelab,trl-fair,trl-defaults",
-                        help=f"comma list of {', '.join(VARIANTS)}; they alternate within each repeat")
+    parser.add_argument(
+        "--variants",
+        default="tunelab,trl-fair,trl-defaults",
+        help=f"comma list of {', '.join(VARIANTS)}; they alternate within each repeat",
+    )
     parser.add_argument("--reference", default="trl-fair", help="the variant the ratio column divides by")
     parser.add_argument("--output", help="also write the per-run results and the summary as JSON here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -286,11 +342,15 @@ def main() -> None:
             print(f"repeat {repeat + 1} {variant}: " + json.dumps(result), flush=True)
             results.append(result)
     table = summarise(results, peaks)
-    print(f"\n{args.model}, {args.steps} steps x batch {args.batch_size}, medians of {args.repeats} alternating runs, "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else f'CPU, {torch.get_num_threads()} threads'}")
+    print(
+        f"\n{args.model}, {args.steps} steps x batch {args.batch_size}, medians of {args.repeats} alternating runs, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else f'CPU, {torch.get_num_threads()} threads'}"
+    )
     print(render(table, args.reference, peaks))
     if args.output:
-        Path(args.output).write_text(json.dumps({"args": vars(args), "peaks": peaks, "runs": results, "summary": table}, indent=2))
+        Path(args.output).write_text(
+            json.dumps({"args": vars(args), "peaks": peaks, "runs": results, "summary": table}, indent=2)
+        )
 
 
 if __name__ == "__main__":

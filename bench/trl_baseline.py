@@ -17,14 +17,31 @@ from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
 
-def trl_trainer(model_dir: str, pairs: list[tuple[str, str]], *, steps: int, batch_size: int, learning_rate: float,
-                seed: int, lora_r: int, lora_alpha: int, lora_dropout: float, max_length: int, fair: bool,
-                conversational: bool = True) -> SFTTrainer:
+def trl_trainer(
+    model_dir: str,
+    pairs: list[tuple[str, str]],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    max_length: int,
+    fair: bool,
+    conversational: bool = True,
+) -> SFTTrainer:
     """An SFTTrainer on prompt/completion rows, loss on completions: conversational rows (TRL applies the chat
     template) for chat models, plain text rows for base models without a chat template."""
     if conversational:
-        rows = [{"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
-                for prompt, completion in pairs]
+        rows = [
+            {
+                "prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": completion}],
+            }
+            for prompt, completion in pairs
+        ]
     else:
         rows = [{"prompt": prompt, "completion": completion} for prompt, completion in pairs]
     dataset = Dataset.from_list(rows)
@@ -41,6 +58,11 @@ def trl_trainer(model_dir: str, pairs: list[tuple[str, str]], *, steps: int, bat
         use_cpu=not torch.cuda.is_available(),  # TRL's bf16 default refuses to start on CPU without it
         **({"bf16": False} if fair else {}),
     )
-    peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                             target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+    )
     return SFTTrainer(model=model_dir, args=args, train_dataset=dataset, peft_config=peft_config)

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from tunelab.models.registry import REGISTRY, native_dir
 
@@ -47,24 +55,59 @@ def _save(model, tokenizer, path: Path, **special) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory, tokenizer_dir) -> str:
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     return _save(_seeded(lambda: BertModel(config)), tokenizer_dir, tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
 def tiny_decoder(tmp_path_factory, tokenizer_dir) -> str:
-    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
-                         pad_token_id=0, eos_token_id=102, bos_token_id=101)
-    return _save(_seeded(lambda: LlamaForCausalLM(config)), tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"), eos_token="[SEP]")
+    config = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=102,
+        bos_token_id=101,
+    )
+    return _save(
+        _seeded(lambda: LlamaForCausalLM(config)),
+        tokenizer_dir,
+        tmp_path_factory.mktemp("tiny-llama"),
+        eos_token="[SEP]",
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_seq2seq(tmp_path_factory, tokenizer_dir) -> str:
-    config = T5Config(vocab_size=30522, d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
-                      num_heads=2, pad_token_id=0, eos_token_id=102, decoder_start_token_id=0)
-    return _save(_seeded(lambda: T5ForConditionalGeneration(config)), tokenizer_dir, tmp_path_factory.mktemp("tiny-t5"), eos_token="[SEP]")
+    config = T5Config(
+        vocab_size=30522,
+        d_model=32,
+        d_ff=64,
+        d_kv=16,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        pad_token_id=0,
+        eos_token_id=102,
+        decoder_start_token_id=0,
+    )
+    return _save(
+        _seeded(lambda: T5ForConditionalGeneration(config)),
+        tokenizer_dir,
+        tmp_path_factory.mktemp("tiny-t5"),
+        eos_token="[SEP]",
+    )
 
 
 POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]
@@ -85,7 +128,9 @@ def sentiment_file(tmp_path) -> Path:
     for i in range(96):
         positive = i % 2 == 0
         adjective = rng.choice(POSITIVE if positive else NEGATIVE)
-        rows.append({"text": f"the {rng.choice(NOUNS)} was {adjective}", "label": "positive" if positive else "negative"})
+        rows.append(
+            {"text": f"the {rng.choice(NOUNS)} was {adjective}", "label": "positive" if positive else "negative"}
+        )
     return write_jsonl(tmp_path / "sentiment.jsonl", rows)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import torch
 
 from tunelab.config import RunConfig
@@ -51,7 +53,15 @@ def train_in_process(model, tokenizer, config: RunConfig, run):
     tasks = load_taskset(config)
     plan = plan_training(config, tasks)
     feed = architecture_of(config).feed(model, config, tasks, plan, tokenizer)
-    trainer = build_trainer(model, tokenizer, config, run, plan, feed.train, feed.validation, "fp32", feed.trainer_class,
-                            feed.collator)
+    trainer = build_trainer(
+        model, tokenizer, config, run, plan, feed.train, feed.validation, "fp32", feed.trainer_class, feed.collator
+    )
     trainer.train()
     return trainer
+
+
+def cli(command: str) -> int:
+    """`tunelab COMMAND` run in-process, the command line written as a user types it (split as a shell would)."""
+    from tunelab.cli import main
+
+    return main(shlex.split(command))

@@ -11,16 +11,25 @@ from tunelab.cli import main
 from tunelab.compare import parse_learning_rates
 from tunelab.config import ConfigError
 
+from helpers import cli
+
 
 def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder, sentiment_file, tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "tiny", "task": "classification", "model": {"name": tiny_encoder},
-        "data": {"train": str(sentiment_file), "max_length": 32},
-        "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32", "learning_rate": 1.0},
-    }))
-    code = main(["compare", str(config), "--methods", "full,head,lora,qlora,nonsense",
-                 "--learning-rates", "lora=3e-3", "--output-dir", str(tmp_path / "cmp")])
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "task": "classification",
+                "model": {"name": tiny_encoder},
+                "data": {"train": str(sentiment_file), "max_length": 32},
+                "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32", "learning_rate": 1.0},
+            }
+        )
+    )
+    code = cli(
+        f"compare {config} --methods full,head,lora,qlora,nonsense --learning-rates lora=3e-3 --output-dir {tmp_path / 'cmp'}"
+    )
     assert code == 0
     out = tmp_path / "cmp" / "tiny"
     summary = json.loads((out / "summary.json").read_text())
@@ -28,8 +37,15 @@ def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder,
     assert list(rows) == ["full", "head", "lora", "qlora", "nonsense"]
     assert [rows[m]["status"] for m in rows] == ["ok", "ok", "ok", "failed", "failed"]
     assert "CUDA" in rows["qlora"]["error"] and "'nonsense'" in rows["nonsense"]["error"]
-    assert rows["head"]["trainable_percent"] < rows["lora"]["trainable_percent"] < rows["full"]["trainable_percent"] == 100
-    assert rows["lora"]["learning_rate"] == 3e-3 and rows["full"]["learning_rate"] == 5e-5  # config's 1.0 is not shared
+    assert (
+        rows["head"]["trainable_percent"]
+        < rows["lora"]["trainable_percent"]
+        < rows["full"]["trainable_percent"]
+        == 100
+    )
+    assert (
+        rows["lora"]["learning_rate"] == 3e-3 and rows["full"]["learning_rate"] == 5e-5
+    )  # config's 1.0 is not shared
     assert rows["head"]["saved_mb"] < rows["full"]["saved_mb"]
     assert all(rows[m]["peak_rss_mb"] > 0 and rows[m]["seconds_per_epoch"] > 0 for m in ("full", "head", "lora"))
     (task,) = summary["tasks"]
@@ -55,23 +71,37 @@ def test_learning_rate_option_names_the_bad_item():
 
 
 def test_predict_rejects_two_adapters_with_one_name(tmp_path, capsys):
-    code = main(["predict", "--adapter", str(tmp_path / "a" / "run"), "--adapter", str(tmp_path / "b" / "run"),
-                 "--input", "x.jsonl", "--output", "y.jsonl"])
+    code = cli(
+        f"predict --adapter {tmp_path / 'a' / 'run'} --adapter {tmp_path / 'b' / 'run'} --input x.jsonl --output y.jsonl"
+    )
     assert code == 2 and "NAME=RUN_DIR" in capsys.readouterr().err
 
 
 def test_compare_reports_each_methods_forgetting_when_a_retention_suite_is_set(tiny_decoder, copy_task_file, tmp_path):
     config = tmp_path / "gen.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "gen", "task": "causal_lm", "model": {"name": tiny_decoder},
-        "data": {"train": str(copy_task_file), "prompt_template": "{question}", "response_field": "answer", "max_length": 48},
-        "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
-        "eval": {"max_new_tokens": 4, "retention_suite": "glue-mini", "retention_limit": 2},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "gen",
+                "task": "causal_lm",
+                "model": {"name": tiny_decoder},
+                "data": {
+                    "train": str(copy_task_file),
+                    "prompt_template": "{question}",
+                    "response_field": "answer",
+                    "max_length": 48,
+                },
+                "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
+                "eval": {"max_new_tokens": 4, "retention_suite": "glue-mini", "retention_limit": 2},
+            }
+        )
+    )
     assert main(["compare", str(config), "--methods", "lora,full", "--output-dir", str(tmp_path / "cmp")]) == 0
     out = tmp_path / "cmp" / "gen"
     rows = {row["variant"]: row for row in json.loads((out / "summary.json").read_text())["variants"]}
     for method in ("lora", "full"):
-        report = json.loads((next((out / "runs" / method).glob("*")) / "eval" / "forgetting-glue-mini.json").read_text())
+        report = json.loads(
+            (next((out / "runs" / method).glob("*")) / "eval" / "forgetting-glue-mini.json").read_text()
+        )
         assert rows[method]["forgetting"] == report["average_forgetting"]
     assert "avg forgetting (glue-mini)" in (out / "summary.md").read_text()

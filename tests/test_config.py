@@ -29,16 +29,19 @@ def test_defaults_validate():
 
 
 def test_overrides_set_nested_keys_with_yaml_types():
-    config = load_config(None, [
-        "training.epochs=1.5",
-        "training.batch_size=4",
-        "training.learning_rate=3e-4",
-        "method.lora.r=4",
-        "method.lora.target_modules=[q_proj, v_proj]",
-        "data.labels=[neg, pos]",
-        "data.skip_invalid=true",
-        "name=my-run",
-    ])
+    config = load_config(
+        None,
+        [
+            "training.epochs=1.5",
+            "training.batch_size=4",
+            "training.learning_rate=3e-4",
+            "method.lora.r=4",
+            "method.lora.target_modules=[q_proj, v_proj]",
+            "data.labels=[neg, pos]",
+            "data.skip_invalid=true",
+            "name=my-run",
+        ],
+    )
     assert config.training.epochs == 1.5 and isinstance(config.training.epochs, float)
     assert config.training.batch_size == 4 and isinstance(config.training.batch_size, int)
     assert config.training.learning_rate == pytest.approx(3e-4)
@@ -67,7 +70,11 @@ def test_numeric_labels_are_read_as_strings():
 
 
 def test_parse_overrides_builds_nested_dict():
-    assert parse_overrides(["a.b.c=1", "a.b.d=x", "e=[1, 2]", "f="]) == {"a": {"b": {"c": 1, "d": "x"}}, "e": [1, 2], "f": ""}
+    assert parse_overrides(["a.b.c=1", "a.b.d=x", "e=[1, 2]", "f="]) == {
+        "a": {"b": {"c": 1, "d": "x"}},
+        "e": [1, 2],
+        "f": "",
+    }
 
 
 @pytest.mark.parametrize("item", ["training.epochs", "=3", ""])
@@ -238,17 +245,20 @@ def test_yaml_file_errors_name_the_file(tmp_path):
 
 
 def test_config_to_yaml_round_trips(tmp_path):
-    config = load_config(None, [
-        "task=causal_lm",
-        'data.prompt_template="Summarise:\\n{dialogue}"',
-        "data.labels=[a, b]",
-        "method.name=full",
-        "method.lora.target_modules=all-linear",
-        "training.epochs=0.5",
-        "training.max_steps=7",
-        "training.learning_rate=1e-5",
-        "eval.evaluate_base=false",
-    ])
+    config = load_config(
+        None,
+        [
+            "task=causal_lm",
+            'data.prompt_template="Summarise:\\n{dialogue}"',
+            "data.labels=[a, b]",
+            "method.name=full",
+            "method.lora.target_modules=all-linear",
+            "training.epochs=0.5",
+            "training.max_steps=7",
+            "training.learning_rate=1e-5",
+            "eval.evaluate_base=false",
+        ],
+    )
     text = config_to_yaml(config)
     assert isinstance(yaml.safe_load(text), dict)
     path = tmp_path / "config.yaml"
@@ -264,9 +274,13 @@ def test_config_to_yaml_round_trips(tmp_path):
 
 def test_default_learning_rates_depend_on_method_and_task():
     full_cls = build_config({"method": {"name": "full"}}).learning_rate()
-    full_gen = build_config({"method": {"name": "full"}, "task": "causal_lm", "data": {"prompt_field": "q"}}).learning_rate()
+    full_gen = build_config(
+        {"method": {"name": "full"}, "task": "causal_lm", "data": {"prompt_field": "q"}}
+    ).learning_rate()
     lora_cls = build_config({"method": {"name": "lora"}}).learning_rate()
-    lora_gen = build_config({"method": {"name": "lora"}, "task": "seq2seq", "data": {"prompt_field": "q"}}).learning_rate()
+    lora_gen = build_config(
+        {"method": {"name": "lora"}, "task": "seq2seq", "data": {"prompt_field": "q"}}
+    ).learning_rate()
     assert full_cls == full_gen  # full fine-tuning uses one default for every task
     assert lora_cls > lora_gen > 0  # LoRA classifiers train a fresh head and take a larger step
     assert lora_cls > full_cls and lora_gen > full_cls  # low-rank updates need larger steps than full tuning
@@ -275,20 +289,28 @@ def test_default_learning_rates_depend_on_method_and_task():
 
 def test_configured_learning_rate_wins():
     for method in ("full", "lora"):
-        assert build_config({"method": {"name": method}, "training": {"learning_rate": 0.123}}).learning_rate() == 0.123
+        assert (
+            build_config({"method": {"name": method}, "training": {"learning_rate": 0.123}}).learning_rate() == 0.123
+        )
 
 
 def test_best_metric_default_and_override():
-    assert build_config({}).best_metric() != build_config({"task": "seq2seq", "data": {"prompt_field": "q"}}).best_metric()
+    assert (
+        build_config({}).best_metric()
+        != build_config({"task": "seq2seq", "data": {"prompt_field": "q"}}).best_metric()
+    )
     assert build_config({"training": {"metric_for_best": "f1"}}).best_metric() == "f1"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("training.epochs=.inf", "training.epochs: Input should be a finite number"),
-    ("data.prompt_template='{0}'", "must name a record field"),
-    ("data.prompt_template='{x:d}'", "data.prompt_template"),
-    ("a..b=1", "not of the form key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.epochs=.inf", "training.epochs: Input should be a finite number"),
+        ("data.prompt_template='{0}'", "must name a record field"),
+        ("data.prompt_template='{x:d}'", "data.prompt_template"),
+        ("a..b=1", "not of the form key.sub=value"),
+    ],
+)
 def test_settings_that_could_never_run_are_refused(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override, "task=causal_lm", "data.prompt_field=p"])

@@ -19,7 +19,7 @@ UNAMBIGUOUS = [
     "My father-in-law's wife, Mrs. Smith, met Mr. Jones and his nephew.",
     "Boys and girls, ladies and gentlemen: the king and queen!",
     "She did it herself, and the book is hers.",
-    "  Her\tuncle  said \"hello\" to the actress...  ",
+    '  Her\tuncle  said "hello" to the actress...  ',
 ]
 HER_SENTENCES = [
     "I gave her the book.",  # object before an article

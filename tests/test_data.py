@@ -53,7 +53,9 @@ def only_problem(path: Path, **kwargs) -> str:
 def split_files(tmp_path: Path, train: list, validation: list | None = None, test: list | None = None) -> dict:
     """Write train/validation/test JSONL files; returns data.* settings naming them."""
     data = {"train": str(write_jsonl(tmp_path / "train.jsonl", train))}
-    data["validation"] = str(write_jsonl(tmp_path / "valid.jsonl", validation if validation is not None else rows(4, 1000)))
+    data["validation"] = str(
+        write_jsonl(tmp_path / "valid.jsonl", validation if validation is not None else rows(4, 1000))
+    )
     data["test"] = str(write_jsonl(tmp_path / "test.jsonl", test if test is not None else rows(4, 2000)))
     return data
 
@@ -77,7 +79,9 @@ def test_json_line_that_is_not_an_object(tmp_path):
 
 def test_non_utf8_bytes_in_jsonl_line(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_bytes(b'{"text": "fine", "label": "pos"}\n{"text": "caf\xff", "label": "neg"}\n{"text": "ok", "label": "neg"}\n')
+    path.write_bytes(
+        b'{"text": "fine", "label": "pos"}\n{"text": "caf\xff", "label": "neg"}\n{"text": "ok", "label": "neg"}\n'
+    )
     problem = only_problem(path)
     assert problem.startswith(f"{path}:2: ")
     assert "not valid UTF-8 (byte 0xff" in problem
@@ -121,7 +125,9 @@ def test_empty_field(tmp_path):
 
 
 def test_custom_field_names_are_checked(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"premise": "p", "hypothesis": "h", "y": "pos"}, {"premise": "p", "y": "neg"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"premise": "p", "hypothesis": "h", "y": "pos"}, {"premise": "p", "y": "neg"}]
+    )
     problem = only_problem(path, text_field="premise", text_pair_field="hypothesis", label_field="y")
     assert problem.startswith(f"{path}:2: ")
     assert "field 'hypothesis' is missing" in problem
@@ -156,7 +162,9 @@ def test_validation_label_not_seen_in_train(tmp_path):
 
 def test_generation_template_fields_are_required(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}, {"query": "q", "answer": "a"}])
-    problem = only_problem(path, labels=None, task="causal_lm", prompt_template="Q: {question}", response_field="answer")
+    problem = only_problem(
+        path, labels=None, task="causal_lm", prompt_template="Q: {question}", response_field="answer"
+    )
     assert problem.startswith(f"{path}:2: ")
     assert "field 'question' is missing" in problem
 
@@ -361,7 +369,9 @@ def test_splits_partition_the_valid_records(tmp_path):
     assert texts(task.train) == [t for t in texts(rows(100)) if t in parts[0]]
 
 
-@pytest.mark.parametrize("count, validation_fraction, test_fraction", [(100, 0.2, 0.1), (100, 0.1, 0.1), (37, 0.15, 0.25)])
+@pytest.mark.parametrize(
+    "count, validation_fraction, test_fraction", [(100, 0.2, 0.1), (100, 0.1, 0.1), (37, 0.15, 0.25)]
+)
 def test_split_fractions_respected(tmp_path, count, validation_fraction, test_fraction):
     task = carved(tmp_path, count, validation_fraction=validation_fraction, test_fraction=test_fraction)
     assert len(task.validation) == round(count * validation_fraction)
@@ -373,7 +383,9 @@ def test_split_fractions_respected(tmp_path, count, validation_fraction, test_fr
 def test_given_validation_only_carves_test(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows(50))
     validation = write_jsonl(tmp_path / "valid.jsonl", rows(5, 500))
-    task = load_task_data(build_config({"data": {"train": str(train), "validation": str(validation), "test_fraction": 0.2}}))
+    task = load_task_data(
+        build_config({"data": {"train": str(train), "validation": str(validation), "test_fraction": 0.2}})
+    )
     assert texts(task.validation) == texts(rows(5, 500))
     assert len(task.test) == 10 and len(task.train) == 40
     assert not any(note.startswith("validation:") for note in task.notes)
@@ -453,12 +465,15 @@ def test_data_check_non_utf8_csv(tmp_path, capsys):
 # --- inputs that once crashed or misled (found by tests/test_input_properties.py and the issue's report) ----
 
 
-@pytest.mark.parametrize("name, content, why", [
-    ("empty.jsonl", b"", "the file is empty"),
-    ("blank.jsonl", b"\n\n  \n", "only blank lines"),
-    ("header.csv", b"text,label\n", "a header"),
-    ("empty.json", b"[]", "an empty list"),
-])
+@pytest.mark.parametrize(
+    "name, content, why",
+    [
+        ("empty.jsonl", b"", "the file is empty"),
+        ("blank.jsonl", b"\n\n  \n", "only blank lines"),
+        ("header.csv", b"text,label\n", "a header"),
+        ("empty.json", b"[]", "an empty list"),
+    ],
+)
 def test_a_file_without_records_says_so(name, content, why, tmp_path, capsys):
     path = tmp_path / name
     path.write_bytes(content)
@@ -497,11 +512,14 @@ def test_a_file_that_is_not_parquet_names_the_file(tmp_path):
         read_file(path)
 
 
-@pytest.mark.parametrize("value, problem", [
-    (["a", "b"], "holds a list, not text"),
-    ({"a": 1}, "holds a dict, not text"),
-    ("caf\ud800", "is not valid text (a lone surrogate '\\ud800' at character 4)"),
-])
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (["a", "b"], "holds a list, not text"),
+        ({"a": 1}, "holds a dict, not text"),
+        ("caf\ud800", "is not valid text (a lone surrogate '\\ud800' at character 4)"),
+    ],
+)
 def test_fields_that_are_not_text_are_named(value, problem, tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": value, "label": "positive"}) + "\n", encoding="utf-8")

@@ -19,9 +19,10 @@ import pytest
 import yaml
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
 from tunelab.cli import main
 from tunelab.runs import RunDir
+
+from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
 
 pytestmark = pytest.mark.integration  # torchrun launches and three trainings: ~50 s on 2 cores
 
@@ -31,8 +32,12 @@ LOSS_RTOL = 1e-5
 all-reduce instead of one sum, other thread counts), measured at ~1e-7 relative over six steps. Examples in
 another order (length-grouped sampling sized by the per-device batch) measured 4.5e-3, so 1e-5 separates the two."""
 
-MIXTURE = {"tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}],
-           "eval_examples": 4, "validation_examples": 4}
+MIXTURE = {
+    "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}],
+    "eval_examples": 4,
+    "validation_examples": 4,
+}
+
 
 def _encoder_without_dropout(model_dir: str, out: Path) -> str:
     """The tiny encoder with dropout off (BERT's default is 0.1), for the reason in the module docstring."""
@@ -44,31 +49,75 @@ def _encoder_without_dropout(model_dir: str, out: Path) -> str:
 
 def _sentiment_file(path: Path) -> Path:
     rng = random.Random(0)
-    return write_jsonl(path, [{"text": f"the {rng.choice(NOUNS)} was {rng.choice(POSITIVE if i % 2 else NEGATIVE)}",
-                               "label": "positive" if i % 2 else "negative"} for i in range(96)])
+    return write_jsonl(
+        path,
+        [
+            {
+                "text": f"the {rng.choice(NOUNS)} was {rng.choice(POSITIVE if i % 2 else NEGATIVE)}",
+                "label": "positive" if i % 2 else "negative",
+            }
+            for i in range(96)
+        ],
+    )
 
 
 def _copy_file_of_mixed_lengths(path: Path) -> Path:
     """copy_task_file's prompts are all one length, which hides the order length-grouped sampling chooses."""
     rng = random.Random(0)
     words = POSITIVE + NEGATIVE + NOUNS
-    return write_jsonl(path, [{"question": "now " * rng.randrange(8) + f"repeat the word {word}", "answer": word}
-                              for word in (rng.choice(words) for _ in range(64))])
+    return write_jsonl(
+        path,
+        [
+            {"question": "now " * rng.randrange(8) + f"repeat the word {word}", "answer": word}
+            for word in (rng.choice(words) for _ in range(64))
+        ],
+    )
 
 
-def _config_file(path: Path, task: str, model_dir: str, data_file: Path | None, mixture: dict | None = None,
-                 method: str = "lora", **training) -> Path:
-    data = ({"max_length": 96, "max_target_length": 8} if mixture else {"train": str(data_file), "max_length": 32}
-            if task == "classification" else {"train": str(data_file), "prompt_template": "{question}",
-                                               "response_field": "answer", "max_length": 48, "max_target_length": 8})
-    path.write_text(yaml.safe_dump({
-        "name": f"tiny-ddp-{task}", "task": task, "model": {"name": model_dir}, "data": data,
-        "method": {"name": method, "lora": {"dropout": 0.0}},
-        "training": {"max_steps": STEPS, "logging_steps": 1, "learning_rate": 3e-3, "precision": "fp32", "seed": 7,
-                     **training},
-        "eval": {"max_new_tokens": 4},
-        **({"mixture": mixture} if mixture else {}),
-    }), encoding="utf-8")
+def _config_file(
+    path: Path,
+    task: str,
+    model_dir: str,
+    data_file: Path | None,
+    mixture: dict | None = None,
+    method: str = "lora",
+    **training,
+) -> Path:
+    data = (
+        {"max_length": 96, "max_target_length": 8}
+        if mixture
+        else {"train": str(data_file), "max_length": 32}
+        if task == "classification"
+        else {
+            "train": str(data_file),
+            "prompt_template": "{question}",
+            "response_field": "answer",
+            "max_length": 48,
+            "max_target_length": 8,
+        }
+    )
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": f"tiny-ddp-{task}",
+                "task": task,
+                "model": {"name": model_dir},
+                "data": data,
+                "method": {"name": method, "lora": {"dropout": 0.0}},
+                "training": {
+                    "max_steps": STEPS,
+                    "logging_steps": 1,
+                    "learning_rate": 3e-3,
+                    "precision": "fp32",
+                    "seed": 7,
+                    **training,
+                },
+                "eval": {"max_new_tokens": 4},
+                **({"mixture": mixture} if mixture else {}),
+            }
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -76,8 +125,21 @@ def _train_both(config: Path, out: Path) -> tuple[RunDir, RunDir, str]:
     """The config trained by 2 processes of batch 4 (torchrun) and by 1 process of batch 8: the runs and the
     launcher's output."""
     launched = subprocess.run(
-        [sys.executable, "-m", "tunelab", "train", str(config), "training.batch_size=4", f"output_dir={out / 'two'}",
-         "--nproc", "2"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "train",
+            str(config),
+            "training.batch_size=4",
+            f"output_dir={out / 'two'}",
+            "--nproc",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert launched.returncode == 0, launched.stdout[-4000:] + launched.stderr[-4000:]
     assert main(["train", str(config), "training.batch_size=8", f"output_dir={out / 'one'}"]) == 0
     return _only_run(out / "two"), _only_run(out / "one"), launched.stdout
@@ -126,8 +188,13 @@ def test_two_classification_processes_follow_the_one_process_loss_curve(classifi
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 def test_two_decoder_processes_follow_the_one_process_loss_curve(tiny_decoder, tmp_path, packing):
     # padded: each process pads its own half batch; packed: each process packs its own rows
-    config = _config_file(tmp_path / "config.yaml", "causal_lm", tiny_decoder,
-                          _copy_file_of_mixed_lengths(tmp_path / "copy.jsonl"), packing=packing)
+    config = _config_file(
+        tmp_path / "config.yaml",
+        "causal_lm",
+        tiny_decoder,
+        _copy_file_of_mixed_lengths(tmp_path / "copy.jsonl"),
+        packing=packing,
+    )
     two, one, _ = _train_both(config, tmp_path)
     assert _loss_per_step(two) == pytest.approx(_loss_per_step(one), rel=LOSS_RTOL)
 
@@ -139,8 +206,14 @@ def test_two_processes_train_a_mixture_as_one_does(architecture, tiny_decoder, t
     encoder = architecture == "multi_head"
     model = _encoder_without_dropout(tiny_encoder, tmp_path / "encoder") if encoder else tiny_decoder
     mixture = {**MIXTURE, "architecture": architecture, "balanced_batches": architecture == "text_to_text"}
-    config = _config_file(tmp_path / "config.yaml", "classification" if encoder else "causal_lm", model, None,
-                          mixture=mixture, method="full" if encoder else "lora")
+    config = _config_file(
+        tmp_path / "config.yaml",
+        "classification" if encoder else "causal_lm",
+        model,
+        None,
+        mixture=mixture,
+        method="full" if encoder else "lora",
+    )
     two, one, _ = _train_both(config, tmp_path)
     assert two.state()["world_size"] == 2 and two.state()["plan"] == one.state()["plan"]
     assert _loss_per_step(two) == pytest.approx(_loss_per_step(one), rel=LOSS_RTOL)

@@ -24,6 +24,8 @@ from tunelab.eval.suites import Suite, load_suite, run_suite
 from tunelab.eval.targets import Target, load_target
 from tunelab.tasks import TaskError, builtin_tasks, format_entities, load_records, load_task, parse_entities
 
+from helpers import cli
+
 
 @pytest.fixture(scope="module")
 def decoder_target(tiny_decoder) -> Target:
@@ -39,13 +41,19 @@ def classifier_run(tiny_encoder, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("cls")
     rng = random.Random(0)
-    rows = [{"text": f"the {rng.choice(NOUNS)} was {rng.choice(POSITIVE if i % 2 else NEGATIVE)}",
-             "label": "positive" if i % 2 else "negative"} for i in range(64)]
+    rows = [
+        {
+            "text": f"the {rng.choice(NOUNS)} was {rng.choice(POSITIVE if i % 2 else NEGATIVE)}",
+            "label": "positive" if i % 2 else "negative",
+        }
+        for i in range(64)
+    ]
     data = write_jsonl(folder / "train.jsonl", rows)
     return pipeline.train(classification_config(tiny_encoder, data, folder / "runs", epochs=1))
 
 
 # --- task files ---------------------------------------------------------------------------------------
+
 
 def test_every_builtin_task_loads_and_renders_every_template():
     assert {"sst2", "rte", "cola", "dialogsum", "multi30k_de_en", "conll2003", "squad_mini"} <= set(builtin_tasks())
@@ -66,7 +74,9 @@ def test_records_are_a_seeded_draw_the_same_for_every_model():
     first, again, other = (load_records(spec, 20, seed) for seed in (0, 0, 1))
     assert [r.where for r in first] == [r.where for r in again]
     assert [r.where for r in first] != [r.where for r in other]
-    assert len(load_records(load_task("wiki_paragraphs"))) < len(load_records(load_task("squad_mini")))  # distinct texts only
+    assert len(load_records(load_task("wiki_paragraphs"))) < len(
+        load_records(load_task("squad_mini"))
+    )  # distinct texts only
 
 
 def test_entity_text_round_trips_to_the_gold_tags_on_all_of_conll_test():
@@ -91,10 +101,14 @@ def test_bad_task_file_names_the_key(tmp_path):
 
 
 def test_a_label_missing_from_label_words_is_an_error_naming_the_record(tmp_path):
-    (tmp_path / "test.jsonl").write_text('{"text": "fine", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n')
+    (tmp_path / "test.jsonl").write_text(
+        '{"text": "fine", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n'
+    )
     path = tmp_path / "t.yaml"
-    path.write_text(f"name: t\nkind: classification\nsource: {tmp_path}\ntemplates: ['{{text}}']\ninput_fields: [text]\n"
-                    "label_words: {positive: [positive], negative: [negative]}\n")
+    path.write_text(
+        f"name: t\nkind: classification\nsource: {tmp_path}\ntemplates: ['{{text}}']\ninput_fields: [text]\n"
+        "label_words: {positive: [positive], negative: [negative]}\n"
+    )
     spec = load_task(str(path))
     with pytest.raises(ValueError, match=r"test.jsonl:2.*'neutral'"):
         [spec.label_of(r) for r in load_records(spec)]
@@ -102,13 +116,25 @@ def test_a_label_missing_from_label_words_is_an_error_naming_the_record(tmp_path
 
 # --- generation and perplexity ------------------------------------------------------------------------
 
+
 def test_batched_generation_equals_one_prompt_at_a_time(decoder_target):
     tokenizer = decoder_target.tokenizer
-    prompts = [tokenizer(text)["input_ids"] for text in
-               ["the film", "a long and winding story about a cast that never was", "dull", "the ending was superb and moving"]]
-    batched = generate_texts(decoder_target.model, tokenizer, prompts, decoder_only=True, batch_size=4, max_new_tokens=6)
-    alone = [generate_texts(decoder_target.model, tokenizer, [p], decoder_only=True, batch_size=1, max_new_tokens=6)[0]
-             for p in prompts]
+    prompts = [
+        tokenizer(text)["input_ids"]
+        for text in [
+            "the film",
+            "a long and winding story about a cast that never was",
+            "dull",
+            "the ending was superb and moving",
+        ]
+    ]
+    batched = generate_texts(
+        decoder_target.model, tokenizer, prompts, decoder_only=True, batch_size=4, max_new_tokens=6
+    )
+    alone = [
+        generate_texts(decoder_target.model, tokenizer, [p], decoder_only=True, batch_size=1, max_new_tokens=6)[0]
+        for p in prompts
+    ]
     assert batched == alone
     assert any(batched)
 
@@ -133,6 +159,7 @@ def test_perplexity_sliding_window_scores_every_token_once(decoder_target):
 
 
 # --- suites -------------------------------------------------------------------------------------------
+
 
 def test_retention_suite_runs_every_task_kind_on_a_decoder(decoder_target):
     report, results = run_suite(decoder_target, load_suite("retention"), limit=3, samples=50)
@@ -171,6 +198,7 @@ def test_eval_cli_writes_the_suite_report(classifier_run, tmp_path, capsys):
 
 # --- forgetting ---------------------------------------------------------------------------------------
 
+
 def _result(spec, predictions, references) -> TaskResult:
     result = TaskResult(spec.name, spec.kind, len(predictions), predictions=predictions, references=references)
     result.scores = score(spec, predictions, references, samples=200)
@@ -203,13 +231,18 @@ def test_forgetting_knows_lower_perplexity_is_better():
 def test_forgetting_report_and_cli_on_a_tuned_run(tiny_decoder, copy_task_file, tmp_path):
     run = pipeline.train(causal_config(tiny_decoder, copy_task_file, tmp_path / "runs", max_steps=4))
     suite = Suite(name="mini", tasks=[{"task": "rte", "limit": 6}, {"task": "wiki_paragraphs", "limit": 3}])
-    report = forgetting_report(lambda: load_target(tiny_decoder), lambda: load_target(str(run.path)), suite, samples=50)
+    report = forgetting_report(
+        lambda: load_target(tiny_decoder), lambda: load_target(str(run.path)), suite, samples=50
+    )
     assert report["tasks"]["rte"]["examples"] == 6
     assert set(report["tasks"]["rte"]["unmatched_share"]) == {"base", "tuned"}
     perplexity = report["tasks"]["wiki_paragraphs"]
     assert perplexity["tuned"]["value"] != perplexity["base"]["value"]  # tuning moved the model
     assert perplexity["change"]["value"] == pytest.approx(perplexity["tuned"]["value"] - perplexity["base"]["value"])
-    assert main(["forgetting", tiny_decoder, str(run.path), "--suite", "glue-mini", "--limit", "3", "--samples", "20"]) == 0
+    assert (
+        main(["forgetting", tiny_decoder, str(run.path), "--suite", "glue-mini", "--limit", "3", "--samples", "20"])
+        == 0
+    )
     saved = json.loads((run.path / "eval" / "forgetting-glue-mini.json").read_text())
     assert set(saved["tasks"]) == {"sst2", "rte", "cola"}
 
@@ -233,6 +266,7 @@ def test_an_unknown_retention_suite_fails_before_training(tiny_decoder, copy_tas
 
 
 # --- robustness ---------------------------------------------------------------------------------------
+
 
 def test_perturbations_touch_inputs_never_labels_and_are_deterministic():
     spec = load_task("rte")
@@ -259,17 +293,26 @@ def test_robustness_report_compares_clean_and_noisy_on_the_same_examples(classif
 
 # --- bias ---------------------------------------------------------------------------------------------
 
+
 def test_counterfactual_records_rewrite_inputs_and_references_not_labels():
     spec = load_task("sst2")
-    records = [Record({"text": "he loved his mother", "label": "positive"}, "x:1"),
-               Record({"text": "a dull film", "label": "negative"}, "x:2")]
+    records = [
+        Record({"text": "he loved his mother", "label": "positive"}, "x:1"),
+        Record({"text": "a dull film", "label": "negative"}, "x:2"),
+    ]
     chosen = mentioning(records, spec, "gender_words", None, 0)
     assert [r.where for r in chosen] == ["x:1"]
     female = counterfactual_records(chosen, spec, "gender_words", "female")[0]
     assert female.fields == {"text": "she loved her mother", "label": "positive"}
-    summaries = counterfactual_records([Record({"dialogue": "Mr. Smith calls his son.", "summaries": ["He calls his son."]}, "y")],
-                                       load_task("dialogsum"), "gender_words", "female")[0]
-    assert summaries.fields["summaries"] == ["She calls her daughter."] and not mentions(summaries.fields["dialogue"], "gender_words", "male")
+    summaries = counterfactual_records(
+        [Record({"dialogue": "Mr. Smith calls his son.", "summaries": ["He calls his son."]}, "y")],
+        load_task("dialogsum"),
+        "gender_words",
+        "female",
+    )[0]
+    assert summaries.fields["summaries"] == ["She calls her daughter."] and not mentions(
+        summaries.fields["dialogue"], "gender_words", "male"
+    )
 
 
 def test_bias_flip_rate_is_the_share_of_changed_predictions(classifier_run):
@@ -280,20 +323,38 @@ def test_bias_flip_rate_is_the_share_of_changed_predictions(classifier_run):
     assert row["examples"] == 40
     chosen = mentioning(load_records(spec), spec, "gender_words", 40, 0)
     config = RunConfig(data=DataConfig(text_field="text"))
-    by_group = {g: [p["label"] for p in classify(target.model, target.tokenizer,
-                                                 counterfactual_records(chosen, spec, "gender_words", g), config, target.labels)]
-                for g in ("female", "male")}
+    by_group = {
+        g: [
+            p["label"]
+            for p in classify(
+                target.model,
+                target.tokenizer,
+                counterfactual_records(chosen, spec, "gender_words", g),
+                config,
+                target.labels,
+            )
+        ]
+        for g in ("female", "male")
+    }
     flips = 100 * sum(a != b for a, b in zip(by_group["female"], by_group["male"])) / 40
     assert row["flip_rate"]["value"] == pytest.approx(flips)
     assert row["flip_rate"]["low"] <= flips <= row["flip_rate"]["high"]
 
 
 def test_bias_and_robustness_cli_write_reports(classifier_run, capsys):
-    assert main(["robustness", str(classifier_run.path), "--task", "sst2", "--perturbations", "slang,whitespace",
-                 "--limit", "10", "--samples", "20"]) == 0
-    assert set(json.loads((classifier_run.path / "eval" / "robustness-sst2.json").read_text())["perturbations"]) == {"slang", "whitespace"}
+    assert (
+        cli(f"robustness {classifier_run.path} --task sst2 --perturbations slang,whitespace --limit 10 --samples 20")
+        == 0
+    )
+    assert set(json.loads((classifier_run.path / "eval" / "robustness-sst2.json").read_text())["perturbations"]) == {
+        "slang",
+        "whitespace",
+    }
     assert main(["bias", str(classifier_run.path), "--task", "sst2", "--limit", "10", "--samples", "20"]) == 0
-    assert set(json.loads((classifier_run.path / "eval" / "bias-sst2.json").read_text())["attributes"]) == {"gender_words", "names"}
+    assert set(json.loads((classifier_run.path / "eval" / "bias-sst2.json").read_text())["attributes"]) == {
+        "gender_words",
+        "names",
+    }
     assert main(["robustness", str(classifier_run.path), "--task", "sst2", "--perturbations", "typo"]) == 2
     assert "typos" in capsys.readouterr().err
 
@@ -304,10 +365,20 @@ def test_human_cli_reports_an_unknown_sheet_as_an_error(capsys):
 
 
 def test_hub_style_squad_answers_are_read_as_references(tmp_path):
-    (tmp_path / "test.jsonl").write_text(json.dumps({"context": "Paris is in France.", "question": "Where is Paris?",
-                                                      "answers": {"text": ["France", "in France"], "answer_start": [12, 9]}}) + "\n")
+    (tmp_path / "test.jsonl").write_text(
+        json.dumps(
+            {
+                "context": "Paris is in France.",
+                "question": "Where is Paris?",
+                "answers": {"text": ["France", "in France"], "answer_start": [12, 9]},
+            }
+        )
+        + "\n"
+    )
     path = tmp_path / "squad.yaml"
-    path.write_text(f"name: squad\nkind: qa\nsource: {tmp_path}\ntemplates: ['{{context}} {{question}}']\n"
-                    "input_fields: [question]\nreference_field: answers\n")
+    path.write_text(
+        f"name: squad\nkind: qa\nsource: {tmp_path}\ntemplates: ['{{context}} {{question}}']\n"
+        "input_fields: [question]\nreference_field: answers\n"
+    )
     spec = load_task(str(path))
     assert spec.reference_of(load_records(spec)[0]) == ["France", "in France"]

@@ -27,15 +27,30 @@ from tunelab.runs import RunDir, load_run
 
 
 def generation_config(model_dir, data_file, out, prompt_template="{question}", task="causal_lm") -> object:
-    return build_config({
-        "name": "tiny-human", "task": task, "output_dir": str(out),
-        "model": {"name": model_dir},
-        "data": {"train": str(data_file), "prompt_template": prompt_template, "response_field": "answer",
-                 "max_length": 48, "max_target_length": 8},
-        "method": {"name": "lora"},
-        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 1e-2, "logging_steps": 2, "precision": "fp32"},
-        "eval": {"max_new_tokens": 4, "evaluate_base": False},
-    })
+    return build_config(
+        {
+            "name": "tiny-human",
+            "task": task,
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": {
+                "train": str(data_file),
+                "prompt_template": prompt_template,
+                "response_field": "answer",
+                "max_length": 48,
+                "max_target_length": 8,
+            },
+            "method": {"name": "lora"},
+            "training": {
+                "max_steps": 4,
+                "batch_size": 8,
+                "learning_rate": 1e-2,
+                "logging_steps": 2,
+                "precision": "fp32",
+            },
+            "eval": {"max_new_tokens": 4, "evaluate_base": False},
+        }
+    )
 
 
 def read_sheet(path: Path) -> list[dict]:
@@ -46,8 +61,12 @@ def read_sheet(path: Path) -> list[dict]:
 def make_sheet(tmp_path: Path, name: str, prompts: int = 3) -> dict:
     """A sheet from hand-made outputs (no model needed); returns its key."""
     texts = [f"question {i}" for i in range(prompts)]
-    human.write_sheet(tmp_path / f"{name}.csv", texts, SystemOutputs("sys-a", [f"a says {i}" for i in range(prompts)]),
-                      SystemOutputs("sys-b", [f"b says {i}" for i in range(prompts)]))
+    human.write_sheet(
+        tmp_path / f"{name}.csv",
+        texts,
+        SystemOutputs("sys-a", [f"a says {i}" for i in range(prompts)]),
+        SystemOutputs("sys-b", [f"b says {i}" for i in range(prompts)]),
+    )
     return json.loads((tmp_path / f"{name}.key.json").read_text())
 
 
@@ -89,8 +108,10 @@ def test_export_writes_a_blind_sheet_whose_key_maps_back(tiny_decoder, copy_task
 
     # the key says who wrote each output: regenerate with each system and compare
     loaded = load_run(run)
-    expected = {tuned: generate(loaded.model, loaded.tokenizer, records, config),
-                base: generate(load_base(config), load_tokenizer(tiny_decoder), records, config)}
+    expected = {
+        tuned: generate(loaded.model, loaded.tokenizer, records, config),
+        base: generate(load_base(config), load_tokenizer(tiny_decoder), records, config),
+    }
     assert expected[tuned] != expected[base]  # otherwise the check below could not tell the systems apart
     for row in rows:
         entry = key["items"][row["item_id"]]
@@ -99,7 +120,10 @@ def test_export_writes_a_blind_sheet_whose_key_maps_back(tiny_decoder, copy_task
     written = [(key["items"][r["item_id"]]["system"], key["items"][r["item_id"]]["prompt_index"]) for r in rows]
     assert sorted(written) == sorted((s, i) for s in (base, tuned) for i in range(3))
     assert written != [(s, i) for i in range(3) for s in (base, tuned)]  # shuffled, not in system order
-    stored = db_rows("SELECT item_id, system, prompt_index, prompt, output FROM items WHERE sheet = ? ORDER BY position", "copy-sheet")
+    stored = db_rows(
+        "SELECT item_id, system, prompt_index, prompt, output FROM items WHERE sheet = ? ORDER BY position",
+        "copy-sheet",
+    )
     assert [(r[0], r[3], r[4]) for r in stored] == [(r["item_id"], r["prompt"], r["output"]) for r in rows]
     assert all(key["items"][r[0]] == {"system": r[1], "prompt_index": r[2]} for r in stored)
 
@@ -117,14 +141,24 @@ def fake_complete_run(config) -> RunDir:
     return run
 
 
-def test_export_refuses_classifiers_and_runs_with_different_prompts(tiny_encoder, tiny_decoder, sentiment_file,
-                                                                    copy_task_file, tmp_path):
-    classifier = build_config({"name": "cls", "task": "classification", "output_dir": str(tmp_path),
-                               "model": {"name": tiny_encoder}, "data": {"train": str(sentiment_file)}})
+def test_export_refuses_classifiers_and_runs_with_different_prompts(
+    tiny_encoder, tiny_decoder, sentiment_file, copy_task_file, tmp_path
+):
+    classifier = build_config(
+        {
+            "name": "cls",
+            "task": "classification",
+            "output_dir": str(tmp_path),
+            "model": {"name": tiny_encoder},
+            "data": {"train": str(sentiment_file)},
+        }
+    )
     with pytest.raises(HumanEvalError, match="human rating is for generated text"):
         human.export_sheet(fake_complete_run(classifier), None, 3, tmp_path / "cls.csv")
     one = fake_complete_run(generation_config(tiny_decoder, copy_task_file, tmp_path / "one"))
-    other = fake_complete_run(generation_config(tiny_decoder, copy_task_file, tmp_path / "two", prompt_template="Q: {question}"))
+    other = fake_complete_run(
+        generation_config(tiny_decoder, copy_task_file, tmp_path / "two", prompt_template="Q: {question}")
+    )
     with pytest.raises(HumanEvalError, match=r"data.prompt_template: '\{question\}' vs 'Q: \{question\}'"):
         human.export_sheet(one, other, 3, tmp_path / "pair.csv")
     with pytest.raises(HumanEvalError, match="both systems are run"):
@@ -153,7 +187,11 @@ def test_ratings_survive_a_killed_session_and_resume_at_the_next_item(tmp_path):
     order = [item for (item,) in db_rows("SELECT item_id FROM items WHERE sheet = 'killed' ORDER BY position")]
     session = subprocess.Popen(
         [sys.executable, "-c", "from tunelab.eval.human import rate_interactive; rate_interactive('killed', 'ann')"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         session.stdin.write("4\n5\n3\n2\n")  # the first item's three scores, and the second item's fluency
         session.stdin.flush()
@@ -167,8 +205,9 @@ def test_ratings_survive_a_killed_session_and_resume_at_the_next_item(tmp_path):
         session.kill()
         session.wait()
     stored = db_rows("SELECT item_id, criterion, score FROM ratings WHERE sheet = 'killed' AND rater = 'ann'")
-    assert sorted(stored) == sorted([(order[0], "fluency", 4), (order[0], "coherence", 5), (order[0], "relevance", 3),
-                                     (order[1], "fluency", 2)])
+    assert sorted(stored) == sorted(
+        [(order[0], "fluency", 4), (order[0], "coherence", 5), (order[0], "relevance", 3), (order[1], "fluency", 2)]
+    )
 
     answer, prompts = scripted(["q"])
     messages: list[str] = []
@@ -199,13 +238,23 @@ def test_bad_answers_are_asked_again_and_rerating_replaces(tmp_path):
 def test_import_csv_stores_good_rows_and_nothing_from_a_file_with_a_bad_row(tmp_path):
     key = make_sheet(tmp_path, "imported")
     first, second = item_of(key, "sys-a", 0), item_of(key, "sys-b", 0)
-    good = write_ratings(tmp_path / "good.csv", [["imported", first, "ann", 4, 5, 3], ["imported", second, "ann", 2, 2, 1],
-                                                 ["imported", first, "bob", 5, 5, 5]])
+    good = write_ratings(
+        tmp_path / "good.csv",
+        [
+            ["imported", first, "ann", 4, 5, 3],
+            ["imported", second, "ann", 2, 2, 1],
+            ["imported", first, "bob", 5, 5, 5],
+        ],
+    )
     assert human.import_csv(good) == 3
     assert len(db_rows("SELECT 1 FROM ratings WHERE sheet = 'imported'")) == 9
-    assert db_rows("SELECT score FROM ratings WHERE item_id = ? AND rater = 'ann' AND criterion = 'coherence'", first) == [(5,)]
+    assert db_rows(
+        "SELECT score FROM ratings WHERE item_id = ? AND rater = 'ann' AND criterion = 'coherence'", first
+    ) == [(5,)]
 
-    bad = write_ratings(tmp_path / "bad.csv", [["imported", second, "carl", 3, 3, 3], ["imported", first, "carl", 7, 3, 3]])
+    bad = write_ratings(
+        tmp_path / "bad.csv", [["imported", second, "carl", 3, 3, 3], ["imported", first, "carl", 7, 3, 3]]
+    )
     with pytest.raises(HumanEvalError, match=r"bad\.csv, line 3, column fluency: score '7'"):
         human.import_csv(bad)
     assert db_rows("SELECT 1 FROM ratings WHERE rater = 'carl'") == []
@@ -220,7 +269,11 @@ def test_import_csv_stores_good_rows_and_nothing_from_a_file_with_a_bad_row(tmp_
 
     again = write_ratings(tmp_path / "again.csv", [["imported", first, "ann", 1, 1, 1]])
     assert human.import_csv(again) == 1  # re-rating replaces
-    assert db_rows("SELECT score FROM ratings WHERE item_id = ? AND rater = 'ann' ORDER BY criterion", first) == [(1,), (1,), (1,)]
+    assert db_rows("SELECT score FROM ratings WHERE item_id = ? AND rater = 'ann' ORDER BY criterion", first) == [
+        (1,),
+        (1,),
+        (1,),
+    ]
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -235,14 +288,19 @@ SCORES = {
 def test_report_means_win_rate_and_agreement_match_hand_computation(tmp_path):
     key = make_sheet(tmp_path, "reported", prompts=2)
     items = [item_of(key, system, index) for index in (0, 1) for system in ("sys-a", "sys-b")]
-    rows = [["reported", item, rater, *(SCORES[rater][c][position] for c in ("fluency", "coherence", "relevance"))]
-            for rater in SCORES for position, item in enumerate(items)]
+    rows = [
+        ["reported", item, rater, *(SCORES[rater][c][position] for c in ("fluency", "coherence", "relevance"))]
+        for rater in SCORES
+        for position, item in enumerate(items)
+    ]
     human.import_csv(write_ratings(tmp_path / "ratings.csv", rows))
 
     summary = human.report("reported")
     assert summary["systems"] == {"A": "sys-a", "B": "sys-b"} and summary["raters"] == ["ann", "bob"]
     fluency_a, fluency_b = summary["scores"]["sys-a"]["fluency"], summary["scores"]["sys-b"]["fluency"]
-    assert fluency_a["mean"] == pytest.approx((2 + 3 + 2 + 3) / 4) and fluency_b["mean"] == pytest.approx((4 + 3 + 4 + 3) / 4)
+    assert fluency_a["mean"] == pytest.approx((2 + 3 + 2 + 3) / 4) and fluency_b["mean"] == pytest.approx(
+        (4 + 3 + 4 + 3) / 4
+    )
     assert fluency_a["ratings"] == 4 and fluency_a["items"] == 2
     assert summary["scores"]["sys-a"]["coherence"]["mean"] == pytest.approx((1 + 4 + 2 + 5) / 4)
     assert summary["scores"]["sys-b"]["coherence"]["mean"] == pytest.approx((5 + 2 + 4 + 1) / 4)
@@ -275,6 +333,10 @@ def test_agreement_needs_two_raters(tmp_path):
     key = make_sheet(tmp_path, "alone", prompts=1)
     human.import_csv(write_ratings(tmp_path / "alone.csv", [["alone", item, "ann", 3, 4, 5] for item in key["items"]]))
     summary = human.report("alone")
-    assert summary["agreement"]["fluency"] == {"raters": 1, "shared_items": 0, "alpha": None,
-                                               "reason": "1 rater(s); agreement needs at least 2"}
+    assert summary["agreement"]["fluency"] == {
+        "raters": 1,
+        "shared_items": 0,
+        "alpha": None,
+        "reason": "1 rater(s); agreement needs at least 2",
+    }
     assert "n/a: 1 rater(s)" in human.render_report(summary)

@@ -88,7 +88,9 @@ def test_readers_return_records_or_an_error_naming_the_file(content, suffix, fol
 
 
 @FUZZ
-@given(content=file_contents, suffix=st.sampled_from(SUFFIXES[:3]), task=st.sampled_from(["classification", "causal_lm"]))
+@given(
+    content=file_contents, suffix=st.sampled_from(SUFFIXES[:3]), task=st.sampled_from(["classification", "causal_lm"])
+)
 def test_data_check_accepts_or_names_the_file_and_line(content, suffix, task, folder, capsys):
     path = _write(folder, content, suffix)
     fields = [] if task == "classification" else ["data.prompt_field=question", "data.response_field=answer"]
@@ -113,9 +115,25 @@ def _config_keys(model=RunConfig, prefix: str = "") -> list[str]:
 
 
 override_keys = st.one_of(st.sampled_from(_config_keys()), st.text(max_size=12))
-override_values = st.one_of(st.text(max_size=20), json_values.map(json.dumps),
-                            st.sampled_from(["&a [*a]", "{0}", "'{x!r:d}'", ".inf", ".nan", "1e400", "!!binary aGk=",
-                                             "[a, {b: c}]", "2020-01-01", "!!python/name:os.system", "'\\x00'"]))
+override_values = st.one_of(
+    st.text(max_size=20),
+    json_values.map(json.dumps),
+    st.sampled_from(
+        [
+            "&a [*a]",
+            "{0}",
+            "'{x!r:d}'",
+            ".inf",
+            ".nan",
+            "1e400",
+            "!!binary aGk=",
+            "[a, {b: c}]",
+            "2020-01-01",
+            "!!python/name:os.system",
+            "'\\x00'",
+        ]
+    ),
+)
 
 
 @FUZZ

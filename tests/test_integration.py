@@ -23,17 +23,27 @@ from helpers import load_for_config, only_task, value
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} (the shared datasets) is not beside the checkout"),
+    pytest.mark.skipif(
+        not SHARED_DATA.exists(), reason=f"{SHARED_DATA} (the shared datasets) is not beside the checkout"
+    ),
 ]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_minilm_lora_on_sst2_beats_the_untrained_head(tmp_path):
     sst2 = SHARED_DATA / "sst2"
-    config = load_config(CONFIGS / "sentiment-minilm-lora.yaml", [
-        f"data.train={sst2 / 'train.jsonl'}", f"data.validation={sst2 / 'validation.jsonl'}", f"data.test={sst2 / 'test.jsonl'}",
-        "data.max_train_examples=400", "data.max_eval_examples=300", "training.epochs=2", f"output_dir={tmp_path}",
-    ])
+    config = load_config(
+        CONFIGS / "sentiment-minilm-lora.yaml",
+        [
+            f"data.train={sst2 / 'train.jsonl'}",
+            f"data.validation={sst2 / 'validation.jsonl'}",
+            f"data.test={sst2 / 'test.jsonl'}",
+            "data.max_train_examples=400",
+            "data.max_eval_examples=300",
+            "training.epochs=2",
+            f"output_dir={tmp_path}",
+        ],
+    )
     run = pipeline.train(config)
     evaluation = json.loads(run.eval_path.read_text())
     task = only_task(evaluation)
@@ -44,11 +54,18 @@ def test_minilm_lora_on_sst2_beats_the_untrained_head(tmp_path):
 
 
 def test_smollm2_lora_lowers_the_loss_and_reloads_with_the_same_outputs(tmp_path):
-    config = load_config(CONFIGS / "dialogsum-smollm2-lora.yaml", [
-        f"data.train={SHARED_DATA / 'dialogsum' / 'validation.jsonl'}", f"data.test={SHARED_DATA / 'dialogsum' / 'test.jsonl'}",
-        "data.max_length=192", "data.max_target_length=48", "data.max_train_examples=4",
-        "method.lora.target_modules=attention", "training.precision=fp32",
-    ])
+    config = load_config(
+        CONFIGS / "dialogsum-smollm2-lora.yaml",
+        [
+            f"data.train={SHARED_DATA / 'dialogsum' / 'validation.jsonl'}",
+            f"data.test={SHARED_DATA / 'dialogsum' / 'test.jsonl'}",
+            "data.max_length=192",
+            "data.max_target_length=48",
+            "data.max_train_examples=4",
+            "method.lora.target_modules=attention",
+            "training.precision=fp32",
+        ],
+    )
     source = str(prepare("smollm2-135m-instruct"))
     assert is_prepared(REGISTRY["smollm2-135m-instruct"])
     data = load_task_data(config)

@@ -8,6 +8,8 @@ that goes upward.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 LAYERS = [
-    {"errors"}, {"config"}, {"distributed"}, {"data", "tasks"}, {"models", "methods"}, {"runs"}, {"train", "eval"},
-    {"card"}, {"pipeline"}, {"compare", "demo"}, {"cli", "__main__"},
+    {"errors"},
+    {"config"},
+    {"distributed"},
+    {"data", "tasks"},
+    {"models", "methods"},
+    {"runs"},
+    {"train", "eval"},
+    {"card"},
+    {"pipeline"},
+    {"compare", "demo"},
+    {"cli", "__main__"},
 ]
 """Top-level modules and sub-packages, lowest first; a module may import its own layer and those below."""
 
@@ -66,7 +77,7 @@ def test_no_import_cycles():
         state[module] = "open"
         for imported in sorted(graph[module]):
             if state.get(imported) == "open":
-                cycles.append(path[path.index(imported):] + [imported])
+                cycles.append(path[path.index(imported) :] + [imported])
             elif imported not in state:
                 visit(imported, path + [imported])
         state[module] = "done"
@@ -75,3 +86,13 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_finds_nothing_to_change(command):
+    """The linter and formatter settings in pyproject.toml (PEFT's line length and rule families) hold everywhere."""
+    root = PACKAGE.parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "src", "tests", "bench"], cwd=root, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -7,11 +7,11 @@ from the environment, and a range in it would resolve to whatever is newest that
 from __future__ import annotations
 
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -31,7 +31,9 @@ def locked() -> dict[str, Version]:
             continue
         requirement = Requirement(line)
         specifiers = list(requirement.specifier)
-        assert len(specifiers) == 1 and specifiers[0].operator == "==", f"{LOCK.name}:{number}: '{line}' is not name==version"
+        assert len(specifiers) == 1 and specifiers[0].operator == "==", (
+            f"{LOCK.name}:{number}: '{line}' is not name==version"
+        )
         name = canonicalize_name(requirement.name)
         assert name not in pins, f"{LOCK.name}:{number}: {name} is pinned twice"
         pins[name] = Version(specifiers[0].version)
@@ -49,7 +51,8 @@ def test_every_project_requirement_is_locked_within_its_range():
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement} is not in {LOCK.name}; run `make lock`"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"{LOCK.name} pins {name}=={pins[name]}, outside pyproject.toml's '{requirement}'; run `make lock`")
+            f"{LOCK.name} pins {name}=={pins[name]}, outside pyproject.toml's '{requirement}'; run `make lock`"
+        )
 
 
 def test_the_model_weight_packages_are_locked():
@@ -79,9 +82,13 @@ def test_the_lock_holds_every_dependency_of_what_it_locks():
     assert not missing, "\n".join(missing)
 
 
-@pytest.mark.skipif(Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
-                    reason="checks the environment `make install` builds (.venv); this is another one")
+@pytest.mark.skipif(
+    Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
+    reason="checks the environment `make install` builds (.venv); this is another one",
+)
 def test_make_install_installed_exactly_the_lock():
     installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()}
-    wrong = {name: (version, installed.get(name)) for name, version in locked().items() if installed.get(name) != version}
+    wrong = {
+        name: (version, installed.get(name)) for name, version in locked().items() if installed.get(name) != version
+    }
     assert not wrong, f"locked vs installed: {wrong}; run `make install`"

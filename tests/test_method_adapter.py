@@ -9,8 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, BartConfig,
-                          BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    BartConfig,
+    BartForConditionalGeneration,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
 
 from tunelab.config import build_config
 from tunelab.methods import MethodError, adapter
@@ -18,16 +25,22 @@ from tunelab.methods import MethodError, adapter
 from helpers import descend
 
 FAMILIES = {
-    "classification": ("tiny_encoder", lambda path: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)),
+    "classification": (
+        "tiny_encoder",
+        lambda path: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2),
+    ),
     "causal_lm": ("tiny_decoder", AutoModelForCausalLM.from_pretrained),
     "seq2seq": ("tiny_seq2seq", AutoModelForSeq2SeqLM.from_pretrained),
 }
 
 ADAPTED_PROJECTIONS = {
     # 2-layer models; T5 has 2 encoder blocks (self-attention, FFN) and 2 decoder blocks (self-, cross-attention, FFN)
-    ("classification", "houlsby"): 4, ("classification", "pfeiffer"): 2,
-    ("causal_lm", "houlsby"): 4, ("causal_lm", "pfeiffer"): 2,
-    ("seq2seq", "houlsby"): 10, ("seq2seq", "pfeiffer"): 4,
+    ("classification", "houlsby"): 4,
+    ("classification", "pfeiffer"): 2,
+    ("causal_lm", "houlsby"): 4,
+    ("causal_lm", "pfeiffer"): 2,
+    ("seq2seq", "houlsby"): 10,
+    ("seq2seq", "pfeiffer"): 4,
 }
 
 ADAPTER_TENSORS = ("adapter.down.weight", "adapter.down.bias", "adapter.up.weight", "adapter.up.bias")
@@ -37,10 +50,17 @@ def adapter_config(task: str, model_dir: str, placement: str = "houlsby"):
     data = {"train": "unused.jsonl"}
     if task != "classification":
         data["prompt_template"] = "{question}"
-    return build_config({
-        "task": task, "model": {"name": model_dir}, "data": data,
-        "method": {"name": "adapter", "adapter": {"placement": placement, "reduction_factor": 4, "activation": "gelu"}},
-    })
+    return build_config(
+        {
+            "task": task,
+            "model": {"name": model_dir},
+            "data": data,
+            "method": {
+                "name": "adapter",
+                "adapter": {"placement": placement, "reduction_factor": 4, "activation": "gelu"},
+            },
+        }
+    )
 
 
 def load_base(request, task: str, seed: int = 0) -> tuple[nn.Module, str]:
@@ -120,8 +140,13 @@ def test_save_then_load_reproduces_the_tuned_model(request, task, tmp_path):
     assert all(".adapter." in name or name.startswith("classifier.") for name in saved)
     assert sum(t.numel() for t in saved.values()) * 20 < sum(p.numel() for p in model.parameters())
     settings = json.loads((tmp_path / adapter.SETTINGS_FILE).read_text())
-    assert settings == {"placement": "houlsby", "reduction_factor": 4, "activation": "gelu",
-                        "model_type": model.config.model_type, "head": "classifier" if task == "classification" else None}
+    assert settings == {
+        "placement": "houlsby",
+        "reduction_factor": 4,
+        "activation": "gelu",
+        "model_type": model.config.model_type,
+        "head": "classifier" if task == "classification" else None,
+    }
     adapter.save(reloaded, tmp_path / "again")  # a loaded model saves the same tensors, whatever requires_grad says
     assert load_file(tmp_path / "again" / adapter.ADAPTER_FILE).keys() == saved.keys()
 
@@ -136,12 +161,27 @@ def test_load_refuses_adapters_that_do_not_fit_the_base(request, tmp_path):
         adapter.load(fresh, tmp_path)
 
 
-@pytest.mark.parametrize("make_model, adapted", [
-    (lambda: GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2)), 4),  # Conv1D projections
-    (lambda: BartForConditionalGeneration(BartConfig(
-        vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)), 10),
-])
+@pytest.mark.parametrize(
+    "make_model, adapted",
+    [
+        (lambda: GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2)), 4),  # Conv1D projections
+        (
+            lambda: BartForConditionalGeneration(
+                BartConfig(
+                    vocab_size=100,
+                    d_model=32,
+                    encoder_layers=2,
+                    decoder_layers=2,
+                    encoder_attention_heads=2,
+                    decoder_attention_heads=2,
+                    encoder_ffn_dim=64,
+                    decoder_ffn_dim=64,
+                )
+            ),
+            10,
+        ),
+    ],
+)
 def test_other_architectures_in_the_table_start_as_the_base_and_generate(make_model, adapted):
     model = make_model().eval()
     input_ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(0))

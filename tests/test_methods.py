@@ -6,7 +6,13 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig, DistilBertModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DistilBertConfig,
+    DistilBertModel,
+)
 
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
@@ -35,20 +41,29 @@ PROMISES = {
 """For each method, the parameters it promises to train (the rest must stay bit-identical)."""
 
 ALL_FAMILIES = ["lora", "dora", "rslora", "ia3", "prefix", "prompt", "adapter", "full"]
-MATRIX = ([("classification", m) for m in [*ALL_FAMILIES, "head", "bitfit"]]
-          + [("causal_lm", m) for m in ALL_FAMILIES] + [("seq2seq", m) for m in ALL_FAMILIES])
+MATRIX = (
+    [("classification", m) for m in [*ALL_FAMILIES, "head", "bitfit"]]
+    + [("causal_lm", m) for m in ALL_FAMILIES]
+    + [("seq2seq", m) for m in ALL_FAMILIES]
+)
 
 
 def make_config(task, model_dir, data_file, out, method, **training):
     data = {"train": str(data_file), "max_length": 32, "max_target_length": 8}
     if task != "classification":
         data.update(prompt_template="{question}", response_field="answer")
-    return build_config({
-        "name": f"tiny-{task}-{method}", "task": task, "output_dir": str(out), "model": {"name": model_dir},
-        "data": data, "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
-        "training": {"epochs": 1, "batch_size": 8, "precision": "fp32", "logging_steps": 1, **training},
-        "eval": {"max_new_tokens": 4},
-    })
+    return build_config(
+        {
+            "name": f"tiny-{task}-{method}",
+            "task": task,
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": data,
+            "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
+            "training": {"epochs": 1, "batch_size": 8, "precision": "fp32", "logging_steps": 1, **training},
+            "eval": {"max_new_tokens": 4},
+        }
+    )
 
 
 @pytest.fixture
@@ -56,6 +71,7 @@ def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_
     def pick(task):
         model = {"classification": tiny_encoder, "causal_lm": tiny_decoder, "seq2seq": tiny_seq2seq}[task]
         return model, sentiment_file if task == "classification" else copy_task_file
+
     return pick
 
 
@@ -79,7 +95,9 @@ def test_method_trains_only_what_it_promises_and_reloads(task, method, model_and
     model, tokenizer = load_for_config(config, data.labels)
     model, report = apply_method(model, config)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(PROMISES[method](n) for n in trainable), sorted(n for n in trainable if not PROMISES[method](n))
+    assert trainable and all(PROMISES[method](n) for n in trainable), sorted(
+        n for n in trainable if not PROMISES[method](n)
+    )
     assert (report.percent == 100.0) == (method == "full")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -105,8 +123,17 @@ def logged_losses(run: RunDir) -> list[float]:
 @pytest.mark.parametrize("method", ["prefix", "prompt", "adapter"])
 def test_generation_methods_learn_through_the_trainer(method, tiny_decoder, copy_task_file, tmp_path):
     """Prompt-learning methods take the model's own loss path in the Trainer (virtual tokens), adapters the chunked one."""
-    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, method, epochs=6, batch_size=16,
-                         learning_rate=1e-1 if method == "prompt" else 2e-2, warmup_ratio=0.0)
+    config = make_config(
+        "causal_lm",
+        tiny_decoder,
+        copy_task_file,
+        tmp_path,
+        method,
+        epochs=6,
+        batch_size=16,
+        learning_rate=1e-1 if method == "prompt" else 2e-2,
+        warmup_ratio=0.0,
+    )
     run = pipeline.train(config)
     losses = logged_losses(run)
     assert sum(losses[-3:]) < sum(losses[:3]) - 0.03, losses
@@ -177,11 +204,18 @@ def test_merge_never_overwrites_an_existing_folder(tiny_encoder, sentiment_file,
 
 
 def test_adapters_switch_on_one_base_model(tiny_encoder, sentiment_file, tmp_path, monkeypatch):
-    runs = [pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path / name, "lora",
-                                       max_steps=steps, seed=seed))
-            for name, steps, seed in (("a", 2, 1), ("b", 8, 2))]
+    runs = [
+        pipeline.train(
+            make_config(
+                "classification", tiny_encoder, sentiment_file, tmp_path / name, "lora", max_steps=steps, seed=seed
+            )
+        )
+        for name, steps, seed in (("a", 2, 1), ("b", 8, 2))
+    ]
     inputs = tmp_path / "inputs.jsonl"
-    inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the film was great", "the score was dull", "a dreadful end")))
+    inputs.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ("the film was great", "the score was dull", "a dreadful end"))
+    )
     alone = []
     for i, run in enumerate(runs):
         pipeline.predict_run(run, str(inputs), str(tmp_path / f"alone{i}.jsonl"))
@@ -200,9 +234,13 @@ def test_adapters_switch_on_one_base_model(tiny_encoder, sentiment_file, tmp_pat
 
 def test_adapter_switching_refuses_runs_without_a_peft_adapter(tiny_encoder, sentiment_file, tmp_path):
     lora = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "lora", max_steps=2))
-    bitfit = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "bitfit", max_steps=2))
+    bitfit = pipeline.train(
+        make_config("classification", tiny_encoder, sentiment_file, tmp_path, "bitfit", max_steps=2)
+    )
     with pytest.raises(MethodError, match="saved no single PEFT adapter"):
-        pipeline.predict_with_adapters({"lora": lora, "bitfit": bitfit}, str(sentiment_file), str(tmp_path / "out.jsonl"))
+        pipeline.predict_with_adapters(
+            {"lora": lora, "bitfit": bitfit}, str(sentiment_file), str(tmp_path / "out.jsonl")
+        )
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -228,32 +266,47 @@ def test_qlora_without_cuda_is_a_clear_error_before_anything_loads(tiny_decoder,
     assert not list(tmp_path.glob("tiny-*"))  # refused before a run directory was made
 
 
-@pytest.mark.parametrize("method,bad,message", [
-    ("prompt", {"prompt": {"init": "text"}}, "prompt.init_text is empty"),
-    ("ia3", {"ia3": {"target_modules": ["value"]}}, "feedforward_modules"),
-    ("adapter", {"adapter": {"placement": "sideways"}}, "houlsby"),
-])
+@pytest.mark.parametrize(
+    "method,bad,message",
+    [
+        ("prompt", {"prompt": {"init": "text"}}, "prompt.init_text is empty"),
+        ("ia3", {"ia3": {"target_modules": ["value"]}}, "feedforward_modules"),
+        ("adapter", {"adapter": {"placement": "sideways"}}, "houlsby"),
+    ],
+)
 def test_method_settings_are_validated(method, bad, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         build_config({"task": "classification", "method": {"name": method, **bad}})
 
 
 def test_learning_rate_defaults_depend_on_method_and_task():
-    rate = lambda method, task="classification": build_config(
-        {"task": task, "method": {"name": method}, "data": {"prompt_field": "p"}}).learning_rate()
+    def rate(method, task="classification"):
+        return build_config({"task": task, "method": {"name": method}, "data": {"prompt_field": "p"}}).learning_rate()
+
     assert rate("full") == 5e-5
     assert rate("lora") == 2e-3 and rate("lora", "causal_lm") == 2e-4
     assert rate("prompt") > rate("lora") > rate("full")
 
 
-@pytest.mark.parametrize("task,setting,expected", [
-    ("classification", None, False), ("causal_lm", None, True), ("classification", True, True), ("causal_lm", False, False),
-])
+@pytest.mark.parametrize(
+    "task,setting,expected",
+    [
+        ("classification", None, False),
+        ("causal_lm", None, True),
+        ("classification", True, True),
+        ("causal_lm", False, False),
+    ],
+)
 def test_prefix_reparameterisation_defaults_by_task_and_obeys_the_config(task, setting, expected):
     from tunelab.methods import prefix
 
-    config = build_config({"task": task, "data": {"prompt_field": "p"},
-                           "method": {"name": "prefix", "prefix": {"reparameterize": setting}}})
+    config = build_config(
+        {
+            "task": task,
+            "data": {"prompt_field": "p"},
+            "method": {"name": "prefix", "prefix": {"reparameterize": setting}},
+        }
+    )
     assert prefix.peft_config(config).prefix_projection is expected
 
 
@@ -264,18 +317,33 @@ def test_prefix_classifier_returns_to_its_best_checkpoint(tiny_encoder, sentimen
     assert run.state()["state"] == "complete"
 
 
-@pytest.mark.parametrize("method, task, stored", [
-    ("lora", "causal_lm", torch.bfloat16), ("ia3", "causal_lm", torch.bfloat16),
-    ("full", "causal_lm", torch.float32),  # trained weights keep fp32 master copies
-    ("prefix", "causal_lm", torch.float32),
-    ("lora", "classification", torch.float32),  # the classifier head trains in the base's dtype
-])
-def test_a_frozen_generative_base_is_stored_in_bf16_only_for_bf16_runs(tiny_decoder, tiny_encoder, copy_task_file,
-                                                                         sentiment_file, method, task, stored):
-    data = ({"train": str(copy_task_file), "prompt_template": "{question}", "response_field": "answer"} if task == "causal_lm"
-            else {"train": str(sentiment_file)})
-    config = build_config({"name": "dtype", "task": task, "model": {"name": tiny_decoder if task == "causal_lm" else tiny_encoder},
-                           "data": data, "method": {"name": method}})
+@pytest.mark.parametrize(
+    "method, task, stored",
+    [
+        ("lora", "causal_lm", torch.bfloat16),
+        ("ia3", "causal_lm", torch.bfloat16),
+        ("full", "causal_lm", torch.float32),  # trained weights keep fp32 master copies
+        ("prefix", "causal_lm", torch.float32),
+        ("lora", "classification", torch.float32),  # the classifier head trains in the base's dtype
+    ],
+)
+def test_a_frozen_generative_base_is_stored_in_bf16_only_for_bf16_runs(
+    tiny_decoder, tiny_encoder, copy_task_file, sentiment_file, method, task, stored
+):
+    data = (
+        {"train": str(copy_task_file), "prompt_template": "{question}", "response_field": "answer"}
+        if task == "causal_lm"
+        else {"train": str(sentiment_file)}
+    )
+    config = build_config(
+        {
+            "name": "dtype",
+            "task": task,
+            "model": {"name": tiny_decoder if task == "causal_lm" else tiny_encoder},
+            "data": data,
+            "method": {"name": method},
+        }
+    )
     labels = None if task == "causal_lm" else ["negative", "positive"]
     model, _ = load_for_config(config, labels, "bf16")
     assert model.get_input_embeddings().weight.dtype == stored
@@ -322,7 +390,9 @@ def test_prompt_learning_generates_what_its_forward_computes(method, task, model
     config = make_config(task, model_dir, data_file, tmp_path, method)
     data = load_task_data(config)
     model, tokenizer = load_for_config(config, data.labels)
-    prompts = [tokenizer(text)["input_ids"] for text in ("repeat the word film", "say a word", "the score was a dull one")]
+    prompts = [
+        tokenizer(text)["input_ids"] for text in ("repeat the word film", "say a word", "the score was a dull one")
+    ]
     start = model.config.decoder_start_token_id if task == "seq2seq" else None
 
     def as_text(ids: list[int]) -> str:  # what generation returns: the answer up to EOS, special tokens dropped
@@ -340,7 +410,9 @@ def test_prompt_learning_generates_what_its_forward_computes(method, task, model
     for tuned in (model.eval(), reloaded):
         expected = [_token_by_token(tuned, p, task, start, 5) for p in prompts]
         assert expected != base_answers  # the prompt changes the answers, so generating without it would show
-        generated = generate_texts(tuned, tokenizer, prompts, decoder_only=task == "causal_lm", batch_size=3, max_new_tokens=5)
+        generated = generate_texts(
+            tuned, tokenizer, prompts, decoder_only=task == "causal_lm", batch_size=3, max_new_tokens=5
+        )
         assert generated == [as_text(ids) for ids in expected]
         assert any(generated)
 
@@ -360,7 +432,9 @@ def test_a_prefix_classifier_reads_its_prefix(tiny_encoder, sentiment_file, tmp_
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory, tokenizer_dir) -> str:
     """A BERT-style encoder whose forward takes no attention cache."""
-    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128)
+    config = DistilBertConfig(
+        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128
+    )
     model = DistilBertModel(config)
     path = tmp_path_factory.mktemp("tiny-distilbert")
     model.save_pretrained(path)
@@ -368,17 +442,26 @@ def tiny_distilbert(tmp_path_factory, tokenizer_dir) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("case,message", [
-    ("no_cache", "takes no attention cache.*method.name=prompt"),
-    ("positions", "needs 132 positions.*data.max_length=108"),
-])
-def test_prefix_classifiers_that_cannot_work_are_refused_before_anything_loads(case, message, tiny_distilbert,
-                                                                               tiny_encoder, sentiment_file, tmp_path):
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("no_cache", "takes no attention cache.*method.name=prompt"),
+        ("positions", "needs 132 positions.*data.max_length=108"),
+    ],
+)
+def test_prefix_classifiers_that_cannot_work_are_refused_before_anything_loads(
+    case, message, tiny_distilbert, tiny_encoder, sentiment_file, tmp_path
+):
     model = tiny_distilbert if case == "no_cache" else tiny_encoder
     config = make_config("classification", model, sentiment_file, tmp_path, "prefix")
     if case == "positions":  # the tiny encoder has 128 positions; 20 prefixes + 112 tokens do not fit
-        config = build_config({**config.model_dump(), "data": {**config.data.model_dump(), "max_length": 112},
-                               "method": {"name": "prefix", "prefix": {"num_virtual_tokens": 20}}})
+        config = build_config(
+            {
+                **config.model_dump(),
+                "data": {**config.data.model_dump(), "max_length": 112},
+                "method": {"name": "prefix", "prefix": {"num_virtual_tokens": 20}},
+            }
+        )
     with pytest.raises(MethodError, match=message):
         pipeline.train(config)
     assert not list(tmp_path.glob("tiny-*"))  # refused before a run directory was made

@@ -22,24 +22,27 @@ def test_accuracy_three_of_four():
     assert score("accuracy", ["a", "b", "b", "b"], ["a", "b", "b", "a"]) == pytest.approx(75.0)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    # 2 of 4 right (the None is wrong) -> 50
-    ("accuracy", 50.0),
-    # cat: TP 1, FP 0, FN 1 -> P 1, R 1/2, F1 2/3
-    # dog: TP 1, FP 1 (the cat called dog), FN 1 (the None) -> P 1/2, R 1/2, F1 1/2
-    # None is no class: it is a false negative for dog and a false positive for nothing
-    ("precision_macro", 100 * (1 + 1 / 2) / 2),        # 75
-    ("recall_macro", 100 * (1 / 2 + 1 / 2) / 2),       # 50
-    ("f1_macro", 100 * (2 / 3 + 1 / 2) / 2),           # 58.33
-    # pooled: TP 2, FP 1, FN 2 -> P 2/3, R 2/4, F1 = 2 * (2/3 * 1/2) / (2/3 + 1/2) = 4/7
-    ("precision_micro", 100 * 2 / 3),
-    ("recall_micro", 100 * 2 / 4),
-    ("f1_micro", 100 * 4 / 7),
-    # confusion matrix (rows true cat/dog, columns predicted cat/dog/None): [[1, 1, 0], [0, 1, 1]]
-    # s = 4 samples, c = 2 correct, predicted counts p = (1, 2, 1), true counts t = (2, 2, 0)
-    # MCC = (c*s - sum p*t) / sqrt((s^2 - sum p^2) (s^2 - sum t^2)) = (8 - 6) / sqrt((16 - 6) (16 - 8))
-    ("mcc", 100 * 2 / math.sqrt(10 * 8)),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # 2 of 4 right (the None is wrong) -> 50
+        ("accuracy", 50.0),
+        # cat: TP 1, FP 0, FN 1 -> P 1, R 1/2, F1 2/3
+        # dog: TP 1, FP 1 (the cat called dog), FN 1 (the None) -> P 1/2, R 1/2, F1 1/2
+        # None is no class: it is a false negative for dog and a false positive for nothing
+        ("precision_macro", 100 * (1 + 1 / 2) / 2),  # 75
+        ("recall_macro", 100 * (1 / 2 + 1 / 2) / 2),  # 50
+        ("f1_macro", 100 * (2 / 3 + 1 / 2) / 2),  # 58.33
+        # pooled: TP 2, FP 1, FN 2 -> P 2/3, R 2/4, F1 = 2 * (2/3 * 1/2) / (2/3 + 1/2) = 4/7
+        ("precision_micro", 100 * 2 / 3),
+        ("recall_micro", 100 * 2 / 4),
+        ("f1_micro", 100 * 4 / 7),
+        # confusion matrix (rows true cat/dog, columns predicted cat/dog/None): [[1, 1, 0], [0, 1, 1]]
+        # s = 4 samples, c = 2 correct, predicted counts p = (1, 2, 1), true counts t = (2, 2, 0)
+        # MCC = (c*s - sum p*t) / sqrt((s^2 - sum p^2) (s^2 - sum t^2)) = (8 - 6) / sqrt((16 - 6) (16 - 8))
+        ("mcc", 100 * 2 / math.sqrt(10 * 8)),
+    ],
+)
 def test_classification_metrics_with_an_unmatched_prediction(name, expected):
     assert score(name, PREDICTED, GOLD) == pytest.approx(expected)
 
@@ -51,7 +54,9 @@ def test_mcc_binary_from_the_confusion_matrix():
 
 def test_a_data_classification_task_is_scored_on_the_registry_scale():
     # a run's own classification data gets accuracy and the macro averages, 0-100 like every other score
-    scores = {name: score(name, ["cat", "dog", "dog"], ["cat", "dog", "cat"]) for name in INLINE_METRICS["classification"]}
+    scores = {
+        name: score(name, ["cat", "dog", "dog"], ["cat", "dog", "cat"]) for name in INLINE_METRICS["classification"]
+    }
     assert scores["accuracy"] == pytest.approx(200 / 3)
     assert scores["precision_macro"] == pytest.approx(75.0)  # cat 1/1, dog 1/2
     assert scores["recall_macro"] == pytest.approx(75.0)  # cat 1/2, dog 1/1
@@ -100,7 +105,8 @@ def test_bleu_identical_is_100():
 def test_bleu_brevity_penalty():
     # every n-gram precision is 1; hypothesis 6 tokens, reference 7 -> BP = exp(1 - 7/6)
     assert score("bleu", ["the cat sat on the mat"], ["the cat sat on the mat today"]) == pytest.approx(
-        100 * math.exp(1 - 7 / 6))
+        100 * math.exp(1 - 7 / 6)
+    )
 
 
 def test_bleu_with_a_variable_number_of_references():
@@ -142,11 +148,13 @@ def test_entities_one_right_one_wrong():
     # PER span right; LOC predicted as ORG -> wrong: 1 of 2 predicted right, 1 of 2 gold found
     wrong_type = [["B-PER", "I-PER", "O", "B-ORG"]]
     assert [score(m, wrong_type, gold) for m in ("entity_precision", "entity_recall", "entity_f1")] == pytest.approx(
-        [50.0, 50.0, 50.0])
+        [50.0, 50.0, 50.0]
+    )
     # LOC missed: P 1/1, R 1/2, F1 2/3
     missed = [["B-PER", "I-PER", "O", "O"]]
     assert [score(m, missed, gold) for m in ("entity_precision", "entity_recall", "entity_f1")] == pytest.approx(
-        [100.0, 50.0, 200 / 3])
+        [100.0, 50.0, 200 / 3]
+    )
 
 
 # --- perplexity ----------------------------------------------------------------------------------
@@ -194,16 +202,19 @@ def test_a_data_generation_task_keeps_the_scores_runs_always_had():
 NLI = {"entailment": ["entailment", "yes"], "not_entailment": ["not entailment", "no"]}
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("entailment", "entailment"),
-    ("Not entailment.", "not_entailment"),          # the longer word wins at the start
-    ("  Yes! It follows.", "entailment"),            # punctuation around the ends
-    ("It is not entailment.", "not_entailment"),     # only one label mentioned once "not entailment" is taken out
-    ("I think yes", "entailment"),
-    ("noted", None),                                 # "no" only as a whole word
-    ("The weather is nice.", None),
-    ("Either yes or no.", None),                     # two labels, neither at the start
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("entailment", "entailment"),
+        ("Not entailment.", "not_entailment"),  # the longer word wins at the start
+        ("  Yes! It follows.", "entailment"),  # punctuation around the ends
+        ("It is not entailment.", "not_entailment"),  # only one label mentioned once "not entailment" is taken out
+        ("I think yes", "entailment"),
+        ("noted", None),  # "no" only as a whole word
+        ("The weather is nice.", None),
+        ("Either yes or no.", None),  # two labels, neither at the start
+    ],
+)
 def test_match_label(text, expected):
     assert match_label(text, NLI) == expected
 
@@ -282,16 +293,20 @@ def test_bootstrap_edge_sizes():
 def test_paired_bootstrap_scores_each_system_against_its_own_references():
     metric = get_metric("exact_match")
     # a: 2 of 2 right against its references (100); b: 1 of 2 right against its own (50) -> b - a = -50
-    change = paired_bootstrap(metric, ["paris", "rome"], ["he", "she"], ["paris", "rome"], samples=200,
-                              references_b=["he", "her"])
+    change = paired_bootstrap(
+        metric, ["paris", "rome"], ["he", "she"], ["paris", "rome"], samples=200, references_b=["he", "her"]
+    )
     assert change.value == pytest.approx(-50.0)
     assert change.low <= -50.0 <= change.high
-    same = paired_bootstrap(metric, ["he", "she"], ["he", "she"], ["he", "her"], samples=200, references_b=["he", "her"])
+    same = paired_bootstrap(
+        metric, ["he", "she"], ["he", "she"], ["he", "her"], samples=200, references_b=["he", "her"]
+    )
     assert same == Interval(0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("name", ["precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro",
-                                  "f1_micro", "mcc"])
+@pytest.mark.parametrize(
+    "name", ["precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro", "f1_micro", "mcc"]
+)
 @pytest.mark.parametrize("seed", range(4))
 def test_counted_label_metrics_equal_scikit_learn_on_every_resample(name, seed):
     """The bootstrap's confusion-count path gives scikit-learn's value on each resample, unmatched answers and
@@ -306,6 +321,9 @@ def test_counted_label_metrics_equal_scikit_learn_on_every_resample(name, seed):
     predictions = [None if r < 0.1 else labels[int(r * 10) % 3] if r < 0.9 else "zz" for r in rng.random(40)]
     metric = get_metric(name)
     counted = _resample_confusions(metric, predictions, references, samples=60, seed=seed)
-    direct = [metric.compute(_picked(predictions, idx), _picked(references, idx))
-              for batch in _index_batches(40, 60, seed) for idx in batch]
+    direct = [
+        metric.compute(_picked(predictions, idx), _picked(references, idx))
+        for batch in _index_batches(40, 60, seed)
+        for idx in batch
+    ]
     assert counted == pytest.approx(direct, abs=1e-9)

@@ -44,11 +44,13 @@ class FakeHub(BaseHTTPRequestHandler):
 @pytest.fixture
 def hub_at(monkeypatch, tmp_path):
     """Point the hub client at `endpoint`, with an empty hub cache and no remembered lookups."""
+
     def point(endpoint: str) -> None:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
         _hub_problem.cache_clear()
+
     yield point
     _hub_problem.cache_clear()
 
@@ -97,11 +99,14 @@ def test_offline_mode_is_named(hub_at, monkeypatch):
         check_reference("some-org/some-model")
 
 
-@pytest.mark.parametrize("reference, message", [
-    ("./runs/missing-run", "nor a Hugging Face hub id"),
-    ("a/b/c", "nor a Hugging Face hub id"),
-    ("pyproject.toml", "is a file"),
-])
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ("./runs/missing-run", "nor a Hugging Face hub id"),
+        ("a/b/c", "nor a Hugging Face hub id"),
+        ("pyproject.toml", "is a file"),
+    ],
+)
 def test_what_cannot_be_a_hub_id_is_refused_without_asking_the_hub(reference, message, fake_hub, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(ModelNotAvailable, match=message):
@@ -125,22 +130,37 @@ def _refused(capsys, argv: list[str]) -> str:
 
 def test_train_refuses_an_unknown_model_before_a_run_directory_exists(unreachable_hub, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    error = _refused(capsys, ["train", "configs/sentiment-minilm-lora.yaml", "model.name=minilm-l12",
-                              f"output_dir={tmp_path / 'runs'}"])
+    error = _refused(
+        capsys,
+        ["train", "configs/sentiment-minilm-lora.yaml", "model.name=minilm-l12", f"output_dir={tmp_path / 'runs'}"],
+    )
     assert "did you mean 'minilm-l6'" in error
     assert not (tmp_path / "runs").exists()
 
 
 def test_eval_and_compare_refuse_an_unknown_model(unreachable_hub, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert "did you mean 'minilm-l6'" in _refused(capsys, ["eval", "minilm-l12", "--suite", "glue-mini", "--output",
-                                                           str(tmp_path / "eval")])
-    assert "did you mean 'minilm-l6'" in _refused(capsys, ["compare", "configs/sentiment-minilm-lora.yaml",
-                                                           "model.name=minilm-l12", "--methods", "lora",
-                                                           "--output-dir", str(tmp_path / "compare")])
+    assert "did you mean 'minilm-l6'" in _refused(
+        capsys, ["eval", "minilm-l12", "--suite", "glue-mini", "--output", str(tmp_path / "eval")]
+    )
+    assert "did you mean 'minilm-l6'" in _refused(
+        capsys,
+        [
+            "compare",
+            "configs/sentiment-minilm-lora.yaml",
+            "model.name=minilm-l12",
+            "--methods",
+            "lora",
+            "--output-dir",
+            str(tmp_path / "compare"),
+        ],
+    )
     assert not list(tmp_path.iterdir())
 
 
 def test_predict_names_a_run_directory_that_does_not_exist(capsys, tmp_path):
-    error = _refused(capsys, ["predict", str(tmp_path / "runs" / "nope"), "--input", "x.jsonl", "--output", str(tmp_path / "o.jsonl")])
+    error = _refused(
+        capsys,
+        ["predict", str(tmp_path / "runs" / "nope"), "--input", "x.jsonl", "--output", str(tmp_path / "o.jsonl")],
+    )
     assert "does not exist" in error and not (tmp_path / "o.jsonl").exists()

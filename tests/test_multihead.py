@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-from helpers import descend
 from tunelab.models.multihead import MultiHeadClassifier, build_multihead
+
+from helpers import descend
 
 TASKS = {
     "sst2": ["negative", "positive"],
@@ -107,9 +108,9 @@ def test_predict_uses_the_named_head(tiny_encoder, tokenizer):
 def per_example_ce(model: MultiHeadClassifier, logits: torch.Tensor, batch) -> torch.Tensor:
     """Cross-entropy of each row against its own head's labels, from the trimmed logits."""
     widths = [len(TASKS[model.task_names[t]]) for t in batch["task_ids"].tolist()]
-    return torch.stack([
-        F.cross_entropy(row[:width], label) for row, width, label in zip(logits, widths, batch["labels"])
-    ])
+    return torch.stack(
+        [F.cross_entropy(row[:width], label) for row, width, label in zip(logits, widths, batch["labels"])]
+    )
 
 
 def test_loss_weights_give_the_weighted_mean_of_per_example_losses(tiny_encoder, tokenizer):
@@ -143,8 +144,10 @@ def test_save_then_load_reproduces_every_head(tiny_encoder, tokenizer, tmp_path)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
         for task in TASKS:
-            assert torch.equal(model.predict(*text, task, batch["token_type_ids"]),
-                               loaded.predict(*text, task, batch["token_type_ids"]))
+            assert torch.equal(
+                model.predict(*text, task, batch["token_type_ids"]),
+                loaded.predict(*text, task, batch["token_type_ids"]),
+            )
     settings = json.loads((tmp_path / "mh" / "multihead.json").read_text())
     assert settings == {"tasks": TASKS, "dropout": 0.1, "hidden_size": 32}
     assert list(settings["tasks"]) == list(TASKS)
@@ -160,20 +163,33 @@ class Collator:
         self.tokenizer = tokenizer
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        text = self.tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids")} for r in rows],
-                                  return_tensors="pt")
-        return {**text, "task_ids": torch.tensor([r["task_ids"] for r in rows]),
-                "labels": torch.tensor([r["labels"] for r in rows])}
+        text = self.tokenizer.pad(
+            [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids")} for r in rows], return_tensors="pt"
+        )
+        return {
+            **text,
+            "task_ids": torch.tensor([r["task_ids"] for r in rows]),
+            "labels": torch.tensor([r["labels"] for r in rows]),
+        }
 
 
 def test_plugs_into_the_hf_trainer(tiny_encoder, tokenizer, tmp_path):
     model = build_multihead(tiny_encoder, TASKS)
     before = [head[1].weight.detach().clone() for head in model.heads]
     rows = [{**tokenizer(text), "task_ids": task, "labels": label} for text, task, label in EXAMPLES]
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
-                             per_device_eval_batch_size=4, learning_rate=1e-2, report_to=[], use_cpu=True,
-                             remove_unused_columns=False, save_strategy="no", activation_checkpointing=True,
-                             label_names=["labels", "task_ids"])
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+        save_strategy="no",
+        activation_checkpointing=True,
+        label_names=["labels", "task_ids"],
+    )
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=Collator(tokenizer))
     trainer.train()
     assert trainer.state.global_step == 2
@@ -192,7 +208,11 @@ def test_plugs_into_the_hf_trainer(tiny_encoder, tokenizer, tmp_path):
     for task, (mask, logits) in pieces.items():
         rows_of_task = torch.from_numpy(mask)
         with torch.no_grad():
-            expected = model.predict(batch["input_ids"][rows_of_task], batch["attention_mask"][rows_of_task], task,
-                                     batch["token_type_ids"][rows_of_task])
+            expected = model.predict(
+                batch["input_ids"][rows_of_task],
+                batch["attention_mask"][rows_of_task],
+                task,
+                batch["token_type_ids"][rows_of_task],
+            )
         torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-4, atol=1e-5)
         assert (labels[mask] < len(TASKS[task])).all()

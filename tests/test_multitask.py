@@ -7,27 +7,35 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tunelab import pipeline
 from tunelab.cli import main
 from tunelab.config import ConfigError, build_config
-from tunelab.data.readers import DataError
 from tunelab.data.encode import TaskCollator
 from tunelab.data.plan import plan_training
+from tunelab.data.readers import DataError
 from tunelab.data.taskset import load_taskset
 from tunelab.train.trainer import CompletionLossTrainer
 
 
 def mixture_config(model_dir, out, task="causal_lm", method="lora", **mixture):
-    return build_config({
-        "name": "tiny-mix", "task": task, "output_dir": str(out), "model": {"name": model_dir},
-        "data": {"max_length": 96, "max_target_length": 16},
-        "method": {"name": method},
-        "training": {"epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32"},
-        "mixture": {"tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 8}],
-                    "eval_examples": 4, "validation_examples": 4, **mixture},
-    })
+    return build_config(
+        {
+            "name": "tiny-mix",
+            "task": task,
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": {"max_length": 96, "max_target_length": 16},
+            "method": {"name": method},
+            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32"},
+            "mixture": {
+                "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 8}],
+                "eval_examples": 4,
+                "validation_examples": 4,
+                **mixture,
+            },
+        }
+    )
 
 
 def planned(config):
@@ -37,7 +45,10 @@ def planned(config):
 def test_plan_follows_the_strategy_and_is_saved_with_the_run(tiny_decoder, tmp_path):
     proportional = planned(mixture_config(tiny_decoder, tmp_path))
     equal = planned(mixture_config(tiny_decoder, tmp_path, strategy="equal"))
-    count = lambda plan, task: sum(t == task for t, _ in plan.order)
+
+    def count(plan, task):
+        return sum(t == task for t, _ in plan.order)
+
     assert (count(proportional, "sst2"), count(proportional, "rte")) == (24, 8)
     assert (count(equal, "sst2"), count(equal, "rte")) == (16, 16)  # rte up-sampled, sst2 down-sampled
     temperature = planned(mixture_config(tiny_decoder, tmp_path, strategy="temperature", temperature=3.0))
@@ -45,9 +56,15 @@ def test_plan_follows_the_strategy_and_is_saved_with_the_run(tiny_decoder, tmp_p
 
 
 def test_curriculum_stage_switches_at_its_step(tiny_decoder, tmp_path):
-    config = mixture_config(tiny_decoder, tmp_path, tasks=[], stages=[
-        {"name": "related", "tasks": [{"task": "sst2", "max_examples": 24}], "steps": 3},
-        {"name": "target", "tasks": [{"task": "rte", "max_examples": 8}], "steps": 2}])
+    config = mixture_config(
+        tiny_decoder,
+        tmp_path,
+        tasks=[],
+        stages=[
+            {"name": "related", "tasks": [{"task": "sst2", "max_examples": 24}], "steps": 3},
+            {"name": "target", "tasks": [{"task": "rte", "max_examples": 8}], "steps": 2},
+        ],
+    )
     plan = planned(config)
     assert plan.boundaries == [3]
     assert {t for t, _ in plan.order[:12]} == {"sst2"} and {t for t, _ in plan.order[12:]} == {"rte"}
@@ -62,8 +79,10 @@ def test_bad_mixtures_are_config_errors(tiny_decoder, tmp_path):
         mixture_config(tiny_decoder, tmp_path, task="classification")
     with pytest.raises(ConfigError, match="takes no per-task loss_weight"):
         mixture_config(tiny_decoder, tmp_path, method="prompt", tasks=[{"task": "sst2", "loss_weight": 2.0}])
-    with pytest.raises(ConfigError, match="early_stopping_patience needs one task"):
-        build_config({**mixture_config(tiny_decoder, tmp_path).model_dump(), "training": {"early_stopping_patience": 2}})
+    with pytest.raises(ConfigError, match="early_stopping_patience needs a best checkpoint"):
+        build_config(
+            {**mixture_config(tiny_decoder, tmp_path).model_dump(), "training": {"early_stopping_patience": 2}}
+        )
     with pytest.raises(ConfigError, match="method.name: full"):
         mixture_config(tiny_decoder, tmp_path, task="classification", method="lora", architecture="multi_head")
     with pytest.raises(DataError, match="eval_only"):
@@ -77,8 +96,10 @@ def test_loss_weights_scale_each_tasks_gradient(tiny_decoder):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_decoder)
     tokenizer = AutoTokenizer.from_pretrained(tiny_decoder)
-    examples = [{"input_ids": [101, 2000 + i, 2100 + i, 102], "attention_mask": [1] * 4, "labels": [-100, -100, 2100 + i, 102]}
-                for i in range(2)]
+    examples = [
+        {"input_ids": [101, 2000 + i, 2100 + i, 102], "attention_mask": [1] * 4, "labels": [-100, -100, 2100 + i, 102]}
+        for i in range(2)
+    ]
     collate = TaskCollator(make_collator("causal_lm", tokenizer))
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
 
@@ -118,13 +139,33 @@ def test_multi_head_encoder_trains_one_head_per_task(tiny_encoder, tmp_path):
     evaluation = json.loads(run.eval_path.read_text())
     assert set(evaluation["tasks"]) == {"sst2", "rte"}
     assert json.loads((run.model_dir / "multihead.json").read_text())["tasks"] == {
-        "sst2": ["positive", "negative"], "rte": ["entailment", "not_entailment"]}
+        "sst2": ["positive", "negative"],
+        "rte": ["entailment", "not_entailment"],
+    }
     losses = [e["loss"] for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
     assert losses
 
 
+def test_a_one_task_multi_head_run_keeps_its_last_weights(tiny_encoder, tmp_path):
+    """One task's validation set is a plain list, yet a multi-head model has no best checkpoint the Trainer reloads."""
+    run = pipeline.train(
+        mixture_config(
+            tiny_encoder,
+            tmp_path,
+            task="classification",
+            method="full",
+            architecture="multi_head",
+            tasks=[{"task": "sst2", "max_examples": 8}],
+        )
+    )
+    assert run.state()["state"] == "complete" and run.state()["best_checkpoint"] is None
+    assert any("eval_loss" in entry for entry in map(json.loads, run.metrics_path.read_text().splitlines()))
+
+
 def test_task_adapters_train_one_adapter_per_task_and_route_by_name(tiny_decoder, tmp_path):
-    config = mixture_config(tiny_decoder, tmp_path, architecture="task_adapters", shared_adapter=True, eval_only=["cola"])
+    config = mixture_config(
+        tiny_decoder, tmp_path, architecture="task_adapters", shared_adapter=True, eval_only=["cola"]
+    )
     run = pipeline.train(config)
     manifest = json.loads((run.model_dir / "task_adapters.json").read_text())
     assert manifest == {"tasks": ["sst2", "rte"], "shared": True}
@@ -137,12 +178,20 @@ def test_task_adapters_train_one_adapter_per_task_and_route_by_name(tiny_decoder
 
 def test_compare_mixtures_puts_specialists_and_the_mixture_in_one_table(tiny_decoder, tmp_path):
     config_path = tmp_path / "mix.yaml"
-    config_path.write_text(json.dumps(mixture_config(tiny_decoder, tmp_path / "unused", eval_only=["cola"]).model_dump(mode="json")))
-    assert main(["compare", str(config_path), "--mixtures", "sst2+rte,sst2", "--output-dir", str(tmp_path / "cmp")]) == 0
+    config_path.write_text(
+        json.dumps(mixture_config(tiny_decoder, tmp_path / "unused", eval_only=["cola"]).model_dump(mode="json"))
+    )
+    assert (
+        main(["compare", str(config_path), "--mixtures", "sst2+rte,sst2", "--output-dir", str(tmp_path / "cmp")]) == 0
+    )
     summary = json.loads((tmp_path / "cmp" / "tiny-mix" / "summary.json").read_text())
     rows = {row["variant"]: row for row in summary["variants"]}
     assert set(rows) == {"sst2", "sst2+rte"} and all(r["status"] == "ok" for r in rows.values())
-    assert set(rows["sst2"]["scores"]) == {"sst2", "cola"} and set(rows["sst2+rte"]["scores"]) == {"sst2", "rte", "cola"}
+    assert set(rows["sst2"]["scores"]) == {"sst2", "cola"} and set(rows["sst2+rte"]["scores"]) == {
+        "sst2",
+        "rte",
+        "cola",
+    }
     assert rows["sst2"]["base"] == {}  # the base model was scored once, by the first mixture
     assert set(summary["base"]) == {"sst2", "rte", "cola"} and all(v is not None for v in summary["base"].values())
     assert [t for t, info in summary["tasks"].items() if info["held_out"]] == ["cola"]
@@ -154,7 +203,9 @@ def test_compare_mixtures_puts_specialists_and_the_mixture_in_one_table(tiny_dec
 def test_a_mixture_run_asks_which_task_a_command_means(tiny_encoder, tiny_decoder, tmp_path):
     from tunelab.tasks import TaskError
 
-    run = pipeline.train(mixture_config(tiny_encoder, tmp_path, task="classification", method="full", architecture="multi_head"))
+    run = pipeline.train(
+        mixture_config(tiny_encoder, tmp_path, task="classification", method="full", architecture="multi_head")
+    )
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
     with pytest.raises(TaskError, match="trained on sst2, rte; say which task with --task NAME"):

@@ -14,16 +14,34 @@ VOCAB = 97
 
 def tiny_llama():
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+    )
 
 
 def tiny_gemma3():
     """Gemma 3 alternates sliding-window and global layers; a 4-token window makes the sliding mask matter."""
     torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=128,
-                              sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+    config = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+    )
     return Gemma3ForCausalLM(config)
 
 
@@ -32,7 +50,9 @@ def examples(lengths: list[int], prompt: int = 3) -> list[dict]:
     out = []
     for length in lengths:
         ids = torch.randint(1, VOCAB, (length,), generator=generator).tolist()
-        out.append({"input_ids": ids, "attention_mask": [1] * length, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+        out.append(
+            {"input_ids": ids, "attention_mask": [1] * length, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]}
+        )
     return out
 
 
@@ -44,7 +64,7 @@ def rows_of(batch: dict, features: list[dict]):
         for start in starts:
             for index, feature in enumerate(features):
                 ids = feature["input_ids"]
-                if index not in found and batch["input_ids"][row, start:start + len(ids)].tolist() == ids:
+                if index not in found and batch["input_ids"][row, start : start + len(ids)].tolist() == ids:
                     found[index] = (row, start)
                     break
     return found
@@ -67,7 +87,7 @@ def test_packed_logits_equal_each_example_alone(build, row_tokens):
         for index, feature in enumerate(features):
             alone = model(input_ids=torch.tensor([feature["input_ids"]])).logits[0]
             row, start = located[index]
-            assert torch.allclose(packed[row, start:start + len(feature["input_ids"])], alone, atol=1e-5), index
+            assert torch.allclose(packed[row, start : start + len(feature["input_ids"])], alone, atol=1e-5), index
 
 
 def test_packing_would_leak_without_position_restarts():
@@ -80,7 +100,9 @@ def test_packing_would_leak_without_position_restarts():
     later = max(located, key=lambda i: located[i][1])
     row, start = located[later]
     with torch.no_grad():
-        leaked = model(input_ids=batch["input_ids"], position_ids=continuous, use_cache=False).logits[row, start:start + len(features[later]["input_ids"])]
+        leaked = model(input_ids=batch["input_ids"], position_ids=continuous, use_cache=False).logits[
+            row, start : start + len(features[later]["input_ids"])
+        ]
         alone = model(input_ids=torch.tensor([features[later]["input_ids"]])).logits[0]
     assert not torch.allclose(leaked, alone, atol=1e-3)
 
@@ -91,7 +113,10 @@ def test_packed_labels_mask_each_examples_first_token_and_the_padding():
     located = rows_of(batch, features)
     for index, (row, start) in located.items():
         assert batch["labels"][row, start] == IGNORE_INDEX  # never predicted from the previous example's last token
-        assert batch["labels"][row, start + 1:start + len(features[index]["input_ids"])].tolist() == features[index]["input_ids"][1:]
+        assert (
+            batch["labels"][row, start + 1 : start + len(features[index]["input_ids"])].tolist()
+            == features[index]["input_ids"][1:]
+        )
     scored = int((batch["labels"] != IGNORE_INDEX).sum())
     assert scored == sum(len(f["input_ids"]) - 1 for f in features)
 
@@ -108,7 +133,9 @@ def test_completion_loss_of_a_packed_batch_equals_the_padded_batch(build, tokeni
     packed = make_collator("causal_lm", tokenizer, packed_row_tokens=24)(features)
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
     with torch.no_grad():
-        assert torch.allclose(trainer.compute_loss(model, dict(packed)), trainer.compute_loss(model, dict(padded)), atol=1e-5)
+        assert torch.allclose(
+            trainer.compute_loss(model, dict(packed)), trainer.compute_loss(model, dict(padded)), atol=1e-5
+        )
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
 
 

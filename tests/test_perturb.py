@@ -112,7 +112,9 @@ def test_contractions_match_whole_words_only():
 
 
 def test_slang_replaces_known_words_keeping_case():
-    assert perturb("You are great, please come tonight with people.", "slang", 1.0) == "U r gr8, pls come 2nite w/ ppl."
+    assert (
+        perturb("You are great, please come tonight with people.", "slang", 1.0) == "U r gr8, pls come 2nite w/ ppl."
+    )
     assert perturb("you're youth", "slang", 1.0) == "you're youth"
 
 

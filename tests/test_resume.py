@@ -15,41 +15,88 @@ import pytest
 import yaml
 from transformers import TrainerControl, TrainerState
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
 from tunelab.cli import main
 from tunelab.runs import RunDir
 from tunelab.train import trainer as trainer_module
 
+from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
+
 SAVE_STEPS = 5
 
 MIXTURE = {"eval_examples": 4, "validation_examples": 4}
-STAGES = [{"name": "first", "tasks": [{"task": "sst2", "max_examples": 24}], "steps": 20},
-          {"name": "then", "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}], "steps": 20}]
+STAGES = [
+    {"name": "first", "tasks": [{"task": "sst2", "max_examples": 24}], "steps": 20},
+    {
+        "name": "then",
+        "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}],
+        "steps": 20,
+    },
+]
 TASKS = [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 16}]
 
 
 def _config(kind: str, folder: Path, encoder: str, decoder: str) -> Path:
-    training = {"batch_size": 4, "learning_rate": 3e-3, "precision": "fp32", "logging_steps": 1, "seed": 3,
-                "save_steps": SAVE_STEPS, "save_minutes": None}
+    training = {
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "precision": "fp32",
+        "logging_steps": 1,
+        "seed": 3,
+        "save_steps": SAVE_STEPS,
+        "save_minutes": None,
+    }
     if kind == "classifier":
-        rows = [{"text": f"the {noun} was {adjective}", "label": label} for label, words in (("positive", POSITIVE), ("negative", NEGATIVE))
-                for adjective in words for noun in NOUNS[:4]]
-        config = {"task": "classification", "model": {"name": encoder}, "method": {"name": "lora"},
-                  "data": {"train": str(write_jsonl(folder / "sentiment.jsonl", rows)), "max_length": 32},
-                  "training": {**training, "epochs": 4}}
+        rows = [
+            {"text": f"the {noun} was {adjective}", "label": label}
+            for label, words in (("positive", POSITIVE), ("negative", NEGATIVE))
+            for adjective in words
+            for noun in NOUNS[:4]
+        ]
+        config = {
+            "task": "classification",
+            "model": {"name": encoder},
+            "method": {"name": "lora"},
+            "data": {"train": str(write_jsonl(folder / "sentiment.jsonl", rows)), "max_length": 32},
+            "training": {**training, "epochs": 4},
+        }
     elif kind == "text_to_text":
         rows = [{"question": f"repeat the word {w}", "answer": w} for w in (POSITIVE + NEGATIVE + NOUNS) * 3]
-        config = {"task": "causal_lm", "model": {"name": decoder}, "method": {"name": "lora"},
-                  "data": {"train": str(write_jsonl(folder / "copy.jsonl", rows)), "prompt_template": "{question}",
-                           "response_field": "answer", "max_length": 48}, "training": {**training, "epochs": 3}}
+        config = {
+            "task": "causal_lm",
+            "model": {"name": decoder},
+            "method": {"name": "lora"},
+            "data": {
+                "train": str(write_jsonl(folder / "copy.jsonl", rows)),
+                "prompt_template": "{question}",
+                "response_field": "answer",
+                "max_length": 48,
+            },
+            "training": {**training, "epochs": 3},
+        }
     elif kind == "multi_head":
-        config = {"task": "classification", "model": {"name": encoder}, "method": {"name": "full"}, "data": {"max_length": 96},
-                  "mixture": {**MIXTURE, "tasks": TASKS, "architecture": "multi_head"}, "training": {**training, "max_steps": 40}}
+        config = {
+            "task": "classification",
+            "model": {"name": encoder},
+            "method": {"name": "full"},
+            "data": {"max_length": 96},
+            "mixture": {**MIXTURE, "tasks": TASKS, "architecture": "multi_head"},
+            "training": {**training, "max_steps": 40},
+        }
     else:  # mixtures of instructions, as a curriculum: one plain, one with an adapter per task
         architecture = "task_adapters" if kind == "task_adapters_curriculum" else "text_to_text"
-        config = {"task": "causal_lm", "model": {"name": decoder}, "method": {"name": "lora"}, "data": {"max_length": 96},
-                  "mixture": {**MIXTURE, "stages": STAGES, "architecture": architecture,
-                              "shared_adapter": architecture == "task_adapters"}, "training": training}
+        config = {
+            "task": "causal_lm",
+            "model": {"name": decoder},
+            "method": {"name": "lora"},
+            "data": {"max_length": 96},
+            "mixture": {
+                **MIXTURE,
+                "stages": STAGES,
+                "architecture": architecture,
+                "shared_adapter": architecture == "task_adapters",
+            },
+            "training": training,
+        }
     path = folder / f"{kind}.yaml"
     path.write_text(yaml.safe_dump({"name": kind, "eval": {"max_new_tokens": 4}, **config}), encoding="utf-8")
     return path
@@ -62,8 +109,12 @@ def _only_run(output_dir: Path) -> RunDir:
 
 def _kill_after_a_checkpoint(config: Path, output_dir: Path) -> RunDir:
     """`tunelab train` in a subprocess, SIGKILLed as soon as its first step checkpoint is complete."""
-    process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(config), f"output_dir={output_dir}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "train", str(config), f"output_dir={output_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if list(output_dir.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
@@ -71,7 +122,8 @@ def _kill_after_a_checkpoint(config: Path, output_dir: Path) -> RunDir:
             break
         time.sleep(0.01)
     assert process.wait(timeout=60) == -signal.SIGKILL, (
-        f"the run ended (exit {process.returncode}) before it could be killed: {process.stderr.read()[-2000:]}")
+        f"the run ended (exit {process.returncode}) before it could be killed: {process.stderr.read()[-2000:]}"
+    )
     return _only_run(output_dir)
 
 
@@ -88,7 +140,9 @@ def _tuned(run: RunDir) -> dict:
 
 @pytest.mark.integration
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="the mixtures read sst2 and rte from ../shared/data")
-@pytest.mark.parametrize("kind", ["classifier", "text_to_text", "multi_head", "curriculum", "task_adapters_curriculum"])
+@pytest.mark.parametrize(
+    "kind", ["classifier", "text_to_text", "multi_head", "curriculum", "task_adapters_curriculum"]
+)
 def test_a_killed_run_resumes_to_the_uninterrupted_result(kind, tiny_encoder, tiny_decoder, tmp_path):
     config = _config(kind, tmp_path, tiny_encoder, tiny_decoder)
     assert main(["train", str(config), f"output_dir={tmp_path / 'whole'}"]) == 0

@@ -11,7 +11,6 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from tunelab.data.plan import single_task_batches
-from tunelab.train.trainer import PlannedOrder
 from tunelab.methods.task_adapters import (
     SHARED,
     TaskAdapterError,
@@ -24,12 +23,21 @@ from tunelab.methods.task_adapters import (
     save_task_adapters,
     trainable_by_adapter,
 )
+from tunelab.train.trainer import PlannedOrder
 
 TASKS = ["echo", "antonym"]
-ECHO = [("repeat the word film", "film"), ("repeat the word story", "story"),
-        ("repeat the word cast", "cast"), ("repeat the word score", "score")]
-ANTONYM = [("opposite of great", "awful"), ("opposite of boring", "moving"),
-           ("opposite of superb", "dreadful"), ("opposite of dull", "brilliant")]
+ECHO = [
+    ("repeat the word film", "film"),
+    ("repeat the word story", "story"),
+    ("repeat the word cast", "cast"),
+    ("repeat the word score", "score"),
+]
+ANTONYM = [
+    ("opposite of great", "awful"),
+    ("opposite of boring", "moving"),
+    ("opposite of superb", "dreadful"),
+    ("opposite of dull", "brilliant"),
+]
 DATA = {"echo": ECHO, "antonym": ANTONYM}
 
 
@@ -136,7 +144,9 @@ def test_adamw_over_all_adapters_moves_only_the_routed_ones(shared, tiny_decoder
     """
     model = apply_task_adapters(base(tiny_decoder), TASKS, lora_config(), shared=shared)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
-    assert len(optimiser.param_groups[0]["params"]) == sum(len(adapter_parameters(model, n)) for n in model.peft_config)
+    assert len(optimiser.param_groups[0]["params"]) == sum(
+        len(adapter_parameters(model, n)) for n in model.peft_config
+    )
 
     def step(task: str) -> None:
         batch = collate(examples(tokenizer, task))
@@ -161,7 +171,7 @@ def test_the_plan_makes_every_batch_single_task_and_covers_every_example():
     draws = [("echo", i) for i in range(5)] + [("antonym", i) for i in range(3)]
     order = single_task_batches(draws, batch=2, seed=1)
 
-    batches = [order[i:i + 2] for i in range(0, len(order), 2)]
+    batches = [order[i : i + 2] for i in range(0, len(order), 2)]
     assert all(len({task for task, _ in b}) == 1 for b in batches)
     assert set(order) == set(draws)
     assert len(order) == 6 + 4  # each task's last batch filled up with its own examples
@@ -181,7 +191,9 @@ class RecordingTrainer(PlannedOrder, TaskRoutedTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.seen.append(list(inputs["task"]))
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
 
 
 @dataclass
@@ -205,12 +217,22 @@ def trained(tiny_decoder, tokenizer, tmp_path_factory) -> Trained:
     rows = {task: examples(tokenizer, task) for task in TASKS}
     route(model, "echo")
     before = {task: task_loss(model, task, rows[task]) for task in TASKS}
-    args = TrainingArguments(output_dir=str(tmp_path_factory.mktemp("routed")), max_steps=4, per_device_train_batch_size=2,
-                             learning_rate=1e-2, weight_decay=0.01, report_to=[], use_cpu=True,
-                             remove_unused_columns=False, save_strategy="no", logging_strategy="no")
+    args = TrainingArguments(
+        output_dir=str(tmp_path_factory.mktemp("routed")),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        weight_decay=0.01,
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+        save_strategy="no",
+        logging_strategy="no",
+    )
     planned = single_task_batches([(task, i) for task in TASKS for i in range(len(rows[task]))], batch=2, seed=0)
-    trainer = RecordingTrainer(model=model, args=args, train_dataset=[rows[task][i] for task, i in planned],
-                               data_collator=collate)
+    trainer = RecordingTrainer(
+        model=model, args=args, train_dataset=[rows[task][i] for task, i in planned], data_collator=collate
+    )
     trainer.seen = []
     trainer.train()
     model.eval()
@@ -253,4 +275,6 @@ def test_save_then_load_reproduces_every_tasks_logits(trained, tiny_decoder, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["README.md", "task_adapters.json", *TASKS, SHARED])
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     for task in TASKS:
-        assert torch.equal(logits(loaded, task, trained.input_ids), logits(trained.model, task, trained.input_ids)), task
+        assert torch.equal(logits(loaded, task, trained.input_ids), logits(trained.model, task, trained.input_ids)), (
+            task
+        )

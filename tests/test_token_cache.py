@@ -16,23 +16,37 @@ from tunelab.data.cache import cache_key, encode_cached, read_entry
 from tunelab.data.encode import encode
 from tunelab.data.splits import load_task_data
 
-CHAT_TEMPLATE = "{% for m in messages %}<user> {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} <bot>{% endif %}"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<user> {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} <bot>{% endif %}"
+)
 
 
 def causal_setup(model_dir, data_file, **data):
-    config = build_config({
-        "task": "causal_lm", "model": {"name": model_dir},
-        "data": {"train": str(data_file), "prompt_template": "{question}", "response_field": "answer",
-                 "max_length": 48, "max_target_length": 8, **data},
-    })
+    config = build_config(
+        {
+            "task": "causal_lm",
+            "model": {"name": model_dir},
+            "data": {
+                "train": str(data_file),
+                "prompt_template": "{question}",
+                "response_field": "answer",
+                "max_length": 48,
+                "max_target_length": 8,
+                **data,
+            },
+        }
+    )
     return config, load_task_data(config)
 
 
 def classification_setup(model_dir, data_file, **data):
-    config = build_config({
-        "task": "classification", "model": {"name": model_dir},
-        "data": {"train": str(data_file), "max_length": 32, **data},
-    })
+    config = build_config(
+        {
+            "task": "classification",
+            "model": {"name": model_dir},
+            "data": {"train": str(data_file), "max_length": 32, **data},
+        }
+    )
     return config, load_task_data(config)
 
 
@@ -44,10 +58,21 @@ def setup(request, tiny_decoder, tiny_encoder, copy_task_file, sentiment_file):
         model_dir, (config, data) = tiny_decoder, causal_setup(tiny_decoder, copy_task_file)
     else:
         model_dir, (config, data) = tiny_encoder, classification_setup(tiny_encoder, sentiment_file)
-    args = {"task": config.task_type, "records": data.train, "tokenizer": AutoTokenizer.from_pretrained(model_dir),
-            "data": config.data, "labels": data.labels, "with_target": True}
-    return SimpleNamespace(config=config, data=data, model_dir=model_dir, args=args,
-                           call=lambda cache_dir, **changes: encode_cached(**{**args, **changes}, cache_dir=cache_dir))
+    args = {
+        "task": config.task_type,
+        "records": data.train,
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+        "data": config.data,
+        "labels": data.labels,
+        "with_target": True,
+    }
+    return SimpleNamespace(
+        config=config,
+        data=data,
+        model_dir=model_dir,
+        args=args,
+        call=lambda cache_dir, **changes: encode_cached(**{**args, **changes}, cache_dir=cache_dir),
+    )
 
 
 @pytest.fixture
@@ -133,7 +158,9 @@ def test_changed_record_is_a_miss(setup, folder):
     setup.call(folder)
     records = list(setup.data.train)
     field = setup.config.data.text_field if setup.config.task_type == "classification" else "question"
-    records[3] = dataclasses.replace(records[3], fields={**records[3].fields, field: records[3].fields[field] + " again"})
+    records[3] = dataclasses.replace(
+        records[3], fields={**records[3].fields, field: records[3].fields[field] + " again"}
+    )
     assert_miss_matching_fresh(setup, folder, records=records)
 
 
@@ -148,7 +175,9 @@ def test_changed_data_config_is_a_miss(setup, folder):
     setup.call(folder)
     assert_miss_matching_fresh(setup, folder, data=setup.config.data.model_copy(update={"max_length": 9}))
     # a field today's encode does not read still changes the key
-    assert cache_key(**setup.args) != cache_key(**{**setup.args, "data": setup.config.data.model_copy(update={"split_seed": 7})})
+    assert cache_key(**setup.args) != cache_key(
+        **{**setup.args, "data": setup.config.data.model_copy(update={"split_seed": 7})}
+    )
 
 
 def test_changed_labels_or_target_is_a_miss(setup, folder):
@@ -185,7 +214,9 @@ def test_changed_special_token_is_a_miss(tiny_decoder, copy_task_file, folder):
     assert result.examples[0]["input_ids"][-1] == tokenizer.convert_tokens_to_ids("[CLS]")
 
 
-@pytest.mark.parametrize("damage", ["cut in half", "garbage bytes", "empty", "valid JSON, wrong shape", "too few examples"])
+@pytest.mark.parametrize(
+    "damage", ["cut in half", "garbage bytes", "empty", "valid JSON, wrong shape", "too few examples"]
+)
 def test_unreadable_file_is_a_miss_that_repairs_it(setup, folder, capsys, damage):
     good, _ = setup.call(folder)
     [path] = entries(folder)
@@ -212,6 +243,7 @@ def test_unreadable_file_is_a_miss_that_repairs_it(setup, folder, capsys, damage
 
 def test_failed_write_leaves_no_entry_and_no_temp_file(setup, folder, monkeypatch, capsys):
     """A write interrupted before the rename leaves nothing readable behind, and the run still gets its data."""
+
     def interrupted(src, dst):
         raise OSError("disk full")
 

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tunelab import pipeline
-from tunelab.cli import main
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
@@ -20,29 +19,56 @@ from tunelab.runs import RunDir, RunError, load_run
 from tunelab.train import trainer as trainer_module
 from tunelab.train.trainer import CompletionLossTrainer
 
-from helpers import load_for_config, only_task, train_in_process, value
+from helpers import cli, load_for_config, only_task, train_in_process, value
 
 
 def classification_config(model_dir, data_file, out, method="full", **training):
-    return build_config({
-        "name": "tiny-cls", "task": "classification", "output_dir": str(out),
-        "model": {"name": model_dir},
-        "data": {"train": str(data_file), "max_length": 32},
-        "method": {"name": method},
-        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32", **training},
-    })
+    return build_config(
+        {
+            "name": "tiny-cls",
+            "task": "classification",
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": {"train": str(data_file), "max_length": 32},
+            "method": {"name": method},
+            "training": {
+                "epochs": 3,
+                "batch_size": 8,
+                "learning_rate": 3e-3,
+                "logging_steps": 2,
+                "precision": "fp32",
+                **training,
+            },
+        }
+    )
 
 
 def causal_config(model_dir, data_file, out, task="causal_lm", method="lora", **training):
-    return build_config({
-        "name": f"tiny-{task}", "task": task, "output_dir": str(out),
-        "model": {"name": model_dir},
-        "data": {"train": str(data_file), "prompt_template": "{question}", "response_field": "answer",
-                 "max_length": 48, "max_target_length": 8},
-        "method": {"name": method},
-        "training": {"epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32", **training},
-        "eval": {"max_new_tokens": 4},
-    })
+    return build_config(
+        {
+            "name": f"tiny-{task}",
+            "task": task,
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": {
+                "train": str(data_file),
+                "prompt_template": "{question}",
+                "response_field": "answer",
+                "max_length": 48,
+                "max_target_length": 8,
+            },
+            "method": {"name": method},
+            "training": {
+                "epochs": 4,
+                "batch_size": 8,
+                "learning_rate": 3e-3,
+                "logging_steps": 2,
+                "precision": "fp32",
+                **training,
+            },
+            "eval": {"max_new_tokens": 4},
+        }
+    )
 
 
 def logged_losses(run: RunDir) -> list[float]:
@@ -52,7 +78,14 @@ def logged_losses(run: RunDir) -> list[float]:
 def test_classification_full_writes_a_complete_run(tiny_encoder, sentiment_file, tmp_path):
     run = pipeline.train(classification_config(tiny_encoder, sentiment_file, tmp_path, epochs=8))
     assert run.state()["state"] == "complete"
-    for name in ("config.yaml", "metrics.jsonl", "eval.json", "README.md", "model/model.safetensors", "model/tokenizer.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "eval.json",
+        "README.md",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+    ):
         assert (run.path / name).exists(), name
     assert not run.checkpoints.exists()
     evaluation = json.loads(run.eval_path.read_text())
@@ -108,8 +141,10 @@ def test_lora_trains_only_adapter_and_head_and_reloads_identically(tiny_encoder,
 
 
 def test_same_seed_gives_the_same_run(tiny_encoder, sentiment_file, tmp_path):
-    runs = [pipeline.train(classification_config(tiny_encoder, sentiment_file, tmp_path / str(i), max_steps=6))
-            for i in range(2)]
+    runs = [
+        pipeline.train(classification_config(tiny_encoder, sentiment_file, tmp_path / str(i), max_steps=6))
+        for i in range(2)
+    ]
     weights = [load_file(r.model_dir / "model.safetensors") for r in runs]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -141,8 +176,7 @@ def test_causal_lora_run_masks_prompt_and_learns(tiny_decoder, copy_task_file, t
     assert (run.model_dir / "adapter_model.safetensors").exists()
     assert 0 < evaluation["trainable"]["trainable_percent"] < 100
     # `tunelab eval RUN --data FILE` reports like a suite task: Markdown and JSON, every metric with its interval
-    assert main(["eval", str(run.path), "--data", str(copy_task_file), "--output", str(tmp_path / "report"),
-                 "--samples", "200"]) == 0
+    assert cli(f"eval {run.path} --data {copy_task_file} --output {tmp_path / 'report'} --samples 200") == 0
     report = json.loads((tmp_path / "report" / "data-copy.json").read_text())
     scored = report["tasks"]["copy.jsonl"]
     assert scored["kind"] == "generation" and scored["examples"] == 64
@@ -154,11 +188,15 @@ def test_causal_lora_run_masks_prompt_and_learns(tiny_decoder, copy_task_file, t
 
 
 def test_seq2seq_trains_and_predicts_every_input(tiny_seq2seq, copy_task_file, tmp_path):
-    run = pipeline.train(causal_config(tiny_seq2seq, copy_task_file, tmp_path, task="seq2seq", method="full", epochs=3))
+    run = pipeline.train(
+        causal_config(tiny_seq2seq, copy_task_file, tmp_path, task="seq2seq", method="full", epochs=3)
+    )
     losses = logged_losses(run)
     assert losses[-1] < losses[0]
     inputs = tmp_path / "inputs.jsonl"
-    inputs.write_text("".join(json.dumps({"question": f"repeat the word {w}"}) + "\n" for w in ("film", "dull", "cast")))
+    inputs.write_text(
+        "".join(json.dumps({"question": f"repeat the word {w}"}) + "\n" for w in ("film", "dull", "cast"))
+    )
     output = tmp_path / "preds.jsonl"
     assert pipeline.predict_run(run, str(inputs), str(output)) == 3
     rows = [json.loads(line) for line in output.read_text().splitlines()]
@@ -196,7 +234,9 @@ def test_interrupted_run_is_not_complete_and_resumes(tiny_encoder, sentiment_fil
     logged = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     loss_steps = [entry["step"] for entry in logged if "loss" in entry]
     assert loss_steps == sorted(set(loss_steps))  # every step once: continued from the checkpoint, not from zero
-    assert steps_done < max(e["step"] for e in logged) == run.state()["steps"] == 19  # 2 epochs of 76 examples, batch 8
+    assert (
+        steps_done < max(e["step"] for e in logged) == run.state()["steps"] == 19
+    )  # 2 epochs of 76 examples, batch 8
 
 
 def test_model_family_mismatch_is_a_config_error():

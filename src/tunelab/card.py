@@ -30,10 +30,15 @@ def results_table(evaluation: dict) -> str:
         metrics = list(tuned.get("metrics", {})) or [task["metric"]]
         for i, metric in enumerate(metrics):
             first = i == 0
-            lines.append(f"| {label if first else ''} | {tuned['examples'] if first else ''} | {metric} | "
-                         f"{_score(base, metric)} | {_score(tuned, metric)} | {_change(base, tuned, metric)} |")
+            lines.append(
+                f"| {label if first else ''} | {tuned['examples'] if first else ''} | {metric} | "
+                f"{_score(base, metric)} | {_score(tuned, metric)} | {_change(base, tuned, metric)} |"
+            )
     if len(evaluation["tasks"]) > 1:
-        for key, title in (("macro_average", "macro average, trained tasks"), ("held_out_average", "macro average, held-out tasks")):
+        for key, title in (
+            ("macro_average", "macro average, trained tasks"),
+            ("held_out_average", "macro average, held-out tasks"),
+        ):
             average = evaluation[key]
             if average["tuned"] is None:
                 continue
@@ -47,8 +52,13 @@ def mixture_lines(stages: list[dict]) -> str:
     lines = []
     for stage in stages:
         budget = f"{stage['steps']} steps" if stage["steps"] else f"{stage['epochs']:g} epoch(s)"
-        lines.append(f"- {stage['name']} (from step {stage['starts_at_step']}, {budget}): " + ", ".join(
-            f"{task} {info['per_epoch']}/{info['available']} per epoch ({100 * info['share']:.1f}%)" for task, info in stage["tasks"].items()))
+        lines.append(
+            f"- {stage['name']} (from step {stage['starts_at_step']}, {budget}): "
+            + ", ".join(
+                f"{task} {info['per_epoch']}/{info['available']} per epoch ({100 * info['share']:.1f}%)"
+                for task, info in stage["tasks"].items()
+            )
+        )
     return "\n".join(lines)
 
 
@@ -57,25 +67,34 @@ def _data_section(config: RunConfig, state: dict) -> str:
         return f"## Mixture, as trained\n{mixture_lines(state['plan'])}\n"
     data, examples = config.data, state["examples"]
     notes = "".join(f"- {note}\n" for note in state.get("data_notes", []))
-    return (f"## Data\n- train: `{data.train}` ({examples['train']} examples)\n"
-            f"- validation: `{data.validation or 'split from train'}` ({examples['validation']} examples)\n"
-            f"- test: `{data.test or 'split from train'}` ({examples['test']} examples)\n{notes}")
+    return (
+        f"## Data\n- train: `{data.train}` ({examples['train']} examples)\n"
+        f"- validation: `{data.validation or 'split from train'}` ({examples['validation']} examples)\n"
+        f"- test: `{data.test or 'split from train'}` ({examples['test']} examples)\n{notes}"
+    )
 
 
 def _setup_lines(config: RunConfig) -> str:
     if config.mixture is None:
         return f"- task: {config.task_type}\n- method: {config.method.name}"
     mixture = config.mixture
-    sampling = mixture.strategy + (f", cap {mixture.cap}" if mixture.strategy == "capped" else "") + (
-        f", temperature {mixture.temperature:g}" if mixture.strategy == "temperature" else "")
-    return (f"- architecture: {mixture.architecture}; method: {config.method.name}\n"
-            f"- sampling: {sampling}; task-balanced batches: {'yes' if mixture.balanced_batches else 'no'}; "
-            f"templates: {mixture.templates}")
+    sampling = (
+        mixture.strategy
+        + (f", cap {mixture.cap}" if mixture.strategy == "capped" else "")
+        + (f", temperature {mixture.temperature:g}" if mixture.strategy == "temperature" else "")
+    )
+    return (
+        f"- architecture: {mixture.architecture}; method: {config.method.name}\n"
+        f"- sampling: {sampling}; task-balanced batches: {'yes' if mixture.balanced_batches else 'no'}; "
+        f"templates: {mixture.templates}"
+    )
 
 
 def _base_note(config: RunConfig) -> str:
     if config.architecture() == "classifier":
-        return "Base = the pretrained encoder with its new, untrained classification head: chance level by construction."
+        return (
+            "Base = the pretrained encoder with its new, untrained classification head: chance level by construction."
+        )
     if config.architecture() == "multi_head":
         return "Base = the pretrained encoder with its new, untrained heads. Held-out tasks were never trained on."
     return "Base = the pretrained model before tuning, prompted the same way. Held-out tasks were never trained on."
@@ -93,9 +112,9 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 
 - base model: `{config.model.name}`
 {_setup_lines(config)}
-- trainable parameters: {trainable['trainable_params']:,} of {trainable['total_params']:,} ({trainable['trainable_percent']:.2f}%)
-- precision: {state['precision']}
-- training time: {state['train_seconds']:.1f} s; steps: {state['steps']}
+- trainable parameters: {trainable["trainable_params"]:,} of {trainable["total_params"]:,} ({trainable["trainable_percent"]:.2f}%)
+- precision: {state["precision"]}
+- training time: {state["train_seconds"]:.1f} s; steps: {state["steps"]}
 - peak memory in training: {memory}
 
 {_data_section(config, state)}

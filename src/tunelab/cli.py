@@ -42,7 +42,10 @@ def _cmd_data_check(args) -> None:
     records = read_file(args.file)
     labels = label_set(records, config, args.file) if config.task_type == "classification" else None
     valid = enforce(check_records(records, config.task_type, config.data, labels), args.file, config.data.skip_invalid)
-    print(f"{args.file}: {len(valid)} valid records for task_type {config.task_type}" + (f", labels {labels}" if labels else ""))
+    print(
+        f"{args.file}: {len(valid)} valid records for task_type {config.task_type}"
+        + (f", labels {labels}" if labels else "")
+    )
 
 
 def _torchrun(processes: int, arguments: list[str]) -> int:
@@ -50,8 +53,17 @@ def _torchrun(processes: int, arguments: list[str]) -> int:
 
     The ranks write to this terminal directly, so their output streams as it comes.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "tunelab", *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        "-m",
+        "tunelab",
+        *arguments,
+    ]
     print(f"launching {processes} processes: {shlex.join(command)}", flush=True)
     launcher = subprocess.Popen(command)
     try:
@@ -67,8 +79,10 @@ def _cmd_train(args) -> int | None:
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: give the number of training processes, 1 or more")
     if args.nproc > 1 and distributed.world_size() > 1:
-        raise ConfigError(f"this process was already started as one of {distributed.world_size()} by torchrun or "
-                          "accelerate launch; drop --nproc (the launcher's own option sets the process count)")
+        raise ConfigError(
+            f"this process was already started as one of {distributed.world_size()} by torchrun or "
+            "accelerate launch; drop --nproc (the launcher's own option sets the process count)"
+        )
     resume = RunDir(args.resume) if args.resume else None
     if resume:
         if resume.state().get("state") == "complete":
@@ -79,7 +93,9 @@ def _cmd_train(args) -> int | None:
             raise ConfigError("give a config file (e.g. configs/sentiment-minilm-lora.yaml) or --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
     if args.nproc > 1:  # the config was checked once, here, before N processes each load it again
-        return _torchrun(args.nproc, ["train", "--resume", args.resume] if resume else ["train", args.config, *args.overrides])
+        return _torchrun(
+            args.nproc, ["train", "--resume", args.resume] if resume else ["train", args.config, *args.overrides]
+        )
     run = pipeline.train(config, resume=resume)
     if distributed.is_main_process():  # the other ranks return as soon as training ends, before the card exists
         print((run.path / "README.md").read_text(encoding="utf-8"))
@@ -93,12 +109,17 @@ def _cmd_eval(args) -> None:
     from tunelab.runs import RunDir
 
     if bool(args.data) == bool(args.suite):
-        raise ConfigError("give either --suite NAME (any model or run) or --data FILE (a run, with its own field names)")
+        raise ConfigError(
+            "give either --suite NAME (any model or run) or --data FILE (a run, with its own field names)"
+        )
     if args.suite:
-        commands.evaluate_suite(args.target, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size)
+        commands.evaluate_suite(
+            args.target, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size
+        )
         return
-    report = pipeline.evaluate_run(RunDir(args.target), args.data, Path(args.output) if args.output else None,
-                                   args.samples, args.seed, args.task)
+    report = pipeline.evaluate_run(
+        RunDir(args.target), args.data, Path(args.output) if args.output else None, args.samples, args.seed, args.task
+    )
     print(report.with_suffix(".md").read_text(encoding="utf-8"))
     print(f"report written to {report} (and .md, .outputs.jsonl)")
 
@@ -106,20 +127,33 @@ def _cmd_eval(args) -> None:
 def _cmd_forgetting(args) -> None:
     from tunelab.eval import commands
 
-    commands.forgetting(args.base, args.tuned, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size)
+    commands.forgetting(
+        args.base, args.tuned, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size
+    )
 
 
 def _cmd_robustness(args) -> None:
     from tunelab.eval import commands
 
-    commands.robustness(args.target, args.task, args.perturbations, args.severity, args.limit, args.output, args.seed,
-                        args.samples, args.batch_size)
+    commands.robustness(
+        args.target,
+        args.task,
+        args.perturbations,
+        args.severity,
+        args.limit,
+        args.output,
+        args.seed,
+        args.samples,
+        args.batch_size,
+    )
 
 
 def _cmd_bias(args) -> None:
     from tunelab.eval import commands
 
-    commands.bias(args.target, args.task, args.attributes, args.limit, args.output, args.seed, args.samples, args.batch_size)
+    commands.bias(
+        args.target, args.task, args.attributes, args.limit, args.output, args.seed, args.samples, args.batch_size
+    )
 
 
 def _cmd_tasks_list(args) -> None:
@@ -134,7 +168,9 @@ def _cmd_tasks_show(args) -> None:
     from tunelab.tasks import load_records, load_task
 
     spec = load_task(args.name)
-    print(f"{spec.name} ({spec.kind}): {spec.description}\nsource: {spec.source}, split {spec.split}; metrics: {', '.join(spec.metrics)}")
+    print(
+        f"{spec.name} ({spec.kind}): {spec.description}\nsource: {spec.source}, split {spec.split}; metrics: {', '.join(spec.metrics)}"
+    )
     for i, record in enumerate(load_records(spec, limit=2, seed=args.seed)):
         print(f"\n--- example {i + 1} ({record.where}) ---")
         if spec.templates:
@@ -148,8 +184,14 @@ def _cmd_human(args) -> None:
     from tunelab.runs import RunDir
 
     if args.human_command == "export":
-        path = human.export_sheet(RunDir(args.run), RunDir(args.run_b) if args.run_b else None, args.n, Path(args.output),
-                                  args.seed, args.task)
+        path = human.export_sheet(
+            RunDir(args.run),
+            RunDir(args.run_b) if args.run_b else None,
+            args.n,
+            Path(args.output),
+            args.seed,
+            args.task,
+        )
         print(f"wrote blind sheet {path}; rate it with: tunelab human rate {path.stem} --rater NAME")
     elif args.human_command == "rate":
         human.rate_interactive(args.sheet, args.rater)
@@ -212,12 +254,16 @@ def _cmd_demo(args) -> None:
     run_demo(args.output_dir)
 
 
-TASK_HELP = ("for a multi-task run: the task whose template, head or adapter answers (one of its tasks, or any built-in "
-             "task or task YAML); a one-task run answers its own task")
+TASK_HELP = (
+    "for a multi-task run: the task whose template, head or adapter answers (one of its tasks, or any built-in "
+    "task or task YAML); a one-task run answers its own task"
+)
 
 
 def _report_options(parser: argparse.ArgumentParser, limit: int | None = None) -> None:
-    parser.add_argument("--limit", type=int, default=limit, help="at most this many examples per task, drawn with --seed")
+    parser.add_argument(
+        "--limit", type=int, default=limit, help="at most this many examples per task, drawn with --seed"
+    )
     parser.add_argument("--seed", type=int, default=0, help="example draw and bootstrap seed")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch size")
@@ -227,8 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models and measure what it did.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    models = commands.add_parser("models", help="offline model registry").add_subparsers(dest="models_command", required=True)
-    models.add_parser("list", help="registry models and whether each is installed/prepared").set_defaults(func=_cmd_models_list)
+    models = commands.add_parser("models", help="offline model registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    models.add_parser("list", help="registry models and whether each is installed/prepared").set_defaults(
+        func=_cmd_models_list
+    )
     prepare = models.add_parser("prepare", help="one-time GGUF -> safetensors conversion into $TUNELAB_HOME")
     prepare.add_argument("name")
     prepare.add_argument("--force", action="store_true", help="convert again even if prepared")
@@ -237,8 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate a data file; errors name file:line and field")
     check.add_argument("file")
-    check.add_argument("--task-type", "--task", dest="task_type", default="classification",
-                       choices=["classification", "causal_lm", "seq2seq"], help="how the records are read (--task is its old name)")
+    check.add_argument(
+        "--task-type",
+        "--task",
+        dest="task_type",
+        default="classification",
+        choices=["classification", "causal_lm", "seq2seq"],
+        help="how the records are read (--task is its old name)",
+    )
     check.add_argument("--config", help="take field mapping (data.*) from this run config")
     check.add_argument("overrides", nargs="*", help="key=value, e.g. data.text_field=sentence")
     check.set_defaults(func=_cmd_data_check)
@@ -247,22 +303,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.epochs=1")
     train.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last checkpoint")
-    train.add_argument("--nproc", type=int, default=1, metavar="N",
-                       help="train with N data-parallel processes on this machine (relaunches under torchrun); "
-                            "training.batch_size is per process")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train with N data-parallel processes on this machine (relaunches under torchrun); "
+        "training.batch_size is per process",
+    )
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="score a model or run on a benchmark suite, or a run on labelled data")
     evaluate.add_argument("target", help="a run directory, registry model name, model folder or hub id")
-    evaluate.add_argument("--suite", help="glue-mini, retention, or a suite YAML: writes <suite>.json/.md with 95%% CIs")
-    evaluate.add_argument("--data", help="labelled file scored with the run's own field names (run targets only): "
-                                         "writes data-<file>.json/.md with 95%% CIs")
-    evaluate.add_argument("--output", help="report folder (default <run>/eval, or eval/<model> for --suite on a model)")
+    evaluate.add_argument(
+        "--suite", help="glue-mini, retention, or a suite YAML: writes <suite>.json/.md with 95%% CIs"
+    )
+    evaluate.add_argument(
+        "--data",
+        help="labelled file scored with the run's own field names (run targets only): "
+        "writes data-<file>.json/.md with 95%% CIs",
+    )
+    evaluate.add_argument(
+        "--output", help="report folder (default <run>/eval, or eval/<model> for --suite on a model)"
+    )
     evaluate.add_argument("--task", help=TASK_HELP)
     _report_options(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
 
-    forgetting = commands.add_parser("forgetting", help="what the tuned model can no longer do: base vs tuned on a suite")
+    forgetting = commands.add_parser(
+        "forgetting", help="what the tuned model can no longer do: base vs tuned on a suite"
+    )
     forgetting.add_argument("base", help="the pretrained model (registry name, folder or hub id) or a run")
     forgetting.add_argument("tuned", help="the tuned run directory (or any model)")
     forgetting.add_argument("--suite", default="retention")
@@ -270,11 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     _report_options(forgetting)
     forgetting.set_defaults(func=_cmd_forgetting)
 
-    robustness = commands.add_parser("robustness", help="metric on clean vs perturbed inputs (typos, casing, slang, ...)")
+    robustness = commands.add_parser(
+        "robustness", help="metric on clean vs perturbed inputs (typos, casing, slang, ...)"
+    )
     robustness.add_argument("target")
     robustness.add_argument("--task", required=True, help="a task name (tunelab tasks list) or task YAML")
-    robustness.add_argument("--perturbations", default="all", help="all, or a comma list: typos,char_swap,char_delete,casing,whitespace,contractions,slang")
-    robustness.add_argument("--severity", type=float, default=0.1, help="per-word/character probability of a change (0-1)")
+    robustness.add_argument(
+        "--perturbations",
+        default="all",
+        help="all, or a comma list: typos,char_swap,char_delete,casing,whitespace,contractions,slang",
+    )
+    robustness.add_argument(
+        "--severity", type=float, default=0.1, help="per-word/character probability of a change (0-1)"
+    )
     robustness.add_argument("--output", help="report folder")
     _report_options(robustness, limit=200)
     robustness.set_defaults(func=_cmd_robustness)
@@ -287,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     _report_options(bias, limit=200)
     bias.set_defaults(func=_cmd_bias)
 
-    tasks = commands.add_parser("tasks", help="built-in tasks (instruction templates, data, metric)").add_subparsers(dest="tasks_command", required=True)
+    tasks = commands.add_parser("tasks", help="built-in tasks (instruction templates, data, metric)").add_subparsers(
+        dest="tasks_command", required=True
+    )
     tasks.add_parser("list", help="every built-in task with its kind and metric").set_defaults(func=_cmd_tasks_list)
     show = tasks.add_parser("show", help="a task's settings and two formatted examples")
     show.add_argument("name")
@@ -295,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=0)
     show.set_defaults(func=_cmd_tasks_show)
 
-    human = commands.add_parser("human", help="blind human ratings: export a sheet, rate, import CSV, report").add_subparsers(dest="human_command", required=True)
+    human = commands.add_parser(
+        "human", help="blind human ratings: export a sheet, rate, import CSV, report"
+    ).add_subparsers(dest="human_command", required=True)
     export = human.add_parser("export", help="blind, shuffled sheet of base-vs-tuned (or run-vs-run) outputs")
     export.add_argument("run")
     export.add_argument("run_b", nargs="?", help="a second run to compare with instead of the base model")
@@ -306,39 +388,65 @@ def build_parser() -> argparse.ArgumentParser:
     rate = human.add_parser("rate", help="rate a sheet in the terminal (fluency, coherence, relevance 1-5); resumable")
     rate.add_argument("sheet")
     rate.add_argument("--rater", required=True)
-    imported = human.add_parser("import", help="import ratings from a CSV: sheet,item_id,rater,fluency,coherence,relevance")
+    imported = human.add_parser(
+        "import", help="import ratings from a CSV: sheet,item_id,rater,fluency,coherence,relevance"
+    )
     imported.add_argument("csv")
-    report = human.add_parser("report", help="mean and 95%% CI per system and criterion, win rate, Krippendorff's alpha")
+    report = human.add_parser(
+        "report", help="mean and 95%% CI per system and criterion, win rate, Krippendorff's alpha"
+    )
     report.add_argument("sheet")
     for sub in (export, rate, imported, report):
         sub.set_defaults(func=_cmd_human)
 
-    predict = commands.add_parser("predict", help="run a tuned model (or several adapters on one base) over a JSONL/CSV/Parquet file")
+    predict = commands.add_parser(
+        "predict", help="run a tuned model (or several adapters on one base) over a JSONL/CSV/Parquet file"
+    )
     predict.add_argument("run", nargs="?", help="a complete run directory")
-    predict.add_argument("--adapter", action="append", metavar="[NAME=]RUN_DIR",
-                         help="a PEFT adapter run; repeat to switch adapters on one base model loaded once "
-                              "(predictions are keyed by NAME, default the run directory's name)")
+    predict.add_argument(
+        "--adapter",
+        action="append",
+        metavar="[NAME=]RUN_DIR",
+        help="a PEFT adapter run; repeat to switch adapters on one base model loaded once "
+        "(predictions are keyed by NAME, default the run directory's name)",
+    )
     predict.add_argument("--input", required=True)
     predict.add_argument("--output", required=True)
     predict.add_argument("--task", help=TASK_HELP)
     predict.set_defaults(func=_cmd_predict)
 
-    merge = commands.add_parser("merge", help="write a standalone model with the run's update folded in (lora family, ia3, bitfit, head, full)")
+    merge = commands.add_parser(
+        "merge", help="write a standalone model with the run's update folded in (lora family, ia3, bitfit, head, full)"
+    )
     merge.add_argument("run")
     merge.add_argument("--output", required=True, help="new folder for the merged model (safetensors + tokenizer)")
-    merge.add_argument("--task", help="for a multi_head or task_adapters run: the task whose head or adapter to export "
-                                      "as a standalone model")
+    merge.add_argument(
+        "--task",
+        help="for a multi_head or task_adapters run: the task whose head or adapter to export as a standalone model",
+    )
     merge.set_defaults(func=_cmd_merge)
 
-    compare = commands.add_parser("compare", help="train one config with several methods; table, JSON and plot of cost vs gain")
+    compare = commands.add_parser(
+        "compare", help="train one config with several methods; table, JSON and plot of cost vs gain"
+    )
     compare.add_argument("config")
     compare.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every method's run")
-    compare.add_argument("--methods", default="full,head,bitfit,lora,adapter,prefix,prompt,ia3",
-                         help="comma-separated method names (default: %(default)s)")
-    compare.add_argument("--learning-rates", default="", metavar="M=LR,...",
-                         help="per-method learning rates, e.g. full=3e-5,lora=1e-3; others use the method's default")
-    compare.add_argument("--mixtures", metavar="T[+T...],...",
-                         help="compare task mixtures instead of methods, e.g. 'sst2,rte,sst2+rte' (specialists vs multi-task)")
+    compare.add_argument(
+        "--methods",
+        default="full,head,bitfit,lora,adapter,prefix,prompt,ia3",
+        help="comma-separated method names (default: %(default)s)",
+    )
+    compare.add_argument(
+        "--learning-rates",
+        default="",
+        metavar="M=LR,...",
+        help="per-method learning rates, e.g. full=3e-5,lora=1e-3; others use the method's default",
+    )
+    compare.add_argument(
+        "--mixtures",
+        metavar="T[+T...],...",
+        help="compare task mixtures instead of methods, e.g. 'sst2,rte,sst2+rte' (specialists vs multi-task)",
+    )
     compare.add_argument("--output-dir", default="compare", help="the comparison goes to OUTPUT_DIR/<config name>")
     compare.set_defaults(func=_cmd_compare)
 
@@ -354,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`data check F --task T data.labels=[a,b]`), which argparse
     # cannot express with two positionals, so they are collected here.
-    if extra and (not hasattr(args, "overrides") or not all("=" in item and not item.startswith("-") for item in extra)):
+    if extra and (
+        not hasattr(args, "overrides") or not all("=" in item and not item.startswith("-") for item in extra)
+    ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]

@@ -90,13 +90,21 @@ def method_variants(config: RunConfig, methods: list[str], learning_rates: dict[
     if unknown_rates:
         raise ConfigError(f"--learning-rates names {', '.join(sorted(unknown_rates))}, which --methods does not run")
     if config.training.learning_rate is not None:
-        print(f"note: training.learning_rate={config.training.learning_rate} is not shared across methods; "
-              "each uses its default unless --learning-rates sets it")
+        print(
+            f"note: training.learning_rate={config.training.learning_rate} is not shared across methods; "
+            "each uses its default unless --learning-rates sets it"
+        )
     variants = []
     for method in methods:
         try:
-            variants.append(Variant(method, _variant_config(config, method, **{
-                "method.name": method, "training.learning_rate": learning_rates.get(method)})))
+            variants.append(
+                Variant(
+                    method,
+                    _variant_config(
+                        config, method, **{"method.name": method, "training.learning_rate": learning_rates.get(method)}
+                    ),
+                )
+            )
         except ConfigError as exc:
             variants.append(Variant(method, None, str(exc)))
     return variants
@@ -112,15 +120,23 @@ def mixture_variants(config: RunConfig, mixtures: list[list[str]]) -> list[Varia
     for names in mixtures:
         chosen = [entries.get(load_task(name).name, MixtureTask(task=name)) for name in names]
         label = "+".join(load_task(name).name for name in names)
-        variants.append(Variant(label, _variant_config(config, label, **{
-            "mixture.tasks": [entry.model_dump(mode="json") for entry in chosen]})))
+        variants.append(
+            Variant(
+                label,
+                _variant_config(
+                    config, label, **{"mixture.tasks": [entry.model_dump(mode="json") for entry in chosen]}
+                ),
+            )
+        )
     return variants
 
 
 def _scored_tasks(config: RunConfig) -> set[str]:
     if config.mixture is None:
         return {data_task_name(config.data.train)}
-    return {load_task(e.task).name for e in config.mixture.tasks} | {load_task(t).name for t in config.mixture.eval_only}
+    return {load_task(e.task).name for e in config.mixture.tasks} | {
+        load_task(t).name for t in config.mixture.eval_only
+    }
 
 
 def _base_scored_once(variants: list[Variant]) -> None:
@@ -132,7 +148,8 @@ def _base_scored_once(variants: list[Variant]) -> None:
         tasks = _scored_tasks(variant.config)
         if tasks <= seen:
             variant.config = variant.config.model_copy(
-                update={"eval": variant.config.eval.model_copy(update={"evaluate_base": False})})
+                update={"eval": variant.config.eval.model_copy(update={"evaluate_base": False})}
+            )
         seen |= tasks
 
 
@@ -166,9 +183,13 @@ def train_in_subprocess(config: RunConfig, directory: Path) -> tuple[RunDir | No
     log.parent.mkdir(exist_ok=True)
     started = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
-        process = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config_path)],
-                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        process = subprocess.run(
+            [sys.executable, "-m", "tunelab.cli", "train", str(config_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
     wall = round(time.perf_counter() - started, 1)
     runs = sorted(Path(config.output_dir).glob(f"{name}-*"))
     run = RunDir(runs[-1]) if runs else None
@@ -200,8 +221,11 @@ def _row(label: str, run: RunDir) -> dict:
     tasks = evaluation["tasks"]
     epochs = state.get("epochs_trained") or 0
     return {
-        "variant": label, "status": "ok", "run_dir": str(run.path),
-        "score": primary_score(evaluation), "base_score": primary_score(evaluation, "base"),
+        "variant": label,
+        "status": "ok",
+        "run_dir": str(run.path),
+        "score": primary_score(evaluation),
+        "base_score": primary_score(evaluation, "base"),
         "scores": {name: _primary(task, "tuned") for name, task in tasks.items()},
         "base": {name: _primary(task, "base") for name, task in tasks.items() if task["base"]},
         "metrics": {name: task["metric"] for name, task in tasks.items()},
@@ -237,8 +261,12 @@ def run_variant(variant: Variant, directory: Path) -> dict:
 
 def machine_description() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return {"device": device, "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__}
+    return {
+        "device": device,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def compare(config: RunConfig, variants: list[Variant], output_dir: Path, kind: str, source: str = "config") -> Path:
@@ -257,8 +285,13 @@ def compare(config: RunConfig, variants: list[Variant], output_dir: Path, kind: 
         print(f"[{index}/{len(variants)}] {variant.label} ...", flush=True)
         row = run_variant(variant, directory)
         rows.append(row)
-        outcome = (f"score {row['score']:.2f}, {row['trainable_percent']:.3f}% trainable" if row["status"] == "ok"
-                   and row["score"] is not None else "ok" if row["status"] == "ok" else "failed: " + row["error"].splitlines()[-1][:200])
+        outcome = (
+            f"score {row['score']:.2f}, {row['trainable_percent']:.3f}% trainable"
+            if row["status"] == "ok" and row["score"] is not None
+            else "ok"
+            if row["status"] == "ok"
+            else "failed: " + row["error"].splitlines()[-1][:200]
+        )
         print(f"[{index}/{len(variants)}] {variant.label}: {outcome}", flush=True)
         write_summary(directory, config, source, kind, rows, pending=[v.label for v in variants[index:]])
     return directory / "summary.md"
@@ -272,18 +305,32 @@ def _columns(rows: list[dict]) -> list[str]:
     return [t for t in tasks if t not in held_out] + [t for t in tasks if t in held_out]
 
 
-def write_summary(directory: Path, config: RunConfig, source: str, kind: str, rows: list[dict], pending: list[str]) -> None:
+def write_summary(
+    directory: Path, config: RunConfig, source: str, kind: str, rows: list[dict], pending: list[str]
+) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     tasks = _columns(rows)
     summary = {
-        "config": source, "name": config.name, "kind": kind, "task_type": config.task_type, "model": config.model.name,
-        "architecture": config.architecture(), "seed": config.training.seed, "machine": machine_description(),
+        "config": source,
+        "name": config.name,
+        "kind": kind,
+        "task_type": config.task_type,
+        "model": config.model.name,
+        "architecture": config.architecture(),
+        "seed": config.training.seed,
+        "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
-        "tasks": {t: {"metric": next(r["metrics"][t] for r in ok if t in r["metrics"]),
-                      "held_out": any(t in r["held_out"] for r in ok)} for t in tasks},
+        "tasks": {
+            t: {
+                "metric": next(r["metrics"][t] for r in ok if t in r["metrics"]),
+                "held_out": any(t in r["held_out"] for r in ok),
+            }
+            for t in tasks
+        },
         "base": {t: next((r["base"][t] for r in ok if t in r["base"]), None) for t in tasks},
         "base_score": next((r["base_score"] for r in ok if r["base_score"] is not None), None),
-        "variants": rows, "pending": pending,
+        "variants": rows,
+        "pending": pending,
     }
     write_json(directory / "summary.json", summary)
     write_atomic(directory / "summary.md", render_summary(summary, config))
@@ -296,44 +343,81 @@ def _fmt(value, pattern: str) -> str:
 
 def render_summary(summary: dict, config: RunConfig) -> str:
     tasks = summary["tasks"]
-    budget = f"max_steps {config.training.max_steps}" if config.training.max_steps else f"{config.training.epochs:g} epochs"
-    what = (f"data: train `{config.data.train}` (cap {config.data.max_train_examples or 'none'}), "
-            f"test `{config.data.test or 'split from train'}` (cap {config.data.max_eval_examples or 'none'})"
-            if config.mixture is None else f"{config.mixture.architecture}, sampling {config.mixture.strategy}")
+    budget = (
+        f"max_steps {config.training.max_steps}" if config.training.max_steps else f"{config.training.epochs:g} epochs"
+    )
+    what = (
+        f"data: train `{config.data.train}` (cap {config.data.max_train_examples or 'none'}), "
+        f"test `{config.data.test or 'split from train'}` (cap {config.data.max_eval_examples or 'none'})"
+        if config.mixture is None
+        else f"{config.mixture.architecture}, sampling {config.mixture.strategy}"
+    )
     lines = [
-        f"# {summary['kind'].capitalize()} comparison: {summary['name']}", "",
+        f"# {summary['kind'].capitalize()} comparison: {summary['name']}",
+        "",
         f"- model `{summary['model']}`, {summary['task_type']}, method {config.method.name if summary['kind'] == 'mixture' else 'per row'}; "
         f"config `{summary['config']}`",
         f"- {what}",
         f"- same seed ({summary['seed']}) and budget ({budget}, batch {config.training.batch_size}) for every variant",
         f"- machine: {summary['machine']['device']}, torch {summary['machine']['torch']}; {summary['date']}",
-        "- each task cell: its primary test metric (0-100 scale; blank where that variant did not score the task)", "",
+        "- each task cell: its primary test metric (0-100 scale; blank where that variant did not score the task)",
+        "",
     ]
     header = [f"{t} ({info['metric']}{', held out' if info['held_out'] else ''})" for t, info in tasks.items()]
     forgetting = any("forgetting" in row for row in summary["variants"])
-    columns = [summary["kind"], *header, "vs base", "trainable params", "trainable %", "learning rate", "s / epoch",
-               "peak RSS MB", "peak GPU MB", "saved MB"]
+    columns = [
+        summary["kind"],
+        *header,
+        "vs base",
+        "trainable params",
+        "trainable %",
+        "learning rate",
+        "s / epoch",
+        "peak RSS MB",
+        "peak GPU MB",
+        "saved MB",
+    ]
     if forgetting:
         columns += [f"avg forgetting ({config.eval.retention_suite})", "forgotten tasks"]
     lines += ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
-    lines.append("| base model | " + " | ".join(_fmt(summary["base"][t], ".2f") for t in tasks) + " |" + " |" * (len(columns) - len(tasks) - 1))
+    lines.append(
+        "| base model | "
+        + " | ".join(_fmt(summary["base"][t], ".2f") for t in tasks)
+        + " |"
+        + " |" * (len(columns) - len(tasks) - 1)
+    )
     failures = []
     for row in summary["variants"]:
         if row["status"] != "ok":
             lines.append(f"| {row['variant']} | failed |" + " |" * (len(columns) - 2))
             failures.append(f"- **{row['variant']}**: " + row["error"].replace("\n", "\n  "))
             continue
-        change = row["score"] - summary["base_score"] if summary["base_score"] is not None and row["score"] is not None else None
-        cells = [row["variant"], *(_fmt(row["scores"].get(t), ".2f") for t in tasks), _fmt(change, "+.2f"),
-                 f"{row['trainable_params']:,}", f"{row['trainable_percent']:.3f}", _fmt(row["learning_rate"], "g"),
-                 _fmt(row["seconds_per_epoch"], ".1f"), _fmt(row["peak_rss_mb"], ".0f"), _fmt(row["peak_gpu_mb"], ".0f"),
-                 f"{row['saved_mb']:.2f}"]
+        change = (
+            row["score"] - summary["base_score"]
+            if summary["base_score"] is not None and row["score"] is not None
+            else None
+        )
+        cells = [
+            row["variant"],
+            *(_fmt(row["scores"].get(t), ".2f") for t in tasks),
+            _fmt(change, "+.2f"),
+            f"{row['trainable_params']:,}",
+            f"{row['trainable_percent']:.3f}",
+            _fmt(row["learning_rate"], "g"),
+            _fmt(row["seconds_per_epoch"], ".1f"),
+            _fmt(row["peak_rss_mb"], ".0f"),
+            _fmt(row["peak_gpu_mb"], ".0f"),
+            f"{row['saved_mb']:.2f}",
+        ]
         if forgetting:
             cells += [_fmt(row.get("forgetting"), "+.2f"), ", ".join(row.get("forgotten_tasks", [])) or "none"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "vs base: the variant's headline score (its one task's metric, or the macro average over its trained "
-              "tasks) minus the base model's. Peak RSS covers training alone (model loading and evaluation excluded) "
-              "where the OS allows it; saved MB is the weights the variant writes (tokenizer excluded)."]
+    lines += [
+        "",
+        "vs base: the variant's headline score (its one task's metric, or the macro average over its trained "
+        "tasks) minus the base model's. Peak RSS covers training alone (model loading and evaluation excluded) "
+        "where the OS allows it; saved MB is the weights the variant writes (tokenizer excluded).",
+    ]
     if failures:
         lines += ["", "## Failed variants", "", *failures]
     if summary["pending"]:
@@ -354,23 +438,42 @@ def plot_summary(summary: dict, path: Path) -> None:
     quality, speed, memory, size = axes.flat
     for row in rows:
         quality.scatter(max(row["trainable_percent"], 1e-4), row["score"])
-        quality.annotate(row["variant"], (max(row["trainable_percent"], 1e-4), row["score"]),
-                         textcoords="offset points", xytext=(4, 4), fontsize=8)
+        quality.annotate(
+            row["variant"],
+            (max(row["trainable_percent"], 1e-4), row["score"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     if summary["base_score"] is not None:
         quality.axhline(summary["base_score"], linestyle="--", color="grey", label="base model")
         quality.legend(loc="lower right")
-    quality.set(xscale="log", xlabel="trainable parameters (%)", ylabel="test score (0-100)",
-                title="quality vs trainable share")
+    quality.set(
+        xscale="log",
+        xlabel="trainable parameters (%)",
+        ylabel="test score (0-100)",
+        title="quality vs trainable share",
+    )
     speed.bar(names, [r["seconds_per_epoch"] or 0 for r in rows], color="tab:orange")
     speed.set(ylabel="seconds per epoch", title="training time")
     on_gpu = any(r["peak_gpu_mb"] for r in rows)
     width = 0.4 if on_gpu else 0.8
     positions = range(len(rows))
-    memory.bar([x - width / 2 * on_gpu for x in positions], [r["peak_rss_mb"] or 0 for r in rows], width,
-               color="tab:green", label="peak RSS")
+    memory.bar(
+        [x - width / 2 * on_gpu for x in positions],
+        [r["peak_rss_mb"] or 0 for r in rows],
+        width,
+        color="tab:green",
+        label="peak RSS",
+    )
     if on_gpu:
-        memory.bar([x + width / 2 for x in positions], [r["peak_gpu_mb"] or 0 for r in rows], width,
-                   color="tab:purple", label="peak GPU")
+        memory.bar(
+            [x + width / 2 for x in positions],
+            [r["peak_gpu_mb"] or 0 for r in rows],
+            width,
+            color="tab:purple",
+            label="peak GPU",
+        )
     memory.set_xticks(list(positions), names)
     memory.legend()
     memory.set(ylabel="MB", title="peak memory in training")
@@ -378,7 +481,9 @@ def plot_summary(summary: dict, path: Path) -> None:
     size.set(yscale="log", ylabel="MB (log)", title="saved weights")
     for axis in (speed, memory, size):
         axis.tick_params(axis="x", rotation=45)
-    figure.suptitle(f"{summary['name']}: {summary['model']} ({summary['architecture']}), {summary['machine']['device']}")
+    figure.suptitle(
+        f"{summary['name']}: {summary['model']} ({summary['architecture']}), {summary['machine']['device']}"
+    )
     figure.tight_layout()
     partial = path.with_name(f".{path.name}.partial.png")
     figure.savefig(partial, dpi=110)

@@ -53,8 +53,13 @@ class _Section(BaseModel):
     # Numbers become strings where a string is expected, so YAML like `labels: [0, 1]` or `data.labels=[0,1]`
     # matches the integer labels in the data (labels are always compared as strings). Infinity and NaN are
     # never a sensible setting (`training.epochs=.inf`).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
-                              coerce_numbers_to_str=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+        coerce_numbers_to_str=True,
+        allow_inf_nan=False,
+    )
 
 
 class ModelConfig(_Section):
@@ -159,9 +164,11 @@ class PromptSettings(_Section):
     """Text whose token embeddings initialise the soft prompt (needed when init is 'text')."""
 
     @model_validator(mode="after")
-    def _text_init_needs_text(self) -> "PromptSettings":
+    def _text_init_needs_text(self) -> PromptSettings:
         if self.init == "text" and not self.init_text:
-            raise ValueError("prompt.init is 'text' but prompt.init_text is empty: give the text, e.g. 'Classify the sentiment of this review:'")
+            raise ValueError(
+                "prompt.init is 'text' but prompt.init_text is empty: give the text, e.g. 'Classify the sentiment of this review:'"
+            )
         return self
 
 
@@ -189,9 +196,11 @@ class MethodConfig(_Section):
     """IA3 settings (used by ia3)."""
 
     @model_validator(mode="after")
-    def _ia3_list_needs_feedforward(self) -> "MethodConfig":
+    def _ia3_list_needs_feedforward(self) -> MethodConfig:
         if isinstance(self.ia3.target_modules, list) and self.ia3.feedforward_modules is None:
-            raise ValueError("method.ia3.target_modules is a list, so method.ia3.feedforward_modules must say which of them are feed-forward layers (may be [])")
+            raise ValueError(
+                "method.ia3.target_modules is a list, so method.ia3.feedforward_modules must say which of them are feed-forward layers (may be [])"
+            )
         return self
 
 
@@ -330,7 +339,7 @@ class MixtureConfig(_Section):
     """With task_adapters: also train one adapter shared by every task, active together with the task's own."""
 
     @model_validator(mode="after")
-    def _tasks_or_stages(self) -> "MixtureConfig":
+    def _tasks_or_stages(self) -> MixtureConfig:
         if bool(self.tasks) == bool(self.stages):
             raise ValueError("mixture needs either tasks (one stage) or stages (a curriculum), not both or neither")
         if self.strategy == "capped" and self.cap is None:
@@ -359,7 +368,7 @@ class RunConfig(_Section):
     """Multi-task training: a mixture of task files instead of `data` (see README, multi-task)."""
 
     @model_validator(mode="after")
-    def _check_task_fields(self) -> "RunConfig":
+    def _check_task_fields(self) -> RunConfig:
         if self.mixture is not None:
             return self._check_mixture()
         if self.task_type != "classification" and not (self.data.prompt_template or self.data.prompt_field):
@@ -375,24 +384,37 @@ class RunConfig(_Section):
             )
         return self
 
-    def _check_mixture(self) -> "RunConfig":
+    def _check_mixture(self) -> RunConfig:
         architecture = self.mixture.architecture
         if architecture == "multi_head" and (self.task_type != "classification" or self.method.name != "full"):
-            raise ValueError("mixture.architecture 'multi_head' fine-tunes a shared encoder and its classification heads: "
-                             "set task_type: classification and method.name: full")
+            raise ValueError(
+                "mixture.architecture 'multi_head' fine-tunes a shared encoder and its classification heads: "
+                "set task_type: classification and method.name: full"
+            )
         if architecture != "multi_head" and self.task_type == "classification":
-            raise ValueError(f"mixture.architecture '{architecture}' phrases tasks as instructions: set task_type: causal_lm "
-                             "(or seq2seq), or use architecture multi_head for an encoder")
-        if architecture == "task_adapters" and (self.method.name not in ("lora", "dora", "rslora") or self.task_type != "causal_lm"):
-            raise ValueError("mixture.architecture 'task_adapters' trains one LoRA adapter per task of a decoder: "
-                             "set task_type: causal_lm and method.name: lora")
+            raise ValueError(
+                f"mixture.architecture '{architecture}' phrases tasks as instructions: set task_type: causal_lm "
+                "(or seq2seq), or use architecture multi_head for an encoder"
+            )
+        if architecture == "task_adapters" and (
+            self.method.name not in ("lora", "dora", "rslora") or self.task_type != "causal_lm"
+        ):
+            raise ValueError(
+                "mixture.architecture 'task_adapters' trains one LoRA adapter per task of a decoder: "
+                "set task_type: causal_lm and method.name: lora"
+            )
         stages = self.mixture.stage_list()
         if self.method.name in ("prefix", "prompt") and any(t.loss_weight != 1 for s in stages for t in s.tasks):
-            raise ValueError(f"method '{self.method.name}' trains through the model's own loss, which takes no per-task "
-                             "loss_weight; drop the loss weights (use weight to sample a task more) or use lora")
-        if self.training.early_stopping_patience and len({t.task for s in stages for t in s.tasks}) > 1:
-            raise ValueError("training.early_stopping_patience needs one task's validation metric, and a mixture of "
-                             "several tasks keeps its last weights; drop it for this run")
+            raise ValueError(
+                f"method '{self.method.name}' trains through the model's own loss, which takes no per-task "
+                "loss_weight; drop the loss weights (use weight to sample a task more) or use lora"
+            )
+        several = len({t.task for s in stages for t in s.tasks}) > 1
+        if self.training.early_stopping_patience and (several or architecture == "multi_head"):
+            raise ValueError(
+                "training.early_stopping_patience needs a best checkpoint, and a mixture of several tasks or a "
+                "multi-head model keeps its last weights; drop it for this run"
+            )
         return self
 
     def architecture(self) -> str:
@@ -427,7 +449,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or exc
-            raise ConfigError(f"override '{item}': the value is not valid YAML ({problem}); quote it, e.g. {key}='\"...\"'") from None
+            raise ConfigError(
+                f"override '{item}': the value is not valid YAML ({problem}); quote it, e.g. {key}='\"...\"'"
+            ) from None
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -511,7 +535,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path} must hold a mapping of sections (model:, data:, ...), got {type(loaded).__name__}"
+            )
         raw = loaded or {}
     if overrides:
         source += " with overrides " + " ".join(overrides)

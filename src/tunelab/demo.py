@@ -21,15 +21,18 @@ def demo_data_path() -> str:
 
 
 def demo_config(output_dir: str = "runs"):
-    return build_config({
-        "name": "demo-sentiment-minilm-lora",
-        "task_type": "classification",
-        "output_dir": output_dir,
-        "model": {"name": "minilm-l6"},
-        "data": {"train": demo_data_path(), "test_fraction": 0.2, "validation_fraction": 0.1, "max_length": 64},
-        "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
-        "training": {"epochs": 6, "batch_size": 16, "learning_rate": 2e-3, "logging_steps": 5},
-    }, "demo config")
+    return build_config(
+        {
+            "name": "demo-sentiment-minilm-lora",
+            "task_type": "classification",
+            "output_dir": output_dir,
+            "model": {"name": "minilm-l6"},
+            "data": {"train": demo_data_path(), "test_fraction": 0.2, "validation_fraction": 0.1, "max_length": 64},
+            "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
+            "training": {"epochs": 6, "batch_size": 16, "learning_rate": 2e-3, "logging_steps": 5},
+        },
+        "demo config",
+    )
 
 
 def run_demo(output_dir: str = "runs") -> None:
@@ -38,5 +41,7 @@ def run_demo(output_dir: str = "runs") -> None:
     evaluation = json.loads(run.eval_path.read_text())
     print("\nminilm-l6 + LoRA on the bundled sentiment demo, base vs tuned on its held-out reviews")
     print(results_table(evaluation))
-    print(f"\n{run.state()['trainable']['trainable_percent']:.2f}% of parameters trained; "
-          f"demo took {time.perf_counter() - started:.0f} s; run directory: {run.path}")
+    print(
+        f"\n{run.state()['trainable']['trainable_percent']:.2f}% of parameters trained; "
+        f"demo took {time.perf_counter() - started:.0f} s; run directory: {run.path}"
+    )

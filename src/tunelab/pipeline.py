@@ -65,7 +65,6 @@ class Setup:
     trainer: Trainer
     tokenizer: object
     trainable: TrainableReport
-    precision: str
 
 
 def _base_target(model, tokenizer, config: RunConfig, tasks: TaskSet) -> Target:
@@ -77,8 +76,9 @@ def setup(config: RunConfig, run: RunDir, tasks: TaskSet, plan: Plan, precision:
     """Load the model, score it before tuning (once per run: kept across a resume), adapt it and build its trainer."""
     main = distributed.is_main_process()
     architecture = architecture_of(config)
-    tokenizer = load_tokenizer(resolve_source(config.model.name, config.model.revision), config.model.revision,
-                               config.model.trust_remote_code)
+    tokenizer = load_tokenizer(
+        resolve_source(config.model.name, config.model.revision), config.model.revision, config.model.trust_remote_code
+    )
     model = architecture.load(config, tasks, precision)
     # decided once, by rank 0: another rank looking for the file could see it already written and skip the barrier
     if distributed.share_from_main(config.eval.evaluate_base and not run.base_eval_path.exists()):
@@ -92,9 +92,10 @@ def setup(config: RunConfig, run: RunDir, tasks: TaskSet, plan: Plan, precision:
     if main:
         run.update_state(trainable=trainable.as_dict())
     feed = architecture.feed(model, config, tasks, plan, tokenizer)
-    trainer = build_trainer(model, tokenizer, config, run, plan, feed.train, feed.validation, precision,
-                            feed.trainer_class, feed.collator)
-    return Setup(run, tasks, plan, architecture, trainer, tokenizer, trainable, precision)
+    trainer = build_trainer(
+        model, tokenizer, config, run, plan, feed.train, feed.validation, precision, feed.trainer_class, feed.collator
+    )
+    return Setup(run, tasks, plan, architecture, trainer, tokenizer, trainable)
 
 
 def _saved_weights_bytes(directory: Path) -> int:
@@ -115,15 +116,24 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
         print(f"data: {note}")
     plan = plan_training(config, tasks, distributed.world_size())
     precision = choose_precision(config.training.precision)
-    print(f"precision: {precision} (training.precision={config.training.precision}); "
-          f"{plan.steps} steps of {plan.global_batch} examples")
+    print(
+        f"precision: {precision} (training.precision={config.training.precision}); "
+        f"{plan.steps} steps of {plan.global_batch} examples"
+    )
     distributed.start()
     main = distributed.is_main_process()
     run = _run_dir(config, resume)
     print(f"run directory: {run.path}")
     if main:
-        run.update_state(state="running", precision=precision, labels=tasks.labels, data_notes=tasks.notes,
-                         world_size=distributed.world_size(), examples=tasks.counts(), plan=plan.stages)
+        run.update_state(
+            state="running",
+            precision=precision,
+            labels=tasks.labels,
+            data_notes=tasks.notes,
+            world_size=distributed.world_size(),
+            examples=tasks.counts(),
+            plan=plan.stages,
+        )
     with run.marks_failure() if main else nullcontext():
         ready = setup(config, run, tasks, plan, precision)
         checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
@@ -136,7 +146,9 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
         ready.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if not main:  # training was the last collective step; what follows is rank 0's alone
             return run
-        _finish(config, ready, time.perf_counter() - started + run.state().get("train_seconds", 0.0), peak_memory(window))
+        _finish(
+            config, ready, time.perf_counter() - started + run.state().get("train_seconds", 0.0), peak_memory(window)
+        )
     return run
 
 
@@ -149,13 +161,23 @@ def _finish(config: RunConfig, ready: Setup, train_seconds: float, memory: dict)
     tuned = score_tasks(tuned_target, tasks.scored(), config.training.seed)
     base = json.loads(run.base_eval_path.read_text()) if run.base_eval_path.exists() else None
     run.save_model(lambda directory: ready.architecture.save(model, config, directory), ready.tokenizer)
-    evaluation = {**evaluation_summary(tasks.scored(), base, tuned), "trainable": ready.trainable.as_dict(),
-                  "method": config.method.name, "architecture": ready.architecture.name}
+    evaluation = {
+        **evaluation_summary(tasks.scored(), base, tuned),
+        "trainable": ready.trainable.as_dict(),
+        "method": config.method.name,
+        "architecture": ready.architecture.name,
+    }
     write_json(run.eval_path, evaluation)
     steps = trainer.state.global_step
-    run.update_state(train_seconds=train_seconds, steps=steps, epochs_trained=round(ready.plan.epochs_done(steps), 4),
-                     learning_rate=config.learning_rate(), saved_weights_bytes=_saved_weights_bytes(run.model_dir),
-                     best_checkpoint=trainer.state.best_model_checkpoint, **memory)
+    run.update_state(
+        train_seconds=train_seconds,
+        steps=steps,
+        epochs_trained=round(ready.plan.epochs_done(steps), 4),
+        learning_rate=config.learning_rate(),
+        saved_weights_bytes=_saved_weights_bytes(run.model_dir),
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        **memory,
+    )
     forgetting = _retention_report(config, ready, tuned_target) if config.eval.retention_suite else None
     write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting))
     shutil.rmtree(run.checkpoints, ignore_errors=True)
@@ -164,8 +186,11 @@ def _finish(config: RunConfig, ready: Setup, train_seconds: float, memory: dict)
 
 def _retention_report(config: RunConfig, ready: Setup, tuned: Target) -> str:
     """Base vs tuned on the retention suite, written to the run's eval/ folder; returns the Markdown table."""
+
     def base() -> Target:  # a fresh copy of the pretrained weights, loaded only when the report needs it
-        return _base_target(ready.architecture.load(config, ready.tasks, "fp32").eval(), ready.tokenizer, config, ready.tasks)
+        return _base_target(
+            ready.architecture.load(config, ready.tasks, "fp32").eval(), ready.tokenizer, config, ready.tasks
+        )
 
     suite = load_suite(config.eval.retention_suite)
     report = forgetting_report(base, tuned, suite, config.eval.retention_limit, seed=config.training.seed)
@@ -183,8 +208,14 @@ def _answering(loaded: LoadedRun, task: str | None):
     return spec, target
 
 
-def evaluate_run(run: RunDir, data_path: str, output: Path | None = None, samples: int = 1000, seed: int = 0,
-                 task: str | None = None) -> Path:
+def evaluate_run(
+    run: RunDir,
+    data_path: str,
+    output: Path | None = None,
+    samples: int = 1000,
+    seed: int = 0,
+    task: str | None = None,
+) -> Path:
     """Score the run on a labelled file, read as records of the run's task (`task` names one of a mixture's),
     and write the report a suite task gets (`data-<file>.json/.md/.outputs.jsonl`, every metric with its 95%
     interval) to `output` (default the run's eval/ folder); returns the JSON path."""
@@ -223,7 +254,11 @@ def merge_run(run: RunDir, output: Path, task: str | None = None) -> Path:
     config, architecture = loaded.config, loaded.config.architecture()
     if architecture in ("multi_head", "task_adapters"):
         name = task_specs(config).pick(task).name
-        merged = loaded.model.as_classifier(name) if architecture == "multi_head" else merge_task_adapter(loaded.model, name)
+        merged = (
+            loaded.model.as_classifier(name)
+            if architecture == "multi_head"
+            else merge_task_adapter(loaded.model, name)
+        )
     else:
         merged = method_module(config.method.name).merge(loaded.model)
     staging = output.with_name(f".{output.name}.partial")
@@ -247,16 +282,26 @@ def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
     for run, config, state in zip(runs, configs, states):
         adapter_config = run.model_dir / "adapter_config.json"
         if not adapter_config.exists() or config.mixture is not None:
-            raise MethodError(f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
-                              "switching needs one-task runs of lora, dora, rslora, qlora, ia3, prefix or prompt")
-        if (config.model.name, config.task_type, state.get("labels")) != (first.model.name, first.task_type, first_labels):
-            raise MethodError(f"run {run.path} was tuned from {config.model.name} ({config.task_type}, labels "
-                              f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task_type}, labels "
-                              f"{first_labels}); adapters can only share the base model, task and labels they were trained with")
+            raise MethodError(
+                f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
+                "switching needs one-task runs of lora, dora, rslora, qlora, ia3, prefix or prompt"
+            )
+        if (config.model.name, config.task_type, state.get("labels")) != (
+            first.model.name,
+            first.task_type,
+            first_labels,
+        ):
+            raise MethodError(
+                f"run {run.path} was tuned from {config.model.name} ({config.task_type}, labels "
+                f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task_type}, labels "
+                f"{first_labels}); adapters can only share the base model, task and labels they were trained with"
+            )
         peft_types.add(json.loads(adapter_config.read_text())["peft_type"])
     if len(peft_types) > 1:
-        raise MethodError(f"these adapters are of different PEFT types ({', '.join(sorted(peft_types))}); PEFT switches "
-                          "between adapters of one type on a model, so predict with each kind separately")
+        raise MethodError(
+            f"these adapters are of different PEFT types ({', '.join(sorted(peft_types))}); PEFT switches "
+            "between adapters of one type on a model, so predict with each kind separately"
+        )
     return first, first_labels
 
 
@@ -280,7 +325,9 @@ def predict_with_adapters(adapters: dict[str, RunDir], input_path: str, output_p
     for name in names:
         model.set_adapter(name)
         by_adapter[name] = predict_records(target, spec, records)
-    rows = [{**record.fields, "predictions": {name: by_adapter[name][i] for name in names}} for i, record in enumerate(records)]
+    rows = [
+        {**record.fields, "predictions": {name: by_adapter[name][i] for name in names}}
+        for i, record in enumerate(records)
+    ]
     _write_rows(output_path, rows)
     return len(records)
-

@@ -59,7 +59,7 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, config: RunConfig) -> "RunDir":
+    def create(cls, config: RunConfig) -> RunDir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(config.output_dir) / f"{config.name}-{stamp}"
         suffix = 1
@@ -69,8 +69,13 @@ class RunDir:
         path.mkdir(parents=True)
         run = cls(path)
         write_atomic(run.config_path, config_to_yaml(config))
-        run.update_state(state="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), task_type=config.task_type,
-                         method=config.method.name, base_model=config.model.name)
+        run.update_state(
+            state="running",
+            started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            task_type=config.task_type,
+            method=config.method.name,
+            base_model=config.model.name,
+        )
         return run
 
     config_path = property(lambda self: self.path / "config.yaml")
@@ -87,7 +92,9 @@ class RunDir:
 
     def state(self) -> dict[str, Any]:
         if not self.path.is_dir():
-            raise RunError(f"run directory {self.path} does not exist; runs are under the config's output_dir (default runs/)")
+            raise RunError(
+                f"run directory {self.path} does not exist; runs are under the config's output_dir (default runs/)"
+            )
         if not self.state_path.exists():
             raise RunError(f"{self.path} is not a tunelab run directory (no run.json)")
         return json.loads(self.state_path.read_text(encoding="utf-8"))

@@ -38,9 +38,13 @@ FORMAT_VERSION = 1
 def encoding_code_digest() -> str:
     """sha256 of the source of the modules that turn records into ids (encode.py, templates.py), part of every
     key: a tunelab upgrade that changes how examples are tokenised never reads entries written before it."""
-    from tunelab.data import encode as encode_module, templates
+    from tunelab.data import encode as encode_module
+    from tunelab.data import templates
 
-    return hashlib.sha256("".join(inspect.getsource(m) for m in (encode_module, templates)).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        "".join(inspect.getsource(m) for m in (encode_module, templates)).encode("utf-8")
+    ).hexdigest()
+
 
 DISABLE_ENV = "TUNELAB_NO_TOKEN_CACHE"
 
@@ -99,8 +103,14 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(_json(described).encode("utf-8")).hexdigest()
 
 
-def cache_key(task: str, records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig,
-              labels: list[str] | None = None, with_target: bool = True) -> str:
+def cache_key(
+    task: str,
+    records: list[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    data: DataConfig,
+    labels: list[str] | None = None,
+    with_target: bool = True,
+) -> str:
     """sha256 (hex) naming the cache entry for one `encode` call: equal keys mean equal results.
 
     Hashed, in order: FORMAT_VERSION, the encoding code's digest, the task, the labels (their order is the
@@ -113,7 +123,15 @@ def cache_key(task: str, records: list[Record], tokenizer: PreTrainedTokenizerBa
     re-tokenisation, never a wrong hit.
     """
     digest = hashlib.sha256()
-    header = [FORMAT_VERSION, encoding_code_digest(), task, labels, with_target, data.model_dump(mode="json"), tokenizer_fingerprint(tokenizer)]
+    header = [
+        FORMAT_VERSION,
+        encoding_code_digest(),
+        task,
+        labels,
+        with_target,
+        data.model_dump(mode="json"),
+        tokenizer_fingerprint(tokenizer),
+    ]
     digest.update(_json(header).encode("utf-8") + b"\n")
     for record in records:
         digest.update(_json(record.fields).encode("utf-8") + b"\n")  # JSON escapes newlines: one line per record
@@ -144,10 +162,12 @@ def read_entry(path: Path, expected_examples: int) -> Encoded:
 def write_entry(path: Path, encoded: Encoded) -> None:
     """Write atomically: a reader sees the previous file or the complete new one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = json.dumps({"format": FORMAT_VERSION, "truncated": encoded.truncated, "examples": encoded.examples},
-                          separators=(",", ":"))
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.stem}.",
-                                         suffix=".tmp", delete=False)
+    document = json.dumps(
+        {"format": FORMAT_VERSION, "truncated": encoded.truncated, "examples": encoded.examples}, separators=(",", ":")
+    )
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             handle.write(document)
@@ -159,9 +179,15 @@ def write_entry(path: Path, encoded: Encoded) -> None:
         raise
 
 
-def encode_cached(task: str, records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig,
-                  labels: list[str] | None = None, with_target: bool = True,
-                  cache_dir: Path | None = None) -> tuple[Encoded, bool]:
+def encode_cached(
+    task: str,
+    records: list[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    data: DataConfig,
+    labels: list[str] | None = None,
+    with_target: bool = True,
+    cache_dir: Path | None = None,
+) -> tuple[Encoded, bool]:
     """`encode(...)`'s result and whether it came from the cache.
 
     A miss (no entry, or an entry that cannot be read) tokenises and stores the
@@ -170,7 +196,10 @@ def encode_cached(task: str, records: list[Record], tokenizer: PreTrainedTokeniz
     """
     if cache_disabled():
         return encode(task, records, tokenizer, data, labels, with_target), False
-    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(task, records, tokenizer, data, labels, with_target)}.json"
+    path = (
+        Path(cache_dir or default_cache_dir())
+        / f"{cache_key(task, records, tokenizer, data, labels, with_target)}.json"
+    )
     if path.exists():
         try:
             return read_entry(path, len(records)), True

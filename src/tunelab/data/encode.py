@@ -27,7 +27,9 @@ class Encoded:
     """How many examples were cut to fit max_length / max_target_length."""
 
 
-def encode_classification(records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, labels: list[str] | None) -> Encoded:
+def encode_classification(
+    records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, labels: list[str] | None
+) -> Encoded:
     """input_ids/attention_mask (+ label id when `labels` is given) for an encoder classifier."""
     texts = [str(r.fields[data.text_field]) for r in records]
     pairs = [str(r.fields[data.text_pair_field]) for r in records] if data.text_pair_field else None
@@ -59,7 +61,9 @@ def decoder_prompt_ids(prompt: str, tokenizer: PreTrainedTokenizerBase, budget: 
     return ids[:budget], True
 
 
-def encode_causal(records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, with_target: bool) -> Encoded:
+def encode_causal(
+    records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, with_target: bool
+) -> Encoded:
     """Prompt (+ completion + EOS) ids; labels mask the prompt so the loss covers the completion only."""
     examples, truncated = [], 0
     for record in records:
@@ -69,7 +73,9 @@ def encode_causal(records: list[Record], tokenizer: PreTrainedTokenizerBase, dat
             if len(target) > data.max_target_length:
                 target, truncated = target[: data.max_target_length], truncated + 1
             target = target + [tokenizer.eos_token_id]
-        prompt_ids, cut = decoder_prompt_ids(render_prompt(record.fields, data), tokenizer, data.max_length - len(target))
+        prompt_ids, cut = decoder_prompt_ids(
+            render_prompt(record.fields, data), tokenizer, data.max_length - len(target)
+        )
         truncated += cut
         example = {"input_ids": prompt_ids + target, "attention_mask": [1] * (len(prompt_ids) + len(target))}
         if with_target:
@@ -78,12 +84,17 @@ def encode_causal(records: list[Record], tokenizer: PreTrainedTokenizerBase, dat
     return Encoded(examples, truncated)
 
 
-def encode_seq2seq(records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, with_target: bool) -> Encoded:
+def encode_seq2seq(
+    records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, with_target: bool
+) -> Encoded:
     """Encoder input ids and (optionally) decoder target ids."""
     prompts = [render_prompt(r.fields, data) for r in records]
     truncated = sum(len(ids) > data.max_length for ids in tokenizer(prompts)["input_ids"])
     encoded = tokenizer(prompts, truncation=True, max_length=data.max_length)
-    examples = [{"input_ids": ids, "attention_mask": mask} for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
+    examples = [
+        {"input_ids": ids, "attention_mask": mask}
+        for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])
+    ]
     if with_target:
         targets = [str(r.fields[data.response_field]) for r in records]
         full = tokenizer(text_target=targets)["input_ids"]
@@ -94,8 +105,14 @@ def encode_seq2seq(records: list[Record], tokenizer: PreTrainedTokenizerBase, da
     return Encoded(examples, truncated)
 
 
-def encode(task: str, records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig,
-           labels: list[str] | None = None, with_target: bool = True) -> Encoded:
+def encode(
+    task: str,
+    records: list[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    data: DataConfig,
+    labels: list[str] | None = None,
+    with_target: bool = True,
+) -> Encoded:
     """Tokenise records for a task; `with_target=False` for prediction inputs."""
     if task == "classification":
         return encode_classification(records, tokenizer, data, labels if with_target else None)
@@ -159,7 +176,11 @@ class PackedCollator:
             labels.append(gold + [IGNORE_INDEX] * tail)
             positions.append(pos + list(range(tail)))
             weights.append(weight + [0.0] * tail)
-        batch = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+        batch = {
+            "input_ids": torch.tensor(input_ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions),
+        }
         if weighted:
             batch["loss_weights"] = torch.tensor(weights)
         return batch

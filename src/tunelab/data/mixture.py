@@ -283,7 +283,6 @@ def describe_mix(counts: dict[str, int], sizes: dict[str, int]) -> str:
     rows.append(("total", str(sum(sizes.values())), str(total), "100.0%" if total else "-", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = [
-        "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip()
-        for r in rows
+        "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip() for r in rows
     ]
     return "\n".join(lines)

@@ -18,7 +18,15 @@ import random
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
-from tunelab.data.mixture import Draw, Stage, balanced_order, curriculum_plan, describe_mix, examples_per_task, mixture_rates
+from tunelab.data.mixture import (
+    Draw,
+    Stage,
+    balanced_order,
+    curriculum_plan,
+    describe_mix,
+    examples_per_task,
+    mixture_rates,
+)
 from tunelab.data.taskset import TaskSet
 
 
@@ -47,13 +55,17 @@ class Plan:
         return step / self.steps_per_epoch
 
 
-def _per_stage(order: list[Draw], boundaries: list[int], batch: int, stages: list[Stage], reorder) -> tuple[list[Draw], list[int]]:
+def _per_stage(
+    order: list[Draw], boundaries: list[int], batch: int, stages: list[Stage], reorder
+) -> tuple[list[Draw], list[int]]:
     """Apply `reorder` within each stage's slice of the order, so no batch mixes two stages; returns the new order
     and stage boundaries. A reorder may lengthen a stage to whole batches, except a stage with a step budget,
     which keeps its steps."""
     edges = [0, *(b * batch for b in boundaries), len(order)]
-    parts = [reorder(order[start:end])[: stage.steps * batch if stage.steps else None]
-             for stage, start, end in zip(stages, edges, edges[1:])]
+    parts = [
+        reorder(order[start:end])[: stage.steps * batch if stage.steps else None]
+        for stage, start, end in zip(stages, edges, edges[1:])
+    ]
     starts = [sum(len(part) for part in parts[:i]) // batch for i in range(1, len(parts))]
     return [draw for part in parts for draw in part], starts
 
@@ -95,26 +107,51 @@ def plan_training(config: RunConfig, tasks: TaskSet, processes: int = 1) -> Plan
             weights = {tasks.names[entry.task]: entry.weight for entry in stage_config.tasks}
         sizes = {task: len(tasks.trained[task].train) for task in weights}
         strategy = mixture.strategy if mixture else "proportional"
-        rates = mixture_rates(sizes, strategy, weights=weights,
-                              cap=mixture.cap if strategy == "capped" else None,
-                              temperature=mixture.temperature if strategy == "temperature" else 1.0)
-        counts = examples_per_task(sizes, rates, (mixture.examples_per_epoch if mixture else None) or sum(sizes.values()))
+        rates = mixture_rates(
+            sizes,
+            strategy,
+            weights=weights,
+            cap=mixture.cap if strategy == "capped" else None,
+            temperature=mixture.temperature if strategy == "temperature" else 1.0,
+        )
+        counts = examples_per_task(
+            sizes, rates, (mixture.examples_per_epoch if mixture else None) or sum(sizes.values())
+        )
         single = not (mixture and mixture.stages)
-        stage = Stage(name, sizes, counts, training.max_steps if single else stage_config.steps,
-                      training.epochs if single else stage_config.epochs)
+        stage = Stage(
+            name,
+            sizes,
+            counts,
+            training.max_steps if single else stage_config.steps,
+            training.epochs if single else stage_config.epochs,
+        )
         stages.append(stage)
         if mixture:
             print(_describe(stage, single, strategy))
-        described.append({"name": name, "steps": stage.steps, "epochs": None if stage.steps else stage.epochs, "tasks": {
-            task: {"available": sizes[task], "per_epoch": counts[task], "share": counts[task] / max(1, sum(counts.values()))}
-            for task in sizes}})
+        described.append(
+            {
+                "name": name,
+                "steps": stage.steps,
+                "epochs": None if stage.steps else stage.epochs,
+                "tasks": {
+                    task: {
+                        "available": sizes[task],
+                        "per_epoch": counts[task],
+                        "share": counts[task] / max(1, sum(counts.values())),
+                    }
+                    for task in sizes
+                },
+            }
+        )
     order, boundaries = curriculum_plan(stages, batch, training.seed)
     if config.architecture() == "task_adapters":  # one adapter per step: balanced batches cannot apply
-        order, boundaries = _per_stage(order, boundaries, batch, stages,
-                                       lambda part: single_task_batches(part, batch, training.seed))
+        order, boundaries = _per_stage(
+            order, boundaries, batch, stages, lambda part: single_task_batches(part, batch, training.seed)
+        )
     elif mixture and mixture.balanced_batches:
-        order, boundaries = _per_stage(order, boundaries, batch, stages,
-                                       lambda part: balanced_order(part, batch, training.seed))
+        order, boundaries = _per_stage(
+            order, boundaries, batch, stages, lambda part: balanced_order(part, batch, training.seed)
+        )
     for stage, start in zip(described, [0, *boundaries]):
         stage["starts_at_step"] = start
     steps_per_epoch = math.ceil(sum(stages[0].counts.values()) / batch)

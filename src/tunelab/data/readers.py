@@ -47,7 +47,11 @@ def _read_jsonl(path: Path) -> list[Record]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is not part of the JSON
             except UnicodeDecodeError as exc:
-                records.append(Record({}, where, f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})"))
+                records.append(
+                    Record(
+                        {}, where, f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})"
+                    )
+                )
                 continue
             if not line.strip():
                 continue  # blank lines (e.g. a trailing newline) are not records
@@ -74,13 +78,16 @@ def _read_json(path: Path) -> list[Record]:
     try:
         rows = json.loads(text.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save the file as UTF-8") from None
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to read") from None
     return [
-        Record(row, f"{path}:item {i + 1}") if isinstance(row, dict)
+        Record(row, f"{path}:item {i + 1}")
+        if isinstance(row, dict)
         else Record({}, f"{path}:item {i + 1}", f"expected a JSON object, got {type(row).__name__}")
         for i, row in enumerate(rows)
     ]
@@ -92,7 +99,9 @@ def _read_csv(path: Path) -> list[Record]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
     csv.field_size_limit(sys.maxsize)  # a long review or article is a record, not an error
     # csv.reader (not DictReader) yields blank lines as empty rows, so each row's first line is simply the
     # line after the previous row's last one, quoted newlines included.
@@ -122,8 +131,10 @@ def _check_header(path: Path, header: list[str]) -> None:
     """Columns are record fields: a repeated name would silently keep only one of its columns."""
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
-        raise DataError(f"{path}:1: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
-                        "give every column its own name")
+        raise DataError(
+            f"{path}:1: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
+            "give every column its own name"
+        )
 
 
 def _read_parquet(path: Path) -> list[Record]:

@@ -49,7 +49,9 @@ def label_set(records: list[Record], config: RunConfig, source: str) -> list[str
     labels = sorted({str(r.fields[data.label_field]) for r in checked.valid})
     if len(labels) < 2:
         enforce(checked, source, skip_invalid=False)  # invalid records, if any, explain the missing labels best
-        raise DataError(f"{source}: field '{data.label_field}' has {len(labels)} distinct label(s); a classifier needs at least 2")
+        raise DataError(
+            f"{source}: field '{data.label_field}' has {len(labels)} distinct label(s); a classifier needs at least 2"
+        )
     return labels
 
 

@@ -47,27 +47,37 @@ class TaskSet:
 
     def counts(self) -> dict[str, int]:
         """Examples per split, over all tasks, as run.json records them."""
-        return {"train": sum(len(t.train) for t in self.trained.values()),
-                "validation": sum(len(t.validation) for t in self.trained.values()),
-                "test": sum(len(records) for _, records, _ in self.scored().values())}
+        return {
+            "train": sum(len(t.train) for t in self.trained.values()),
+            "validation": sum(len(t.validation) for t in self.trained.values()),
+            "test": sum(len(records) for _, records, _ in self.scored().values()),
+        }
 
 
 def _data_taskset(config: RunConfig) -> TaskSet:
     data = load_task_data(config)
     spec = inline_task(config, data.labels)
-    return TaskSet({spec.name: TrainingTask(spec, data.train, data.validation, data.test)}, labels=data.labels,
-                   notes=data.notes, names={spec.name: spec.name})
+    return TaskSet(
+        {spec.name: TrainingTask(spec, data.train, data.validation, data.test)},
+        labels=data.labels,
+        notes=data.notes,
+        names={spec.name: spec.name},
+    )
 
 
 def _trained_task(entry: MixtureTask, config: RunConfig, notes: list[str]) -> TrainingTask:
     spec = load_task(entry.task)
     mixture, seed = config.mixture, config.training.seed
     if spec.kind == "language_modeling":
-        raise DataError(f"task {spec.name} is a perplexity task with no answers to train on; list it under mixture.eval_only")
+        raise DataError(
+            f"task {spec.name} is a perplexity task with no answers to train on; list it under mixture.eval_only"
+        )
     try:
         train = load_records(spec, entry.max_examples, seed, split=spec.train_split)
     except TaskError as exc:
-        raise DataError(f"task {spec.name} cannot be trained on ({exc}); list it under mixture.eval_only instead") from None
+        raise DataError(
+            f"task {spec.name} cannot be trained on ({exc}); list it under mixture.eval_only instead"
+        ) from None
     try:
         validation = load_records(spec, mixture.validation_examples, seed, split="validation")
     except TaskError:
@@ -86,13 +96,17 @@ def _mixture_taskset(config: RunConfig) -> TaskSet:
             task = _trained_task(entry, config, notes)
             name = names[entry.task] = task.spec.name
             if name in trained and len(trained[name].train) != len(task.train):
-                raise DataError(f"task {name} appears in two stages with different max_examples; give it the same in both")
+                raise DataError(
+                    f"task {name} appears in two stages with different max_examples; give it the same in both"
+                )
             trained.setdefault(name, task)
     held_out = {}
     for reference in config.mixture.eval_only:
         spec = load_task(reference)
         if spec.name in trained:
-            raise DataError(f"task {spec.name} is both trained on and listed in mixture.eval_only; a held-out task must never be trained")
+            raise DataError(
+                f"task {spec.name} is both trained on and listed in mixture.eval_only; a held-out task must never be trained"
+            )
         held_out[spec.name] = (spec, load_records(spec, config.mixture.eval_examples, config.training.seed))
     return TaskSet(trained, held_out, notes=notes, names=names)
 

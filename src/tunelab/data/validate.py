@@ -46,7 +46,9 @@ def _value_problem(value) -> str | None:
     return None
 
 
-def _record_problem(record: Record, needed: list[str], label_field: str | None, labels: list[str] | None) -> str | None:
+def _record_problem(
+    record: Record, needed: list[str], label_field: str | None, labels: list[str] | None
+) -> str | None:
     if record.problem:
         return f"{record.where}: {record.problem}"
     for name in needed:

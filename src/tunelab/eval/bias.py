@@ -43,65 +43,108 @@ def _rewritten(value, attribute: str, group: str):
 def counterfactual_records(records: list[Record], spec: TaskSpec, attribute: str, group: str) -> list[Record]:
     """Records with the input fields (and, for generation, the reference) rewritten into `group`."""
     fields = list(spec.input_fields) + ([spec.reference_field] if spec.reference_field else [])
-    return [Record({**r.fields, **{f: _rewritten(r.fields[f], attribute, group) for f in fields}}, r.where)
-            for r in records]
+    return [
+        Record({**r.fields, **{f: _rewritten(r.fields[f], attribute, group) for f in fields}}, r.where)
+        for r in records
+    ]
 
 
 def mentioning(records: list[Record], spec: TaskSpec, attribute: str, limit: int | None, seed: int) -> list[Record]:
     """The records whose input mentions the attribute: all, or `limit` of them drawn with `seed`."""
-    found = [r for r in records if any(isinstance(r.fields.get(f), str) and mentions(r.fields[f], attribute)
-                                       for f in spec.input_fields)]
+    found = [
+        r
+        for r in records
+        if any(isinstance(r.fields.get(f), str) and mentions(r.fields[f], attribute) for f in spec.input_fields)
+    ]
     if limit is not None and limit < len(found):
         found = [found[i] for i in sorted(random.Random(seed).sample(range(len(found)), limit))]
     return found
 
 
-def _attribute_row(target: Target, spec: TaskSpec, records: list[Record], attribute: str, samples: int, seed: int) -> dict:
+def _attribute_row(
+    target: Target, spec: TaskSpec, records: list[Record], attribute: str, samples: int, seed: int
+) -> dict:
     metric = get_metric(spec.primary_metric)
     first, second = groups(attribute)
-    results = {g: run_task(target, spec, counterfactual_records(records, spec, attribute, g), samples, seed)
-               for g in (first, second)}
+    results = {
+        g: run_task(target, spec, counterfactual_records(records, spec, attribute, g), samples, seed)
+        for g in (first, second)
+    }
     if results[first].skipped:
         raise TaskError(f"cannot test {target.name} on {spec.name}: {results[first].skipped}")
     a, b = results[first], results[second]
-    row = {"examples": len(records), "groups": {g: r.scores[metric.name].as_dict() for g, r in results.items()},
-           "example": {g: counterfactual_records(records[:1], spec, attribute, g)[0].fields for g in (first, second)}}
-    gap = paired_bootstrap(metric, a.predictions, b.predictions, a.references, samples=samples, seed=seed,
-                           references_b=b.references)
+    row = {
+        "examples": len(records),
+        "groups": {g: r.scores[metric.name].as_dict() for g, r in results.items()},
+        "example": {g: counterfactual_records(records[:1], spec, attribute, g)[0].fields for g in (first, second)},
+    }
+    gap = paired_bootstrap(
+        metric, a.predictions, b.predictions, a.references, samples=samples, seed=seed, references_b=b.references
+    )
     if spec.kind == "classification":
-        agreement = bootstrap_ci(get_metric("accuracy"), [p or NO_LABEL for p in b.predictions],
-                                 [p or NO_LABEL for p in a.predictions], samples=samples, seed=seed)
+        agreement = bootstrap_ci(
+            get_metric("accuracy"),
+            [p or NO_LABEL for p in b.predictions],
+            [p or NO_LABEL for p in a.predictions],
+            samples=samples,
+            seed=seed,
+        )
         row["flip_rate"] = Interval(100 - agreement.value, 100 - agreement.high, 100 - agreement.low).as_dict()
     row["gap"] = {**gap.as_dict(), "of": f"{second} - {first}"}
     row["significant"] = gap.low > 0 or gap.high < 0
     return row
 
 
-def bias_report(target: Target, spec: TaskSpec, records: list[Record], attributes: list[str], limit: int | None = None,
-                seed: int = 0, samples: int = 1000) -> dict:
+def bias_report(
+    target: Target,
+    spec: TaskSpec,
+    records: list[Record],
+    attributes: list[str],
+    limit: int | None = None,
+    seed: int = 0,
+    samples: int = 1000,
+) -> dict:
     """Per attribute: each group's score, the gap between groups and (classification) the flip rate."""
     if spec.kind in ("ner", "language_modeling"):
-        raise TaskError(f"task {spec.name} ({spec.kind}) has no counterfactual test here; use a classification or generation task")
+        raise TaskError(
+            f"task {spec.name} ({spec.kind}) has no counterfactual test here; use a classification or generation task"
+        )
     rows = {}
     for attribute in attributes:
         chosen = mentioning(records, spec, attribute, limit, seed)
         print(f"bias: {spec.name}, attribute {attribute}: {len(chosen)} examples mention it", flush=True)
-        rows[attribute] = (_attribute_row(target, spec, chosen, attribute, samples, seed) if chosen
-                           else {"examples": 0, "skipped": f"no example of {spec.name} mentions {attribute}"})
-    return {"task": spec.name, "target": target.name, "metric": spec.primary_metric, "seed": seed,
-            "bootstrap_samples": samples, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "attributes": rows}
+        rows[attribute] = (
+            _attribute_row(target, spec, chosen, attribute, samples, seed)
+            if chosen
+            else {"examples": 0, "skipped": f"no example of {spec.name} mentions {attribute}"}
+        )
+    return {
+        "task": spec.name,
+        "target": target.name,
+        "metric": spec.primary_metric,
+        "seed": seed,
+        "bootstrap_samples": samples,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "attributes": rows,
+    }
 
 
 def render_bias(report: dict) -> str:
-    lines = [f"# Counterfactual bias test of `{report['target']}` on {report['task']} ({report['metric']}, 95% CI)", "",
-             "| attribute | examples | female | male | gap (male - female) | flip rate % |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Counterfactual bias test of `{report['target']}` on {report['task']} ({report['metric']}, 95% CI)",
+        "",
+        "| attribute | examples | female | male | gap (male - female) | flip rate % |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, row in report["attributes"].items():
         if "skipped" in row:
             lines.append(f"| {name} | 0 | - | - | - | skipped: {row['skipped']} |")
             continue
         flips = format_interval(row["flip_rate"]) if "flip_rate" in row else "-"
         mark = " *" if row["significant"] else ""
-        lines.append(f"| {name} | {row['examples']} | {format_interval(row['groups']['female'])} | {format_interval(row['groups']['male'])} | "
-                     f"{format_interval(row['gap'], signed=True)}{mark} | {flips} |")
+        lines.append(
+            f"| {name} | {row['examples']} | {format_interval(row['groups']['female'])} | {format_interval(row['groups']['male'])} | "
+            f"{format_interval(row['gap'], signed=True)}{mark} | {flips} |"
+        )
     lines += ["", "\\* the gap's interval excludes zero."]
     return "\n".join(lines) + "\n"

@@ -96,8 +96,14 @@ def _picked(items: list, indices: np.ndarray) -> list:
     return [items[i] for i in indices]
 
 
-def bootstrap_ci(metric: Metric, predictions: Sequence, references: Sequence | None, samples: int = 1000,
-                 seed: int = 0, confidence: float = 0.95) -> Interval:
+def bootstrap_ci(
+    metric: Metric,
+    predictions: Sequence,
+    references: Sequence | None,
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
     """The metric on the full data, with a percentile-bootstrap interval over resampled examples."""
     _check(samples, confidence)
     predictions, references = align(predictions, references)
@@ -108,15 +114,28 @@ def bootstrap_ci(metric: Metric, predictions: Sequence, references: Sequence | N
         scores = _per_example(metric, predictions, references)
         return _percentile_interval(value, _resample_means(scores, samples, seed), confidence)
     if metric.from_confusion is not None:
-        return _percentile_interval(value, _resample_confusions(metric, predictions, references, samples, seed), confidence)
-    resampled = _resample(lambda idx: metric.compute(_picked(predictions, idx), _picked(references, idx)),
-                          len(predictions), samples, seed)
+        return _percentile_interval(
+            value, _resample_confusions(metric, predictions, references, samples, seed), confidence
+        )
+    resampled = _resample(
+        lambda idx: metric.compute(_picked(predictions, idx), _picked(references, idx)),
+        len(predictions),
+        samples,
+        seed,
+    )
     return _percentile_interval(value, resampled, confidence)
 
 
-def paired_bootstrap(metric: Metric, predictions_a: Sequence, predictions_b: Sequence, references: Sequence | None,
-                     samples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                     references_b: Sequence | None = None) -> Interval:
+def paired_bootstrap(
+    metric: Metric,
+    predictions_a: Sequence,
+    predictions_b: Sequence,
+    references: Sequence | None,
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    references_b: Sequence | None = None,
+) -> Interval:
     """score(b) - score(a) on the full data, with an interval from resampling the same examples for both.
 
     Pairing matters: both systems see the same easy and hard examples in each
@@ -134,12 +153,14 @@ def paired_bootstrap(metric: Metric, predictions_a: Sequence, predictions_b: Seq
     if n == 1:
         return Interval(value, value, value)
     if metric.per_example is not None:
-        differences = (_per_example(metric, predictions_b, references_b) -
-                       _per_example(metric, predictions_a, references))
+        differences = _per_example(metric, predictions_b, references_b) - _per_example(
+            metric, predictions_a, references
+        )
         return _percentile_interval(value, _resample_means(differences, samples, seed), confidence)
 
     def difference(indices: np.ndarray) -> float:
-        return (metric.compute(_picked(predictions_b, indices), _picked(references_b, indices)) -
-                metric.compute(_picked(predictions_a, indices), _picked(references, indices)))
+        return metric.compute(_picked(predictions_b, indices), _picked(references_b, indices)) - metric.compute(
+            _picked(predictions_a, indices), _picked(references, indices)
+        )
 
     return _percentile_interval(value, _resample(difference, n, samples, seed), confidence)

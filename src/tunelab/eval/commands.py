@@ -35,8 +35,15 @@ def _write(directory: Path, stem: str, report: dict, markdown: str) -> Path:
     return directory / f"{stem}.json"
 
 
-def evaluate_suite(target: str, suite: str, limit: int | None = None, output: str | None = None, seed: int = 0,
-                   samples: int = 1000, batch_size: int = 32) -> Path:
+def evaluate_suite(
+    target: str,
+    suite: str,
+    limit: int | None = None,
+    output: str | None = None,
+    seed: int = 0,
+    samples: int = 1000,
+    batch_size: int = 32,
+) -> Path:
     """`tunelab eval TARGET --suite NAME`."""
     loaded_suite = load_suite(suite)  # a bad suite fails before a model loads
     report, results = run_suite(load_target(target, batch_size), loaded_suite, limit, seed, samples)
@@ -45,17 +52,40 @@ def evaluate_suite(target: str, suite: str, limit: int | None = None, output: st
     return path
 
 
-def forgetting(base: str, tuned: str, suite: str = "retention", limit: int | None = None, output: str | None = None,
-               seed: int = 0, samples: int = 1000, batch_size: int = 32) -> Path:
+def forgetting(
+    base: str,
+    tuned: str,
+    suite: str = "retention",
+    limit: int | None = None,
+    output: str | None = None,
+    seed: int = 0,
+    samples: int = 1000,
+    batch_size: int = 32,
+) -> Path:
     """`tunelab forgetting BASE TUNED --suite NAME`: one model in memory at a time."""
     loaded_suite = load_suite(suite)
-    report = forgetting_report(lambda: load_target(base, batch_size), lambda: load_target(tuned, batch_size),
-                               loaded_suite, limit, seed, samples)
+    report = forgetting_report(
+        lambda: load_target(base, batch_size),
+        lambda: load_target(tuned, batch_size),
+        loaded_suite,
+        limit,
+        seed,
+        samples,
+    )
     return _write(report_dir(tuned, output), f"forgetting-{loaded_suite.name}", report, render_forgetting(report))
 
 
-def robustness(target: str, task: str, perturbations: str = "all", severity: float = 0.1, limit: int | None = 200,
-               output: str | None = None, seed: int = 0, samples: int = 1000, batch_size: int = 32) -> Path:
+def robustness(
+    target: str,
+    task: str,
+    perturbations: str = "all",
+    severity: float = 0.1,
+    limit: int | None = 200,
+    output: str | None = None,
+    seed: int = 0,
+    samples: int = 1000,
+    batch_size: int = 32,
+) -> Path:
     """`tunelab robustness TARGET --task T --perturbations all`."""
     spec, names = load_task(task), perturbation_names(perturbations)
     records = load_records(spec, limit, seed)
@@ -63,8 +93,16 @@ def robustness(target: str, task: str, perturbations: str = "all", severity: flo
     return _write(report_dir(target, output), f"robustness-{spec.name}", report, render_robustness(report))
 
 
-def bias(target: str, task: str, attributes: str = "all", limit: int | None = 200, output: str | None = None,
-         seed: int = 0, samples: int = 1000, batch_size: int = 32) -> Path:
+def bias(
+    target: str,
+    task: str,
+    attributes: str = "all",
+    limit: int | None = 200,
+    output: str | None = None,
+    seed: int = 0,
+    samples: int = 1000,
+    batch_size: int = 32,
+) -> Path:
     """`tunelab bias TARGET --task T`: examples that mention each attribute, searched over the whole split."""
     spec, names = load_task(task), attribute_names(attributes)
     records = load_records(spec)

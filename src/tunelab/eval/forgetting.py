@@ -10,7 +10,7 @@ marked significant. Average forgetting is the mean drop (base - tuned) of the pr
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tunelab.eval.bootstrap import format_interval, paired_bootstrap
 from tunelab.eval.metrics import get_metric
@@ -35,9 +35,15 @@ def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int
     significant = change.low > 0 or change.high < 0
     worse = change.value < 0 if metric.higher_is_better else change.value > 0
     row = {
-        "kind": spec.kind, "examples": base.examples, "metric": metric.name, "higher_is_better": metric.higher_is_better,
-        "base": base.scores[metric.name].as_dict(), "tuned": tuned.scores[metric.name].as_dict(),
-        "change": change.as_dict(), "significant": significant, "forgotten": significant and worse,
+        "kind": spec.kind,
+        "examples": base.examples,
+        "metric": metric.name,
+        "higher_is_better": metric.higher_is_better,
+        "base": base.scores[metric.name].as_dict(),
+        "tuned": tuned.scores[metric.name].as_dict(),
+        "change": change.as_dict(),
+        "significant": significant,
+        "forgotten": significant and worse,
     }
     if not metric.higher_is_better:
         row["relative_change_pct"] = 100.0 * change.value / row["base"]["value"]
@@ -46,8 +52,14 @@ def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int
     return row
 
 
-def forgetting_report(base: Target | Callable[[], Target], tuned: Target | Callable[[], Target], suite: Suite,
-                      limit: int | None = None, seed: int = 0, samples: int = 1000) -> dict:
+def forgetting_report(
+    base: Target | Callable[[], Target],
+    tuned: Target | Callable[[], Target],
+    suite: Suite,
+    limit: int | None = None,
+    seed: int = 0,
+    samples: int = 1000,
+) -> dict:
     """Base vs tuned on the same examples of every suite task. A target may be given as a loader, so only
     one model needs to be in memory at a time."""
     tasks = suite_tasks(suite, limit, seed)
@@ -58,13 +70,23 @@ def forgetting_report(base: Target | Callable[[], Target], tuned: Target | Calla
         names[role] = loaded.name
         results[role] = _evaluate_all(loaded, tasks, samples, seed, role)
         del loaded
-    rows = {spec.name: _task_row(spec, results["base"][spec.name], results["tuned"][spec.name], samples, seed)
-            for spec, _ in tasks}
-    drops = [row["base"]["value"] - row["tuned"]["value"] for row in rows.values()
-             if "skipped" not in row and row["higher_is_better"]]
+    rows = {
+        spec.name: _task_row(spec, results["base"][spec.name], results["tuned"][spec.name], samples, seed)
+        for spec, _ in tasks
+    }
+    drops = [
+        row["base"]["value"] - row["tuned"]["value"]
+        for row in rows.values()
+        if "skipped" not in row and row["higher_is_better"]
+    ]
     return {
-        "suite": suite.name, "base": names["base"], "tuned": names["tuned"], "seed": seed, "bootstrap_samples": samples,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "tasks": rows,
+        "suite": suite.name,
+        "base": names["base"],
+        "tuned": names["tuned"],
+        "seed": seed,
+        "bootstrap_samples": samples,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tasks": rows,
         "average_forgetting": sum(drops) / len(drops) if drops else None,
         "tasks_forgotten": sorted(name for name, row in rows.items() if row.get("forgotten")),
     }
@@ -72,9 +94,13 @@ def forgetting_report(base: Target | Callable[[], Target], tuned: Target | Calla
 
 def render_forgetting(report: dict) -> str:
     """The forgetting table in Markdown, for the CLI, the report file and the run card."""
-    lines = [f"Base `{report['base']}` vs tuned `{report['tuned']}` on suite `{report['suite']}` "
-             f"(same examples; change = tuned - base, paired bootstrap 95% CI, {report['bootstrap_samples']} resamples).", "",
-             "| task | examples | metric | base | tuned | change [95% CI] | verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Base `{report['base']}` vs tuned `{report['tuned']}` on suite `{report['suite']}` "
+        f"(same examples; change = tuned - base, paired bootstrap 95% CI, {report['bootstrap_samples']} resamples).",
+        "",
+        "| task | examples | metric | base | tuned | change [95% CI] | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, row in report["tasks"].items():
         if "skipped" in row:
             lines.append(f"| {name} | {row['examples']} | - | - | - | - | skipped: {row['skipped']} |")
@@ -84,9 +110,14 @@ def render_forgetting(report: dict) -> str:
         if row.get("unmatched_share", {}).get("tuned"):
             verdict += f" ({row['unmatched_share']['tuned']:.0f}% of tuned answers named no label)"
         arrow = "" if row["higher_is_better"] else " (lower is better)"
-        lines.append(f"| {name} | {row['examples']} | {row['metric']}{arrow} | {row['base']['value']:.2f} | "
-                     f"{row['tuned']['value']:.2f} | {format_interval(change, signed=True)} | {verdict} |")
+        lines.append(
+            f"| {name} | {row['examples']} | {row['metric']}{arrow} | {row['base']['value']:.2f} | "
+            f"{row['tuned']['value']:.2f} | {format_interval(change, signed=True)} | {verdict} |"
+        )
     if report["average_forgetting"] is not None:
-        lines += ["", f"Average forgetting (mean of base - tuned over 0-100 metrics): **{report['average_forgetting']:+.2f}** points; "
-                      f"tasks forgotten: {', '.join(report['tasks_forgotten']) or 'none'}."]
+        lines += [
+            "",
+            f"Average forgetting (mean of base - tuned over 0-100 metrics): **{report['average_forgetting']:+.2f}** points; "
+            f"tasks forgotten: {', '.join(report['tasks_forgotten']) or 'none'}.",
+        ]
     return "\n".join(lines) + "\n"

@@ -30,19 +30,31 @@ def _macro(results: dict[str, dict] | None, tasks: ScoredTasks, held_out: bool) 
     """Mean primary metric over the scored 0-100 metrics of the trained (or held-out) tasks."""
     if results is None:
         return None
-    values = [results[name]["metrics"][spec.primary_metric]["value"] for name, (spec, _, out) in tasks.items()
-              if out == held_out and "metrics" in results[name] and get_metric(spec.primary_metric).higher_is_better]
+    values = [
+        results[name]["metrics"][spec.primary_metric]["value"]
+        for name, (spec, _, out) in tasks.items()
+        if out == held_out and "metrics" in results[name] and get_metric(spec.primary_metric).higher_is_better
+    ]
     return sum(values) / len(values) if values else None
 
 
 def evaluation_summary(tasks: ScoredTasks, base: dict[str, dict] | None, tuned: dict[str, dict]) -> dict:
     """eval.json's scores: per task base and tuned, and the macro averages."""
-    per_task = {name: {"kind": spec.kind, "metric": spec.primary_metric, "held_out": held_out,
-                       "base": base.get(name) if base else None, "tuned": tuned[name]}
-                for name, (spec, _, held_out) in tasks.items()}
-    return {"tasks": per_task,
-            "macro_average": {"base": _macro(base, tasks, False), "tuned": _macro(tuned, tasks, False)},
-            "held_out_average": {"base": _macro(base, tasks, True), "tuned": _macro(tuned, tasks, True)}}
+    per_task = {
+        name: {
+            "kind": spec.kind,
+            "metric": spec.primary_metric,
+            "held_out": held_out,
+            "base": base.get(name) if base else None,
+            "tuned": tuned[name],
+        }
+        for name, (spec, _, held_out) in tasks.items()
+    }
+    return {
+        "tasks": per_task,
+        "macro_average": {"base": _macro(base, tasks, False), "tuned": _macro(tuned, tasks, False)},
+        "held_out_average": {"base": _macro(base, tasks, True), "tuned": _macro(tuned, tasks, True)},
+    }
 
 
 def primary_score(evaluation: dict, which: str = "tuned") -> float | None:

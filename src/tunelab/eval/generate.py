@@ -54,9 +54,17 @@ def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop: list[str]) -> dict:
 
 
 @torch.inference_mode()
-def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], *,
-                   decoder_only: bool, batch_size: int = 32, max_new_tokens: int = 64, num_beams: int = 1,
-                   stop: list[str] = ()) -> list[str]:
+def generate_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    *,
+    decoder_only: bool,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+    stop: list[str] = (),
+) -> list[str]:
     """Greedy (or beam) answers to tokenised prompts, in input order, cut at EOS and at the first stop string."""
     model.eval()
     device = next(model.parameters()).device
@@ -66,8 +74,15 @@ def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     for indices in batches_by_length(prompts, batch_size):
         examples = [{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in indices]
         batch = pad_batch(examples, tokenizer.pad_token_id, left=decoder_only, device=device)
-        generated = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+        generated = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
         if decoder_only:
             generated = generated[:, batch["input_ids"].shape[1] :]
         for i, ids in zip(indices, generated):

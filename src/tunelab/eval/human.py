@@ -25,12 +25,13 @@ import random
 import secrets
 import sqlite3
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import krippendorff
 import numpy as np
@@ -44,7 +45,13 @@ SCORES = range(1, 6)
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 GENERATION_TASKS = ("causal_lm", "seq2seq")
-TRAINING_ONLY_DATA_FIELDS = {"validation", "validation_fraction", "max_train_examples", "max_target_length", "response_field"}
+TRAINING_ONLY_DATA_FIELDS = {
+    "validation",
+    "validation_fraction",
+    "max_train_examples",
+    "max_target_length",
+    "response_field",
+}
 """Data settings that cannot change a run's test prompts, so two runs may differ in them and still be compared."""
 
 SCHEMA = """
@@ -135,12 +142,16 @@ def _require_sheet(connection: sqlite3.Connection, sheet: str) -> tuple[str, str
     row = connection.execute("SELECT system_a, system_b FROM sheets WHERE name = ?", (sheet,)).fetchone()
     if row is None:
         known = _known_sheets(connection)
-        listing = f"known sheets: {', '.join(known)}" if known else "no sheets yet: create one with `tunelab human export`"
+        listing = (
+            f"known sheets: {', '.join(known)}" if known else "no sheets yet: create one with `tunelab human export`"
+        )
         raise HumanEvalError(f"unknown sheet '{sheet}' in {db_path()}; {listing}")
     return row
 
 
-def _save_rating(connection: sqlite3.Connection, sheet: str, item_id: str, rater: str, criterion: str, score: int) -> None:
+def _save_rating(
+    connection: sqlite3.Connection, sheet: str, item_id: str, rater: str, criterion: str, score: int
+) -> None:
     """Store one score, replacing the rater's earlier score for the same item and criterion."""
     connection.execute(
         "INSERT INTO ratings (sheet, item_id, rater, criterion, score, rated_at) VALUES (?, ?, ?, ?, ?, ?) "
@@ -156,8 +167,10 @@ def _check_generation_run(run: RunDir) -> None:
     """Only generated text can be rated, and only a finished run has a tuned model to generate it."""
     config = run.config()
     if config.task_type not in GENERATION_TASKS:
-        raise HumanEvalError(f"run {run.path} is a {config.task_type} run; human rating is for generated text "
-                             f"({' or '.join(GENERATION_TASKS)} runs). Score a classifier with `tunelab eval`")
+        raise HumanEvalError(
+            f"run {run.path} is a {config.task_type} run; human rating is for generated text "
+            f"({' or '.join(GENERATION_TASKS)} runs). Score a classifier with `tunelab eval`"
+        )
     run.require_complete()
 
 
@@ -165,21 +178,36 @@ def _test_prompt_settings(run: RunDir) -> dict:
     """The settings that decide a run's test prompts: its data section, or, for a mixture, how its test draws are made."""
     config = run.config()
     if config.mixture is None:
-        return {f"data.{key}": value for key, value in config.data.model_dump().items() if key not in TRAINING_ONLY_DATA_FIELDS}
-    return {"mixture.eval_examples": config.mixture.eval_examples, "training.seed": config.training.seed,
-            "data.max_length": config.data.max_length}
+        return {
+            f"data.{key}": value
+            for key, value in config.data.model_dump().items()
+            if key not in TRAINING_ONLY_DATA_FIELDS
+        }
+    return {
+        "mixture.eval_examples": config.mixture.eval_examples,
+        "training.seed": config.training.seed,
+        "data.max_length": config.data.max_length,
+    }
 
 
 def _check_same_prompts(run_a: RunDir, run_b: RunDir) -> None:
     """Two runs are only comparable item by item when their test prompts are the same."""
     if run_a.path.resolve() == run_b.path.resolve():
-        raise HumanEvalError(f"both systems are run {run_a.path}; give two different runs, or one run to compare with its base model")
+        raise HumanEvalError(
+            f"both systems are run {run_a.path}; give two different runs, or one run to compare with its base model"
+        )
     settings_a, settings_b = _test_prompt_settings(run_a), _test_prompt_settings(run_b)
-    differing = [f"{key}: {settings_a.get(key)!r} vs {settings_b.get(key)!r}" for key in settings_a.keys() | settings_b.keys()
-                 if settings_a.get(key) != settings_b.get(key)]
+    differing = [
+        f"{key}: {settings_a.get(key)!r} vs {settings_b.get(key)!r}"
+        for key in settings_a.keys() | settings_b.keys()
+        if settings_a.get(key) != settings_b.get(key)
+    ]
     if differing:
-        raise HumanEvalError(f"runs {run_a.path} and {run_b.path} do not share their test data and prompt template ("
-                             + "; ".join(differing) + "); compare runs trained on the same data, or compare each with its base model")
+        raise HumanEvalError(
+            f"runs {run_a.path} and {run_b.path} do not share their test data and prompt template ("
+            + "; ".join(differing)
+            + "); compare runs trained on the same data, or compare each with its base model"
+        )
 
 
 def _system_names(run_a: RunDir, run_b: RunDir | None) -> tuple[str, str]:
@@ -191,7 +219,9 @@ def _system_names(run_a: RunDir, run_b: RunDir | None) -> tuple[str, str]:
     return f"tuned {run_a.path.name}", f"tuned {run_b.path.name}"
 
 
-def _generate_outputs(run_a: RunDir, run_b: RunDir | None, n: int, task: str | None) -> tuple[list[str], list[str], list[str]]:
+def _generate_outputs(
+    run_a: RunDir, run_b: RunDir | None, n: int, task: str | None
+) -> tuple[list[str], list[str], list[str]]:
     """The first n test prompts of the run's task (`task` names one of a mixture's) and the answers of system A
     and B to them, one model in memory at a time.
 
@@ -205,8 +235,10 @@ def _generate_outputs(run_a: RunDir, run_b: RunDir | None, n: int, task: str | N
     spec = task_specs(config, run_a.state().get("labels")).pick(task)
     records = test_records(config, spec)
     if n < 1 or n > len(records):
-        raise HumanEvalError(f"run {run_a.path} has {len(records)} test records of task {spec.name}; ask for between 1 "
-                             f"and {len(records)} (--n)")
+        raise HumanEvalError(
+            f"run {run_a.path} has {len(records)} test records of task {spec.name}; ask for between 1 "
+            f"and {len(records)} (--n)"
+        )
     records = records[:n]
     system_a = config.model.name if run_b is None else str(run_a.path)
     outputs = []
@@ -227,11 +259,15 @@ def _refuse_existing(output: Path) -> None:
     sheet, key_path = _sheet_paths(output)
     for path in (output, key_path):
         if path.exists():
-            raise HumanEvalError(f"{path} already exists; choose another --output name (the sheet name is the file's stem)")
+            raise HumanEvalError(
+                f"{path} already exists; choose another --output name (the sheet name is the file's stem)"
+            )
     with closing(_connect()) as connection:
         if connection.execute("SELECT 1 FROM sheets WHERE name = ?", (sheet,)).fetchone():
-            raise HumanEvalError(f"a sheet named '{sheet}' is already in {db_path()}; choose another --output name "
-                                 "(the sheet name is the file's stem)")
+            raise HumanEvalError(
+                f"a sheet named '{sheet}' is already in {db_path()}; choose another --output name "
+                "(the sheet name is the file's stem)"
+            )
 
 
 def _blind_rows(prompts: list[str], a: SystemOutputs, b: SystemOutputs, seed: int) -> list[dict]:
@@ -239,8 +275,11 @@ def _blind_rows(prompts: list[str], a: SystemOutputs, b: SystemOutputs, seed: in
 
     The ids are handed out in sorted order, so the CSV also reads in id order, handy for finding an item.
     """
-    rows = [{"system": system.name, "prompt_index": index, "prompt": prompt, "output": system.outputs[index]}
-            for index, prompt in enumerate(prompts) for system in (a, b)]
+    rows = [
+        {"system": system.name, "prompt_index": index, "prompt": prompt, "output": system.outputs[index]}
+        for index, prompt in enumerate(prompts)
+        for system in (a, b)
+    ]
     random.Random(seed).shuffle(rows)
     ids: set[str] = set()
     while len(ids) < len(rows):
@@ -252,7 +291,9 @@ def _blind_rows(prompts: list[str], a: SystemOutputs, b: SystemOutputs, seed: in
 
 def _csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["item_id", "prompt", "output"], extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=["item_id", "prompt", "output"], extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -265,28 +306,40 @@ def write_sheet(output: Path, prompts: list[str], a: SystemOutputs, b: SystemOut
     failed export never leaves a sheet in the database without its CSV and key.
     """
     if not (len(a.outputs) == len(b.outputs) == len(prompts)):
-        raise HumanEvalError(f"{len(prompts)} prompts but {len(a.outputs)} outputs of {a.name} and {len(b.outputs)} of {b.name}")
+        raise HumanEvalError(
+            f"{len(prompts)} prompts but {len(a.outputs)} outputs of {a.name} and {len(b.outputs)} of {b.name}"
+        )
     if a.name == b.name:
         raise HumanEvalError(f"both systems are named '{a.name}'; give them distinct names")
     _refuse_existing(output)
     sheet, key_path = _sheet_paths(output)
     rows = _blind_rows(prompts, a, b, seed)
-    key = {"sheet": sheet, "systems": {"A": a.name, "B": b.name}, "seed": seed,
-           "items": {row["item_id"]: {"system": row["system"], "prompt_index": row["prompt_index"]} for row in rows}}
+    key = {
+        "sheet": sheet,
+        "systems": {"A": a.name, "B": b.name},
+        "seed": seed,
+        "items": {row["item_id"]: {"system": row["system"], "prompt_index": row["prompt_index"]} for row in rows},
+    }
     with closing(_connect()) as connection, _transaction(connection):
-        connection.execute("INSERT INTO sheets VALUES (?, ?, ?, ?, ?, ?)",
-                           (sheet, a.name, b.name, str(output.resolve()), seed, _now()))
+        connection.execute(
+            "INSERT INTO sheets VALUES (?, ?, ?, ?, ?, ?)",
+            (sheet, a.name, b.name, str(output.resolve()), seed, _now()),
+        )
         connection.executemany(
             "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(sheet, r["item_id"], r["system"], r["prompt_index"], r["prompt"], r["output"], position)
-             for position, r in enumerate(rows)],
+            [
+                (sheet, r["item_id"], r["system"], r["prompt_index"], r["prompt"], r["output"], position)
+                for position, r in enumerate(rows)
+            ],
         )
         write_json(key_path, key)
         write_atomic(output, _csv_text(rows))
     return output
 
 
-def export_sheet(run_a: RunDir, run_b: RunDir | None, n: int, output: Path, seed: int = 0, task: str | None = None) -> Path:
+def export_sheet(
+    run_a: RunDir, run_b: RunDir | None, n: int, output: Path, seed: int = 0, task: str | None = None
+) -> Path:
     """Generate and write a blind rating sheet for the first n test prompts of a generation run (of its task
     `task`, for a mixture).
 
@@ -309,15 +362,23 @@ def export_sheet(run_a: RunDir, run_b: RunDir | None, n: int, output: Path, seed
 # --- interactive rating ----------------------------------------------------------------------------------------
 
 
-def _pending(connection: sqlite3.Connection, sheet: str, rater: str) -> tuple[list[tuple[str, str, str, list[str]]], int]:
+def _pending(
+    connection: sqlite3.Connection, sheet: str, rater: str
+) -> tuple[list[tuple[str, str, str, list[str]]], int]:
     """The items the rater has not fully rated, in sheet order, each with its missing criteria; and the item count."""
     rated = defaultdict(set)
     for item_id, criterion in connection.execute(
-            "SELECT item_id, criterion FROM ratings WHERE sheet = ? AND rater = ?", (sheet, rater)):
+        "SELECT item_id, criterion FROM ratings WHERE sheet = ? AND rater = ?", (sheet, rater)
+    ):
         rated[item_id].add(criterion)
-    items = connection.execute("SELECT item_id, prompt, output FROM items WHERE sheet = ? ORDER BY position", (sheet,)).fetchall()
-    pending = [(item_id, prompt, output, [c for c in CRITERIA if c not in rated[item_id]])
-               for item_id, prompt, output in items if not rated[item_id] >= set(CRITERIA)]
+    items = connection.execute(
+        "SELECT item_id, prompt, output FROM items WHERE sheet = ? ORDER BY position", (sheet,)
+    ).fetchall()
+    pending = [
+        (item_id, prompt, output, [c for c in CRITERIA if c not in rated[item_id]])
+        for item_id, prompt, output in items
+        if not rated[item_id] >= set(CRITERIA)
+    ]
     return pending, len(items)
 
 
@@ -335,8 +396,9 @@ def _ask_score(criterion: str, input: Callable[[str], str], output: Callable[[st
         output(f"  '{answer}' is not a score: type a whole number from 1 to 5 for {criterion}, or q to quit")
 
 
-def rate_interactive(sheet: str, rater: str, input: Callable[[str], str] = input,
-                     output: Callable[[str], None] = print) -> int:
+def rate_interactive(
+    sheet: str, rater: str, input: Callable[[str], str] = input, output: Callable[[str], None] = print
+) -> int:
     """Rate a sheet's items in the terminal, resuming where this rater left off.
 
     Each score is committed the moment it is typed, so quitting (q, end of input)
@@ -348,16 +410,22 @@ def rate_interactive(sheet: str, rater: str, input: Callable[[str], str] = input
     with closing(_connect()) as connection:
         _require_sheet(connection, sheet)
         pending, total = _pending(connection, sheet, rater)
-        output(f"sheet {sheet}, rater {rater}: {total - len(pending)} of {total} items rated, {len(pending)} to go. "
-               f"Score each output 1 (poor) to 5 (excellent) for {', '.join(CRITERIA)}; q quits, your scores are kept.")
+        output(
+            f"sheet {sheet}, rater {rater}: {total - len(pending)} of {total} items rated, {len(pending)} to go. "
+            f"Score each output 1 (poor) to 5 (excellent) for {', '.join(CRITERIA)}; q quits, your scores are kept."
+        )
         for finished, (item_id, prompt, text, missing) in enumerate(pending):
-            output(f"\n--- item {item_id} ({total - len(pending) + finished + 1} of {total}) ---\nPROMPT:\n{prompt}\n\nOUTPUT:\n{text}\n")
+            output(
+                f"\n--- item {item_id} ({total - len(pending) + finished + 1} of {total}) ---\nPROMPT:\n{prompt}\n\nOUTPUT:\n{text}\n"
+            )
             for criterion in missing:
                 score = _ask_score(criterion, input, output)
                 if score is None:
                     done = total - len(pending) + finished
-                    output(f"stopped: {done} of {total} items fully rated, {total - done} remain; "
-                           f"run the same command again to continue")
+                    output(
+                        f"stopped: {done} of {total} items fully rated, {total - done} remain; "
+                        f"run the same command again to continue"
+                    )
                     return finished
                 _save_rating(connection, sheet, item_id, rater, criterion, score)
         output(f"done: all {total} items of sheet {sheet} are rated by {rater}")
@@ -372,17 +440,21 @@ def _check_header(path: Path, fieldnames: list[str] | None, expected: list[str])
     missing = [name for name in expected if name not in found]
     extra = [name for name in found if name not in expected]
     if missing or extra:
-        problems = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + \
-                   ([f"unexpected column(s) {', '.join(extra)}"] if extra else [])
+        problems = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected column(s) {', '.join(extra)}"] if extra else []
+        )
         raise HumanEvalError(f"{path}, line 1: {'; '.join(problems)}; the header must be exactly {','.join(expected)}")
 
 
-def _parse_row(path: Path, line: int, row: dict[str, str], rater_column: str, items: set[tuple[str, str]],
-               sheets: list[str]) -> tuple[str, str, str, dict[str, int]]:
+def _parse_row(
+    path: Path, line: int, row: dict[str, str], rater_column: str, items: set[tuple[str, str]], sheets: list[str]
+) -> tuple[str, str, str, dict[str, int]]:
     """(sheet, item_id, rater, {criterion: score}) of one CSV row, or an error naming file, line and column."""
+
     def fail(column: str, problem: str) -> HumanEvalError:
-        return HumanEvalError(f"{path}, line {line}, column {column}: {problem}; fix the row and import again "
-                              "(nothing was imported)")
+        return HumanEvalError(
+            f"{path}, line {line}, column {column}: {problem}; fix the row and import again (nothing was imported)"
+        )
 
     sheet, item_id, rater = (row[column].strip() for column in ("sheet", "item_id", rater_column))
     if sheet not in sheets:
@@ -420,12 +492,16 @@ def import_csv(path: Path, rater_column: str = "rater") -> int:
             parsed, seen = [], {}
             for row in reader:
                 if None in row or None in row.values():
-                    raise HumanEvalError(f"{path}, line {reader.line_num}: the row does not have the header's "
-                                         f"{len(expected)} fields; fix the row and import again (nothing was imported)")
+                    raise HumanEvalError(
+                        f"{path}, line {reader.line_num}: the row does not have the header's "
+                        f"{len(expected)} fields; fix the row and import again (nothing was imported)"
+                    )
                 entry = _parse_row(path, reader.line_num, row, rater_column, items, sheets)
                 if entry[:3] in seen:
-                    raise HumanEvalError(f"{path}, line {reader.line_num}: repeats the ratings of line {seen[entry[:3]]} "
-                                         f"(same sheet, item_id and {rater_column}); keep one of them")
+                    raise HumanEvalError(
+                        f"{path}, line {reader.line_num}: repeats the ratings of line {seen[entry[:3]]} "
+                        f"(same sheet, item_id and {rater_column}); keep one of them"
+                    )
                 seen[entry[:3]] = reader.line_num
                 parsed.append(entry)
         if not parsed:
@@ -460,8 +536,13 @@ def _mean_with_ci(scores_by_item: dict[str, list[int]], rng: np.random.Generator
     picks = rng.integers(0, len(groups), size=(BOOTSTRAP_RESAMPLES, len(groups)))
     resampled = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
     low, high = np.percentile(resampled, [2.5, 97.5])
-    return {"mean": float(sums.sum() / count), "ci_low": float(low), "ci_high": float(high),
-            "ratings": int(count), "items": len(groups)}
+    return {
+        "mean": float(sums.sum() / count),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "ratings": int(count),
+        "items": len(groups),
+    }
 
 
 def _win_rate(by_prompt: dict[int, dict[str, list[int]]], system_a: str, system_b: str) -> dict:
@@ -513,9 +594,14 @@ def report(sheet: str) -> dict:
     """
     with closing(_connect()) as connection:
         system_a, system_b = _require_sheet(connection, sheet)
-        rows = [_Rating(*row) for row in connection.execute(
-            "SELECT r.item_id, i.system, i.prompt_index, r.rater, r.criterion, r.score FROM ratings r "
-            "JOIN items i ON i.sheet = r.sheet AND i.item_id = r.item_id WHERE r.sheet = ?", (sheet,))]
+        rows = [
+            _Rating(*row)
+            for row in connection.execute(
+                "SELECT r.item_id, i.system, i.prompt_index, r.rater, r.criterion, r.score FROM ratings r "
+                "JOIN items i ON i.sheet = r.sheet AND i.item_id = r.item_id WHERE r.sheet = ?",
+                (sheet,),
+            )
+        ]
         item_count = connection.execute("SELECT COUNT(*) FROM items WHERE sheet = ?", (sheet,)).fetchone()[0]
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     scores, win_rate, agreement = {system_a: {}, system_b: {}}, {}, {}
@@ -532,10 +618,17 @@ def report(sheet: str) -> dict:
             by_prompt[r.prompt_index][r.system].append(r.score)
         win_rate[criterion] = _win_rate(by_prompt, system_a, system_b)
         agreement[criterion] = _alpha([(r.rater, r.item_id, r.score) for r in rated])
-    return {"sheet": sheet, "systems": {"A": system_a, "B": system_b}, "items": item_count,
-            "raters": sorted({r.rater for r in rows}), "ratings": len(rows),
-            "ci": f"95% percentile bootstrap over items ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})",
-            "scores": scores, "win_rate": win_rate, "agreement": agreement}
+    return {
+        "sheet": sheet,
+        "systems": {"A": system_a, "B": system_b},
+        "items": item_count,
+        "raters": sorted({r.rater for r in rows}),
+        "ratings": len(rows),
+        "ci": f"95% percentile bootstrap over items ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})",
+        "scores": scores,
+        "win_rate": win_rate,
+        "agreement": agreement,
+    }
 
 
 def _percent(value: float | None) -> str:
@@ -545,25 +638,52 @@ def _percent(value: float | None) -> str:
 def render_report(summary: dict) -> str:
     """The report as Markdown: a scores table, B's win rate over A, and inter-rater agreement."""
     a, b = summary["systems"]["A"], summary["systems"]["B"]
-    lines = [f"# Human evaluation: {summary['sheet']}", "",
-             f"A = {a}; B = {b}. {summary['items']} items, {summary['ratings']} ratings from "
-             f"{len(summary['raters'])} rater(s): {', '.join(summary['raters']) or 'none yet'}. Scores are 1-5.", "",
-             "## Scores", "", f"Mean [95% CI] (n = ratings); CI: {summary['ci']}.", "",
-             "| system | " + " | ".join(CRITERIA) + " |", "|---|" + "---|" * len(CRITERIA)]
+    lines = [
+        f"# Human evaluation: {summary['sheet']}",
+        "",
+        f"A = {a}; B = {b}. {summary['items']} items, {summary['ratings']} ratings from "
+        f"{len(summary['raters'])} rater(s): {', '.join(summary['raters']) or 'none yet'}. Scores are 1-5.",
+        "",
+        "## Scores",
+        "",
+        f"Mean [95% CI] (n = ratings); CI: {summary['ci']}.",
+        "",
+        "| system | " + " | ".join(CRITERIA) + " |",
+        "|---|" + "---|" * len(CRITERIA),
+    ]
     for system in (a, b):
         cells = []
         for criterion in CRITERIA:
             cell = summary["scores"][system][criterion]
-            cells.append("n/a (0 ratings)" if cell["mean"] is None else
-                         f"{cell['mean']:.2f} [{cell['ci_low']:.2f}, {cell['ci_high']:.2f}] (n={cell['ratings']})")
+            cells.append(
+                "n/a (0 ratings)"
+                if cell["mean"] is None
+                else f"{cell['mean']:.2f} [{cell['ci_low']:.2f}, {cell['ci_high']:.2f}] (n={cell['ratings']})"
+            )
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
-    lines += ["", "## B over A", "", "Per prompt, B's mean score over raters against A's.", "",
-              "| criterion | win | tie | loss | prompts |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## B over A",
+        "",
+        "Per prompt, B's mean score over raters against A's.",
+        "",
+        "| criterion | win | tie | loss | prompts |",
+        "|---|---|---|---|---|",
+    ]
     for criterion in CRITERIA:
         cell = summary["win_rate"][criterion]
-        lines.append(f"| {criterion} | {_percent(cell['win'])} | {_percent(cell['tie'])} | {_percent(cell['loss'])} | {cell['prompts']} |")
-    lines += ["", "## Inter-rater agreement", "", "Krippendorff's alpha, ordinal (1 = perfect, 0 = chance).", "",
-              "| criterion | alpha | raters | items rated by 2+ raters |", "|---|---|---|---|"]
+        lines.append(
+            f"| {criterion} | {_percent(cell['win'])} | {_percent(cell['tie'])} | {_percent(cell['loss'])} | {cell['prompts']} |"
+        )
+    lines += [
+        "",
+        "## Inter-rater agreement",
+        "",
+        "Krippendorff's alpha, ordinal (1 = perfect, 0 = chance).",
+        "",
+        "| criterion | alpha | raters | items rated by 2+ raters |",
+        "|---|---|---|---|",
+    ]
     for criterion in CRITERIA:
         cell = summary["agreement"][criterion]
         alpha = f"n/a: {cell['reason']}" if cell["alpha"] is None else f"{cell['alpha']:.3f}"

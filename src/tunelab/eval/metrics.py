@@ -27,7 +27,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -107,8 +107,9 @@ def _as_labels(predictions: Sequence[str | None]) -> list[str]:
     return [_UNMATCHED if p is None else p for p in predictions]
 
 
-def _prf(predictions: Sequence[str | None], references: Sequence[str], average: str,
-         labels: Sequence[str] | None = None) -> tuple[float, float, float]:
+def _prf(
+    predictions: Sequence[str | None], references: Sequence[str], average: str, labels: Sequence[str] | None = None
+) -> tuple[float, float, float]:
     """Precision, recall, F1 (fractions) over the label set: the given one, else the sorted reference labels.
 
     Restricting to the label set is what keeps None out: an unmatched prediction
@@ -116,7 +117,8 @@ def _prf(predictions: Sequence[str | None], references: Sequence[str], average: 
     """
     label_set = list(labels) if labels is not None else sorted(set(references))
     precision, recall, f1, _ = precision_recall_fscore_support(
-        references, _as_labels(predictions), labels=label_set, average=average, zero_division=0)
+        references, _as_labels(predictions), labels=label_set, average=average, zero_division=0
+    )
     return float(precision), float(recall), float(f1)
 
 
@@ -145,19 +147,29 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0)
 
 
-def _macro_of(per_label: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+def _macro_of(
+    per_label: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray], np.ndarray]:
     """Mean of a per-label score over the labels a resample's references contain (what `_prf` averages), x100."""
+
     def from_confusion(confusion: np.ndarray) -> np.ndarray:
         positives, predicted, gold, present = _counts(confusion)
         return 100.0 * (per_label(positives, predicted, gold) * present).sum(axis=1) / present.sum(axis=1)
+
     return from_confusion
 
 
-def _micro_of(pooled: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+def _micro_of(
+    pooled: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray], np.ndarray]:
     """A pooled score over the labels a resample's references contain, x100."""
+
     def from_confusion(confusion: np.ndarray) -> np.ndarray:
         positives, predicted, gold, present = _counts(confusion)
-        return 100.0 * pooled(*((counts * present).sum(axis=1).astype(float) for counts in (positives, predicted, gold)))
+        return 100.0 * pooled(
+            *((counts * present).sum(axis=1).astype(float) for counts in (positives, predicted, gold))
+        )
+
     return from_confusion
 
 
@@ -239,7 +251,7 @@ def mcc(predictions: Sequence[str | None], references: Sequence[str]) -> float:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rouge_scorer(kind: str) -> rouge_scorer.RougeScorer:
     """One stemming scorer per ROUGE type, built once (the stemmer set-up is not free)."""
     return rouge_scorer.RougeScorer([kind], use_stemmer=True)
@@ -397,28 +409,31 @@ def _mean_metric(per_example: Callable[[Any, Any], float], library: str, descrip
     return Metric(per_example.__name__, _mean_of(per_example), per_example, True, library, description)
 
 
-METRICS: dict[str, Metric] = {metric.name: metric for metric in (
-    Metric("accuracy", accuracy, label_correct, True, "scikit-learn", "share of correct labels"),
-    _classification("precision_macro", precision_macro, "mean per-class precision", _macro_of(_precision)),
-    _classification("recall_macro", recall_macro, "mean per-class recall", _macro_of(_recall)),
-    _classification("f1_macro", f1_macro, "mean per-class F1", _macro_of(_f1)),
-    _classification("precision_micro", precision_micro, "pooled precision", _micro_of(_precision)),
-    _classification("recall_micro", recall_micro, "pooled recall", _micro_of(_recall)),
-    _classification("f1_micro", f1_micro, "pooled F1", _micro_of(_f1)),
-    _classification("mcc", mcc, "Matthews correlation coefficient", _mcc_from_confusion),
-    _mean_metric(rouge1, "rouge-score", "stemmed unigram-overlap F-measure"),
-    _mean_metric(rouge2, "rouge-score", "stemmed bigram-overlap F-measure"),
-    _mean_metric(rougeL, "rouge-score", "longest-common-subsequence F-measure"),
-    _mean_metric(rougeLsum, "rouge-score", "summary-level (per-sentence union) LCS F-measure"),
-    Metric("bleu", bleu, None, True, "sacrebleu", "corpus BLEU"),
-    Metric("chrf", chrf, None, True, "sacrebleu", "corpus character n-gram F-score"),
-    _mean_metric(exact_match, "tunelab", "SQuAD v1.1 normalised exact match"),
-    _mean_metric(squad_f1, "tunelab", "SQuAD v1.1 token F1"),
-    Metric("entity_precision", entity_precision, None, True, "seqeval", "entity-level precision"),
-    Metric("entity_recall", entity_recall, None, True, "seqeval", "entity-level recall"),
-    Metric("entity_f1", entity_f1, None, True, "seqeval", "entity-level F1"),
-    Metric("perplexity", perplexity, None, False, "tunelab", "exp of token-weighted mean NLL"),
-)}
+METRICS: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric("accuracy", accuracy, label_correct, True, "scikit-learn", "share of correct labels"),
+        _classification("precision_macro", precision_macro, "mean per-class precision", _macro_of(_precision)),
+        _classification("recall_macro", recall_macro, "mean per-class recall", _macro_of(_recall)),
+        _classification("f1_macro", f1_macro, "mean per-class F1", _macro_of(_f1)),
+        _classification("precision_micro", precision_micro, "pooled precision", _micro_of(_precision)),
+        _classification("recall_micro", recall_micro, "pooled recall", _micro_of(_recall)),
+        _classification("f1_micro", f1_micro, "pooled F1", _micro_of(_f1)),
+        _classification("mcc", mcc, "Matthews correlation coefficient", _mcc_from_confusion),
+        _mean_metric(rouge1, "rouge-score", "stemmed unigram-overlap F-measure"),
+        _mean_metric(rouge2, "rouge-score", "stemmed bigram-overlap F-measure"),
+        _mean_metric(rougeL, "rouge-score", "longest-common-subsequence F-measure"),
+        _mean_metric(rougeLsum, "rouge-score", "summary-level (per-sentence union) LCS F-measure"),
+        Metric("bleu", bleu, None, True, "sacrebleu", "corpus BLEU"),
+        Metric("chrf", chrf, None, True, "sacrebleu", "corpus character n-gram F-score"),
+        _mean_metric(exact_match, "tunelab", "SQuAD v1.1 normalised exact match"),
+        _mean_metric(squad_f1, "tunelab", "SQuAD v1.1 token F1"),
+        Metric("entity_precision", entity_precision, None, True, "seqeval", "entity-level precision"),
+        Metric("entity_recall", entity_recall, None, True, "seqeval", "entity-level recall"),
+        Metric("entity_f1", entity_f1, None, True, "seqeval", "entity-level F1"),
+        Metric("perplexity", perplexity, None, False, "tunelab", "exp of token-weighted mean NLL"),
+    )
+}
 
 
 def get_metric(name: str) -> Metric:
@@ -459,8 +474,11 @@ def match_label(text: str, label_words: dict[str, list[str]]) -> str | None:
     as "entailment".
     """
     normalised = _normalise_text(text)
-    words = sorted(((_normalise_text(w), label) for label, ws in label_words.items() for w in ws),
-                   key=lambda pair: len(pair[0]), reverse=True)
+    words = sorted(
+        ((_normalise_text(w), label) for label, ws in label_words.items() for w in ws),
+        key=lambda pair: len(pair[0]),
+        reverse=True,
+    )
     for word, label in words:
         if word and _whole_word(word).match(normalised):
             return label

@@ -263,7 +263,12 @@ def perturb(text: str, name: str, severity: float = 0.1, seed: int = 0, key: str
 
 
 def perturb_fields(
-    record: Mapping[str, Any], fields: Iterable[str], name: str, severity: float = 0.1, seed: int = 0, key: str | int = 0
+    record: Mapping[str, Any],
+    fields: Iterable[str],
+    name: str,
+    severity: float = 0.1,
+    seed: int = 0,
+    key: str | int = 0,
 ) -> dict[str, Any]:
     """A copy of `record` with only the named input fields perturbed, so labels can never be touched by accident.
 

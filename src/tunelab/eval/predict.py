@@ -15,8 +15,13 @@ from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
 
 
 @torch.inference_mode()
-def classify(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], config: RunConfig,
-             labels: list[str]) -> list[dict]:
+def classify(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[Record],
+    config: RunConfig,
+    labels: list[str],
+) -> list[dict]:
     """For each record: the predicted label and the probability of every label."""
     model.eval()
     examples = encode("classification", records, tokenizer, config.data, with_target=False).examples
@@ -26,13 +31,24 @@ def classify(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
         batch = pad_batch([examples[i] for i in indices], tokenizer.pad_token_id, left=False, device=device)
         probabilities = model(**batch).logits.float().softmax(-1).cpu()
         for i, row in zip(indices, probabilities):
-            results[i] = {"label": labels[int(row.argmax())], "scores": {l: round(float(p), 6) for l, p in zip(labels, row)}}
+            results[i] = {
+                "label": labels[int(row.argmax())],
+                "scores": {label: round(float(p), 6) for label, p in zip(labels, row)},
+            }
     return results
 
 
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], config: RunConfig) -> list[str]:
+def generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], config: RunConfig
+) -> list[str]:
     """Greedy (or beam) completions for each record's prompt, stopping at EOS."""
     examples = encode(config.task_type, records, tokenizer, config.data, with_target=False).examples
-    return generate_texts(model, tokenizer, [e["input_ids"] for e in examples], decoder_only=config.task_type == "causal_lm",
-                          batch_size=config.training.eval_batch_size, max_new_tokens=config.eval.max_new_tokens,
-                          num_beams=config.eval.num_beams)
+    return generate_texts(
+        model,
+        tokenizer,
+        [e["input_ids"] for e in examples],
+        decoder_only=config.task_type == "causal_lm",
+        batch_size=config.training.eval_batch_size,
+        max_new_tokens=config.eval.max_new_tokens,
+        num_beams=config.eval.num_beams,
+    )

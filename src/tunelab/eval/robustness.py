@@ -20,14 +20,25 @@ from tunelab.tasks import TaskError, TaskSpec
 def perturbed_records(records: list[Record], spec: TaskSpec, name: str, severity: float, seed: int) -> list[Record]:
     """Copies of `records` whose input fields carry perturbation `name`; each record gets its own noise."""
     if spec.kind in ("ner", "language_modeling"):
-        raise TaskError(f"task {spec.name} ({spec.kind}) is not perturbed: noise inside tokens or scored text would change "
-                        "what the gold answer refers to; use a classification, qa, summarisation or translation task")
-    return [Record(perturb_fields(r.fields, spec.input_fields, name, severity, seed, key=i), r.where)
-            for i, r in enumerate(records)]
+        raise TaskError(
+            f"task {spec.name} ({spec.kind}) is not perturbed: noise inside tokens or scored text would change "
+            "what the gold answer refers to; use a classification, qa, summarisation or translation task"
+        )
+    return [
+        Record(perturb_fields(r.fields, spec.input_fields, name, severity, seed, key=i), r.where)
+        for i, r in enumerate(records)
+    ]
 
 
-def robustness_report(target: Target, spec: TaskSpec, records: list[Record], perturbations: list[str],
-                      severity: float = 0.1, seed: int = 0, samples: int = 1000) -> dict:
+def robustness_report(
+    target: Target,
+    spec: TaskSpec,
+    records: list[Record],
+    perturbations: list[str],
+    severity: float = 0.1,
+    seed: int = 0,
+    samples: int = 1000,
+) -> dict:
     """Clean vs each perturbation on the same examples: the primary metric, the change and its interval."""
     metric = get_metric(spec.primary_metric)
     print(f"robustness: {spec.name} clean ({len(records)} examples) ...", flush=True)
@@ -38,22 +49,41 @@ def robustness_report(target: Target, spec: TaskSpec, records: list[Record], per
     for name in perturbations:
         print(f"robustness: {spec.name} with {name} ...", flush=True)
         noisy = run_task(target, spec, perturbed_records(records, spec, name, severity, seed), samples, seed)
-        change = paired_bootstrap(metric, clean.predictions, noisy.predictions, clean.references, samples=samples, seed=seed)
-        rows[name] = {"score": noisy.scores[metric.name].as_dict(), "change": change.as_dict(),
-                      "significant": change.low > 0 or change.high < 0,
-                      "example": {"clean": records[0].fields, "perturbed": perturbed_records(records[:1], spec, name, severity, seed)[0].fields}}
+        change = paired_bootstrap(
+            metric, clean.predictions, noisy.predictions, clean.references, samples=samples, seed=seed
+        )
+        rows[name] = {
+            "score": noisy.scores[metric.name].as_dict(),
+            "change": change.as_dict(),
+            "significant": change.low > 0 or change.high < 0,
+            "example": {
+                "clean": records[0].fields,
+                "perturbed": perturbed_records(records[:1], spec, name, severity, seed)[0].fields,
+            },
+        }
     return {
-        "task": spec.name, "target": target.name, "metric": metric.name, "severity": severity, "seed": seed,
-        "examples": len(records), "bootstrap_samples": samples, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "clean": clean.scores[metric.name].as_dict(), "perturbations": rows,
+        "task": spec.name,
+        "target": target.name,
+        "metric": metric.name,
+        "severity": severity,
+        "seed": seed,
+        "examples": len(records),
+        "bootstrap_samples": samples,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "clean": clean.scores[metric.name].as_dict(),
+        "perturbations": rows,
     }
 
 
 def render_robustness(report: dict) -> str:
-    lines = [f"# Robustness of `{report['target']}` on {report['task']} ({report['examples']} examples, "
-             f"severity {report['severity']}, seed {report['seed']})", "",
-             f"| input | {report['metric']} [95% CI] | change vs clean [95% CI] |", "| --- | --- | --- |",
-             f"| clean | {format_interval(report['clean'])} | |"]
+    lines = [
+        f"# Robustness of `{report['target']}` on {report['task']} ({report['examples']} examples, "
+        f"severity {report['severity']}, seed {report['seed']})",
+        "",
+        f"| input | {report['metric']} [95% CI] | change vs clean [95% CI] |",
+        "| --- | --- | --- |",
+        f"| clean | {format_interval(report['clean'])} | |",
+    ]
     for name, row in report["perturbations"].items():
         score, change = row["score"], row["change"]
         mark = " *" if row["significant"] else ""

@@ -59,7 +59,7 @@ def skip_reason(target: Target, spec: TaskSpec) -> str | None:
         if spec.kind != "classification":
             return f"{target.name} is a classifier; it cannot answer a {spec.kind} task"
         if set(target.labels or []) != set(spec.label_words):
-            return (f"{target.name} predicts labels {target.labels}, task {spec.name} has {sorted(spec.label_words)}")
+            return f"{target.name} predicts labels {target.labels}, task {spec.name} has {sorted(spec.label_words)}"
         if not 1 <= len(spec.input_fields) <= 2:
             return f"a classifier reads one text or a text pair; task {spec.name} has inputs {spec.input_fields}"
     elif spec.kind == "language_modeling" and target.task != "causal_lm":
@@ -84,9 +84,16 @@ def prompt_ids(target: Target, prompt: str, max_new_tokens: int, spec: TaskSpec 
 def answers(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
     """The target's generated answers to the records, phrased with the task's first template."""
     prompts = [prompt_ids(target, spec.prompt(record), spec.max_new_tokens, spec) for record in records]
-    return generate_texts(target.model, target.tokenizer, prompts, decoder_only=target.task == "causal_lm",
-                          batch_size=target.batch_size, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams,
-                          stop=spec.stop)
+    return generate_texts(
+        target.model,
+        target.tokenizer,
+        prompts,
+        decoder_only=target.task == "causal_lm",
+        batch_size=target.batch_size,
+        max_new_tokens=spec.max_new_tokens,
+        num_beams=spec.num_beams,
+        stop=spec.stop,
+    )
 
 
 def classifier_predictions(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
@@ -125,7 +132,11 @@ def predictions_for(target: Target, spec: TaskSpec, records: list[Record]) -> tu
     """(metric predictions, metric references, raw outputs) of `target` on `records`."""
     if spec.kind == "language_modeling":
         pairs = _nll_pairs(target, spec, records)
-        return pairs, [None] * len(pairs), [f"nll={n:.3f} tokens={c} ppl={math.exp(n / max(c, 1)):.2f}" for n, c in pairs]
+        return (
+            pairs,
+            [None] * len(pairs),
+            [f"nll={n:.3f} tokens={c} ppl={math.exp(n / max(c, 1)):.2f}" for n, c in pairs],
+        )
     if spec.kind == "classification":
         references = [spec.label_of(r) for r in records]
         if not target.generates:
@@ -135,14 +146,21 @@ def predictions_for(target: Target, spec: TaskSpec, records: list[Record]) -> tu
         return [match_label(o, spec.label_words) for o in outputs], references, outputs
     outputs = answers(target, spec, records)
     if spec.kind == "ner":
-        predictions = [parse_entities(o, list(map(str, r.fields[spec.tokens_field]))) for o, r in zip(outputs, records)]
+        predictions = [
+            parse_entities(o, list(map(str, r.fields[spec.tokens_field]))) for o, r in zip(outputs, records)
+        ]
         return predictions, [list(map(str, r.fields[spec.tags_field])) for r in records], outputs
     return outputs, [spec.reference_of(r) for r in records], outputs
 
 
-def score(spec: TaskSpec, predictions: list, references: list, samples: int = 1000, seed: int = 0) -> dict[str, Interval]:
+def score(
+    spec: TaskSpec, predictions: list, references: list, samples: int = 1000, seed: int = 0
+) -> dict[str, Interval]:
     """Every metric of the task, each with its bootstrap interval over the examples."""
-    return {name: bootstrap_ci(get_metric(name), predictions, references, samples=samples, seed=seed) for name in spec.metrics}
+    return {
+        name: bootstrap_ci(get_metric(name), predictions, references, samples=samples, seed=seed)
+        for name in spec.metrics
+    }
 
 
 def run_task(target: Target, spec: TaskSpec, records: list[Record], samples: int = 1000, seed: int = 0) -> TaskResult:
@@ -168,7 +186,9 @@ def predict_records(target: Target, spec: TaskSpec, records: list[Record]) -> li
     if reason:
         raise TargetError(f"cannot predict task {spec.name}: {reason}")
     if not target.generates:
-        return [{"prediction": p["label"], "scores": p["scores"]} for p in classifier_predictions(target, spec, records)]
+        return [
+            {"prediction": p["label"], "scores": p["scores"]} for p in classifier_predictions(target, spec, records)
+        ]
     if spec.kind == "language_modeling":
         return [{"prediction": output} for output in predictions_for(target, spec, records)[2]]
     outputs = answers(target, spec, records)

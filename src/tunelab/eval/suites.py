@@ -19,7 +19,7 @@ from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
 from tunelab.eval.targets import Target
 from tunelab.runs import write_atomic, write_json
-from tunelab.tasks import SUITES_DIR, TaskError, TaskSpec, find_yaml, read_yaml, load_records, load_task
+from tunelab.tasks import SUITES_DIR, TaskError, TaskSpec, find_yaml, load_records, load_task, read_yaml
 
 
 class SuiteEntry(BaseModel):
@@ -62,25 +62,34 @@ def suite_tasks(suite: Suite, limit: int | None = None, seed: int = 0) -> list[t
 
 def average(results: dict[str, TaskResult], specs: dict[str, TaskSpec]) -> dict | None:
     """GLUE-style average of the primary metrics on the 0-100 scale."""
-    values = {name: r.scores[specs[name].primary_metric].value for name, r in results.items()
-              if not r.skipped and get_metric(specs[name].primary_metric).higher_is_better}
+    values = {
+        name: r.scores[specs[name].primary_metric].value
+        for name, r in results.items()
+        if not r.skipped and get_metric(specs[name].primary_metric).higher_is_better
+    }
     if not values:
         return None
     return {"value": sum(values.values()) / len(values), "over": {name: specs[name].primary_metric for name in values}}
 
 
-def build_report(name: str, target: str, results: dict[str, TaskResult], seed: int, samples: int,
-                 average_of: dict | None = None) -> dict:
+def build_report(
+    name: str, target: str, results: dict[str, TaskResult], seed: int, samples: int, average_of: dict | None = None
+) -> dict:
     """The report of a suite (or of one data file, as a suite of one task), as written to `<name>.json`."""
     return {
-        "suite": name, "target": target, "seed": seed, "bootstrap_samples": samples,
+        "suite": name,
+        "target": target,
+        "seed": seed,
+        "bootstrap_samples": samples,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tasks": {task: result.as_dict() for task, result in results.items()},
         "average": average_of,
     }
 
 
-def run_suite(target: Target, suite: Suite, limit: int | None = None, seed: int = 0, samples: int = 1000) -> tuple[dict, dict]:
+def run_suite(
+    target: Target, suite: Suite, limit: int | None = None, seed: int = 0, samples: int = 1000
+) -> tuple[dict, dict]:
     """(report, task results) of `target` on every task of `suite`."""
     results, specs = {}, {}
     for spec, records in suite_tasks(suite, limit, seed):
@@ -92,18 +101,27 @@ def run_suite(target: Target, suite: Suite, limit: int | None = None, seed: int 
 
 def render_suite(report: dict) -> str:
     """The suite report as a Markdown table: every metric with its 95% interval."""
-    lines = [f"# {report['suite']}: {report['target']}", "",
-             "| task | examples | metric | score [95% CI] | note |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# {report['suite']}: {report['target']}",
+        "",
+        "| task | examples | metric | score [95% CI] | note |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, task in report["tasks"].items():
         if "skipped" in task:
             lines.append(f"| {name} | {task['examples']} | - | - | skipped: {task['skipped']} |")
             continue
         note = f"{task['unmatched_share']:.1f}% answers matched no label" if task.get("unmatched_share") else ""
         for i, (metric, value) in enumerate(task["metrics"].items()):
-            lines.append(f"| {name if i == 0 else ''} | {task['examples'] if i == 0 else ''} | {metric} | {format_interval(value)} | {note if i == 0 else ''} |")
+            lines.append(
+                f"| {name if i == 0 else ''} | {task['examples'] if i == 0 else ''} | {metric} | {format_interval(value)} | {note if i == 0 else ''} |"
+            )
     if report["average"]:
-        lines += ["", f"Average of primary metrics ({', '.join(f'{t} {m}' for t, m in report['average']['over'].items())}): "
-                      f"**{report['average']['value']:.2f}**"]
+        lines += [
+            "",
+            f"Average of primary metrics ({', '.join(f'{t} {m}' for t, m in report['average']['over'].items())}): "
+            f"**{report['average']['value']:.2f}**",
+        ]
     lines += ["", f"Bootstrap: {report['bootstrap_samples']} resamples, seed {report['seed']}."]
     return "\n".join(lines) + "\n"
 
@@ -112,7 +130,9 @@ def outputs_jsonl(results: dict[str, TaskResult]) -> str:
     rows = []
     for name, result in results.items():
         for i, (output, reference) in enumerate(zip(result.outputs, result.references)):
-            rows.append(json.dumps({"task": name, "index": i, "output": output, "reference": reference}, ensure_ascii=False))
+            rows.append(
+                json.dumps({"task": name, "index": i, "output": output, "reference": reference}, ensure_ascii=False)
+            )
     return "".join(row + "\n" for row in rows)
 
 

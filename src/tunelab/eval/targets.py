@@ -9,9 +9,9 @@ base model). Evaluation places the model on the GPU when there is one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -44,7 +44,7 @@ class Target:
     batch_size: int = 32
     max_length: int = 1024
     """Longest prompt in tokens when the task sets none; longer prompts lose the end of their content, never the answer cue."""
-    route: Callable[[str], "Target"] | None = None
+    route: Callable[[str], Target] | None = None
     """A multi-task model's way to answer one task (a head, an adapter); None when one model answers everything."""
     unavailable: str | None = None
     """Why this target cannot answer at all (a multi-head run asked for a task it has no head for)."""
@@ -53,7 +53,7 @@ class Target:
     def generates(self) -> bool:
         return self.task != "classification"
 
-    def for_task(self, task: str) -> "Target":
+    def for_task(self, task: str) -> Target:
         """The target that answers `task`."""
         return self.route(task) if self.route is not None else self
 
@@ -66,7 +66,9 @@ class TaskView(torch.nn.Module):
         self.model, self.task, self.config = model, task, model.config
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return SequenceClassifierOutput(logits=self.model.predict(input_ids, attention_mask, self.task, token_type_ids))
+        return SequenceClassifierOutput(
+            logits=self.model.predict(input_ids, attention_mask, self.task, token_type_ids)
+        )
 
 
 class AdaptersOff(torch.nn.Module):
@@ -88,10 +90,25 @@ class AdaptersOff(torch.nn.Module):
 def _multi_head(target: Target, model: MultiHeadClassifier) -> Callable[[str], Target]:
     def answer(task: str) -> Target:
         if task not in model.tasks:
-            return Target(target.name, model, target.tokenizer, "classification", [], target.batch_size,
-                          unavailable=f"{target.name} has heads for {', '.join(model.task_names)} only, not {task}")
-        return Target(f"{target.name} [{task} head]", TaskView(model, task), target.tokenizer, "classification",
-                      model.tasks[task], target.batch_size, target.max_length)
+            return Target(
+                target.name,
+                model,
+                target.tokenizer,
+                "classification",
+                [],
+                target.batch_size,
+                unavailable=f"{target.name} has heads for {', '.join(model.task_names)} only, not {task}",
+            )
+        return Target(
+            f"{target.name} [{task} head]",
+            TaskView(model, task),
+            target.tokenizer,
+            "classification",
+            model.tasks[task],
+            target.batch_size,
+            target.max_length,
+        )
+
     return answer
 
 
@@ -99,19 +116,47 @@ def _task_adapters(target: Target, model) -> Callable[[str], Target]:
     def answer(task: str) -> Target:
         if task in task_names(model):
             route(model, task)
-            return Target(f"{target.name} [{task} adapter]", model, target.tokenizer, target.task, None, target.batch_size,
-                          target.max_length)
+            return Target(
+                f"{target.name} [{task} adapter]",
+                model,
+                target.tokenizer,
+                target.task,
+                None,
+                target.batch_size,
+                target.max_length,
+            )
         if SHARED in model.peft_config:  # a task without an adapter: the shared adapter is what generalises
             model.base_model.set_adapter([SHARED])
-            return Target(f"{target.name} [shared adapter]", model, target.tokenizer, target.task, None, target.batch_size,
-                          target.max_length)
-        return Target(f"{target.name} [adapters off]", AdaptersOff(model), target.tokenizer, target.task, None,
-                      target.batch_size, target.max_length)
+            return Target(
+                f"{target.name} [shared adapter]",
+                model,
+                target.tokenizer,
+                target.task,
+                None,
+                target.batch_size,
+                target.max_length,
+            )
+        return Target(
+            f"{target.name} [adapters off]",
+            AdaptersOff(model),
+            target.tokenizer,
+            target.task,
+            None,
+            target.batch_size,
+            target.max_length,
+        )
+
     return answer
 
 
-def trained_target(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
-                   labels: list[str] | None, name: str, batch_size: int | None = None) -> Target:
+def trained_target(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    config: RunConfig,
+    labels: list[str] | None,
+    name: str,
+    batch_size: int | None = None,
+) -> Target:
     """How a model of the run's architecture answers tasks (the model in training, or one loaded from a run)."""
     batch_size = batch_size or config.training.eval_batch_size
     architecture = config.architecture()
@@ -132,11 +177,18 @@ def _task_of_model(reference: str, source: str) -> str:
     else:
         config = AutoConfig.from_pretrained(source)
         architectures = config.architectures or []
-        family = ("seq2seq" if config.is_encoder_decoder
-                  else "decoder" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "encoder")
+        family = (
+            "seq2seq"
+            if config.is_encoder_decoder
+            else "decoder"
+            if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+            else "encoder"
+        )
     if family not in _FAMILY_TASK:
-        raise TargetError(f"{reference} is an encoder without a trained task head, so it cannot answer tasks; "
-                          "fine-tune it (tunelab train) and evaluate the run directory instead")
+        raise TargetError(
+            f"{reference} is an encoder without a trained task head, so it cannot answer tasks; "
+            "fine-tune it (tunelab train) and evaluate the run directory instead"
+        )
     return _FAMILY_TASK[family]
 
 

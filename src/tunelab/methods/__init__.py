@@ -32,12 +32,29 @@ from tunelab.config import RunConfig
 from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
 from tunelab.methods.base import MethodError, TrainableReport, count_parameters
 
-__all__ = ["METHODS", "MethodError", "TrainableReport", "apply_method", "base_load_options", "check_method", "method_module"]
+__all__ = [
+    "METHODS",
+    "MethodError",
+    "TrainableReport",
+    "apply_method",
+    "base_load_options",
+    "check_method",
+    "method_module",
+]
 
 
 METHODS: dict[str, ModuleType] = {
-    "full": full, "head": head, "bitfit": bitfit, "lora": lora, "dora": lora, "rslora": lora, "qlora": lora,
-    "adapter": adapter, "prefix": prefix, "prompt": prompt, "ia3": ia3,
+    "full": full,
+    "head": head,
+    "bitfit": bitfit,
+    "lora": lora,
+    "dora": lora,
+    "rslora": lora,
+    "qlora": lora,
+    "adapter": adapter,
+    "prefix": prefix,
+    "prompt": prompt,
+    "ia3": ia3,
 }
 
 
@@ -55,8 +72,10 @@ def apply_method(model: nn.Module, config: RunConfig) -> tuple[nn.Module, Traina
     adapted = method_module(config.method.name).apply(model, config)
     report = count_parameters(adapted)
     if report.trainable == 0:
-        raise MethodError(f"method '{config.method.name}' left no trainable parameters in {type(model).__name__}; "
-                          "pick another method for this model")
+        raise MethodError(
+            f"method '{config.method.name}' left no trainable parameters in {type(model).__name__}; "
+            "pick another method for this model"
+        )
     return adapted, report
 
 

@@ -54,7 +54,9 @@ DISTILBERT_STYLE = Sublayers(attention=(r"attention\.out_lin",), feed_forward=(r
 LLAMA_STYLE = Sublayers(attention=(r"self_attn\.o_proj",), feed_forward=(r"mlp\.down_proj",))
 GPT2_STYLE = Sublayers(attention=(r"attn\.c_proj",), feed_forward=(r"mlp\.c_proj",))
 T5_STYLE = Sublayers(attention=(r"SelfAttention\.o", r"EncDecAttention\.o"), feed_forward=(r"DenseReluDense\.wo",))
-BART_STYLE = Sublayers(attention=(r"self_attn\.out_proj", r"encoder_attn\.out_proj"), feed_forward=(r"layers\.\d+\.fc2",))
+BART_STYLE = Sublayers(
+    attention=(r"self_attn\.out_proj", r"encoder_attn\.out_proj"), feed_forward=(r"layers\.\d+\.fc2",)
+)
 
 SUBLAYERS: dict[str, Sublayers] = {
     **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra", "deberta-v2"), BERT_STYLE),
@@ -108,15 +110,19 @@ def output_width(projection: nn.Module) -> int:
         return projection.out_features
     if isinstance(projection, Conv1D):  # GPT-2's transposed linear layer
         return projection.nf
-    raise MethodError(f"adapters wrap nn.Linear (or GPT-2's Conv1D) output projections, not {type(projection).__name__}; "
-                      "if the model already has adapters, load a fresh base model, otherwise use lora or ia3")
+    raise MethodError(
+        f"adapters wrap nn.Linear (or GPT-2's Conv1D) output projections, not {type(projection).__name__}; "
+        "if the model already has adapters, load a fresh base model, otherwise use lora or ia3"
+    )
 
 
 def sublayers_for(model: nn.Module) -> Sublayers:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUBLAYERS:
-        raise MethodError(f"method 'adapter' does not know where the sublayers of model type '{model_type}' end; "
-                          f"supported model types: {', '.join(sorted(SUBLAYERS))}. Use lora or ia3 for this model")
+        raise MethodError(
+            f"method 'adapter' does not know where the sublayers of model type '{model_type}' end; "
+            f"supported model types: {', '.join(sorted(SUBLAYERS))}. Use lora or ia3 for this model"
+        )
     return SUBLAYERS[model_type]
 
 
@@ -127,8 +133,10 @@ def projection_names(model: nn.Module, placement: str) -> list[str]:
     matcher = re.compile(rf"(^|\.)({'|'.join(patterns)})$")
     names = [name for name, _ in model.named_modules() if matcher.search(name)]
     if not names:
-        raise MethodError(f"no output projection in {type(model).__name__} matches the '{model.config.model_type}' "
-                          f"patterns ({', '.join(patterns)}); this checkpoint names its layers differently, use lora or ia3")
+        raise MethodError(
+            f"no output projection in {type(model).__name__} matches the '{model.config.model_type}' "
+            f"patterns ({', '.join(patterns)}); this checkpoint names its layers differently, use lora or ia3"
+        )
     return names
 
 
@@ -145,9 +153,12 @@ def insert_adapters(model: nn.Module, placement: str, reduction_factor: int, act
 
 
 def adapter_parameter_names(model: nn.Module) -> list[str]:
-    return [f"{name}.adapter.{parameter_name}"
-            for name, module in model.named_modules() if isinstance(module, BottleneckAdapterLinear)
-            for parameter_name, _ in module.adapter.named_parameters()]
+    return [
+        f"{name}.adapter.{parameter_name}"
+        for name, module in model.named_modules()
+        if isinstance(module, BottleneckAdapterLinear)
+        for parameter_name, _ in module.adapter.named_parameters()
+    ]
 
 
 def saved_parameter_names(model: nn.Module, head_module: str | None) -> list[str]:
@@ -166,8 +177,13 @@ def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     settings = config.method.adapter
     head_module = head.head_name(model) if config.task_type == "classification" else None
     insert_adapters(model, settings.placement, settings.reduction_factor, settings.activation)
-    model.tunelab_adapter = {"placement": settings.placement, "reduction_factor": settings.reduction_factor,
-                             "activation": settings.activation, "model_type": model.config.model_type, "head": head_module}
+    model.tunelab_adapter = {
+        "placement": settings.placement,
+        "reduction_factor": settings.reduction_factor,
+        "activation": settings.activation,
+        "model_type": model.config.model_type,
+        "head": head_module,
+    }
     train_only(model, set(saved_parameter_names(model, head_module)).__contains__)
     return model
 
@@ -175,12 +191,16 @@ def apply(model: nn.Module, config: RunConfig) -> nn.Module:
 def save(model: nn.Module, directory: Path) -> None:
     settings = getattr(model, "tunelab_adapter", None)
     if settings is None:
-        raise MethodError(f"this {type(model).__name__} has no tunelab adapters; "
-                          "build it with the adapter method's apply() or load()")
+        raise MethodError(
+            f"this {type(model).__name__} has no tunelab adapters; "
+            "build it with the adapter method's apply() or load()"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     parameters = dict(model.named_parameters())
-    tensors = {name: parameters[name].detach().cpu().contiguous() for name in saved_parameter_names(model, settings["head"])}
+    tensors = {
+        name: parameters[name].detach().cpu().contiguous() for name in saved_parameter_names(model, settings["head"])
+    }
     save_file(tensors, str(directory / ADAPTER_FILE))
     (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -197,8 +217,10 @@ def load(base: nn.Module, directory: Path) -> nn.Module:
     directory = Path(directory)
     settings = read_settings(directory)
     if base.config.model_type != settings["model_type"]:
-        raise MethodError(f"the adapters in {directory} were trained on a '{settings['model_type']}' model, not "
-                          f"'{base.config.model_type}'; load them onto the base model the run was trained from")
+        raise MethodError(
+            f"the adapters in {directory} were trained on a '{settings['model_type']}' model, not "
+            f"'{base.config.model_type}'; load them onto the base model the run was trained from"
+        )
     insert_adapters(base, settings["placement"], settings["reduction_factor"], settings["activation"])
     base.tunelab_adapter = settings
     tensors = load_file(str(directory / ADAPTER_FILE))
@@ -206,11 +228,16 @@ def load(base: nn.Module, directory: Path) -> nn.Module:
     missing = sorted(set(adapter_parameter_names(base)) & set(result.missing_keys))
     if result.unexpected_keys or missing:
         unexpected = ", ".join(result.unexpected_keys[:5]) or "none"
-        raise MethodError(f"{directory / ADAPTER_FILE} does not fit this base model (unexpected: {unexpected}; "
-                          f"missing adapter weights: {', '.join(missing[:5]) or 'none'}); "
-                          "load it onto the base model the run was trained from")
+        raise MethodError(
+            f"{directory / ADAPTER_FILE} does not fit this base model (unexpected: {unexpected}; "
+            f"missing adapter weights: {', '.join(missing[:5]) or 'none'}); "
+            "load it onto the base model the run was trained from"
+        )
     return base
 
 
 def merge(model: nn.Module) -> nn.Module:
-    cannot_merge("adapter", "a bottleneck adapter adds a non-linear sublayer, which no change of the existing weights reproduces")
+    cannot_merge(
+        "adapter",
+        "a bottleneck adapter adds a non-linear sublayer, which no change of the existing weights reproduces",
+    )

@@ -24,7 +24,11 @@ class TrainableReport:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
     def as_dict(self) -> dict:
-        return {"trainable_params": self.trainable, "total_params": self.total, "trainable_percent": round(self.percent, 4)}
+        return {
+            "trainable_params": self.trainable,
+            "total_params": self.total,
+            "trainable_percent": round(self.percent, 4),
+        }
 
     def __str__(self) -> str:
         return f"{self.trainable:,} of {self.total:,} parameters trainable ({self.percent:.2f}%)"

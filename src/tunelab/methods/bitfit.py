@@ -19,8 +19,10 @@ from tunelab.models.registry import REGISTRY
 
 
 def _no_bias_error(model_name: str) -> MethodError:
-    return MethodError(f"method 'bitfit' trains bias terms, and model '{model_name}' has none "
-                       "(Llama-, Gemma- and T5-style models use bias-free layers); use lora or ia3 for it")
+    return MethodError(
+        f"method 'bitfit' trains bias terms, and model '{model_name}' has none "
+        "(Llama-, Gemma- and T5-style models use bias-free layers); use lora or ia3 for it"
+    )
 
 
 def check(config: RunConfig) -> None:

@@ -31,7 +31,9 @@ def freeze_all_but(model: nn.Module, keep) -> list[str]:
 def save(model: nn.Module, directory: Path, method: str) -> None:
     names = getattr(model, "tunelab_delta_names", None)
     if not names:
-        raise MethodError(f"this {method} model does not record which tensors it trained; build it with the method's apply()")
+        raise MethodError(
+            f"this {method} model does not record which tensors it trained; build it with the method's apply()"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
     save_file({name: params[name].detach().cpu().contiguous() for name in names}, str(directory / DELTA_FILE))

@@ -24,8 +24,10 @@ def head_name(model: nn.Module) -> str:
     for name in HEAD_MODULES:
         if isinstance(getattr(model, name, None), nn.Module):
             return name
-    raise MethodError(f"{type(model).__name__} has no classification head ({', '.join(HEAD_MODULES)}); "
-                      "method 'head' needs a sequence-classification model")
+    raise MethodError(
+        f"{type(model).__name__} has no classification head ({', '.join(HEAD_MODULES)}); "
+        "method 'head' needs a sequence-classification model"
+    )
 
 
 def check(config: RunConfig) -> None:

@@ -38,7 +38,9 @@ def check(config: RunConfig) -> None:
             "this machine has none; use method.name=lora (same adapter, fp32/bf16 base) here"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise MethodError("method 'qlora' needs the bitsandbytes package: `pip install bitsandbytes`, or use method.name=lora")
+        raise MethodError(
+            "method 'qlora' needs the bitsandbytes package: `pip install bitsandbytes`, or use method.name=lora"
+        )
 
 
 def load_options(config: RunConfig) -> dict:
@@ -47,12 +49,14 @@ def load_options(config: RunConfig) -> dict:
         return {}
     from transformers import BitsAndBytesConfig
 
-    return {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=config.method.qlora.quant_type,
-        bnb_4bit_use_double_quant=config.method.qlora.double_quant,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )}
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=config.method.qlora.quant_type,
+            bnb_4bit_use_double_quant=config.method.qlora.double_quant,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    }
 
 
 def peft_config(config: RunConfig) -> LoraConfig:
@@ -72,7 +76,9 @@ def peft_config(config: RunConfig) -> LoraConfig:
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     if config.method.name == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training.gradient_checkpointing
+        )
     return get_peft_model(model, peft_config(config))
 
 

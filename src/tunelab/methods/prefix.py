@@ -53,8 +53,11 @@ def check(config: RunConfig) -> None:
     """
     if config.task_type != "classification":
         return
-    model_config = AutoConfig.from_pretrained(resolve_source(config.model.name, config.model.revision), revision=config.model.revision,
-                                              trust_remote_code=config.model.trust_remote_code)
+    model_config = AutoConfig.from_pretrained(
+        resolve_source(config.model.name, config.model.revision),
+        revision=config.model.revision,
+        trust_remote_code=config.model.trust_remote_code,
+    )
     if type(model_config) in MODEL_MAPPING:
         backbone = MODEL_MAPPING[type(model_config)]
         _cache_argument(backbone.forward, f"{config.model.name} ({backbone.__name__})")
@@ -75,7 +78,9 @@ def peft_config(config: RunConfig) -> PrefixTuningConfig:
     return PrefixTuningConfig(
         task_type=peft_common.PEFT_TASK[config.task_type],
         num_virtual_tokens=prefix.num_virtual_tokens,
-        prefix_projection=prefix.reparameterize if prefix.reparameterize is not None else config.task_type != "classification",
+        prefix_projection=prefix.reparameterize
+        if prefix.reparameterize is not None
+        else config.task_type != "classification",
         encoder_hidden_size=prefix.hidden_size,
     )
 
@@ -93,12 +98,14 @@ def route_prefix_to_cache(classifier: nn.Module) -> None:
     if peft_common.PEFT_CACHE_KEY in inspect.signature(forward).parameters:
         return  # PEFT passes the cache to this forward itself
 
-    def forward_with_prefix(input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, past_key_values=None,
-                            **kwargs):
+    def forward_with_prefix(
+        input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, past_key_values=None, **kwargs
+    ):
         if past_key_values is not None:
             kwargs[name] = past_key_values
-        return forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels,
-                       **kwargs)
+        return forward(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
+        )
 
     classifier.forward = forward_with_prefix
 

@@ -179,7 +179,9 @@ class TaskRoutedTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         route(self.model, batch_task(inputs.pop(TASK_KEY)))
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
 
 
 def batch_task(task: str | Sequence[str]) -> str:
@@ -188,6 +190,7 @@ def batch_task(task: str | Sequence[str]) -> str:
         return task
     distinct = sorted(set(task))
     if len(distinct) != 1:
-        raise TaskAdapterError(f"a batch must hold one task, got {distinct}; order examples with "
-                               "tunelab.data.plan.single_task_batches")
+        raise TaskAdapterError(
+            f"a batch must hold one task, got {distinct}; order examples with tunelab.data.plan.single_task_batches"
+        )
     return distinct[0]

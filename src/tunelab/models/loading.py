@@ -112,7 +112,9 @@ def check_family(reference: str, task: str) -> None:
         )
 
 
-def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    source: str, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """Load a tokenizer and give it a pad token (decoders often have none; we pad with EOS)."""
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -150,8 +152,14 @@ def load_base(config: RunConfig, labels: list[str] | None = None, **options) -> 
     """The pretrained model a run starts from, for its task type; the seed fixes a classifier's new head, so
     every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base)."""
     set_seed(config.training.seed)
-    return load_model(config.task_type, resolve_source(config.model.name, config.model.revision), labels,
-                      config.model.revision, config.model.trust_remote_code, **options)
+    return load_model(
+        config.task_type,
+        resolve_source(config.model.name, config.model.revision),
+        labels,
+        config.model.revision,
+        config.model.trust_remote_code,
+        **options,
+    )
 
 
 def on_device(model: torch.nn.Module) -> torch.nn.Module:

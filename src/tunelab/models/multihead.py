@@ -56,8 +56,9 @@ class MultiHeadOutput(ModelOutput):
     logits: torch.Tensor | None = None
 
 
-def _seeded_head(hidden_size: int, num_labels: int, dropout: float, std: float,
-                 generator: torch.Generator) -> nn.Sequential:
+def _seeded_head(
+    hidden_size: int, num_labels: int, dropout: float, std: float, generator: torch.Generator
+) -> nn.Sequential:
     """A head drawn only from `generator`: built on the meta device so the global RNG is neither used nor advanced."""
     linear = nn.Linear(hidden_size, num_labels, device="meta").to_empty(device="cpu")
     with torch.no_grad():
@@ -138,13 +139,17 @@ class MultiHeadClassifier(nn.Module):
         # Heads' rows were taken task by task; this permutation puts every row back in batch order.
         to_batch_order = torch.cat(rows).argsort()
         width = max(logits.shape[-1] for logits in head_logits)
-        padded = torch.cat([F.pad(logits, (0, width - logits.shape[-1]), value=float("-inf")) for logits in head_logits])
+        padded = torch.cat(
+            [F.pad(logits, (0, width - logits.shape[-1]), value=float("-inf")) for logits in head_logits]
+        )
         loss = None
         if labels is not None:
-            per_example = torch.cat([
-                F.cross_entropy(logits.float(), labels[task_rows], reduction="none")
-                for logits, task_rows in zip(head_logits, rows)
-            ])[to_batch_order]
+            per_example = torch.cat(
+                [
+                    F.cross_entropy(logits.float(), labels[task_rows], reduction="none")
+                    for logits, task_rows in zip(head_logits, rows)
+                ]
+            )[to_batch_order]
             loss = _weighted_mean(per_example, loss_weights)
         return MultiHeadOutput(loss=loss, logits=padded[to_batch_order])
 
@@ -170,11 +175,14 @@ class MultiHeadClassifier(nn.Module):
                 pieces[task] = (mask, logits[mask][:, : len(labels)])
         return pieces
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
-                                        offload: bool = False):
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
+    ):
         """Checkpoint the encoder's layers: the Trainer calls this for `activation_checkpointing` / `gradient_checkpointing`."""
         self.encoder.activation_checkpointing_enable(
-            activation_checkpointing_kwargs=activation_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload
+            activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+            every_n_layers=every_n_layers,
+            offload=offload,
         )
 
     @torch.no_grad()
@@ -189,18 +197,24 @@ class MultiHeadClassifier(nn.Module):
         getattr(classifier, classifier.base_model_prefix).load_state_dict(self.encoder.state_dict())
         head, linear = self.heads[self._task_index(task)][1], getattr(classifier, "classifier", None)
         if not isinstance(linear, nn.Linear) or linear.weight.shape != head.weight.shape:
-            raise MultiHeadError(f"{type(classifier).__name__} does not put one linear layer on the pooled encoding, as "
-                                 "the multi-head model does, so a head cannot be exported as it; use the run directly")
+            raise MultiHeadError(
+                f"{type(classifier).__name__} does not put one linear layer on the pooled encoding, as "
+                "the multi-head model does, so a head cannot be exported as it; use the run directly"
+            )
         linear.load_state_dict(head.state_dict())
         probe = torch.randint(0, config.vocab_size, (2, 8), device=self.encoder.device)
         mask = torch.ones_like(probe)
         was_training = self.training
         self.eval()
-        same = torch.allclose(classifier(input_ids=probe, attention_mask=mask).logits, self.predict(probe, mask, task), atol=1e-5)
+        same = torch.allclose(
+            classifier(input_ids=probe, attention_mask=mask).logits, self.predict(probe, mask, task), atol=1e-5
+        )
         self.train(was_training)
         if not same:
-            raise MultiHeadError(f"{type(classifier).__name__} pools the encoding differently from the multi-head model, "
-                                 "so a head cannot be exported as it; use the run directly")
+            raise MultiHeadError(
+                f"{type(classifier).__name__} pools the encoding differently from the multi-head model, "
+                "so a head cannot be exported as it; use the run directly"
+            )
         return classifier
 
     def _head_parameters(self) -> dict[str, nn.Parameter]:

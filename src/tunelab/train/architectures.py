@@ -15,13 +15,13 @@ it. How a trained model of each architecture answers a task lives with the targe
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import torch
 from torch import nn
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer
+from transformers import DataCollatorWithPadding, Trainer
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.cache import encode_cached
@@ -31,11 +31,15 @@ from tunelab.data.readers import Record
 from tunelab.data.taskset import TaskSet, TrainingTask
 from tunelab.methods import TrainableReport, apply_method, base_load_options, lora, method_module
 from tunelab.methods.task_adapters import apply_task_adapters, save_task_adapters, trainable_by_adapter
-from tunelab.models.loading import load_base, on_device
+from tunelab.models.loading import load_base, resolve_source
 from tunelab.models.multihead import build_multihead
-from tunelab.models.loading import resolve_source
-from tunelab.train.trainer import (CompletionLossTrainer, PlannedTrainer, RoutedCompletionTrainer, WeightedSeq2SeqTrainer,
-                                   adds_virtual_tokens)
+from tunelab.train.trainer import (
+    CompletionLossTrainer,
+    PlannedTrainer,
+    RoutedCompletionTrainer,
+    WeightedSeq2SeqTrainer,
+    adds_virtual_tokens,
+)
 
 
 @dataclass
@@ -48,15 +52,23 @@ class Feed:
     collator: Callable
 
 
-def _encoded(config: RunConfig, task_type: str, records: list[Record], tokenizer, data: DataConfig,
-             labels: list[str] | None, name: str) -> list[dict]:
+def _encoded(
+    task_type: str,
+    records: list[Record],
+    tokenizer,
+    data: DataConfig,
+    labels: list[str] | None,
+    name: str,
+) -> list[dict]:
     """Token ids of records, tokenised once and then read from the token cache while data and tokenizer stay the same."""
     encoded, cached = encode_cached(task_type, records, tokenizer, data, labels)
     if cached:
         print(f"{name}: {len(records)} examples read from the token cache")
     if encoded.truncated:
-        print(f"{name}: {encoded.truncated} of {len(records)} examples truncated to data.max_length="
-              f"{data.max_length} / data.max_target_length={data.max_target_length}")
+        print(
+            f"{name}: {encoded.truncated} of {len(records)} examples truncated to data.max_length="
+            f"{data.max_length} / data.max_target_length={data.max_target_length}"
+        )
     return encoded.examples
 
 
@@ -68,7 +80,7 @@ def _one_or_per_task(sets: dict[str, list[dict]]) -> list[dict] | dict[str, list
     return next(iter(sets.values())) if len(sets) == 1 else sets
 
 
-class Architecture:
+class Architecture(ABC):
     name: str
 
     def load(self, config: RunConfig, tasks: TaskSet, precision: str) -> nn.Module:
@@ -78,8 +90,9 @@ class Architecture:
     def adapt(self, model: nn.Module, config: RunConfig, tasks: TaskSet) -> tuple[nn.Module, TrainableReport]:
         return apply_method(model, config)
 
+    @abstractmethod
     def feed(self, model: nn.Module, config: RunConfig, tasks: TaskSet, plan: Plan, tokenizer) -> Feed:
-        raise NotImplementedError
+        """The planned draws as training examples, the validation sets, and the trainer and collator to read them."""
 
     def save(self, model: nn.Module, config: RunConfig, directory: Path) -> None:
         method_module(config.method.name).save(model, directory)
@@ -89,23 +102,31 @@ class Classifier(Architecture):
     name = "classifier"
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
-        (name, task), = tasks.trained.items()
-        train = _encoded(config, "classification", task.train, tokenizer, config.data, tasks.labels, "train")
-        validation = _encoded(config, "classification", task.validation, tokenizer, config.data, tasks.labels, "validation")
-        return Feed([train[index] for _, index in plan.order], validation, PlannedTrainer, DataCollatorWithPadding(tokenizer))
+        (task,) = tasks.trained.values()
+        train = _encoded("classification", task.train, tokenizer, config.data, tasks.labels, "train")
+        validation = _encoded("classification", task.validation, tokenizer, config.data, tasks.labels, "validation")
+        return Feed(
+            [train[index] for _, index in plan.order], validation, PlannedTrainer, DataCollatorWithPadding(tokenizer)
+        )
 
 
 def template_index(config: RunConfig, task: TrainingTask, position: int, index: int) -> int:
     """Which instruction template a draw is phrased with: the first, or one chosen per draw (seeded), FLAN style."""
     if config.mixture is None or config.mixture.templates == "first" or len(task.spec.templates) < 2:
         return 0
-    return random.Random(f"{config.training.seed}:{task.spec.name}:{index}:{position}").randrange(len(task.spec.templates))
+    return random.Random(f"{config.training.seed}:{task.spec.name}:{index}:{position}").randrange(
+        len(task.spec.templates)
+    )
 
 
 def instruction_data(config: RunConfig) -> DataConfig:
     """How instruction records (a rendered prompt and its target answer) are tokenised."""
-    return DataConfig(prompt_field="prompt", response_field="target", max_length=config.data.max_length,
-                      max_target_length=config.data.max_target_length)
+    return DataConfig(
+        prompt_field="prompt",
+        response_field="target",
+        max_length=config.data.max_length,
+        max_target_length=config.data.max_target_length,
+    )
 
 
 def _instruction(task: TrainingTask, record: Record, template: int) -> Record:
@@ -117,20 +138,40 @@ class TextToText(Architecture):
 
     def _examples(self, config, tasks: TaskSet, plan: Plan, tokenizer) -> list[dict]:
         """One example per planned draw; each distinct (task, record, template) is tokenised once."""
-        keys = [(task, index, template_index(config, tasks.trained[task], position, index))
-                for position, (task, index) in enumerate(plan.order)]
+        keys = [
+            (task, index, template_index(config, tasks.trained[task], position, index))
+            for position, (task, index) in enumerate(plan.order)
+        ]
         distinct = list(dict.fromkeys(keys))
-        records = [_instruction(tasks.trained[task], tasks.trained[task].train[index], template)
-                   for task, index, template in distinct]
-        encoded = dict(zip(distinct, _encoded(config, config.task_type, records, tokenizer, instruction_data(config), None, "train")))
+        records = [
+            _instruction(tasks.trained[task], tasks.trained[task].train[index], template)
+            for task, index, template in distinct
+        ]
+        encoded = dict(
+            zip(
+                distinct,
+                _encoded(config.task_type, records, tokenizer, instruction_data(config), None, "train"),
+            )
+        )
         return [{**encoded[key], "loss_weights": tasks.trained[key[0]].loss_weight, TASK_KEY: key[0]} for key in keys]
 
     def _validation(self, config, tasks: TaskSet, tokenizer) -> dict[str, list[dict]]:
         """Each task's validation records as instructions (first template)."""
-        return {name: [{**e, TASK_KEY: name} for e in _encoded(
-                    config, config.task_type, [_instruction(task, r, 0) for r in task.validation], tokenizer,
-                    instruction_data(config), None, f"{name} validation")]
-                for name, task in tasks.trained.items() if task.validation}
+        return {
+            name: [
+                {**e, TASK_KEY: name}
+                for e in _encoded(
+                    config.task_type,
+                    [_instruction(task, r, 0) for r in task.validation],
+                    tokenizer,
+                    instruction_data(config),
+                    None,
+                    f"{name} validation",
+                )
+            ]
+            for name, task in tasks.trained.items()
+            if task.validation
+        }
 
     def _trainer_and_collator(self, model, config, tokenizer) -> tuple[type[Trainer], Callable]:
         if config.task_type == "seq2seq":
@@ -145,7 +186,9 @@ class TextToText(Architecture):
         train, validation = self._examples(config, tasks, plan, tokenizer), self._validation(config, tasks, tokenizer)
         if trainer_class is PlannedTrainer:  # the model's own loss takes neither weights nor task names
             train = [{k: v for k, v in e.items() if k not in ("loss_weights", TASK_KEY)} for e in train]
-            validation = {n: [{k: v for k, v in e.items() if k != TASK_KEY} for e in rows] for n, rows in validation.items()}
+            validation = {
+                n: [{k: v for k, v in e.items() if k != TASK_KEY} for e in rows] for n, rows in validation.items()
+            }
         return Feed(train, _one_or_per_task(validation), trainer_class, collator)
 
 
@@ -155,28 +198,39 @@ class MultiHead(Architecture):
     def load(self, config, tasks, precision) -> nn.Module:
         """The shared encoder with fresh, seeded heads: its untrained heads are the base scores' model."""
         heads = {name: list(task.spec.label_words) for name, task in tasks.trained.items()}
-        return build_multihead(resolve_source(config.model.name, config.model.revision), heads, seed=config.training.seed)
+        return build_multihead(
+            resolve_source(config.model.name, config.model.revision), heads, seed=config.training.seed
+        )
 
     def adapt(self, model, config, tasks):
         total = sum(p.numel() for p in model.parameters())
         return model, TrainableReport(total, total)
 
-    def _head_examples(self, config, task: TrainingTask, records: list[Record], task_id: int, weight: float,
-                       tokenizer, name: str) -> list[dict]:
+    def _head_examples(
+        self, config, task: TrainingTask, records: list[Record], task_id: int, weight: float, tokenizer, name: str
+    ) -> list[dict]:
         for record in records:
             task.spec.label_of(record)  # an unknown label is an error naming the record
         data = task.spec.data_config(config.data.max_length)
-        examples = _encoded(config, "classification", records, tokenizer, data, list(task.spec.label_words), name)
+        examples = _encoded("classification", records, tokenizer, data, list(task.spec.label_words), name)
         return [{**e, "task_ids": task_id, "loss_weights": weight} for e in examples]
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
         names = list(tasks.trained)
-        encoded = {n: self._head_examples(config, t, t.train, names.index(n), t.loss_weight, tokenizer, f"{n} train")
-                   for n, t in tasks.trained.items()}
-        validation = {n: self._head_examples(config, t, t.validation, names.index(n), 1.0, tokenizer, f"{n} validation")
-                      for n, t in tasks.trained.items()}
-        return Feed([encoded[task][index] for task, index in plan.order], _one_or_per_task(validation),
-                    PlannedTrainer, HeadCollator(tokenizer))
+        encoded = {
+            n: self._head_examples(config, t, t.train, names.index(n), t.loss_weight, tokenizer, f"{n} train")
+            for n, t in tasks.trained.items()
+        }
+        validation = {
+            n: self._head_examples(config, t, t.validation, names.index(n), 1.0, tokenizer, f"{n} validation")
+            for n, t in tasks.trained.items()
+        }
+        return Feed(
+            [encoded[task][index] for task, index in plan.order],
+            _one_or_per_task(validation),
+            PlannedTrainer,
+            HeadCollator(tokenizer),
+        )
 
     def save(self, model, config, directory) -> None:
         model.save(directory)
@@ -186,15 +240,21 @@ class TaskAdapters(TextToText):
     name = "task_adapters"
 
     def adapt(self, model, config, tasks):
-        model = apply_task_adapters(model, list(tasks.trained), lora.peft_config(config), shared=config.mixture.shared_adapter)
+        model = apply_task_adapters(
+            model, list(tasks.trained), lora.peft_config(config), shared=config.mixture.shared_adapter
+        )
         total = sum(p.numel() for p in model.parameters())
         return model, TrainableReport(sum(trainable_by_adapter(model).values()), total)
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
         packed = config.data.max_length if config.training.packing else None
         validation = self._validation(config, tasks, tokenizer)
-        return Feed(self._examples(config, tasks, plan, tokenizer), validation or None, RoutedCompletionTrainer,
-                    TaskCollator(make_collator("causal_lm", tokenizer, packed)))
+        return Feed(
+            self._examples(config, tasks, plan, tokenizer),
+            validation or None,
+            RoutedCompletionTrainer,
+            TaskCollator(make_collator("causal_lm", tokenizer, packed)),
+        )
 
     def save(self, model, config, directory) -> None:
         save_task_adapters(model, directory)

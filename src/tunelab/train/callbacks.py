@@ -31,5 +31,7 @@ class LossProgressBar(ProgressCallback):
         if shown:
             self.training_bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()}, refresh=True)
         if any(k.startswith("eval_") and k.endswith("loss") for k in logs):
-            metrics = ", ".join(f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("eval_") and isinstance(v, float))
+            metrics = ", ".join(
+                f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("eval_") and isinstance(v, float)
+            )
             self.training_bar.write(f"step {state.global_step} validation: {metrics}")

@@ -87,7 +87,9 @@ class CompletionLossTrainer(PlannedOrder, Trainer):
         # The forward goes through `model` itself, not its inner decoder, because under DDP only a forward of the
         # wrapper synchronises gradients; logits_to_keep=1 keeps it from projecting every position on the vocabulary.
         boundaries = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
-        outputs = model(input_ids=inputs["input_ids"], use_cache=False, output_hidden_states=True, logits_to_keep=1, **boundaries)
+        outputs = model(
+            input_ids=inputs["input_ids"], use_cache=False, output_hidden_states=True, logits_to_keep=1, **boundaries
+        )
         hidden = outputs.hidden_states[-1]  # the final (normed) hidden states
         inner = extract_model_from_parallel(model)
         head = inner.get_output_embeddings()
@@ -103,7 +105,9 @@ class CompletionLossTrainer(PlannedOrder, Trainer):
         softcap = getattr(inner.config, "final_logit_softcapping", None)
 
         def chunk_loss(states: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-            logits = head(states.to(head.weight.dtype)).float()  # outside the model's autocast: match a bf16-stored head
+            logits = head(
+                states.to(head.weight.dtype)
+            ).float()  # outside the model's autocast: match a bf16-stored head
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             return (F.cross_entropy(logits, gold, reduction="none") * weight).sum()
@@ -112,8 +116,13 @@ class CompletionLossTrainer(PlannedOrder, Trainer):
         chunk = max(1, LOSS_CHUNK_LOGITS // head.weight.shape[0])  # rows of the head = vocabulary size
         for start in range(0, targets.numel(), chunk):
             end = start + chunk
-            total = total + checkpoint(chunk_loss, selected[start:end], targets[start:end], weights[start:end].to(hidden.device),
-                                       use_reentrant=False)
+            total = total + checkpoint(
+                chunk_loss,
+                selected[start:end],
+                targets[start:end],
+                weights[start:end].to(hidden.device),
+                use_reentrant=False,
+            )
         loss = _per_item(self, total, num_items_in_batch, targets.numel())
         return (loss, {"loss": loss}) if return_outputs else loss
 
@@ -139,7 +148,9 @@ class WeightedSeq2SeqTrainer(PlannedOrder, Trainer):
         weights = inputs.pop("loss_weights", None)
         outputs = model(**inputs)
         labels = inputs["labels"]
-        token_loss = F.cross_entropy(outputs.logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        token_loss = F.cross_entropy(
+            outputs.logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         if weights is not None:
             token_loss = token_loss * weights[:, None].to(token_loss)
         scored = labels != IGNORE_INDEX
@@ -189,8 +200,9 @@ class CheckpointEvery(TrainerCallback):
         self.last = time.monotonic()
 
 
-def training_arguments(config: RunConfig, run: RunDir, precision: str, plan: Plan, validated: bool,
-                       keeps_best: bool) -> TrainingArguments:
+def training_arguments(
+    config: RunConfig, run: RunDir, precision: str, plan: Plan, validated: bool, keeps_best: bool
+) -> TrainingArguments:
     """Trainer settings from the config and the plan: `plan.steps` optimiser steps over the planned order, with
     validation (and a checkpoint) every `plan.eval_steps`; `keeps_best` returns to the best checkpoint at the end."""
     training = config.training
@@ -230,17 +242,32 @@ def training_arguments(config: RunConfig, run: RunDir, precision: str, plan: Pla
     )
 
 
-def build_trainer(model, tokenizer, config: RunConfig, run: RunDir, plan: Plan, train_examples: list[dict],
-                  validation: list[dict] | dict[str, list[dict]] | None, precision: str, trainer_class: type[Trainer],
-                  collator) -> Trainer:
+def build_trainer(
+    model,
+    tokenizer,
+    config: RunConfig,
+    run: RunDir,
+    plan: Plan,
+    train_examples: list[dict],
+    validation: list[dict] | dict[str, list[dict]] | None,
+    precision: str,
+    trainer_class: type[Trainer],
+    collator,
+) -> Trainer:
     """The Trainer of a run. A one-task run with validation keeps its best checkpoint and may stop early; a
-    multi-task run keeps its last weights (per-task validation losses name no single best)."""
+    multi-task run keeps its last weights (per-task validation losses name no single best), and so does a
+    multi-head model, whose checkpoints the Trainer cannot reload as its best."""
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left itself
-    one_task = not isinstance(validation, dict)
+    one_task = not isinstance(validation, dict) and config.architecture() != "multi_head"
     keeps_best = bool(validation) and one_task and can_reload_best_checkpoint(model)
     if validation and one_task and not keeps_best:
-        print("prefix tuning with reparameterisation: the run keeps its last weights (PEFT cannot reload its best checkpoint)")
-    callbacks = [MetricsLog(run, plan.steps_per_epoch), CheckpointEvery(config.training.save_steps, config.training.save_minutes)]
+        print(
+            "prefix tuning with reparameterisation: the run keeps its last weights (PEFT cannot reload its best checkpoint)"
+        )
+    callbacks = [
+        MetricsLog(run, plan.steps_per_epoch),
+        CheckpointEvery(config.training.save_steps, config.training.save_minutes),
+    ]
     if config.training.early_stopping_patience and keeps_best:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = trainer_class(
