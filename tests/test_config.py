@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tunelab.config import ConfigError, RunConfig, build_config, config_to_yaml, load_config, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def config_error(data: dict) -> str:
@@ -314,3 +317,16 @@ def test_best_metric_default_and_override():
 def test_settings_that_could_never_run_are_refused(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override, "task=causal_lm", "data.prompt_field=p"])
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").exists(), reason="the configs read ../shared/data")
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_reads_its_data_and_plans_its_run(path, monkeypatch):
+    """The configs in configs/ (older ones say `task:`) validate, read their tasks and plan their order."""
+    from tunelab.data.plan import plan_training
+    from tunelab.data.taskset import load_taskset
+
+    monkeypatch.chdir(ROOT)
+    config = load_config(path)
+    plan = plan_training(config, load_taskset(config))
+    assert plan.steps > 0 and len(plan.order) == plan.steps * plan.global_batch

@@ -17,7 +17,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, StageConfig
 from tunelab.data.mixture import (
     Draw,
     Stage,
@@ -92,57 +92,49 @@ def _describe(stage: Stage, single: bool, strategy: str) -> str:
     return f"{'mixture' if single else 'stage ' + stage.name} ({strategy}; {budget}):\n{describe_mix(stage.counts, stage.sizes)}"
 
 
+def _stage(config: RunConfig, tasks: TaskSet, stage_config: StageConfig | None, number: int) -> tuple[Stage, dict]:
+    """One stage's draws per epoch (its tasks' sizes, sampling rates and budget), and how run.json describes it.
+    `stage_config` is None for a `data:` run: one task, all of its examples each epoch."""
+    training, mixture = config.training, config.mixture
+    if stage_config is None:
+        name, weights = "data", {task: 1.0 for task in tasks.trained}
+    else:
+        name = stage_config.name or f"stage-{number}"
+        weights = {tasks.names[entry.task]: entry.weight for entry in stage_config.tasks}
+    sizes = {task: len(tasks.trained[task].train) for task in weights}
+    strategy = mixture.strategy if mixture else "proportional"
+    rates = mixture_rates(
+        sizes,
+        strategy,
+        weights=weights,
+        cap=mixture.cap if strategy == "capped" else None,
+        temperature=mixture.temperature if strategy == "temperature" else 1.0,
+    )
+    counts = examples_per_task(sizes, rates, (mixture.examples_per_epoch if mixture else None) or sum(sizes.values()))
+    curriculum = bool(mixture and mixture.stages)  # a curriculum stage has its own budget, else the run's
+    steps, epochs = (stage_config.steps, stage_config.epochs) if curriculum else (training.max_steps, training.epochs)
+    stage = Stage(name, sizes, counts, steps, epochs)
+    if mixture:
+        print(_describe(stage, not curriculum, strategy))
+    total = max(1, sum(counts.values()))
+    described = {
+        "name": name,
+        "steps": steps,
+        "epochs": None if steps else epochs,
+        "tasks": {t: {"available": sizes[t], "per_epoch": counts[t], "share": counts[t] / total} for t in sizes},
+    }
+    return stage, described
+
+
 def plan_training(config: RunConfig, tasks: TaskSet, processes: int = 1) -> Plan:
-    """Every training draw of the run, stage by stage; the mixture's table is printed."""
+    """Every training draw of the run, stage by stage; a mixture's table is printed."""
     training, mixture = config.training, config.mixture
     batch = training.batch_size * training.gradient_accumulation_steps * processes
-    stage_configs = mixture.stage_list() if mixture else None
-    stages: list[Stage] = []
-    described: list[dict] = []
-    for number, stage_config in enumerate(stage_configs or [None], start=1):
-        if stage_config is None:  # a `data:` run: one task, all of its examples each epoch
-            name, weights = "data", {task: 1.0 for task in tasks.trained}
-        else:
-            name = stage_config.name or f"stage-{number}"
-            weights = {tasks.names[entry.task]: entry.weight for entry in stage_config.tasks}
-        sizes = {task: len(tasks.trained[task].train) for task in weights}
-        strategy = mixture.strategy if mixture else "proportional"
-        rates = mixture_rates(
-            sizes,
-            strategy,
-            weights=weights,
-            cap=mixture.cap if strategy == "capped" else None,
-            temperature=mixture.temperature if strategy == "temperature" else 1.0,
-        )
-        counts = examples_per_task(
-            sizes, rates, (mixture.examples_per_epoch if mixture else None) or sum(sizes.values())
-        )
-        single = not (mixture and mixture.stages)
-        stage = Stage(
-            name,
-            sizes,
-            counts,
-            training.max_steps if single else stage_config.steps,
-            training.epochs if single else stage_config.epochs,
-        )
-        stages.append(stage)
-        if mixture:
-            print(_describe(stage, single, strategy))
-        described.append(
-            {
-                "name": name,
-                "steps": stage.steps,
-                "epochs": None if stage.steps else stage.epochs,
-                "tasks": {
-                    task: {
-                        "available": sizes[task],
-                        "per_epoch": counts[task],
-                        "share": counts[task] / max(1, sum(counts.values())),
-                    }
-                    for task in sizes
-                },
-            }
-        )
+    planned = [
+        _stage(config, tasks, stage_config, number)
+        for number, stage_config in enumerate(mixture.stage_list() if mixture else [None], start=1)
+    ]
+    stages, described = [stage for stage, _ in planned], [description for _, description in planned]
     order, boundaries = curriculum_plan(stages, batch, training.seed)
     if config.architecture() == "task_adapters":  # one adapter per step: balanced batches cannot apply
         order, boundaries = _per_stage(

@@ -113,38 +113,25 @@ def _multi_head(target: Target, model: MultiHeadClassifier) -> Callable[[str], T
 
 
 def _task_adapters(target: Target, model) -> Callable[[str], Target]:
-    def answer(task: str) -> Target:
-        if task in task_names(model):
-            route(model, task)
-            return Target(
-                f"{target.name} [{task} adapter]",
-                model,
-                target.tokenizer,
-                target.task,
-                None,
-                target.batch_size,
-                target.max_length,
-            )
-        if SHARED in model.peft_config:  # a task without an adapter: the shared adapter is what generalises
-            model.base_model.set_adapter([SHARED])
-            return Target(
-                f"{target.name} [shared adapter]",
-                model,
-                target.tokenizer,
-                target.task,
-                None,
-                target.batch_size,
-                target.max_length,
-            )
+    def answering(label: str, answerer) -> Target:
         return Target(
-            f"{target.name} [adapters off]",
-            AdaptersOff(model),
+            f"{target.name} [{label}]",
+            answerer,
             target.tokenizer,
             target.task,
             None,
             target.batch_size,
             target.max_length,
         )
+
+    def answer(task: str) -> Target:
+        if task in task_names(model):
+            route(model, task)
+            return answering(f"{task} adapter", model)
+        if SHARED in model.peft_config:  # a task without an adapter: the shared adapter is what generalises
+            model.base_model.set_adapter([SHARED])
+            return answering("shared adapter", model)
+        return answering("adapters off", AdaptersOff(model))
 
     return answer
 
