@@ -248,6 +248,35 @@ def _cmd_compare(args) -> None:
     print(f"\ncomparison written to {compare(config, variants, Path(args.output_dir), kind, source=args.config)}")
 
 
+def _cmd_serve(args) -> None:
+    from tunelab.serve.app import ServeSettings, run_server
+
+    for name in (
+        "max_batch",
+        "queue_size",
+        "max_body_bytes",
+        "max_prompt_tokens",
+        "max_tokens_cap",
+        "default_max_tokens",
+    ):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number of 1 or more")
+    if args.timeout <= 0 or args.batch_window_ms < 0:
+        raise ConfigError("--timeout must be above 0 seconds and --batch-window-ms at least 0")
+    settings = ServeSettings(
+        api_key=args.api_key or os.environ.get("TUNELAB_API_KEY") or None,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
+        queue_size=args.queue_size,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens_cap=args.max_tokens_cap,
+        default_max_tokens=args.default_max_tokens,
+        timeout_s=args.timeout,
+    )
+    run_server(args.targets, args.host, args.port, settings)
+
+
 def _cmd_demo(args) -> None:
     from tunelab.demo import run_demo
 
@@ -449,6 +478,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--output-dir", default="compare", help="the comparison goes to OUTPUT_DIR/<config name>")
     compare.set_defaults(func=_cmd_compare)
+
+    serve = commands.add_parser("serve", help="serve runs and models over an OpenAI-compatible HTTP API")
+    serve.add_argument(
+        "targets",
+        nargs="+",
+        metavar="[NAME=]TARGET",
+        help="run directories, registry names or model folders; runs whose adapters share a base load it once",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $TUNELAB_API_KEY, else none)")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests generated together (1 turns batching off)")
+    serve.add_argument(
+        "--batch-window-ms", type=float, default=10.0, help="how long a request waits for others to join"
+    )
+    serve.add_argument("--queue-size", type=int, default=64, help="waiting requests before 429 Too Many Requests")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 above)")
+    serve.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt (400 above)")
+    serve.add_argument("--max-tokens-cap", type=int, default=512, help="largest max_tokens a request may ask")
+    serve.add_argument("--default-max-tokens", type=int, default=128, help="max_tokens when a request gives none")
+    serve.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take (504 after)")
+    serve.set_defaults(func=_cmd_serve)
 
     demo = commands.add_parser("demo", help="LoRA-tune minilm-l6 on the bundled sentiment data; print base vs tuned")
     demo.add_argument("--output-dir", default="runs")

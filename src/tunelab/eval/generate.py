@@ -8,8 +8,11 @@ soon as the whole batch is done. bench/eval_generation.py measures it against on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList, StopStringCriteria
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
 def batches_by_length(sequences: list[list[int]], batch_size: int):
@@ -33,24 +36,132 @@ def pad_batch(examples: list[dict], pad_id: int, left: bool, device) -> dict[str
     return {key: torch.tensor(value, device=device) for key, value in batch.items()}
 
 
-def cut_at_stop(text: str, stop: list[str]) -> str:
+def cut_at_stop(text: str, stop: list[str], strip: bool = True) -> str:
     """The text before the first stop string (a batch keeps decoding after one row has stopped)."""
     for marker in stop:
         if marker and marker in text:
             text = text[: text.index(marker)]
-    return text.strip()
+    return text.strip() if strip else text
 
 
-def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop: list[str]) -> dict:
-    """`generate` arguments that end a row at a stop string; none when the tokenizer cannot express one
-    (a WordPiece vocabulary has no newline token), in which case answers are only cut after decoding."""
-    if not stop:
-        return {}
-    try:
-        criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=stop)
-    except ValueError:
-        return {}
-    return {"stopping_criteria": StoppingCriteriaList([criteria])}
+@dataclass
+class Row:
+    """One prompt of a batch and how its answer ends: its own token budget and stop strings, and, for streaming,
+    `on_text` called with each new piece of its answer as it is generated."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    stop: list[str] = field(default_factory=list)
+    on_text: Callable[[str], None] | None = None
+
+
+class RowEnds(StoppingCriteria):
+    """Ends each row of a batch on its own: at EOS, at its token budget, or at its first stop string; and streams
+    each row's new text as it comes (holding back what could still turn into a stop string).
+
+    `generate` keeps decoding a finished row with padding until every row is done, so a row's answer is the
+    same whatever else shares its batch; the stopping criterion only tells `generate` which rows are done.
+    """
+
+    def __init__(self, rows: list[Row], tokenizer: PreTrainedTokenizerBase, start: int):
+        self.rows, self.tokenizer, self.start = rows, tokenizer, start
+        self.done = [False] * len(rows)
+        self.sent = [0] * len(rows)
+
+    def _emit(self, i: int, text: str, final: bool) -> None:
+        """Send row i the part of its answer that can no longer change: what a streaming client receives adds up to
+        the final answer exactly (leading and trailing whitespace dropped, as in the answer)."""
+        row = self.rows[i]
+        if row.on_text is None:
+            return
+        visible = text.lstrip()
+        stable = visible.rstrip()  # trailing whitespace waits until text follows it, or is dropped at the end
+        ready = len(stable)
+        if not final:
+            hold = max((len(s) - 1 for s in row.stop), default=0)  # could still become a stop string
+            ready = min(ready, len(visible) - hold) - stable.endswith("\ufffd")  # or a character still being decoded
+        if ready > self.sent[i]:
+            row.on_text(stable[self.sent[i] : ready])
+            self.sent[i] = ready
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        eos = self.tokenizer.eos_token_id
+        for i, row in enumerate(self.rows):
+            if self.done[i]:
+                continue
+            generated = input_ids[i, self.start :].tolist()
+            ended = eos is not None and generated[-1:] == [eos]
+            finished = ended or len(generated) >= row.max_new_tokens
+            if row.stop or row.on_text:  # decoding each step costs time, so only rows that need the text pay it
+                text = self.tokenizer.decode(generated[:-1] if ended else generated, skip_special_tokens=True)
+                cut = cut_at_stop(text, row.stop, strip=False)
+                finished = finished or cut != text
+                self._emit(i, cut, finished)
+            self.done[i] = finished
+        return torch.tensor(self.done, device=input_ids.device)
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int
+    """Generated tokens counted for the answer (up to EOS or the row's budget)."""
+    finish: str
+    """'stop' (EOS or a stop string) or 'length' (the row's token budget ran out)."""
+
+
+@torch.inference_mode()
+def generate_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Row],
+    *,
+    decoder_only: bool,
+    num_beams: int = 1,
+    sampling: dict | None = None,
+) -> list[Answer]:
+    """One `generate` call for a batch of prompts, each ending on its own (see `RowEnds`); the answers in row order.
+
+    Greedy unless `sampling` gives `temperature` / `top_p` (and a `seed`, set on torch's generator first).
+    Beam search keeps every row to the batch's longest budget and cuts afterwards.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    batch = pad_batch(
+        [{"input_ids": r.prompt, "attention_mask": [1] * len(r.prompt)} for r in rows],
+        tokenizer.pad_token_id,
+        left=decoder_only,
+        device=device,
+    )
+    start = (
+        batch["input_ids"].shape[1] if decoder_only else 1
+    )  # an encoder-decoder's output starts with its start token
+    ends = RowEnds(rows, tokenizer, start)
+    options = {"do_sample": False}
+    if sampling:
+        if sampling.get("seed") is not None:
+            torch.manual_seed(sampling["seed"])
+        options = {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling.get("top_p", 1.0)}
+    generated = model.generate(
+        **batch,
+        max_new_tokens=max(r.max_new_tokens for r in rows),
+        num_beams=num_beams,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        stopping_criteria=StoppingCriteriaList([ends]) if num_beams == 1 else None,
+        **options,
+    )
+    return [_answer(generated[i, start:].tolist(), row, tokenizer) for i, row in enumerate(rows)]
+
+
+def _answer(ids: list[int], row: Row, tokenizer: PreTrainedTokenizerBase) -> Answer:
+    eos = tokenizer.eos_token_id
+    ended = eos is not None and eos in ids[: row.max_new_tokens]
+    ids = ids[: ids.index(eos)] if ended else ids[: row.max_new_tokens]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    answer = cut_at_stop(text, row.stop)
+    stopped = ended or answer != text.strip()
+    return Answer(answer, len(ids), "stop" if stopped or len(ids) < row.max_new_tokens else "length")
 
 
 @torch.inference_mode()
@@ -66,25 +177,11 @@ def generate_texts(
     stop: list[str] = (),
 ) -> list[str]:
     """Greedy (or beam) answers to tokenised prompts, in input order, cut at EOS and at the first stop string."""
-    model.eval()
-    device = next(model.parameters()).device
     stop = [s for s in stop if s]
-    extra = _stop_criteria(tokenizer, stop)
     outputs = [""] * len(prompts)
     for indices in batches_by_length(prompts, batch_size):
-        examples = [{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in indices]
-        batch = pad_batch(examples, tokenizer.pad_token_id, left=decoder_only, device=device)
-        generated = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **extra,
-        )
-        if decoder_only:
-            generated = generated[:, batch["input_ids"].shape[1] :]
-        for i, ids in zip(indices, generated):
-            outputs[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+        rows = [Row(prompts[i], max_new_tokens, stop) for i in indices]
+        answers = generate_rows(model, tokenizer, rows, decoder_only=decoder_only, num_beams=num_beams)
+        for i, answer in zip(indices, answers):
+            outputs[i] = answer.text
     return outputs

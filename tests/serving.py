@@ -1,0 +1,72 @@
+"""Starting `tunelab serve` for tests: a real server in a subprocess, on a free loopback port, stopped afterwards."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(targets: list[str], *options: str, startup_seconds: float = 300):
+    """`tunelab serve TARGETS OPTIONS` on 127.0.0.1; yields its base URL once /health answers, and stops it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "serve", *targets, "--port", str(port), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_seconds
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{process.stdout.read()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not answer /health in time")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def call(
+    url: str, path: str, body: bytes | dict | None = None, headers: dict | None = None, timeout: float = 120
+) -> tuple[int, dict, dict]:
+    """A raw HTTP request: (status, JSON body, response headers with lower-case names), whatever the status."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url + path,
+        data=data,
+        method="POST" if data is not None else "GET",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null"), _lower(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null"), _lower(error.headers)
+
+
+def _lower(headers) -> dict:
+    return {name.lower(): value for name, value in headers.items()}
