@@ -1,4 +1,5 @@
-"""Starting `tunelab serve` for tests: a real server in a subprocess, on a free loopback port, stopped afterwards."""
+"""Starting `tunelab serve` for tests and the serving benchmark: a real server in a subprocess, on a free loopback
+port, stopped afterwards; and the short smollm2 LoRA runs they serve."""
 
 from __future__ import annotations
 
@@ -10,6 +11,35 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def short_lora_run(output_dir: Path, dialogsum: Path, seed: int, name: str):
+    """A 3-step smollm2-135m-instruct LoRA run on 8 DialogSum records: seconds on a CPU, and each seed gives a
+    different adapter over the same base. Returns its RunDir."""
+    from tunelab.config import load_config
+    from tunelab.pipeline import train
+
+    overrides = [
+        f"name={name}",
+        f"output_dir={output_dir}",
+        f"data.train={dialogsum / 'validation.jsonl'}",
+        f"data.test={dialogsum / 'test.jsonl'}",
+        "data.max_train_examples=8",
+        "data.max_eval_examples=2",
+        "data.max_length=192",
+        "data.max_target_length=32",
+        "training.max_steps=3",
+        "training.batch_size=4",
+        "training.precision=fp32",
+        f"training.seed={seed}",
+        "eval.evaluate_base=false",
+        "eval.max_new_tokens=8",
+        "training.learning_rate=1e-2",
+    ]
+    return train(load_config(CONFIGS / "dialogsum-smollm2-lora.yaml", overrides))
 
 
 def free_port() -> int:
@@ -19,9 +49,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(targets: list[str], *options: str, startup_seconds: float = 300):
-    """`tunelab serve TARGETS OPTIONS` on 127.0.0.1; yields its base URL once /health answers, and stops it."""
-    port = free_port()
+def running_server(targets: list[str], *options: str, startup_seconds: float = 300, port: int | None = None):
+    """`tunelab serve TARGETS OPTIONS` on 127.0.0.1 (a free port unless given); yields its base URL once /health
+    answers, and stops it."""
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tunelab", "serve", *targets, "--port", str(port), *options],
         stdout=subprocess.PIPE,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -14,7 +13,7 @@ from tunelab.config import load_config
 from tunelab.pipeline import predict_run, train
 
 from conftest import SHARED_DATA
-from serving import call, running_server
+from serving import CONFIGS, call, running_server, short_lora_run
 
 pytestmark = [
     pytest.mark.integration,
@@ -22,7 +21,6 @@ pytestmark = [
         not SHARED_DATA.exists(), reason=f"{SHARED_DATA} (the shared datasets) is not beside the checkout"
     ),
 ]
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPTS = [
     "What is the capital of France?",
     "Name a colour.",
@@ -39,31 +37,7 @@ def runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
         dialogsum = SHARED_DATA / "dialogsum"
-        summarise = [
-            train(
-                load_config(
-                    CONFIGS / "dialogsum-smollm2-lora.yaml",
-                    [
-                        f"name=summarise-{seed}",
-                        f"output_dir={folder}",
-                        f"data.train={dialogsum / 'validation.jsonl'}",
-                        f"data.test={dialogsum / 'test.jsonl'}",
-                        "data.max_train_examples=8",
-                        "data.max_eval_examples=2",
-                        "data.max_length=192",
-                        "data.max_target_length=32",
-                        "training.max_steps=3",
-                        "training.batch_size=4",
-                        "training.precision=fp32",
-                        f"training.seed={seed}",
-                        "eval.evaluate_base=false",
-                        "eval.max_new_tokens=8",
-                        "training.learning_rate=1e-2",
-                    ],
-                )
-            )
-            for seed in (1, 2)
-        ]
+        summarise = [short_lora_run(folder, dialogsum, seed, f"summarise-{seed}") for seed in (1, 2)]
         sst2 = SHARED_DATA / "sst2"
         sentiment = train(
             load_config(

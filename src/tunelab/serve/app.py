@@ -87,6 +87,25 @@ def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+def _queue_full(settings: ServeSettings) -> ApiError:
+    return ApiError(
+        429,
+        f"{settings.queue_size} requests are already waiting (--queue-size); retry shortly",
+        type="rate_limit_error",
+        code="queue_full",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _too_slow(settings: ServeSettings) -> ApiError:
+    return ApiError(
+        504,
+        f"the request took longer than {settings.timeout_s:g} s (--timeout)",
+        type="timeout",
+        code="request_timeout",
+    )
+
+
 class BodyLimit:
     """ASGI middleware answering 413 to a body over `limit` bytes, read before the application sees it."""
 
@@ -207,23 +226,12 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
         try:
             future = batcher.submit(job)
         except QueueFull:
-            raise ApiError(
-                429,
-                f"{settings.queue_size} requests are already waiting (--queue-size); retry shortly",
-                type="rate_limit_error",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _queue_full(settings) from None
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout_s)
         except asyncio.TimeoutError:
             future.cancel()
-            raise ApiError(
-                504,
-                f"the request took longer than {settings.timeout_s:g} s (--timeout)",
-                type="timeout",
-                code="request_timeout",
-            ) from None
+            raise _too_slow(settings) from None
         except TunelabError as error:
             raise ApiError(400, str(error)) from None
 
@@ -257,7 +265,15 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
                 raise ApiError(400, "messages is empty: send at least one message, or a record", param="messages")
             if has_chat_template(tokenizer):
                 chat = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
-                rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                try:
+                    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                # The template's own checks (roles must alternate, ...) fail on the client's messages: a 400.
+                except Exception as error:
+                    raise ApiError(
+                        400,
+                        f"the chat template of model '{entry.id}' refused these messages: {error}",
+                        param="messages",
+                    ) from None
                 return tokenizer(rendered, add_special_tokens=False)["input_ids"]
             if len(messages) > 1 or messages[0].role != "user":
                 raise ApiError(
@@ -319,13 +335,7 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
         try:
             batcher.submit(job)
         except QueueFull:
-            raise ApiError(
-                429,
-                f"{settings.queue_size} requests are already waiting (--queue-size); retry shortly",
-                type="rate_limit_error",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _queue_full(settings) from None
         job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, end))
 
         async def events():
@@ -335,12 +345,7 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
                     piece = await asyncio.wait_for(pieces.get(), timeout=max(0.0, job.deadline - time.monotonic()))
                 except asyncio.TimeoutError:
                     job.future.cancel()
-                    error = ApiError(
-                        504,
-                        f"the request took longer than {settings.timeout_s:g} s (--timeout)",
-                        type="timeout",
-                        code="request_timeout",
-                    )
+                    error = _too_slow(settings)
                     yield f"data: {json.dumps(error.body())}\n\n"
                     break
                 if piece is end:
