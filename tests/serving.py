@@ -1,5 +1,6 @@
 """Starting `tunelab serve` for tests and the serving benchmark: a real server in a subprocess, on a free loopback
-port, stopped afterwards; and the short smollm2 LoRA runs they serve."""
+port, stopped afterwards; and the short real runs (smollm2 LoRA, minilm classifier) that the serving, export and
+portability tests and benchmarks use."""
 
 from __future__ import annotations
 
@@ -14,6 +15,38 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "Say hello in French.",
+    "What is 2 + 2?",
+    "Name an animal that can fly.",
+    "Summarise: the meeting moved to Friday.",
+    "Give a synonym for happy.",
+    "What do bees make?",
+]
+"""Short chat prompts for the serving and export benchmarks."""
+
+
+def short_sentiment_run(output_dir: Path, sst2: Path, name: str = "sentiment"):
+    """A 4-step minilm-l6 LoRA classifier on 64 SST-2 sentences. Returns its RunDir."""
+    from tunelab.config import load_config
+    from tunelab.pipeline import train
+
+    overrides = [
+        f"name={name}",
+        f"output_dir={output_dir}",
+        f"data.train={sst2 / 'train.jsonl'}",
+        f"data.validation={sst2 / 'validation.jsonl'}",
+        f"data.test={sst2 / 'test.jsonl'}",
+        "data.max_train_examples=64",
+        "data.max_eval_examples=16",
+        "training.max_steps=4",
+        "eval.evaluate_base=false",
+    ]
+    return train(load_config(CONFIGS / "sentiment-minilm-lora.yaml", overrides))
 
 
 def short_lora_run(output_dir: Path, dialogsum: Path, seed: int, name: str):

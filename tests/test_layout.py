@@ -26,7 +26,7 @@ LAYERS = [
     {"train", "eval"},
     {"card"},
     {"pipeline"},
-    {"compare", "demo", "serve"},
+    {"compare", "demo", "serve", "export"},
     {"cli", "__main__"},
 ]
 """Top-level modules and sub-packages, lowest first; a module may import its own layer and those below."""

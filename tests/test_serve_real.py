@@ -9,11 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from openai import OpenAI
 
-from tunelab.config import load_config
-from tunelab.pipeline import predict_run, train
+from tunelab.pipeline import predict_run
 
 from conftest import SHARED_DATA
-from serving import CONFIGS, call, running_server, short_lora_run
+from serving import call, running_server, short_lora_run, short_sentiment_run
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,23 +37,7 @@ def runs(tmp_path_factory):
         patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
         dialogsum = SHARED_DATA / "dialogsum"
         summarise = [short_lora_run(folder, dialogsum, seed, f"summarise-{seed}") for seed in (1, 2)]
-        sst2 = SHARED_DATA / "sst2"
-        sentiment = train(
-            load_config(
-                CONFIGS / "sentiment-minilm-lora.yaml",
-                [
-                    "name=sentiment",
-                    f"output_dir={folder}",
-                    f"data.train={sst2 / 'train.jsonl'}",
-                    f"data.validation={sst2 / 'validation.jsonl'}",
-                    f"data.test={sst2 / 'test.jsonl'}",
-                    "data.max_train_examples=64",
-                    "data.max_eval_examples=16",
-                    "training.max_steps=4",
-                    "eval.evaluate_base=false",
-                ],
-            )
-        )
+        sentiment = short_sentiment_run(folder, SHARED_DATA / "sst2")
     return {"one": summarise[0], "two": summarise[1], "sentiment": sentiment}
 
 

@@ -222,7 +222,13 @@ def _cmd_predict(args) -> None:
 
     if bool(args.run) == bool(args.adapter):
         raise ConfigError("give either one RUN_DIR, or one or more --adapter RUN_DIR to share one base model")
-    if args.run:
+    if args.engine == "onnx":
+        if args.adapter:
+            raise ConfigError("--engine onnx predicts from one ONNX export folder; --adapter is for --engine torch")
+        from tunelab.export.onnx import predict_onnx
+
+        count = predict_onnx(Path(args.run), args.input, args.output, args.task)
+    elif args.run:
         count = pipeline.predict_run(RunDir(args.run), args.input, args.output, args.task)
     else:
         count = pipeline.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
@@ -234,6 +240,23 @@ def _cmd_merge(args) -> None:
     from tunelab.runs import RunDir
 
     print(f"merged model written to {pipeline.merge_run(RunDir(args.run), Path(args.output), args.task)}")
+
+
+def _cmd_export(args) -> None:
+    from tunelab.runs import RunDir
+
+    run, output = RunDir(args.run), Path(args.output)
+    if args.format == "gguf":
+        from tunelab.export.gguf import export_gguf
+
+        written = export_gguf(run, output, args.quant or "f16", args.task)
+    else:
+        if args.quant:
+            raise ConfigError("--quant is for --format gguf; an ONNX export keeps the run's fp32 weights")
+        from tunelab.export.onnx import export_onnx
+
+        written = export_onnx(run, output, args.task)
+    print(f"{args.format} export written to {written}")
 
 
 def _cmd_compare(args) -> None:
@@ -431,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="run a tuned model (or several adapters on one base) over a JSONL/CSV/Parquet file"
     )
-    predict.add_argument("run", nargs="?", help="a complete run directory")
+    predict.add_argument("run", nargs="?", help="a complete run directory (--engine onnx: an ONNX export folder)")
     predict.add_argument(
         "--adapter",
         action="append",
@@ -442,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True)
     predict.add_argument("--output", required=True)
     predict.add_argument("--task", help=TASK_HELP)
+    predict.add_argument(
+        "--engine",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch (default): the run's model; onnx: onnxruntime on CPU over an ONNX export folder "
+        "(`tunelab export RUN --format onnx --output DIR`, then `tunelab predict DIR --engine onnx`), "
+        "the same output rows without loading the run",
+    )
     predict.set_defaults(func=_cmd_predict)
 
     merge = commands.add_parser(
@@ -454,6 +485,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a multi_head or task_adapters run: the task whose head or adapter to export as a standalone model",
     )
     merge.set_defaults(func=_cmd_merge)
+
+    exporting = commands.add_parser(
+        "export",
+        help="write a run as GGUF (llama.cpp, Ollama, LM Studio; decoder runs) or ONNX (onnxruntime; classifier runs)",
+    )
+    exporting.add_argument("run")
+    exporting.add_argument("--format", required=True, choices=["gguf", "onnx"])
+    exporting.add_argument(
+        "--quant",
+        choices=["f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
+        help="GGUF weight type (default f16); the K-quants q4_k_m, q5_k_m and q6_k need llama.cpp's llama-quantize on "
+        "PATH",
+    )
+    exporting.add_argument("--output", required=True, help="new folder for the exported files")
+    exporting.add_argument("--task", help="for a multi_head or task_adapters run: the task to export")
+    exporting.set_defaults(func=_cmd_export)
 
     compare = commands.add_parser(
         "compare", help="train one config with several methods; table, JSON and plot of cost vs gain"

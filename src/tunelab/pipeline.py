@@ -31,7 +31,7 @@ from tunelab.methods import MethodError, TrainableReport, check_method, method_m
 from tunelab.methods.task_adapters import merge_task_adapter
 from tunelab.models.loading import check_family, load_base, load_tokenizer, resolve_source
 from tunelab.models.reference import check_reference
-from tunelab.runs import LoadedRun, RunDir, RunError, load_run, write_atomic, write_json
+from tunelab.runs import LoadedRun, RunDir, load_run, staged_folder, write_atomic, write_json
 from tunelab.tasks import read_for_task
 from tunelab.train.architectures import Architecture, architecture_of
 from tunelab.train.memory import peak_memory, reset_peak
@@ -76,9 +76,8 @@ def setup(config: RunConfig, run: RunDir, tasks: TaskSet, plan: Plan, precision:
     """Load the model, score it before tuning (once per run: kept across a resume), adapt it and build its trainer."""
     main = distributed.is_main_process()
     architecture = architecture_of(config)
-    tokenizer = load_tokenizer(
-        resolve_source(config.model.name, config.model.revision), config.model.revision, config.model.trust_remote_code
-    )
+    source = resolve_source(config.model.name, config.model.revision)
+    tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
     model = architecture.load(config, tasks, precision)
     # decided once, by rank 0: another rank looking for the file could see it already written and skip the barrier
     if distributed.share_from_main(config.eval.evaluate_base and not run.base_eval_path.exists()):
@@ -89,8 +88,8 @@ def setup(config: RunConfig, run: RunDir, tasks: TaskSet, plan: Plan, precision:
         distributed.barrier()
     model, trainable = architecture.adapt(model, config, tasks)
     print(f"{architecture.name}, method {config.method.name}: {trainable}")
-    if main:
-        run.update_state(trainable=trainable.as_dict())
+    if main:  # the saved adapter names the base as other machines find it; where it was read here stays on record
+        run.update_state(trainable=trainable.as_dict(), base_source=source)
     feed = architecture.feed(model, config, tasks, plan, tokenizer)
     trainer = build_trainer(
         model, tokenizer, config, run, plan, feed.train, feed.validation, precision, feed.trainer_class, feed.collator
@@ -241,35 +240,28 @@ def predict_run(run: RunDir, input_path: str, output_path: str, task: str | None
     return len(records)
 
 
-def merge_run(run: RunDir, output: Path, task: str | None = None) -> Path:
-    """Write a standalone transformers model (safetensors + tokenizer) with the run's update folded in: the
-    method's merge, or for a multi-task run the head or adapter of one task (`task`).
-
-    The folder is written under a temporary name and renamed into place, and an
-    existing non-empty folder is never overwritten.
-    """
-    if output.exists() and any(output.iterdir()):
-        raise RunError(f"{output} already exists and is not empty; choose a new --output folder")
-    loaded = load_run(run)
+def merged_model(loaded: LoadedRun, task: str | None = None):
+    """The run's model as one plain transformers model with its update folded in: the method's merge, or for
+    a multi-task run the head or adapter of one task (`task`)."""
     config, architecture = loaded.config, loaded.config.architecture()
-    if architecture in ("multi_head", "task_adapters"):
-        name = task_specs(config).pick(task).name
-        merged = (
-            loaded.model.as_classifier(name)
-            if architecture == "multi_head"
-            else merge_task_adapter(loaded.model, name)
-        )
-    else:
-        merged = method_module(config.method.name).merge(loaded.model)
-    staging = output.with_name(f".{output.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    merged.save_pretrained(staging, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(staging)
-    if output.exists():
-        output.rmdir()
-    staging.rename(output)
+    if architecture == "multi_head":
+        return loaded.model.as_classifier(task_specs(config).pick(task).name)
+    if architecture == "task_adapters":
+        return merge_task_adapter(loaded.model, task_specs(config).pick(task).name)
+    return method_module(config.method.name).merge(loaded.model)
+
+
+def merge_run(run: RunDir, output: Path, task: str | None = None) -> Path:
+    """Write a standalone transformers model (safetensors + tokenizer) with the run's update folded in
+    (`merged_model`).
+
+    The folder is staged (`runs.staged_folder`): complete or absent, and an existing non-empty one is never
+    overwritten.
+    """
+    with staged_folder(output) as staging:
+        loaded = load_run(run)
+        merged_model(loaded, task).save_pretrained(staging, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(staging)
     return output
 
 

@@ -3,7 +3,8 @@
 Layout of `<output_dir>/<name>-<timestamp>/`:
 
     config.yaml     resolved config (every default filled in)
-    run.json        state (running | complete | failed), labels, trainable parameters, timings, peak memory
+    run.json        state (running | complete | failed), the base (`base_model` as configured, `base_source` the
+                    folder or hub id it was read from here), labels, trainable parameters, timings, peak memory
     metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
     base_eval.json  test metrics of the model before tuning (written before training, kept on resume)
     checkpoints/    Trainer checkpoints while training (removed once the run completes)
@@ -24,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,27 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_folder(output: Path) -> Iterator[Path]:
+    """A hidden folder beside `output` to write an export into, renamed into place only when everything is
+    written and removed when writing fails; a killed process leaves only the hidden folder, which the next
+    attempt replaces. An existing non-empty `output` is refused, never overwritten."""
+    if output.exists() and any(output.iterdir()):
+        raise RunError(f"{output} already exists and is not empty; choose a new --output folder")
+    staging = output.with_name(f".{output.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        output.rmdir()
+    staging.rename(output)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -67,7 +67,7 @@ def skip_reason(target: Target, spec: TaskSpec) -> str | None:
     return None
 
 
-def _positions(target: Target, spec: TaskSpec | None = None) -> int:
+def input_limit(target: Target, spec: TaskSpec | None = None) -> int:
     """The longest input: the task's own limit or the target's, within the model's position table (models
     without one, such as T5, take the limit as it is)."""
     limit = (spec.max_length if spec is not None else None) or target.max_length
@@ -77,8 +77,8 @@ def _positions(target: Target, spec: TaskSpec | None = None) -> int:
 def prompt_ids(target: Target, prompt: str, max_new_tokens: int, spec: TaskSpec | None = None) -> list[int]:
     """Prompt ids that leave room for the answer within the input limit."""
     if target.task == "causal_lm":
-        return decoder_prompt_ids(prompt, target.tokenizer, max(8, _positions(target, spec) - max_new_tokens))[0]
-    return target.tokenizer(prompt, truncation=True, max_length=_positions(target, spec))["input_ids"]
+        return decoder_prompt_ids(prompt, target.tokenizer, max(8, input_limit(target, spec) - max_new_tokens))[0]
+    return target.tokenizer(prompt, truncation=True, max_length=input_limit(target, spec))["input_ids"]
 
 
 def answers(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
@@ -98,7 +98,7 @@ def answers(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
 
 def classifier_predictions(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
     """A classifier's label and label probabilities for each record, read with the task's text fields."""
-    data = spec.data_config(_positions(target, spec))
+    data = spec.data_config(input_limit(target, spec))
     config = RunConfig(task="classification", data=data, training=TrainingConfig(eval_batch_size=target.batch_size))
     return classify(target.model, target.tokenizer, records, config, target.labels)
 
@@ -124,7 +124,7 @@ def _text_nll(target: Target, text: str, window: int, stride: int) -> tuple[floa
 
 
 def _nll_pairs(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
-    window = _positions(target, spec)
+    window = input_limit(target, spec)
     return [_text_nll(target, str(r.fields[spec.text_field]), window, max(1, window // 2)) for r in records]
 
 

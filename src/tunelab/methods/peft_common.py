@@ -7,18 +7,54 @@ methods need no format of ours.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from huggingface_hub import ModelCard
 from peft import PeftModel, TaskType
 
 PEFT_CACHE_KEY = "past_key_values"
 """The generation input in which PEFT's prompt learning looks for, and puts, the attention cache."""
 
 PEFT_TASK = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_TAG = "base_model:adapter:"
+"""The model card tag by which PEFT links an adapter to its base model on the hub."""
 
 
 def save(model, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
+
+
+def name_base_model(directory: Path, base: str) -> None:
+    """Name `base` as the base model of every PEFT adapter saved under `directory` (a task-adapters run keeps one
+    per task folder): in its adapter_config.json and in PEFT's model card.
+
+    PEFT records the path the base was loaded from, for a registry model a path into this machine's packages or
+    cache, which another machine cannot load. The files are rewritten after PEFT saved them rather than the name
+    set on the model before: PEFT's save looks a recorded name that is not a local folder up on the hub.
+    """
+    settings = list(Path(directory).rglob(ADAPTER_CONFIG))
+    for path in settings:
+        _name_base_in_settings(path, base)
+    for path in Path(directory).rglob("README.md") if settings else ():
+        _name_base_in_card(path, base)
+
+
+def _name_base_in_settings(path: Path, base: str) -> None:
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if settings.get("tokenizer_name_or_path") == settings["base_model_name_or_path"]:  # prompt tuning from text
+        settings["tokenizer_name_or_path"] = base
+    settings["base_model_name_or_path"] = base
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _name_base_in_card(path: Path, base: str) -> None:
+    """The card's `base_model` metadata and PEFT's `base_model:adapter:...` tag, which the hub reads."""
+    card = ModelCard.load(path)
+    card.data.base_model = base
+    card.data.tags = [f"{ADAPTER_TAG}{base}" if tag.startswith(ADAPTER_TAG) else tag for tag in card.data.tags or []]
+    card.save(path)
 
 
 def load(base, directory: Path, adapter_name: str = "default"):

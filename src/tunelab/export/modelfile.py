@@ -1,0 +1,246 @@
+"""An Ollama Modelfile for an exported GGUF: FROM, a TEMPLATE equivalent to the run's prompt format, the
+stop tokens, and the chat template's default system prompt.
+
+Ollama templates are Go templates, while a tokenizer's chat template is Jinja; no library translates one into
+the other. Most chat templates wrap each message in a fixed prefix and suffix per role, though (ChatML,
+Llama 3, Gemma), so the format is read off the Jinja template by rendering conversations with marker texts,
+and the result is checked: the conversations rendered from the derived format must equal the tokenizer's own
+rendering. A template that does more (merging the system prompt into the first user turn, tool calls) gets
+no TEMPLATE rather than an approximate one.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.config import RunConfig
+from tunelab.data.templates import has_chat_template
+from tunelab.errors import TunelabError
+
+ROLES = ("system", "user", "assistant")
+_MARK = {role: f"\x02{role.upper()}-{i}\x03" for i, role in enumerate(ROLES)}
+
+
+class TemplateNotTranslatable(TunelabError, ValueError):
+    """A chat template that is not a fixed prefix and suffix per role, so no Ollama template equals it."""
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat template as fixed texts: `start`, then each message as prefix + content + suffix of its role,
+    then `generation_prompt` after a last message that is not the assistant's. `default_system` is the system
+    message the template adds when a conversation has none."""
+
+    start: str
+    wraps: dict[str, tuple[str, str]]
+    generation_prompt: str
+    default_system: str | None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The text this format gives a conversation, the default system message included as Ollama does
+        (it prepends the Modelfile's SYSTEM when the conversation has no system message)."""
+        if self.default_system is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.default_system}, *messages]
+        text = self.start
+        for message in messages:
+            prefix, suffix = self.wraps[message["role"]]
+            text += prefix + message["content"] + suffix
+        if add_generation_prompt and messages[-1]["role"] != "assistant":
+            text += self.generation_prompt
+        return text
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], generation: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    except Exception as error:  # the template's own checks (e.g. no system role): not a per-role format
+        raise TemplateNotTranslatable(f"the chat template refused a probe conversation: {error}") from None
+
+
+def _between(text: str, before: str | None, after: str | None) -> str:
+    start = 0 if before is None else text.index(before) + len(before)
+    end = len(text) if after is None else text.index(after, start)
+    return text[start:end]
+
+
+def _strip_suffix(text: str, suffix: str, what: str) -> str:
+    if not text.endswith(suffix):
+        raise TemplateNotTranslatable(f"{what}: {text!r} does not end with {suffix!r}")
+    return text[: len(text) - len(suffix)]
+
+
+def _strip_prefix(text: str, prefix: str, what: str) -> str:
+    if not text.startswith(prefix):
+        raise TemplateNotTranslatable(f"{what}: {text!r} does not start with {prefix!r}")
+    return text[len(prefix) :]
+
+
+def derive_chat_format(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
+    """Read the per-role texts off the tokenizer's chat template, and check them on several conversations."""
+    s, u, a = _MARK["system"], _MARK["user"], _MARK["assistant"]
+    full = _render(tokenizer, [{"role": "system", "content": s}, {"role": "user", "content": u}, *_turn(a)])
+    if any(mark not in full for mark in (s, u, a)):
+        raise TemplateNotTranslatable("the chat template drops or rewrites message contents")
+    assistant_suffix = _between(full, a, None)
+    after_user = _between(full, u, a)
+    prompt_only = _render(tokenizer, [{"role": "user", "content": u}], generation=False)
+    generation_prompt = _strip_prefix(
+        _render(tokenizer, [{"role": "user", "content": u}], generation=True), prompt_only, "generation prompt"
+    )
+    user_suffix = _strip_suffix(after_user, generation_prompt, "between a user message and the answer")
+    user_prefix = _strip_prefix(
+        _between(
+            _render(tokenizer, [{"role": "user", "content": u}, *_turn(a), {"role": "user", "content": s}]), a, s
+        ),
+        assistant_suffix,
+        "between an answer and the next user message",
+    )
+    system_suffix = _strip_suffix(_between(full, s, u), user_prefix, "between the system and the user message")
+    head = _between(full, None, s)
+    system_prefix = user_prefix.replace("user", "system")
+    start = _strip_suffix(head, system_prefix, "before the system message")
+    wraps = {
+        "system": (system_prefix, system_suffix),
+        "user": (user_prefix, user_suffix),
+        "assistant": (generation_prompt, assistant_suffix),
+    }
+    no_system_head = _between(prompt_only, None, u)
+    default_system = None
+    if no_system_head != start + user_prefix:
+        block = _strip_suffix(_strip_prefix(no_system_head, start, "the default system prompt"), user_prefix, "")
+        default_system = _strip_suffix(
+            _strip_prefix(block, system_prefix, "the default system prompt"), system_suffix, ""
+        )
+    chat = ChatFormat(start, wraps, generation_prompt, default_system)
+    _check(chat, tokenizer)
+    return chat
+
+
+def _turn(answer: str) -> list[dict]:
+    return [{"role": "assistant", "content": answer}]
+
+
+PROBES = [
+    [{"role": "user", "content": "Hello there."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}],
+    [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another,\nplease."},
+    ],
+    [
+        {"role": "system", "content": "You answer in French."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Bonjour"},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "De rien"},
+    ],
+]
+"""Conversations on which a derived format must render exactly as the chat template does."""
+
+
+def _check(chat: ChatFormat, tokenizer: PreTrainedTokenizerBase) -> None:
+    for messages in PROBES:
+        for generation in (True, False):
+            expected = _render(tokenizer, messages, generation)
+            if messages[-1]["role"] == "assistant" and generation:
+                continue  # a generation prompt after an answer is not a conversation anyone sends
+            if chat.render(messages, generation) != expected:
+                raise TemplateNotTranslatable(
+                    f"a per-role format read off the chat template renders {messages} differently from it"
+                )
+
+
+def _go(text: str) -> str:
+    """A Go template action printing `text` verbatim (JSON string escapes are valid Go string escapes), so
+    the template's own whitespace trimming never touches the texts."""
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
+
+
+def ollama_template(chat: ChatFormat) -> str:
+    """The Go template Ollama renders a conversation (.Messages) with, equal to `chat`."""
+    branches = "\n".join(
+        ("{{- if" if i == 0 else "{{- else if")
+        + f' eq .Role "{role}" }}}}{_go(prefix)}{{{{ .Content }}}}{_go(suffix)}'
+        for i, (role, (prefix, suffix)) in enumerate(chat.wraps.items())
+    )
+    lines = [
+        _go(chat.start) + "{{- range $i, $message := .Messages }}",
+        "{{- $last := eq (len (slice $.Messages $i)) 1 }}",
+        branches,
+        "{{- end }}",
+        '{{- if and $last (ne .Role "assistant") }}' + _go(chat.generation_prompt),
+        "{{- end }}",
+        "{{- end }}",
+    ]
+    return "\n".join(lines)
+
+
+def prompt_template(config: RunConfig) -> str:
+    """The Go template of a base model (no chat template): the prompt, or the run's prompt template around
+    it when that has one field, followed by the newline the model learnt to answer after."""
+    data = config.data
+    template = data.prompt_template if data is not None else None
+    if template:
+        before, field, after = _one_field(template)
+        if field is not None:
+            return _go(before) + "{{ .Prompt }}" + _go(after + "\n")
+    return "{{ .Prompt }}" + _go("\n")
+
+
+def _one_field(template: str) -> tuple[str, str | None, str]:
+    """('Summarise:\\n', 'dialogue', '') for 'Summarise:\\n{dialogue}'; (..., None, ...) unless exactly one field."""
+    parts = list(string.Formatter().parse(template))
+    fields = [name for _, name, _, _ in parts if name]
+    if len(fields) != 1:
+        return "", None, ""
+    text = template.replace("{{", "{").replace("}}", "}")
+    marker = "{" + fields[0] + "}"
+    before, _, after = text.partition(marker)
+    return before, fields[0], after
+
+
+def stop_tokens(tokenizer: PreTrainedTokenizerBase, generation_eos: list[int], chat: ChatFormat | None) -> list[str]:
+    """Every text that ends an answer: the EOS token(s) and the special token closing an assistant turn."""
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in generation_eos]
+    if tokenizer.eos_token:
+        stops.append(tokenizer.eos_token)
+    if chat is not None:
+        closing = chat.wraps["assistant"][1].strip()
+        if closing and closing in tokenizer.get_vocab():
+            stops.append(closing)
+    return list(dict.fromkeys(stop for stop in stops if stop))
+
+
+def _quoted(text: str) -> str:
+    if '"""' in text:
+        raise TemplateNotTranslatable('the text holds """, which a Modelfile cannot quote')
+    return f'"""{text}"""'
+
+
+def render_modelfile(
+    gguf_name: str, tokenizer: PreTrainedTokenizerBase, config: RunConfig, generation_eos: list[int]
+) -> str:
+    """The Modelfile beside `gguf_name`: FROM, TEMPLATE, SYSTEM (the chat template's default) and stops.
+
+    A chat template with no per-role equivalent gets no TEMPLATE line but a comment saying why: Ollama then
+    falls back on the chat template the GGUF carries, which it matches against the templates it knows."""
+    chat, untranslatable = None, None
+    if has_chat_template(tokenizer):
+        try:
+            chat = derive_chat_format(tokenizer)
+        except TemplateNotTranslatable as error:
+            untranslatable = " ".join(str(error).split())
+    lines = [f"FROM ./{gguf_name}"]
+    if untranslatable is not None:
+        lines.append(f"# TEMPLATE left out, the chat template has no Go equivalent here ({untranslatable})")
+    else:
+        lines.append(f"TEMPLATE {_quoted(ollama_template(chat) if chat is not None else prompt_template(config))}")
+    if chat is not None and chat.default_system is not None:
+        lines.append(f"SYSTEM {_quoted(chat.default_system)}")
+    lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stop_tokens(tokenizer, generation_eos, chat)]
+    return "\n".join(lines) + "\n"

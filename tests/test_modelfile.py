@@ -1,0 +1,112 @@
+"""The Ollama Modelfile's template, read off chat templates of the common families (tiny tokenizer, no model),
+and rendered by Go's own text/template against the tokenizer's Jinja rendering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from tunelab.config import build_config
+from tunelab.export.modelfile import (
+    PROBES,
+    TemplateNotTranslatable,
+    derive_chat_format,
+    ollama_template,
+    render_modelfile,
+)
+
+CHATML_WITH_DEFAULT_SYSTEM = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{{ '<|begin_of_text|>' }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+GEMMA_IT = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+GO = Path(sys.executable).parent / "go"
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    def with_template(template: str):
+        loaded = AutoTokenizer.from_pretrained(tokenizer_dir)
+        loaded.chat_template = template
+        return loaded
+
+    return with_template
+
+
+def chat_config():
+    data = {"train": "train.jsonl", "prompt_template": "Summarise:\n{dialogue}", "response_field": "summary"}
+    return build_config(
+        {"name": "chat", "task_type": "causal_lm", "model": {"name": "smollm2-135m-instruct"}, "data": data}
+    )
+
+
+def go_render(template: str, conversations: list[list[dict]], system: str | None) -> list[str]:
+    """Render as Ollama does: its SYSTEM is prepended to a conversation that has no system message."""
+    cases = [
+        {"Messages": ([] if c[0]["role"] == "system" or system is None else [{"Role": "system", "Content": system}])
+         + [{"Role": m["role"], "Content": m["content"]} for m in c]}
+        for c in conversations
+    ]  # fmt: skip
+    done = subprocess.run(
+        [str(GO), "run", str(Path(__file__).parent / "ollama" / "render.go")],
+        input=json.dumps({"template": template, "cases": cases}), capture_output=True, text=True, check=True,
+        timeout=600,
+    )  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def test_chatml_with_a_default_system_prompt_is_read_as_prefixes_suffixes_and_a_system_line(tokenizer):
+    chat = derive_chat_format(tokenizer(CHATML_WITH_DEFAULT_SYSTEM))
+    assert chat.start == ""
+    assert chat.wraps["user"] == ("<|im_start|>user\n", "<|im_end|>\n")
+    assert chat.generation_prompt == "<|im_start|>assistant\n"
+    assert chat.default_system == "You are a helpful assistant."
+
+
+def test_llama3_and_chatml_templates_render_in_go_as_in_jinja(tokenizer):
+    conversations = [*PROBES, [{"role": "user", "content": 'Quotes ", braces {{ x }} and a\nnewline'}]]
+    for template in (LLAMA3, CHATML_WITH_DEFAULT_SYSTEM):
+        jinja = tokenizer(template)
+        chat = derive_chat_format(jinja)
+        expected = [
+            jinja.apply_chat_template(c, tokenize=False, add_generation_prompt=c[-1]["role"] != "assistant")
+            for c in conversations
+        ]
+        assert go_render(ollama_template(chat), conversations, chat.default_system) == expected
+
+
+def test_a_template_that_folds_the_system_prompt_into_the_first_turn_is_not_approximated(tokenizer):
+    gemma = tokenizer(GEMMA_IT)
+    with pytest.raises(TemplateNotTranslatable):
+        derive_chat_format(gemma)
+    modelfile = render_modelfile("chat-f16.gguf", gemma, chat_config(), [])
+    assert "TEMPLATE" not in modelfile.replace("# TEMPLATE left out", "")
+    assert modelfile.startswith("FROM ./chat-f16.gguf\n# TEMPLATE left out")
+
+
+def test_the_modelfile_names_every_end_token_once(tokenizer):
+    chatml = tokenizer(CHATML_WITH_DEFAULT_SYSTEM)
+    chatml.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    eos_id = chatml.convert_tokens_to_ids("<|im_end|>")
+    modelfile = render_modelfile("chat-f16.gguf", chatml, chat_config(), [eos_id, chatml.sep_token_id])
+    stops = [json.loads(line.split(" ", 2)[2]) for line in modelfile.splitlines() if line.startswith("PARAMETER stop")]
+    assert stops == ["<|im_end|>", "[SEP]"]
+    assert 'SYSTEM """You are a helpful assistant."""' in modelfile
