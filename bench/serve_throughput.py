@@ -25,18 +25,7 @@ from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from serving import free_port, running_server, short_lora_run  # noqa: E402  (the tests' server starter, shared)
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three colours.",
-    "Say hello in French.",
-    "What is 2 + 2?",
-    "Name an animal that can fly.",
-    "Summarise: the meeting moved to Friday.",
-    "Give a synonym for happy.",
-    "What do bees make?",
-]
+from serving import CHAT_PROMPTS, free_port, running_server, short_lora_run  # noqa: E402  (the tests', shared)
 
 
 def train_runs(folder: Path, count: int) -> list[Path]:
@@ -55,7 +44,7 @@ def load(url: str, model: str, concurrency: int, requests: int, max_tokens: int,
             model=model,
             max_tokens=max_tokens,
             temperature=0,
-            messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            messages=[{"role": "user", "content": CHAT_PROMPTS[i % len(CHAT_PROMPTS)]}],
         )
         return time.perf_counter() - started, reply.usage.completion_tokens if reply.usage else 0
 
