@@ -80,44 +80,47 @@ def _strip_prefix(text: str, prefix: str, what: str) -> str:
 
 
 def derive_chat_format(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
-    """Read the per-role texts off the tokenizer's chat template, and check them on several conversations."""
+    """Read the per-role texts off the tokenizer's chat template, and check them on several conversations.
+
+    Conversations of marker texts are rendered and cut at the markers: the text after the last answer is the
+    assistant suffix; the generation prompt is what `add_generation_prompt` appends (and the assistant prefix);
+    the user prefix sits between an answer's suffix and the next user message; the system prefix is the user
+    prefix with the role name swapped (how role-tagged formats write it; `_check` catches any other)."""
     s, u, a = _MARK["system"], _MARK["user"], _MARK["assistant"]
-    full = _render(tokenizer, [{"role": "system", "content": s}, {"role": "user", "content": u}, *_turn(a)])
+    user = {"role": "user", "content": u}
+    full = _render(tokenizer, [{"role": "system", "content": s}, user, *_turn(a)])
     if any(mark not in full for mark in (s, u, a)):
         raise TemplateNotTranslatable("the chat template drops or rewrites message contents")
     assistant_suffix = _between(full, a, None)
-    after_user = _between(full, u, a)
-    prompt_only = _render(tokenizer, [{"role": "user", "content": u}], generation=False)
-    generation_prompt = _strip_prefix(
-        _render(tokenizer, [{"role": "user", "content": u}], generation=True), prompt_only, "generation prompt"
-    )
-    user_suffix = _strip_suffix(after_user, generation_prompt, "between a user message and the answer")
+    prompt_only = _render(tokenizer, [user], generation=False)
+    generation_prompt = _strip_prefix(_render(tokenizer, [user], generation=True), prompt_only, "generation prompt")
+    user_suffix = _strip_suffix(_between(full, u, a), generation_prompt, "between a user message and the answer")
+    two_turns = _render(tokenizer, [user, *_turn(a), {"role": "user", "content": s}])
     user_prefix = _strip_prefix(
-        _between(
-            _render(tokenizer, [{"role": "user", "content": u}, *_turn(a), {"role": "user", "content": s}]), a, s
-        ),
-        assistant_suffix,
-        "between an answer and the next user message",
+        _between(two_turns, a, s), assistant_suffix, "between an answer and the next user turn"
     )
     system_suffix = _strip_suffix(_between(full, s, u), user_prefix, "between the system and the user message")
-    head = _between(full, None, s)
     system_prefix = user_prefix.replace("user", "system")
-    start = _strip_suffix(head, system_prefix, "before the system message")
+    start = _strip_suffix(_between(full, None, s), system_prefix, "before the system message")
     wraps = {
         "system": (system_prefix, system_suffix),
         "user": (user_prefix, user_suffix),
         "assistant": (generation_prompt, assistant_suffix),
     }
-    no_system_head = _between(prompt_only, None, u)
-    default_system = None
-    if no_system_head != start + user_prefix:
-        block = _strip_suffix(_strip_prefix(no_system_head, start, "the default system prompt"), user_prefix, "")
-        default_system = _strip_suffix(
-            _strip_prefix(block, system_prefix, "the default system prompt"), system_suffix, ""
-        )
-    chat = ChatFormat(start, wraps, generation_prompt, default_system)
+    chat = ChatFormat(start, wraps, generation_prompt, _default_system(_between(prompt_only, None, u), wraps, start))
     _check(chat, tokenizer)
     return chat
+
+
+def _default_system(head: str, wraps: dict[str, tuple[str, str]], start: str) -> str | None:
+    """The system message a template writes before a conversation that has none (`head`: the text before the
+    first user message of such a conversation), or None."""
+    (system_prefix, system_suffix), user_prefix = wraps["system"], wraps["user"][0]
+    if head == start + user_prefix:
+        return None
+    what = "the text a conversation without a system message starts with"
+    block = _strip_suffix(_strip_prefix(head, start, what), user_prefix, what)
+    return _strip_suffix(_strip_prefix(block, system_prefix, what), system_suffix, what)
 
 
 def _turn(answer: str) -> list[dict]:
