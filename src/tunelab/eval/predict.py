@@ -5,10 +5,12 @@ Batching (length-sorted, left-padded for decoders) lives in `tunelab.eval.genera
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tunelab.config import RunConfig
+from tunelab.config import DataConfig, RunConfig
 from tunelab.data.encode import encode
 from tunelab.data.readers import Record
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
@@ -24,12 +26,35 @@ def classify(
 ) -> list[dict]:
     """For each record: the predicted label and the probability of every label."""
     model.eval()
-    examples = encode("classification", records, tokenizer, config.data, with_target=False).examples
     device = next(model.parameters()).device
+    return classify_with(
+        lambda batch: model(**batch).logits,
+        tokenizer,
+        records,
+        config.data,
+        config.training.eval_batch_size,
+        labels,
+        device,
+    )
+
+
+@torch.inference_mode()
+def classify_with(
+    logits: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[Record],
+    data: DataConfig,
+    batch_size: int,
+    labels: list[str],
+    device: torch.device | str = "cpu",
+) -> list[dict]:
+    """`classify` for any engine that turns a padded batch into logits (PyTorch, or onnxruntime on an export):
+    the same encoding, length-sorted batches and scores, so every engine writes the same rows."""
+    examples = encode("classification", records, tokenizer, data, with_target=False).examples
     results: list[dict] = [{}] * len(examples)
-    for indices in batches_by_length([e["input_ids"] for e in examples], config.training.eval_batch_size):
+    for indices in batches_by_length([e["input_ids"] for e in examples], batch_size):
         batch = pad_batch([examples[i] for i in indices], tokenizer.pad_token_id, left=False, device=device)
-        probabilities = model(**batch).logits.float().softmax(-1).cpu()
+        probabilities = logits(batch).float().softmax(-1).cpu()
         for i, row in zip(indices, probabilities):
             results[i] = {
                 "label": labels[int(row.argmax())],

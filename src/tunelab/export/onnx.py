@@ -29,7 +29,8 @@ import torch
 from tunelab.data.encode import encode
 from tunelab.data.readers import Record
 from tunelab.data.taskset import task_specs
-from tunelab.eval.generate import batches_by_length, pad_batch
+from tunelab.eval.generate import pad_batch
+from tunelab.eval.predict import classify_with
 from tunelab.eval.runner import input_limit, skip_reason
 from tunelab.eval.targets import Target, trained_target
 from tunelab.export import ExportError
@@ -181,17 +182,14 @@ class OnnxClassifier:
     def classify(self, records: list[Record]) -> list[dict]:
         """For each record: the predicted label and the probability of every label."""
         data = self.spec.data_config(self.max_length)
-        examples = encode("classification", records, self.tokenizer, data, with_target=False).examples
-        results: list[dict] = [{}] * len(examples)
-        for indices in batches_by_length([e["input_ids"] for e in examples], self.batch_size):
-            batch = pad_batch([examples[i] for i in indices], self.tokenizer.pad_token_id, left=False, device="cpu")
-            probabilities = torch.from_numpy(self.logits(batch)).float().softmax(-1)
-            for i, row in zip(indices, probabilities):
-                results[i] = {
-                    "label": self.labels[int(row.argmax())],
-                    "scores": {label: round(float(p), 6) for label, p in zip(self.labels, row)},
-                }
-        return results
+        return classify_with(
+            lambda batch: torch.from_numpy(self.logits(batch)),
+            self.tokenizer,
+            records,
+            data,
+            self.batch_size,
+            self.labels,
+        )
 
 
 def predict_onnx(folder: Path, input_path: str, output_path: str, task: str | None = None) -> int:
