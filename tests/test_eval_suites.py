@@ -4,6 +4,7 @@ real datasets in ../shared/data (read in place)."""
 from __future__ import annotations
 
 import json
+import string
 
 import pytest
 import torch
@@ -55,18 +56,104 @@ def classifier_run(tiny_encoder, tmp_path_factory):
 # --- task files ---------------------------------------------------------------------------------------
 
 
+SUPERGLUE = ["superglue_boolq", "superglue_cb", "superglue_copa", "superglue_wic", "superglue_wsc"]
+
+
+def _placeholder_values(template: str, fields: dict) -> list[str]:
+    """The text each placeholder of `template` takes from `fields` (`{a}` or `{a[b]}`), found independently of
+    the renderer under test."""
+    values = []
+    for _, placeholder, _, _ in string.Formatter().parse(template):
+        if placeholder:
+            name, *keys = placeholder.replace("]", "").split("[")
+            value = fields[name]
+            for key in keys:
+                value = value[key]
+            values.append(" ".join(map(str, value)) if isinstance(value, list) else str(value).strip())
+    return values
+
+
 def test_every_builtin_task_loads_and_renders_every_template():
-    assert {"sst2", "rte", "cola", "dialogsum", "multi30k_de_en", "conll2003", "squad_mini"} <= set(builtin_tasks())
+    expected = {"sst2", "rte", "cola", "dialogsum", "multi30k_de_en", "conll2003", "squad_mini", "imdb", "xsum"}
+    assert expected | {"alpaca", *SUPERGLUE} <= set(builtin_tasks())
     for name in builtin_tasks():
         spec = load_task(name)
         records = load_records(spec, limit=2)
         assert len(records) == 2
         if spec.kind != "language_modeling":
             assert len(spec.templates) >= 3, name
-            for template in spec.templates:
+            for i, template in enumerate(spec.templates):
                 assert set(template_fields(template)) <= set(records[0].fields), (name, template)
-            assert all(spec.prompt(records[0], i) for i in range(len(spec.templates)))
+                prompt = spec.prompt(records[0], i)
+                assert all(value in prompt for value in _placeholder_values(template, records[0].fields)), (name, i)
             assert spec.target(records[0])
+        if spec.kind == "classification":
+            assert all(spec.label_of(r) in spec.label_words for r in records)
+            assert spec.stop and spec.primary_metric in ("accuracy", "f1_macro", "mcc"), name
+
+
+def test_superglue_tasks_are_scored_with_their_official_metrics_on_the_official_validation_sets():
+    sizes = {"superglue_boolq": 3270, "superglue_cb": 56, "superglue_copa": 100, "superglue_wic": 638}
+    for name, rows in {**sizes, "superglue_wsc": 104}.items():
+        spec = load_task(name)
+        assert len(load_records(spec)) == rows, name
+        assert spec.metrics == (["f1_macro", "accuracy"] if name == "superglue_cb" else ["accuracy"]), name
+    copa = load_task("superglue_copa")
+    record = load_records(copa, limit=1)[0]
+    assert copa.target(record) == str(record.fields["label"] + 1)  # answers are "1" or "2", the choice's number
+
+
+def test_wsc_templates_reach_inside_the_target_mapping():
+    spec = load_task("superglue_wsc")
+    record = load_records(spec, limit=1)[0]
+    span1, span2 = record.fields["target"]["span1_text"], record.fields["target"]["span2_text"]
+    for i in range(len(spec.templates)):
+        prompt = spec.prompt(record, i)
+        assert f'"{span1}"' in prompt and f'"{span2}"' in prompt and "span1_text" not in prompt
+
+
+def test_alpaca_scores_held_out_instructions_never_trained_on():
+    spec = load_task("alpaca")
+    test, train = load_records(spec), load_records(spec, split=spec.train_split)
+    validation = load_records(spec, split=spec.validation_split)
+    assert (len(train), len(validation), len(test)) == (4400, 100, 500)
+    lines = [{r.where for r in split} for split in (train, validation, test)]
+    assert not (lines[0] & lines[1] or lines[0] & lines[2] or lines[1] & lines[2])
+    assert spec.metrics == ["rougeL", "reference_perplexity"]
+    no_input = next(r for r in test if not r.fields["input"])
+    assert spec.prompt(no_input) == no_input.fields["instruction"].strip()  # no dangling blank lines
+
+
+def test_a_task_whose_slices_share_rows_is_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "name: t\nkind: generation\nsource: alpaca\nsplit: 'train[4000:]'\ntrain_split: 'train[:4500]'\n"
+        "templates: ['{instruction}']\nreference_field: output\n"
+    )
+    with pytest.raises(TaskError, match=r"split train\[4000:\] and train_split train\[:4500\] share rows"):
+        load_task(str(path))
+
+
+def _task_over(folder, lines: str, task: str):
+    """A task file `t` over a test split of the given JSON lines, both written into `folder`."""
+    (folder / "test.jsonl").write_text(lines)
+    (folder / "t.yaml").write_text(f"name: t\nsource: {folder}\n{task}")
+    return load_task(str(folder / "t.yaml"))
+
+
+def test_a_template_key_the_record_lacks_is_an_error_naming_the_record(tmp_path):
+    spec = _task_over(
+        tmp_path,
+        '{"text": "a", "target": {"span1_text": "x"}}\n{"text": "b", "target": "y"}\n',
+        "kind: generation\ntemplates: ['{text} {target[span2_text]}']\nreference_field: text\n",
+    )
+    first, second = load_records(spec)
+    with pytest.raises(ValueError, match=r"test.jsonl:1: task t: the template reads 'span2_text'"):
+        spec.prompt(first)
+    with pytest.raises(ValueError, match=r"test.jsonl:2: task t: the template reads a key of a field that holds text"):
+        spec.prompt(second)
+    with pytest.raises(ValueError, match="must name a record field"):
+        template_fields("{target.span1_text}")
 
 
 def test_records_are_a_seeded_draw_the_same_for_every_model():
@@ -101,15 +188,12 @@ def test_bad_task_file_names_the_key(tmp_path):
 
 
 def test_a_label_missing_from_label_words_is_an_error_naming_the_record(tmp_path):
-    (tmp_path / "test.jsonl").write_text(
-        '{"text": "fine", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n'
+    spec = _task_over(
+        tmp_path,
+        '{"text": "fine", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n',
+        "kind: classification\ntemplates: ['{text}']\ninput_fields: [text]\n"
+        "label_words: {positive: [positive], negative: [negative]}\n",
     )
-    path = tmp_path / "t.yaml"
-    path.write_text(
-        f"name: t\nkind: classification\nsource: {tmp_path}\ntemplates: ['{{text}}']\ninput_fields: [text]\n"
-        "label_words: {positive: [positive], negative: [negative]}\n"
-    )
-    spec = load_task(str(path))
     with pytest.raises(ValueError, match=r"test.jsonl:2.*'neutral'"):
         [spec.label_of(r) for r in load_records(spec)]
 
@@ -163,7 +247,17 @@ def test_perplexity_sliding_window_scores_every_token_once(decoder_target):
 
 def test_retention_suite_runs_every_task_kind_on_a_decoder(decoder_target):
     report, results = run_suite(decoder_target, load_suite("retention"), limit=3, samples=50)
-    assert set(report["tasks"]) == {"squad_mini", "dialogsum", "conll2003", "rte", "multi30k_de_en", "wiki_paragraphs"}
+    assert set(report["tasks"]) == {
+        "squad_mini",
+        "dialogsum",
+        "conll2003",
+        "rte",
+        "superglue_boolq",
+        "superglue_copa",
+        "multi30k_de_en",
+        "xsum",
+        "wiki_paragraphs",
+    }
     for name, task in report["tasks"].items():
         assert "skipped" not in task, name
         for interval in task["metrics"].values():
@@ -175,6 +269,15 @@ def test_retention_suite_runs_every_task_kind_on_a_decoder(decoder_target):
     assert report["tasks"]["rte"]["metrics"]["accuracy"]["value"] == pytest.approx(expected)
 
 
+def test_superglue_mini_scores_all_five_tasks_zero_shot_on_a_decoder(decoder_target):
+    report, results = run_suite(decoder_target, load_suite("superglue-mini"), limit=3, samples=50)
+    assert list(report["tasks"]) == SUPERGLUE
+    assert set(report["tasks"]["superglue_cb"]["metrics"]) == {"f1_macro", "accuracy"}
+    assert report["average"]["over"] == {name: load_task(name).primary_metric for name in SUPERGLUE}
+    copa = results["superglue_copa"]
+    assert all(p in (None, "0", "1") for p in copa.predictions) and set(copa.references) <= {"0", "1"}
+
+
 def test_a_classifier_is_scored_only_on_tasks_with_its_labels(classifier_run):
     target = load_target(str(classifier_run.path), batch_size=8)
     report, results = run_suite(target, load_suite("glue-mini"), limit=8, samples=50)
@@ -183,6 +286,13 @@ def test_a_classifier_is_scored_only_on_tasks_with_its_labels(classifier_run):
     assert report["average"]["over"] == {"sst2": "accuracy"}
     sst2 = results["sst2"]
     assert all(p in ("positive", "negative") for p in sst2.predictions)
+
+
+def test_tasks_list_shows_every_task_and_suite(capsys):
+    assert main(["tasks", "list"]) == 0
+    shown = capsys.readouterr().out
+    assert all(f"\n{name} " in f"\n{shown}" for name in builtin_tasks())
+    assert "superglue-mini   superglue_boolq (100), superglue_cb (all)" in shown
 
 
 def test_eval_cli_writes_the_suite_report(classifier_run, tmp_path, capsys):
@@ -201,7 +311,7 @@ def test_eval_cli_writes_the_suite_report(classifier_run, tmp_path, capsys):
 
 def _result(spec, predictions, references) -> TaskResult:
     result = TaskResult(spec.name, spec.kind, len(predictions), predictions=predictions, references=references)
-    result.scores = score(spec, predictions, references, samples=200)
+    result.scores = score(spec, result, samples=200)
     return result
 
 
@@ -252,7 +362,7 @@ def test_training_with_a_retention_suite_puts_the_forgetting_table_in_the_card(t
     config.eval.retention_suite, config.eval.retention_limit = "retention", 2
     run = pipeline.train(config)
     report = json.loads((run.path / "eval" / "forgetting-retention.json").read_text())
-    assert len(report["tasks"]) == 6
+    assert len(report["tasks"]) == len(load_suite("retention").tasks) == 9
     card = (run.path / "README.md").read_text()
     assert "## Forgetting (retention suite)" in card and "wiki_paragraphs" in card
 

@@ -157,11 +157,17 @@ def _cmd_bias(args) -> None:
 
 
 def _cmd_tasks_list(args) -> None:
-    from tunelab.tasks import builtin_tasks, load_task
+    from tunelab.eval.suites import load_suite
+    from tunelab.tasks import builtin_suites, builtin_tasks, load_task
 
     for name in builtin_tasks():
         spec = load_task(name)
         print(f"{spec.name:16} {spec.kind:18} {spec.primary_metric:12} {spec.description}")
+    print("\nsuites (tunelab eval TARGET --suite NAME):")
+    for name in builtin_suites():
+        suite = load_suite(name)
+        tasks = ", ".join(f"{e.task} ({e.limit or 'all'})" for e in suite.tasks)
+        print(f"{suite.name:16} {tasks}")
 
 
 def _cmd_tasks_show(args) -> None:
@@ -420,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = commands.add_parser("tasks", help="built-in tasks (instruction templates, data, metric)").add_subparsers(
         dest="tasks_command", required=True
     )
-    tasks.add_parser("list", help="every built-in task with its kind and metric").set_defaults(func=_cmd_tasks_list)
+    tasks.add_parser("list", help="every built-in task with its kind and metric, and the suites").set_defaults(
+        func=_cmd_tasks_list
+    )
     show = tasks.add_parser("show", help="a task's settings and two formatted examples")
     show.add_argument("name")
     show.add_argument("--template", type=int, default=0, help="which instruction template to render")

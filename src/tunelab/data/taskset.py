@@ -79,7 +79,7 @@ def _trained_task(entry: MixtureTask, config: RunConfig, notes: list[str]) -> Tr
             f"task {spec.name} cannot be trained on ({exc}); list it under mixture.eval_only instead"
         ) from None
     try:
-        validation = load_records(spec, mixture.validation_examples, seed, split="validation")
+        validation = load_records(spec, mixture.validation_examples, seed, split=spec.validation_split)
     except TaskError:
         validation = []
         notes.append(f"task {spec.name} has no validation split; no validation loss for it")

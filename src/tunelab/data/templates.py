@@ -12,13 +12,13 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, fill_template
 
 
 def render_prompt(fields: dict[str, Any], data: DataConfig) -> str:
     """The prompt text for one record."""
     if data.prompt_template:
-        return data.prompt_template.format(**{k: str(v) for k, v in fields.items()})
+        return fill_template(data.prompt_template, fields)
     return str(fields[data.prompt_field])
 
 

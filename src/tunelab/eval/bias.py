@@ -78,8 +78,10 @@ def _attribute_row(
         "groups": {g: r.scores[metric.name].as_dict() for g, r in results.items()},
         "example": {g: counterfactual_records(records[:1], spec, attribute, g)[0].fields for g in (first, second)},
     }
+    predictions_a, references_a = a.metric_inputs(metric.name)
+    predictions_b, references_b = b.metric_inputs(metric.name)
     gap = paired_bootstrap(
-        metric, a.predictions, b.predictions, a.references, samples=samples, seed=seed, references_b=b.references
+        metric, predictions_a, predictions_b, references_a, samples=samples, seed=seed, references_b=references_b
     )
     if spec.kind == "classification":
         agreement = bootstrap_ci(

@@ -31,7 +31,9 @@ def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int
     if base.skipped or tuned.skipped:
         return {"kind": spec.kind, "examples": base.examples, "skipped": base.skipped or tuned.skipped}
     metric = get_metric(spec.primary_metric)
-    change = paired_bootstrap(metric, base.predictions, tuned.predictions, base.references, samples=samples, seed=seed)
+    base_predictions, references = base.metric_inputs(metric.name)
+    tuned_predictions, _ = tuned.metric_inputs(metric.name)
+    change = paired_bootstrap(metric, base_predictions, tuned_predictions, references, samples=samples, seed=seed)
     significant = change.low > 0 or change.high < 0
     worse = change.value < 0 if metric.higher_is_better else change.value > 0
     row = {

@@ -9,11 +9,13 @@ Who computes what:
 - seqeval: entity-level precision, recall and F1 for IOB2-tagged NER
   (conlleval-compatible default mode).
 - tunelab (written here): SQuAD exact match and token F1, following the official
-  SQuAD v1.1 evaluation script, and perplexity as exp of the token-weighted mean NLL.
+  SQuAD v1.1 evaluation script, and perplexity as exp of the token-weighted mean NLL (of a text, or of each
+  record's reference answer given its prompt: reference perplexity).
 
 Every bounded metric is reported on a 0-100 scale (accuracy 87.5, F1 x100, MCC
 x100, ROUGE x100, BLEU/chrF as sacrebleu gives them); perplexity is raw. Each
-metric takes (predictions, references) and returns one corpus-level float.
+metric takes (predictions, references) and returns one corpus-level float; `Metric.reads` says which of a
+task result's inputs those are.
 `Metric.per_example` is set only when the corpus score is exactly the mean of
 per-example scores, which lets the bootstrap resample those scores cheaply.
 """
@@ -28,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -60,6 +62,11 @@ class Metric:
     from_confusion: Callable[[np.ndarray], np.ndarray] | None = None
     """For label metrics: the metric of many confusion matrices at once ([resamples, references, predictions], see
     `confusion_columns`), so a bootstrap counts instead of calling scikit-learn per resample (same values, tested)."""
+    reads: Literal["answers", "reference_nll"] = "answers"
+    """What the metric scores. "answers": the task's predictions (parsed model answers, or a language-modelling
+    text's (nll, tokens) pairs) against its references. "reference_nll": the (nll, tokens) pairs of the reference
+    answers given their prompts, which no generated answer yields; one task can report both kinds (ROUGE-L of
+    its answers beside the perplexity of its references), so each metric names its own inputs."""
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -432,6 +439,15 @@ METRICS: dict[str, Metric] = {
         Metric("entity_recall", entity_recall, None, True, "seqeval", "entity-level recall"),
         Metric("entity_f1", entity_f1, None, True, "seqeval", "entity-level F1"),
         Metric("perplexity", perplexity, None, False, "tunelab", "exp of token-weighted mean NLL"),
+        Metric(
+            "reference_perplexity",
+            perplexity,
+            None,
+            False,
+            "tunelab",
+            "exp of token-weighted mean NLL of the reference answers given their prompts",
+            reads="reference_nll",
+        ),
     )
 }
 

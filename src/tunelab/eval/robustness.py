@@ -45,12 +45,13 @@ def robustness_report(
     clean = run_task(target, spec, records, samples, seed)
     if clean.skipped:
         raise TaskError(f"cannot test {target.name} on {spec.name}: {clean.skipped}")
+    clean_predictions, references = clean.metric_inputs(metric.name)
     rows = {}
     for name in perturbations:
         print(f"robustness: {spec.name} with {name} ...", flush=True)
         noisy = run_task(target, spec, perturbed_records(records, spec, name, severity, seed), samples, seed)
         change = paired_bootstrap(
-            metric, clean.predictions, noisy.predictions, clean.references, samples=samples, seed=seed
+            metric, clean_predictions, noisy.metric_inputs(metric.name)[0], references, samples=samples, seed=seed
         )
         rows[name] = {
             "score": noisy.scores[metric.name].as_dict(),

@@ -2,7 +2,8 @@
 
 Every report (suites, forgetting, robustness, bias) is built from `run_task`, so a metric means the same
 thing everywhere. The result keeps the parsed predictions and references, which is what paired comparisons
-(base vs tuned, clean vs perturbed) resample.
+(base vs tuned, clean vs perturbed) resample, and, when a metric asks for it, the NLL of each reference answer
+given its prompt (`reference_perplexity`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunelab.config import RunConfig, TrainingConfig
-from tunelab.data.encode import decoder_prompt_ids
+from tunelab.config import DataConfig, RunConfig, TrainingConfig
+from tunelab.data.encode import IGNORE_INDEX, decoder_prompt_ids, encode
 from tunelab.data.readers import Record
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
-from tunelab.eval.generate import generate_texts
-from tunelab.eval.metrics import get_metric, match_label, unmatched_share
+from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
+from tunelab.eval.metrics import MetricError, get_metric, match_label, unmatched_share
 from tunelab.eval.predict import classify
 from tunelab.eval.targets import Target, TargetError
 from tunelab.tasks import TaskSpec, parse_entities
@@ -38,6 +39,16 @@ class TaskResult:
     """Generative classification: share (0-100) of answers that named no label."""
     skipped: str | None = None
     """Why the target cannot do this task; no scores then."""
+    reference_nll: list[tuple[float, int]] = field(default_factory=list)
+    """Each reference answer's summed NLL given its prompt and its token count; computed only when a metric of
+    the task reads it (a forward pass over every record)."""
+
+    def metric_inputs(self, name: str) -> tuple[list, list]:
+        """The (predictions, references) metric `name` scores: the parsed answers and their references, or the
+        reference answers' (nll, tokens) pairs, which need no references."""
+        if get_metric(name).reads == "reference_nll":
+            return self.reference_nll, [None] * len(self.reference_nll)
+        return self.predictions, self.references
 
     def as_dict(self) -> dict:
         result = {"kind": self.kind, "examples": self.examples}
@@ -49,10 +60,25 @@ class TaskResult:
         return result
 
 
+REFERENCE_KINDS = ("generation", "summarisation", "translation", "qa")
+"""Task kinds whose reference answers `reference_perplexity` scores: free text a generator is trained to give."""
+
+REFERENCE_LOGITS = 64 * 2**20
+"""Most logits one reference-NLL forward may hold (256 MiB in fp32): the batch shrinks below the target's batch
+size when its longest example times the vocabulary would exceed it (Gemma's vocabulary has 262k tokens)."""
+
+
+def reads_reference_nll(spec: TaskSpec) -> bool:
+    """Whether a metric of the task scores the reference answers' NLL (which costs a forward pass per record)."""
+    return any(get_metric(name).reads == "reference_nll" for name in spec.metrics)
+
+
 def skip_reason(target: Target, spec: TaskSpec) -> str | None:
     """Why `target` cannot be scored on `spec`, or None when it can."""
     if target.unavailable:
         return target.unavailable
+    if not target.generates and reads_reference_nll(spec):
+        return f"{target.name} is a classifier; it gives no probability to a reference answer's tokens"
     if target.generates and spec.kind != "language_modeling" and not spec.templates:
         return f"task {spec.name} has no instruction template, so a generating model cannot be asked it"
     if not target.generates:
@@ -128,6 +154,67 @@ def _nll_pairs(target: Target, spec: TaskSpec, records: list[Record]) -> list[tu
     return [_text_nll(target, str(r.fields[spec.text_field]), window, max(1, window // 2)) for r in records]
 
 
+def _reference_examples(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
+    """Prompt and answer ids with the prompt masked in the labels, tokenised by training's own encoder (chat
+    template or prompt + newline, answer + EOS, the same truncation), so the NLL is what the training loss measures.
+    The answer keeps at most half the input limit, so a prompt always has room."""
+    limit = input_limit(target, spec)
+    data = DataConfig(prompt_field="prompt", response_field="target", max_length=limit)
+    data = data.model_copy(update={"max_target_length": min(data.max_target_length, limit // 2)})
+    return encode(target.task, [spec.instruction(r) for r in records], target.tokenizer, data).examples
+
+
+def _padded_labels(examples: list[dict], device) -> torch.Tensor:
+    """The examples' labels, right-padded with IGNORE_INDEX to the longest."""
+    width = max(len(e["labels"]) for e in examples)
+    return torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in examples], device=device)
+
+
+def _batch_nll(target: Target, examples: list[dict]) -> list[tuple[float, int]]:
+    """Summed NLL of each example's answer tokens (labels other than IGNORE_INDEX) and their count, in one forward.
+
+    Decoders are padded on the right, so every token keeps its position, and project onto the vocabulary only
+    the columns from the earliest answer on (`logits_to_keep`); the logits are aligned from the right, which also
+    holds when a prompt-learning method prepends virtual tokens.
+    """
+    device = next(target.model.parameters()).device
+    batch = pad_batch(examples, target.tokenizer.pad_token_id, left=False, device=device)
+    labels = _padded_labels(examples, device)
+    if target.task == "causal_lm":
+        width = labels.shape[1]
+        keep = width - int((labels != IGNORE_INDEX).int().argmax(dim=1).min()) + 1
+        logits = target.model(**batch, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1]
+        gold = labels[:, width - keep + 1 :]
+    else:
+        logits, gold = target.model(**batch, labels=labels, use_cache=False).logits, labels
+    pairs = []
+    for row_logits, row_gold in zip(logits, gold):
+        scored = row_gold != IGNORE_INDEX
+        log_probs = row_logits[scored].float().log_softmax(-1).gather(-1, row_gold[scored].unsqueeze(-1))
+        pairs.append((-float(log_probs.sum()), int(scored.sum())))
+    return pairs
+
+
+@torch.inference_mode()
+def reference_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
+    """Each record's reference answer (`spec.target`) scored as a continuation of its prompt: the summed NLL of
+    its tokens and their count, in length-sorted batches (results in record order)."""
+    if spec.kind not in REFERENCE_KINDS:
+        raise MetricError(
+            f"reference_perplexity scores reference answers; task {spec.name} is a {spec.kind} task. "
+            f"Use it with a {', '.join(REFERENCE_KINDS)} task"
+        )
+    target.model.eval()
+    examples = _reference_examples(target, spec, records)
+    longest = max((max(len(e["input_ids"]), len(e["labels"])) for e in examples), default=1)
+    batch_size = max(1, min(target.batch_size, REFERENCE_LOGITS // (longest * len(target.tokenizer))))
+    pairs: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    for indices in batches_by_length([e["input_ids"] for e in examples], batch_size):
+        for i, pair in zip(indices, _batch_nll(target, [examples[i] for i in indices])):
+            pairs[i] = pair
+    return pairs
+
+
 def predictions_for(target: Target, spec: TaskSpec, records: list[Record]) -> tuple[list, list, list[str]]:
     """(metric predictions, metric references, raw outputs) of `target` on `records`."""
     if spec.kind == "language_modeling":
@@ -153,12 +240,10 @@ def predictions_for(target: Target, spec: TaskSpec, records: list[Record]) -> tu
     return outputs, [spec.reference_of(r) for r in records], outputs
 
 
-def score(
-    spec: TaskSpec, predictions: list, references: list, samples: int = 1000, seed: int = 0
-) -> dict[str, Interval]:
-    """Every metric of the task, each with its bootstrap interval over the examples."""
+def score(spec: TaskSpec, result: TaskResult, samples: int = 1000, seed: int = 0) -> dict[str, Interval]:
+    """Every metric of the task on the inputs it reads, each with its bootstrap interval over the examples."""
     return {
-        name: bootstrap_ci(get_metric(name), predictions, references, samples=samples, seed=seed)
+        name: bootstrap_ci(get_metric(name), *result.metric_inputs(name), samples=samples, seed=seed)
         for name in spec.metrics
     }
 
@@ -171,8 +256,10 @@ def run_task(target: Target, spec: TaskSpec, records: list[Record], samples: int
     result.skipped = skip_reason(target, spec)
     if result.skipped:
         return result
+    if reads_reference_nll(spec):  # first: a task of the wrong kind fails before any answer is generated
+        result.reference_nll = reference_nll(target, spec, records)
     result.predictions, result.references, result.outputs = predictions_for(target, spec, records)
-    result.scores = score(spec, result.predictions, result.references, samples, seed)
+    result.scores = score(spec, result, samples, seed)
     if spec.kind == "classification" and target.generates:
         result.unmatched = unmatched_share(result.predictions)
     return result

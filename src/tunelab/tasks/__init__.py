@@ -4,9 +4,9 @@ and a target, and which metric scores it.
 The built-in tasks (this folder) cover every dataset in ../shared/data. A task file is also accepted by path,
 so a user adds a task without writing code. `source` is a folder under the data root (``$TUNELAB_DATA``,
 by default the ``shared/data`` folder beside the checkout or the working directory), a file or folder
-path, or ``hf:NAME[:CONFIG]`` for a Hugging Face dataset (e.g. ``hf:imdb`` with ``label_words`` keyed
-``"0"``/``"1"``; ``hf:squad``, whose ``answers`` are ``{"text": [...]}``; ``hf:cnn_dailymail:3.0.0`` with
-``reference_field: highlights``); hub datasets need network access.
+path, or ``hf:NAME[:CONFIG]`` for a Hugging Face dataset (e.g. ``hf:squad``, whose ``answers`` are
+``{"text": [...]}``; ``hf:cnn_dailymail:3.0.0`` with ``reference_field: highlights``); hub datasets need network
+access.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from __future__ import annotations
 import difflib
 import os
 import random
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.config import DataConfig, RunConfig, template_fields
+from tunelab.config import DataConfig, RunConfig, fill_template, template_fields
 from tunelab.data.readers import DataError, Record, read_file, read_source
 from tunelab.data.validate import check_records, enforce
 from tunelab.errors import TunelabError
@@ -64,7 +65,8 @@ class TaskSpec(BaseModel):
     source: str
     """A folder under the data root, a file or folder path, or hf:NAME[:CONFIG]."""
     split: str = "test"
-    """The split evaluated."""
+    """The split evaluated: a split name, or a slice of one, `train[4500:]`, for a set that ships one split
+    (Alpaca); slices of one split must not overlap across `split`, `train_split` and `validation_split`."""
     templates: list[str] = []
     """Instruction templates over record fields (at least three for built-ins); evaluation uses the first."""
     input_fields: list[str] = []
@@ -80,6 +82,8 @@ class TaskSpec(BaseModel):
     e.g. DialogSum trains on `summary` and is scored against the three `summaries`."""
     train_split: str = "train"
     """The split multi-task training draws from; a task without one can only be evaluated (`eval_only`)."""
+    validation_split: str = "validation"
+    """The split a multi-task run's validation loss reads, when the task has one."""
     tokens_field: str = "tokens"
     """NER: the field holding the word tokens."""
     tags_field: str = "tags"
@@ -116,6 +120,9 @@ class TaskSpec(BaseModel):
             raise ValueError(f"a {self.kind} task needs {', '.join(missing)}")
         for template in self.templates:
             template_fields(template)  # raises on a malformed placeholder
+        _check_disjoint(
+            {"split": self.split, "train_split": self.train_split, "validation_split": self.validation_split}
+        )
         if not self.metrics:
             self.metrics = [PRIMARY_METRIC[self.kind]]
         return self
@@ -167,7 +174,15 @@ class TaskSpec(BaseModel):
 
     def prompt(self, record: Record, template: int = 0) -> str:
         """The instruction for a record, from one of the task's templates."""
-        return self.templates[template].format(**{k: _as_text(v) for k, v in record.fields.items()})
+        try:
+            return fill_template(self.templates[template], record.fields)
+        except ValueError as exc:
+            raise DataError(f"{record.where}: task {self.name}: {exc}") from None
+
+    def instruction(self, record: Record, template: int = 0) -> Record:
+        """A record as text-to-text training sees it: the prompt of one template and the answer it is taught; what
+        scoring the reference answer's likelihood reads too, so both tokenise the same text."""
+        return Record({"prompt": self.prompt(record, template), "target": self.target(record)}, record.where)
 
     def target(self, record: Record) -> str:
         """The answer a text-to-text model should give: label word, first reference, or entity list."""
@@ -177,11 +192,6 @@ class TaskSpec(BaseModel):
             return format_entities(record.fields[self.tokens_field], record.fields[self.tags_field])
         reference = record.fields[self.target_field] if self.target_field else self.reference_of(record)
         return reference[0] if isinstance(reference, list) else str(reference)
-
-
-def _as_text(value: Any) -> str:
-    """Record values as they appear in a prompt: token lists are joined with spaces."""
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def format_entities(tokens: list[str], tags: list[str]) -> str:
@@ -258,9 +268,11 @@ def load_records(spec: TaskSpec, limit: int | None = None, seed: int = 0, split:
     split = split or spec.split
     source = _source_path(spec)
     splits = read_source(source)
-    records = splits.get(split) or splits.get("data")
+    name, rows = _split_slice(split)
+    records = splits.get(name) or splits.get("data")
     if records is None:
-        raise TaskError(f"task {spec.name}: {source} has no '{split}' split (it has: {', '.join(splits)})")
+        raise TaskError(f"task {spec.name}: {source} has no '{name}' split (it has: {', '.join(splits)})")
+    records = records[rows]
     bad = next((r for r in records if r.problem), None)
     if bad:
         raise DataError(f"{bad.where}: {bad.problem}")
@@ -276,6 +288,31 @@ def load_records(spec: TaskSpec, limit: int | None = None, seed: int = 0, split:
         chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
         records = [records[i] for i in chosen]
     return records
+
+
+def _split_slice(split: str) -> tuple[str, slice]:
+    """A split reference's split name and rows: `test` is every row, `train[:4500]` and `train[4500:]` the rows
+    of train before and from row 4500 (Python slice bounds, as in Hugging Face datasets)."""
+    sliced = re.fullmatch(r"(\w+)\[(-?\d*):(-?\d*)\]", split)
+    if not sliced:
+        return split, slice(None)
+    name, start, stop = sliced.groups()
+    return name, slice(int(start) if start else None, int(stop) if stop else None)
+
+
+def _check_disjoint(splits: dict[str, str]) -> None:
+    """The evaluated, training and validation splits must not share rows (`train[:4500]` and `train[4500:]` do
+    not): a task scored on what it trains on measures memory. Negative bounds depend on the file's length and are
+    not checked."""
+    spans = []
+    for key, split in splits.items():
+        name, rows = _split_slice(split)
+        if min(rows.start or 0, rows.stop or 0) >= 0:
+            spans.append((key, split, name, rows.start or 0, rows.stop if rows.stop is not None else float("inf")))
+    for i, (key, split, name, start, stop) in enumerate(spans):
+        for other_key, other, other_name, other_start, other_stop in spans[i + 1 :]:
+            if name == other_name and max(start, other_start) < min(stop, other_stop):
+                raise ValueError(f"{key} {split} and {other_key} {other} share rows; make the slices disjoint")
 
 
 def _check_fields(spec: TaskSpec, records: list[Record], with_target: bool = True) -> None:
@@ -364,6 +401,10 @@ def load_task(reference: str) -> TaskSpec:
 
 def builtin_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
 def data_task_name(source: str | None) -> str:

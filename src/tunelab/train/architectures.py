@@ -132,10 +132,6 @@ def instruction_data(config: RunConfig) -> DataConfig:
     )
 
 
-def _instruction(task: TrainingTask, record: Record, template: int) -> Record:
-    return Record({"prompt": task.spec.prompt(record, template), "target": task.spec.target(record)}, record.where)
-
-
 class TextToText(Architecture):
     name = "text_to_text"
 
@@ -147,7 +143,7 @@ class TextToText(Architecture):
         ]
         distinct = list(dict.fromkeys(keys))
         records = [
-            _instruction(tasks.trained[task], tasks.trained[task].train[index], template)
+            tasks.trained[task].spec.instruction(tasks.trained[task].train[index], template)
             for task, index, template in distinct
         ]
         encoded = dict(
@@ -165,7 +161,7 @@ class TextToText(Architecture):
                 {**e, TASK_KEY: name}
                 for e in _encoded(
                     config.task_type,
-                    [_instruction(task, r, 0) for r in task.validation],
+                    [task.spec.instruction(r) for r in task.validation],
                     tokenizer,
                     instruction_data(config),
                     None,
