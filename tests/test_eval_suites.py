@@ -132,6 +132,11 @@ def test_a_task_whose_slices_share_rows_is_refused(tmp_path):
     )
     with pytest.raises(TaskError, match=r"split train\[4000:\] and train_split train\[:4500\] share rows"):
         load_task(str(path))
+    path.write_text(path.read_text().replace("'train[:4500]'", "train"))
+    with pytest.raises(TaskError, match=r"split train\[4000:\] and train_split train share rows"):
+        load_task(str(path))
+    path.write_text(path.read_text().replace("'train[4000:]'", "train"))
+    assert load_task(str(path)).split == "train"  # a whole split named twice: an evaluation-only task
 
 
 def _task_over(folder, lines: str, task: str):

@@ -301,17 +301,20 @@ def _split_slice(split: str) -> tuple[str, slice]:
 
 
 def _check_disjoint(splits: dict[str, str]) -> None:
-    """The evaluated, training and validation splits must not share rows (`train[:4500]` and `train[4500:]` do
-    not): a task scored on what it trains on measures memory. Negative bounds depend on the file's length and are
-    not checked."""
+    """Slices of one split given to the evaluated, training and validation splits must not share rows
+    (`train[:4500]` and `train[4500:]` do not): a task scored on what it trains on measures memory. Naming one
+    whole split twice stays allowed (an evaluation-only task read from a `train` file); negative bounds depend on
+    the file's length and are not checked."""
     spans = []
     for key, split in splits.items():
         name, rows = _split_slice(split)
         if min(rows.start or 0, rows.stop or 0) >= 0:
-            spans.append((key, split, name, rows.start or 0, rows.stop if rows.stop is not None else float("inf")))
-    for i, (key, split, name, start, stop) in enumerate(spans):
-        for other_key, other, other_name, other_start, other_stop in spans[i + 1 :]:
-            if name == other_name and max(start, other_start) < min(stop, other_stop):
+            stop = rows.stop if rows.stop is not None else float("inf")
+            spans.append((key, split, name, rows.start or 0, stop, rows != slice(None)))
+    for i, (key, split, name, start, stop, sliced) in enumerate(spans):
+        for other_key, other, other_name, other_start, other_stop, other_sliced in spans[i + 1 :]:
+            shared = name == other_name and max(start, other_start) < min(stop, other_stop)
+            if shared and (sliced or other_sliced):
                 raise ValueError(f"{key} {split} and {other_key} {other} share rows; make the slices disjoint")
 
 
