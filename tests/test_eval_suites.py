@@ -456,6 +456,31 @@ def test_bias_flip_rate_is_the_share_of_changed_predictions(classifier_run):
     assert row["flip_rate"]["low"] <= flips <= row["flip_rate"]["high"]
 
 
+def test_classifier_batches_come_in_a_few_padded_widths_and_score_as_unpadded(classifier_run, monkeypatch):
+    """Length-sorted batches padded to multiples of PAD_MULTIPLE (bounded shapes keep the CPU's bf16 kernel cache
+    small), never past data.max_length, with the scores of batches padded only to their longest example."""
+    from tunelab.eval import predict
+
+    target = load_target(str(classifier_run.path))
+    records = load_records(load_task("sst2"), limit=64)
+    data = DataConfig(text_field="text", max_length=40)
+    widths: list[int] = []
+
+    def logits(batch):
+        widths.append(batch["input_ids"].shape[1])
+        return target.model(**batch).logits
+
+    padded = predict.classify_with(logits, target.tokenizer, records, data, 8, target.labels)
+    assert set(widths) <= {32, 40} and 40 in widths  # 40: the limit, not 64
+    monkeypatch.setattr(predict, "PAD_MULTIPLE", 1)
+    widths.clear()
+    exact = predict.classify_with(logits, target.tokenizer, records, data, 8, target.labels)
+    assert len(set(widths)) > 2
+    for a, b in zip(padded, exact):
+        assert a["label"] == b["label"]
+        assert all(a["scores"][k] == pytest.approx(b["scores"][k], abs=1e-5) for k in a["scores"])
+
+
 def test_bias_and_robustness_cli_write_reports(classifier_run, capsys):
     assert (
         cli(f"robustness {classifier_run.path} --task sst2 --perturbations slang,whitespace --limit 10 --samples 20")

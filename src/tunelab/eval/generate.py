@@ -22,9 +22,13 @@ def batches_by_length(sequences: list[list[int]], batch_size: int):
         yield order[start : start + batch_size]
 
 
-def pad_batch(examples: list[dict], pad_id: int, left: bool, device) -> dict[str, torch.Tensor]:
-    """input_ids/attention_mask (and token_type_ids when present) padded to the batch's longest example."""
-    width = max(len(e["input_ids"]) for e in examples)
+def pad_batch(
+    examples: list[dict], pad_id: int, left: bool, device, multiple_of: int = 1, limit: int | None = None
+) -> dict[str, torch.Tensor]:
+    """input_ids/attention_mask (and token_type_ids when present) padded to the batch's longest example, rounded
+    up to `multiple_of` (never past `limit`, nor below the longest)."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    width = max(longest, min(-(-longest // multiple_of) * multiple_of, limit or longest))
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in examples[0]]
     fills = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
     batch: dict[str, list] = {key: [] for key in keys}

@@ -15,6 +15,10 @@ from tunelab.data.encode import encode
 from tunelab.data.readers import Record
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
 
+PAD_MULTIPLE = 32
+"""Classifier batches are padded to a multiple of this many tokens, so a long test set runs a bounded number of
+input shapes."""
+
 
 @torch.inference_mode()
 def classify(
@@ -49,11 +53,17 @@ def classify_with(
     device: torch.device | str = "cpu",
 ) -> list[dict]:
     """`classify` for any engine that turns a padded batch into logits (PyTorch, or onnxruntime on an export):
-    the same encoding, length-sorted batches and scores, so every engine writes the same rows."""
+    the same encoding, length-sorted batches and scores, so every engine writes the same rows.
+
+    Batches are padded to a multiple of `PAD_MULTIPLE` tokens: every distinct input shape costs the CPU's bf16
+    kernels (oneDNN) a cached primitive with its own buffers, and a 25,000-review test set in length-sorted batches
+    has hundreds of distinct lengths (IMDB's grew one process past 21 GB)."""
     examples = encode("classification", records, tokenizer, data, with_target=False).examples
     results: list[dict] = [{}] * len(examples)
     for indices in batches_by_length([e["input_ids"] for e in examples], batch_size):
-        batch = pad_batch([examples[i] for i in indices], tokenizer.pad_token_id, left=False, device=device)
+        batch = pad_batch(
+            [examples[i] for i in indices], tokenizer.pad_token_id, False, device, PAD_MULTIPLE, data.max_length
+        )
         probabilities = logits(batch).float().softmax(-1).cpu()
         for i, row in zip(indices, probabilities):
             results[i] = {
