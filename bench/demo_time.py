@@ -35,7 +35,7 @@ def main() -> None:
             for precision in ("auto", "fp32"):
                 config = demo_config(out)
                 config.training.precision = precision
-                config.eval.evaluate_base = False
+                config.eval.baselines = []
                 run = pipeline.train(config)
                 seconds[precision].append(run.state()["train_seconds"])
                 (task,) = json.loads(run.eval_path.read_text())["tasks"].values()

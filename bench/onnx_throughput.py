@@ -44,7 +44,7 @@ def short_run(folder: Path) -> RunDir:
         "data.max_eval_examples=64",
         "training.max_steps=25",
         "training.precision=fp32",
-        "eval.evaluate_base=false",
+        "eval.baselines=[]",
     ]
     return train(load_config(ROOT / "configs" / "sentiment-minilm-lora.yaml", overrides))
 

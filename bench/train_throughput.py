@@ -172,7 +172,7 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpoi
                 "packing": packing,
                 "gradient_checkpointing": checkpointing,
             },
-            "eval": {"evaluate_base": False},
+            "eval": {"baselines": []},
         }
     )
     resolved = choose_precision(precision)

@@ -44,7 +44,7 @@ def short_sentiment_run(output_dir: Path, sst2: Path, name: str = "sentiment"):
         "data.max_train_examples=64",
         "data.max_eval_examples=16",
         "training.max_steps=4",
-        "eval.evaluate_base=false",
+        "eval.baselines=[]",
     ]
     return train(load_config(CONFIGS / "sentiment-minilm-lora.yaml", overrides))
 
@@ -68,7 +68,7 @@ def short_lora_run(output_dir: Path, dialogsum: Path, seed: int, name: str):
         "training.batch_size=4",
         "training.precision=fp32",
         f"training.seed={seed}",
-        "eval.evaluate_base=false",
+        "eval.baselines=[]",
         "eval.max_new_tokens=8",
         "training.learning_rate=1e-2",
     ]

@@ -259,7 +259,7 @@ def test_config_to_yaml_round_trips(tmp_path):
             "training.epochs=0.5",
             "training.max_steps=7",
             "training.learning_rate=1e-5",
-            "eval.evaluate_base=false",
+            "eval.baselines=[]",
         ],
     )
     text = config_to_yaml(config)

@@ -334,7 +334,7 @@ def test_forgetting_flags_a_significant_drop_and_not_noise():
 
 
 def test_forgetting_knows_lower_perplexity_is_better():
-    spec = load_task("wiki_paragraphs")
+    spec = load_task("wiki_paragraphs").model_copy(update={"metrics": ["perplexity"]})  # lm-eval's need rolling_nll
     base = _result(spec, [(20.0, 10)] * 30, [None] * 30)
     worse = _result(spec, [(30.0, 10)] * 30, [None] * 30)
     row = _task_row(spec, base, worse, samples=100, seed=0)

@@ -52,7 +52,7 @@ def tiny_run(folder: Path, config: str, name: str, *overrides: str):
                 "training.batch_size=2",
                 "training.precision=fp32",
                 "training.learning_rate=1e-2",
-                "eval.evaluate_base=false",
+                "eval.baselines=[]",
                 "eval.max_new_tokens=4",
                 *overrides,
             ],
@@ -298,7 +298,7 @@ def tiny_run_of(task_type: str, model_dir: str, data_file: Path, out: Path):
             "data": data,
             "method": {"name": "lora"},
             "training": {"max_steps": 1, "batch_size": 8, "precision": "fp32"},
-            "eval": {"max_new_tokens": 2, "evaluate_base": False},
+            "eval": {"max_new_tokens": 2, "baselines": []},
         }
     )
     return train(config)

@@ -63,7 +63,7 @@ def tiny_classifier(home, tiny_encoder, tmp_path_factory) -> RunDir:
                 "method": {"name": "lora"},
                 "data": {"train": str(write_jsonl(folder / "sentiment.jsonl", _sentiment_rows(40))), "max_length": 32},
                 "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 3e-3, "precision": "fp32"},
-                "eval": {"evaluate_base": False},
+                "eval": {"baselines": []},
             }
         )
     )
@@ -162,7 +162,7 @@ def test_a_multi_head_run_exports_one_tasks_head(tiny_encoder, tmp_path):
                     "architecture": "multi_head",
                 },
                 "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 3e-3, "precision": "fp32"},
-                "eval": {"evaluate_base": False},
+                "eval": {"baselines": []},
             }
         )
     )
@@ -198,7 +198,7 @@ def sentiment(home, tmp_path_factory) -> RunDir:
         "data.max_eval_examples=16",
         "data.max_length=32",
         "training.max_steps=4",
-        "eval.evaluate_base=false",
+        "eval.baselines=[]",
     ]
     return pipeline.train(load_config(CONFIGS / "sentiment-minilm-lora.yaml", overrides))
 

@@ -48,7 +48,7 @@ def generation_config(model_dir, data_file, out, prompt_template="{question}", t
                 "logging_steps": 2,
                 "precision": "fp32",
             },
-            "eval": {"max_new_tokens": 4, "evaluate_base": False},
+            "eval": {"max_new_tokens": 4, "baselines": []},
         }
     )
 

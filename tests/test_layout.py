@@ -26,7 +26,7 @@ LAYERS = [
     {"train", "eval"},
     {"card"},
     {"pipeline"},
-    {"compare", "demo", "serve", "export"},
+    {"compare", "demo", "serve", "export", "sweep"},
     {"cli", "__main__"},
 ]
 """Top-level modules and sub-packages, lowest first; a module may import its own layer and those below."""

@@ -8,7 +8,15 @@ import math
 import pytest
 
 from tunelab.eval.bootstrap import Interval, bootstrap_ci, paired_bootstrap
-from tunelab.eval.metrics import METRICS, MetricError, get_metric, match_label, score, unmatched_share
+from tunelab.eval.metrics import (
+    METRICS,
+    MetricError,
+    TextLikelihood,
+    get_metric,
+    match_label,
+    score,
+    unmatched_share,
+)
 from tunelab.tasks import INLINE_METRICS
 
 # --- classification ------------------------------------------------------------------------------
@@ -164,6 +172,35 @@ def test_perplexity_weights_by_tokens():
     # (2.0 + 4.0) / (2 + 2) = 1.5 nats per token
     assert score("perplexity", [(2.0, 2), (4.0, 2)], None) == pytest.approx(math.exp(1.5))
     assert not get_metric("perplexity").higher_is_better
+
+
+LM_EVAL_TEXTS = [
+    TextLikelihood(nll=2.0, tokens=2, words=1, bytes=4),
+    TextLikelihood(nll=4.0, tokens=6, words=3, bytes=8),
+]
+
+
+def test_lm_eval_metrics_divide_the_total_nll_by_total_tokens_words_or_bytes():
+    # 6 nats over 8 tokens, 4 words, 12 bytes: sums first, as lm-eval's weighted_perplexity, not a mean of texts
+    assert score("lm_eval_perplexity", LM_EVAL_TEXTS, None) == pytest.approx(math.exp(6 / 8))
+    assert score("word_perplexity", LM_EVAL_TEXTS, None) == pytest.approx(math.exp(6 / 4))
+    assert score("byte_perplexity", LM_EVAL_TEXTS, None) == pytest.approx(math.exp(6 / 12))
+    assert score("bits_per_byte", LM_EVAL_TEXTS, None) == pytest.approx(6 / 12 / math.log(2))
+    for name in ("lm_eval_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"):
+        metric = get_metric(name)
+        assert metric.reads == "rolling_nll" and not metric.higher_is_better and metric.per_example is None
+
+
+def test_lm_eval_metrics_bootstrap_over_texts():
+    texts = [TextLikelihood(float(i), 5, 3, 20) for i in range(1, 21)]
+    interval = bootstrap_ci(get_metric("word_perplexity"), texts, None, samples=200)
+    assert interval.value == pytest.approx(math.exp(sum(range(1, 21)) / 60))
+    assert interval.low < interval.value < interval.high
+
+
+def test_lm_eval_metrics_need_a_unit_to_divide_by():
+    with pytest.raises(MetricError, match="at least one byte"):
+        score("bits_per_byte", [TextLikelihood(0.0, 0, 1, 0)], None)
 
 
 # --- registry ------------------------------------------------------------------------------------

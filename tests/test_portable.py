@@ -148,7 +148,7 @@ def _tiny_classifier_run(method: str, encoder: str, data_file: Path, folder: Pat
                 "method": {"name": method},
                 "data": {"train": str(data_file), "max_length": 32},
                 "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
-                "eval": {"evaluate_base": False},
+                "eval": {"baselines": []},
             }
         )
     )
@@ -190,7 +190,7 @@ def test_a_multi_head_run_merged_for_one_task_carries_that_task_s_label_names(ti
                     "validation_examples": 2,
                 },
                 "training": {"max_steps": 2, "batch_size": 4, "precision": "fp32"},
-                "eval": {"evaluate_base": False},
+                "eval": {"baselines": []},
             }
         )
     )

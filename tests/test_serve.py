@@ -32,7 +32,7 @@ def _train(name: str, folder: Path, model: str, data: dict, task_type: str, seed
                 "model": {"name": model},
                 "data": data,
                 "method": {"name": "lora"},
-                "eval": {"max_new_tokens": 6, "evaluate_base": False},
+                "eval": {"max_new_tokens": 6, "baselines": []},
                 "training": {
                     "max_steps": 6,
                     "batch_size": 8,

@@ -20,19 +20,36 @@ def _change(base: dict | None, tuned: dict, metric: str) -> str:
     return f"{tuned['metrics'][metric]['value'] - base['metrics'][metric]['value']:+.2f}"
 
 
+def _baseline_columns(evaluation: dict) -> list[tuple[str, str]]:
+    """(eval.json key, header) of each baseline column: the base model zero-shot, and few-shot when it was scored
+    (runs from before few-shot baselines have no `few_shot` key)."""
+    few_shot = [task["few_shot"] for task in evaluation["tasks"].values() if task.get("few_shot")]
+    if not few_shot:
+        return [("base", "base")]
+    shots = next((result["shots"] for result in few_shot if "shots" in result), None)
+    return [("base", "base 0-shot"), ("few_shot", f"base {shots}-shot" if shots else "base few-shot")]
+
+
 def results_table(evaluation: dict) -> str:
-    """Per task: each of its metrics before and after tuning (95% CIs), held-out tasks marked, and, for several
-    tasks, the macro averages of their primary metrics."""
-    lines = ["| task | examples | metric | base | tuned | change |", "| --- | ---: | --- | --- | --- | ---: |"]
+    """Per task: each of its metrics before tuning (zero-shot, and few-shot when scored) and after (95% CIs),
+    held-out tasks marked, and, for several tasks, the macro averages of their primary metrics. The change is
+    tuned minus the zero-shot base."""
+    columns = _baseline_columns(evaluation)
+    headers = " | ".join(header for _, header in columns)
+    lines = [
+        f"| task | examples | metric | {headers} | tuned | change |",
+        "| --- | ---: | --- | " + "--- | " * len(columns) + "--- | ---: |",
+    ]
     for name, task in evaluation["tasks"].items():
         label = f"{name} (held out)" if task["held_out"] else name
         base, tuned = task["base"], task["tuned"]
         metrics = list(tuned.get("metrics", {})) or [task["metric"]]
         for i, metric in enumerate(metrics):
             first = i == 0
+            baselines = " | ".join(_score(task.get(key), metric) for key, _ in columns)
             lines.append(
                 f"| {label if first else ''} | {tuned['examples'] if first else ''} | {metric} | "
-                f"{_score(base, metric)} | {_score(tuned, metric)} | {_change(base, tuned, metric)} |"
+                f"{baselines} | {_score(tuned, metric)} | {_change(base, tuned, metric)} |"
             )
     if len(evaluation["tasks"]) > 1:
         for key, title in (
@@ -42,9 +59,11 @@ def results_table(evaluation: dict) -> str:
             average = evaluation[key]
             if average["tuned"] is None:
                 continue
-            base = "not scored" if average["base"] is None else f"{average['base']:.2f}"
+            baselines = " | ".join(
+                "not scored" if average.get(column) is None else f"{average[column]:.2f}" for column, _ in columns
+            )
             change = "" if average["base"] is None else f"{average['tuned'] - average['base']:+.2f}"
-            lines.append(f"| {title} | | | {base} | {average['tuned']:.2f} | {change} |")
+            lines.append(f"| {title} | | | {baselines} | {average['tuned']:.2f} | {change} |")
     return "\n".join(lines)
 
 
@@ -90,6 +109,22 @@ def _setup_lines(config: RunConfig) -> str:
     )
 
 
+def _protocol_note(config: RunConfig) -> str:
+    """How the base model was prompted few-shot and how classification answers were read, when not the default."""
+    notes = []
+    if "few_shot" in config.eval.baselines:
+        notes.append(
+            f"Base {config.eval.shots}-shot = the same base model with {config.eval.shots} solved training examples "
+            "before each test prompt (drawn per example, seeded; never a test example)."
+        )
+    if config.eval.scoring == "loglik":
+        notes.append(
+            "Classification tasks are scored by rank classification: the label whose words are most likely after "
+            "the prompt."
+        )
+    return "".join(f"\n{note}" for note in notes)
+
+
 def _base_note(config: RunConfig) -> str:
     if config.architecture() == "classifier":
         return (
@@ -121,7 +156,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 ## Test results (95% bootstrap intervals)
 {results_table(evaluation)}
 
-{_base_note(config)}
+{_base_note(config)}{_protocol_note(config)}
 {forgetting_section}
 Reproduce: `tunelab train config.yaml` with the `config.yaml` in this directory.
 """

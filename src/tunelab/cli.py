@@ -92,6 +92,9 @@ def _cmd_train(args) -> int | None:
         if not args.config:
             raise ConfigError("give a config file (e.g. configs/sentiment-minilm-lora.yaml) or --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
+        if config.sweep is not None:
+            print("note: the sweep: section is for `tunelab sweep`; training the config as it is, without it")
+            config = config.model_copy(update={"sweep": None})
     if args.nproc > 1:  # the config was checked once, here, before N processes each load it again
         return _torchrun(
             args.nproc, ["train", "--resume", args.resume] if resume else ["train", args.config, *args.overrides]
@@ -112,13 +115,30 @@ def _cmd_eval(args) -> None:
         raise ConfigError(
             "give either --suite NAME (any model or run) or --data FILE (a run, with its own field names)"
         )
+    if args.shots < 0:
+        raise ConfigError(f"--shots {args.shots}: give the demonstrations per prompt, 0 (zero-shot) or more")
     if args.suite:
         commands.evaluate_suite(
-            args.target, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size
+            args.target,
+            args.suite,
+            args.limit,
+            args.output,
+            args.seed,
+            args.samples,
+            args.batch_size,
+            args.shots,
+            args.scoring,
         )
         return
     report = pipeline.evaluate_run(
-        RunDir(args.target), args.data, Path(args.output) if args.output else None, args.samples, args.seed, args.task
+        RunDir(args.target),
+        args.data,
+        Path(args.output) if args.output else None,
+        args.samples,
+        args.seed,
+        args.task,
+        args.shots,
+        args.scoring,
     )
     print(report.with_suffix(".md").read_text(encoding="utf-8"))
     print(f"report written to {report} (and .md, .outputs.jsonl)")
@@ -128,7 +148,15 @@ def _cmd_forgetting(args) -> None:
     from tunelab.eval import commands
 
     commands.forgetting(
-        args.base, args.tuned, args.suite, args.limit, args.output, args.seed, args.samples, args.batch_size
+        args.base,
+        args.tuned,
+        args.suite,
+        args.limit,
+        args.output,
+        args.seed,
+        args.samples,
+        args.batch_size,
+        args.scoring,
     )
 
 
@@ -277,6 +305,21 @@ def _cmd_compare(args) -> None:
     print(f"\ncomparison written to {compare(config, variants, Path(args.output_dir), kind, source=args.config)}")
 
 
+def _cmd_sweep(args) -> None:
+    from tunelab.sweep import sweep
+
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials {args.trials}: give the finished trials the study should hold, 1 or more")
+    if args.minutes is not None and args.minutes <= 0:
+        raise ConfigError(f"--minutes {args.minutes}: give a time above 0")
+    config = load_config(args.config, args.overrides)
+    directory = Path(args.output) if args.output else Path("sweeps") / config.name
+    table = sweep(config, directory, args.trials, args.minutes, source=args.config)
+    print("\n" + table.read_text(encoding="utf-8"))
+    if (directory / "best.yaml").exists():
+        print(f"best config: {directory / 'best.yaml'} (train it with `tunelab train {directory / 'best.yaml'}`)")
+
+
 def _cmd_serve(args) -> None:
     from tunelab.serve.app import ServeSettings, run_server
 
@@ -325,6 +368,16 @@ def _report_options(parser: argparse.ArgumentParser, limit: int | None = None) -
     parser.add_argument("--seed", type=int, default=0, help="example draw and bootstrap seed")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch size")
+
+
+def _scoring_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scoring",
+        choices=["generate", "loglik"],
+        help="how a generating model answers classification tasks: generate (map its answer to a label by the "
+        "label words) or loglik (rank classification: the label whose first word is most likely after the "
+        "prompt); default each task's own scoring",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", help="report folder (default <run>/eval, or eval/<model> for --suite on a model)"
     )
     evaluate.add_argument("--task", help=TASK_HELP)
+    evaluate.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K solved examples before each prompt (few-shot prompting of a generating model), drawn with --seed "
+        "per example from the task's train split, never from the examples scored; default 0 (zero-shot)",
+    )
+    _scoring_option(evaluate)
     _report_options(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -395,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     forgetting.add_argument("tuned", help="the tuned run directory (or any model)")
     forgetting.add_argument("--suite", default="retention")
     forgetting.add_argument("--output", help="report folder (default <tuned run>/eval)")
+    _scoring_option(forgetting)
     _report_options(forgetting)
     forgetting.set_defaults(func=_cmd_forgetting)
 
@@ -533,6 +596,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--output-dir", default="compare", help="the comparison goes to OUTPUT_DIR/<config name>")
     compare.set_defaults(func=_cmd_compare)
+
+    sweep = commands.add_parser(
+        "sweep", help="search a config's sweep: space with Optuna (TPE, median pruning); run again to continue"
+    )
+    sweep.add_argument("config")
+    sweep.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every trial, as in train")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        metavar="N",
+        help="finished trials the study should hold in all, counting earlier runs (default: sweep.trials, or no "
+        "limit with --minutes)",
+    )
+    sweep.add_argument(
+        "--minutes", type=float, metavar="M", help="start no trial after M minutes (one under way runs to its end)"
+    )
+    sweep.add_argument(
+        "--output",
+        metavar="DIR",
+        help="the sweep's folder (default sweeps/<config name>); sweeping into it again continues its study",
+    )
+    sweep.set_defaults(func=_cmd_sweep)
 
     serve = commands.add_parser("serve", help="serve runs and models over an OpenAI-compatible HTTP API")
     serve.add_argument(

@@ -148,7 +148,7 @@ def _base_scored_once(variants: list[Variant]) -> None:
         tasks = _scored_tasks(variant.config)
         if tasks <= seen:
             variant.config = variant.config.model_copy(
-                update={"eval": variant.config.eval.model_copy(update={"evaluate_base": False})}
+                update={"eval": variant.config.eval.model_copy(update={"baselines": []})}
             )
         seen |= tasks
 

@@ -13,11 +13,13 @@ import difflib
 import os
 import re
 import string
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from tunelab.errors import TunelabError
 
@@ -313,13 +315,38 @@ class EvalConfig(_Section):
     """Longest generated answer in evaluation and predict."""
     num_beams: int = Field(1, ge=1)
     """Beam search width; 1 is greedy decoding."""
-    evaluate_base: bool = True
-    """Also evaluate the model before tuning on the same test data, for the base-vs-tuned table."""
+    baselines: list[Literal["zero_shot", "few_shot"]] = ["zero_shot"]
+    """The model before tuning, scored on the same test examples (once per run, kept across a resume): 'zero_shot'
+    (the prompt alone) and 'few_shot' (`shots` solved training examples before it; generating models only), for the
+    zero-shot -> few-shot -> tuned table. [] scores no baseline. Older configs' `evaluate_base: true|false` is read
+    as [zero_shot] or []."""
+    shots: int = Field(5, ge=1)
+    """Demonstrations in each prompt of the few_shot baseline."""
+    scoring: Literal["generate", "loglik"] | None = None
+    """How generating models answer classification tasks, for the baselines and the tuned model: 'generate' (map the
+    generated text to a label by its words) or 'loglik' (the label whose words are most likely after the prompt);
+    each task's own `scoring` when absent."""
     retention_suite: str | None = None
     """A suite (e.g. 'retention') scored on the base and the tuned model after training: the forgetting table
     (what tuning cost on other abilities) goes to eval/forgetting-<suite>.json and the run card."""
     retention_limit: int | None = Field(None, ge=1)
     """Cap every retention task at this many examples (the suite's own limits otherwise)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_evaluate_base(cls, data: Any) -> Any:
+        """Read configs written before `baselines` (run directories keep theirs): `evaluate_base: true|false` is
+        `baselines: [zero_shot]` or `[]`."""
+        if not isinstance(data, dict) or "evaluate_base" not in data:
+            return data
+        data = dict(data)
+        evaluate_base = data.pop("evaluate_base")
+        if "baselines" in data:
+            raise ValueError("eval.evaluate_base is the old spelling of eval.baselines; give eval.baselines only")
+        if not isinstance(evaluate_base, bool):
+            raise ValueError(f"eval.evaluate_base must be true or false, not {evaluate_base!r}; prefer eval.baselines")
+        data["baselines"] = ["zero_shot"] if evaluate_base else []
+        return data
 
 
 class MixtureTask(_Section):
@@ -386,6 +413,121 @@ class MixtureConfig(_Section):
         return self.stages or [StageConfig(name="mixture", tasks=self.tasks)]
 
 
+class SweepParam(_Section):
+    """One searched setting: a range (`low`, `high`, optionally `log` or `step`) or a list of `choices`."""
+
+    low: int | float | None = None
+    """Lowest value. Integer bounds (`low: 4, high: 32`) draw integers, any other bounds draw floats."""
+    high: int | float | None = None
+    """Highest value, included."""
+    log: bool = False
+    """Draw evenly in log space, as learning rates want (needs low > 0; no step)."""
+    step: int | float | None = Field(None, gt=0)
+    """Draw only low, low + step, low + 2 step, ... up to high."""
+    choices: list[Any] | None = Field(None, min_length=1)
+    """The values to choose among, each as the key takes it, e.g. [attention, all-linear, [query, key, value]]."""
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SweepParam:
+        bounds = (self.low, self.high, self.step)
+        if self.choices is not None:
+            if self.log or any(value is not None for value in bounds):
+                raise ValueError("give either choices or a range (low, high, log, step), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give a range, e.g. {low: 1.0e-4, high: 1.0e-2, log: true}, or choices: [...]")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log range needs low > 0 and no step (log spacing and a fixed step exclude each other)")
+        return self
+
+    def draws_integers(self) -> bool:
+        return all(isinstance(value, int) for value in (self.low, self.high, self.step) if value is not None)
+
+
+class SweepConfig(_Section):
+    space: dict[str, SweepParam] = Field(min_length=1)
+    """What to search: config keys as `key.sub=value` overrides name them (`training.learning_rate`,
+    `method.lora.r`, `method.lora.target_modules`, ...), each with a range or a list of choices."""
+    metric: str | None = None
+    """The validation metric to optimise, as the trainer logs it (`accuracy`, `loss`, `<task>_loss` in a mixture);
+    by default the one that picks the best checkpoint (training.metric_for_best). A name ending in `loss` is
+    minimised, any other maximised."""
+    trials: int = Field(20, ge=1)
+    """Finished trials (complete, pruned or failed) the study should hold; `--trials N` overrides it."""
+    pruner: Literal["median", "none"] = "median"
+    """'median' stops a trial whose metric is worse than the median of earlier trials at the same validation;
+    'none' runs every trial to its end."""
+    startup_trials: int = Field(3, ge=0)
+    """Trials that finish before any is pruned: a median of fewer says little."""
+    warmup_evaluations: int = Field(0, ge=0)
+    """Validations a trial runs before it may be pruned (0: from its first, at the end of its first epoch)."""
+    seed: int = 0
+    """Seed of the TPE sampler (each trial trains with training.seed)."""
+
+    @field_validator("metric")
+    @classmethod
+    def _bare_metric(cls, metric: str | None) -> str | None:
+        return metric.removeprefix("eval_") if metric else metric
+
+    @field_validator("space")
+    @classmethod
+    def _keys_name_settings(cls, space: dict[str, SweepParam]) -> dict[str, SweepParam]:
+        for key, param in space.items():
+            field = swept_field(key)
+            if not param.choices and not param.draws_integers() and _only_integers(field.annotation):
+                raise ValueError(f"sweep.space.{key} takes whole numbers; give integer bounds (low: 4, high: 32)")
+        return space
+
+    def direction(self, metric: str) -> Literal["minimize", "maximize"]:
+        """Losses go down, every other validation metric (accuracy) up, as the trainer's best checkpoint reads them."""
+        return "minimize" if metric.endswith("loss") else "maximize"
+
+
+NOT_SWEPT = {"sweep", "name", "output_dir"}
+"""Top-level keys a sweep sets for each trial itself."""
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds (also through `X | None`), or None for a setting."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+
+
+def _only_integers(annotation: Any) -> bool:
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return {m for m in members if m is not type(None)} == {int}
+
+
+def swept_field(key: str) -> FieldInfo:
+    """The config setting a sweep key names; ValueError, saying what exists there, for a key that names none."""
+    model: type[BaseModel] | None = RunConfig
+    walked: list[str] = []
+    for part in key.split("."):
+        if model is None:
+            raise ValueError(f"sweep.space.{key}: '{'.'.join(walked)}' is a setting, not a section with keys")
+        if not walked and part in NOT_SWEPT:
+            raise ValueError(f"sweep.space.{key}: the sweep sets each trial's '{part}' itself")
+        known = sorted(model.model_fields)
+        if part not in known:
+            guess = difflib.get_close_matches(part, known, n=1)
+            hint = f" Did you mean '{'.'.join([*walked, guess[0]])}'?" if guess else ""
+            where = f"section '{'.'.join(walked)}'" if walked else "the top level"
+            raise ValueError(
+                f"sweep.space.{key} names no setting: {where} has no key '{part}'.{hint} "
+                f"Known keys there: {', '.join(k for k in known if walked or k not in NOT_SWEPT)}"
+            )
+        field = model.model_fields[part]
+        walked.append(part)
+        model = _section_type(field.annotation)
+    if model is not None:
+        raise ValueError(
+            f"sweep.space.{key} is a section; search its settings: {', '.join(f'{key}.{k}' for k in model.model_fields)}"
+        )
+    return field
+
+
 class RunConfig(_Section):
     name: str = "run"
     """Run name; the run directory is `<output_dir>/<name>-<timestamp>`."""
@@ -401,6 +543,8 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     mixture: MixtureConfig | None = None
     """Multi-task training: a mixture of task files instead of `data` (see README, multi-task)."""
+    sweep: SweepConfig | None = None
+    """A hyperparameter search for `tunelab sweep` (README, sweeps); `tunelab train` ignores it."""
 
     @model_validator(mode="after")
     def _check_task_fields(self) -> RunConfig:
@@ -452,6 +596,16 @@ class RunConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _few_shot_needs_a_prompt(self) -> RunConfig:
+        architecture = self.architecture()
+        if "few_shot" in self.eval.baselines and architecture in ("classifier", "multi_head"):
+            raise ValueError(
+                f"eval.baselines few_shot puts solved examples in the base model's prompt, but a {architecture} run "
+                "answers through a classification head, which reads no prompt; drop few_shot from eval.baselines"
+            )
+        return self
+
     def architecture(self) -> str:
         """How the run's model answers its tasks: 'classifier' (one head: a `data:` classification run) or
         'text_to_text' (a `data:` generation run), or the mixture's own architecture."""
@@ -471,6 +625,28 @@ class RunConfig(_Section):
         if self.training.metric_for_best:
             return self.training.metric_for_best
         return "accuracy" if self.task_type == "classification" else "loss"
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> RunConfig:
+        """Every searched value must be one its key takes in this config, so no trial fails on a value the
+        config could have refused."""
+        if self.sweep is None:
+            return self
+        chosen = self.training.metric_for_best
+        if self.sweep.metric and chosen and chosen.removeprefix("eval_") != self.sweep.metric:
+            raise ValueError(
+                f"sweep.metric '{self.sweep.metric}' differs from training.metric_for_best '{chosen}', which picks "
+                "the checkpoint each trial keeps; give one of them, or the same metric to both"
+            )
+        plain = self.model_dump(mode="json", exclude={"sweep"})
+        for key, param in self.sweep.space.items():
+            for value in param.choices if param.choices is not None else (param.low, param.high):
+                try:
+                    RunConfig.model_validate(_merge(plain, _nested({key: value})))
+                except ValidationError as exc:
+                    problems = "; ".join(_describe(e).removeprefix("(top level): Value error, ") for e in exc.errors())
+                    raise ValueError(f"sweep.space.{key}: this config cannot take {value!r} ({problems})") from None
+        return self
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -505,6 +681,23 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """{'method.lora.r': 8} -> {'method': {'lora': {'r': 8}}}, the shape overrides merge in."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        *sections, last = key.split(".")
+        node = nested
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
+def with_values(config: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
+    """The config with dotted keys set to values, merged and validated as `key.sub=value` overrides are."""
+    return build_config(_merge(config.model_dump(mode="json"), _nested(values)), source)
 
 
 def _section_at(loc: tuple) -> type[BaseModel] | None:

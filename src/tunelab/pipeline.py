@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,11 @@ from tunelab.card import render_card
 from tunelab.config import RunConfig
 from tunelab.data.plan import Plan, plan_training
 from tunelab.data.taskset import TaskSet, load_taskset, task_specs
+from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
 from tunelab.eval.runner import predict_records, run_task
-from tunelab.eval.suites import build_report, load_suite, write_suite_report
+from tunelab.eval.suites import build_report, load_suite, report_name, write_suite_report
 from tunelab.eval.targets import Target, trained_target
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
 from tunelab.methods.task_adapters import merge_task_adapter
@@ -72,27 +74,67 @@ def _base_target(model, tokenizer, config: RunConfig, tasks: TaskSet) -> Target:
     return trained_target(model, tokenizer, config, tasks.labels, f"{config.model.name} (base)")
 
 
-def setup(config: RunConfig, run: RunDir, tasks: TaskSet, plan: Plan, precision: str) -> Setup:
-    """Load the model, score it before tuning (once per run: kept across a resume), adapt it and build its trainer."""
+def _demonstration_pools(tasks: TaskSet) -> dict:
+    """Where a few-shot baseline draws each trained task's demonstrations: its training records (a held-out task
+    draws from its own train split)."""
+    return {name: task.train for name, task in tasks.trained.items()}
+
+
+def _check_demonstrations(config: RunConfig, tasks: TaskSet) -> None:
+    """Refuse, before a model loads, a few-shot baseline that a task has too few records to draw from."""
+    pools = _demonstration_pools(tasks)
+    for name, (spec, records, _) in tasks.scored().items():
+        demonstration_pool(spec, records, config.eval.shots, pools.get(name))
+
+
+def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: TaskSet) -> None:
+    """Score the model before tuning as each of `eval.baselines` asks, once per run: a baseline already written (a
+    resumed run) is kept. Few-shot demonstrations come from each trained task's training records."""
+    paths = {"zero_shot": run.base_eval_path, "few_shot": run.few_shot_eval_path}
+    # decided once, by rank 0: another rank looking for a file could see it already written and skip the barrier
+    missing = distributed.share_from_main([b for b in config.eval.baselines if not paths[b].exists()])
+    if not missing:
+        return
+    if distributed.is_main_process():
+        target, pools = _base_target(model, tokenizer, config, tasks), _demonstration_pools(tasks)
+        for baseline in missing:
+            shots = config.eval.shots if baseline == "few_shot" else 0
+            print(f"scoring the base model {shots}-shot on the test data ...")
+            scores = score_tasks(
+                target, tasks.scored(), config.training.seed, shots=shots, scoring=config.eval.scoring, pools=pools
+            )
+            write_json(paths[baseline], scores)
+    distributed.barrier()
+
+
+def setup(
+    config: RunConfig, run: RunDir, tasks: TaskSet, plan: Plan, precision: str, callbacks: Sequence = ()
+) -> Setup:
+    """Load the model, score it before tuning (once per run: kept across a resume), adapt it and build its trainer
+    (with `callbacks` beside its own)."""
     main = distributed.is_main_process()
     architecture = architecture_of(config)
     source = resolve_source(config.model.name, config.model.revision)
     tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
     model = architecture.load(config, tasks, precision)
-    # decided once, by rank 0: another rank looking for the file could see it already written and skip the barrier
-    if distributed.share_from_main(config.eval.evaluate_base and not run.base_eval_path.exists()):
-        if main:
-            print("scoring the base model on the test data ...")
-            base = score_tasks(_base_target(model, tokenizer, config, tasks), tasks.scored(), config.training.seed)
-            write_json(run.base_eval_path, base)
-        distributed.barrier()
+    _score_baselines(config, run, model, tokenizer, tasks)
     model, trainable = architecture.adapt(model, config, tasks)
     print(f"{architecture.name}, method {config.method.name}: {trainable}")
     if main:  # the saved adapter names the base as other machines find it; where it was read here stays on record
         run.update_state(trainable=trainable.as_dict(), base_source=source)
     feed = architecture.feed(model, config, tasks, plan, tokenizer)
     trainer = build_trainer(
-        model, tokenizer, config, run, plan, feed.train, feed.validation, precision, feed.trainer_class, feed.collator
+        model,
+        tokenizer,
+        config,
+        run,
+        plan,
+        feed.train,
+        feed.validation,
+        precision,
+        feed.trainer_class,
+        feed.collator,
+        callbacks,
     )
     return Setup(run, tasks, plan, architecture, trainer, tokenizer, trainable)
 
@@ -102,8 +144,9 @@ def _saved_weights_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*.safetensors"))
 
 
-def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
-    """Train a model as configured (or finish an interrupted run) and write a complete run directory.
+def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence = ()) -> RunDir:
+    """Train a model as configured (or finish an interrupted run) and write a complete run directory. Trainer
+    `callbacks` may watch the training; one that raises stops the run, which is then marked failed.
 
     Under torchrun / accelerate launch every rank loads the data and model and trains its share of every
     global batch; rank 0 alone writes the run directory and evaluates, and the other ranks return once
@@ -111,6 +154,8 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
     """
     check_runnable(config)
     tasks = load_taskset(config)  # every data error surfaces before a model loads
+    if "few_shot" in config.eval.baselines:
+        _check_demonstrations(config, tasks)
     for note in tasks.notes:
         print(f"data: {note}")
     plan = plan_training(config, tasks, distributed.world_size())
@@ -134,7 +179,7 @@ def train(config: RunConfig, resume: RunDir | None = None) -> RunDir:
             plan=plan.stages,
         )
     with run.marks_failure() if main else nullcontext():
-        ready = setup(config, run, tasks, plan, precision)
+        ready = setup(config, run, tasks, plan, precision, callbacks)
         checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
         if checkpoint:
             print(f"resuming from {checkpoint}")
@@ -157,11 +202,14 @@ def _finish(config: RunConfig, ready: Setup, train_seconds: float, memory: dict)
     model = trainer.model
     print("scoring the tuned model on the test data ...")
     tuned_target = trained_target(model, ready.tokenizer, config, tasks.labels, f"{config.name} (tuned)")
-    tuned = score_tasks(tuned_target, tasks.scored(), config.training.seed)
-    base = json.loads(run.base_eval_path.read_text()) if run.base_eval_path.exists() else None
+    tuned = score_tasks(tuned_target, tasks.scored(), config.training.seed, scoring=config.eval.scoring)
+    base, few_shot = (
+        json.loads(path.read_text()) if path.exists() else None
+        for path in (run.base_eval_path, run.few_shot_eval_path)
+    )
     run.save_model(lambda directory: ready.architecture.save(model, config, directory), ready.tokenizer)
     evaluation = {
-        **evaluation_summary(tasks.scored(), base, tuned),
+        **evaluation_summary(tasks.scored(), base, tuned, few_shot),
         "trainable": ready.trainable.as_dict(),
         "method": config.method.name,
         "architecture": ready.architecture.name,
@@ -192,7 +240,9 @@ def _retention_report(config: RunConfig, ready: Setup, tuned: Target) -> str:
         )
 
     suite = load_suite(config.eval.retention_suite)
-    report = forgetting_report(base, tuned, suite, config.eval.retention_limit, seed=config.training.seed)
+    report = forgetting_report(
+        base, tuned, suite, config.eval.retention_limit, seed=config.training.seed, scoring=config.eval.scoring
+    )
     table = render_forgetting(report)
     write_atomic(ready.run.path / "eval" / f"forgetting-{suite.name}.md", table)
     write_json(ready.run.path / "eval" / f"forgetting-{suite.name}.json", report)
@@ -214,15 +264,20 @@ def evaluate_run(
     samples: int = 1000,
     seed: int = 0,
     task: str | None = None,
+    shots: int = 0,
+    scoring: str | None = None,
 ) -> Path:
     """Score the run on a labelled file, read as records of the run's task (`task` names one of a mixture's),
     and write the report a suite task gets (`data-<file>.json/.md/.outputs.jsonl`, every metric with its 95%
-    interval) to `output` (default the run's eval/ folder); returns the JSON path."""
+    interval) to `output` (default the run's eval/ folder); returns the JSON path. With `shots`, each prompt
+    follows demonstrations drawn from the task's train split (the run's training data for a `data:` run)."""
     loaded = load_run(run)
     spec, target = _answering(loaded, task)
     records = read_for_task(data_path, spec)
-    results = {Path(data_path).name: run_task(target, spec, records, samples, seed)}
-    report = build_report(f"data-{Path(data_path).stem}", str(run.path), results, seed, samples)
+    result = run_task(target, spec, records, samples, seed, shots, scoring)
+    results = {Path(data_path).name: result}
+    name = report_name(f"data-{Path(data_path).stem}", shots, scoring)
+    report = build_report(name, str(run.path), results, seed, samples)
     return write_suite_report(output or run.path / "eval", report, results)
 
 

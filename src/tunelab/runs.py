@@ -6,7 +6,8 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
     run.json        state (running | complete | failed), the base (`base_model` as configured, `base_source` the
                     folder or hub id it was read from here), labels, trainable parameters, timings, peak memory
     metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
-    base_eval.json  test metrics of the model before tuning (written before training, kept on resume)
+    base_eval.json  test metrics of the model before tuning, zero-shot (written before training, kept on resume)
+    few_shot_eval.json  the same, few-shot (`eval.baselines: [few_shot]`; written before training, kept on resume)
     checkpoints/    Trainer checkpoints while training (removed once the run completes)
     model/          what training changed, as the method saves it (safetensors: the full model, a PEFT
                     adapter, a bottleneck adapter, or the changed tensors of head/bitfit) and the tokenizer
@@ -105,6 +106,7 @@ class RunDir:
     state_path = property(lambda self: self.path / "run.json")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     base_eval_path = property(lambda self: self.path / "base_eval.json")
+    few_shot_eval_path = property(lambda self: self.path / "few_shot_eval.json")
     eval_path = property(lambda self: self.path / "eval.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     model_dir = property(lambda self: self.path / "model")

@@ -43,10 +43,12 @@ def evaluate_suite(
     seed: int = 0,
     samples: int = 1000,
     batch_size: int = 32,
+    shots: int = 0,
+    scoring: str | None = None,
 ) -> Path:
-    """`tunelab eval TARGET --suite NAME`."""
+    """`tunelab eval TARGET --suite NAME [--shots K] [--scoring loglik|generate]`."""
     loaded_suite = load_suite(suite)  # a bad suite fails before a model loads
-    report, results = run_suite(load_target(target, batch_size), loaded_suite, limit, seed, samples)
+    report, results = run_suite(load_target(target, batch_size), loaded_suite, limit, seed, samples, shots, scoring)
     path = write_suite_report(report_dir(target, output), report, results)
     print(path.with_suffix(".md").read_text(encoding="utf-8"))
     return path
@@ -61,8 +63,9 @@ def forgetting(
     seed: int = 0,
     samples: int = 1000,
     batch_size: int = 32,
+    scoring: str | None = None,
 ) -> Path:
-    """`tunelab forgetting BASE TUNED --suite NAME`: one model in memory at a time."""
+    """`tunelab forgetting BASE TUNED --suite NAME [--scoring loglik|generate]`: one model in memory at a time."""
     loaded_suite = load_suite(suite)
     report = forgetting_report(
         lambda: load_target(base, batch_size),
@@ -71,6 +74,7 @@ def forgetting(
         limit,
         seed,
         samples,
+        scoring,
     )
     return _write(report_dir(tuned, output), f"forgetting-{loaded_suite.name}", report, render_forgetting(report))
 

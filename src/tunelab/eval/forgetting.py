@@ -19,11 +19,13 @@ from tunelab.eval.suites import Suite, suite_tasks
 from tunelab.eval.targets import Target
 
 
-def _evaluate_all(target: Target, tasks, samples: int, seed: int, label: str) -> dict[str, TaskResult]:
+def _evaluate_all(
+    target: Target, tasks, samples: int, seed: int, label: str, scoring: str | None
+) -> dict[str, TaskResult]:
     results = {}
     for spec, records in tasks:
         print(f"forgetting: {label} on {spec.name} ({len(records)} examples) ...", flush=True)
-        results[spec.name] = run_task(target, spec, records, samples, seed)
+        results[spec.name] = run_task(target, spec, records, samples, seed, scoring=scoring)
     return results
 
 
@@ -39,6 +41,7 @@ def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int
     row = {
         "kind": spec.kind,
         "examples": base.examples,
+        "scoring": {"base": base.scoring, "tuned": tuned.scoring},
         "metric": metric.name,
         "higher_is_better": metric.higher_is_better,
         "base": base.scores[metric.name].as_dict(),
@@ -61,16 +64,18 @@ def forgetting_report(
     limit: int | None = None,
     seed: int = 0,
     samples: int = 1000,
+    scoring: str | None = None,
 ) -> dict:
-    """Base vs tuned on the same examples of every suite task. A target may be given as a loader, so only
-    one model needs to be in memory at a time."""
+    """Base vs tuned on the same examples of every suite task, classification scored as `scoring` says (each
+    task's own scoring when absent). A target may be given as a loader, so only one model needs to be in memory
+    at a time."""
     tasks = suite_tasks(suite, limit, seed)
     results = {}
     names = {}
     for role, target in (("base", base), ("tuned", tuned)):
         loaded = target() if callable(target) else target
         names[role] = loaded.name
-        results[role] = _evaluate_all(loaded, tasks, samples, seed, role)
+        results[role] = _evaluate_all(loaded, tasks, samples, seed, role, scoring)
         del loaded
     rows = {
         spec.name: _task_row(spec, results["base"][spec.name], results["tuned"][spec.name], samples, seed)
@@ -87,6 +92,7 @@ def forgetting_report(
         "tuned": names["tuned"],
         "seed": seed,
         "bootstrap_samples": samples,
+        "scoring": scoring,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tasks": rows,
         "average_forgetting": sum(drops) / len(drops) if drops else None,
@@ -98,7 +104,9 @@ def render_forgetting(report: dict) -> str:
     """The forgetting table in Markdown, for the CLI, the report file and the run card."""
     lines = [
         f"Base `{report['base']}` vs tuned `{report['tuned']}` on suite `{report['suite']}` "
-        f"(same examples; change = tuned - base, paired bootstrap 95% CI, {report['bootstrap_samples']} resamples).",
+        f"(same examples; change = tuned - base, paired bootstrap 95% CI, {report['bootstrap_samples']} resamples"
+        + (f"; classification scored by {report['scoring']}" if report.get("scoring") else "")
+        + ").",
         "",
         "| task | examples | metric | base | tuned | change [95% CI] | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- |",

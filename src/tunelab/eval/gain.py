@@ -2,7 +2,7 @@
 
 Every run, one task or many, is scored the same way: each task with its own metrics (bootstrap 95% intervals,
 0-100 scale), held-out tasks marked, and macro averages of the primary metrics over the trained and the
-held-out tasks.
+held-out tasks. Before training, the base model may be scored zero-shot (`base`) and few-shot (`few_shot`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,23 @@ ScoredTasks = dict[str, tuple[TaskSpec, list[Record], bool]]
 """Task name -> (spec, test records, held out?)."""
 
 
-def score_tasks(target: Target, tasks: ScoredTasks, seed: int, samples: int = 1000) -> dict[str, dict]:
-    """Each task's report (`TaskResult.as_dict`) for `target`, which answers each task its own way."""
-    results = {}
+def score_tasks(
+    target: Target,
+    tasks: ScoredTasks,
+    seed: int,
+    samples: int = 1000,
+    shots: int = 0,
+    scoring: str | None = None,
+    pools: dict[str, list[Record]] | None = None,
+) -> dict[str, dict]:
+    """Each task's report (`TaskResult.as_dict`) for `target`, which answers each task its own way: after `shots`
+    demonstrations drawn from the task's records in `pools` (a run's training records; the task's own train split
+    for a task without them), classification scored as `scoring` says."""
+    results, pools = {}, pools or {}
     for name, (spec, records, _) in tasks.items():
         print(f"scoring {target.name} on {name} ({len(records)} examples) ...", flush=True)
-        results[name] = run_task(target, spec, records, samples, seed).as_dict()
+        result = run_task(target, spec, records, samples, seed, shots, scoring, pools.get(name))
+        results[name] = result.as_dict()
     return results
 
 
@@ -38,22 +49,25 @@ def _macro(results: dict[str, dict] | None, tasks: ScoredTasks, held_out: bool) 
     return sum(values) / len(values) if values else None
 
 
-def evaluation_summary(tasks: ScoredTasks, base: dict[str, dict] | None, tuned: dict[str, dict]) -> dict:
-    """eval.json's scores: per task base and tuned, and the macro averages."""
+def evaluation_summary(
+    tasks: ScoredTasks, base: dict[str, dict] | None, tuned: dict[str, dict], few_shot: dict[str, dict] | None = None
+) -> dict:
+    """eval.json's scores: per task the base model zero-shot (`base`) and few-shot, the tuned model, and the macro
+    averages of each (None where a baseline was not scored)."""
+    scored = {"base": base, "few_shot": few_shot, "tuned": tuned}
     per_task = {
         name: {
             "kind": spec.kind,
             "metric": spec.primary_metric,
             "held_out": held_out,
-            "base": base.get(name) if base else None,
-            "tuned": tuned[name],
+            **{role: results.get(name) if results else None for role, results in scored.items()},
         }
         for name, (spec, _, held_out) in tasks.items()
     }
     return {
         "tasks": per_task,
-        "macro_average": {"base": _macro(base, tasks, False), "tuned": _macro(tuned, tasks, False)},
-        "held_out_average": {"base": _macro(base, tasks, True), "tuned": _macro(tuned, tasks, True)},
+        "macro_average": {role: _macro(results, tasks, False) for role, results in scored.items()},
+        "held_out_average": {role: _macro(results, tasks, True) for role, results in scored.items()},
     }
 
 

@@ -10,7 +10,9 @@ Who computes what:
   (conlleval-compatible default mode).
 - tunelab (written here): SQuAD exact match and token F1, following the official
   SQuAD v1.1 evaluation script, and perplexity as exp of the token-weighted mean NLL (of a text, or of each
-  record's reference answer given its prompt: reference perplexity).
+  record's reference answer given its prompt: reference perplexity); beside it, lm-evaluation-harness's
+  conventions for a text (its token, word and byte perplexities and bits per byte), so our numbers compare
+  with the ones users read in papers.
 
 Every bounded metric is reported on a 0-100 scale (accuracy 87.5, F1 x100, MCC
 x100, ROUGE x100, BLEU/chrF as sacrebleu gives them); perplexity is raw. Each
@@ -30,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -62,11 +64,13 @@ class Metric:
     from_confusion: Callable[[np.ndarray], np.ndarray] | None = None
     """For label metrics: the metric of many confusion matrices at once ([resamples, references, predictions], see
     `confusion_columns`), so a bootstrap counts instead of calling scikit-learn per resample (same values, tested)."""
-    reads: Literal["answers", "reference_nll"] = "answers"
+    reads: Literal["answers", "reference_nll", "rolling_nll"] = "answers"
     """What the metric scores. "answers": the task's predictions (parsed model answers, or a language-modelling
     text's (nll, tokens) pairs) against its references. "reference_nll": the (nll, tokens) pairs of the reference
     answers given their prompts, which no generated answer yields; one task can report both kinds (ROUGE-L of
-    its answers beside the perplexity of its references), so each metric names its own inputs."""
+    its answers beside the perplexity of its references), so each metric names its own inputs. "rolling_nll":
+    each text's `TextLikelihood` scored as lm-evaluation-harness scores it (a second pass over the texts, made
+    only for a task that lists such a metric)."""
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -403,6 +407,48 @@ def perplexity(predictions: Sequence[tuple[float, int]], references: Sequence | 
     return math.exp(total_nll / total_tokens)
 
 
+class TextLikelihood(NamedTuple):
+    """One text scored as lm-evaluation-harness's `loglikelihood_rolling` scores it: the summed NLL of every token
+    (the first one given only the prefix token), and the units lm-eval divides it by."""
+
+    nll: float
+    tokens: int
+    words: int
+    """Whitespace-separated pieces, `len(re.split(r"\\s+", text))`, as lm-eval counts them."""
+    bytes: int
+    """UTF-8 bytes of the text."""
+
+
+def _nll_per(predictions: Sequence[TextLikelihood], unit: Literal["tokens", "words", "bytes"]) -> float:
+    """Total NLL over the total count of `unit`: the corpus as one text, as lm-eval's `weighted_perplexity` and
+    `bits_per_byte` aggregate (sums first), so it is not a mean of per-text scores."""
+    total = sum(getattr(text, unit) for text in predictions)
+    if total <= 0:
+        raise MetricError(f"a perplexity per {unit[:-1]} needs at least one {unit[:-1]}")
+    return sum(text.nll for text in predictions) / total
+
+
+def lm_eval_perplexity(predictions: Sequence[TextLikelihood], references: Sequence | None = None) -> float:
+    """exp(NLL per token) with every token of each text predicted after lm-eval's prefix token: lm-eval's token
+    perplexity. Usually above `perplexity`, which never scores a text's first token, the hardest to guess."""
+    return math.exp(_nll_per(predictions, "tokens"))
+
+
+def word_perplexity(predictions: Sequence[TextLikelihood], references: Sequence | None = None) -> float:
+    """exp(NLL per word), lm-eval's `word_perplexity`: independent of the tokenizer, so models compare."""
+    return math.exp(_nll_per(predictions, "words"))
+
+
+def byte_perplexity(predictions: Sequence[TextLikelihood], references: Sequence | None = None) -> float:
+    """exp(NLL per UTF-8 byte), lm-eval's `byte_perplexity`."""
+    return math.exp(_nll_per(predictions, "bytes"))
+
+
+def bits_per_byte(predictions: Sequence[TextLikelihood], references: Sequence | None = None) -> float:
+    """NLL per UTF-8 byte in bits, lm-eval's `bits_per_byte`: the compression view, log2 of `byte_perplexity`."""
+    return _nll_per(predictions, "bytes") / math.log(2)
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 
@@ -414,6 +460,12 @@ def _classification(name: str, compute: Callable, description: str, from_confusi
 def _mean_metric(per_example: Callable[[Any, Any], float], library: str, description: str) -> Metric:
     """A metric whose corpus score is the mean of `per_example`, named after that function."""
     return Metric(per_example.__name__, _mean_of(per_example), per_example, True, library, description)
+
+
+def _rolling(compute: Callable[[Sequence, Sequence], float], description: str) -> Metric:
+    """A lower-is-better metric of lm-eval's rolling likelihoods, named after `compute`; a corpus ratio of sums,
+    so it has no per-example form and the bootstrap recomputes it per resample."""
+    return Metric(compute.__name__, compute, None, False, "tunelab", description, reads="rolling_nll")
 
 
 METRICS: dict[str, Metric] = {
@@ -438,7 +490,7 @@ METRICS: dict[str, Metric] = {
         Metric("entity_precision", entity_precision, None, True, "seqeval", "entity-level precision"),
         Metric("entity_recall", entity_recall, None, True, "seqeval", "entity-level recall"),
         Metric("entity_f1", entity_f1, None, True, "seqeval", "entity-level F1"),
-        Metric("perplexity", perplexity, None, False, "tunelab", "exp of token-weighted mean NLL"),
+        Metric("perplexity", perplexity, None, False, "tunelab", "exp of token-weighted mean NLL of tokens 2..n"),
         Metric(
             "reference_perplexity",
             perplexity,
@@ -448,6 +500,10 @@ METRICS: dict[str, Metric] = {
             "exp of token-weighted mean NLL of the reference answers given their prompts",
             reads="reference_nll",
         ),
+        _rolling(lm_eval_perplexity, "lm-eval's token perplexity: every token scored, the first after a prefix token"),
+        _rolling(word_perplexity, "lm-eval's word perplexity: exp of NLL per whitespace-separated word"),
+        _rolling(byte_perplexity, "lm-eval's byte perplexity: exp of NLL per UTF-8 byte"),
+        _rolling(bits_per_byte, "lm-eval's bits per byte: NLL per UTF-8 byte in bits"),
     )
 }
 

@@ -3,7 +3,12 @@
 Every report (suites, forgetting, robustness, bias) is built from `run_task`, so a metric means the same
 thing everywhere. The result keeps the parsed predictions and references, which is what paired comparisons
 (base vs tuned, clean vs perturbed) resample, and, when a metric asks for it, the NLL of each reference answer
-given its prompt (`reference_perplexity`).
+given its prompt (`reference_perplexity`), and each text scored as lm-evaluation-harness scores it (`word_perplexity`
+and the other lm-eval perplexities).
+
+A generating model's prompt may follow demonstrations (few-shot, `tunelab.eval.fewshot`), as many as fit the input,
+and it answers a classification task by generating a label's words or, scored `loglik`, by the label whose words
+are most likely after the prompt (rank classification); both read the same prompts.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import torch
 from tunelab.config import DataConfig, RunConfig, TrainingConfig
 from tunelab.data.encode import IGNORE_INDEX, decoder_prompt_ids, encode
 from tunelab.data.readers import Record
+from tunelab.data.templates import Demonstration, format_decoder_prompt, has_chat_template, with_demonstrations
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
+from tunelab.eval.fewshot import draw_demonstrations
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
-from tunelab.eval.metrics import MetricError, get_metric, match_label, unmatched_share
+from tunelab.eval.metrics import MetricError, TextLikelihood, get_metric, match_label, unmatched_share
 from tunelab.eval.predict import classify
+from tunelab.eval.rolling import rolling_nll
 from tunelab.eval.targets import Target, TargetError
 from tunelab.tasks import TaskSpec, parse_entities
 
@@ -34,7 +42,7 @@ class TaskResult:
     """What the metrics read: labels (None = matched no label), texts, tag lists, or (nll, tokens) pairs."""
     references: list = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    """The model's raw answers (generated text, or the predicted label of a classifier)."""
+    """The model's raw answers (generated text, or the predicted label of a classifier or of rank classification)."""
     unmatched: float | None = None
     """Generative classification: share (0-100) of answers that named no label."""
     skipped: str | None = None
@@ -42,18 +50,35 @@ class TaskResult:
     reference_nll: list[tuple[float, int]] = field(default_factory=list)
     """Each reference answer's summed NLL given its prompt and its token count; computed only when a metric of
     the task reads it (a forward pass over every record)."""
+    scoring: str | None = None
+    """How the answers were read: 'head' (a classifier), 'generate', or 'loglik' (the most likely label); None for
+    perplexity."""
+    shots: int = 0
+    """Demonstrations asked for before each prompt (few-shot prompting)."""
+    shown: list[int] = field(default_factory=list)
+    """Demonstrations each prompt really held: the first ones are dropped when a prompt would not fit the input."""
+    rolling_nll: list[TextLikelihood] = field(default_factory=list)
+    """A language-modelling task's texts scored by lm-eval's convention (prefix token, every token once); computed
+    only when a metric of the task reads it (a second pass over the texts)."""
 
     def metric_inputs(self, name: str) -> tuple[list, list]:
         """The (predictions, references) metric `name` scores: the parsed answers and their references, or the
-        reference answers' (nll, tokens) pairs, which need no references."""
-        if get_metric(name).reads == "reference_nll":
-            return self.reference_nll, [None] * len(self.reference_nll)
-        return self.predictions, self.references
+        reference answers' (nll, tokens) pairs or the texts' lm-eval likelihoods, which need no references."""
+        reads = get_metric(name).reads
+        if reads == "answers":
+            return self.predictions, self.references
+        scored = {"reference_nll": self.reference_nll, "rolling_nll": self.rolling_nll}[reads]
+        return scored, [None] * len(scored)
 
     def as_dict(self) -> dict:
         result = {"kind": self.kind, "examples": self.examples}
         if self.skipped:
             return {**result, "skipped": self.skipped}
+        if self.scoring:
+            result["scoring"] = self.scoring
+        result["shots"] = self.shots
+        if self.shots:
+            result["demonstrations_shown"] = sum(self.shown) / len(self.shown) if self.shown else 0.0
         result["metrics"] = {name: interval.as_dict() for name, interval in self.scores.items()}
         if self.unmatched is not None:
             result["unmatched_share"] = self.unmatched
@@ -73,8 +98,13 @@ def reads_reference_nll(spec: TaskSpec) -> bool:
     return any(get_metric(name).reads == "reference_nll" for name in spec.metrics)
 
 
-def skip_reason(target: Target, spec: TaskSpec) -> str | None:
-    """Why `target` cannot be scored on `spec`, or None when it can."""
+def reads_rolling_nll(spec: TaskSpec) -> bool:
+    """Whether a metric of the task scores texts by lm-eval's convention (which costs a second pass over them)."""
+    return any(get_metric(name).reads == "rolling_nll" for name in spec.metrics)
+
+
+def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
+    """Why `target` cannot be scored on `spec` (with `shots` demonstrations in each prompt), or None when it can."""
     if target.unavailable:
         return target.unavailable
     if not target.generates and reads_reference_nll(spec):
@@ -88,6 +118,8 @@ def skip_reason(target: Target, spec: TaskSpec) -> str | None:
             return f"{target.name} predicts labels {target.labels}, task {spec.name} has {sorted(spec.label_words)}"
         if not 1 <= len(spec.input_fields) <= 2:
             return f"a classifier reads one text or a text pair; task {spec.name} has inputs {spec.input_fields}"
+        if shots:
+            return f"{target.name} answers through a trained head, which reads no demonstrations; use 0 shots"
     elif spec.kind == "language_modeling" and target.task != "causal_lm":
         return "perplexity is computed for decoder models only"
     return None
@@ -107,9 +139,45 @@ def prompt_ids(target: Target, prompt: str, max_new_tokens: int, spec: TaskSpec 
     return target.tokenizer(prompt, truncation=True, max_length=input_limit(target, spec))["input_ids"]
 
 
-def answers(target: Target, spec: TaskSpec, records: list[Record]) -> list[str]:
-    """The target's generated answers to the records, phrased with the task's first template."""
-    prompts = [prompt_ids(target, spec.prompt(record), spec.max_new_tokens, spec) for record in records]
+def _demonstrated_ids(target: Target, prompt: str, demonstrations: list[Demonstration]) -> list[int]:
+    """The uncut ids of a prompt after its demonstrations, as the target reads them."""
+    tokenizer = target.tokenizer
+    if target.task == "causal_lm":
+        text = format_decoder_prompt(prompt, tokenizer, demonstrations)
+        return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+    return tokenizer(with_demonstrations(prompt, demonstrations))["input_ids"]
+
+
+def shown_prompt_ids(
+    target: Target, spec: TaskSpec, prompt: str, demonstrations: list[Demonstration], room: int
+) -> tuple[list[int], int]:
+    """The ids of a prompt after as many of its demonstrations as fit the input limit, leaving a decoder `room`
+    tokens for its answer, and how many that is. The first demonstrations go first; when none fit, the prompt is
+    the zero-shot one, cut as zero-shot cuts it, so demonstrations never cost the query any of its text."""
+    limit = input_limit(target, spec) - (room if target.task == "causal_lm" else 0)
+    for first in range(len(demonstrations)):
+        ids = _demonstrated_ids(target, prompt, demonstrations[first:])
+        if len(ids) <= limit:
+            return ids, len(demonstrations) - first
+    return prompt_ids(target, prompt, room, spec), 0
+
+
+def task_prompts(
+    target: Target, spec: TaskSpec, records: list[Record], demonstrations: list[list[Demonstration]], room: int
+) -> tuple[list[list[int]], list[int]]:
+    """Each record's prompt ids (the task's first template, after its demonstrations) and the demonstrations
+    each shows."""
+    pairs = [shown_prompt_ids(target, spec, spec.prompt(r), d, room) for r, d in zip(records, demonstrations)]
+    return [ids for ids, _ in pairs], [shown for _, shown in pairs]
+
+
+def answers(
+    target: Target, spec: TaskSpec, records: list[Record], prompts: list[list[int]] | None = None
+) -> list[str]:
+    """The target's generated answers to the records, phrased with the task's first template (or to `prompts`,
+    their prompt ids with demonstrations, `task_prompts`)."""
+    if prompts is None:
+        prompts = [prompt_ids(target, spec.prompt(record), spec.max_new_tokens, spec) for record in records]
     return generate_texts(
         target.model,
         target.tokenizer,
@@ -196,16 +264,10 @@ def _batch_nll(target: Target, examples: list[dict]) -> list[tuple[float, int]]:
 
 
 @torch.inference_mode()
-def reference_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
-    """Each record's reference answer (`spec.target`) scored as a continuation of its prompt: the summed NLL of
-    its tokens and their count, in length-sorted batches (results in record order)."""
-    if spec.kind not in REFERENCE_KINDS:
-        raise MetricError(
-            f"reference_perplexity scores reference answers; task {spec.name} is a {spec.kind} task. "
-            f"Use it with a {', '.join(REFERENCE_KINDS)} task"
-        )
+def _examples_nll(target: Target, examples: list[dict]) -> list[tuple[float, int]]:
+    """`_batch_nll` of every example, in length-sorted batches that keep within REFERENCE_LOGITS (results in
+    example order)."""
     target.model.eval()
-    examples = _reference_examples(target, spec, records)
     longest = max((max(len(e["input_ids"]), len(e["labels"])) for e in examples), default=1)
     batch_size = max(1, min(target.batch_size, REFERENCE_LOGITS // (longest * len(target.tokenizer))))
     pairs: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
@@ -215,8 +277,88 @@ def reference_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list
     return pairs
 
 
-def predictions_for(target: Target, spec: TaskSpec, records: list[Record]) -> tuple[list, list, list[str]]:
-    """(metric predictions, metric references, raw outputs) of `target` on `records`."""
+def reference_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
+    """Each record's reference answer (`spec.target`) scored as a continuation of its prompt: the summed NLL of
+    its tokens and their count, in length-sorted batches (results in record order)."""
+    if spec.kind not in REFERENCE_KINDS:
+        raise MetricError(
+            f"reference_perplexity scores reference answers; task {spec.name} is a {spec.kind} task. "
+            f"Use it with a {', '.join(REFERENCE_KINDS)} task"
+        )
+    return _examples_nll(target, _reference_examples(target, spec, records))
+
+
+def label_continuations(target: Target, spec: TaskSpec) -> list[list[int]]:
+    """Each label's first label word, in label order, tokenised as training's encoder tokenises an answer but
+    without the EOS it ends one with: rank classification scores how an answer starts, not that it stops there
+    (lm-evaluation-harness and T0 append no EOS either)."""
+    tokenizer, continuations = target.tokenizer, []
+    for label, words in spec.label_words.items():
+        if target.task == "causal_lm":
+            ids = tokenizer(words[0], add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(text_target=words[0])["input_ids"]
+            ids = ids[:-1] if ids[-1:] == [tokenizer.eos_token_id] else ids
+        if not ids:
+            raise TargetError(f"task {spec.name}: label {label}'s first label word {words[0]!r} has no tokens")
+        continuations.append(ids)
+    return continuations
+
+
+def _continued(target: Target, prompt: list[int], continuation: list[int]) -> dict:
+    """A prompt and one continuation as `_batch_nll` scores them: a decoder reads both with the continuation
+    labelled; an encoder-decoder reads the prompt and is labelled with the continuation."""
+    if target.task == "causal_lm":
+        ids = prompt + continuation
+        labels = [IGNORE_INDEX] * len(prompt) + continuation
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+    return {"input_ids": prompt, "attention_mask": [1] * len(prompt), "labels": continuation}
+
+
+def label_loglikelihoods(
+    target: Target, spec: TaskSpec, records: list[Record], prompts: list[list[int]] | None = None
+) -> list[dict[str, float]]:
+    """What rank classification ranks: for each record, each label's summed log-likelihood of its continuation
+    (`label_continuations`) after the record's prompt (zero-shot, or `prompts`, `task_prompts`)."""
+    labels, continuations = list(spec.label_words), label_continuations(target, spec)
+    if prompts is None:
+        prompts = task_prompts(target, spec, records, [[]] * len(records), max(map(len, continuations)))[0]
+    examples = [_continued(target, prompt, continuation) for prompt in prompts for continuation in continuations]
+    nll = [total for total, _ in _examples_nll(target, examples)]
+    return [
+        {label: -total for label, total in zip(labels, nll[start : start + len(labels)])}
+        for start in range(0, len(nll), len(labels))
+    ]
+
+
+def answer_room(target: Target, spec: TaskSpec, scoring: str | None) -> int:
+    """Tokens a decoder's prompt leaves for its answer: the longest generated answer, or, scored by loglik, the
+    longest label continuation."""
+    if scoring == "loglik":
+        return max(map(len, label_continuations(target, spec)))
+    return spec.max_new_tokens
+
+
+def scoring_of(target: Target, spec: TaskSpec, scoring: str | None = None) -> str | None:
+    """How `target` answers `spec`: through its head, by generating, or, for a classification task on a generating
+    model, as `scoring` says (default the task's own `scoring`); None for perplexity."""
+    if spec.kind == "language_modeling":
+        return None
+    if not target.generates:
+        return "head"
+    return (scoring or spec.scoring) if spec.kind == "classification" else "generate"
+
+
+def predictions_for(
+    target: Target,
+    spec: TaskSpec,
+    records: list[Record],
+    prompts: list[list[int]] | None = None,
+    scoring: str | None = "generate",
+) -> tuple[list, list, list[str]]:
+    """(metric predictions, metric references, raw outputs) of `target` on `records`; a generating target reads
+    `prompts` (`task_prompts`; zero-shot when absent) and answers a classification task as `scoring` says (the
+    label it ranks first is then its output)."""
     if spec.kind == "language_modeling":
         pairs = _nll_pairs(target, spec, records)
         return (
@@ -229,9 +371,12 @@ def predictions_for(target: Target, spec: TaskSpec, records: list[Record]) -> tu
         if not target.generates:
             labels = [p["label"] for p in classifier_predictions(target, spec, records)]
             return labels, references, labels
-        outputs = answers(target, spec, records)
+        if scoring == "loglik":  # the most likely label; the first of them on a tie
+            labels = [max(scores, key=scores.get) for scores in label_loglikelihoods(target, spec, records, prompts)]
+            return labels, references, labels
+        outputs = answers(target, spec, records, prompts)
         return [match_label(o, spec.label_words) for o in outputs], references, outputs
-    outputs = answers(target, spec, records)
+    outputs = answers(target, spec, records, prompts)
     if spec.kind == "ner":
         predictions = [
             parse_entities(o, list(map(str, r.fields[spec.tokens_field]))) for o, r in zip(outputs, records)
@@ -248,19 +393,41 @@ def score(spec: TaskSpec, result: TaskResult, samples: int = 1000, seed: int = 0
     }
 
 
-def run_task(target: Target, spec: TaskSpec, records: list[Record], samples: int = 1000, seed: int = 0) -> TaskResult:
+def run_task(
+    target: Target,
+    spec: TaskSpec,
+    records: list[Record],
+    samples: int = 1000,
+    seed: int = 0,
+    shots: int = 0,
+    scoring: str | None = None,
+    pool: list[Record] | None = None,
+) -> TaskResult:
     """Score `target` (for a multi-task model: what answers this task) on `records` of task `spec`, or say why it
-    cannot be scored."""
+    cannot be scored. A generating target sees `shots` demonstrations before each prompt, drawn with `seed` from
+    `pool` (default the task's train split; `tunelab.eval.fewshot`), and answers a classification task as
+    `scoring` says (default the task's own)."""
     target = target.for_task(spec.name)
     result = TaskResult(spec.name, spec.kind, len(records))
-    result.skipped = skip_reason(target, spec)
+    result.skipped = skip_reason(target, spec, shots)
     if result.skipped:
         return result
+    result.scoring = scoring_of(target, spec, scoring)
+    prompts = None
+    if result.scoring in ("generate", "loglik"):
+        result.shots = shots
+        demonstrations = draw_demonstrations(spec, records, shots, seed, pool) if shots else [[]] * len(records)
+        room = answer_room(target, spec, result.scoring)
+        prompts, result.shown = task_prompts(target, spec, records, demonstrations, room)
     if reads_reference_nll(spec):  # first: a task of the wrong kind fails before any answer is generated
         result.reference_nll = reference_nll(target, spec, records)
-    result.predictions, result.references, result.outputs = predictions_for(target, spec, records)
+    if reads_rolling_nll(spec):
+        result.rolling_nll = rolling_nll(target, spec, records)
+    result.predictions, result.references, result.outputs = predictions_for(
+        target, spec, records, prompts, result.scoring
+    )
     result.scores = score(spec, result, samples, seed)
-    if spec.kind == "classification" and target.generates:
+    if spec.kind == "classification" and result.scoring == "generate":
         result.unmatched = unmatched_share(result.predictions)
     return result
 

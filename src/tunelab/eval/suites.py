@@ -1,9 +1,11 @@
 """Benchmark suites: a YAML list of tasks with example limits, run against one target.
 
 `tunelab eval TARGET --suite glue-mini` writes `<suite>.json` (every metric with its bootstrap 95%
-interval), `<suite>.md` (the table) and `<suite>.outputs.jsonl` (each answer beside its reference). The
-suite average is GLUE-style: the mean of each scored task's primary metric (perplexity, which is not on
-a 0-100 scale, is left out of it).
+interval), `<suite>.md` (the table) and `<suite>.outputs.jsonl` (each answer beside its reference); with
+`--shots K` or `--scoring S` the name says so (`glue-mini-5shot-loglik.json`), so protocols never overwrite each
+other's reports, and every task says how it was scored and with how many demonstrations. The suite average is
+GLUE-style: the mean of each scored task's primary metric (perplexity, which is not on a 0-100 scale, is left
+out of it).
 """
 
 from __future__ import annotations
@@ -87,16 +89,38 @@ def build_report(
     }
 
 
+def report_name(name: str, shots: int = 0, scoring: str | None = None) -> str:
+    """A report's name and file stem: the suite's (or data file's), marked with the protocol when it is not the
+    default (zero-shot, each task's own scoring)."""
+    return name + (f"-{shots}shot" if shots else "") + (f"-{scoring}" if scoring else "")
+
+
 def run_suite(
-    target: Target, suite: Suite, limit: int | None = None, seed: int = 0, samples: int = 1000
+    target: Target,
+    suite: Suite,
+    limit: int | None = None,
+    seed: int = 0,
+    samples: int = 1000,
+    shots: int = 0,
+    scoring: str | None = None,
 ) -> tuple[dict, dict]:
-    """(report, task results) of `target` on every task of `suite`."""
+    """(report, task results) of `target` on every task of `suite`, with `shots` demonstrations before each prompt
+    and classification scored as `scoring` says (`run_task`)."""
     results, specs = {}, {}
     for spec, records in suite_tasks(suite, limit, seed):
         print(f"{suite.name}: {spec.name} ({len(records)} examples) ...", flush=True)
         specs[spec.name] = spec
-        results[spec.name] = run_task(target, spec, records, samples, seed)
-    return build_report(suite.name, target.name, results, seed, samples, average(results, specs)), results
+        results[spec.name] = run_task(target, spec, records, samples, seed, shots, scoring)
+    name = report_name(suite.name, shots, scoring)
+    return build_report(name, target.name, results, seed, samples, average(results, specs)), results
+
+
+def _protocol_cells(task: dict) -> str:
+    """A task's shots (with the mean really shown, when long prompts dropped some) and scoring cells."""
+    shots = str(task["shots"])
+    if task["shots"] and task["demonstrations_shown"] < task["shots"]:
+        shots += f" ({task['demonstrations_shown']:.1f} shown)"
+    return f"{shots} | {task.get('scoring', '-')}"
 
 
 def render_suite(report: dict) -> str:
@@ -104,17 +128,20 @@ def render_suite(report: dict) -> str:
     lines = [
         f"# {report['suite']}: {report['target']}",
         "",
-        "| task | examples | metric | score [95% CI] | note |",
-        "| --- | --- | --- | --- | --- |",
+        "| task | examples | shots | scoring | metric | score [95% CI] | note |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, task in report["tasks"].items():
         if "skipped" in task:
-            lines.append(f"| {name} | {task['examples']} | - | - | skipped: {task['skipped']} |")
+            lines.append(f"| {name} | {task['examples']} | - | - | - | - | skipped: {task['skipped']} |")
             continue
         note = f"{task['unmatched_share']:.1f}% answers matched no label" if task.get("unmatched_share") else ""
         for i, (metric, value) in enumerate(task["metrics"].items()):
+            first = i == 0
             lines.append(
-                f"| {name if i == 0 else ''} | {task['examples'] if i == 0 else ''} | {metric} | {format_interval(value)} | {note if i == 0 else ''} |"
+                f"| {name if first else ''} | {task['examples'] if first else ''} | "
+                f"{_protocol_cells(task) if first else ' | '} | {metric} | {format_interval(value)} | "
+                f"{note if first else ''} |"
             )
     if report["average"]:
         lines += [
@@ -129,10 +156,10 @@ def render_suite(report: dict) -> str:
 def outputs_jsonl(results: dict[str, TaskResult]) -> str:
     rows = []
     for name, result in results.items():
+        shown = result.shown or [0] * len(result.outputs)
         for i, (output, reference) in enumerate(zip(result.outputs, result.references)):
-            rows.append(
-                json.dumps({"task": name, "index": i, "output": output, "reference": reference}, ensure_ascii=False)
-            )
+            row = {"task": name, "index": i, "shots": shown[i], "output": output, "reference": reference}
+            rows.append(json.dumps(row, ensure_ascii=False))
     return "".join(row + "\n" for row in rows)
 
 

@@ -75,6 +75,10 @@ class TaskSpec(BaseModel):
     """Classification: the field holding the gold label."""
     label_words: dict[str, list[str]] = {}
     """Classification: for each label, the words that name it in generated text; the first is the target answer."""
+    scoring: Literal["generate", "loglik"] = "generate"
+    """Classification on generating models: 'generate' maps the generated answer to a label by its words; 'loglik'
+    (rank classification, as lm-evaluation-harness and T0 score) picks the label whose first label word is most
+    likely after the prompt. `tunelab eval --scoring` overrides it."""
     reference_field: str | None = None
     """Generation: the field holding the reference (a string, or a list of acceptable references)."""
     target_field: str | None = None
@@ -118,6 +122,10 @@ class TaskSpec(BaseModel):
         missing = [key for key in needs if not getattr(self, key)]
         if missing:
             raise ValueError(f"a {self.kind} task needs {', '.join(missing)}")
+        if self.scoring == "loglik" and self.kind != "classification":
+            raise ValueError(
+                f"scoring loglik ranks a classification task's labels; a {self.kind} task has none: use scoring: generate"
+            )
         for template in self.templates:
             template_fields(template)  # raises on a malformed placeholder
         _check_disjoint(

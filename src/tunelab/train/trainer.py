@@ -15,6 +15,7 @@ keeping and early stopping for one-task runs; and the losses the architectures n
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -253,10 +254,12 @@ def build_trainer(
     precision: str,
     trainer_class: type[Trainer],
     collator,
+    extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> Trainer:
     """The Trainer of a run. A one-task run with validation keeps its best checkpoint and may stop early; a
     multi-task run keeps its last weights (per-task validation losses name no single best), and so does a
-    multi-head model, whose checkpoints the Trainer cannot reload as its best."""
+    multi-head model, whose checkpoints the Trainer cannot reload as its best. `extra_callbacks` watch the run
+    beside its own (a sweep's trial reads every validation through one)."""
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left itself
     one_task = not isinstance(validation, dict) and config.architecture() != "multi_head"
     keeps_best = bool(validation) and one_task and can_reload_best_checkpoint(model)
@@ -267,6 +270,7 @@ def build_trainer(
     callbacks = [
         MetricsLog(run, plan.steps_per_epoch),
         CheckpointEvery(config.training.save_steps, config.training.save_minutes),
+        *extra_callbacks,
     ]
     if config.training.early_stopping_patience and keeps_best:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
