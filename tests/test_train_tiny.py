@@ -183,7 +183,7 @@ def test_causal_lora_run_masks_prompt_and_learns(tiny_decoder, copy_task_file, t
     assert list(scored["metrics"]) == ["rougeL", "rouge1", "rouge2", "exact_match"]
     assert all(m["low"] <= m["value"] <= m["high"] for m in scored["metrics"].values())
     table = (tmp_path / "report" / "data-copy.md").read_text()
-    assert "| copy.jsonl | 64 | rougeL |" in table and "score [95% CI]" in table
+    assert "| copy.jsonl | 64 | 0 | generate | rougeL |" in table and "score [95% CI]" in table
     assert len((tmp_path / "report" / "data-copy.outputs.jsonl").read_text().splitlines()) == 64
 
 
