@@ -56,7 +56,7 @@ demo: install
 	$(BIN)/tunelab demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
