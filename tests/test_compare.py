@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tunelab.cli import main
-from tunelab.compare import parse_learning_rates
+from tunelab.compare import parse_learning_rates, parse_sizes
 from tunelab.config import ConfigError
 
 from helpers import cli
@@ -58,6 +58,80 @@ def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder,
     assert main(["compare", str(config), "--methods", "head", "--output-dir", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "tiny-2" / "summary.json").exists()  # the first comparison is kept
     assert (out / "summary.json").read_text() == json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
+def _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, **training) -> str:
+    config = tmp_path / "curve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "curve",
+                "task": "classification",
+                "model": {"name": tiny_encoder},
+                "data": {"train": str(sentiment_file), "max_length": 32},
+                "method": {"name": "lora"},
+                "training": {"epochs": 1, "batch_size": 4, "precision": "fp32", **training},
+            }
+        )
+    )
+    return str(config)
+
+
+def test_compare_sizes_draws_a_learning_curve_from_nested_training_sets(
+    tiny_encoder, sentiment_file, tmp_path, capsys
+):
+    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, learning_rate=5e-2)
+    assert cli(f"compare {config} --sizes 0,4,64 --output-dir {tmp_path / 'cmp'}") == 0
+    out = tmp_path / "cmp" / "curve"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "size"
+    small, large = summary["variants"]
+    assert (small["variant"], small["train_examples"], large["variant"], large["train_examples"]) == (
+        "n4",
+        4,
+        "n64",
+        64,
+    )
+    assert (small["steps"], large["steps"]) == (1, 16)  # one epoch of batch 4: each trained on its size alone
+    assert small["base_score"] is not None and large["base_score"] is None  # size 0 is scored once
+    assert summary["base_score"] == small["base_score"]
+    table = (out / "summary.md").read_text()
+    assert "| train examples |" in table and "vs previous size" in table
+    base_row = next(line for line in table.splitlines() if line.startswith("| 0 (base model) |"))
+    assert f"{summary['base_score']:.2f}" in base_row
+    assert "method lora" in table
+    large_row = next(line for line in table.splitlines() if line.startswith("| 64 |")).split(" | ")
+    assert large["score"] != small["score"]  # so the next line tells the two differences apart
+    assert f"{large['score'] - small['score']:+.2f}" == large_row[3]  # vs previous size: n64 minus n4
+    assert f"{large['score'] - summary['base_score']:+.2f}" == large_row[2]
+    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_sizes_without_zero_scores_no_base(tiny_encoder, sentiment_file, tmp_path):
+    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, max_steps=1)
+    assert cli(f"compare {config} --sizes 8 --output-dir {tmp_path / 'cmp'}") == 0
+    summary = json.loads((tmp_path / "cmp" / "curve" / "summary.json").read_text())
+    assert summary["base_score"] is None and summary["variants"][0]["status"] == "ok"
+
+
+def test_compare_sizes_refuses_more_examples_than_the_training_data_has(
+    tiny_encoder, sentiment_file, tmp_path, capsys
+):
+    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file)
+    assert cli(f"compare {config} --sizes 0,8,500 --output-dir {tmp_path / 'cmp'}") == 2
+    error = capsys.readouterr().err
+    assert "--sizes asks for 500 training examples" in error and str(sentiment_file) in error
+    assert not (tmp_path / "cmp").exists()  # refused before anything trained
+
+
+@pytest.mark.parametrize("text", ["", "100,50", "0,100,100", "-5", "1e3"])
+def test_sizes_option_rejects_what_is_not_an_increasing_list_of_counts(text):
+    with pytest.raises(ConfigError, match="--sizes"):
+        parse_sizes(text)
+
+
+def test_sizes_option_parses():
+    assert parse_sizes("0, 100,250") == [0, 100, 250]
 
 
 @pytest.mark.parametrize("text,expected", [("", {}), ("full=3e-5, lora=1e-3", {"full": 3e-5, "lora": 1e-3})])

@@ -304,10 +304,11 @@ def test_eval_cli_reports_shots_and_scoring_per_task(tiny_decoder, reviews, sayi
     assert len(rows) == 10 and all(row["shots"] == 2 for row in rows)
     assert cli(f"eval {tiny_decoder} --suite {suite} --shots -1") == 2
     assert cli(f"forgetting {tiny_decoder} {tiny_decoder} --suite {suite} --scoring loglik --output {output}") == 0
-    forgetting = json.loads((output / "forgetting-mine.json").read_text())
+    forgetting = json.loads((output / "forgetting-mine-loglik.json").read_text())
     assert forgetting["scoring"] == "loglik"
     assert forgetting["tasks"]["reviews"]["scoring"] == {"base": "loglik", "tuned": "loglik"}
-    assert "classification scored by loglik" in (output / "forgetting-mine.md").read_text()
+    assert "classification scored by loglik" in (output / "forgetting-mine-loglik.md").read_text()
+    assert not (output / "forgetting-mine.json").exists()  # the generate-and-map report's name stays free
 
 
 # --- a run's baselines --------------------------------------------------------------------------------

@@ -294,11 +294,23 @@ def _cmd_export(args) -> None:
 
 
 def _cmd_compare(args) -> None:
-    from tunelab.compare import compare, method_variants, mixture_variants, parse_learning_rates, parse_mixtures
+    from tunelab.compare import (
+        compare,
+        method_variants,
+        mixture_variants,
+        parse_learning_rates,
+        parse_mixtures,
+        parse_sizes,
+        size_variants,
+    )
 
     config = load_config(args.config, args.overrides)
+    if args.mixtures and args.sizes:
+        raise ConfigError("give --mixtures or --sizes, not both: one comparison changes one thing")
     if args.mixtures:
         variants, kind = mixture_variants(config, parse_mixtures(args.mixtures)), "mixture"
+    elif args.sizes:
+        variants, kind = size_variants(config, parse_sizes(args.sizes)), "size"
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         variants, kind = method_variants(config, methods, parse_learning_rates(args.learning_rates)), "method"
@@ -593,6 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixtures",
         metavar="T[+T...],...",
         help="compare task mixtures instead of methods, e.g. 'sst2,rte,sst2+rte' (specialists vs multi-task)",
+    )
+    compare.add_argument(
+        "--sizes",
+        metavar="N,N,...",
+        help="a learning curve instead of methods: the config trained on the first N training examples for each N, "
+        "e.g. '0,100,250,500,1000' (0 is the base model)",
     )
     compare.add_argument("--output-dir", default="compare", help="the comparison goes to OUTPUT_DIR/<config name>")
     compare.set_defaults(func=_cmd_compare)

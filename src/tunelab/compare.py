@@ -1,9 +1,10 @@
 """`tunelab compare`: variants of one config trained side by side, and what each cost and gained.
 
 A variant is the config with one thing changed: its method (`--methods full,lora,...`: same task, data,
-seed and budget) or its mixture (`--mixtures sst2,rte,sst2+rte`: single-task specialists against multi-task
-mixtures, each with the config's settings for its tasks and its held-out tasks). Both run through one runner
-and one table and plot.
+seed and budget), its mixture (`--mixtures sst2,rte,sst2+rte`: single-task specialists against multi-task
+mixtures, each with the config's settings for its tasks and its held-out tasks) or its training-set size
+(`--sizes 0,100,250,500,1000`: a learning curve, each size the first N training records, so every smaller set
+is inside the larger ones; 0 is the untrained base model). All run through one runner and one table and plot.
 
 Every variant runs as its own `tunelab train` process: a variant that crashes (or is refused, like qlora
 without CUDA) becomes a row with its error instead of ending the comparison, and each process's peak memory
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config import ConfigError, MixtureTask, RunConfig, build_config, config_to_yaml
+from tunelab.data.splits import load_task_data
 from tunelab.eval.gain import primary_score
 from tunelab.methods import MethodError
 from tunelab.models.reference import check_reference
@@ -47,6 +49,8 @@ class Variant:
     config: RunConfig | None
     """None when the variant could not even be configured (`error` says why)."""
     error: str | None = None
+    train_examples: int | None = None
+    """The training-set size of a learning-curve variant (`--sizes`)."""
 
 
 def parse_learning_rates(text: str) -> dict[str, float]:
@@ -129,6 +133,47 @@ def mixture_variants(config: RunConfig, mixtures: list[list[str]]) -> list[Varia
             )
         )
     return variants
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'0,100,250' -> [0, 100, 250]: distinct counts of training examples, in increasing order."""
+    try:
+        sizes = [int(item) for item in filter(None, (part.strip() for part in text.split(",")))]
+    except ValueError:
+        raise ConfigError(f"--sizes '{text}' is not a comma-separated list of whole numbers, e.g. 0,100,500") from None
+    if not sizes or any(size < 0 for size in sizes) or sizes != sorted(set(sizes)):
+        raise ConfigError(f"--sizes '{text}' must list increasing, distinct counts >= 0, e.g. 0,100,500")
+    return sizes
+
+
+def size_variants(config: RunConfig, sizes: list[int]) -> list[Variant]:
+    """The config once per positive size, trained on the first `size` training records (`data.max_train_examples`).
+    Size 0 is the base model, scored on the same test examples by the first variant (zero-shot). Sizes larger
+    than the training data are refused up front: they would silently repeat the largest point."""
+    if config.mixture is not None:
+        raise ConfigError(
+            "--sizes needs a single-task config (data.train); for a mixture, set each task's max_examples"
+        )
+    if not any(sizes):
+        raise ConfigError("--sizes has no size above 0; give at least one training-set size, e.g. 0,100,500")
+    uncapped = config.model_copy(update={"data": config.data.model_copy(update={"max_train_examples": None})})
+    available = len(load_task_data(uncapped).train)
+    too_large = [size for size in sizes if size > available]
+    if too_large:
+        raise ConfigError(
+            f"--sizes asks for {too_large[0]} training examples, but {config.data.train} has {available} usable ones "
+            "(after any validation/test split); give sizes up to that"
+        )
+    baselines = sorted({*config.eval.baselines, "zero_shot"}) if 0 in sizes else []
+    return [
+        Variant(
+            f"n{size}",
+            _variant_config(config, f"n{size}", **{"data.max_train_examples": size, "eval.baselines": baselines}),
+            train_examples=size,
+        )
+        for size in sizes
+        if size
+    ]
 
 
 def _scored_tasks(config: RunConfig) -> set[str]:
@@ -284,6 +329,8 @@ def compare(config: RunConfig, variants: list[Variant], output_dir: Path, kind: 
     for index, variant in enumerate(variants, 1):
         print(f"[{index}/{len(variants)}] {variant.label} ...", flush=True)
         row = run_variant(variant, directory)
+        if variant.train_examples is not None:
+            row["train_examples"] = variant.train_examples
         rows.append(row)
         outcome = (
             f"score {row['score']:.2f}, {row['trainable_percent']:.3f}% trainable"
@@ -337,6 +384,10 @@ def write_summary(
     plot_summary(summary, directory / "summary.png")
 
 
+def _difference(score: float | None, reference: float | None) -> float | None:
+    return None if score is None or reference is None else score - reference
+
+
 def _fmt(value, pattern: str) -> str:
     return "n/a" if value is None else format(value, pattern)
 
@@ -355,7 +406,7 @@ def render_summary(summary: dict, config: RunConfig) -> str:
     lines = [
         f"# {summary['kind'].capitalize()} comparison: {summary['name']}",
         "",
-        f"- model `{summary['model']}`, {summary['task_type']}, method {config.method.name if summary['kind'] == 'mixture' else 'per row'}; "
+        f"- model `{summary['model']}`, {summary['task_type']}, method {'per row' if summary['kind'] == 'method' else config.method.name}; "
         f"config `{summary['config']}`",
         f"- {what}",
         f"- same seed ({summary['seed']}) and budget ({budget}, batch {config.training.batch_size}) for every variant",
@@ -365,10 +416,12 @@ def render_summary(summary: dict, config: RunConfig) -> str:
     ]
     header = [f"{t} ({info['metric']}{', held out' if info['held_out'] else ''})" for t, info in tasks.items()]
     forgetting = any("forgetting" in row for row in summary["variants"])
+    curve = summary["kind"] == "size"
     columns = [
-        summary["kind"],
+        "train examples" if curve else summary["kind"],
         *header,
         "vs base",
+        *(["vs previous size"] if curve else []),
         "trainable params",
         "trainable %",
         "learning rate",
@@ -381,26 +434,25 @@ def render_summary(summary: dict, config: RunConfig) -> str:
         columns += [f"avg forgetting ({config.eval.retention_suite})", "forgotten tasks"]
     lines += ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
     lines.append(
-        "| base model | "
+        f"| {'0 (base model)' if curve else 'base model'} | "
         + " | ".join(_fmt(summary["base"][t], ".2f") for t in tasks)
         + " |"
         + " |" * (len(columns) - len(tasks) - 1)
     )
     failures = []
+    previous = summary["base_score"]
     for row in summary["variants"]:
         if row["status"] != "ok":
             lines.append(f"| {row['variant']} | failed |" + " |" * (len(columns) - 2))
             failures.append(f"- **{row['variant']}**: " + row["error"].replace("\n", "\n  "))
             continue
-        change = (
-            row["score"] - summary["base_score"]
-            if summary["base_score"] is not None and row["score"] is not None
-            else None
-        )
+        change, step = _difference(row["score"], summary["base_score"]), _difference(row["score"], previous)
+        previous = row["score"]
         cells = [
-            row["variant"],
+            f"{row['train_examples']:,}" if curve else row["variant"],
             *(_fmt(row["scores"].get(t), ".2f") for t in tasks),
             _fmt(change, "+.2f"),
+            *([_fmt(step, "+.2f")] if curve else []),
             f"{row['trainable_params']:,}",
             f"{row['trainable_percent']:.3f}",
             _fmt(row["learning_rate"], "g"),
@@ -412,6 +464,12 @@ def render_summary(summary: dict, config: RunConfig) -> str:
         if forgetting:
             cells += [_fmt(row.get("forgetting"), "+.2f"), ", ".join(row.get("forgotten_tasks", [])) or "none"]
         lines.append("| " + " | ".join(cells) + " |")
+    if curve:
+        lines += [
+            "",
+            "vs previous size: the change in headline score from the next smaller training set (the base model for "
+            "the smallest); where it falls toward the noise of the test set, the curve has flattened.",
+        ]
     lines += [
         "",
         "vs base: the variant's headline score (its one task's metric, or the macro average over its trained "
@@ -426,7 +484,8 @@ def render_summary(summary: dict, config: RunConfig) -> str:
 
 
 def plot_summary(summary: dict, path: Path) -> None:
-    """Four panels: headline score vs trainable % (log), time per epoch, peak memory, saved size."""
+    """Four panels: headline score vs trainable % (log; for a learning curve, vs training-set size), time per
+    epoch, peak memory, saved size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -436,24 +495,10 @@ def plot_summary(summary: dict, path: Path) -> None:
     names = [r["variant"] for r in rows]
     figure, axes = plt.subplots(2, 2, figsize=(11, 8))
     quality, speed, memory, size = axes.flat
-    for row in rows:
-        quality.scatter(max(row["trainable_percent"], 1e-4), row["score"])
-        quality.annotate(
-            row["variant"],
-            (max(row["trainable_percent"], 1e-4), row["score"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-        )
-    if summary["base_score"] is not None:
-        quality.axhline(summary["base_score"], linestyle="--", color="grey", label="base model")
-        quality.legend(loc="lower right")
-    quality.set(
-        xscale="log",
-        xlabel="trainable parameters (%)",
-        ylabel="test score (0-100)",
-        title="quality vs trainable share",
-    )
+    if summary["kind"] == "size":
+        _plot_learning_curve(quality, summary, rows)
+    else:
+        _plot_quality_vs_share(quality, summary, rows)
     speed.bar(names, [r["seconds_per_epoch"] or 0 for r in rows], color="tab:orange")
     speed.set(ylabel="seconds per epoch", title="training time")
     on_gpu = any(r["peak_gpu_mb"] for r in rows)
@@ -489,3 +534,40 @@ def plot_summary(summary: dict, path: Path) -> None:
     figure.savefig(partial, dpi=110)
     plt.close(figure)
     os.replace(partial, path)
+
+
+def _plot_quality_vs_share(quality, summary: dict, rows: list[dict]) -> None:
+    """Method and mixture comparisons: each variant's headline score against its trainable share."""
+    for row in rows:
+        quality.scatter(max(row["trainable_percent"], 1e-4), row["score"])
+        quality.annotate(
+            row["variant"],
+            (max(row["trainable_percent"], 1e-4), row["score"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
+    if summary["base_score"] is not None:
+        quality.axhline(summary["base_score"], linestyle="--", color="grey", label="base model")
+        quality.legend(loc="lower right")
+    quality.set(
+        xscale="log",
+        xlabel="trainable parameters (%)",
+        ylabel="test score (0-100)",
+        title="quality vs trainable share",
+    )
+
+
+def _plot_learning_curve(quality, summary: dict, rows: list[dict]) -> None:
+    """Learning curves: headline score against training-set size, the base model at 0 (a symmetric log axis,
+    linear up to the smallest size, so 0 and 100 ... 2,000 all show)."""
+    points = ([(0, summary["base_score"])] if summary["base_score"] is not None else []) + [
+        (row["train_examples"], row["score"]) for row in rows
+    ]
+    quality.plot([x for x, _ in points], [y for _, y in points], marker="o")
+    for x, y in points:
+        quality.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=8, ha="center")
+    smallest = min((x for x, _ in points if x), default=1)
+    quality.set_xscale("symlog", linthresh=smallest)
+    quality.set_xticks([x for x, _ in points], [f"{x:,}" for x, _ in points])
+    quality.set(xlabel="training examples", ylabel="test score (0-100)", title="learning curve")

@@ -7,6 +7,7 @@ the dataset. Over-long inputs are truncated and counted, never dropped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 
 from tunelab.config import DataConfig
 from tunelab.data.readers import Record
-from tunelab.data.templates import format_decoder_prompt, has_chat_template, render_prompt
+from tunelab.data.templates import Demonstration, format_decoder_prompt, has_chat_template, render_prompt
 
 IGNORE_INDEX = -100
 """Label value that the loss skips: prompt tokens and padding."""
@@ -47,18 +48,25 @@ def encode_classification(
     return Encoded(examples, truncated)
 
 
+def formatted_prompt_ids(
+    prompt: str, tokenizer: PreTrainedTokenizerBase, demonstrations: Sequence[Demonstration] = ()
+) -> list[int]:
+    """The uncut ids of a prompt (after any demonstrations) as the decoder reads it: through its chat template,
+    which brings its own special tokens, or as plain text with the tokenizer's."""
+    text = format_decoder_prompt(prompt, tokenizer, demonstrations)
+    return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+
+
 def decoder_prompt_ids(prompt: str, tokenizer: PreTrainedTokenizerBase, budget: int) -> tuple[list[int], bool]:
     """Token ids of the formatted prompt within `budget` tokens, cutting the prompt's content (never the
     chat-template markers that tell the model its answer starts)."""
-    chat = has_chat_template(tokenizer)
-    ids = tokenizer(format_decoder_prompt(prompt, tokenizer), add_special_tokens=not chat)["input_ids"]
+    ids = formatted_prompt_ids(prompt, tokenizer)
     if len(ids) <= budget:
         return ids, False
     content = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     overhead = len(ids) - len(content)
     kept = tokenizer.decode(content[: max(1, budget - overhead)])
-    ids = tokenizer(format_decoder_prompt(kept, tokenizer), add_special_tokens=not chat)["input_ids"]
-    return ids[:budget], True
+    return formatted_prompt_ids(kept, tokenizer)[:budget], True
 
 
 def encode_causal(

@@ -13,7 +13,7 @@ from tunelab.eval.bias import attribute_names, bias_report, render_bias
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.perturb import perturbation_names
 from tunelab.eval.robustness import render_robustness, robustness_report
-from tunelab.eval.suites import load_suite, run_suite, write_suite_report
+from tunelab.eval.suites import load_suite, report_name, run_suite, write_suite_report
 from tunelab.eval.targets import load_target
 from tunelab.runs import write_atomic, write_json
 from tunelab.tasks import load_records, load_task
@@ -65,7 +65,8 @@ def forgetting(
     batch_size: int = 32,
     scoring: str | None = None,
 ) -> Path:
-    """`tunelab forgetting BASE TUNED --suite NAME [--scoring loglik|generate]`: one model in memory at a time."""
+    """`tunelab forgetting BASE TUNED --suite NAME [--scoring loglik|generate]`: one model in memory at a time.
+    The report is named by suite and protocol, so a loglik rescoring never overwrites a generate-and-map one."""
     loaded_suite = load_suite(suite)
     report = forgetting_report(
         lambda: load_target(base, batch_size),
@@ -76,7 +77,8 @@ def forgetting(
         samples,
         scoring,
     )
-    return _write(report_dir(tuned, output), f"forgetting-{loaded_suite.name}", report, render_forgetting(report))
+    name = f"forgetting-{report_name(loaded_suite.name, scoring=scoring)}"
+    return _write(report_dir(tuned, output), name, report, render_forgetting(report))
 
 
 def robustness(

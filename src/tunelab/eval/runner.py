@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from tunelab.config import DataConfig, RunConfig, TrainingConfig
-from tunelab.data.encode import IGNORE_INDEX, decoder_prompt_ids, encode
+from tunelab.data.encode import IGNORE_INDEX, decoder_prompt_ids, encode, formatted_prompt_ids
 from tunelab.data.readers import Record
-from tunelab.data.templates import Demonstration, format_decoder_prompt, has_chat_template, with_demonstrations
+from tunelab.data.templates import Demonstration, with_demonstrations
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
 from tunelab.eval.fewshot import draw_demonstrations
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
@@ -141,11 +141,9 @@ def prompt_ids(target: Target, prompt: str, max_new_tokens: int, spec: TaskSpec 
 
 def _demonstrated_ids(target: Target, prompt: str, demonstrations: list[Demonstration]) -> list[int]:
     """The uncut ids of a prompt after its demonstrations, as the target reads them."""
-    tokenizer = target.tokenizer
     if target.task == "causal_lm":
-        text = format_decoder_prompt(prompt, tokenizer, demonstrations)
-        return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
-    return tokenizer(with_demonstrations(prompt, demonstrations))["input_ids"]
+        return formatted_prompt_ids(prompt, target.tokenizer, demonstrations)
+    return target.tokenizer(with_demonstrations(prompt, demonstrations))["input_ids"]
 
 
 def shown_prompt_ids(
