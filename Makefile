@@ -50,16 +50,20 @@ lock: latest-env
 test-latest: latest-env
 	@echo "versions that differ from $(LOCK) (< locked, > newest):"
 	@grep -v '^#' $(LOCK) | diff - $(LATEST)/freeze.txt || true
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	$(BIN)/tunelab demo
 
+# Two workers even on two cores: much of the suite is single-threaded Python (tokenizer conversion, GGUF
+# reading, server start-up, Go compilation), and --dist loadfile keeps each module's shared runs in one worker.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-unit: install
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration"
 
 # Training speed against TRL's SFTTrainer on smollm2 (the issue-6 target), the machine's matmul peak, the demo's time.
 bench: install

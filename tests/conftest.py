@@ -24,13 +24,15 @@ from transformers import (
 
 from tunelab.models.registry import REGISTRY, native_dir
 
+from helpers import session_home
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Keep registry caches out of the user's home, but share them across the session's tests."""
-    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+    """Keep registry caches out of the user's home, but share them across the session's tests (and workers)."""
+    monkeypatch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
 
 
 @pytest.fixture(scope="session")

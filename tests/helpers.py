@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 
 import torch
 
 from tunelab.config import RunConfig
 from tunelab.methods import base_load_options
 from tunelab.models.loading import load_base, load_tokenizer, resolve_source
+
+
+def session_home(tmp_path_factory) -> Path:
+    """The session's TUNELAB_HOME, where registry models are prepared once: the session's basetemp, or under
+    pytest-xdist (each worker its own basetemp beneath a per-session parent) that parent, so the workers share
+    one prepared copy, `prepare`'s lock letting one convert while the others wait."""
+    basetemp = tmp_path_factory.getbasetemp()
+    return (basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp) / "tunelab-home"
 
 
 def descend(model, batch, steps: int = 10, lr: float = 1e-2) -> list[float]:

@@ -23,6 +23,7 @@ from tunelab.cli import main
 from tunelab.runs import RunDir
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
+from helpers import session_home
 
 pytestmark = pytest.mark.integration  # torchrun launches and three trainings: ~50 s on 2 cores
 
@@ -165,7 +166,7 @@ def classification_runs(tiny_encoder, tmp_path_factory) -> tuple[RunDir, RunDir,
     model = _encoder_without_dropout(tiny_encoder, folder / "encoder")
     config = _config_file(folder / "config.yaml", "classification", model, _sentiment_file(folder / "sentiment.jsonl"))
     with pytest.MonkeyPatch.context() as patch:  # conftest's per-test TUNELAB_HOME is not set up yet at module scope
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         return _train_both(config, folder)
 
 

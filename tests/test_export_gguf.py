@@ -23,6 +23,7 @@ from tunelab.pipeline import merged_model, train
 from tunelab.runs import RunDir, RunError, load_run
 
 from conftest import SHARED_DATA
+from helpers import session_home
 from serving import CONFIGS, short_lora_run
 
 real = pytest.mark.skipif(
@@ -63,7 +64,7 @@ def tiny_run(folder: Path, config: str, name: str, *overrides: str):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         return short_lora_run(tmp_path_factory.mktemp("gguf-runs"), SHARED_DATA / "dialogsum", 1, "chat")
 
 
@@ -80,7 +81,7 @@ def exports(lora_run, tmp_path_factory):
     subprocess.run(
         [sys.executable, "-m", "tunelab", "export", str(lora_run.path), "--format", "gguf", "--output", str(folders["f16"])],
         check=True,
-        env={**os.environ, "TUNELAB_HOME": str(tmp_path_factory.getbasetemp() / "tunelab-home")},
+        env={**os.environ, "TUNELAB_HOME": str(session_home(tmp_path_factory))},
     )  # fmt: skip
     for quant in ("q8_0", "q4_0", "bf16"):
         export_gguf(lora_run, folders[quant], quant)
@@ -264,7 +265,7 @@ def base_weights(tmp_path_factory) -> dict[str, torch.Tensor]:
     from tunelab.models.loading import prepare
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         return AutoModelForCausalLM.from_pretrained(prepare("smollm2-135m-instruct"), dtype=torch.float32).state_dict()
 
 

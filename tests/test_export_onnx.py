@@ -21,7 +21,7 @@ from tunelab.runs import RunDir, RunError, load_run
 from tunelab.tasks import TaskError, load_records, load_task
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
-from helpers import cli
+from helpers import cli, session_home
 from serving import CONFIGS
 
 needs_shared_data = pytest.mark.skipif(
@@ -34,7 +34,7 @@ TOLERANCE = 1e-4
 def home(tmp_path_factory):
     """conftest's per-test TUNELAB_HOME is not set up yet at module scope: the module's runs share it."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         yield
 
 

@@ -29,6 +29,7 @@ from tunelab.models.registry import REGISTRY, native_dir
 from tunelab.runs import RunDir, load_run
 
 from conftest import SHARED_DATA, write_jsonl
+from helpers import session_home
 from serving import CONFIGS, short_lora_run, short_sentiment_run
 
 needs_shared_data = pytest.mark.skipif(
@@ -210,7 +211,7 @@ def real_runs(tmp_path_factory) -> dict[str, RunDir]:
     folder = tmp_path_factory.mktemp("portable")
     sst2 = SHARED_DATA / "sst2"
     with pytest.MonkeyPatch.context() as patch:  # conftest's per-test TUNELAB_HOME is not set up at module scope
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         summarise = short_lora_run(folder, SHARED_DATA / "dialogsum", seed=1, name="summarise")
         sentiment = short_sentiment_run(folder, sst2)
     return {"sentiment": sentiment, "summarise": summarise}

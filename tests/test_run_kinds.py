@@ -20,7 +20,7 @@ from tunelab.runs import RunDir, load_run
 from tunelab.tasks import load_records, load_task
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
-from helpers import cli
+from helpers import cli, session_home
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason="the mixtures read sst2 and rte from ../shared/data")
 
@@ -103,7 +103,7 @@ def runs(tiny_encoder, tiny_decoder, tmp_path_factory) -> dict[str, RunDir]:
     """One complete run of each kind (each trained in seconds)."""
     folder = tmp_path_factory.mktemp("run-kinds")
     with pytest.MonkeyPatch.context() as patch:  # conftest's per-test TUNELAB_HOME is not set up yet at module scope
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         return {kind: pipeline.train(_config(kind, folder, tiny_encoder, tiny_decoder)) for kind in KINDS}
 
 

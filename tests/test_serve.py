@@ -17,6 +17,7 @@ from tunelab.config import build_config
 from tunelab.runs import RunDir
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
+from helpers import session_home
 from serving import call, running_server
 
 KEY = {"Authorization": "Bearer secret"}
@@ -67,7 +68,7 @@ def runs(tiny_decoder, tiny_encoder, tmp_path_factory) -> dict[str, RunDir]:
     )
     generation = {"train": str(copy), "prompt_template": "{question}", "response_field": "answer", "max_length": 48}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         return {
             "a": _train("copy-a", folder, tiny_decoder, generation, "causal_lm", 1),
             "b": _train("copy-b", folder, tiny_decoder, generation, "causal_lm", 2),

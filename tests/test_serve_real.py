@@ -12,6 +12,7 @@ from openai import OpenAI
 from tunelab.pipeline import predict_run
 
 from conftest import SHARED_DATA
+from helpers import session_home
 from serving import call, running_server, short_lora_run, short_sentiment_run
 
 pytestmark = [
@@ -34,7 +35,7 @@ def runs(tmp_path_factory):
     """Two short LoRA runs of smollm2 (different seeds: different adapters, one base) and a minilm classifier."""
     folder = tmp_path_factory.mktemp("serve-real")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "tunelab-home"))
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         dialogsum = SHARED_DATA / "dialogsum"
         summarise = [short_lora_run(folder, dialogsum, seed, f"summarise-{seed}") for seed in (1, 2)]
         sentiment = short_sentiment_run(folder, SHARED_DATA / "sst2")

@@ -8,6 +8,7 @@ into the cache. Later loads then take seconds instead of a conversion.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import shutil
 import tempfile
@@ -54,6 +55,17 @@ def source_gguf(model: RegistryModel) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
+@contextmanager
+def _preparing(model: RegistryModel) -> Iterator[None]:
+    """Held while one process prepares `model`: others (parallel test workers, `tunelab compare`'s runs) wait and
+    then find it prepared, instead of converting it again and replacing the folder one of them is reading."""
+    lock = cache_dir(model).parent / f".{model.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the system when the process ends, even by kill -9
+        yield
+
+
 def prepare(name: str, force: bool = False) -> Path:
     """Dequantise a GGUF registry model into $TUNELAB_HOME/models/NAME (safetensors + tokenizer), once.
 
@@ -66,7 +78,16 @@ def prepare(name: str, force: bool = False) -> Path:
     target = cache_dir(model)
     if is_prepared(model) and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with _preparing(model):
+        if is_prepared(model) and not force:  # another process prepared it while this one waited
+            return target
+        _convert(model, target)
+    return target
+
+
+def _convert(model: RegistryModel, target: Path) -> None:
+    """The GGUF file's tokenizer and dequantised weights, written to `target` atomically."""
+    name = model.name
     steps = tqdm(total=4, desc=f"prepare {name}", unit="step")
     steps.set_postfix_str("locating GGUF")
     with source_gguf(model) as gguf:
@@ -94,7 +115,6 @@ def prepare(name: str, force: bool = False) -> Path:
             shutil.rmtree(staging)
     steps.update()
     steps.close()
-    return target
 
 
 def resolve_source(reference: str, revision: str | None = None) -> str:
