@@ -117,7 +117,9 @@ def _kill_after_a_checkpoint(config: Path, output_dir: Path) -> RunDir:
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        if list(output_dir.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+        if any(
+            RunDir(run).last_checkpoint() for run in output_dir.glob("*/")
+        ):  # a whole checkpoint, not one being written
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -181,11 +183,12 @@ def test_checkpoints_every_n_steps_and_every_few_minutes(monkeypatch):
     assert saved == [4, 6, 8, 12]  # every 4 steps, and at step 6 for the time (whose clock then restarts)
 
 
-def test_a_checkpoint_a_kill_interrupted_is_passed_over(tmp_path):
+@pytest.mark.parametrize("state_file", [None, "", '{"global_step": 1'])  # not yet written, just opened, cut off
+def test_a_checkpoint_a_kill_interrupted_is_passed_over(tmp_path, state_file):
     run = RunDir(tmp_path)
-    for step, complete in ((5, True), (10, False)):
+    for step, text in ((5, '{"global_step": 5}'), (10, state_file)):
         folder = run.checkpoints / f"checkpoint-{step}"
         folder.mkdir(parents=True)
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if text is not None:
+            (folder / "trainer_state.json").write_text(text)
     assert run.last_checkpoint() == run.checkpoints / "checkpoint-5"

@@ -78,6 +78,16 @@ def write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+def _has_trainer_state(checkpoint: Path) -> bool:
+    """Whether the checkpoint's trainer_state.json is whole. The Trainer writes it in place, not atomically,
+    so a kill can leave it empty or cut; such a checkpoint cannot be resumed from."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -151,10 +161,10 @@ class RunDir:
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint a kill
-        interrupted is passed over."""
+        interrupted is passed over, including one killed while that file was being written."""
         if not self.checkpoints.exists():
             return None
-        complete = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+        complete = [p for p in self.checkpoints.glob("checkpoint-*") if _has_trainer_state(p)]
         found = sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
         return found[-1] if found else None
 
