@@ -14,18 +14,26 @@ from tunelab.config import ConfigError
 from helpers import cli
 
 
-def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder, sentiment_file, tmp_path, capsys):
-    config = tmp_path / "tiny.yaml"
+def _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, name: str, **training) -> str:
+    """A classification config on the tiny encoder, written to tmp_path/<name>.yaml; `training` overrides."""
+    config = tmp_path / f"{name}.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                "name": "tiny",
+                "name": name,
                 "task": "classification",
                 "model": {"name": tiny_encoder},
                 "data": {"train": str(sentiment_file), "max_length": 32},
-                "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32", "learning_rate": 1.0},
+                "training": {"epochs": 1, "batch_size": 4, "precision": "fp32", **training},
             }
         )
+    )
+    return str(config)
+
+
+def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder, sentiment_file, tmp_path, capsys):
+    config = _tiny_classifier_config(
+        tmp_path, tiny_encoder, sentiment_file, "tiny", max_steps=3, batch_size=8, learning_rate=1.0
     )
     code = cli(
         f"compare {config} --methods full,head,lora,qlora,nonsense --learning-rates lora=3e-3 --output-dir {tmp_path / 'cmp'}"
@@ -60,27 +68,10 @@ def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder,
     assert (out / "summary.json").read_text() == json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
 
 
-def _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, **training) -> str:
-    config = tmp_path / "curve.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "curve",
-                "task": "classification",
-                "model": {"name": tiny_encoder},
-                "data": {"train": str(sentiment_file), "max_length": 32},
-                "method": {"name": "lora"},
-                "training": {"epochs": 1, "batch_size": 4, "precision": "fp32", **training},
-            }
-        )
-    )
-    return str(config)
-
-
 def test_compare_sizes_draws_a_learning_curve_from_nested_training_sets(
     tiny_encoder, sentiment_file, tmp_path, capsys
 ):
-    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, learning_rate=5e-2)
+    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, "curve", learning_rate=5e-2)
     assert cli(f"compare {config} --sizes 0,4,64 --output-dir {tmp_path / 'cmp'}") == 0
     out = tmp_path / "cmp" / "curve"
     summary = json.loads((out / "summary.json").read_text())
@@ -108,7 +99,7 @@ def test_compare_sizes_draws_a_learning_curve_from_nested_training_sets(
 
 
 def test_compare_sizes_without_zero_scores_no_base(tiny_encoder, sentiment_file, tmp_path):
-    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, max_steps=1)
+    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, "curve", max_steps=1)
     assert cli(f"compare {config} --sizes 8 --output-dir {tmp_path / 'cmp'}") == 0
     summary = json.loads((tmp_path / "cmp" / "curve" / "summary.json").read_text())
     assert summary["base_score"] is None and summary["variants"][0]["status"] == "ok"
@@ -117,7 +108,7 @@ def test_compare_sizes_without_zero_scores_no_base(tiny_encoder, sentiment_file,
 def test_compare_sizes_refuses_more_examples_than_the_training_data_has(
     tiny_encoder, sentiment_file, tmp_path, capsys
 ):
-    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file)
+    config = _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, "curve")
     assert cli(f"compare {config} --sizes 0,8,500 --output-dir {tmp_path / 'cmp'}") == 2
     error = capsys.readouterr().err
     assert "--sizes asks for 500 training examples" in error and str(sentiment_file) in error

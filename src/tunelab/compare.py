@@ -49,8 +49,6 @@ class Variant:
     config: RunConfig | None
     """None when the variant could not even be configured (`error` says why)."""
     error: str | None = None
-    train_examples: int | None = None
-    """The training-set size of a learning-curve variant (`--sizes`)."""
 
 
 def parse_learning_rates(text: str) -> dict[str, float]:
@@ -169,7 +167,6 @@ def size_variants(config: RunConfig, sizes: list[int]) -> list[Variant]:
         Variant(
             f"n{size}",
             _variant_config(config, f"n{size}", **{"data.max_train_examples": size, "eval.baselines": baselines}),
-            train_examples=size,
         )
         for size in sizes
         if size
@@ -329,8 +326,8 @@ def compare(config: RunConfig, variants: list[Variant], output_dir: Path, kind: 
     for index, variant in enumerate(variants, 1):
         print(f"[{index}/{len(variants)}] {variant.label} ...", flush=True)
         row = run_variant(variant, directory)
-        if variant.train_examples is not None:
-            row["train_examples"] = variant.train_examples
+        if kind == "size":  # a learning curve's point: its variant's training-set cap
+            row["train_examples"] = variant.config.data.max_train_examples
         rows.append(row)
         outcome = (
             f"score {row['score']:.2f}, {row['trainable_percent']:.3f}% trainable"
