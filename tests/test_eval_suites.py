@@ -21,9 +21,10 @@ from tunelab.eval.generate import cut_at_stop, generate_texts
 from tunelab.eval.predict import classify
 from tunelab.eval.robustness import perturbed_records, robustness_report
 from tunelab.eval.runner import TaskResult, _text_nll, run_task, score
-from tunelab.eval.suites import Suite, load_suite, run_suite
+from tunelab.eval.suites import run_suite
 from tunelab.eval.targets import Target, load_target
 from tunelab.tasks import TaskError, builtin_tasks, format_entities, load_records, load_task, parse_entities
+from tunelab.tasks.suite import Suite, load_suite
 
 from helpers import cli
 

@@ -185,8 +185,8 @@ def _cmd_bias(args) -> None:
 
 
 def _cmd_tasks_list(args) -> None:
-    from tunelab.eval.suites import load_suite
     from tunelab.tasks import builtin_suites, builtin_tasks, load_task
+    from tunelab.tasks.suite import load_suite
 
     for name in builtin_tasks():
         spec = load_task(name)

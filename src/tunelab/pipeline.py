@@ -27,7 +27,7 @@ from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
 from tunelab.eval.runner import predict_records, run_task
-from tunelab.eval.suites import build_report, load_suite, report_name, write_suite_report
+from tunelab.eval.suites import build_report, report_name, write_suite_report
 from tunelab.eval.targets import Target, trained_target
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
 from tunelab.methods.task_adapters import merge_task_adapter
@@ -35,6 +35,7 @@ from tunelab.models.loading import check_family, load_base, load_tokenizer, reso
 from tunelab.models.reference import check_reference
 from tunelab.runs import LoadedRun, RunDir, load_run, staged_folder, write_atomic, write_json
 from tunelab.tasks import read_for_task
+from tunelab.tasks.suite import load_suite
 from tunelab.train.architectures import Architecture, architecture_of
 from tunelab.train.memory import peak_memory, reset_peak
 from tunelab.train.trainer import build_trainer, choose_precision

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from tunelab.eval.bootstrap import format_interval, paired_bootstrap
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
-from tunelab.eval.suites import Suite, suite_tasks
 from tunelab.eval.targets import Target
+from tunelab.tasks.suite import Suite, suite_tasks
 
 
 def _evaluate_all(

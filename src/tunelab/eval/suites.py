@@ -1,4 +1,4 @@
-"""Benchmark suites: a YAML list of tasks with example limits, run against one target.
+"""Running a benchmark suite (`tunelab.tasks.suite`: a YAML list of tasks with example limits) against one target.
 
 `tunelab eval TARGET --suite glue-mini` writes `<suite>.json` (every metric with its bootstrap 95%
 interval), `<suite>.md` (the table) and `<suite>.outputs.jsonl` (each answer beside its reference); with
@@ -14,52 +14,13 @@ import json
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from tunelab.eval.bootstrap import format_interval
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
 from tunelab.eval.targets import Target
 from tunelab.runs import write_atomic, write_json
-from tunelab.tasks import SUITES_DIR, TaskError, TaskSpec, find_yaml, load_records, load_task, read_yaml
-
-
-class SuiteEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task: str
-    """A built-in task name or a task YAML path."""
-    limit: int | None = Field(None, ge=1)
-    """Examples drawn (seeded) from the task's split; all when absent."""
-
-
-class Suite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    description: str = ""
-    tasks: list[SuiteEntry] = Field(min_length=1)
-
-
-def load_suite(reference: str) -> Suite:
-    """A built-in suite by name (glue-mini, retention) or a suite YAML by path; every task must load."""
-    path = find_yaml(reference, SUITES_DIR, "suite")
-    try:
-        suite = Suite.model_validate(read_yaml(path, "suite"))
-    except ValidationError as exc:
-        problems = "\n".join(f"  - {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise TaskError(f"{path} is not a valid suite:\n{problems}") from None
-    for entry in suite.tasks:
-        load_task(entry.task)
-    return suite
-
-
-def suite_tasks(suite: Suite, limit: int | None = None, seed: int = 0) -> list[tuple[TaskSpec, list]]:
-    """Each task of the suite with its records; `limit` caps every task's limit (for quick runs)."""
-    chosen = []
-    for entry in suite.tasks:
-        spec = load_task(entry.task)
-        caps = [c for c in (entry.limit, limit) if c]
-        chosen.append((spec, load_records(spec, min(caps) if caps else None, seed)))
-    return chosen
+from tunelab.tasks import TaskSpec
+from tunelab.tasks.suite import Suite, suite_tasks
 
 
 def average(results: dict[str, TaskResult], specs: dict[str, TaskSpec]) -> dict | None:

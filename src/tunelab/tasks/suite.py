@@ -1,0 +1,50 @@
+"""Suites as data: a YAML list of tasks with example limits (`tasks/suites/*.yaml`, or a file by path).
+
+A suite lives beside the tasks it lists, below evaluation, because more than evaluation reads it: the data
+checks compare training data with every record a suite can score, and `data.drop_overlap` drops training
+examples found there, before any model loads. Running a suite is `tunelab.eval.suites`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.tasks import SUITES_DIR, TaskError, TaskSpec, find_yaml, load_records, load_task, read_yaml
+
+
+class SuiteEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str
+    """A built-in task name or a task YAML path."""
+    limit: int | None = Field(None, ge=1)
+    """Examples drawn (seeded) from the task's split; all when absent."""
+
+
+class Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    tasks: list[SuiteEntry] = Field(min_length=1)
+
+
+def load_suite(reference: str) -> Suite:
+    """A built-in suite by name (glue-mini, retention) or a suite YAML by path; every task must load."""
+    path = find_yaml(reference, SUITES_DIR, "suite")
+    try:
+        suite = Suite.model_validate(read_yaml(path, "suite"))
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise TaskError(f"{path} is not a valid suite:\n{problems}") from None
+    for entry in suite.tasks:
+        load_task(entry.task)
+    return suite
+
+
+def suite_tasks(suite: Suite, limit: int | None = None, seed: int = 0) -> list[tuple[TaskSpec, list]]:
+    """Each task of the suite with its records; `limit` caps every task's limit (for quick runs)."""
+    chosen = []
+    for entry in suite.tasks:
+        spec = load_task(entry.task)
+        caps = [c for c in (entry.limit, limit) if c]
+        chosen.append((spec, load_records(spec, min(caps) if caps else None, seed)))
+    return chosen
