@@ -1,0 +1,79 @@
+"""How long a run's examples are in tokens, against the lengths training cuts them to.
+
+Counted with the run's tokenizer on the uncut text the model reads, formatted as training formats it, so the
+report says before training how many examples `data.max_length` and `data.max_target_length` will truncate.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.config import DataConfig
+from tunelab.data.encode import formatted_prompt_ids
+from tunelab.data.readers import Record
+from tunelab.data.templates import render_prompt
+
+
+def length_summary(lengths: list[int], limit: int) -> dict:
+    """min / median / 95th percentile (nearest rank) / max, the limit, and how many exceed it."""
+    ordered = sorted(lengths)
+    return {
+        "min": ordered[0],
+        "median": ordered[(len(ordered) - 1) // 2],
+        "p95": ordered[math.ceil(0.95 * len(ordered)) - 1],
+        "max": ordered[-1],
+        "limit": limit,
+        "over": sum(length > limit for length in ordered),
+    }
+
+
+def _answers(records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, decoder: bool) -> list[int]:
+    """Answer lengths as training tokenises answers: a decoder's without special tokens (EOS is added after the
+    cut), an encoder-decoder's as decoder targets."""
+    texts = [str(record.fields[data.response_field]) for record in records]
+    encoded = tokenizer(texts, add_special_tokens=False) if decoder else tokenizer(text_target=texts)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def token_lengths(
+    task_type: str, records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig
+) -> dict | None:
+    """The token-length distribution of `records` as `task_type` reads them, and how many examples training
+    truncates (None for language modelling, which packs text into blocks and cuts nothing).
+
+    What counts as an example's length follows what its limit bounds: a classifier's text (and pair) with its
+    special tokens; a decoder's formatted prompt plus answer and EOS, which share `data.max_length`; an
+    encoder-decoder's prompt. Generation answers are measured against `data.max_target_length` beside it.
+    """
+    if not records:
+        return None
+    if task_type == "classification":
+        texts = [str(record.fields[data.text_field]) for record in records]
+        pairs = [str(record.fields[data.text_pair_field]) for record in records] if data.text_pair_field else None
+        lengths = [len(ids) for ids in tokenizer(texts, pairs)["input_ids"]]
+        return {
+            "input": length_summary(lengths, data.max_length),
+            "truncated": sum(n > data.max_length for n in lengths),
+        }
+    if task_type == "language_modeling":
+        lengths = [len(ids) for ids in tokenizer([str(r.fields[data.text_field]) for r in records])["input_ids"]]
+        return {"input": length_summary(lengths, data.max_length), "truncated": None}
+    if task_type == "causal_lm":
+        answers = _answers(records, tokenizer, data, decoder=True)
+        prompts = [len(formatted_prompt_ids(render_prompt(record.fields, data), tokenizer)) for record in records]
+        lengths = [prompt + answer + 1 for prompt, answer in zip(prompts, answers)]  # + EOS
+        kept = [prompt + min(answer, data.max_target_length) + 1 for prompt, answer in zip(prompts, answers)]
+    else:
+        answers = _answers(records, tokenizer, data, decoder=False)
+        lengths = [len(ids) for ids in tokenizer([render_prompt(r.fields, data) for r in records])["input_ids"]]
+        kept = lengths
+    truncated = sum(
+        answer > data.max_target_length or length > data.max_length for answer, length in zip(answers, kept)
+    )
+    return {
+        "input": length_summary(lengths, data.max_length),
+        "answer": length_summary(answers, data.max_target_length),
+        "truncated": truncated,
+    }

@@ -1,0 +1,307 @@
+"""The data report: what training data holds as a whole, before a model loads.
+
+For each trained task: exact and near-duplicates, inputs with conflicting answers, the label distribution, token
+lengths against the run's limits, and overlap with every set the run (or `tunelab data check`) compares it with:
+its validation and test splits (leakage), the other tasks it is scored on and its retention suite
+(contamination). Overlap with a test split or a suite becomes a warning, which the run's card repeats: a score
+measured on trained examples is worthless. `tunelab train` prints the report and saves it as
+`<run>/data/report.json` and `report.md`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.config import DataConfig, RunConfig
+from tunelab.data.cleaning import Removed, removal_notes
+from tunelab.data.lengths import token_lengths
+from tunelab.data.quality import (
+    NEAR_THRESHOLD,
+    PERMUTATIONS,
+    SHINGLE_CHARS,
+    Example,
+    Fields,
+    Sketched,
+    conflicts,
+    exact_duplicates,
+    examples_of,
+    label_counts,
+    near_duplicates,
+    overlap,
+    run_fields,
+    suite_examples,
+    task_examples,
+    task_fields,
+)
+from tunelab.data.readers import Record
+from tunelab.data.taskset import TaskSet, TrainingTask
+
+SHOWN = 5
+"""Examples shown per finding; the counts are always complete."""
+WARNED_KINDS = ("test", "suite", "file")
+"""Sets whose overlap with training data makes a score measured on them unreliable (a file given to compare with
+is one a model is to be scored on)."""
+
+
+@dataclass
+class Reference:
+    """A set training data is compared with."""
+
+    kind: str
+    """'validation' or 'test' (a split the run scores), 'suite' (a suite task's evaluated split) or 'file'."""
+    examples: list[Example]
+
+
+def _groups(groups: list[list[int]], examples: list[Example]) -> dict:
+    return {
+        "groups": len(groups),
+        "extra": sum(len(group) - 1 for group in groups),
+        "examples": [[examples[i].where for i in group[:SHOWN]] for group in groups[:SHOWN]],
+    }
+
+
+def _near(data: Sketched) -> dict:
+    """Near-duplicate groups, those with differing inputs shown first (exact copies are also in the exact count)."""
+    groups = near_duplicates(data)
+    shown = sorted(groups, key=lambda group: len({data.examples[i].text for i in group}) == 1)
+    return {
+        "threshold": data.threshold,
+        **_groups(groups, data.examples),
+        "examples": _groups(shown, data.examples)["examples"],
+    }
+
+
+def _conflicts(examples: list[Example]) -> dict:
+    groups = conflicts(examples)
+    return {
+        "inputs": len(groups),
+        "records": sum(map(len, groups)),
+        "examples": [
+            [f"{examples[i].where} ({examples[i].answer[:40]})" for i in group[:SHOWN]] for group in groups[:SHOWN]
+        ],
+    }
+
+
+def _overlap(train: Sketched, reference: Reference) -> dict:
+    other = Sketched(reference.examples, train.threshold)
+    matches = overlap(train, other)
+    exact = sum(train.examples[m.index].text == other.examples[m.other].text for m in matches)
+    return {
+        "kind": reference.kind,
+        "records": len(reference.examples),
+        "overlapping": len(matches),
+        "exact": exact,
+        "near": len(matches) - exact,
+        "records_hit": len({m.other for m in matches}),
+        "examples": [
+            {
+                "train": train.examples[m.index].where,
+                "other": other.examples[m.other].where,
+                "similarity": round(m.similarity, 3),
+            }
+            for m in matches[:SHOWN]
+        ],
+    }
+
+
+def _labels(records: list[Record], label_field: str) -> dict:
+    counts = label_counts(records, label_field)
+    return {"counts": counts, "imbalance": max(counts.values()) / min(counts.values())}
+
+
+def task_report(
+    records: list[Record],
+    fields: Fields,
+    references: dict[str, Reference],
+    label_field: str | None = None,
+    lengths: dict | None = None,
+) -> dict:
+    """The findings on one task's training records: duplicates, conflicts, labels (when `label_field` is given),
+    `lengths` as measured, and overlap with each non-empty reference set."""
+    train = Sketched(examples_of(records, fields))
+    return {
+        "records": len(records),
+        "exact_duplicates": _groups(exact_duplicates(train.examples), train.examples),
+        "near_duplicates": _near(train),
+        "conflicts": _conflicts(train.examples),
+        "labels": _labels(records, label_field) if label_field and records else None,
+        "lengths": lengths,
+        "overlap": {name: _overlap(train, ref) for name, ref in references.items() if ref.examples},
+    }
+
+
+def warnings_of(tasks: dict[str, dict]) -> list[str]:
+    """One line per test split or suite task that training records overlap."""
+    lines = []
+    for task, found in tasks.items():
+        for name, hit in found["overlap"].items():
+            if hit["kind"] in WARNED_KINDS and hit["overlapping"]:
+                lines.append(
+                    f"{task}: {hit['overlapping']} training record(s) ({hit['exact']} exact, {hit['near']} near) "
+                    f"overlap {hit['records_hit']} of the {hit['records']} records of {name}; scores there are "
+                    "measured partly on trained examples"
+                )
+    return lines
+
+
+def cleaning_summary(kept: int, removed: list[Removed]) -> dict:
+    """What cleaning left and removed, one note per reason (the records themselves go to removed.jsonl)."""
+    return {"kept": kept, "removed": len(removed), "notes": removal_notes(removed)}
+
+
+def assemble(tasks: dict[str, dict], cleaning: dict | None = None) -> dict:
+    """The report as saved: how inputs were compared, each task's findings, the warnings, what cleaning removed."""
+    return {
+        "method": {
+            "normalisation": "Unicode NFKC, case folded, whitespace collapsed",
+            "near_duplicates": f"MinHash ({PERMUTATIONS} permutations) of character {SHINGLE_CHARS}-grams; LSH "
+            f"candidates kept at estimated Jaccard >= {NEAR_THRESHOLD}",
+        },
+        "tasks": tasks,
+        "warnings": warnings_of(tasks),
+        "cleaning": cleaning,
+    }
+
+
+def _suite_references(reference: str | None) -> dict[str, Reference]:
+    return {name: Reference("suite", found) for name, found in suite_examples(reference).items()} if reference else {}
+
+
+def _lengths(config: RunConfig, task: TrainingTask, tokenizer: PreTrainedTokenizerBase) -> dict | None:
+    """A task's lengths as its run tokenises them: a `data:` run's records, a multi-head task's text, or a
+    text-to-text mixture task's instructions (first template)."""
+    data = config.data
+    if config.mixture is None:
+        return token_lengths(config.task_type, task.train, tokenizer, data)
+    if task.spec.kind == "classification" and config.mixture.architecture == "multi_head":
+        return token_lengths("classification", task.train, tokenizer, task.spec.data_config(data.max_length))
+    instructions = [task.spec.instruction(record) for record in task.train]
+    as_trained = DataConfig(
+        prompt_field="prompt",
+        response_field="target",
+        max_length=data.max_length,
+        max_target_length=data.max_target_length,
+    )
+    return token_lengths(config.task_type, instructions, tokenizer, as_trained)
+
+
+def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizerBase | None = None) -> dict:
+    """The report on every trained task of a run, compared with its own validation and test splits, the other tasks
+    it is scored on, and its retention suite; token lengths when a tokenizer is given."""
+    suite = _suite_references(config.eval.retention_suite)
+    scored = {name: task_examples(spec, records) for name, (spec, records, _) in tasks.scored().items()}
+    found = {}
+    for name, task in tasks.trained.items():
+        fields = run_fields(config.task_type, config.data) if config.mixture is None else task_fields(task.spec)
+        references = {
+            "validation": Reference("validation", examples_of(task.validation, fields)),
+            "test": Reference("test", examples_of(task.test, fields)),
+            **{f"task {other}": Reference("test", records) for other, records in scored.items() if other != name},
+            **suite,
+        }
+        classifies = (
+            config.task_type == "classification" if config.mixture is None else task.spec.kind == "classification"
+        )
+        lengths = _lengths(config, task, tokenizer) if tokenizer is not None else None
+        found[name] = task_report(task.train, fields, references, fields.answer if classifies else None, lengths)
+    if config.mixture is None and (config.data.dedup != "off" or config.data.drop_overlap):
+        (task,) = tasks.trained.values()
+        return assemble(found, cleaning_summary(len(task.train), tasks.removed))
+    return assemble(found)
+
+
+def file_references(against: dict[str, list[Record]], suites: list[str], fields: Fields) -> dict[str, Reference]:
+    """The sets a data file is compared with: other files (by path) and each task of each suite."""
+    references = {name: Reference("file", examples_of(others, fields)) for name, others in against.items()}
+    for suite in suites:
+        references.update(_suite_references(suite))
+    return references
+
+
+def file_report(
+    path: str,
+    records: list[Record],
+    task_type: str,
+    data: DataConfig,
+    references: dict[str, Reference],
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    cleaning: dict | None = None,
+) -> dict:
+    """The report on one data file (`tunelab data check` / `data clean`), compared with `references`."""
+    fields = run_fields(task_type, data)
+    lengths = token_lengths(task_type, records, tokenizer, data) if tokenizer is not None else None
+    label_field = fields.answer if task_type == "classification" else None
+    return assemble({path: task_report(records, fields, references, label_field, lengths)}, cleaning)
+
+
+def _summary(length: dict) -> str:
+    return f"min {length['min']}, median {length['median']}, p95 {length['p95']}, max {length['max']} (limit {length['limit']}: {length['over']} over)"
+
+
+def _lengths_line(lengths: dict | None) -> str:
+    if lengths is None:
+        return "- token lengths: not measured"
+    line = f"- token lengths: {_summary(lengths['input'])}"
+    if lengths.get("answer"):
+        line += f"; answers {_summary(lengths['answer'])}"
+    truncated = lengths["truncated"]
+    return line + (
+        "; packed into blocks, nothing truncated"
+        if truncated is None
+        else f"; {truncated} example(s) will be truncated"
+    )
+
+
+def _task_lines(name: str, found: dict) -> list[str]:
+    exact, near, conflicting = found["exact_duplicates"], found["near_duplicates"], found["conflicts"]
+    lines = [
+        f"## {name} ({found['records']} training records)",
+        "",
+        f"- exact duplicates: {exact['groups']} group(s), {exact['extra']} extra record(s)"
+        + "".join(f"\n  - {' = '.join(group)}" for group in exact["examples"]),
+        f"- near-duplicates (exact copies included): {near['groups']} group(s), {near['extra']} extra record(s)"
+        + "".join(f"\n  - {' ~ '.join(group)}" for group in near["examples"]),
+        f"- conflicting answers: {conflicting['inputs']} input(s) over {conflicting['records']} record(s)"
+        + "".join(f"\n  - {' / '.join(group)}" for group in conflicting["examples"]),
+    ]
+    if found["labels"]:
+        counts, total = found["labels"]["counts"], found["records"]
+        shares = ", ".join(f"{label} {count} ({100 * count / total:.1f}%)" for label, count in counts.items())
+        lines.append(f"- labels: {shares}; majority/minority {found['labels']['imbalance']:.2f}")
+    lines.append(_lengths_line(found["lengths"]))
+    if found["overlap"]:
+        lines += [
+            "",
+            "| overlap with | kind | its records | training records overlapping | exact | near | its records hit | e.g. |",
+        ]
+        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        for other, hit in found["overlap"].items():
+            shown = "; ".join(f"{e['train']} ~ {e['other']} ({e['similarity']:.2f})" for e in hit["examples"][:2])
+            lines.append(
+                f"| {other} | {hit['kind']} | {hit['records']} | {hit['overlapping']} | {hit['exact']} | {hit['near']} "
+                f"| {hit['records_hit']} | {shown} |"
+            )
+    return lines + [""]
+
+
+def render_report(report: dict) -> str:
+    """The report as Markdown, for the terminal and `report.md`."""
+    method = report["method"]
+    lines = [
+        "# Data report",
+        "",
+        f"Inputs compared after normalisation ({method['normalisation']}); near-duplicates: {method['near_duplicates']}.",
+        "",
+    ]
+    for name, found in report["tasks"].items():
+        lines += _task_lines(name, found)
+    if report["cleaning"]:
+        cleaning = report["cleaning"]
+        lines += [f"Cleaning kept {cleaning['kept']} record(s) and removed {cleaning['removed']}:"]
+        lines += [f"- {note}" for note in cleaning["notes"]] + [""]
+    lines += [f"**Warning:** {warning}" for warning in report["warnings"]] or [
+        "No overlap with any test split or suite."
+    ]
+    return "\n".join(lines) + "\n"
