@@ -145,6 +145,15 @@ class DataConfig(_Section):
     """Use only the first N validation and test examples; all when absent."""
     skip_invalid: bool = False
     """Skip invalid records (reporting the count and the first few) instead of failing."""
+    dedup: Literal["exact", "near", "off"] = "off"
+    """Remove duplicate training records after validation (and before `max_train_examples`), keeping the first of
+    each group: 'exact' (same normalised input and answer) or 'near' (also inputs at estimated Jaccard >= 0.8 over
+    character shingles, exact copies included). Counted in the notes; every removed record, with what it
+    duplicates, goes to `<run>/data/removed.jsonl`. Applies to `data:` runs; a mixture's tasks are read as they are."""
+    drop_overlap: bool = False
+    """Remove training records whose input is in (or near one in) the run's validation or test split or the
+    retention suite (`eval.retention_suite`), so no score is measured on trained examples. Counted and written
+    as `dedup` is; applies to `data:` runs."""
 
     @field_validator("prompt_template")
     @classmethod

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunelab.config import RunConfig
+from tunelab.data.cleaning import Removed, clean_training
 from tunelab.data.readers import DataError, Record, read_source
 from tunelab.data.validate import check_records, enforce
 
@@ -18,7 +19,9 @@ class TaskData:
     labels: list[str] | None
     """Classification label set in id order; None for generation tasks."""
     notes: list[str]
-    """What was done to the data (splits made, caps applied), for the log and the run card."""
+    """What was done to the data (splits made, records removed, caps applied), for the log and the run card."""
+    removed: list[Removed] = field(default_factory=list)
+    """Training records `data.dedup` and `data.drop_overlap` removed, each with why, for the run directory."""
 
 
 def _only_split(source: dict[str, list[Record]], spec: str, wanted: str) -> list[Record]:
@@ -85,6 +88,11 @@ def load_task_data(config: RunConfig) -> TaskData:
         name: enforce(check_records(records, config.task_type, data, labels), f"{name} data", data.skip_invalid)
         for name, records in (("train", train), ("validation", splits["validation"]), ("test", splits["test"]))
     }
+    removed: list[Removed] = []
+    if data.dedup != "off" or data.drop_overlap:
+        cleaned = clean_training(config, checked["train"], checked["validation"], checked["test"])
+        checked["train"], removed = cleaned.kept, cleaned.removed
+        notes += [f"train: {note} (see data/removed.jsonl)" for note in cleaned.notes]
     if data.max_train_examples and len(checked["train"]) > data.max_train_examples:
         notes.append(f"train: first {data.max_train_examples} of {len(checked['train'])} records used")
         checked["train"] = checked["train"][: data.max_train_examples]
@@ -95,4 +103,4 @@ def load_task_data(config: RunConfig) -> TaskData:
     for split, records in checked.items():
         if not records:
             raise DataError(f"{split} data is empty after validation; check data.{split} and the field mapping")
-    return TaskData(checked["train"], checked["validation"], checked["test"], labels, notes)
+    return TaskData(checked["train"], checked["validation"], checked["test"], labels, notes, removed)

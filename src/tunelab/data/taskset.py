@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunelab.config import MixtureTask, RunConfig
+from tunelab.data.cleaning import Removed
 from tunelab.data.readers import DataError, Record
 from tunelab.data.splits import load_task_data
 from tunelab.tasks import TaskError, TaskSpec, inline_task, load_records, load_task
@@ -38,6 +39,8 @@ class TaskSet:
     """What was done to the data (splits made, caps applied), for the log and the card."""
     names: dict[str, str] = field(default_factory=dict)
     """Each mixture entry's task reference (a built-in name or a YAML path) -> the task's name."""
+    removed: list[Removed] = field(default_factory=list)
+    """Training records `data.dedup` and `data.drop_overlap` removed (`data:` runs), each with why."""
 
     def scored(self) -> dict[str, tuple[TaskSpec, list[Record], bool]]:
         """Every task scored at the end of training with its test records; True marks a held-out task."""
@@ -62,6 +65,7 @@ def _data_taskset(config: RunConfig) -> TaskSet:
         labels=data.labels,
         notes=data.notes,
         names={spec.name: spec.name},
+        removed=data.removed,
     )
 
 
