@@ -93,6 +93,19 @@ def _data_section(config: RunConfig, state: dict) -> str:
     )
 
 
+def _contamination_section(state: dict) -> str:
+    """The data report's warnings: training records that are also in the test split or the retention suite (or,
+    in a mixture, another task's test records), whose scores are then measured partly on trained examples."""
+    warnings = state.get("data_warnings")
+    if not warnings:
+        return ""
+    lines = "".join(f"- {warning}\n" for warning in warnings)
+    return (
+        f"## Contamination\n{lines}Remove them with `data.drop_overlap: true` (data runs); the whole report is in "
+        "`data/report.md`.\n\n"
+    )
+
+
 def _setup_lines(config: RunConfig) -> str:
     if config.mixture is None:
         return f"- task: {config.task_type}\n- method: {config.method.name}"
@@ -153,7 +166,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 - peak memory in training: {memory}
 
 {_data_section(config, state)}
-## Test results (95% bootstrap intervals)
+{_contamination_section(state)}## Test results (95% bootstrap intervals)
 {results_table(evaluation)}
 
 {_base_note(config)}{_protocol_note(config)}

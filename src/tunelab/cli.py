@@ -8,8 +8,9 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
-from tunelab.config import ConfigError, load_config
+from tunelab.config import ConfigError, TaskType, load_config
 from tunelab.errors import TunelabError
 
 
@@ -33,18 +34,36 @@ def _cmd_models_prepare(args) -> None:
     print(f"{args.name}: ready at {prepare(args.name, force=args.force)}")
 
 
-def _cmd_data_check(args) -> None:
-    from tunelab.data.readers import read_file
-    from tunelab.data.splits import label_set
-    from tunelab.data.validate import check_records, enforce
+def _data_config(args):
+    return load_config(args.config, [f"task_type={args.task_type}", *args.overrides])
 
-    config = load_config(args.config, [f"task_type={args.task_type}", *args.overrides])
-    records = read_file(args.file)
-    labels = label_set(records, config, args.file) if config.task_type == "classification" else None
-    valid = enforce(check_records(records, config.task_type, config.data, labels), args.file, config.data.skip_invalid)
+
+def _cmd_data_check(args) -> None:
+    from tunelab import pipeline
+    from tunelab.data.report import render_report
+
+    config = _data_config(args)
+    valid, labels = pipeline.read_checked(config, args.file)
     print(
         f"{args.file}: {len(valid)} valid records for task_type {config.task_type}"
         + (f", labels {labels}" if labels else "")
+    )
+    print(render_report(pipeline.report_data_file(config, args.file, valid, labels, args.against, args.suite)))
+
+
+def _cmd_data_clean(args) -> None:
+    from tunelab import pipeline
+    from tunelab.data.report import render_report
+
+    config = _data_config(args)
+    report, written = pipeline.clean_data_file(
+        config, args.file, Path(args.output), args.dedup, args.against, args.suite
+    )
+    print(render_report(report))
+    cleaning = report["cleaning"]
+    print(
+        f"wrote {written['cleaned']} ({cleaning['kept']} records); {cleaning['removed']} removed, each with why, "
+        f"in {written['removed']}; report in {written['report']} (and .md)"
     )
 
 
@@ -392,6 +411,37 @@ def _scoring_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _data_file_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file")
+    parser.add_argument(
+        "--task-type",
+        "--task",
+        dest="task_type",
+        default="classification",
+        choices=list(get_args(TaskType)),
+        help="how the records are read (--task is its old name)",
+    )
+    parser.add_argument(
+        "--config", help="take field mapping (data.*) and model (for token lengths) from this run config"
+    )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a validation or test file to compare with (leakage); repeat for several",
+    )
+    parser.add_argument(
+        "--suite",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a suite (glue-mini, retention, or a suite YAML) whose tasks' evaluated records to compare with "
+        "(contamination); repeat for several",
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. data.text_field=sentence")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models and measure what it did.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -408,19 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=_cmd_models_prepare)
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
-    check = data.add_parser("check", help="validate a data file; errors name file:line and field")
-    check.add_argument("file")
-    check.add_argument(
-        "--task-type",
-        "--task",
-        dest="task_type",
-        default="classification",
-        choices=["classification", "causal_lm", "seq2seq"],
-        help="how the records are read (--task is its old name)",
+    check = data.add_parser(
+        "check",
+        help="validate a data file (errors name file:line and field) and report duplicates, conflicts, labels, "
+        "token lengths and overlap with other files and suites",
     )
-    check.add_argument("--config", help="take field mapping (data.*) from this run config")
-    check.add_argument("overrides", nargs="*", help="key=value, e.g. data.text_field=sentence")
+    _data_file_options(check)
     check.set_defaults(func=_cmd_data_check)
+    clean = data.add_parser(
+        "clean",
+        help="write a copy of a data file without duplicates and overlapping records, a report and the removed records",
+    )
+    _data_file_options(clean)
+    clean.add_argument("--output", required=True, help="the cleaned copy, JSON Lines (never the input itself)")
+    clean.add_argument(
+        "--dedup",
+        choices=["exact", "near", "off"],
+        default="exact",
+        help="remove exact duplicates (same input and answer), near-duplicates too, or none (default: %(default)s)",
+    )
+    clean.set_defaults(func=_cmd_data_clean)
 
     train = commands.add_parser("train", help="fine-tune from a YAML config")
     train.add_argument("config", nargs="?")

@@ -21,8 +21,15 @@ from transformers import Trainer
 from tunelab import distributed
 from tunelab.card import render_card
 from tunelab.config import RunConfig
+from tunelab.data.cleaning import clean
 from tunelab.data.plan import Plan, plan_training
+from tunelab.data.quality import run_fields
+from tunelab.data.readers import DataError, Record, read_file
+from tunelab.data.report import cleaning_summary, file_references, file_report, render_report, run_report
+from tunelab.data.splits import label_set
 from tunelab.data.taskset import TaskSet, load_taskset, task_specs
+from tunelab.data.validate import check_records, enforce
+from tunelab.errors import TunelabError
 from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
@@ -159,6 +166,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
         _check_demonstrations(config, tasks)
     for note in tasks.notes:
         print(f"data: {note}")
+    report = _data_report(config, tasks) if distributed.is_main_process() else None
     plan = plan_training(config, tasks, distributed.world_size())
     precision = choose_precision(config.training.precision)
     print(
@@ -178,7 +186,9 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             world_size=distributed.world_size(),
             examples=tasks.counts(),
             plan=plan.stages,
+            data_warnings=report["warnings"],
         )
+        _save_data_report(config, run, report, tasks)
     with run.marks_failure() if main else nullcontext():
         ready = setup(config, run, tasks, plan, precision, callbacks)
         checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
@@ -379,3 +389,101 @@ def predict_with_adapters(adapters: dict[str, RunDir], input_path: str, output_p
     ]
     _write_rows(output_path, rows)
     return len(records)
+
+
+# --- data checks: the report a run prints and saves, `tunelab data check` and `tunelab data clean` ----------------
+
+
+def _tokenizer(config: RunConfig):
+    """The tokenizer of the config's model, which token lengths are counted with."""
+    source = resolve_source(config.model.name, config.model.revision)
+    return load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
+
+
+def _data_report(config: RunConfig, tasks: TaskSet) -> dict:
+    """The data report on what the run trains (duplicates, conflicts, labels, token lengths with the run's
+    tokenizer, leakage and contamination), printed before any model loads."""
+    report = run_report(config, tasks, _tokenizer(config))
+    print(render_report(report))
+    return report
+
+
+def _save_data_report(config: RunConfig, run: RunDir, report: dict, tasks: TaskSet) -> None:
+    """`data/report.json` and `report.md`, and, when cleaning is on, `data/removed.jsonl`: every training record
+    removed, with why (empty when nothing was)."""
+    write_json(run.data_dir / "report.json", report)
+    write_atomic(run.data_dir / "report.md", render_report(report))
+    if config.mixture is None and (config.data.dedup != "off" or config.data.drop_overlap):
+        _write_rows(str(run.data_dir / "removed.jsonl"), [removed.as_dict() for removed in tasks.removed])
+
+
+def read_checked(
+    config: RunConfig, path: str, labels: list[str] | None = None
+) -> tuple[list[Record], list[str] | None]:
+    """A data file's records as a run reads its data, with the label set (given, configured or inferred): invalid
+    records fail with file, line and field, or are skipped and listed under `data.skip_invalid`."""
+    records = read_file(path)
+    if config.task_type == "classification" and labels is None:
+        labels = label_set(records, config, path)
+    return enforce(
+        check_records(records, config.task_type, config.data, labels), path, config.data.skip_invalid
+    ), labels
+
+
+def _file_references(config: RunConfig, labels: list[str] | None, against: list[str], suites: list[str]) -> dict:
+    others = {other: read_checked(config, other, labels)[0] for other in against}
+    return file_references(others, suites, run_fields(config.task_type, config.data))
+
+
+def _lengths_tokenizer(config: RunConfig):
+    """The config's model's tokenizer, or None (token lengths then go unmeasured, and the report says so) when it
+    cannot be loaded here: checking a file's records must not need its model."""
+    try:
+        return _tokenizer(config)
+    except (TunelabError, OSError) as exc:
+        print(f"token lengths not measured: the tokenizer of {config.model.name} cannot be loaded ({exc})")
+        return None
+
+
+def report_data_file(
+    config: RunConfig,
+    path: str,
+    records: list[Record],
+    labels: list[str] | None,
+    against: list[str],
+    suites: list[str],
+) -> dict:
+    """`tunelab data check`'s report on a file's valid records, compared with the files `against` and `suites`."""
+    references = _file_references(config, labels, against, suites)
+    return file_report(path, records, config.task_type, config.data, references, _lengths_tokenizer(config))
+
+
+def clean_data_file(
+    config: RunConfig, path: str, output: Path, dedup: str, against: list[str], suites: list[str]
+) -> tuple[dict, dict[str, Path]]:
+    """Write a cleaned copy of a data file (its records as read, as JSON Lines, without the duplicates `dedup` names
+    and the records that overlap `against` files or `suites`), its report and the removed records (with why),
+    each atomically; returns the report and the paths written. The input is never overwritten."""
+    if output.suffix != ".jsonl":
+        raise DataError(f"--output {output}: the cleaned copy is written as JSON Lines; give a .jsonl path")
+    for given in (path, *against):
+        if output.resolve() == Path(given).resolve():
+            raise DataError(f"--output {output} is an input ({given}); write the cleaned copy to a new file")
+    records, labels = read_checked(config, path)
+    references = _file_references(config, labels, against, suites)
+    cleaned = clean(
+        records, run_fields(config.task_type, config.data), dedup, {n: r.examples for n, r in references.items()}
+    )
+    summary = cleaning_summary(len(cleaned.kept), cleaned.removed)
+    report = file_report(path, records, config.task_type, config.data, references, _lengths_tokenizer(config), summary)
+    stem = output.with_suffix("")
+    written = {
+        "cleaned": output,
+        "report": stem.with_name(f"{stem.name}.report.json"),
+        "removed": stem.with_name(f"{stem.name}.removed.jsonl"),
+    }
+    _write_rows(str(written["removed"]), [removed.as_dict() for removed in cleaned.removed])
+    write_json(written["report"], report)
+    write_atomic(written["report"].with_suffix(".md"), render_report(report))
+    _write_rows(str(output), [record.fields for record in cleaned.kept])
+    return report, written

@@ -12,6 +12,9 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
     model/          what training changed, as the method saves it (safetensors: the full model, a PEFT
                     adapter, a bottleneck adapter, or the changed tensors of head/bitfit) and the tokenizer
     eval.json       final test metrics, tuned and base, same data and metric
+    data/           report.json and report.md (duplicates, conflicts, labels, token lengths, leakage and
+                    contamination, as printed at the start), and removed.jsonl when data.dedup or
+                    data.drop_overlap is on (every training record removed, with why)
     README.md       model card
 
 Every file is written to a temporary name and renamed into place, and `run.json`
@@ -121,6 +124,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     model_dir = property(lambda self: self.path / "model")
     card_path = property(lambda self: self.path / "README.md")
+    data_dir = property(lambda self: self.path / "data")
 
     def config(self) -> RunConfig:
         return load_config(self.config_path)
