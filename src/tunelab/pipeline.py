@@ -188,7 +188,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             plan=plan.stages,
             data_warnings=report["warnings"],
         )
-        _save_data_report(config, run, report, tasks)
+        _save_data_report(run, report, tasks)
     with run.marks_failure() if main else nullcontext():
         ready = setup(config, run, tasks, plan, precision, callbacks)
         checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
@@ -408,12 +408,12 @@ def _data_report(config: RunConfig, tasks: TaskSet) -> dict:
     return report
 
 
-def _save_data_report(config: RunConfig, run: RunDir, report: dict, tasks: TaskSet) -> None:
+def _save_data_report(run: RunDir, report: dict, tasks: TaskSet) -> None:
     """`data/report.json` and `report.md`, and, when cleaning is on, `data/removed.jsonl`: every training record
     removed, with why (empty when nothing was)."""
     write_json(run.data_dir / "report.json", report)
     write_atomic(run.data_dir / "report.md", render_report(report))
-    if config.mixture is None and (config.data.dedup != "off" or config.data.drop_overlap):
+    if report["cleaning"] is not None:
         _write_rows(str(run.data_dir / "removed.jsonl"), [removed.as_dict() for removed in tasks.removed])
 
 

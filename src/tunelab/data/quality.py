@@ -167,6 +167,8 @@ def conflicts(examples: list[Example]) -> list[list[int]]:
 def near_duplicates(data: Sketched) -> list[list[int]]:
     """Groups of records whose inputs are the same or near (estimated Jaccard >= the threshold, transitively), in
     file order; each group holds at least two records."""
+    if not data.examples:
+        return []
     rows, columns = [], []
     for i, sketch in enumerate(data.sketches):
         for j in data.lsh.query(sketch):
