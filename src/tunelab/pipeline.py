@@ -21,6 +21,7 @@ from transformers import Trainer
 from tunelab import distributed
 from tunelab.card import render_card
 from tunelab.config import RunConfig
+from tunelab.data.blocks import block_taskset
 from tunelab.data.plan import Plan, plan_training
 from tunelab.data.taskset import TaskSet, load_taskset, task_specs
 from tunelab.eval.fewshot import demonstration_pool
@@ -154,6 +155,11 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     """
     check_runnable(config)
     tasks = load_taskset(config)  # every data error surfaces before a model loads
+    if config.task_type == "language_modeling":  # planned in blocks of tokens, so the tokenizer comes first
+        source = resolve_source(config.model.name, config.model.revision)
+        block_taskset(
+            tasks, load_tokenizer(source, config.model.revision, config.model.trust_remote_code), config.data
+        )
     if "few_shot" in config.eval.baselines:
         _check_demonstrations(config, tasks)
     for note in tasks.notes:

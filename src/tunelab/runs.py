@@ -228,7 +228,7 @@ def load_run(run: RunDir) -> LoadedRun:
     else:
         method = method_module(config.method.name)
         whole = getattr(method, "SAVES_WHOLE_MODEL", False)
-        base = load_model(config.task_type, str(run.model_dir), labels) if whole else load_base(config, labels)
+        base = load_model(config.model_task(), str(run.model_dir), labels) if whole else load_base(config, labels)
         model = method.load(base, run.model_dir)
     model.eval()
     return LoadedRun(run, model, load_tokenizer(str(run.model_dir)), config, labels)

@@ -120,7 +120,7 @@ def _requantize(program: str, path: Path, quant: str) -> None:
 
 def _registry_decoder(config):
     """The registry decoder the run was tuned from: its GGUF carries the tokenizer and architecture metadata."""
-    if config.task_type != "causal_lm":
+    if config.model_task() != "causal_lm":
         other = "--format onnx" if config.task_type == "classification" else "`tunelab merge` (a transformers folder)"
         raise ExportError(f"GGUF export is for decoder (causal_lm) runs; this run is {config.task_type}: use {other}")
     registry = REGISTRY.get(config.model.name)

@@ -37,7 +37,12 @@ _AUTO_CLASS = {
     "causal_lm": AutoModelForCausalLM,
     "seq2seq": AutoModelForSeq2SeqLM,
 }
-_TASK_FAMILY = {"classification": "encoder", "causal_lm": "decoder", "seq2seq": "seq2seq"}
+_TASK_FAMILY = {
+    "classification": "encoder",
+    "causal_lm": "decoder",
+    "seq2seq": "seq2seq",
+    "language_modeling": "decoder",
+}
 
 
 @contextmanager
@@ -190,7 +195,7 @@ def load_base(config: RunConfig, labels: list[str] | None = None, **options) -> 
     every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base)."""
     set_seed(config.training.seed)
     return load_model(
-        config.task_type,
+        config.model_task(),
         resolve_source(config.model.name, config.model.revision),
         labels,
         config.model.revision,
