@@ -8,13 +8,14 @@ import random
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
 from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
 from tunelab.data.readers import DataError, Record
-from tunelab.runs import load_run
+from tunelab.methods import MethodError
+from tunelab.runs import RunError, load_run
 
 from conftest import NOUNS, POSITIVE, write_jsonl
 from helpers import only_task, value
@@ -118,7 +119,11 @@ ALL_LINEAR = {"lora": {"target_modules": "all-linear", "r": 16}}
 
 
 def test_a_lora_language_model_reloads_with_what_it_learned(tiny_decoder, text_file, tmp_path):
-    run = pipeline.train(lm_config(tiny_decoder, text_file, tmp_path, method="lora", epochs=8, learning_rate=3e-2, method_settings=ALL_LINEAR))
+    run = pipeline.train(
+        lm_config(
+            tiny_decoder, text_file, tmp_path, method="lora", epochs=8, learning_rate=3e-2, method_settings=ALL_LINEAR
+        )
+    )
     loaded = load_run(run)
     held_out = [Record({"body": text}, f"new:{i}") for i, text in enumerate(texts(4, seed=9))]
     ids = torch.tensor([pack_blocks(held_out, loaded.tokenizer, "body", 32)[0].fields[BLOCK_FIELD]])
@@ -127,3 +132,78 @@ def test_a_lora_language_model_reloads_with_what_it_learned(tiny_decoder, text_f
         with loaded.model.disable_adapter():
             base = loaded.model(input_ids=ids, labels=ids).loss
     assert tuned < base - 0.25  # the saved adapter carries what training learned (0.44 nats here)
+
+
+def stage_two_config(stage_one, copy_task_file, out, method="lora"):
+    """Instruction tuning (prompt -> answer) from an earlier run's model: the second stage of a recipe."""
+    return build_config(
+        {
+            "name": "tiny-stage-two",
+            "task_type": "causal_lm",
+            "output_dir": str(out),
+            "model": {"name": str(stage_one.path)},
+            "data": {"train": str(copy_task_file), "prompt_template": "{question}", "response_field": "answer"},
+            "method": {"name": method},
+            "training": {"max_steps": 4, "batch_size": 8, "precision": "fp32"},
+            "eval": {"max_new_tokens": 4},
+        }
+    )
+
+
+def test_a_full_stage_one_is_the_base_of_stage_two_and_the_card_shows_the_chain(
+    tiny_decoder, text_file, copy_task_file, tmp_path
+):
+    stage_one = pipeline.train(lm_config(tiny_decoder, text_file, tmp_path / "one", max_steps=3))
+    stage_two = pipeline.train(stage_two_config(stage_one, copy_task_file, tmp_path / "two"))
+    assert not (stage_one.path / "merged").exists()  # full fine-tuning saved a whole model, read as it is
+    (step,) = json.loads(stage_two.state_path.read_text())["chain"]
+    assert step["run"] == str(stage_one.path.resolve()) and step["task_type"] == "language_modeling"
+    assert step["base_model"] == tiny_decoder and step["scores"]["domain"]["metric"] == "perplexity"
+    card = stage_two.card_path.read_text()
+    assert "## Chain of runs" in card and f"1. `{tiny_decoder}`" in card and "3. this run: causal_lm" in card
+    tuned = load_run(stage_one).model.state_dict()
+    pretrained = AutoModelForCausalLM.from_pretrained(tiny_decoder).state_dict()
+    under_lora = (
+        load_run(stage_two).model.get_base_model().state_dict()
+    )  # stage two's LoRA sits on stage one's weights
+    for name in ("model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"):  # weights LoRA leaves alone
+        assert torch.equal(under_lora[name], tuned[name]) and not torch.equal(tuned[name], pretrained[name]), name
+
+
+def test_a_lora_stage_one_is_merged_into_the_base_of_stage_two(tiny_decoder, text_file, copy_task_file, tmp_path):
+    stage_one = pipeline.train(
+        lm_config(tiny_decoder, text_file, tmp_path / "one", method="lora", max_steps=3, learning_rate=3e-2)
+    )
+    stage_two = pipeline.train(stage_two_config(stage_one, copy_task_file, tmp_path / "two", method="full"))
+    assert (stage_one.path / "merged" / "config.json").is_file()
+    ids = torch.tensor([[101, 1996, 2143, 2001, 2307, 1012]])
+    with torch.no_grad():
+        adapted = load_run(stage_one).model(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(stage_one.path / "merged")(input_ids=ids).logits
+    assert torch.allclose(adapted, merged, atol=1e-4)
+    assert json.loads(stage_two.state_path.read_text())["chain"][0]["method"] == "lora"
+
+
+def test_a_stage_one_that_cannot_be_merged_or_is_unfinished_or_a_classifier_is_refused(
+    tiny_decoder, tiny_encoder, text_file, copy_task_file, sentiment_file, tmp_path
+):
+    prefix = pipeline.train(lm_config(tiny_decoder, text_file, tmp_path / "prefix", method="prefix", max_steps=2))
+    with pytest.raises(MethodError, match="cannot be the base of another run: .*prefix"):
+        pipeline.train(stage_two_config(prefix, copy_task_file, tmp_path / "two"))
+    state = json.loads(prefix.state_path.read_text())
+    prefix.state_path.write_text(json.dumps({**state, "state": "running"}))
+    with pytest.raises(RunError, match="not complete"):
+        pipeline.train(stage_two_config(prefix, copy_task_file, tmp_path / "two"))
+    classifier = pipeline.train(
+        build_config(
+            {
+                "output_dir": str(tmp_path / "cls"),
+                "model": {"name": tiny_encoder},
+                "data": {"train": str(sentiment_file)},
+                "method": {"name": "full"},
+                "training": {"max_steps": 2, "precision": "fp32"},
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match="classification run"):
+        pipeline.train(stage_two_config(classifier, copy_task_file, tmp_path / "two"))

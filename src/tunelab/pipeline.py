@@ -32,9 +32,16 @@ from tunelab.eval.suites import build_report, load_suite, report_name, write_sui
 from tunelab.eval.targets import Target, trained_target
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
 from tunelab.methods.task_adapters import merge_task_adapter
-from tunelab.models.loading import check_family, load_base, load_tokenizer, resolve_source
+from tunelab.models.loading import (
+    MERGED_FOLDER,
+    check_family,
+    load_base,
+    load_tokenizer,
+    resolve_source,
+    run_directory,
+)
 from tunelab.models.reference import check_reference
-from tunelab.runs import LoadedRun, RunDir, load_run, staged_folder, write_atomic, write_json
+from tunelab.runs import LoadedRun, RunDir, load_run, run_chain, staged_folder, write_atomic, write_json
 from tunelab.tasks import read_for_task
 from tunelab.train.architectures import Architecture, architecture_of
 from tunelab.train.memory import peak_memory, reset_peak
@@ -46,9 +53,28 @@ def check_runnable(config: RunConfig) -> None:
     method that cannot run here."""
     check_reference(config.model.name, config.model.revision)
     check_family(config.model.name, config.task_type)
+    if run_directory(config.model.name):
+        RunDir(config.model.name).require_complete()
     check_method(config)
     if config.eval.retention_suite:
         load_suite(config.eval.retention_suite)
+
+
+def earlier_stages(config: RunConfig) -> list[dict]:
+    """The runs this one builds on (`runs.run_chain`) when model.name is a run directory, after making that run
+    loadable as a base: a method that saved only its update (LoRA, adapters, ...) is merged into the run's
+    `merged/` folder, once. Empty for a pretrained model."""
+    if not run_directory(config.model.name):
+        return []
+    earlier = RunDir(config.model.name)
+    merged = earlier.path / MERGED_FOLDER
+    if earlier.config().method.name != "full" and not merged.is_dir():
+        print(f"merging run {earlier.path}'s update into {merged}, the base of this run ...")
+        try:
+            merge_run(earlier, merged)
+        except MethodError as exc:
+            raise MethodError(f"run {earlier.path} cannot be the base of another run: {exc}") from None
+    return run_chain(earlier)
 
 
 def _run_dir(config: RunConfig, resume: RunDir | None) -> RunDir:
@@ -154,6 +180,9 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     training ends.
     """
     check_runnable(config)
+    distributed.start()
+    # rank 0 merges an earlier stage's update; the others wait for it before they read the merged base
+    chain = distributed.share_from_main(earlier_stages(config) if distributed.is_main_process() else None)
     tasks = load_taskset(config)  # every data error surfaces before a model loads
     if config.task_type == "language_modeling":  # planned in blocks of tokens, so the tokenizer comes first
         source = resolve_source(config.model.name, config.model.revision)
@@ -170,7 +199,6 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
         f"precision: {precision} (training.precision={config.training.precision}); "
         f"{plan.steps} steps of {plan.global_batch} examples"
     )
-    distributed.start()
     main = distributed.is_main_process()
     run = _run_dir(config, resume)
     print(f"run directory: {run.path}")
@@ -183,6 +211,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             world_size=distributed.world_size(),
             examples=tasks.counts(),
             plan=plan.stages,
+            chain=chain,
         )
     with run.marks_failure() if main else nullcontext():
         ready = setup(config, run, tasks, plan, precision, callbacks)
