@@ -15,6 +15,7 @@ from tunelab.config import ConfigError, build_config
 from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
 from tunelab.data.readers import DataError, Record
 from tunelab.methods import MethodError
+from tunelab.models.loading import pretrained_root
 from tunelab.runs import RunError, load_run
 
 from conftest import NOUNS, POSITIVE, write_jsonl
@@ -161,6 +162,7 @@ def test_a_full_stage_one_is_the_base_of_stage_two_and_the_card_shows_the_chain(
     assert step["base_model"] == tiny_decoder and step["scores"]["domain"]["metric"] == "perplexity"
     card = stage_two.card_path.read_text()
     assert "## Chain of runs" in card and f"1. `{tiny_decoder}`" in card and "3. this run: causal_lm" in card
+    assert pretrained_root(str(stage_two.path)) == tiny_decoder  # what GGUF export takes its metadata from
     tuned = load_run(stage_one).model.state_dict()
     pretrained = AutoModelForCausalLM.from_pretrained(tiny_decoder).state_dict()
     under_lora = (

@@ -158,6 +158,13 @@ def run_model_folder(run: Path) -> Path:
     )
 
 
+def pretrained_root(reference: str) -> str:
+    """The pretrained model at the start of a chain of runs (the reference itself when it names no run)."""
+    while (run := run_directory(reference)) is not None:
+        reference = load_config(run / "config.yaml").model.name
+    return reference
+
+
 def resolve_source(reference: str, revision: str | None = None) -> str:
     """The path or hub id that `from_pretrained` should read for a model reference; ModelNotAvailable when
     it names nothing loadable."""
