@@ -358,3 +358,43 @@ def test_a_cleaning_run_writes_what_it_removed_and_its_card_has_no_contamination
     assert found["near_duplicates"]["groups"] == 0
     card = run.card_path.read_text()
     assert "## Contamination" not in card and "near-duplicate(s) removed" in card
+
+
+def test_a_language_modelling_run_dedups_its_raw_texts_before_packing_them(tiny_decoder, tmp_path):
+    bodies = sentences(30, seed=10)
+    train = write_jsonl(
+        tmp_path / "domain.jsonl", [{"body": t} for t in [*bodies, bodies[3], bodies[3].upper(), bodies[9]]]
+    )
+    config = build_config(
+        {
+            "task_type": "language_modeling",
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"name": tiny_decoder},
+            "data": {"train": str(train), "text_field": "body", "max_length": 32, "dedup": "exact"},
+            "method": {"name": "full"},
+            "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
+        }
+    )
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", [{"body": t} for t in sentences(4, seed=12)])
+    config.data.validation, config.data.test = str(held_out), str(held_out)
+    run = pipeline.train(config)
+    removed = [json.loads(line) for line in (run.path / "data" / "removed.jsonl").read_text().splitlines()]
+    assert [(r["where"].rsplit(":", 1)[1], r["reason"], r["of"].rsplit(":", 1)[1]) for r in removed] == [
+        ("31", "duplicate", "4"),
+        ("32", "duplicate", "4"),
+        ("33", "duplicate", "10"),
+    ]
+    report = json.loads((run.path / "data" / "report.json").read_text())
+    (found,) = report["tasks"].values()
+    assert found["exact_duplicates"]["groups"] == 0 and found["labels"] is None and found["conflicts"]["inputs"] == 0
+    assert found["lengths"]["truncated"] is None and found["lengths"]["input"]["limit"] == 32
+    assert "packed into blocks, nothing truncated" in (run.path / "data" / "report.md").read_text()
+
+
+def test_data_check_reads_raw_text_for_language_modelling(tmp_path, capsys):
+    bodies = sentences(5, seed=11)
+    path = write_jsonl(tmp_path / "raw.jsonl", [{"body": t} for t in [*bodies, bodies[0].title()]])
+    assert cli(f"data check {path} --task-type language_modeling data.text_field=body") == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: 6 valid records for task_type language_modeling")
+    assert "exact duplicates: 1 group(s), 1 extra record(s)" in out and "labels:" not in out

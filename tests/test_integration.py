@@ -93,3 +93,51 @@ def test_smollm2_lora_lowers_the_loss_and_reloads_with_the_same_outputs(tmp_path
     with torch.no_grad():
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
         assert torch.allclose(model(**inputs).logits, reloaded(**inputs).logits, atol=1e-4)
+
+
+def test_smollm2_continued_pretraining_on_dialogues_then_summarising_from_that_run(tmp_path):
+    """The two-stage recipe's configs on a few dialogues: stage 1 lowers the held-out dialogues' perplexity, and
+    stage 2 starts from stage 1's merged weights, its card naming the chain."""
+    dialogsum = SHARED_DATA / "dialogsum"
+    stage_one = pipeline.train(
+        load_config(
+            CONFIGS / "cpt-dialogsum-smollm2.yaml",
+            [
+                f"data.train={dialogsum / 'train.jsonl'}",
+                f"data.test={dialogsum / 'validation.jsonl'}",
+                "data.max_train_examples=48",
+                "data.max_eval_examples=6",
+                "data.max_length=128",
+                "training.max_steps=6",
+                "training.precision=fp32",
+                "eval.retention_suite=null",
+                f"output_dir={tmp_path / 'one'}",
+            ],
+        )
+    )
+    task = only_task(json.loads(stage_one.eval_path.read_text()))
+    assert value(task["tuned"], "perplexity") < value(task["base"], "perplexity") * 0.9
+    stage_two = pipeline.train(
+        load_config(
+            CONFIGS / "summarise-dialogsum-smollm2.yaml",
+            [
+                f"model.name={stage_one.path}",
+                f"data.train={dialogsum / 'train.jsonl'}",
+                f"data.validation={dialogsum / 'validation.jsonl'}",
+                f"data.test={dialogsum / 'test.jsonl'}",
+                "data.max_train_examples=4",
+                "data.max_eval_examples=2",
+                "data.max_length=256",
+                "training.max_steps=1",
+                "training.precision=fp32",
+                "eval.max_new_tokens=8",
+                f"output_dir={tmp_path / 'two'}",
+            ],
+        )
+    )
+    assert (stage_one.path / "merged" / "model.safetensors").is_file()
+    assert json.loads(stage_two.state_path.read_text())["state"] == "complete"
+    assert (
+        f"run `cpt-dialogsum-smollm2` ({stage_one.path.resolve()}): language_modeling"
+        in stage_two.card_path.read_text()
+    )

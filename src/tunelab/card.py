@@ -93,6 +93,30 @@ def _data_section(config: RunConfig, state: dict) -> str:
     )
 
 
+def _chain_step_scores(step: dict) -> str:
+    """'dialogsum: perplexity 18.40 -> 9.12' for each task an earlier run was scored on."""
+    return "; ".join(
+        f"{task}: {score['metric']} "
+        + " -> ".join(f"{score[role]:.2f}" for role in ("base", "tuned") if role in score)
+        for task, score in step["scores"].items()
+    )
+
+
+def chain_section(config: RunConfig, chain: list[dict]) -> str:
+    """The runs this one was built on, first to last, ending with this run: the two-stage recipe as trained."""
+    if not chain:
+        return ""
+    lines = [f"1. `{chain[0]['base_model']}`, the pretrained model"]
+    for number, step in enumerate(chain, start=2):
+        scores = _chain_step_scores(step)
+        lines.append(
+            f"{number}. run `{step['name']}` ({step['run']}): {step['task_type']}, method {step['method']}, "
+            f"on `{step['data']}`" + (f"; {scores}" if scores else "")
+        )
+    lines.append(f"{len(chain) + 2}. this run: {config.task_type}, method {config.method.name}")
+    return "## Chain of runs\n" + "\n".join(lines) + "\n"
+
+
 def _contamination_section(state: dict) -> str:
     """The data report's warnings: training records that are also in the test split or the retention suite (or,
     in a mixture, another task's test records), whose scores are then measured partly on trained examples."""
@@ -165,6 +189,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 - training time: {state["train_seconds"]:.1f} s; steps: {state["steps"]}
 - peak memory in training: {memory}
 
+{chain_section(config, state.get("chain", []))}
 {_data_section(config, state)}
 {_contamination_section(state)}## Test results (95% bootstrap intervals)
 {results_table(evaluation)}

@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 
 from tunelab.errors import TunelabError
 
-TaskType = Literal["classification", "causal_lm", "seq2seq"]
+TaskType = Literal["classification", "causal_lm", "seq2seq", "language_modeling"]
 MethodName = Literal["full", "head", "bitfit", "lora", "dora", "rslora", "qlora", "adapter", "prefix", "prompt", "ia3"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -116,7 +116,7 @@ class DataConfig(_Section):
     test: str | None = None
     """Test data (same forms as `train`); split from train with `test_fraction` when absent."""
     text_field: str = "text"
-    """Field holding the input text (classification)."""
+    """Field holding the input text (classification), or the raw text trained on (language_modeling)."""
     text_pair_field: str | None = None
     """Optional second text field for sentence-pair tasks (e.g. entailment)."""
     label_field: str = "label"
@@ -130,7 +130,8 @@ class DataConfig(_Section):
     response_field: str = "response"
     """Field holding the target completion (generation)."""
     max_length: int = Field(256, ge=8)
-    """Longest input in tokens; longer inputs are truncated and counted."""
+    """Longest input in tokens; longer inputs are truncated and counted. For language_modeling, the length of the
+    blocks the raw text is packed into (nothing is cut: a text runs on into the next block)."""
     max_target_length: int = Field(128, ge=1)
     """Longest target completion in tokens (generation); longer targets are truncated and counted."""
     validation_fraction: float = Field(0.1, gt=0, lt=1)
@@ -541,7 +542,9 @@ class RunConfig(_Section):
     name: str = "run"
     """Run name; the run directory is `<output_dir>/<name>-<timestamp>`."""
     task_type: TaskType = Field("classification", validation_alias=AliasChoices("task_type", "task"))
-    """'classification' (encoder + head), 'causal_lm' (prompt -> completion, decoder) or 'seq2seq' (encoder-decoder).
+    """'classification' (encoder + head), 'causal_lm' (prompt -> completion, decoder), 'seq2seq' (encoder-decoder)
+    or 'language_modeling' (continued pre-training of a decoder on raw text, `data.text_field`: the text packed
+    into `data.max_length` blocks, the loss on every token, perplexity on the held-out texts before and after).
     Configs written before the rename say `task:`, which is read the same way."""
     output_dir: str = "runs"
     """Where run directories are created."""
@@ -559,6 +562,8 @@ class RunConfig(_Section):
     def _check_task_fields(self) -> RunConfig:
         if self.mixture is not None:
             return self._check_mixture()
+        if self.task_type == "language_modeling":
+            return self._check_language_modeling()
         if self.task_type != "classification" and not (self.data.prompt_template or self.data.prompt_field):
             raise ValueError(
                 f"task_type '{self.task_type}' needs data.prompt_template (e.g. 'Summarise:\\n{{dialogue}}') "
@@ -572,8 +577,33 @@ class RunConfig(_Section):
             )
         return self
 
+    def _check_language_modeling(self) -> RunConfig:
+        """Raw text has no prompt and no answer: refuse settings that would read them, naming the key."""
+        if self.data.prompt_template or self.data.prompt_field:
+            raise ValueError(
+                "task_type 'language_modeling' trains on the raw text of data.text_field; drop data.prompt_template "
+                "and data.prompt_field (use task_type causal_lm for prompt -> answer training)"
+            )
+        if self.method.name in METHOD_TASK_TYPES:
+            raise ValueError(
+                f"method '{self.method.name}' trains a classification head, which language modelling has none of; "
+                "use full, lora or another method"
+            )
+        if "few_shot" in self.eval.baselines:
+            raise ValueError(
+                "eval.baselines few_shot puts solved examples before a prompt; language modelling scores raw text "
+                "(perplexity) and has no prompt: use baselines [zero_shot] or []"
+            )
+        return self
+
     def _check_mixture(self) -> RunConfig:
         architecture = self.mixture.architecture
+        if self.task_type == "language_modeling":
+            raise ValueError(
+                "task_type 'language_modeling' trains on the raw text of data.train, not on a mixture of tasks; "
+                "drop mixture (a two-stage recipe trains the language-modelling run first, then names its run "
+                "directory as model.name of the next)"
+            )
         if architecture == "multi_head" and (self.task_type != "classification" or self.method.name != "full"):
             raise ValueError(
                 "mixture.architecture 'multi_head' fine-tunes a shared encoder and its classification heads: "
@@ -616,11 +646,18 @@ class RunConfig(_Section):
         return self
 
     def architecture(self) -> str:
-        """How the run's model answers its tasks: 'classifier' (one head: a `data:` classification run) or
-        'text_to_text' (a `data:` generation run), or the mixture's own architecture."""
+        """How the run's model answers its tasks: 'classifier' (one head: a `data:` classification run),
+        'text_to_text' (a `data:` generation run), 'language_model' (raw text, continued pre-training), or the
+        mixture's own architecture."""
         if self.mixture is not None:
             return self.mixture.architecture
+        if self.task_type == "language_modeling":
+            return "language_model"
         return "classifier" if self.task_type == "classification" else "text_to_text"
+
+    def model_task(self) -> str:
+        """The kind of model the run loads and how it answers: a language-modelling run tunes a causal LM."""
+        return "causal_lm" if self.task_type == "language_modeling" else self.task_type
 
     def learning_rate(self) -> float:
         """The learning rate to train with: the configured one, or the method's measured default."""

@@ -21,6 +21,7 @@ from transformers import Trainer
 from tunelab import distributed
 from tunelab.card import render_card
 from tunelab.config import RunConfig
+from tunelab.data.blocks import block_taskset
 from tunelab.data.cleaning import clean
 from tunelab.data.plan import Plan, plan_training
 from tunelab.data.quality import run_fields
@@ -38,9 +39,16 @@ from tunelab.eval.suites import build_report, report_name, write_suite_report
 from tunelab.eval.targets import Target, trained_target
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
 from tunelab.methods.task_adapters import merge_task_adapter
-from tunelab.models.loading import check_family, load_base, load_tokenizer, resolve_source
+from tunelab.models.loading import (
+    MERGED_FOLDER,
+    check_family,
+    load_base,
+    load_tokenizer,
+    resolve_source,
+    run_directory,
+)
 from tunelab.models.reference import check_reference
-from tunelab.runs import LoadedRun, RunDir, load_run, staged_folder, write_atomic, write_json
+from tunelab.runs import LoadedRun, RunDir, load_run, run_chain, staged_folder, write_atomic, write_json
 from tunelab.tasks import read_for_task
 from tunelab.tasks.suite import load_suite
 from tunelab.train.architectures import Architecture, architecture_of
@@ -53,9 +61,28 @@ def check_runnable(config: RunConfig) -> None:
     method that cannot run here."""
     check_reference(config.model.name, config.model.revision)
     check_family(config.model.name, config.task_type)
+    if run_directory(config.model.name):
+        RunDir(config.model.name).require_complete()
     check_method(config)
     if config.eval.retention_suite:
         load_suite(config.eval.retention_suite)
+
+
+def earlier_stages(config: RunConfig) -> list[dict]:
+    """The runs this one builds on (`runs.run_chain`) when model.name is a run directory, after making that run
+    loadable as a base: a method that saved only its update (LoRA, adapters, ...) is merged into the run's
+    `merged/` folder, once. Empty for a pretrained model."""
+    if not run_directory(config.model.name):
+        return []
+    earlier = RunDir(config.model.name)
+    merged = earlier.path / MERGED_FOLDER
+    if earlier.config().method.name != "full" and not merged.is_dir():
+        print(f"merging run {earlier.path}'s update into {merged}, the base of this run ...")
+        try:
+            merge_run(earlier, merged)
+        except MethodError as exc:
+            raise MethodError(f"run {earlier.path} cannot be the base of another run: {exc}") from None
+    return run_chain(earlier)
 
 
 def _run_dir(config: RunConfig, resume: RunDir | None) -> RunDir:
@@ -161,19 +188,24 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     training ends.
     """
     check_runnable(config)
+    distributed.start()
+    # rank 0 merges an earlier stage's update; the others wait for it before they read the merged base
+    chain = distributed.share_from_main(earlier_stages(config) if distributed.is_main_process() else None)
     tasks = load_taskset(config)  # every data error surfaces before a model loads
+    tokenizer = _tokenizer(config)  # the data report counts tokens; language modelling plans in blocks of them
+    report = _data_report(config, tasks, tokenizer) if distributed.is_main_process() else None  # on the raw texts
+    if config.task_type == "language_modeling":
+        block_taskset(tasks, tokenizer, config.data)
     if "few_shot" in config.eval.baselines:
         _check_demonstrations(config, tasks)
     for note in tasks.notes:
         print(f"data: {note}")
-    report = _data_report(config, tasks) if distributed.is_main_process() else None
     plan = plan_training(config, tasks, distributed.world_size())
     precision = choose_precision(config.training.precision)
     print(
         f"precision: {precision} (training.precision={config.training.precision}); "
         f"{plan.steps} steps of {plan.global_batch} examples"
     )
-    distributed.start()
     main = distributed.is_main_process()
     run = _run_dir(config, resume)
     print(f"run directory: {run.path}")
@@ -186,6 +218,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             world_size=distributed.world_size(),
             examples=tasks.counts(),
             plan=plan.stages,
+            chain=chain,
             data_warnings=report["warnings"],
         )
         _save_data_report(run, report, tasks)
@@ -400,10 +433,10 @@ def _tokenizer(config: RunConfig):
     return load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
 
 
-def _data_report(config: RunConfig, tasks: TaskSet) -> dict:
+def _data_report(config: RunConfig, tasks: TaskSet, tokenizer) -> dict:
     """The data report on what the run trains (duplicates, conflicts, labels, token lengths with the run's
     tokenizer, leakage and contamination), printed before any model loads."""
-    report = run_report(config, tasks, _tokenizer(config))
+    report = run_report(config, tasks, tokenizer)
     print(render_report(report))
     return report
 

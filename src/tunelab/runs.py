@@ -11,6 +11,8 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
     checkpoints/    Trainer checkpoints while training (removed once the run completes)
     model/          what training changed, as the method saves it (safetensors: the full model, a PEFT
                     adapter, a bottleneck adapter, or the changed tensors of head/bitfit) and the tokenizer
+    merged/         the tuned model with its update folded in, written when a next run names this one as its
+                    model.name (a two-stage recipe); full fine-tuning needs none
     eval.json       final test metrics, tuned and base, same data and metric
     data/           report.json and report.md (duplicates, conflicts, labels, token lengths, leakage and
                     contamination, as printed at the start), and removed.jsonl when data.dedup or
@@ -232,7 +234,39 @@ def load_run(run: RunDir) -> LoadedRun:
     else:
         method = method_module(config.method.name)
         whole = getattr(method, "SAVES_WHOLE_MODEL", False)
-        base = load_model(config.task_type, str(run.model_dir), labels) if whole else load_base(config, labels)
+        base = load_model(config.model_task(), str(run.model_dir), labels) if whole else load_base(config, labels)
         model = method.load(base, run.model_dir)
     model.eval()
     return LoadedRun(run, model, load_tokenizer(str(run.model_dir)), config, labels)
+
+
+def chain_step(run: RunDir) -> dict[str, Any]:
+    """What a complete run contributes to the chain of a run built on it: where it is, what it tuned from and
+    how, on what data, and its headline score before and after."""
+    config = run.config()
+    evaluation = json.loads(run.eval_path.read_text(encoding="utf-8")) if run.eval_path.exists() else {}
+    scores = {
+        name: {
+            "metric": task["metric"],
+            **{
+                role: task[role]["metrics"][task["metric"]]["value"]
+                for role in ("base", "tuned")
+                if task.get(role) and "metrics" in task[role]
+            },
+        }
+        for name, task in evaluation.get("tasks", {}).items()
+    }
+    return {
+        "run": str(run.path.resolve()),
+        "name": config.name,
+        "base_model": config.model.name,
+        "task_type": config.task_type,
+        "method": config.method.name,
+        "data": config.data.train if config.mixture is None else "mixture",
+        "scores": scores,
+    }
+
+
+def run_chain(run: RunDir) -> list[dict[str, Any]]:
+    """The runs a run stands on and the run itself, first to last, each as `chain_step` describes it."""
+    return [*run.require_complete().get("chain", []), chain_step(run)]

@@ -67,7 +67,7 @@ def run_fields(task_type: str, data: DataConfig) -> Fields:
 def task_fields(spec: TaskSpec) -> Fields:
     """A task's input fields (what robustness perturbs and bias swaps, so what contamination compares) and the
     field of the answer it trains on."""
-    inputs = spec.input_fields or template_fields(spec.templates[0])
+    inputs = spec.input_fields or (template_fields(spec.templates[0]) if spec.templates else [spec.text_field])
     answer = {"classification": spec.label_field, "ner": spec.tags_field, "language_modeling": None}.get(
         spec.kind, spec.target_field or spec.reference_field
     )

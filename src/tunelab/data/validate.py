@@ -28,6 +28,8 @@ def required_fields(task: str, data: DataConfig, with_target: bool = True) -> li
     if task == "classification":
         needed = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
         return needed + ([data.label_field] if with_target else [])
+    if task == "language_modeling":
+        return [data.text_field]
     needed = template_fields(data.prompt_template) if data.prompt_template else [data.prompt_field]
     return needed + ([data.response_field] if with_target else [])
 

@@ -147,7 +147,7 @@ def trained_target(
     """How a model of the run's architecture answers tasks (the model in training, or one loaded from a run)."""
     batch_size = batch_size or config.training.eval_batch_size
     architecture = config.architecture()
-    task = "classification" if architecture in ("classifier", "multi_head") else config.task_type
+    task = "classification" if architecture in ("classifier", "multi_head") else config.model_task()
     target = Target(name, on_device(model), tokenizer, task, labels, batch_size)
     if architecture == "multi_head":
         target.route = _multi_head(target, model)

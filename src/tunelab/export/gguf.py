@@ -24,7 +24,7 @@ import torch
 
 from tunelab.export import ExportError
 from tunelab.export.modelfile import render_modelfile
-from tunelab.models.loading import source_gguf
+from tunelab.models.loading import pretrained_root, source_gguf
 from tunelab.models.registry import REGISTRY
 from tunelab.pipeline import merged_model
 from tunelab.runs import RunDir, load_run, staged_folder
@@ -119,11 +119,12 @@ def _requantize(program: str, path: Path, quant: str) -> None:
 
 
 def _registry_decoder(config):
-    """The registry decoder the run was tuned from: its GGUF carries the tokenizer and architecture metadata."""
-    if config.task_type != "causal_lm":
+    """The registry decoder the run was tuned from (through any earlier runs of a two-stage recipe): its GGUF
+    carries the tokenizer and architecture metadata."""
+    if config.model_task() != "causal_lm":
         other = "--format onnx" if config.task_type == "classification" else "`tunelab merge` (a transformers folder)"
         raise ExportError(f"GGUF export is for decoder (causal_lm) runs; this run is {config.task_type}: use {other}")
-    registry = REGISTRY.get(config.model.name)
+    registry = REGISTRY.get(pretrained_root(config.model.name))
     if registry is None or registry.gguf_file is None:
         raise ExportError(
             f"GGUF export takes the tokenizer and architecture metadata from a registry model's own GGUF "

@@ -1,9 +1,13 @@
-"""Loading pretrained models for a task, from a registry name, a local directory or a hub id.
+"""Loading pretrained models for a task, from a registry name, a local directory, a hub id or a run directory.
 
-All three go through the same `from_pretrained` call; only the registry adds a
+All go through the same `from_pretrained` call; only the registry adds a
 step, for GGUF models: transformers can dequantise GGUF but refuses to save
 such a model, so `prepare` clears the quantiser and writes safetensors once
 into the cache. Later loads then take seconds instead of a conversion.
+
+A run directory as `model.name` is the first stage of a two-stage recipe (domain text, then instructions): the
+next run starts from its tuned model, read from the run's `model/` folder (full fine-tuning saves a whole model)
+or from `merged/`, the copy with its update folded in that `tunelab train` writes the first time the run is named.
 """
 
 from __future__ import annotations
@@ -28,16 +32,29 @@ from transformers import (
     set_seed,
 )
 
-from tunelab.config import ConfigError, RunConfig
+from tunelab.config import ConfigError, RunConfig, load_config
 from tunelab.models.reference import check_reference
-from tunelab.models.registry import REGISTRY, RegistryModel, cache_dir, is_prepared, native_dir, package_dir
+from tunelab.models.registry import (
+    REGISTRY,
+    ModelNotAvailable,
+    RegistryModel,
+    cache_dir,
+    is_prepared,
+    native_dir,
+    package_dir,
+)
 
 _AUTO_CLASS = {
     "classification": AutoModelForSequenceClassification,
     "causal_lm": AutoModelForCausalLM,
     "seq2seq": AutoModelForSeq2SeqLM,
 }
-_TASK_FAMILY = {"classification": "encoder", "causal_lm": "decoder", "seq2seq": "seq2seq"}
+_TASK_FAMILY = {
+    "classification": "encoder",
+    "causal_lm": "decoder",
+    "seq2seq": "seq2seq",
+    "language_modeling": "decoder",
+}
 
 
 @contextmanager
@@ -117,12 +134,46 @@ def _convert(model: RegistryModel, target: Path) -> None:
     steps.close()
 
 
+MERGED_FOLDER = "merged"
+"""Where a run directory keeps its tuned model with the update folded in, once a next run has named it."""
+
+
+def run_directory(reference: str) -> Path | None:
+    """The run directory a model reference names (a folder holding a run.json), or None."""
+    path = Path(reference).expanduser()
+    return path if (path / "run.json").is_file() else None
+
+
+def run_model_folder(run: Path) -> Path:
+    """The folder a run directory is loaded from as a base model: `merged/` when written, else `model/` when
+    the run fine-tuned every weight (it saved a whole model); ModelNotAvailable, saying how to merge, otherwise."""
+    if (run / MERGED_FOLDER / "config.json").is_file():
+        return run / MERGED_FOLDER
+    if load_config(run / "config.yaml").method.name == "full":
+        return run / "model"
+    raise ModelNotAvailable(
+        f"run {run} saved only what its method changed, not a whole model; `tunelab train` merges it into "
+        f"{run / MERGED_FOLDER} when a config names the run as model.name, or run "
+        f"`tunelab merge {run} --output {run / MERGED_FOLDER}`"
+    )
+
+
+def pretrained_root(reference: str) -> str:
+    """The pretrained model at the start of a chain of runs (the reference itself when it names no run)."""
+    while (run := run_directory(reference)) is not None:
+        reference = load_config(run / "config.yaml").model.name
+    return reference
+
+
 def resolve_source(reference: str, revision: str | None = None) -> str:
     """The path or hub id that `from_pretrained` should read for a model reference; ModelNotAvailable when
     it names nothing loadable."""
     check_reference(reference, revision)
     if reference in REGISTRY:
         return str(prepare(reference))
+    run = run_directory(reference)
+    if run is not None:
+        return str(run_model_folder(run))
     if Path(reference).expanduser().is_dir():
         return str(Path(reference).expanduser())
     return reference  # a hub id the hub or its local cache has
@@ -134,12 +185,28 @@ def portable_reference(reference: str) -> str:
     path (the user knows where their own model lives), a hub id as given."""
     if reference in REGISTRY:
         return REGISTRY[reference].hub_id
-    folder = Path(reference).expanduser()
+    run = run_directory(reference)
+    folder = run_model_folder(run) if run is not None else Path(reference).expanduser()
     return str(folder.resolve()) if folder.is_dir() else reference
 
 
 def check_family(reference: str, task: str) -> None:
-    """Fail early, before loading, when a registry model cannot serve the task."""
+    """Fail early, before loading, when a registry model or a run directory's model cannot serve the task."""
+    run = run_directory(reference)
+    if run is not None:
+        earlier = load_config(run / "config.yaml").task_type
+        if earlier == "classification":
+            raise ConfigError(
+                f"run {run} is a classification run, whose head knows only its own labels, so it cannot be the "
+                "base of another run; for related classification tasks first, then the target, use mixture.stages"
+            )
+        if _TASK_FAMILY[earlier] != _TASK_FAMILY[task]:
+            raise ConfigError(
+                f"run {run} tuned a {_TASK_FAMILY[earlier]} model (task '{earlier}'), which cannot be the base of a "
+                f"'{task}' run; a next stage needs a run of the same model kind (language_modeling or causal_lm "
+                "before causal_lm or language_modeling, seq2seq before seq2seq)"
+            )
+        return
     model = REGISTRY.get(reference)
     if model is not None and model.family != _TASK_FAMILY[task]:
         fits = [m.name for m in REGISTRY.values() if m.family == _TASK_FAMILY[task]]
@@ -190,7 +257,7 @@ def load_base(config: RunConfig, labels: list[str] | None = None, **options) -> 
     every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base)."""
     set_seed(config.training.seed)
     return load_model(
-        config.task_type,
+        config.model_task(),
         resolve_source(config.model.name, config.model.revision),
         labels,
         config.model.revision,

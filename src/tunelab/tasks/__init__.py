@@ -46,6 +46,7 @@ PRIMARY_METRIC: dict[str, str] = {
 INLINE_METRICS: dict[str, list[str]] = {
     "classification": ["accuracy", "f1_macro", "precision_macro", "recall_macro"],
     "generation": ["rougeL", "rouge1", "rouge2", "exact_match"],
+    "language_modeling": ["perplexity", "word_perplexity", "bits_per_byte"],
 }
 """What the task of a `data:` section is scored with, the first being the primary metric."""
 
@@ -436,14 +437,17 @@ def inline_task(config: RunConfig, labels: list[str] | None = None) -> TaskSpec:
     """The task a `data:` section describes, so that a single-task run is a mixture of one task: a classifier's
     text fields and label set, or a generator's prompt and answer fields, with the run's decoding settings."""
     data, name = config.data, data_task_name(config.data.train)
+    kind = config.task_type if config.task_type in ("classification", "language_modeling") else "generation"
     common = {
         "name": name,
         "description": f"the run's data ({data.train})",
         "source": data.train or "",
         "max_length": data.max_length,
-        "metrics": INLINE_METRICS["classification" if config.task_type == "classification" else "generation"],
+        "metrics": INLINE_METRICS[kind],
     }
-    if config.task_type == "classification":
+    if kind == "language_modeling":  # scored on whole held-out texts (rolling windows), not on the training blocks
+        return TaskSpec(kind=kind, text_field=data.text_field, input_fields=[data.text_field], **common)
+    if kind == "classification":
         fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
         return TaskSpec(
             kind="classification",

@@ -5,7 +5,8 @@
   (a `data:` generation run, or a FLAN-style mixture);
 - multi_head: one shared encoder with a classification head per task (a mixture; full fine-tuning);
 - task_adapters: one LoRA adapter per task (plus an optional shared one) over a frozen decoder, each
-  single-task batch routed to its adapter (a mixture).
+  single-task batch routed to its adapter (a mixture);
+- language_model: a decoder trained on raw text blocks with the loss on every token (continued pre-training).
 
 Each says how to load the model before tuning (which the base scores use), how to adapt it, how to turn the
 planned draws into training examples and validation sets, which trainer and collator train it, and how to save
@@ -24,6 +25,7 @@ from torch import nn
 from transformers import DataCollatorWithPadding, Trainer
 
 from tunelab.config import DataConfig, RunConfig
+from tunelab.data.blocks import BLOCK_FIELD
 from tunelab.data.cache import encode_cached
 from tunelab.data.encode import TASK_KEY, HeadCollator, TaskCollator, make_collator
 from tunelab.data.plan import Plan
@@ -260,7 +262,38 @@ class TaskAdapters(TextToText):
         name_base_model(directory, portable_reference(config.model.name))
 
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (Classifier(), TextToText(), MultiHead(), TaskAdapters())}
+def _block_examples(blocks: list[Record]) -> list[dict]:
+    """Token blocks as causal-LM examples whose labels are their own ids: the loss covers every token."""
+    return [
+        {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
+        for ids in (block.fields[BLOCK_FIELD] for block in blocks)
+    ]
+
+
+class LanguageModel(Architecture):
+    """Continued pre-training: the run's training and validation records are token blocks
+    (`tunelab.data.blocks.pack_blocks`), already `data.max_length` long, so batches need no packing."""
+
+    name = "language_model"
+
+    def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
+        (task,) = tasks.trained.values()
+        train = _block_examples(task.train)
+        if adds_virtual_tokens(model):  # PEFT's virtual tokens live in the model's own forward and loss
+            trainer_class, collator = PlannedTrainer, make_collator("causal_lm", tokenizer)
+        else:
+            trainer_class, collator = CompletionLossTrainer, TaskCollator(make_collator("causal_lm", tokenizer))
+        return Feed(
+            [train[index] for _, index in plan.order],
+            _block_examples(task.validation) or None,
+            trainer_class,
+            collator,
+        )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a for a in (Classifier(), TextToText(), MultiHead(), TaskAdapters(), LanguageModel())
+}
 
 
 def architecture_of(config: RunConfig) -> Architecture:
