@@ -113,7 +113,8 @@ def test_continued_pretraining_lowers_held_out_perplexity(tiny_decoder, text_fil
     assert task["kind"] == "language_modeling" and task["metric"] == "perplexity"
     before, after = value(task["base"], "perplexity"), value(task["tuned"], "perplexity")
     assert after < before / 100  # a random 30k-vocabulary decoder against one that learned the grammar
-    assert "perplexity" in run.card_path.read_text()
+    card = run.card_path.read_text()
+    assert f"({state['examples']['train']} token blocks)" in card and "same held-out texts" in card
 
 
 ALL_LINEAR = {"lora": {"target_modules": "all-linear", "r": 16}}

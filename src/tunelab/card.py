@@ -86,9 +86,10 @@ def _data_section(config: RunConfig, state: dict) -> str:
         return f"## Mixture, as trained\n{mixture_lines(state['plan'])}\n"
     data, examples = config.data, state["examples"]
     notes = "".join(f"- {note}\n" for note in state.get("data_notes", []))
+    trained = "token blocks" if config.task_type == "language_modeling" else "examples"  # test texts stay whole
     return (
-        f"## Data\n- train: `{data.train}` ({examples['train']} examples)\n"
-        f"- validation: `{data.validation or 'split from train'}` ({examples['validation']} examples)\n"
+        f"## Data\n- train: `{data.train}` ({examples['train']} {trained})\n"
+        f"- validation: `{data.validation or 'split from train'}` ({examples['validation']} {trained})\n"
         f"- test: `{data.test or 'split from train'}` ({examples['test']} examples)\n{notes}"
     )
 
@@ -169,6 +170,8 @@ def _base_note(config: RunConfig) -> str:
         )
     if config.architecture() == "multi_head":
         return "Base = the pretrained encoder with its new, untrained heads. Held-out tasks were never trained on."
+    if config.architecture() == "language_model":
+        return "Base = the pretrained model before tuning, scored on the same held-out texts (lower is better)."
     return "Base = the pretrained model before tuning, prompted the same way. Held-out tasks were never trained on."
 
 
