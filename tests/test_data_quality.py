@@ -14,7 +14,7 @@ import yaml
 from test_train_tiny import causal_config, classification_config
 
 from tunelab import pipeline
-from tunelab.config import DataConfig, build_config
+from tunelab.config import ConfigError, DataConfig, build_config
 from tunelab.data.cleaning import clean
 from tunelab.data.encode import encode
 from tunelab.data.lengths import token_lengths
@@ -398,3 +398,11 @@ def test_data_check_reads_raw_text_for_language_modelling(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: 6 valid records for task_type language_modeling")
     assert "exact duplicates: 1 group(s), 1 extra record(s)" in out and "labels:" not in out
+
+
+@pytest.mark.parametrize("setting", [{"dedup": "near"}, {"drop_overlap": True}])
+def test_a_mixture_refuses_the_cleaning_it_would_not_apply(setting):
+    mixture = {"task_type": "causal_lm", "mixture": {"tasks": [{"task": "sst2"}]}}
+    build_config(mixture)  # the same mixture without the setting is valid
+    with pytest.raises(ConfigError, match="tunelab data clean"):
+        build_config({**mixture, "data": setting})

@@ -150,11 +150,12 @@ class DataConfig(_Section):
     """Remove duplicate training records after validation (and before `max_train_examples`), keeping the first of
     each group: 'exact' (same normalised input and answer) or 'near' (also inputs at estimated Jaccard >= 0.8 over
     character shingles, exact copies included). Counted in the notes; every removed record, with what it
-    duplicates, goes to `<run>/data/removed.jsonl`. Applies to `data:` runs; a mixture's tasks are read as they are."""
+    duplicates, goes to `<run>/data/removed.jsonl`. For `data:` runs; a mixture refuses it (its tasks are read as they
+    are: clean a task's file with `tunelab data clean`)."""
     drop_overlap: bool = False
     """Remove training records whose input is in (or near one in) the run's validation or test split or the
     retention suite (`eval.retention_suite`), so no score is measured on trained examples. Counted and written
-    as `dedup` is; applies to `data:` runs."""
+    as `dedup` is; for `data:` runs only."""
 
     @field_validator("prompt_template")
     @classmethod
@@ -603,6 +604,12 @@ class RunConfig(_Section):
                 "task_type 'language_modeling' trains on the raw text of data.train, not on a mixture of tasks; "
                 "drop mixture (a two-stage recipe trains the language-modelling run first, then names its run "
                 "directory as model.name of the next)"
+            )
+        if self.data.dedup != "off" or self.data.drop_overlap:
+            raise ValueError(
+                "data.dedup and data.drop_overlap clean a `data:` run's training file; a mixture reads its tasks as "
+                "they are. Clean a task's file with `tunelab data clean FILE --output CLEAN.jsonl` and point a task "
+                "YAML's source at it, or drop these settings"
             )
         if architecture == "multi_head" and (self.task_type != "classification" or self.method.name != "full"):
             raise ValueError(
