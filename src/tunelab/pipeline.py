@@ -143,14 +143,20 @@ def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: Ta
 
 
 def setup(
-    config: RunConfig, run: RunDir, tasks: TaskSet, plan: Plan, precision: str, callbacks: Sequence = ()
+    config: RunConfig,
+    run: RunDir,
+    tasks: TaskSet,
+    plan: Plan,
+    precision: str,
+    callbacks: Sequence = (),
+    tokenizer=None,
 ) -> Setup:
     """Load the model, score it before tuning (once per run: kept across a resume), adapt it and build its trainer
-    (with `callbacks` beside its own)."""
+    (with `callbacks` beside its own). `tokenizer`: the model's, when the caller has loaded it already."""
     main = distributed.is_main_process()
     architecture = architecture_of(config)
     source = resolve_source(config.model.name, config.model.revision)
-    tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
+    tokenizer = tokenizer or config_tokenizer(config)
     model = architecture.load(config, tasks, precision)
     _score_baselines(config, run, model, tokenizer, tasks)
     model, trainable = architecture.adapt(model, config, tasks)
@@ -192,7 +198,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     # rank 0 merges an earlier stage's update; the others wait for it before they read the merged base
     chain = distributed.share_from_main(earlier_stages(config) if distributed.is_main_process() else None)
     tasks = load_taskset(config)  # every data error surfaces before a model loads
-    tokenizer = _tokenizer(config)  # the data report counts tokens; language modelling plans in blocks of them
+    tokenizer = config_tokenizer(config)  # the data report counts tokens; language modelling plans in blocks of them
     report = _data_report(config, tasks, tokenizer) if distributed.is_main_process() else None  # on the raw texts
     if config.task_type == "language_modeling":
         block_taskset(tasks, tokenizer, config.data)
@@ -223,7 +229,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
         )
         _save_data_report(run, report, tasks)
     with run.marks_failure() if main else nullcontext():
-        ready = setup(config, run, tasks, plan, precision, callbacks)
+        ready = setup(config, run, tasks, plan, precision, callbacks, tokenizer)
         checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
         if checkpoint:
             print(f"resuming from {checkpoint}")
@@ -427,8 +433,8 @@ def predict_with_adapters(adapters: dict[str, RunDir], input_path: str, output_p
 # --- data checks: the report a run prints and saves, `tunelab data check` and `tunelab data clean` ----------------
 
 
-def _tokenizer(config: RunConfig):
-    """The tokenizer of the config's model, which token lengths are counted with."""
+def config_tokenizer(config: RunConfig):
+    """The tokenizer of the config's model: what a run trains with and what the data report counts tokens with."""
     source = resolve_source(config.model.name, config.model.revision)
     return load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
 
@@ -472,7 +478,7 @@ def _lengths_tokenizer(config: RunConfig):
     """The config's model's tokenizer, or None (token lengths then go unmeasured, and the report says so) when it
     cannot be loaded here: checking a file's records must not need its model."""
     try:
-        return _tokenizer(config)
+        return config_tokenizer(config)
     except (TunelabError, OSError) as exc:
         print(f"token lengths not measured: the tokenizer of {config.model.name} cannot be loaded ({exc})")
         return None

@@ -36,7 +36,7 @@ from tunelab.data.quality import (
     task_fields,
 )
 from tunelab.data.readers import Record
-from tunelab.data.taskset import TaskSet, TrainingTask
+from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
 
 SHOWN = 5
 """Examples shown per finding; the counts are always complete."""
@@ -178,13 +178,7 @@ def _lengths(config: RunConfig, task: TrainingTask, tokenizer: PreTrainedTokeniz
     if task.spec.kind == "classification" and config.mixture.architecture == "multi_head":
         return token_lengths("classification", task.train, tokenizer, task.spec.data_config(data.max_length))
     instructions = [task.spec.instruction(record) for record in task.train]
-    as_trained = DataConfig(
-        prompt_field="prompt",
-        response_field="target",
-        max_length=data.max_length,
-        max_target_length=data.max_target_length,
-    )
-    return token_lengths(config.task_type, instructions, tokenizer, as_trained)
+    return token_lengths(config.task_type, instructions, tokenizer, instruction_data(config))
 
 
 def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizerBase | None = None) -> dict:

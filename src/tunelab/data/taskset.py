@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunelab.config import MixtureTask, RunConfig
+from tunelab.config import DataConfig, MixtureTask, RunConfig
 from tunelab.data.cleaning import Removed
 from tunelab.data.readers import DataError, Record
 from tunelab.data.splits import load_task_data
@@ -160,3 +160,14 @@ def test_records(config: RunConfig, spec: TaskSpec) -> list[Record]:
     if config.mixture is None:
         return load_task_data(config).test
     return load_records(spec, config.mixture.eval_examples, config.training.seed)
+
+
+def instruction_data(config: RunConfig) -> DataConfig:
+    """How instruction records (a rendered prompt and its target answer, `TaskSpec.instruction`) are tokenised: what
+    text-to-text training encodes and what the data report measures."""
+    return DataConfig(
+        prompt_field="prompt",
+        response_field="target",
+        max_length=config.data.max_length,
+        max_target_length=config.data.max_target_length,
+    )

@@ -30,7 +30,7 @@ from tunelab.data.cache import encode_cached
 from tunelab.data.encode import TASK_KEY, HeadCollator, TaskCollator, make_collator
 from tunelab.data.plan import Plan
 from tunelab.data.readers import Record
-from tunelab.data.taskset import TaskSet, TrainingTask
+from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
 from tunelab.methods import TrainableReport, apply_method, base_load_options, lora, method_module
 from tunelab.methods.peft_common import name_base_model
 from tunelab.methods.task_adapters import apply_task_adapters, save_task_adapters, trainable_by_adapter
@@ -121,16 +121,6 @@ def template_index(config: RunConfig, task: TrainingTask, position: int, index: 
         return 0
     return random.Random(f"{config.training.seed}:{task.spec.name}:{index}:{position}").randrange(
         len(task.spec.templates)
-    )
-
-
-def instruction_data(config: RunConfig) -> DataConfig:
-    """How instruction records (a rendered prompt and its target answer) are tokenised."""
-    return DataConfig(
-        prompt_field="prompt",
-        response_field="target",
-        max_length=config.data.max_length,
-        max_target_length=config.data.max_target_length,
     )
 
 
