@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -340,3 +341,69 @@ def test_agreement_needs_two_raters(tmp_path):
         "reason": "1 rater(s); agreement needs at least 2",
     }
     assert "n/a: 1 rater(s)" in human.render_report(summary)
+
+
+# --- rating in pairs (the web app) -----------------------------------------------------------------------------
+
+
+def test_pairs_come_in_sheet_order_with_both_outputs_and_resume_per_rater(tmp_path):
+    key = make_sheet(tmp_path, "pairs")
+    positions = dict(db_rows("SELECT item_id, position FROM items WHERE sheet = 'pairs'"))
+    first = human.next_pair("pairs", "ann")
+    assert (first.number, first.total) == (1, 3)
+    assert first.item_ids[0] == min(positions, key=positions.get)  # the shuffled sheet's first item leads
+    assert sorted(positions[i] for i in first.item_ids) == [positions[i] for i in first.item_ids]
+    assert {key["items"][i]["system"] for i in first.item_ids} == {"sys-a", "sys-b"}
+    assert len({key["items"][i]["prompt_index"] for i in first.item_ids}) == 1
+    assert all(f"says {key['items'][first.item_ids[0]]['prompt_index']}" in o for o in first.outputs)
+
+    scores = {item: {"fluency": 5, "coherence": 4, "relevance": 3} for item in first.item_ids}
+    human.save_pair("pairs", "ann", scores)
+    assert human.next_pair("pairs", "ann").number == 2
+    assert human.next_pair("pairs", "bob").number == 1  # each rater has their own place
+    stored = db_rows("SELECT item_id, criterion, score FROM ratings WHERE sheet = 'pairs' AND rater = 'ann'")
+    assert sorted(stored) == sorted((i, c, scores[i][c]) for i in first.item_ids for c in human.CRITERIA)
+    progress = {s["name"]: s for s in human.sheet_progress()}["pairs"]
+    assert progress["items"] == 6 and progress["rated"] == {"ann": 2}
+
+
+def test_a_pair_with_a_missing_or_bad_score_stores_nothing(tmp_path):
+    make_sheet(tmp_path, "partial", prompts=2)
+    pair = human.next_pair("partial", "ann")
+    full = {"fluency": 4, "coherence": 4, "relevance": 4}
+    with pytest.raises(human.HumanEvalError, match=r"relevance needs a whole score from 1 to 5, got None"):
+        human.save_pair("partial", "ann", {pair.item_ids[0]: full, pair.item_ids[1]: {"fluency": 2, "coherence": 2}})
+    with pytest.raises(human.HumanEvalError, match="from 1 to 5, got 6"):
+        human.save_pair("partial", "ann", {i: {**full, "fluency": 6} for i in pair.item_ids})
+    with pytest.raises(human.HumanEvalError, match=f"item {pair.item_ids[1]}: fluency needs a whole score"):
+        human.save_pair("partial", "ann", {pair.item_ids[0]: full})
+    other = next(i for (i,) in db_rows("SELECT item_id FROM items WHERE sheet = 'partial'") if i not in pair.item_ids)
+    with pytest.raises(human.HumanEvalError, match="rate the outputs of one prompt together"):
+        human.save_pair("partial", "ann", {**{i: full for i in pair.item_ids}, other: full})
+    with pytest.raises(human.HumanEvalError, match="not in sheet 'partial'"):
+        human.save_pair("partial", "ann", {"nope": full})
+    with pytest.raises(human.HumanEvalError, match="give a rater name"):
+        human.save_pair("partial", " ", {i: full for i in pair.item_ids})
+    assert db_rows("SELECT COUNT(*) FROM ratings WHERE sheet = 'partial'") == [(0,)]
+
+
+def test_two_raters_saving_at_once_both_land(tmp_path):
+    make_sheet(tmp_path, "together", prompts=4)
+    errors: list[BaseException] = []
+
+    def rate_all(rater: str, score: int) -> None:
+        try:
+            while (pair := human.next_pair("together", rater)) is not None:
+                human.save_pair("together", rater, {i: dict.fromkeys(human.CRITERIA, score) for i in pair.item_ids})
+        except BaseException as error:  # reported below: a thread's exception would otherwise vanish
+            errors.append(error)
+
+    threads = [threading.Thread(target=rate_all, args=(rater, score)) for rater, score in (("ann", 2), ("bob", 5))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    counts = dict(db_rows("SELECT rater, COUNT(*) FROM ratings WHERE sheet = 'together' GROUP BY rater"))
+    assert counts == {"ann": 24, "bob": 24}
+    assert db_rows("SELECT DISTINCT score FROM ratings WHERE sheet = 'together' AND rater = 'bob'") == [(5,)]
