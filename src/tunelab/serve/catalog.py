@@ -153,6 +153,22 @@ class Catalog:
         target = load_target(reference)
         self._add(Served(model_id, *_kind(target), _fixed(target), target.tokenizer))
 
+    def add_base(self, run: RunDir) -> str:
+        """Serve the model `run` was tuned from, under its `model.name`, with the run's tasks, so a record fills
+        the same prompt template for both; returns that id. An adapter run's base is already served (the shared
+        model with its adapters off), and a run tuned from an earlier run has that run as its base."""
+        config = run.config()
+        base = config.model.name
+        if base not in self.models:
+            if (Path(base) / "run.json").exists():
+                self.add_run(base, RunDir(base))
+            else:
+                run_tasks = task_specs(config, run.require_complete().get("labels"))
+                target = load_target(base)
+                tasks = {name: run_tasks.specs[name] for name in run_tasks.trained}
+                self._add(Served(base, *_kind(target), _fixed(target), target.tokenizer, tasks))
+        return base
+
     def add(self, item: str) -> None:
         """`[NAME=]TARGET`: a run directory, a registry name, a model folder or a hub id."""
         name, sep, reference = item.partition("=")
