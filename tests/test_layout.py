@@ -27,6 +27,7 @@ LAYERS = [
     {"card"},
     {"pipeline"},
     {"compare", "demo", "serve", "export", "sweep"},
+    {"ui"},
     {"cli", "__main__"},
 ]
 """Top-level modules and sub-packages, lowest first; a module may import its own layer and those below."""

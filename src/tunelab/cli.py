@@ -351,6 +351,12 @@ def _cmd_sweep(args) -> None:
         print(f"best config: {directory / 'best.yaml'} (train it with `tunelab train {directory / 'best.yaml'}`)")
 
 
+def _cmd_ui(args) -> None:
+    from tunelab.ui.app import run_ui
+
+    run_ui(args.runs or [], args.host, args.port, args.token or os.environ.get("TUNELAB_UI_TOKEN") or None)
+
+
 def _cmd_serve(args) -> None:
     from tunelab.serve.app import ServeSettings, run_server
 
@@ -715,6 +721,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-max-tokens", type=int, default=128, help="max_tokens when a request gives none")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take (504 after)")
     serve.set_defaults(func=_cmd_serve)
+
+    ui = commands.add_parser(
+        "ui", help="local web app: runs, live curves, comparisons, a side-by-side playground, human rating"
+    )
+    ui.add_argument(
+        "--runs",
+        action="append",
+        help="a folder of run directories or comparisons (repeatable; default: runs, compare and sweeps here)",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument(
+        "--token", help="require this token (default: $TUNELAB_UI_TOKEN; needed to bind anything but loopback)"
+    )
+    ui.set_defaults(func=_cmd_ui)
 
     demo = commands.add_parser("demo", help="LoRA-tune minilm-l6 on the bundled sentiment data; print base vs tuned")
     demo.add_argument("--output-dir", default="runs")
