@@ -147,6 +147,20 @@ def _setup_lines(config: RunConfig) -> str:
     )
 
 
+def _tracking_line(state: dict) -> str:
+    """Where else the training log went (`training.report_to`), so a reader of the card finds the curves."""
+    tracking = state.get("tracking")
+    if not tracking:
+        return ""
+    places = []
+    if "tensorboard" in tracking:
+        places.append("TensorBoard, `tensorboard/` in this directory")
+    if "mlflow" in tracking:
+        mlflow = tracking["mlflow"]
+        places.append(f"MLflow run `{mlflow['run_id']}` in `{mlflow['tracking_uri']}`")
+    return "\n- training tracked in: " + "; ".join(places)
+
+
 def _protocol_note(config: RunConfig) -> str:
     """How the base model was prompted few-shot and how classification answers were read, when not the default."""
     notes = []
@@ -186,7 +200,7 @@ def render_card(config: RunConfig, state: dict, evaluation: dict, forgetting: st
 Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 
 - base model: `{config.model.name}`
-{_setup_lines(config)}
+{_setup_lines(config)}{_tracking_line(state)}
 - trainable parameters: {trainable["trainable_params"]:,} of {trainable["total_params"]:,} ({trainable["trainable_percent"]:.2f}%)
 - precision: {state["precision"]}
 - training time: {state["train_seconds"]:.1f} s; steps: {state["steps"]}

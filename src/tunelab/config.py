@@ -319,6 +319,19 @@ class TrainingConfig(_Section):
     save_minutes: float | None = Field(10.0, gt=0)
     """Also write a checkpoint when this many minutes have passed since the last one, so a killed run resumed with
     `tunelab train --resume RUN` loses at most that much; none when absent."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    """Experiment trackers that also receive the training log, as Trainer's `report_to`: 'tensorboard' (event files
+    in <run>/tensorboard/), 'mlflow' (MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db in the working
+    directory), 'wandb' (W&B's own settings, e.g. WANDB_MODE=offline). Each names the run after its directory; []
+    reports to none (metrics.jsonl is always written). `pip install 'tunelab[tracking]'` (W&B: `pip install wandb`)."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once(cls, trackers: list[str]) -> list[str]:
+        repeated = sorted({tracker for tracker in trackers if trackers.count(tracker) > 1})
+        if repeated:
+            raise ValueError(f"training.report_to names {', '.join(repeated)} more than once; list each tracker once")
+        return trackers
 
 
 class EvalConfig(_Section):

@@ -53,17 +53,19 @@ from tunelab.tasks import read_for_task
 from tunelab.tasks.suite import load_suite
 from tunelab.train.architectures import Architecture, architecture_of
 from tunelab.train.memory import peak_memory, reset_peak
+from tunelab.train.tracking import check_trackers, ends_tracking_on_failure
 from tunelab.train.trainer import build_trainer, choose_precision
 
 
 def check_runnable(config: RunConfig) -> None:
-    """Refuse, before any data or model loads, a model that names nothing loadable or cannot do the task, or a
-    method that cannot run here."""
+    """Refuse, before any data or model loads, a model that names nothing loadable or cannot do the task, a
+    method that cannot run here, or a tracker that is not installed (or whose MLflow store will not open)."""
     check_reference(config.model.name, config.model.revision)
     check_family(config.model.name, config.task_type)
     if run_directory(config.model.name):
         RunDir(config.model.name).require_complete()
     check_method(config)
+    check_trackers(config)
     if config.eval.retention_suite:
         load_suite(config.eval.retention_suite)
 
@@ -228,7 +230,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             data_warnings=report["warnings"],
         )
         _save_data_report(run, report, tasks)
-    with run.marks_failure() if main else nullcontext():
+    with run.marks_failure() if main else nullcontext(), ends_tracking_on_failure(config):
         ready = setup(config, run, tasks, plan, precision, callbacks, tokenizer)
         checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
         if checkpoint:

@@ -4,7 +4,8 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
 
     config.yaml     resolved config (every default filled in)
     run.json        state (running | complete | failed), the base (`base_model` as configured, `base_source` the
-                    folder or hub id it was read from here), labels, trainable parameters, timings, peak memory
+                    folder or hub id it was read from here), labels, trainable parameters, timings, peak memory,
+                    where the trackers of training.report_to wrote
     metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
     base_eval.json  test metrics of the model before tuning, zero-shot (written before training, kept on resume)
     few_shot_eval.json  the same, few-shot (`eval.baselines: [few_shot]`; written before training, kept on resume)
@@ -17,6 +18,7 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
     data/           report.json and report.md (duplicates, conflicts, labels, token lengths, leakage and
                     contamination, as printed at the start), and removed.jsonl when data.dedup or
                     data.drop_overlap is on (every training record removed, with why)
+    tensorboard/    TensorBoard event files, when training.report_to names tensorboard
     README.md       model card
 
 Every file is written to a temporary name and renamed into place, and `run.json`
@@ -127,6 +129,7 @@ class RunDir:
     model_dir = property(lambda self: self.path / "model")
     card_path = property(lambda self: self.path / "README.md")
     data_dir = property(lambda self: self.path / "data")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
 
     def config(self) -> RunConfig:
         return load_config(self.config_path)

@@ -2,7 +2,8 @@
 
 What we add: a precision chosen from what the hardware really runs; the planned example order read as it is
 (`tunelab.data.plan`); the run directory's metrics log, progress bar and step/time checkpoints; best-checkpoint
-keeping and early stopping for one-task runs; and the losses the architectures need:
+keeping and early stopping for one-task runs; the trackers of `training.report_to` pointed at the run
+(`tunelab.train.tracking`); and the losses the architectures need:
 
 - decoders: a completion-only loss that projects only completion positions onto the vocabulary, in chunks (the
   full logits tensor of a 262k-token vocabulary is the largest thing in memory otherwise), each example (or
@@ -33,6 +34,7 @@ from tunelab.data.plan import Plan
 from tunelab.methods.task_adapters import TaskRoutedTrainer
 from tunelab.runs import RunDir
 from tunelab.train.callbacks import LossProgressBar, MetricsLog
+from tunelab.train.tracking import attach_trackers
 
 LOSS_CHUNK_LOGITS = 16 * 2**20
 """Logits materialised at once by the completion loss (64 MiB in fp32): a chunk holds this many divided by the
@@ -235,7 +237,8 @@ def training_arguments(
         greater_is_better=best not in ("loss", "eval_loss"),
         logging_steps=training.logging_steps,
         logging_first_step=True,
-        report_to="none",
+        report_to=list(training.report_to),
+        run_name=run.path.name,
         gradient_checkpointing=training.gradient_checkpointing,
         prediction_loss_only=config.architecture() != "classifier",
         remove_unused_columns=False,
@@ -291,4 +294,5 @@ def build_trainer(
         trainer.model_accepts_loss_kwargs = False
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgressBar())
+    attach_trackers(trainer, run)
     return trainer
