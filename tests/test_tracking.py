@@ -114,14 +114,27 @@ def test_mlflow_without_a_tracking_uri_uses_its_default_store_in_the_working_dir
     assert not run.tensorboard_dir.exists()
 
 
-def test_an_mlflow_file_store_is_refused_before_the_run_starts(tiny_encoder, sentiment_file, tmp_path, monkeypatch):
+def test_an_mlflow_file_store_holds_the_run_when_allowed_and_is_refused_before_the_run_otherwise(
+    tiny_encoder, sentiment_file, tmp_path, monkeypatch
+):
     """MLflow 3 keeps `file:` stores only behind MLFLOW_ALLOW_FILE_STORE=true; without it, the run is refused
-    before it creates anything, with MLflow's reason."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    before it creates anything, with MLflow's reason. With it, the local file store holds the run."""
+    store = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    config = tiny_config(tiny_encoder, sentiment_file, tmp_path / "runs", ["mlflow"])
     with pytest.raises(ConfigError, match=r"training\.report_to names mlflow.*file:.*MLFLOW_ALLOW_FILE_STORE=true"):
-        pipeline.train(tiny_config(tiny_encoder, sentiment_file, tmp_path / "runs", ["mlflow"]))
+        pipeline.train(config)
     assert not (tmp_path / "runs").exists()
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run = pipeline.train(config)
+    client = MlflowClient(tracking_uri=store)
+    (tracked,) = client.search_runs(["0"])
+    assert tracked.info.run_name == run.path.name and float(tracked.data.params["learning_rate"]) == 3e-3
+    history = {metric.step: metric.value for metric in client.get_metric_history(tracked.info.run_id, "loss")}
+    assert history == pytest.approx(logged_losses(run), rel=1e-6)
+    assert list((tmp_path / "mlruns").glob(f"0/{tracked.info.run_id}/metrics/loss"))  # files, not a database
 
 
 class FailAtStep(TrainerCallback):
