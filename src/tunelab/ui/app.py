@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -41,6 +42,15 @@ _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 def markdown(text: str) -> str:
     """Markdown as HTML; raw HTML in the text is shown as text, never run."""
     return _markdown.render(text)
+
+
+def age(timestamp: float) -> str:
+    """How long ago, in the largest whole unit: '40 s', '12 min', '3 h', '2 d'."""
+    seconds = max(0, time.time() - timestamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
 
 
 def is_loopback(host: str) -> bool:
@@ -90,6 +100,7 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["markdown"] = markdown
     templates.env.filters["urlpath"] = lambda value: quote(str(value))
+    templates.env.filters["age"] = age
     templates.env.globals["secured"] = token is not None
     playground = Playground(serve_settings or ServeSettings())
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -53,6 +53,9 @@ class RunSummary:
     train_seconds: float | None
     started: str
     finished: str | None
+    updated: float
+    """When the run last wrote its log or state (seconds since the epoch): a 'running' run silent for long has
+    likely died without a chance to say so (a killed machine)."""
     error: str | None = None
 
     @property
@@ -137,6 +140,7 @@ def summarise_run(path: Path) -> RunSummary:
         train_seconds=state.get("train_seconds"),
         started=state.get("started", ""),
         finished=state.get("finished"),
+        updated=max((f.stat().st_mtime for f in (path / "metrics.jsonl", path / "run.json") if f.exists()), default=0),
         error=state.get("error"),
     )
 
