@@ -101,7 +101,6 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
     templates.env.filters["markdown"] = markdown
     templates.env.filters["urlpath"] = lambda value: quote(str(value))
     templates.env.filters["age"] = age
-    templates.env.globals["secured"] = token is not None
     playground = Playground(serve_settings or ServeSettings())
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.mount("/serve", playground.app)
@@ -147,17 +146,15 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
             f.stem.removeprefix("forgetting-"): f.read_text(encoding="utf-8")
             for f in sorted((path / "eval").glob("forgetting-*.md"))
         }
-        card = (path / "README.md").read_text(encoding="utf-8") if (path / "README.md").exists() else None
         return page(
             request,
             "run.html",
             run=summary,
-            state=state,
             results=results_table(evaluation) if evaluation else None,
             forgetting=forgetting,
             plan=mixture_lines(state["plan"]) if state.get("plan") else None,
             data_report=_text(path / "data" / "report.md"),
-            card=card,
+            card=_text(path / "README.md"),
         )
 
     @app.get("/api/run/{run_id:path}")
@@ -173,11 +170,10 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
     def comparison(request: Request, comparison_id: str):
         found = index()
         summary = found.comparison(comparison_id)
-        variant_runs = {}
-        for variant in summary.variants:
-            run_dir = variant.get("run_dir")
-            match = [r for r in found.runs.values() if run_dir and r.path.resolve() == Path(run_dir).resolve()]
-            variant_runs[variant.get("variant")] = match[0] if match else None
+        inside = {
+            r.path.name: r for r in found.runs.values() if r.path.resolve().is_relative_to(summary.path.resolve())
+        }
+        variant_runs = {v.get("variant"): inside.get(Path(v.get("run_dir") or "").name) for v in summary.variants}
         return page(
             request,
             "compare.html",
