@@ -339,6 +339,9 @@ def test_a_training_runs_curve_grows_until_it_stops(app, browser, tiny_encoder):
         cwd=workspace,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # A pytest-xdist worker ignores SIGINT, and an ignored signal stays ignored across exec: give the run
+        # Ctrl-C back, as a terminal would, so it can stop as interrupted.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + WAIT
