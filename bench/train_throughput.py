@@ -10,12 +10,14 @@ peak RSS is its own) and the variants alternate (A B C A B C ...); the table
 shows medians over the repeats.
 
 Variants:
-  tunelab        tunelab's own training path (pipeline.setup) with its defaults: precision chosen from the hardware,
-                 padding-free packing, completion-only chunked loss, no gradient checkpointing
-  tunelab-fp32   the same, forced to fp32 (separates the precision choice from the rest)
-  tunelab-bf16   the same, forced to bf16 (what the automatic choice passed over, where it chose fp32)
-  tunelab-nopack the same, with packing off (length-grouped padded batches instead)
-  tunelab-gc     the same, with training.gradient_checkpointing on (tunelab's low-memory setting; TRL's default)
+  tunelab        tunelab's own training path (pipeline.setup) with its defaults: precision and attention chosen
+                 from the hardware, padding-free packing, completion-only chunked loss, no gradient checkpointing
+  tunelab-OPT-OPT...  the same with settings changed, one option per change, so each is measured on its own:
+                 fp32 / bf16     training.precision forced (separates the precision choice from the rest)
+                 nopack          packing off (length-grouped padded batches instead)
+                 gc              training.gradient_checkpointing on (tunelab's low-memory setting; TRL's default)
+                 sdpa, sdpa_varlen, flex_attention, flash_attention_2   training.attention forced
+                 e.g. tunelab-fp32-sdpa is fp32 with the dense block-diagonal mask
   trl-fair       TRL SFTTrainer with bf16=False (the baseline the target is measured against)
   trl-defaults   TRL SFTTrainer with its pure defaults (bf16=True, as TRL ships)
 
@@ -54,7 +56,15 @@ sys.path.insert(0, str(BENCH))
 DIALOGSUM = Path(os.environ.get("TUNELAB_DATA", BENCH.parent.parent / "shared" / "data")) / "dialogsum"
 PROMPT = "Summarise the dialogue:\n{dialogue}"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
-VARIANTS = ("tunelab", "tunelab-fp32", "tunelab-bf16", "tunelab-nopack", "tunelab-gc", "trl-fair", "trl-defaults")
+ATTENTION = ("sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2")
+TUNELAB_OPTIONS = {
+    "fp32": {"precision": "fp32"},
+    "bf16": {"precision": "bf16"},
+    "nopack": {"packing": False},
+    "gc": {"gradient_checkpointing": True},
+    **{name: {"attention": name} for name in ATTENTION},
+}
+TRL_VARIANTS = ("trl-fair", "trl-defaults")
 HELDOUT = 16
 
 
@@ -128,7 +138,19 @@ def heldout_loss(model, tokenizer, examples: list[tuple[str, str]]) -> float:
     return total / count
 
 
-def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpointing: bool):
+def tunelab_settings(variant: str) -> dict:
+    """The `training:` settings a tunelab variant changes from the defaults (see the module docstring)."""
+    settings = {}
+    for option in variant.split("-")[1:]:
+        if option not in TUNELAB_OPTIONS:
+            raise ValueError(
+                f"unknown tunelab option {option!r} in {variant!r}; choose from {', '.join(TUNELAB_OPTIONS)}"
+            )
+        settings.update(TUNELAB_OPTIONS[option])
+    return settings
+
+
+def tunelab_trainer(args, workdir: Path, settings: dict):
     """A trainer built exactly as `tunelab train` builds it, from a config equivalent to the TRL run's settings."""
     from tunelab import pipeline
     from tunelab.config import build_config
@@ -168,14 +190,12 @@ def tunelab_trainer(args, workdir: Path, precision: str, packing: bool, checkpoi
                 "weight_decay": 0,
                 "seed": args.seed,
                 "logging_steps": 1,
-                "precision": precision,
-                "packing": packing,
-                "gradient_checkpointing": checkpointing,
+                **settings,
             },
             "eval": {"baselines": []},
         }
     )
-    resolved = choose_precision(precision)
+    resolved = choose_precision(config.training.precision)
     tasks = load_taskset(config)
     ready = pipeline.setup(config, RunDir.create(config), tasks, plan_training(config, tasks), resolved)
     return ready.trainer, ready.tokenizer, resolved
@@ -221,10 +241,7 @@ def run_variant(variant: str, args) -> dict:
     """Train one variant in this process and return its figures."""
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as workdir:
         if variant.startswith("tunelab"):
-            forced = {"tunelab-fp32": "fp32", "tunelab-bf16": "bf16"}.get(variant, "auto")
-            trainer, tokenizer, precision = tunelab_trainer(
-                args, Path(workdir), forced, packing=variant != "tunelab-nopack", checkpointing=variant == "tunelab-gc"
-            )
+            trainer, tokenizer, precision = tunelab_trainer(args, Path(workdir), tunelab_settings(variant))
         else:
             trainer, tokenizer, precision = baseline_trainer(args, fair=variant == "trl-fair")
         clock, counter = StepClock(), CountingCollator(trainer.data_collator)
@@ -319,7 +336,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="tunelab,trl-fair,trl-defaults",
-        help=f"comma list of {', '.join(VARIANTS)}; they alternate within each repeat",
+        help=f"comma list of tunelab[-OPTION...] (options: {', '.join(TUNELAB_OPTIONS)}) and "
+        f"{', '.join(TRL_VARIANTS)}; they alternate within each repeat",
     )
     parser.add_argument("--reference", default="trl-fair", help="the variant the ratio column divides by")
     parser.add_argument("--output", help="also write the per-run results and the summary as JSON here")
@@ -329,9 +347,14 @@ def main() -> None:
         print("RESULT " + json.dumps(run_variant(args.worker, args)), flush=True)
         return
     variants = args.variants.split(",")
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    for variant in variants:
+        if variant.startswith("tunelab"):
+            try:
+                tunelab_settings(variant)
+            except ValueError as error:
+                parser.error(str(error))
+        elif variant not in TRL_VARIANTS:
+            parser.error(f"unknown variant {variant!r}; choose tunelab[-OPTION...] or {', '.join(TRL_VARIANTS)}")
     from peak import matmul_peaks
 
     peaks = matmul_peaks()

@@ -314,6 +314,18 @@ class TrainingConfig(_Section):
     packing: bool = True
     """Decoder (causal_lm) training without padding: a batch's examples are laid end to end in rows of at most
     data.max_length tokens, position ids restarting per example, so no example attends to another."""
+    attention: Literal["auto", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2"] = "auto"
+    """How a decoder's attention follows the examples packed into a row: 'flash_attention_2' (flash-attention's
+    varlen kernel; CUDA with flash-attn installed), 'sdpa_varlen' (SDPA once per example, no mask), 'flex_attention'
+    (a compiled block-sparse document mask; GPU only for training, as PyTorch has no FlexAttention backward on CPU),
+    'sdpa' (one dense block-diagonal mask per row). 'auto' takes flash-attention where it is installed, else
+    sdpa_varlen on a CPU and sdpa on a GPU (BENCHMARKS.md, "Attention over packed rows")."""
+    kernels: Literal["auto", "liger", "none"] = "auto"
+    """Fused decoder-layer kernels on a GPU: 'liger' (Liger Kernel's RMSNorm, RoPE, SwiGLU; CUDA with
+    `pip install liger-kernel`), 'none', or 'auto' (Liger where it can run)."""
+    compile: bool = False
+    """Compile the model with torch.compile; packed rows are then padded to a multiple of 64 tokens so a few
+    shapes recur instead of one per batch. Pays back only over long runs (compiling takes minutes)."""
     save_steps: int | None = Field(None, ge=1)
     """Also write a checkpoint every this many optimiser steps (one is always written at every evaluation)."""
     save_minutes: float | None = Field(10.0, gt=0)

@@ -39,11 +39,14 @@ from tunelab.eval.suites import build_report, report_name, write_suite_report
 from tunelab.eval.targets import Target, trained_target
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
 from tunelab.methods.task_adapters import merge_task_adapter
+from tunelab.models.attention import use_attention
+from tunelab.models.kernels import use_kernels
 from tunelab.models.loading import (
     MERGED_FOLDER,
     check_family,
     load_base,
     load_tokenizer,
+    parameter_count,
     resolve_source,
     run_directory,
 )
@@ -161,10 +164,15 @@ def setup(
     tokenizer = tokenizer or config_tokenizer(config)
     model = architecture.load(config, tasks, precision)
     _score_baselines(config, run, model, tokenizer, tasks)
+    decoder = config.model_task() == "causal_lm"
+    kernels = use_kernels(model, config.training.kernels) if decoder else None  # patched before PEFT wraps layers
     model, trainable = architecture.adapt(model, config, tasks)
     print(f"{architecture.name}, method {config.method.name}: {trainable}")
+    attention = use_attention(model, config.training.attention, config.training.compile) if decoder else None
+    if decoder:
+        print(f"attention over packed rows: {attention}; fused kernels: {kernels}")
     if main:  # the saved adapter names the base as other machines find it; where it was read here stays on record
-        run.update_state(trainable=trainable.as_dict(), base_source=source)
+        run.update_state(trainable=trainable.as_dict(), base_source=source, attention=attention, kernels=kernels)
     feed = architecture.feed(model, config, tasks, plan, tokenizer)
     trainer = build_trainer(
         model,
@@ -209,7 +217,9 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     for note in tasks.notes:
         print(f"data: {note}")
     plan = plan_training(config, tasks, distributed.world_size())
-    precision = choose_precision(config.training.precision)
+    precision = choose_precision(
+        config.training.precision, parameter_count(resolve_source(config.model.name, config.model.revision))
+    )
     print(
         f"precision: {precision} (training.precision={config.training.precision}); "
         f"{plan.steps} steps of {plan.global_batch} examples"

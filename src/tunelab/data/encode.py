@@ -147,30 +147,45 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+@dataclass(frozen=True)
+class Packing:
+    """How padding-free decoder batches are laid out: rows of at most `row_tokens` tokens, or, with None, every
+    example of the batch in one row (for attention that follows example boundaries, where a longer row costs
+    nothing extra); each row padded to a multiple of `width_multiple` (bucketed shapes for a compiled model)."""
+
+    row_tokens: int | None
+    width_multiple: int = 1
+
+
 @dataclass
 class PackedCollator:
-    """Padding-free decoder batches: examples laid end to end in rows of at most `row_tokens` tokens.
+    """Padding-free decoder batches: examples laid end to end in rows (`Packing`).
 
     Position ids restart at 0 for each example and no attention mask is sent, so
-    transformers reads the restarts as sequence boundaries and builds a
-    block-diagonal causal mask: no example attends to another (tested against each
-    example run alone). Only each row's tail is padding, itself a separate segment
-    with IGNORE_INDEX labels. Each example's first label is IGNORE_INDEX, so the
-    last token of one example is never trained to predict the next example.
-    Rows are bounded (rather than one row per batch) because attention over a row
-    costs its length squared, masked or not.
+    transformers reads the restarts as sequence boundaries; the batch also carries
+    flash-attention's varlen arguments, which let attention run per example
+    (`tunelab.models.attention`). Either way no example attends to another (tested
+    against each example run alone). Only each row's tail is padding, itself a
+    separate segment with IGNORE_INDEX labels. Each example's first label is
+    IGNORE_INDEX, so the last token of one example is never trained to predict the
+    next example. Under the dense-mask fallback attention over a row costs its
+    length squared, so rows are then bounded; per-example attention takes the whole
+    batch as one row, with no padding at all.
     """
 
     pad_token_id: int
-    row_tokens: int
+    packing: Packing
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Rows of packed examples; an example's `loss_weights` becomes the weight of each of its tokens."""
         lengths = [len(f["input_ids"]) for f in features]
-        rows = first_fit_decreasing(lengths, self.row_tokens)
-        width = max(sum(lengths[i] for i in row) for row in rows)
+        capacity, multiple = self.packing.row_tokens, self.packing.width_multiple
+        rows = first_fit_decreasing(lengths, capacity) if capacity else [list(range(len(features)))]
+        longest = max(sum(lengths[i] for i in row) for row in rows)
+        width = max(longest, min(-(-longest // multiple) * multiple, capacity or longest + multiple))
         weighted = any("loss_weights" in f for f in features)
         input_ids, labels, positions, weights = [], [], [], []
+        segments = []  # each example's length, then each row's padded tail, in flattened order
         for row in rows:
             ids, gold, pos, weight = [], [], [], []
             for i in row:
@@ -179,7 +194,10 @@ class PackedCollator:
                 gold += [IGNORE_INDEX] + list(example.get("labels", example["input_ids"]))[1:]
                 pos += range(lengths[i])
                 weight += [float(example.get("loss_weights", 1.0))] * lengths[i]
+                segments.append(lengths[i])
             tail = width - len(ids)
+            if tail:
+                segments.append(tail)
             input_ids.append(ids + [self.pad_token_id] * tail)
             labels.append(gold + [IGNORE_INDEX] * tail)
             positions.append(pos + list(range(tail)))
@@ -188,19 +206,40 @@ class PackedCollator:
             "input_ids": torch.tensor(input_ids),
             "labels": torch.tensor(labels),
             "position_ids": torch.tensor(positions),
+            **varlen_arguments(segments),
         }
         if weighted:
             batch["loss_weights"] = torch.tensor(weights)
         return batch
 
 
+def varlen_arguments(segments: list[int]) -> dict:
+    """Flash-attention's varlen arguments for segments laid end to end in the flattened batch: where each starts
+    (and where the last ends), and the longest, as `DataCollatorWithFlattening(return_flash_attn_kwargs=True)`
+    sends them. Computed here, on the host, so no attention kernel has to find them on the device."""
+    bounds = torch.tensor([0, *segments], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    longest = max(segments)
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+
+
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
 TASK_KEY = "task"
 """The field naming an example's task, which per-task adapters route each batch by."""
 
 
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices, into the batch's rows x tokens, of the positions whose next token is scored: what the
+    completion loss projects onto the vocabulary. Found by the collator, on the host, so the training step never
+    waits on the device to learn how many there are."""
+    rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    return rows * labels.shape[1] + columns
+
+
 class TaskCollator:
     """A text collator (padded or packed) that also carries each example's `loss_weights` (its task's weight in
-    the loss, per example; per token when packed) and its task name for routing."""
+    the loss, per example; per token when packed), its task name for routing, and the scored positions."""
 
     def __init__(self, base):
         self.base = base
@@ -213,6 +252,7 @@ class TaskCollator:
         batch = self.base([{k: v for k, v in f.items() if k not in dropped} for f in features])
         if not self.packed:
             batch["loss_weights"] = weights
+        batch["scored_positions"] = scored_positions(batch["labels"])
         if tasks[0] is not None:
             batch[TASK_KEY] = tasks
         return batch
@@ -233,14 +273,18 @@ class HeadCollator:
         return batch
 
 
-def make_collator(task: str, tokenizer: PreTrainedTokenizerBase, packed_row_tokens: int | None = None):
+COMPILED_WIDTH_MULTIPLE = 64
+"""Packed rows for a compiled model are padded to a multiple of this many tokens, so few shapes recur."""
+
+
+def make_collator(task: str, tokenizer: PreTrainedTokenizerBase, packing: Packing | None = None):
     """Dynamic padding per batch; labels are padded with IGNORE_INDEX so padding never counts in the loss.
 
-    `packed_row_tokens` switches decoder batches to padding-free packing (PackedCollator).
+    `packing` switches decoder batches to padding-free packing (PackedCollator).
     """
     if task == "classification":
         return DataCollatorWithPadding(tokenizer)
-    if packed_row_tokens and task == "causal_lm":
+    if packing and task == "causal_lm":
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return PackedCollator(pad, packed_row_tokens)
+        return PackedCollator(pad, packing)
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)

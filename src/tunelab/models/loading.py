@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
@@ -264,6 +266,19 @@ def load_base(config: RunConfig, labels: list[str] | None = None, **options) -> 
         config.model.trust_remote_code,
         **options,
     )
+
+
+def parameter_count(source: str) -> int | None:
+    """Parameters in a local model's safetensors files, read from their headers (nothing is loaded); None for a hub
+    id or a folder without safetensors."""
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return total
 
 
 def on_device(model: torch.nn.Module) -> torch.nn.Module:

@@ -27,13 +27,21 @@ from transformers import DataCollatorWithPadding, Trainer
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.blocks import BLOCK_FIELD
 from tunelab.data.cache import encode_cached
-from tunelab.data.encode import TASK_KEY, HeadCollator, TaskCollator, make_collator
+from tunelab.data.encode import (
+    COMPILED_WIDTH_MULTIPLE,
+    TASK_KEY,
+    HeadCollator,
+    Packing,
+    TaskCollator,
+    make_collator,
+)
 from tunelab.data.plan import Plan
 from tunelab.data.readers import Record
 from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
 from tunelab.methods import TrainableReport, apply_method, base_load_options, lora, method_module
 from tunelab.methods.peft_common import name_base_model
 from tunelab.methods.task_adapters import apply_task_adapters, save_task_adapters, trainable_by_adapter
+from tunelab.models.attention import follows_example_boundaries
 from tunelab.models.loading import load_base, portable_reference, resolve_source
 from tunelab.models.multihead import build_multihead
 from tunelab.train.trainer import (
@@ -115,6 +123,18 @@ class Classifier(Architecture):
         )
 
 
+def packing_of(model: nn.Module, config: RunConfig) -> Packing | None:
+    """How a decoder run packs its batches: not at all with `training.packing: false`; the whole batch in one
+    row when the model's attention follows example boundaries (no padding at all); else rows of at most
+    `data.max_length`, since a dense mask costs a row's length squared."""
+    if not config.training.packing:
+        return None
+    return Packing(
+        None if follows_example_boundaries(model) else config.data.max_length,
+        COMPILED_WIDTH_MULTIPLE if config.training.compile else 1,
+    )
+
+
 def template_index(config: RunConfig, task: TrainingTask, position: int, index: int) -> int:
     """Which instruction template a draw is phrased with: the first, or one chosen per draw (seeded), FLAN style."""
     if config.mixture is None or config.mixture.templates == "first" or len(task.spec.templates) < 2:
@@ -169,8 +189,7 @@ class TextToText(Architecture):
             return WeightedSeq2SeqTrainer, TaskCollator(make_collator("seq2seq", tokenizer))
         if adds_virtual_tokens(model):  # PEFT's virtual tokens live in the model's own forward and loss
             return PlannedTrainer, make_collator("causal_lm", tokenizer)
-        packed = config.data.max_length if config.training.packing else None
-        return CompletionLossTrainer, TaskCollator(make_collator("causal_lm", tokenizer, packed))
+        return CompletionLossTrainer, TaskCollator(make_collator("causal_lm", tokenizer, packing_of(model, config)))
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
         trainer_class, collator = self._trainer_and_collator(model, config, tokenizer)
@@ -238,13 +257,12 @@ class TaskAdapters(TextToText):
         return model, TrainableReport(sum(trainable_by_adapter(model).values()), total)
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
-        packed = config.data.max_length if config.training.packing else None
         validation = self._validation(config, tasks, tokenizer)
         return Feed(
             self._examples(config, tasks, plan, tokenizer),
             validation or None,
             RoutedCompletionTrainer,
-            TaskCollator(make_collator("causal_lm", tokenizer, packed)),
+            TaskCollator(make_collator("causal_lm", tokenizer, packing_of(model, config))),
         )
 
     def save(self, model, config, directory) -> None:

@@ -26,10 +26,11 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
+from transformers.utils import is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.config import RunConfig
-from tunelab.data.encode import IGNORE_INDEX
+from tunelab.data.encode import IGNORE_INDEX, VARLEN_KEYS, scored_positions
 from tunelab.data.plan import Plan
 from tunelab.methods.task_adapters import TaskRoutedTrainer
 from tunelab.runs import RunDir
@@ -49,12 +50,21 @@ def cpu_has_native_bf16() -> bool:
     return bool(getattr(cpu, "_is_avx512_bf16_supported", bool)() or getattr(cpu, "_is_amx_tile_supported", bool)())
 
 
-def choose_precision(requested: str) -> str:
-    """Resolve 'auto' to bf16 where the device runs it natively, else fp32."""
+GPU_BF16_FROM_PARAMETERS = 1_000_000_000
+"""On a GPU, 'auto' trains models smaller than this in fp32 (TF32 matmuls). On an H100, LoRA steps of smollm2-135m
+and gemma3-270m ran faster in fp32 than in bf16, for tunelab and TRL alike (BENCHMARKS.md, "The same harness on
+one H100"): such steps are bound by kernel launches, and autocast adds casts. Where bf16 starts to win between
+270M and this figure has not been measured yet; models from 1B parameters are compute-bound enough for bf16."""
+
+
+def choose_precision(requested: str, parameters: int | None = None) -> str:
+    """Resolve 'auto': on a GPU, fp32 for models under GPU_BF16_FROM_PARAMETERS (when the count is known) and bf16
+    above it where supported; on a CPU, bf16 where it runs natively, else fp32."""
     if requested != "auto":
         return requested
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        small = parameters is not None and parameters < GPU_BF16_FROM_PARAMETERS
+        return "bf16" if torch.cuda.is_bf16_supported() and not small else "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
@@ -85,45 +95,48 @@ class CompletionLossTrainer(PlannedOrder, Trainer):
         example, or per token in packed rows) scales each token (the weighted multi-task loss)."""
         labels = inputs["labels"]
         weights = inputs.get("loss_weights")
-        # Padded batches carry an attention mask, packed ones position ids that restart per example. No KV cache:
-        # transformers only reads packed boundaries from position ids when there is none (else attention would leak).
+        # Padded batches carry an attention mask, packed ones position ids that restart per example and the varlen
+        # arguments that let attention run per example (tunelab.models.attention). No KV cache: transformers only
+        # reads packed boundaries from position ids when there is none (else attention would leak).
         # The forward goes through `model` itself, not its inner decoder, because under DDP only a forward of the
         # wrapper synchronises gradients; logits_to_keep=1 keeps it from projecting every position on the vocabulary.
-        boundaries = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+        boundaries = {k: inputs[k] for k in ("attention_mask", "position_ids", *VARLEN_KEYS) if k in inputs}
         outputs = model(
             input_ids=inputs["input_ids"], use_cache=False, output_hidden_states=True, logits_to_keep=1, **boundaries
         )
         hidden = outputs.hidden_states[-1]  # the final (normed) hidden states
         inner = extract_model_from_parallel(model)
         head = inner.get_output_embeddings()
-        targets = labels[:, 1:]
-        scored = targets != IGNORE_INDEX
-        selected = hidden[:, :-1][scored]
-        if weights is None:
-            weights = torch.ones(int(scored.sum()), device=hidden.device)
-        else:
-            weights = weights.float()
-            weights = (weights[:, 1:] if weights.dim() == 2 else weights[:, None].expand_as(targets))[scored]
-        targets = targets[scored]
+        positions = inputs.get("scored_positions")
+        if positions is None:  # a batch from another collator: found here, which waits on a GPU
+            positions = scored_positions(labels)
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        targets = labels.reshape(-1).index_select(0, positions + 1)  # each position predicts the next token
+        if weights is not None:  # per token in packed rows (the predicted token's), else per example (its row's)
+            weights = weights.float().reshape(-1)
+            weights = weights.index_select(
+                0, positions + 1 if weights.numel() == labels.numel() else positions // labels.shape[1]
+            )
         softcap = getattr(inner.config, "final_logit_softcapping", None)
 
-        def chunk_loss(states: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        def chunk_loss(states: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
             logits = head(
                 states.to(head.weight.dtype)
             ).float()  # outside the model's autocast: match a bf16-stored head
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            return (F.cross_entropy(logits, gold, reduction="none") * weight).sum()
+            losses = F.cross_entropy(logits, gold, reduction="none")
+            return (losses if weight is None else losses * weight).sum()
 
         total = hidden.new_zeros((), dtype=torch.float32)
         chunk = max(1, LOSS_CHUNK_LOGITS // head.weight.shape[0])  # rows of the head = vocabulary size
-        for start in range(0, targets.numel(), chunk):
+        for start in range(0, targets.numel(), chunk):  # numel is known on the host: no sync
             end = start + chunk
             total = total + checkpoint(
                 chunk_loss,
                 selected[start:end],
                 targets[start:end],
-                weights[start:end].to(hidden.device),
+                None if weights is None else weights[start:end],
                 use_reentrant=False,
             )
         loss = _per_item(self, total, num_items_in_batch, targets.numel())
@@ -221,7 +234,9 @@ def training_arguments(
         warmup_steps=training.warmup_ratio,
         lr_scheduler_type=training.scheduler,
         max_grad_norm=training.max_grad_norm,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # one kernel per parameter group instead of several per tensor
+        tf32=True if precision == "fp32" and is_torch_tf32_available() else None,  # fp32 matmuls on tensor cores
+        torch_compile=training.compile,
         seed=training.seed,
         data_seed=training.seed,
         bf16=precision == "bf16",
