@@ -1,9 +1,11 @@
 """Benchmark: evaluation generation, tunelab's batched path vs one prompt at a time vs transformers' pipeline.
 
 Same model, same prompts (a seeded draw of a task's test split, rendered with the task's first template and
-the model's chat template), greedy decoding, same max_new_tokens. The three runs alternate (A B C A B C ...)
+the model's chat template), greedy decoding, same max_new_tokens. The methods alternate (A B C D A B C D ...)
 and medians are reported; the speed figure is the ratio of generated tokens per second to the one-at-a-time
-baseline measured in the same run. It also checks that batching changes no answer.
+baseline measured in the same run, and the pipeline's figure is printed beside it. "batched, padded prefill" is
+tunelab's batched path without its packed prefill (the path before it), so that change is measured on its own.
+It also checks which answers batching changes.
 
     .venv/bin/python bench/eval_generation.py --model smollm2-135m-instruct --task dialogsum --n 32
 """
@@ -18,6 +20,7 @@ import time
 import torch
 from transformers import pipeline as hf_pipeline
 
+from tunelab.eval import generate as generation
 from tunelab.eval.generate import generate_texts
 from tunelab.eval.runner import prompt_ids
 from tunelab.eval.targets import load_target
@@ -66,6 +69,15 @@ def main() -> None:
             stop=spec.stop,
         )
 
+    def batched_padded_prefill():
+        """The batched path as it was before packed prefill: the left-padded batch prefilled as it stands."""
+        packed = generation.packed_prefill
+        generation.packed_prefill = lambda model, prompts, width: None
+        try:
+            return batched()
+        finally:
+            generation.packed_prefill = packed
+
     def one_at_a_time():
         return generate_texts(
             target.model,
@@ -90,6 +102,7 @@ def main() -> None:
 
     methods = {
         "tunelab batched": batched,
+        "batched, padded prefill": batched_padded_prefill,
         "one at a time": one_at_a_time,
         "transformers pipeline": transformers_pipeline,
     }
@@ -114,14 +127,18 @@ def main() -> None:
         f"model {args.model}, task {args.task}, {args.n} prompts, batch {args.batch_size}, max_new_tokens {max_new}, "
         f"greedy; {device}; torch {torch.__version__}; medians of {args.repeats} alternating runs"
     )
-    baseline = _tokens(tokenizer, answers["one at a time"]) / statistics.median(seconds["one at a time"])
-    print(f"{'method':24} {'seconds':>8} {'gen tokens':>10} {'tokens/s':>9} {'vs one at a time':>17}")
+    rate = {name: _tokens(tokenizer, answers[name]) / statistics.median(seconds[name]) for name in methods}
+    print(
+        f"{'method':24} {'seconds':>8} {'gen tokens':>10} {'tokens/s':>9} {'vs one at a time':>17} {'vs pipeline':>12}"
+    )
     for name in methods:
-        median = statistics.median(seconds[name])
-        tokens = _tokens(tokenizer, answers[name])
-        print(f"{name:24} {median:8.2f} {tokens:10d} {tokens / median:9.1f} {tokens / median / baseline:16.2f}x")
-    same = sum(a == b for a, b in zip(answers["tunelab batched"], answers["one at a time"]))
-    print(f"batched answers identical to one-at-a-time: {same}/{len(prompts)}")
+        print(
+            f"{name:24} {statistics.median(seconds[name]):8.2f} {_tokens(tokenizer, answers[name]):10d} "
+            f"{rate[name]:9.1f} {rate[name] / rate['one at a time']:16.2f}x {rate[name] / rate['transformers pipeline']:11.2f}x"
+        )
+    for name in ("tunelab batched", "batched, padded prefill", "transformers pipeline"):
+        same = sum(a == b for a, b in zip(answers[name], answers["one at a time"]))
+        print(f"{name} answers identical to one-at-a-time: {same}/{len(prompts)}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from tunelab.data.readers import Record
 from tunelab.eval.bias import bias_report, counterfactual_records, mentioning
 from tunelab.eval.counterfactual import mentions
 from tunelab.eval.forgetting import _task_row, forgetting_report
-from tunelab.eval.generate import cut_at_stop, generate_texts
+from tunelab.eval.generate import cut_at_stop, generate_texts, pad_batch
 from tunelab.eval.predict import classify
 from tunelab.eval.robustness import perturbed_records, robustness_report
 from tunelab.eval.runner import TaskResult, _text_nll, run_task, score
@@ -227,6 +227,66 @@ def test_batched_generation_equals_one_prompt_at_a_time(decoder_target):
     ]
     assert batched == alone
     assert any(batched)
+
+
+def test_packed_prefill_is_the_padded_batchs_cache_without_the_padding(decoder_target):
+    """The cache built from one packed row holds, at every real position, the keys and values a left-padded
+    prefill computes, and zeros where the padding goes (the attention mask hides them); `generate` then feeds
+    only each prompt's last token."""
+    from tunelab.eval.generate import packed_prefill
+
+    model, tokenizer = decoder_target.model, decoder_target.tokenizer
+    prompts = [tokenizer(t)["input_ids"] for t in ["the film", "a long and winding story about a cast", "dull plot"]]
+    width = max(len(p) for p in prompts)
+    cache = packed_prefill(model, prompts, width)
+    batch = pad_batch(
+        [{"input_ids": p[:-1], "attention_mask": [1] * (len(p) - 1)} for p in prompts],
+        tokenizer.pad_token_id,
+        left=True,
+        device="cpu",
+    )
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+    with torch.no_grad():
+        padded = model(**batch, position_ids=positions, use_cache=True).past_key_values
+    for packed_layer, padded_layer in zip(cache.layers, padded.layers, strict=True):
+        for i, prompt in enumerate(prompts):
+            gap = width - len(prompt)
+            for ours, theirs in ((packed_layer.keys, padded_layer.keys), (packed_layer.values, padded_layer.values)):
+                assert ours.shape[2] == width - 1
+                assert torch.allclose(ours[i, :, gap:], theirs[i, :, gap:], atol=1e-5)
+                assert not ours[i, :, :gap].any()
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        generate_texts(model, tokenizer, prompts, decoder_only=True, batch_size=3, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert seen[0] == sum(len(p) - 1 for p in prompts)  # one packed row: no padding prefilled
+    assert set(seen[1:]) == {1}  # then every step feeds one token per row, the prompts' last ones first
+
+
+def test_models_with_sliding_window_layers_prefill_padded():
+    """A sliding-window layer would keep only the last window of the packed row, so such models prefill as before."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tunelab.eval.generate import can_prefill_packed
+
+    gemma = Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            vocab_size=97,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+    )
+    assert not can_prefill_packed(gemma, [[5, 6, 7], [8, 9]])
 
 
 def test_answers_are_cut_at_the_first_stop_string():

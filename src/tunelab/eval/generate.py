@@ -2,8 +2,10 @@
 
 Why it is fast: prompts are sorted by length so each batch pads as little as possible (results go back
 in input order); decoders get left padding so every prompt ends where its answer starts and one KV-cached
-`generate` call serves the whole batch; rows that hit EOS or a stop string stop costing decode work as
-soon as the whole batch is done. bench/eval_generation.py measures it against one prompt at a time.
+`generate` call serves the whole batch; the prompts are prefilled as one packed row with attention per
+prompt, so the padding that lines them up costs no prefill (on a CPU the prefill is most of the work);
+rows that hit EOS or a stop string stop costing decode work as soon as the whole batch is done.
+bench/eval_generation.py measures it against one prompt at a time and transformers' pipeline.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+import torch.nn.functional as F
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+
+from tunelab.data.encode import VARLEN_KEYS, PackedCollator, Packing
+from tunelab.models.attention import SDPA_VARLEN
 
 
 def batches_by_length(sequences: list[list[int]], batch_size: int):
@@ -141,6 +147,8 @@ def generate_rows(
         batch["input_ids"].shape[1] if decoder_only else 1
     )  # an encoder-decoder's output starts with its start token
     ends = RowEnds(rows, tokenizer, start)
+    if decoder_only and num_beams == 1:
+        batch["past_key_values"] = packed_prefill(model, [r.prompt for r in rows], batch["input_ids"].shape[1])
     options = {"do_sample": False}
     if sampling:
         if sampling.get("seed") is not None:
@@ -156,6 +164,57 @@ def generate_rows(
         **options,
     )
     return [_answer(generated[i, start:].tolist(), row, tokenizer) for i, row in enumerate(rows)]
+
+
+def can_prefill_packed(model: PreTrainedModel, prompts: list[list[int]]) -> bool:
+    """Packed prefill needs every cache layer to keep all its tokens (a sliding-window layer keeps only the last
+    window of the packed row), the model's own key/value cache (prompt learning brings its own), and two tokens
+    per prompt (one to prefill, one for `generate`)."""
+    config = model.config.get_text_config(decoder=True)
+    windowed = any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ())
+    windowed = windowed or getattr(config, "sliding_window", None) is not None
+    peft_config = getattr(model, "active_peft_config", None)
+    prompt_learning = peft_config is not None and peft_config.is_prompt_learning
+    return not windowed and not prompt_learning and min(len(p) for p in prompts) >= 2
+
+
+def packed_prefill(model: PreTrainedModel, prompts: list[list[int]], width: int) -> DynamicCache | None:
+    """The key/value cache of a left-padded batch of `width`-token prompts, all but each prompt's last token,
+    computed as one packed row with attention per prompt: the prefill pays for the prompts' tokens, not the
+    padding that lines them up (with prompts of mixed lengths, most of a padded batch's prefill). `generate` then
+    runs the last tokens and decodes the batch together. None where the cache cannot be built this way."""
+    if not can_prefill_packed(model, prompts):
+        return None
+    pad = model.config.get_text_config(decoder=True).pad_token_id or 0
+    packed = PackedCollator(pad, Packing(None))([{"input_ids": p[:-1]} for p in prompts])
+    cache = DynamicCache()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(SDPA_VARLEN)
+    try:
+        model(
+            input_ids=packed["input_ids"].to(model.device),
+            position_ids=packed["position_ids"].to(model.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **{key: packed[key] for key in VARLEN_KEYS},
+        )
+    finally:
+        model.set_attn_implementation(previous)
+    bounds = packed["cu_seq_lens_q"].tolist()
+    batched = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        keys, values = (
+            torch.cat(
+                [
+                    F.pad(states[:, :, start:end], (0, 0, width - 1 - (end - start), 0))
+                    for start, end in zip(bounds, bounds[1:])
+                ]
+            )
+            for states in (layer.keys, layer.values)
+        )
+        batched.update(keys, values, index)
+    return batched
 
 
 def _answer(ids: list[int], row: Row, tokenizer: PreTrainedTokenizerBase) -> Answer:
