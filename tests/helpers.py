@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from tunelab.config import RunConfig
 from tunelab.methods import base_load_options
@@ -75,3 +76,33 @@ def cli(command: str) -> int:
     from tunelab.cli import main
 
     return main(shlex.split(command))
+
+
+TINY_VOCAB = 97
+
+
+TINY_SHAPE = {
+    "vocab_size": TINY_VOCAB,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+"""Two layers with grouped-query attention: small enough to run every attention path in a test."""
+
+
+def tiny_llama():
+    """A tiny Llama with random weights (seed 0)."""
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**TINY_SHAPE))
+
+
+def tiny_gemma3():
+    """Gemma 3 alternates sliding-window and global layers; a 4-token window makes the sliding mask matter."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        **TINY_SHAPE, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]
+    )
+    return Gemma3ForCausalLM(config)

@@ -269,23 +269,11 @@ def test_packed_prefill_is_the_padded_batchs_cache_without_the_padding(decoder_t
 
 def test_models_with_sliding_window_layers_prefill_padded():
     """A sliding-window layer would keep only the last window of the packed row, so such models prefill as before."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
     from tunelab.eval.generate import can_prefill_packed
 
-    gemma = Gemma3ForCausalLM(
-        Gemma3TextConfig(
-            vocab_size=97,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            intermediate_size=64,
-            sliding_window=4,
-            layer_types=["sliding_attention", "full_attention"],
-        )
-    )
+    from helpers import tiny_gemma3
+
+    gemma = tiny_gemma3()
     assert not can_prefill_packed(gemma, [[5, 6, 7], [8, 9]])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunelab.models import kernels
 from tunelab.models.kernels import KernelsUnavailable, liger_available, use_kernels
@@ -12,20 +11,7 @@ from tunelab.models.loading import parameter_count
 from tunelab.train import trainer
 from tunelab.train.trainer import GPU_BF16_FROM_PARAMETERS, choose_precision
 
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=97,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    )
+from helpers import tiny_llama
 
 
 def test_parameter_count_reads_the_safetensors_headers(tmp_path):

@@ -7,13 +7,13 @@ import contextlib
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from tunelab.data.encode import IGNORE_INDEX, VARLEN_KEYS, PackedCollator, Packing, first_fit_decreasing, make_collator
 from tunelab.models.attention import AttentionUnavailable, flash_attention_available, use_attention
 from tunelab.train.trainer import CompletionLossTrainer
 
-VOCAB = 97
+from helpers import TINY_VOCAB as VOCAB
+from helpers import tiny_gemma3, tiny_llama
 
 needs_flash = pytest.mark.skipif(not flash_attention_available(), reason="flash-attention needs CUDA and flash-attn")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention trains on CUDA only")
@@ -23,39 +23,6 @@ ATTENTION = [
     pytest.param("flash_attention_2", marks=needs_flash),
 ]
 FORWARD_ATTENTION = [*ATTENTION, "flex_attention"]  # FlexAttention's forward runs on a CPU, its backward does not
-
-
-def tiny_llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-        )
-    )
-
-
-def tiny_gemma3():
-    """Gemma 3 alternates sliding-window and global layers; a 4-token window makes the sliding mask matter."""
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
-    )
-    return Gemma3ForCausalLM(config)
 
 
 def examples(lengths: list[int], prompt: int = 3) -> list[dict]:
