@@ -79,6 +79,7 @@ bench: install
 	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[bench]'
 	$(BIN)/python bench/peak.py
 	$(BIN)/python bench/train_throughput.py --model smollm2-135m-instruct --variants tunelab,tunelab-fp32,trl-fair,trl-defaults
+	$(BIN)/python bench/attention_paths.py --model smollm2-135m-instruct
 	$(BIN)/python bench/demo_time.py
 
 # Peak memory of gemma3-270m LoRA SFT (262k vocabulary) against TRL's SFTTrainer.

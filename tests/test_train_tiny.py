@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from transformers import TrainerCallback
 
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
-from tunelab.data.encode import encode, make_collator
+from tunelab.data.encode import PackedCollator, encode, make_collator
 from tunelab.data.splits import load_task_data
 from tunelab.methods import apply_method
 from tunelab.models.loading import check_family
@@ -185,6 +186,32 @@ def test_causal_lora_run_masks_prompt_and_learns(tiny_decoder, copy_task_file, t
     table = (tmp_path / "report" / "data-copy.md").read_text()
     assert "| copy.jsonl | 64 | 0 | generate | rougeL |" in table and "score [95% CI]" in table
     assert len((tmp_path / "report" / "data-copy.outputs.jsonl").read_text().splitlines()) == 64
+
+
+def test_a_compiled_decoder_run_trains_on_bucketed_rows(tiny_decoder, copy_task_file, tmp_path, monkeypatch):
+    """`training.compile: true` trains through torch.compile (inductor's CPU backend here) with packed rows padded
+    to multiples of 64 tokens, under the dense mask that compiles whole (per-example attention would break the
+    graph at every layer)."""
+    compiled, widths = [], []
+    real_compile, real_collate = torch.compile, PackedCollator.__call__
+    monkeypatch.setattr(
+        torch, "compile", lambda model, *a, **k: compiled.append(model) or real_compile(model, *a, **k)
+    )
+
+    def collate(self, features):
+        batch = real_collate(self, features)
+        if self.packing.row_tokens:  # the training collator (generation's packed prefill takes whole batches)
+            widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr(PackedCollator, "__call__", collate)
+    run = pipeline.train(causal_config(tiny_decoder, copy_task_file, tmp_path, epochs=2, compile=True))
+    assert compiled, "the model never went through torch.compile"
+    assert widths and set(widths) == {48}  # every row bucketed up to 64 tokens, capped at data.max_length
+    state = json.loads((run.path / "run.json").read_text())
+    assert state["state"] == "complete" and state["attention"] == "sdpa"
+    losses = logged_losses(run)
+    assert losses and all(math.isfinite(loss) for loss in losses)
 
 
 def test_seq2seq_trains_and_predicts_every_input(tiny_seq2seq, copy_task_file, tmp_path):
