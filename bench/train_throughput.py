@@ -20,6 +20,8 @@ Variants:
                  e.g. tunelab-fp32-sdpa is fp32 with the dense block-diagonal mask
   trl-fair       TRL SFTTrainer with bf16=False (the baseline the target is measured against)
   trl-defaults   TRL SFTTrainer with its pure defaults (bf16=True, as TRL ships)
+  trl-best       TRL's fastest documented recipe: bf16, padding_free, no gradient checkpointing, flash-attention
+                 and Liger kernels where installed
 
 Figures per run: non-padding tokens/s and seconds/step over the steps after the
 first (warm-up), peak RSS of the process, peak GPU memory, the final training
@@ -64,7 +66,7 @@ TUNELAB_OPTIONS = {
     "gc": {"gradient_checkpointing": True},
     **{name: {"attention": name} for name in ATTENTION},
 }
-TRL_VARIANTS = ("trl-fair", "trl-defaults")
+TRL_VARIANTS = ("trl-fair", "trl-defaults", "trl-best")
 HELDOUT = 16
 
 
@@ -201,7 +203,7 @@ def tunelab_trainer(args, workdir: Path, settings: dict):
     return ready.trainer, ready.tokenizer, resolved
 
 
-def baseline_trainer(args, fair: bool):
+def baseline_trainer(args, variant: str):
     from tunelab.models.loading import load_tokenizer, resolve_source
 
     from trl_baseline import trl_trainer
@@ -223,7 +225,8 @@ def baseline_trainer(args, fair: bool):
         lora_alpha=LORA["alpha"],
         lora_dropout=LORA["dropout"],
         max_length=args.max_length,
-        fair=fair,
+        fair=variant == "trl-fair",
+        best=variant == "trl-best",
     )
     precision = "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
     return trainer, trainer.processing_class, precision
@@ -243,7 +246,7 @@ def run_variant(variant: str, args) -> dict:
         if variant.startswith("tunelab"):
             trainer, tokenizer, precision = tunelab_trainer(args, Path(workdir), tunelab_settings(variant))
         else:
-            trainer, tokenizer, precision = baseline_trainer(args, fair=variant == "trl-fair")
+            trainer, tokenizer, precision = baseline_trainer(args, variant)
         clock, counter = StepClock(), CountingCollator(trainer.data_collator)
         trainer.add_callback(clock)
         trainer.data_collator = counter

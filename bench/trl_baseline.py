@@ -4,17 +4,34 @@ Written the way TRL's documentation shows it, and changed only where the benchma
 must hold things equal (steps, batch size, learning rate, seed, LoRA settings,
 maximum length). `fair=False` keeps every other TRL default (bf16=True, gradient
 checkpointing, padding to the batch's longest example); `fair=True` only sets
-bf16=False, for CPUs that emulate bf16.
+bf16=False, for CPUs that emulate bf16; `best=True` is TRL's fastest documented recipe
+(`best_settings`), the comparison that matters on a GPU.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
+
+
+def best_settings() -> dict:
+    """TRL's own fastest recipe, as its documentation gives it: padding-free batches (no padding computed), no
+    gradient checkpointing, flash-attention where installed (which reads the padding-free boundaries), and Liger's
+    kernels where installed; bf16 as TRL defaults."""
+    cuda = torch.cuda.is_available()
+    flash = cuda and importlib.util.find_spec("flash_attn") is not None
+    liger = cuda and importlib.util.find_spec("liger_kernel") is not None
+    return {
+        "padding_free": True,
+        "gradient_checkpointing": False,
+        "use_liger_kernel": liger,
+        "model_init_kwargs": {"attn_implementation": "flash_attention_2" if flash else "sdpa"},
+    }
 
 
 def trl_trainer(
@@ -31,6 +48,7 @@ def trl_trainer(
     max_length: int,
     fair: bool,
     conversational: bool = True,
+    best: bool = False,
 ) -> SFTTrainer:
     """An SFTTrainer on prompt/completion rows, loss on completions: conversational rows (TRL applies the chat
     template) for chat models, plain text rows for base models without a chat template."""
@@ -51,12 +69,16 @@ def trl_trainer(
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
-        max_length=max_length,
+        # padding-free TRL refuses max_length without its packing (which would change what a step holds). Of the
+        # first 1,000 DialogSum training dialogues only the 807th is longer than 1,024 tokens (1,104 with the chat
+        # template), so runs of up to 806 examples (e.g. 15 steps x batch 32) cut nothing either way
+        max_length=None if best else max_length,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         use_cpu=not torch.cuda.is_available(),  # TRL's bf16 default refuses to start on CPU without it
         **({"bf16": False} if fair else {}),
+        **(best_settings() if best else {}),
     )
     peft_config = LoraConfig(
         r=lora_r,

@@ -88,7 +88,11 @@ def test_the_lock_holds_every_dependency_of_what_it_locks():
     reason="checks the environment `make install` builds (.venv); this is another one",
 )
 def test_make_install_installed_exactly_the_lock():
-    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()}
+    # The first distribution of each name on sys.path is the one imported: importing setuptools (torch's inductor
+    # does, for compiled tests in the same worker) appends setuptools/_vendor, with older packaging and zipp
+    installed: dict[str, Version] = {}
+    for distribution in metadata.distributions():
+        installed.setdefault(canonicalize_name(distribution.metadata["Name"]), Version(distribution.version))
     wrong = {
         name: (version, installed.get(name)) for name, version in locked().items() if installed.get(name) != version
     }

@@ -312,14 +312,15 @@ class TrainingConfig(_Section):
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory at the cost of time."""
     packing: bool = True
-    """Decoder (causal_lm) training without padding: a batch's examples are laid end to end in rows of at most
-    data.max_length tokens, position ids restarting per example, so no example attends to another."""
+    """Decoder (causal_lm) training without padding: a batch's examples are laid end to end, position ids
+    restarting per example, so no example attends to another; in one row under per-example attention (see
+    `attention`), else in rows of at most data.max_length tokens."""
     attention: Literal["auto", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2"] = "auto"
     """How a decoder's attention follows the examples packed into a row: 'flash_attention_2' (flash-attention's
     varlen kernel; CUDA with flash-attn installed), 'sdpa_varlen' (SDPA once per example, no mask), 'flex_attention'
     (a compiled block-sparse document mask; GPU only for training, as PyTorch has no FlexAttention backward on CPU),
     'sdpa' (one dense block-diagonal mask per row). 'auto' takes flash-attention where it is installed, else
-    sdpa_varlen on a CPU and sdpa on a GPU (BENCHMARKS.md, "Attention over packed rows")."""
+    sdpa_varlen on a CPU and sdpa on a GPU (BENCHMARKS.md, "Performance II")."""
     kernels: Literal["auto", "liger", "none"] = "auto"
     """Fused decoder-layer kernels on a GPU: 'liger' (Liger Kernel's RMSNorm, RoPE, SwiGLU; CUDA with
     `pip install liger-kernel`), 'none', or 'auto' (Liger where it can run)."""

@@ -58,7 +58,6 @@ def sdpa_varlen_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     batch, heads, tokens, _ = query.shape
     grouped = key.shape[1] != heads  # grouped-query attention: SDPA shares each key/value head, no copies
-    dropout = dropout if module.training else 0.0
     pieces = []
     bounds = cu_seq_lens_q.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):  # a segment never crosses a row: rows end with their tail
@@ -115,7 +114,7 @@ def flash_attention_available() -> bool:
 
 def choose_attention(requested: str, compiled: bool = False) -> str:
     """Resolve 'auto': flash-attention's varlen kernel on a GPU that has it, else SDPA: on a CPU per example
-    (BENCHMARKS.md, "Attention over packed rows"), and the dense mask on a GPU, where the per-example loop would
+    (BENCHMARKS.md, "Performance II"), and the dense mask on a GPU, where the per-example loop would
     sync the host every layer, or under torch.compile, where the loop would break the graph at every layer."""
     if requested != "auto":
         return requested

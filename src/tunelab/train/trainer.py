@@ -113,10 +113,8 @@ class CompletionLossTrainer(PlannedOrder, Trainer):
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         targets = labels.reshape(-1).index_select(0, positions + 1)  # each position predicts the next token
         if weights is not None:  # per token in packed rows (the predicted token's), else per example (its row's)
-            weights = weights.float().reshape(-1)
-            weights = weights.index_select(
-                0, positions + 1 if weights.numel() == labels.numel() else positions // labels.shape[1]
-            )
+            owners = positions + 1 if weights.dim() == 2 else positions // labels.shape[1]
+            weights = weights.float().reshape(-1).index_select(0, owners)
         softcap = getattr(inner.config, "final_logit_softcapping", None)
 
         def chunk_loss(states: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
