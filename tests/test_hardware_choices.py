@@ -67,3 +67,12 @@ def test_liger_kernels_keep_the_loss(tmp_path):
     (plain_loss, plain_norm), (liger_loss, liger_norm) = results
     assert liger_loss == pytest.approx(plain_loss, rel=1e-4)
     assert liger_norm == pytest.approx(plain_norm, rel=1e-3)
+
+
+def test_bf16_is_not_native_where_pytorch_is_capped_below_avx512(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 runs PyTorch as on a CPU without AVX-512, where bf16 is emulated (~60x slower)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert trainer.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not trainer.cpu_has_native_bf16()

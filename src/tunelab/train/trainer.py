@@ -44,10 +44,14 @@ logits are recomputed in backward rather than kept."""
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them a bf16 matmul is emulated and ~60x slower than fp32; with AVX512-BF16,
-    LoRA training of smollm2 ran 1.5x faster in bf16 than in fp32 (BENCHMARKS.md, "Training throughput")."""
+    """AVX512-BF16 or AMX, and PyTorch allowed to use them: without them a bf16 matmul is emulated and ~60x slower
+    than fp32 (also where ATEN_CPU_CAPABILITY=avx2 caps PyTorch below the CPU, as on a CPU without AVX-512); with
+    AVX512-BF16, LoRA training of smollm2 ran 1.5x faster in bf16 than in fp32 (BENCHMARKS.md, "Training
+    throughput")."""
     cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", bool)() or getattr(cpu, "_is_amx_tile_supported", bool)())
+    capped = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
+    flags = getattr(cpu, "_is_avx512_bf16_supported", bool)() or getattr(cpu, "_is_amx_tile_supported", bool)()
+    return bool(flags) and not capped
 
 
 GPU_BF16_FROM_PARAMETERS = 1_000_000_000
