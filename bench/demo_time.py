@@ -21,7 +21,6 @@ import torch
 
 from tunelab import pipeline
 from tunelab.demo import demo_config, run_demo
-from tunelab.train.trainer import choose_precision
 
 
 def main() -> None:
@@ -46,7 +45,8 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     print(f"demo end to end: {demo_seconds:.1f} s")
-    print(f"training, precision auto (= {choose_precision('auto')}): median {auto:.1f} s, accuracy {accuracy['auto']}")
+    resolved = pipeline.run_precision(demo_config(out))
+    print(f"training, precision auto (= {resolved}): median {auto:.1f} s, accuracy {accuracy['auto']}")
     print(f"training, fp32 baseline: median {fp32:.1f} s, accuracy {accuracy['fp32']}")
     print(f"speed ratio auto / fp32 baseline: {fp32 / auto:.2f}x")
 

@@ -159,7 +159,6 @@ def tunelab_trainer(args, workdir: Path, settings: dict):
     from tunelab.data.plan import plan_training
     from tunelab.data.taskset import load_taskset
     from tunelab.runs import RunDir
-    from tunelab.train.trainer import choose_precision
 
     files = {}
     for split, rows in (
@@ -197,7 +196,7 @@ def tunelab_trainer(args, workdir: Path, settings: dict):
             "eval": {"baselines": []},
         }
     )
-    resolved = choose_precision(config.training.precision)
+    resolved = pipeline.run_precision(config)
     tasks = load_taskset(config)
     ready = pipeline.setup(config, RunDir.create(config), tasks, plan_training(config, tasks), resolved)
     return ready.trainer, ready.tokenizer, resolved

@@ -195,6 +195,13 @@ def _saved_weights_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*.safetensors"))
 
 
+def run_precision(config: RunConfig) -> str:
+    """The precision a run trains in: `training.precision`, with 'auto' resolved for this machine and the model's
+    size (counted from its weight files, where they are local)."""
+    source = resolve_source(config.model.name, config.model.revision)
+    return choose_precision(config.training.precision, parameter_count(source))
+
+
 def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence = ()) -> RunDir:
     """Train a model as configured (or finish an interrupted run) and write a complete run directory. Trainer
     `callbacks` may watch the training; one that raises stops the run, which is then marked failed.
@@ -217,9 +224,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     for note in tasks.notes:
         print(f"data: {note}")
     plan = plan_training(config, tasks, distributed.world_size())
-    precision = choose_precision(
-        config.training.precision, parameter_count(resolve_source(config.model.name, config.model.revision))
-    )
+    precision = run_precision(config)
     print(
         f"precision: {precision} (training.precision={config.training.precision}); "
         f"{plan.steps} steps of {plan.global_batch} examples"
