@@ -182,7 +182,9 @@ class PackedCollator:
         capacity, multiple = self.packing.row_tokens, self.packing.width_multiple
         rows = first_fit_decreasing(lengths, capacity) if capacity else [list(range(len(features)))]
         longest = max(sum(lengths[i] for i in row) for row in rows)
-        width = max(longest, min(-(-longest // multiple) * multiple, capacity or longest + multiple))
+        width = -(-longest // multiple) * multiple
+        if capacity:  # a bucket never widens a row past its bound (nor narrows an over-long example's row)
+            width = max(longest, min(width, capacity))
         weighted = any("loss_weights" in f for f in features)
         input_ids, labels, positions, weights = [], [], [], []
         segments = []  # each example's length, then each row's padded tail, in flattened order

@@ -185,8 +185,7 @@ def packed_prefill(model: PreTrainedModel, prompts: list[list[int]], width: int)
     runs the last tokens and decodes the batch together. None where the cache cannot be built this way."""
     if not can_prefill_packed(model, prompts):
         return None
-    pad = model.config.get_text_config(decoder=True).pad_token_id or 0
-    packed = PackedCollator(pad, Packing(None))([{"input_ids": p[:-1]} for p in prompts])
+    packed = PackedCollator(0, Packing(None))([{"input_ids": p[:-1]} for p in prompts])  # one row: nothing padded
     cache = DynamicCache()
     previous = model.config._attn_implementation
     model.set_attn_implementation(SDPA_VARLEN)
