@@ -7,6 +7,7 @@ Each tiny model is saved as a local model directory, so tests exercise the same
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -27,6 +28,23 @@ from tunelab.models.registry import REGISTRY, native_dir
 from helpers import session_home
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _share_the_cores_between_workers() -> None:
+    """Give each pytest-xdist worker, and every process it starts (servers, CLI runs), its share of the cores.
+
+    PyTorch starts one OpenMP thread per core in every process; two workers plus a server they started then run
+    several threads per core, and spinning OpenMP threads make small models several times slower than the share
+    alone would (serve_real's load test: 15 s alone, 130 s beside another worker, past the server's timeout).
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
+
+
+_share_the_cores_between_workers()
 
 
 @pytest.fixture(autouse=True)

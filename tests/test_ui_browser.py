@@ -51,9 +51,14 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     pytest.skip(message, allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402  (after the skip: without a browser there is nothing to drive)
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
@@ -165,10 +170,33 @@ def shot(driver, name: str) -> None:
     driver.set_window_size(1400, 1000)
 
 
+def _replaced_mid_check(error: WebDriverException) -> bool:
+    """Whether `error` only says a page load replaced the document while an element was being read: Selenium's
+    stale element, or Chromium's "does not belong to the document" when the load lands inside one call."""
+    stale = (NoSuchElementException, StaleElementReferenceException)
+    return isinstance(error, stale) or "does not belong to the document" in str(error)
+
+
 def wait(driver, condition, seconds: float = WAIT):
-    """Until `condition` holds; an element that a page load replaced mid-check is looked up again."""
-    ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(driver, seconds, poll_frequency=0.2, ignored_exceptions=ignored).until(condition)
+    """Until `condition` holds; a check that a page load interrupted is made again on the new page."""
+
+    def holds(d):
+        try:
+            return condition(d)
+        except WebDriverException as error:
+            if _replaced_mid_check(error):
+                return False
+            raise
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(holds)
+
+
+def click_and_load(driver, element) -> None:
+    """Click `element`, which submits a form or follows a link, and wait until the next page has replaced this one,
+    so that nothing after it reads the old page."""
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, WAIT, poll_frequency=0.2).until(expected_conditions.staleness_of(old_page))
 
 
 def points(driver, curve: str) -> int:
@@ -197,7 +225,7 @@ def test_walk_from_the_runs_to_a_run_a_comparison_and_the_playground(app, browse
     assert shares == sorted(shares, reverse=True) and len(set(shares)) == 3
     shot(driver, "1-runs")
 
-    driver.find_element(By.LINK_TEXT, summarise.path.name).click()
+    click_and_load(driver, driver.find_element(By.LINK_TEXT, summarise.path.name))
     wait(driver, lambda d: points(d, "loss") > 0)
     logged = [json.loads(line) for line in summarise.metrics_path.read_text().splitlines()]
     assert points(driver, "loss") == sum("loss" in entry for entry in logged)
@@ -208,8 +236,8 @@ def test_walk_from_the_runs_to_a_run_a_comparison_and_the_playground(app, browse
     assert "Model card" in driver.page_source and driver.find_element(By.ID, "run-state").text == "complete"
     shot(driver, "2-run")
 
-    driver.find_element(By.ID, "nav-compare").click()
-    driver.find_element(By.LINK_TEXT, "tiny-sst2").click()
+    click_and_load(driver, driver.find_element(By.ID, "nav-compare"))
+    click_and_load(driver, driver.find_element(By.LINK_TEXT, "tiny-sst2"))
     plot = driver.find_element(By.ID, "summary-plot")
     wait(driver, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", plot) > 0)
     summary = driver.find_element(By.ID, "summary").text
@@ -219,7 +247,7 @@ def test_walk_from_the_runs_to_a_run_a_comparison_and_the_playground(app, browse
     assert len(variant_links) == 2
 
     driver.get(f"{url}/run/{summarise.path.relative_to(workspace).as_posix()}")
-    driver.find_element(By.ID, "try-run").click()
+    click_and_load(driver, driver.find_element(By.ID, "try-run"))
     wait(driver, lambda d: not d.find_element(By.ID, "playground-ask").get_attribute("hidden"))
     columns = driver.find_elements(By.CSS_SELECTOR, ".answer")
     assert [c.find_element(By.TAG_NAME, "h3").text for c in columns] == [
@@ -250,7 +278,7 @@ def test_walk_from_the_runs_to_a_run_a_comparison_and_the_playground(app, browse
     Select(driver.find_element(By.ID, "run-select")).select_by_visible_text(
         next(o.text for o in driver.find_elements(By.CSS_SELECTOR, "#run-select option") if o.text.startswith("lora"))
     )
-    driver.find_element(By.ID, "load-runs").click()
+    driver.find_element(By.ID, "load-runs").click()  # the page loads the models in place
     wait(driver, lambda d: not d.find_element(By.ID, "playground-ask").get_attribute("hidden"))
     driver.find_element(By.ID, "field-text").send_keys("a gripping, beautifully acted film")
     driver.find_element(By.ID, "send").click()
@@ -272,7 +300,7 @@ def _rate_pair(driver, score_for_item) -> list[str]:
             driver.find_element(
                 By.CSS_SELECTOR, f'input[name="{item}.{criterion}"][value="{score_for_item(item, criterion)}"]'
             ).click()
-    driver.find_element(By.ID, "submit-rating").click()
+    click_and_load(driver, driver.find_element(By.ID, "submit-rating"))
     return items
 
 
@@ -282,7 +310,7 @@ def _start_rating(driver, url: str, rater: str) -> None:
     name.clear()
     name.send_keys(rater)
     Select(driver.find_element(By.ID, "sheet")).select_by_value("ui-sheet")
-    driver.find_element(By.ID, "start-rating").click()
+    click_and_load(driver, driver.find_element(By.ID, "start-rating"))
     wait(driver, lambda d: d.find_elements(By.ID, "progress") or d.find_elements(By.ID, "all-rated"))
 
 
