@@ -10,7 +10,6 @@ bf16=False, for CPUs that emulate bf16; `best=True` is TRL's fastest documented 
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 
 import torch
@@ -18,18 +17,20 @@ from datasets import Dataset
 from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
+from tunelab.models.attention import flash_attention_available
+from tunelab.models.kernels import liger_available
+
 
 def best_settings() -> dict:
     """TRL's own fastest recipe, as its documentation gives it: padding-free batches (no padding computed), no
     gradient checkpointing, flash-attention where installed (which reads the padding-free boundaries), and Liger's
-    kernels where installed; bf16 as TRL defaults."""
-    cuda = torch.cuda.is_available()
-    flash = cuda and importlib.util.find_spec("flash_attn") is not None
-    liger = cuda and importlib.util.find_spec("liger_kernel") is not None
+    kernels where installed; bf16 as TRL defaults. "Installed" is judged by tunelab's own checks, so TRL's best and
+    tunelab's `auto` get the same kernels on the same machine."""
+    flash = flash_attention_available()
     return {
         "padding_free": True,
         "gradient_checkpointing": False,
-        "use_liger_kernel": liger,
+        "use_liger_kernel": liger_available(),
         "model_init_kwargs": {"attn_implementation": "flash_attention_2" if flash else "sdpa"},
     }
 
