@@ -38,8 +38,8 @@ def _share_the_cores_between_workers() -> None:
     alone would (serve_real's load test: 15 s alone, 130 s beside another worker, past the server's timeout).
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        share = max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1:  # PyTorch's own count: the cores this process may use, which os.cpu_count() can overstate
+        share = max(1, torch.get_num_threads() // workers)
         os.environ["OMP_NUM_THREADS"] = str(share)
         torch.set_num_threads(share)
 
