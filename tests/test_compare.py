@@ -168,5 +168,5 @@ def test_compare_reports_each_methods_forgetting_when_a_retention_suite_is_set(t
         report = json.loads(
             (next((out / "runs" / method).glob("*")) / "eval" / "forgetting-glue-mini.json").read_text()
         )
-        assert rows[method]["forgetting"] == report["average_forgetting"]
-    assert "avg forgetting (glue-mini)" in (out / "summary.md").read_text()
+        assert rows[method]["retention_change"] == report["average_change"]
+    assert "retention change (glue-mini, tuned - base)" in (out / "summary.md").read_text()

@@ -247,13 +247,14 @@ def _primary(task: dict, side: str) -> float | None:
 
 
 def _forgetting(run: RunDir) -> dict:
-    """The run's average forgetting and forgotten tasks, when it was trained with `eval.retention_suite`."""
+    """The run's average retention change (tuned - base) and forgotten tasks, when it was trained with
+    `eval.retention_suite`."""
     suite = run.config().eval.retention_suite
     path = run.path / "eval" / f"forgetting-{suite}.json"
     if not suite or not path.exists():
         return {}
     report = json.loads(path.read_text(encoding="utf-8"))
-    return {"forgetting": report["average_forgetting"], "forgotten_tasks": report["tasks_forgotten"]}
+    return {"retention_change": report["average_change"], "forgotten_tasks": report["tasks_forgotten"]}
 
 
 def _row(label: str, run: RunDir) -> dict:
@@ -412,7 +413,7 @@ def render_summary(summary: dict, config: RunConfig) -> str:
         "",
     ]
     header = [f"{t} ({info['metric']}{', held out' if info['held_out'] else ''})" for t, info in tasks.items()]
-    forgetting = any("forgetting" in row for row in summary["variants"])
+    forgetting = any("retention_change" in row for row in summary["variants"])
     curve = summary["kind"] == "size"
     columns = [
         "train examples" if curve else summary["kind"],
@@ -428,7 +429,7 @@ def render_summary(summary: dict, config: RunConfig) -> str:
         "saved MB",
     ]
     if forgetting:
-        columns += [f"avg forgetting ({config.eval.retention_suite})", "forgotten tasks"]
+        columns += [f"retention change ({config.eval.retention_suite}, tuned - base)", "forgotten tasks"]
     lines += ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
     lines.append(
         f"| {'0 (base model)' if curve else 'base model'} | "
@@ -459,7 +460,7 @@ def render_summary(summary: dict, config: RunConfig) -> str:
             f"{row['saved_mb']:.2f}",
         ]
         if forgetting:
-            cells += [_fmt(row.get("forgetting"), "+.2f"), ", ".join(row.get("forgotten_tasks", [])) or "none"]
+            cells += [_fmt(row.get("retention_change"), "+.2f"), ", ".join(row.get("forgotten_tasks", [])) or "none"]
         lines.append("| " + " | ".join(cells) + " |")
     if curve:
         lines += [

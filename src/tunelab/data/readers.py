@@ -39,6 +39,15 @@ class Record:
     """Why the record could not even be parsed (malformed JSON, bad bytes); None when it parsed."""
 
 
+def _malformed(exc: json.JSONDecodeError) -> str:
+    """A JSON syntax error as our messages word it. The json module's text for a raw control character ends in
+    'at' (its own str() appends the position), which ours would double; the fix for that one is an escape."""
+    message = f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
+    if exc.msg.startswith("Invalid control character"):
+        message += "; write a tab or line break inside a string as \\t or \\n"
+    return message
+
+
 def _read_jsonl(path: Path) -> list[Record]:
     records = []
     with path.open("rb") as handle:
@@ -58,7 +67,7 @@ def _read_jsonl(path: Path) -> list[Record]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                records.append(Record({}, where, f"malformed JSON: {exc.msg} at column {exc.colno}"))
+                records.append(Record({}, where, _malformed(exc)))
                 continue
             except RecursionError:
                 records.append(Record({}, where, "JSON nested too deeply to read"))
@@ -82,7 +91,7 @@ def _read_json(path: Path) -> list[Record]:
             f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
         ) from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from None
+        raise DataError(f"{path}:{exc.lineno}: {_malformed(exc)}") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to read") from None
     return [

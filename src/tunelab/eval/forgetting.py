@@ -3,8 +3,9 @@
 Both models answer the same examples of every task in a suite (the `retention` suite by default). For
 each task the report gives base score, tuned score, the change, and the paired-bootstrap 95% interval of
 the change (both models resampled on the same example indices); a change whose interval excludes zero is
-marked significant. Average forgetting is the mean drop (base - tuned) of the primary metrics on the
-0-100 scale; perplexity is reported beside it as a relative change.
+marked significant. The average change is the mean of those changes (tuned - base, as in the table: negative
+means the tuned model scores lower) over the primary metrics on the 0-100 scale; perplexity is reported beside it
+as a relative change.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def forgetting_report(
         spec.name: _task_row(spec, results["base"][spec.name], results["tuned"][spec.name], samples, seed)
         for spec, _ in tasks
     }
-    drops = [
-        row["base"]["value"] - row["tuned"]["value"]
+    changes = [
+        row["tuned"]["value"] - row["base"]["value"]
         for row in rows.values()
         if "skipped" not in row and row["higher_is_better"]
     ]
@@ -95,7 +96,7 @@ def forgetting_report(
         "scoring": scoring,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tasks": rows,
-        "average_forgetting": sum(drops) / len(drops) if drops else None,
+        "average_change": sum(changes) / len(changes) if changes else None,
         "tasks_forgotten": sorted(name for name, row in rows.items() if row.get("forgotten")),
     }
 
@@ -124,10 +125,11 @@ def render_forgetting(report: dict) -> str:
             f"| {name} | {row['examples']} | {row['metric']}{arrow} | {row['base']['value']:.2f} | "
             f"{row['tuned']['value']:.2f} | {format_interval(change, signed=True)} | {verdict} |"
         )
-    if report["average_forgetting"] is not None:
+    if report["average_change"] is not None:
         lines += [
             "",
-            f"Average forgetting (mean of base - tuned over 0-100 metrics): **{report['average_forgetting']:+.2f}** points; "
+            "Average change (tuned - base, as in the table, over the 0-100 metrics; negative: the tuned model scores "
+            f"lower): **{report['average_change']:+.2f}** points; "
             f"tasks forgotten: {', '.join(report['tasks_forgotten']) or 'none'}.",
         ]
     return "\n".join(lines) + "\n"

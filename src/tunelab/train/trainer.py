@@ -183,7 +183,7 @@ class RoutedCompletionTrainer(TaskRoutedTrainer, CompletionLossTrainer):
 def accuracy_from_logits(prediction) -> dict[str, float]:
     logits, labels = prediction.predictions, prediction.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+    return {"accuracy": 100.0 * float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
 def adds_virtual_tokens(model) -> bool:
@@ -250,6 +250,7 @@ def training_arguments(
         save_steps=plan.eval_steps,
         save_total_limit=2,
         load_best_model_at_end=keeps_best,
+    """A classifier's validation accuracy on the 0-100 scale of every other report (eval, card, sweep, compare)."""
         metric_for_best_model=best if keeps_best else None,
         greater_is_better=best not in ("loss", "eval_loss"),
         logging_steps=training.logging_steps,
