@@ -427,7 +427,7 @@ def predict_with_adapters(adapters: dict[str, RunDir], input_path: str, output_p
     names, runs = list(adapters), list(adapters.values())
     config, labels = _check_switchable(runs)
     method = method_module(config.method.name)
-    model = method.load(load_base(config, labels), runs[0].model_dir, adapter_name=names[0])
+    model = method.load(load_base(config, labels, new_head=False), runs[0].model_dir, adapter_name=names[0])
     for name, run in zip(names[1:], runs[1:]):
         model.load_adapter(run.model_dir, adapter_name=name)
     model.eval()

@@ -233,11 +233,15 @@ def load_run(run: RunDir) -> LoadedRun:
     if architecture == "multi_head":
         model = MultiHeadClassifier.load(run.model_dir)
     elif architecture == "task_adapters":
-        model = load_task_adapters(load_base(config), run.model_dir)
+        model = load_task_adapters(load_base(config, new_head=False), run.model_dir)
     else:
         method = method_module(config.method.name)
         whole = getattr(method, "SAVES_WHOLE_MODEL", False)
-        base = load_model(config.model_task(), str(run.model_dir), labels) if whole else load_base(config, labels)
+        base = (
+            load_model(config.model_task(), str(run.model_dir), labels)
+            if whole
+            else load_base(config, labels, new_head=False)
+        )
         model = method.load(base, run.model_dir)
     model.eval()
     return LoadedRun(run, model, load_tokenizer(str(run.model_dir)), config, labels)

@@ -10,6 +10,7 @@ bench/eval_generation.py measures it against one prompt at a time and transforme
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -148,7 +149,9 @@ def generate_rows(
     )  # an encoder-decoder's output starts with its start token
     ends = RowEnds(rows, tokenizer, start)
     if decoder_only and num_beams == 1:
-        batch["past_key_values"] = packed_prefill(model, [r.prompt for r in rows], batch["input_ids"].shape[1])
+        cache = packed_prefill(model, [r.prompt for r in rows], batch["input_ids"].shape[1])
+        if cache is not None:
+            batch[cache_argument(model)] = cache
     options = {"do_sample": False}
     if sampling:
         if sampling.get("seed") is not None:
@@ -178,6 +181,13 @@ def can_prefill_packed(model: PreTrainedModel, prompts: list[list[int]]) -> bool
     return not windowed and not prompt_learning and min(len(p) for p in prompts) >= 2
 
 
+def cache_argument(model: PreTrainedModel) -> str:
+    """What the model's forward and `generate` call a ready key/value cache: `cache` from transformers 5.24, whose
+    old name `past_key_values` still works but warns that it will go; `past_key_values` on earlier releases."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes it on
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def packed_prefill(model: PreTrainedModel, prompts: list[list[int]], width: int) -> DynamicCache | None:
     """The key/value cache of a left-padded batch of `width`-token prompts, all but each prompt's last token,
     computed as one packed row with attention per prompt: the prefill pays for the prompts' tokens, not the
@@ -193,9 +203,9 @@ def packed_prefill(model: PreTrainedModel, prompts: list[list[int]], width: int)
         model(
             input_ids=packed["input_ids"].to(model.device),
             position_ids=packed["position_ids"].to(model.device),
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_argument(model): cache},
             **{key: packed[key] for key in VARLEN_KEYS},
         )
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import logging
 import math
 import shutil
 import tempfile
@@ -254,18 +255,37 @@ def load_model(
     return _AUTO_CLASS[task].from_pretrained(source, **kwargs)
 
 
-def load_base(config: RunConfig, labels: list[str] | None = None, **options) -> PreTrainedModel:
+def load_base(config: RunConfig, labels: list[str] | None = None, new_head: bool = True, **options) -> PreTrainedModel:
     """The pretrained model a run starts from, for its task type; the seed fixes a classifier's new head, so
-    every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base)."""
+    every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base).
+
+    `new_head=False` where a trained run's saved weights are put on the base right after (eval, predict, serve):
+    transformers' load report would list the classifier head as MISSING, though the run's own head replaces it.
+    """
     set_seed(config.training.seed)
-    return load_model(
-        config.model_task(),
-        resolve_source(config.model.name, config.model.revision),
-        labels,
-        config.model.revision,
-        config.model.trust_remote_code,
-        **options,
-    )
+    with _load_report(shown=new_head):
+        return load_model(
+            config.model_task(),
+            resolve_source(config.model.name, config.model.revision),
+            labels,
+            config.model.revision,
+            config.model.trust_remote_code,
+            **options,
+        )
+
+
+@contextmanager
+def _load_report(shown: bool) -> Iterator[None]:
+    """transformers reports the weights a load left missing or unused as a warning of its `modeling_utils`
+    logger; unless `shown`, that logger passes only errors for the length of the load."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    if not shown:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def parameter_count(source: str) -> int | None:

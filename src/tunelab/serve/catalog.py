@@ -118,7 +118,7 @@ class Catalog:
         shared = self._shared.get(key)
         if shared is None:
             method = method_module(config.method.name)
-            model = method.load(load_base(config, labels), run.model_dir, adapter_name=model_id)
+            model = method.load(load_base(config, labels, new_head=False), run.model_dir, adapter_name=model_id)
             model.eval()
             shared = trained_target(model, load_tokenizer(str(run.model_dir)), config, labels, config.model.name)
             self._shared[key] = shared
