@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+from pathlib import Path
 
 import pytest
 
-from tunelab.cli import build_parser, main
+from tunelab.cli import COMPARE_METHODS, build_parser, main
+from tunelab.tasks import builtin_suites
 
 
 def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -20,6 +23,7 @@ def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
 
 
 COMMANDS = _command_paths(build_parser())
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sentiment-minilm-lora.yaml")
 
 
 def test_the_walk_finds_the_nested_commands():
@@ -33,3 +37,42 @@ def test_help_works_for_every_command(path, capsys):
     assert exit_.value.code == 0
     shown = capsys.readouterr().out
     assert shown.startswith("usage: tunelab") and " ".join(path) in shown
+
+
+def _parser_at(path: tuple[str, ...]) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def _help_text(path: tuple[str, ...], capsys) -> str:
+    """`tunelab PATH --help` as one line, so a default wrapped over two lines still reads as one phrase."""
+    with pytest.raises(SystemExit):
+        main([*path, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_version_is_the_installed_packages(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tunelab {importlib.metadata.version('tunelab')}"
+
+
+def test_eval_and_forgetting_list_every_built_in_suite(capsys):
+    suites = builtin_suites()
+    assert {"glue-mini", "retention", "superglue-mini", "general-text"} <= set(suites)
+    for command in ("eval", "forgetting"):
+        shown = _help_text((command,), capsys)
+        assert all(suite in shown for suite in suites), (command, shown)
+
+
+def test_compare_says_how_many_models_it_trains_without_methods(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("tunelab.compare.compare", lambda *args, **kwargs: tmp_path)  # plan, don't train
+    methods = len(COMPARE_METHODS.split(","))
+    assert f"without --methods: all {methods}, so {methods} models" in _help_text(("compare",), capsys)
+    assert main(["compare", CONFIG]) == 0
+    assert f"no --methods given: training all {methods} methods, {methods} models" in capsys.readouterr().out
+    assert main(["compare", CONFIG, "--methods", "full,lora"]) == 0
+    assert "no --methods given" not in capsys.readouterr().out

@@ -1,3 +1,6 @@
 """tunelab: fine-tune language models and measure what fine-tuning did to them."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("tunelab")
+"""The installed distribution's version, so `tunelab --version` and pyproject.toml never disagree."""

@@ -333,6 +333,12 @@ def _cmd_compare(args) -> None:
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         variants, kind = method_variants(config, methods, parse_learning_rates(args.learning_rates)), "method"
+        if args.methods == COMPARE_METHODS:
+            print(
+                f"no --methods given: training all {len(variants)} methods, {len(variants)} models "
+                f"({', '.join(methods)}); name fewer with e.g. --methods full,lora",
+                flush=True,
+            )
     print(f"\ncomparison written to {compare(config, variants, Path(args.output_dir), kind, source=args.config)}")
 
 
@@ -418,7 +424,7 @@ def _scoring_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_file_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file")
+    parser.add_argument("file", help="the data file: JSONL, JSON, CSV or Parquet")
     parser.add_argument(
         "--task-type",
         "--task",
@@ -442,14 +448,48 @@ def _data_file_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="a suite (glue-mini, retention, or a suite YAML) whose tasks' evaluated records to compare with "
+        help=f"a suite ({_suites()}, or a suite YAML) whose tasks' evaluated records to compare with "
         "(contamination); repeat for several",
     )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. data.text_field=sentence")
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """Ends every option's help with its default, so `--help` says what leaving an option out does. A flag, an
+    empty list and a None default add nothing: for those the help itself says what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        shown = action.help or ""
+        if "%(default)" in shown or action.nargs == 0 or action.default in (None, "", [], argparse.SUPPRESS):
+            return shown
+        return f"{shown} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """tunelab's parser: sub-command parsers are made by `add_parser` as this class, so every `--help` shows the
+    defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(*args, **kwargs)
+
+
+def _suites() -> str:
+    """The built-in suites, as help text lists them: read from the suite folder, so a new suite shows itself."""
+    from tunelab.tasks import builtin_suites
+
+    return ", ".join(builtin_suites())
+
+
+COMPARE_METHODS = "full,head,bitfit,lora,adapter,prefix,prompt,ia3"
+"""What `tunelab compare` trains without --methods: one model per method."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models and measure what it did.")
+    from tunelab import __version__
+
+    parser = _Parser(prog="tunelab", description="Fine-tune language models and measure what it did.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     models = commands.add_parser("models", help="offline model registry").add_subparsers(
@@ -459,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_models_list
     )
     prepare = models.add_parser("prepare", help="one-time GGUF -> safetensors conversion into $TUNELAB_HOME")
-    prepare.add_argument("name")
+    prepare.add_argument("name", help="a registry model (`tunelab models list`)")
     prepare.add_argument("--force", action="store_true", help="convert again even if prepared")
     prepare.set_defaults(func=_cmd_models_prepare)
 
@@ -486,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.set_defaults(func=_cmd_data_clean)
 
     train = commands.add_parser("train", help="fine-tune from a YAML config")
-    train.add_argument("config", nargs="?")
+    train.add_argument("config", nargs="?", help="the run's YAML config (see configs/); not with --resume")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.epochs=1")
     train.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last checkpoint")
     train.add_argument(
@@ -502,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a model or run on a benchmark suite, or a run on labelled data")
     evaluate.add_argument("target", help="a run directory, registry model name, model folder or hub id")
     evaluate.add_argument(
-        "--suite", help="glue-mini, retention, or a suite YAML: writes <suite>.json/.md with 95%% CIs"
+        "--suite", help=f"a built-in suite ({_suites()}) or a suite YAML: writes <suite>.json/.md with 95%% CIs"
     )
     evaluate.add_argument(
         "--data",
@@ -519,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="K solved examples before each prompt (few-shot prompting of a generating model), drawn with --seed "
-        "per example from the task's train split, never from the examples scored; default 0 (zero-shot)",
+        "per example from the task's train split, never from the examples scored; 0 is zero-shot",
     )
     _scoring_option(evaluate)
     _report_options(evaluate)
@@ -530,7 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forgetting.add_argument("base", help="the pretrained model (registry name, folder or hub id) or a run")
     forgetting.add_argument("tuned", help="the tuned run directory (or any model)")
-    forgetting.add_argument("--suite", default="retention")
+    forgetting.add_argument(
+        "--suite",
+        default="retention",
+        help=f"the tasks both models answer: a built-in suite ({_suites()}) or a suite YAML",
+    )
     forgetting.add_argument("--output", help="report folder (default <tuned run>/eval)")
     _scoring_option(forgetting)
     _report_options(forgetting)
@@ -539,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     robustness = commands.add_parser(
         "robustness", help="metric on clean vs perturbed inputs (typos, casing, slang, ...)"
     )
-    robustness.add_argument("target")
+    robustness.add_argument("target", help="a run directory, registry model name, model folder or hub id")
     robustness.add_argument("--task", required=True, help="a task name (tunelab tasks list) or task YAML")
     robustness.add_argument(
         "--perturbations",
@@ -554,8 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.set_defaults(func=_cmd_robustness)
 
     bias = commands.add_parser("bias", help="counterfactual bias test: swap gendered words and names, compare answers")
-    bias.add_argument("target")
-    bias.add_argument("--task", required=True)
+    bias.add_argument("target", help="a run directory, registry model name, model folder or hub id")
+    bias.add_argument(
+        "--task", required=True, help="a task name (tunelab tasks list) or task YAML whose inputs are swapped"
+    )
     bias.add_argument("--attributes", default="all", help="all, or a comma list: gender_words,names")
     bias.add_argument("--output", help="report folder")
     _report_options(bias, limit=200)
@@ -568,32 +614,32 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_tasks_list
     )
     show = tasks.add_parser("show", help="a task's settings and two formatted examples")
-    show.add_argument("name")
+    show.add_argument("name", help="a built-in task (tunelab tasks list) or a task YAML")
     show.add_argument("--template", type=int, default=0, help="which instruction template to render")
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--seed", type=int, default=0, help="which two examples are drawn")
     show.set_defaults(func=_cmd_tasks_show)
 
     human = commands.add_parser(
         "human", help="blind human ratings: export a sheet, rate, import CSV, report"
     ).add_subparsers(dest="human_command", required=True)
     export = human.add_parser("export", help="blind, shuffled sheet of base-vs-tuned (or run-vs-run) outputs")
-    export.add_argument("run")
+    export.add_argument("run", help="a complete run directory whose outputs are rated")
     export.add_argument("run_b", nargs="?", help="a second run to compare with instead of the base model")
     export.add_argument("--n", type=int, default=50, help="prompts from the run's test data")
     export.add_argument("--output", required=True, help="the sheet CSV to write (its name names the sheet)")
-    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--seed", type=int, default=0, help="prompt draw and shuffle seed")
     export.add_argument("--task", help=TASK_HELP)
     rate = human.add_parser("rate", help="rate a sheet in the terminal (fluency, coherence, relevance 1-5); resumable")
-    rate.add_argument("sheet")
-    rate.add_argument("--rater", required=True)
+    rate.add_argument("sheet", help="the sheet CSV that `tunelab human export` wrote")
+    rate.add_argument("--rater", required=True, help="your name or id, stored with each rating")
     imported = human.add_parser(
         "import", help="import ratings from a CSV: sheet,item_id,rater,fluency,coherence,relevance"
     )
-    imported.add_argument("csv")
+    imported.add_argument("csv", help="ratings with the columns sheet,item_id,rater,fluency,coherence,relevance")
     report = human.add_parser(
         "report", help="mean and 95%% CI per system and criterion, win rate, Krippendorff's alpha"
     )
-    report.add_argument("sheet")
+    report.add_argument("sheet", help="the sheet CSV that `tunelab human export` wrote")
     for sub in (export, rate, imported, report):
         sub.set_defaults(func=_cmd_human)
 
@@ -608,14 +654,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="a PEFT adapter run; repeat to switch adapters on one base model loaded once "
         "(predictions are keyed by NAME, default the run directory's name)",
     )
-    predict.add_argument("--input", required=True)
-    predict.add_argument("--output", required=True)
+    predict.add_argument(
+        "--input",
+        required=True,
+        help="records to answer (JSONL, CSV or Parquet) with the input fields the run trained on: a classifier's "
+        "data.text_field (and data.text_pair_field), a generator's prompt_template fields; no label or answer needed",
+    )
+    predict.add_argument(
+        "--output", required=True, help="JSONL: each input record plus `prediction` (and a classifier's `scores`)"
+    )
     predict.add_argument("--task", help=TASK_HELP)
     predict.add_argument(
         "--engine",
         choices=["torch", "onnx"],
         default="torch",
-        help="torch (default): the run's model; onnx: onnxruntime on CPU over an ONNX export folder "
+        help="torch: the run's model; onnx: onnxruntime on CPU over an ONNX export folder "
         "(`tunelab export RUN --format onnx --output DIR`, then `tunelab predict DIR --engine onnx`), "
         "the same output rows without loading the run",
     )
@@ -624,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser(
         "merge", help="write a standalone model with the run's update folded in (lora family, ia3, bitfit, head, full)"
     )
-    merge.add_argument("run")
+    merge.add_argument("run", help="a complete run directory")
     merge.add_argument("--output", required=True, help="new folder for the merged model (safetensors + tokenizer)")
     merge.add_argument(
         "--task",
@@ -636,8 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a run as GGUF (llama.cpp, Ollama, LM Studio; decoder runs) or ONNX (onnxruntime; classifier runs)",
     )
-    exporting.add_argument("run")
-    exporting.add_argument("--format", required=True, choices=["gguf", "onnx"])
+    exporting.add_argument("run", help="a complete run directory")
+    exporting.add_argument(
+        "--format", required=True, choices=["gguf", "onnx"], help="gguf for decoders, onnx for classifiers"
+    )
     exporting.add_argument(
         "--quant",
         choices=["f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
@@ -648,15 +703,19 @@ def build_parser() -> argparse.ArgumentParser:
     exporting.add_argument("--task", help="for a multi_head or task_adapters run: the task to export")
     exporting.set_defaults(func=_cmd_export)
 
-    compare = commands.add_parser(
-        "compare", help="train one config with several methods; table, JSON and plot of cost vs gain"
+    trained = len(COMPARE_METHODS.split(","))
+    compare_help = (
+        f"train one config with several methods (without --methods: all {trained}, so {trained} models); "
+        "table, JSON and plot of cost vs gain"
     )
-    compare.add_argument("config")
+    compare = commands.add_parser("compare", help=compare_help, description=compare_help)
+    compare.add_argument("config", help="the YAML config every variant starts from")
     compare.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every method's run")
     compare.add_argument(
         "--methods",
-        default="full,head,bitfit,lora,adapter,prefix,prompt,ia3",
-        help="comma-separated method names (default: %(default)s)",
+        default=COMPARE_METHODS,
+        help=f"comma-separated method names; one model is trained per method, {trained} without this option "
+        "(default: %(default)s)",
     )
     compare.add_argument(
         "--learning-rates",
@@ -681,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep", help="search a config's sweep: space with Optuna (TPE, median pruning); run again to continue"
     )
-    sweep.add_argument("config")
+    sweep.add_argument("config", help="a YAML config with a sweep: section (see configs/sweep-*.yaml)")
     sweep.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every trial, as in train")
     sweep.add_argument(
         "--trials",
@@ -707,8 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[NAME=]TARGET",
         help="run directories, registry names or model folders; runs whose adapters share a base load it once",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 is this machine only")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $TUNELAB_API_KEY, else none)")
     serve.add_argument("--max-batch", type=int, default=8, help="requests generated together (1 turns batching off)")
     serve.add_argument(
@@ -730,15 +789,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="a folder of run directories or comparisons (repeatable; default: runs, compare and sweeps here)",
     )
-    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 is this machine only")
+    ui.add_argument("--port", type=int, default=7860, help="port to listen on")
     ui.add_argument(
         "--token", help="require this token (default: $TUNELAB_UI_TOKEN; needed to bind anything but loopback)"
     )
     ui.set_defaults(func=_cmd_ui)
 
     demo = commands.add_parser("demo", help="LoRA-tune minilm-l6 on the bundled sentiment data; print base vs tuned")
-    demo.add_argument("--output-dir", default="runs")
+    demo.add_argument("--output-dir", default="runs", help="the demo's run directory is created in this folder")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
