@@ -274,18 +274,23 @@ def load_base(config: RunConfig, labels: list[str] | None = None, new_head: bool
         )
 
 
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in record.getMessage()
+
+
 @contextmanager
 def _load_report(shown: bool) -> Iterator[None]:
     """transformers reports the weights a load left missing or unused as a warning of its `modeling_utils`
-    logger; unless `shown`, that logger passes only errors for the length of the load."""
+    logger; unless `shown`, a filter drops that one report for the length of the load. (Raising the logger's level
+    instead would not do: transformers then checks a tensor-parallel plan and warns of every layer it did not
+    shard.)"""
     logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
     if not shown:
-        logger.setLevel(logging.ERROR)
+        logger.addFilter(_no_load_report)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(_no_load_report)
 
 
 def parameter_count(source: str) -> int | None:
