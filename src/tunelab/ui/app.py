@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import shlex
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.card import mixture_lines, results_table
 from tunelab.errors import TunelabError
 from tunelab.eval import human
+from tunelab.runs import RunDir
 from tunelab.serve.app import ServeSettings
 from tunelab.ui.index import DEFAULT_ROOTS, Index, UiError, read_json, read_metrics, scan
 from tunelab.ui.playground import Playground
@@ -51,6 +53,21 @@ def age(timestamp: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)} {unit}"
     return f"{int(seconds)} s"
+
+
+def forgetting_command(path: Path, run_id: str) -> str | None:
+    """The `tunelab forgetting` command the run page suggests, with the run's base and the run filled in (the base
+    of a run built on an earlier run is that run's folder); None where it cannot work: a classifier answers only
+    through its head, which the pretrained base does not have, and the suite's tasks ask for generated answers."""
+    try:
+        config = RunDir(path).config()
+    except (TunelabError, OSError, ValueError):  # a config this version cannot read: suggest nothing rather than guess
+        return None
+    if config.architecture() in ("classifier", "multi_head"):
+        return None
+    chain = (read_json(path / "run.json") or {}).get("chain") or []
+    base = chain[-1]["run"] if chain else config.model.name
+    return shlex.join(["tunelab", "forgetting", base, run_id])
 
 
 def is_loopback(host: str) -> bool:
@@ -152,6 +169,7 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
             run=summary,
             results=results_table(evaluation) if evaluation else None,
             forgetting=forgetting,
+            forgetting_command=forgetting_command(path, summary.id),
             plan=mixture_lines(state["plan"]) if state.get("plan") else None,
             data_report=_text(path / "data" / "report.md"),
             card=_text(path / "README.md"),
