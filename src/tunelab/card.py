@@ -67,6 +67,21 @@ def results_table(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
+def _scored_in(evaluation: dict) -> str:
+    """The precision of the weights behind the scores, said beside them ('fp32', as `tunelab eval` loads a run, or
+    per model where they differ: a qlora base is scored quantised); empty for an eval.json written before scores
+    recorded it."""
+    seen: dict[str, set[str]] = {}
+    for task in evaluation["tasks"].values():
+        for role in ("base", "few_shot", "tuned"):
+            if (task.get(role) or {}).get("precision"):
+                seen.setdefault(role, set()).add(task[role]["precision"])
+    shown = {role: "/".join(sorted(precisions)) for role, precisions in seen.items()}
+    if set(shown.values()) == {"fp32"}:
+        return "; weights in fp32, as `tunelab eval` scores them"
+    return "; weights in " + ", ".join(f"{precision} ({role})" for role, precision in shown.items()) if shown else ""
+
+
 def mixture_lines(stages: list[dict]) -> str:
     lines = []
     for stage in stages:
@@ -208,7 +223,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 
 {chain_section(config, state.get("chain", []))}
 {_data_section(config, state)}
-{_contamination_section(state)}## Test results (95% bootstrap intervals)
+{_contamination_section(state)}## Test results (95% bootstrap intervals{_scored_in(evaluation)})
 {results_table(evaluation)}
 
 {_base_note(config)}{_protocol_note(config)}

@@ -158,6 +158,8 @@ def _cmd_eval(args) -> None:
         args.task,
         args.shots,
         args.scoring,
+        args.limit,
+        args.batch_size,
     )
     print(report.with_suffix(".md").read_text(encoding="utf-8"))
     print(f"report written to {report} (and .md, .outputs.jsonl)")
@@ -410,7 +412,11 @@ def _report_options(parser: argparse.ArgumentParser, limit: int | None = None) -
     )
     parser.add_argument("--seed", type=int, default=0, help="example draw and bootstrap seed")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    parser.add_argument("--batch-size", type=int, default=32, help="generation batch size")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="examples per forward pass or generation batch (default: a run's training.eval_batch_size, 32 for a model)",
+    )
 
 
 def _scoring_option(parser: argparse.ArgumentParser) -> None:
@@ -546,8 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--data",
-        help="labelled file scored with the run's own field names (run targets only): "
-        "writes data-<file>.json/.md with 95%% CIs",
+        help="labelled file scored with the run's own field names (run targets only): writes data-<file>.json/.md "
+        "with 95%% CIs (data-<file>-<hash of its path>.json when another file of that name was scored there)",
     )
     evaluate.add_argument(
         "--output", help="report folder (default <run>/eval, or eval/<model> for --suite on a model)"

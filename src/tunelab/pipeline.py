@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import Trainer
+from transformers.utils import enable_tf32, is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.card import render_card
@@ -35,7 +36,7 @@ from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
 from tunelab.eval.runner import predict_records, run_task
-from tunelab.eval.suites import build_report, report_name, write_suite_report
+from tunelab.eval.suites import build_report, data_report_name, write_suite_report
 from tunelab.eval.targets import Target, trained_target
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
 from tunelab.methods.task_adapters import merge_task_adapter
@@ -52,7 +53,7 @@ from tunelab.models.loading import (
 )
 from tunelab.models.reference import check_reference
 from tunelab.runs import LoadedRun, RunDir, load_run, run_chain, staged_folder, write_atomic, write_json
-from tunelab.tasks import read_for_task
+from tunelab.tasks import draw_records, read_for_task
 from tunelab.tasks.suite import load_suite
 from tunelab.train.architectures import Architecture, architecture_of
 from tunelab.train.memory import peak_memory, reset_peak
@@ -137,6 +138,9 @@ def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: Ta
         return
     if distributed.is_main_process():
         target, pools = _base_target(model, tokenizer, config, tasks), _demonstration_pools(tasks)
+        if target.precision != "fp32":  # a frozen base stored in bf16 to train: scored in fp32, as eval loads it
+            fp32 = architecture_of(config).load(config, tasks, "fp32").eval()
+            target = _base_target(fp32, tokenizer, config, tasks)
         for baseline in missing:
             shots = config.eval.shots if baseline == "few_shot" else 0
             print(f"scoring the base model {shots}-shot on the test data ...")
@@ -267,14 +271,14 @@ def _finish(config: RunConfig, ready: Setup, train_seconds: float, memory: dict)
     """Score the tuned model on every task, save it, write eval.json and the card, and mark the run complete."""
     run, trainer, tasks = ready.run, ready.trainer, ready.tasks
     model = trainer.model
+    run.save_model(lambda directory: ready.architecture.save(model, config, directory), ready.tokenizer)
     print("scoring the tuned model on the test data ...")
-    tuned_target = trained_target(model, ready.tokenizer, config, tasks.labels, f"{config.name} (tuned)")
+    tuned_target = _saved_target(run, config)
     tuned = score_tasks(tuned_target, tasks.scored(), config.training.seed, scoring=config.eval.scoring)
     base, few_shot = (
         json.loads(path.read_text()) if path.exists() else None
         for path in (run.base_eval_path, run.few_shot_eval_path)
     )
-    run.save_model(lambda directory: ready.architecture.save(model, config, directory), ready.tokenizer)
     evaluation = {
         **evaluation_summary(tasks.scored(), base, tuned, few_shot),
         "trainable": ready.trainable.as_dict(),
@@ -298,6 +302,16 @@ def _finish(config: RunConfig, ready: Setup, train_seconds: float, memory: dict)
     run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
+def _saved_target(run: RunDir, config: RunConfig) -> Target:
+    """The tuned model as `tunelab eval` scores it: read back from the run's model/ folder in fp32, with TF32
+    matmuls off. The model in the trainer is not: a bf16 run keeps a frozen base in bf16 and runs its forward under
+    autocast, and an fp32 run on a GPU turns TF32 on; scored that way, the card said 78.33 where eval said 78.21."""
+    if is_torch_tf32_available():
+        enable_tf32(False)
+    loaded = load_run(run, finished=False)
+    return trained_target(loaded.model, loaded.tokenizer, config, loaded.labels, f"{config.name} (tuned)")
+
+
 def _retention_report(config: RunConfig, ready: Setup, tuned: Target) -> str:
     """Base vs tuned on the retention suite, written to the run's eval/ folder; returns the Markdown table."""
 
@@ -317,10 +331,13 @@ def _retention_report(config: RunConfig, ready: Setup, tuned: Target) -> str:
     return table
 
 
-def _answering(loaded: LoadedRun, task: str | None):
-    """(the task spec a command means, the run's target answering it)."""
+def _answering(loaded: LoadedRun, task: str | None, batch_size: int | None = None):
+    """(the task spec a command means, the run's target answering it, `batch_size` examples a batch: default the
+    run's training.eval_batch_size)."""
     spec = task_specs(loaded.config, loaded.labels).pick(task)
-    target = trained_target(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, str(loaded.run.path))
+    target = trained_target(
+        loaded.model, loaded.tokenizer, loaded.config, loaded.labels, str(loaded.run.path), batch_size
+    )
     return spec, target
 
 
@@ -333,19 +350,24 @@ def evaluate_run(
     task: str | None = None,
     shots: int = 0,
     scoring: str | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
 ) -> Path:
     """Score the run on a labelled file, read as records of the run's task (`task` names one of a mixture's),
-    and write the report a suite task gets (`data-<file>.json/.md/.outputs.jsonl`, every metric with its 95%
-    interval) to `output` (default the run's eval/ folder); returns the JSON path. With `shots`, each prompt
-    follows demonstrations drawn from the task's train split (the run's training data for a `data:` run)."""
+    and write the report a suite task gets (`data-<file>.json/.md/.outputs.jsonl`, named by `data_report_name`,
+    every metric with its 95% interval) to `output` (default the run's eval/ folder); returns the JSON path.
+    `limit` scores that many records drawn with `seed`, `batch_size` examples at a time (default the run's
+    training.eval_batch_size). With `shots`, each prompt follows demonstrations drawn from the task's train split
+    (the run's training data for a `data:` run)."""
     loaded = load_run(run)
-    spec, target = _answering(loaded, task)
-    records = read_for_task(data_path, spec)
+    spec, target = _answering(loaded, task, batch_size)
+    records = draw_records(read_for_task(data_path, spec), limit, seed)
     result = run_task(target, spec, records, samples, seed, shots, scoring)
     results = {Path(data_path).name: result}
-    name = report_name(f"data-{Path(data_path).stem}", shots, scoring)
-    report = build_report(name, str(run.path), results, seed, samples)
-    return write_suite_report(output or run.path / "eval", report, results)
+    directory = output or run.path / "eval"
+    name = data_report_name(directory, Path(data_path), shots, scoring)
+    report = build_report(name, str(run.path), results, seed, samples, data=Path(data_path).resolve())
+    return write_suite_report(directory, report, results)
 
 
 def _write_rows(output_path: str, rows: list[dict]) -> None:

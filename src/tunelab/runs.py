@@ -214,8 +214,9 @@ class LoadedRun:
     """A classifier's labels in head order (None for other architectures)."""
 
 
-def load_run(run: RunDir) -> LoadedRun:
-    """The tuned model of a complete run of any architecture, in eval mode.
+def load_run(run: RunDir, finished: bool = True) -> LoadedRun:
+    """The tuned model of a complete run of any architecture, in eval mode (`finished=False`: the model a run
+    has just saved, which its end-of-training scores read as every later command will).
 
     A full fine-tune is its own checkpoint, a multi-head model is its own folder; every other method (and the
     per-task adapters) is rebuilt from a fresh base, loaded in full precision (also for qlora), and what it saved.
@@ -226,7 +227,7 @@ def load_run(run: RunDir) -> LoadedRun:
     from tunelab.models.loading import load_base, load_model, load_tokenizer
     from tunelab.models.multihead import MultiHeadClassifier
 
-    state = run.require_complete()
+    state = run.require_complete() if finished else run.state()
     config = run.config()
     labels = state.get("labels")
     architecture = config.architecture()

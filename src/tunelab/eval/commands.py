@@ -43,7 +43,7 @@ def evaluate_suite(
     output: str | None = None,
     seed: int = 0,
     samples: int = 1000,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     shots: int = 0,
     scoring: str | None = None,
 ) -> Path:
@@ -63,7 +63,7 @@ def forgetting(
     output: str | None = None,
     seed: int = 0,
     samples: int = 1000,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     scoring: str | None = None,
 ) -> Path:
     """`tunelab forgetting BASE TUNED --suite NAME [--scoring loglik|generate]`: one model in memory at a time.
@@ -91,7 +91,7 @@ def robustness(
     output: str | None = None,
     seed: int = 0,
     samples: int = 1000,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Path:
     """`tunelab robustness TARGET --task T --perturbations all`."""
     spec, names = load_task(task), perturbation_names(perturbations)
@@ -108,7 +108,7 @@ def bias(
     output: str | None = None,
     seed: int = 0,
     samples: int = 1000,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Path:
     """`tunelab bias TARGET --task T`: examples that mention each attribute, searched over the whole split."""
     spec, names = load_task(task), attribute_names(attributes)

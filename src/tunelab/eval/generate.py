@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from tunelab.data.encode import VARLEN_KEYS, PackedCollator, Packing
+from tunelab.eval.progress import progress
 from tunelab.models.attention import SDPA_VARLEN
 
 
@@ -248,12 +249,15 @@ def generate_texts(
     num_beams: int = 1,
     stop: list[str] = (),
 ) -> list[str]:
-    """Greedy (or beam) answers to tokenised prompts, in input order, cut at EOS and at the first stop string."""
+    """Greedy (or beam) answers to tokenised prompts, in input order, cut at EOS and at the first stop string;
+    a progress bar counts the answers (`tunelab.eval.progress`)."""
     stop = [s for s in stop if s]
     outputs = [""] * len(prompts)
-    for indices in batches_by_length(prompts, batch_size):
-        rows = [Row(prompts[i], max_new_tokens, stop) for i in indices]
-        answers = generate_rows(model, tokenizer, rows, decoder_only=decoder_only, num_beams=num_beams)
-        for i, answer in zip(indices, answers):
-            outputs[i] = answer.text
+    with progress(len(prompts), "generating") as bar:
+        for indices in batches_by_length(prompts, batch_size):
+            rows = [Row(prompts[i], max_new_tokens, stop) for i in indices]
+            answers = generate_rows(model, tokenizer, rows, decoder_only=decoder_only, num_beams=num_beams)
+            for i, answer in zip(indices, answers):
+                outputs[i] = answer.text
+            bar.update(len(indices))
     return outputs

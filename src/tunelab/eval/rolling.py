@@ -18,6 +18,7 @@ import torch
 
 from tunelab.data.readers import Record
 from tunelab.eval.metrics import MetricError, TextLikelihood
+from tunelab.eval.progress import progress
 from tunelab.eval.targets import Target
 from tunelab.tasks import TaskSpec
 
@@ -97,4 +98,7 @@ def rolling_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[T
         )
     target.model.eval()
     prefix, length = prefix_token(target.tokenizer), lm_eval_length(target, spec)
-    return [text_likelihood(target, str(r.fields[spec.text_field]), prefix, length) for r in records]
+    texts = [str(r.fields[spec.text_field]) for r in records]
+    return [
+        text_likelihood(target, text, prefix, length) for text in progress(len(texts), "rolling perplexity", texts)
+    ]

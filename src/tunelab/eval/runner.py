@@ -27,6 +27,7 @@ from tunelab.eval.fewshot import draw_demonstrations
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
 from tunelab.eval.metrics import MetricError, TextLikelihood, get_metric, match_label, unmatched_share
 from tunelab.eval.predict import classify
+from tunelab.eval.progress import progress
 from tunelab.eval.rolling import rolling_nll
 from tunelab.eval.targets import Target, TargetError
 from tunelab.tasks import TaskSpec, parse_entities
@@ -60,6 +61,8 @@ class TaskResult:
     rolling_nll: list[TextLikelihood] = field(default_factory=list)
     """A language-modelling task's texts scored by lm-eval's convention (prefix token, every token once); computed
     only when a metric of the task reads it (a second pass over the texts)."""
+    precision: str | None = None
+    """The dtype(s) of the weights that answered (`Target.precision`)."""
 
     def metric_inputs(self, name: str) -> tuple[list, list]:
         """The (predictions, references) metric `name` scores: the parsed answers and their references, or the
@@ -76,6 +79,7 @@ class TaskResult:
             return {**result, "skipped": self.skipped}
         if self.scoring:
             result["scoring"] = self.scoring
+        result["precision"] = self.precision
         result["shots"] = self.shots
         if self.shots:
             result["demonstrations_shown"] = sum(self.shown) / len(self.shown) if self.shown else 0.0
@@ -217,7 +221,8 @@ def _text_nll(target: Target, text: str, window: int, stride: int) -> tuple[floa
 
 def _nll_pairs(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
     window = input_limit(target, spec)
-    return [_text_nll(target, str(r.fields[spec.text_field]), window, max(1, window // 2)) for r in records]
+    texts = [str(r.fields[spec.text_field]) for r in records]
+    return [_text_nll(target, text, window, max(1, window // 2)) for text in progress(len(texts), "perplexity", texts)]
 
 
 def _reference_examples(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
@@ -269,9 +274,11 @@ def _examples_nll(target: Target, examples: list[dict]) -> list[tuple[float, int
     longest = max((max(len(e["input_ids"]), len(e["labels"])) for e in examples), default=1)
     batch_size = max(1, min(target.batch_size, REFERENCE_LOGITS // (longest * len(target.tokenizer))))
     pairs: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
-    for indices in batches_by_length([e["input_ids"] for e in examples], batch_size):
-        for i, pair in zip(indices, _batch_nll(target, [examples[i] for i in indices])):
-            pairs[i] = pair
+    with progress(len(examples), "log-likelihoods") as bar:
+        for indices in batches_by_length([e["input_ids"] for e in examples], batch_size):
+            for i, pair in zip(indices, _batch_nll(target, [examples[i] for i in indices])):
+                pairs[i] = pair
+            bar.update(len(indices))
     return pairs
 
 
@@ -410,7 +417,7 @@ def run_task(
     result.skipped = skip_reason(target, spec, shots)
     if result.skipped:
         return result
-    result.scoring = scoring_of(target, spec, scoring)
+    result.scoring, result.precision = scoring_of(target, spec, scoring), target.precision
     prompts = None
     if result.scoring in ("generate", "loglik"):
         result.shots = shots

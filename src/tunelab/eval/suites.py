@@ -10,6 +10,7 @@ out of it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -36,12 +37,20 @@ def average(results: dict[str, TaskResult], specs: dict[str, TaskSpec]) -> dict 
 
 
 def build_report(
-    name: str, target: str, results: dict[str, TaskResult], seed: int, samples: int, average_of: dict | None = None
+    name: str,
+    target: str,
+    results: dict[str, TaskResult],
+    seed: int,
+    samples: int,
+    average_of: dict | None = None,
+    data: Path | None = None,
 ) -> dict:
-    """The report of a suite (or of one data file, as a suite of one task), as written to `<name>.json`."""
+    """The report of a suite (or of one data file, as a suite of one task, with the file's absolute path as
+    `data`), as written to `<name>.json`."""
     return {
         "suite": name,
         "target": target,
+        **({"data": str(data)} if data else {}),
         "seed": seed,
         "bootstrap_samples": samples,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -54,6 +63,22 @@ def report_name(name: str, shots: int = 0, scoring: str | None = None) -> str:
     """A report's name and file stem: the suite's (or data file's), marked with the protocol when it is not the
     default (zero-shot, each task's own scoring)."""
     return name + (f"-{shots}shot" if shots else "") + (f"-{scoring}" if scoring else "")
+
+
+def data_report_name(directory: Path, data: Path, shots: int = 0, scoring: str | None = None) -> str:
+    """The stem of a data file's report in `directory`: `data-<file stem>` (with the protocol, `report_name`), or,
+    when the report of that name scored another file of the same name, `data-<file stem>-<8 hex digits of the
+    SHA-256 of the file's absolute path>`. So `--data a/test.jsonl` and `--data b/test.jsonl` never overwrite each
+    other, and each file keeps its report's name at every later eval. A report that names no file (written before
+    reports recorded it) is taken to be this file's."""
+    data = data.resolve()
+    name = report_name(f"data-{data.stem}", shots, scoring)
+    existing = directory / f"{name}.json"
+    scored = json.loads(existing.read_text(encoding="utf-8")).get("data") if existing.exists() else None
+    if scored in (None, str(data)):
+        return name
+    digest = hashlib.sha256(str(data).encode("utf-8")).hexdigest()[:8]
+    return report_name(f"data-{data.stem}-{digest}", shots, scoring)
 
 
 def run_suite(
@@ -110,7 +135,12 @@ def render_suite(report: dict) -> str:
             f"Average of primary metrics ({', '.join(f'{t} {m}' for t, m in report['average']['over'].items())}): "
             f"**{report['average']['value']:.2f}**",
         ]
-    lines += ["", f"Bootstrap: {report['bootstrap_samples']} resamples, seed {report['seed']}."]
+    precisions = sorted({task["precision"] for task in report["tasks"].values() if task.get("precision")})
+    lines += [
+        "",
+        f"Bootstrap: {report['bootstrap_samples']} resamples, seed {report['seed']}."
+        + (f" Weights in {', '.join(precisions)}." if precisions else ""),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,11 @@ from tunelab.runs import RunDir, load_run
 
 _FAMILY_TASK = {"decoder": "causal_lm", "seq2seq": "seq2seq"}
 
+DEFAULT_BATCH_SIZE = 32
+"""Examples per forward pass or generation batch for a pretrained model; a run uses its training.eval_batch_size."""
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
 
 class TargetError(EvaluationError):
     """A model reference that cannot be evaluated as asked; the message says what to give instead."""
@@ -52,6 +57,13 @@ class Target:
     @property
     def generates(self) -> bool:
         return self.task != "classification"
+
+    @property
+    def precision(self) -> str:
+        """What the weights are stored in ('fp32', or e.g. 'bf16+fp32' for a bf16 base under fp32 adapters): said
+        beside every score, since one model scores differently in bf16 and in fp32."""
+        dtypes = {DTYPE_NAMES.get(p.dtype, str(p.dtype).removeprefix("torch.")) for p in self.model.parameters()}
+        return "+".join(sorted(dtypes))
 
     def for_task(self, task: str) -> Target:
         """The target that answers `task`."""
@@ -179,8 +191,9 @@ def _task_of_model(reference: str, source: str) -> str:
     return _FAMILY_TASK[family]
 
 
-def load_target(reference: str, batch_size: int = 32) -> Target:
-    """A run directory (its tuned model), or a registry name / model folder / hub id (the pretrained model)."""
+def load_target(reference: str, batch_size: int | None = None) -> Target:
+    """A run directory (its tuned model), or a registry name / model folder / hub id (the pretrained model);
+    `batch_size` defaults to the run's training.eval_batch_size, or DEFAULT_BATCH_SIZE for a model."""
     if (Path(reference) / "run.json").exists():
         loaded = load_run(RunDir(reference))
         return trained_target(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, reference, batch_size)
@@ -188,4 +201,4 @@ def load_target(reference: str, batch_size: int = 32) -> Target:
     task = _task_of_model(reference, source)
     model: PreTrainedModel = load_model(task, source)
     model.eval()
-    return Target(reference, on_device(model), load_tokenizer(source), task, None, batch_size)
+    return Target(reference, on_device(model), load_tokenizer(source), task, None, batch_size or DEFAULT_BATCH_SIZE)

@@ -293,10 +293,15 @@ def load_records(spec: TaskSpec, limit: int | None = None, seed: int = 0, split:
             if not (r.fields.get(spec.text_field) in seen or seen.add(r.fields.get(spec.text_field)))
         ]
     _check_fields(spec, records)
-    if limit is not None and limit < len(records):
-        chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
-        records = [records[i] for i in chosen]
-    return records
+    return draw_records(records, limit, seed)
+
+
+def draw_records(records: list[Record], limit: int | None, seed: int) -> list[Record]:
+    """All the records, or `limit` of them drawn with `seed` and kept in file order: every command's `--limit`
+    draws this way, so two models evaluated with the same limit and seed see the same examples."""
+    if limit is None or limit >= len(records):
+        return records
+    return [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), limit))]
 
 
 def _split_slice(split: str) -> tuple[str, slice]:
