@@ -1,24 +1,40 @@
 """`tunelab serve` on tiny models, a real server on a loopback port: what it serves, that a batch answers each
-request as it is answered alone, streaming, classification, and every limit and error in OpenAI's shape."""
+request as it is answered alone, streaming, classification, and every limit and error in OpenAI's shape; that a
+dropped stream stops generating, a 500 is logged and counted, and Schemathesis finds the server as its OpenAPI
+schema says."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
+import logging
 import random
+import socket
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, given, settings, strategies
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tunelab import pipeline
 from tunelab.config import build_config
 from tunelab.runs import RunDir
+from tunelab.serve.app import ServeSettings, create_app
+from tunelab.serve.catalog import Catalog, load_catalog
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
 from helpers import session_home
-from serving import call, running_server
+from serving import call, free_port, running_server
 
 KEY = {"Authorization": "Bearer secret"}
 
@@ -278,3 +294,248 @@ def test_a_full_queue_is_429_with_retry_after_and_a_slow_request_504(runs):
         status, slow, _ = call(url, "/v1/completions", {"model": "a", "prompt": "repeat", "max_tokens": 8})
         assert status == 504 and slow["error"]["code"] == "request_timeout" and "--timeout" in slow["error"]["message"]
         assert call(url, "/health")[0] == 200
+
+
+@contextmanager
+def in_process(catalog: Catalog, **options):
+    """The app serving `catalog` on a loopback port in this process's own thread, so a test can read its log and
+    serve entries built in the test; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(catalog, ServeSettings(**options)), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the in-process server stopped while starting"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+LOCAL = {"api_key": "secret", "max_body_bytes": 4096, "max_prompt_tokens": 64, "max_tokens_cap": 4}
+"""A server whose --max-tokens-cap (4) is below the --default-max-tokens (128)."""
+
+
+@pytest.fixture(scope="module")
+def catalog(runs) -> Catalog:
+    """A LoRA generator (its base listed too) and a LoRA classifier, loaded once for the in-process servers."""
+    return load_catalog([f"a={runs['a'].path}", f"sentiment={runs['sentiment'].path}"])
+
+
+@pytest.fixture(scope="module")
+def local(catalog):
+    with in_process(catalog, **LOCAL) as url:
+        yield url
+
+
+SERVED = {"/v1/chat/completions": "a", "/v1/completions": "a", "/v1/classify": "sentiment"}
+
+
+def _served_model(case, use: bool):
+    """Half the generated requests name a served model (the schema's `model` examples), so that the fuzzing reaches
+    the model and its 200s, not only the 404 of a random name."""
+    if use and isinstance(case.body, dict) and case.path in SERVED:
+        case.body["model"] = SERVED[case.path]
+    return case
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_schemathesis_finds_the_server_as_its_openapi_schema_says(local, mode):
+    """Requests generated from `/openapi.json`, valid ones and invalid ones: every answer, 200s and errors, has
+    the published status, content type, headers and body schema; nothing is a 5xx; an invalid request is refused,
+    and one without the key is a 401. (A valid request may still be a 400 the schema cannot foresee: a prompt over
+    the token limit, a record without the template's fields; so schemathesis' positive_data_acceptance is off.)"""
+    schema = schemathesis.openapi.from_url(f"{local}/openapi.json")
+    answered = collections.Counter()  # what was tested, for a failure's report
+
+    @given(case=strategies.builds(_served_model, schema.as_strategy(generation_mode=mode), strategies.booleans()))
+    @settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def conforms(case):
+        response = case.call_and_validate(headers=KEY, excluded_checks=[positive_data_acceptance])
+        answered[response.status_code] += 1
+
+    conforms()
+    assert answered[200] and answered[400], answered
+
+
+CHATTED = {"model": "a", "messages": [{"role": "user", "content": "repeat the word film"}]}
+COMPLETED = {"model": "a", "prompt": "repeat the word film", "max_tokens": 3}
+ANSWERED = [
+    ("/v1/chat/completions", CHATTED),
+    ("/v1/chat/completions", {**CHATTED, "stream": True, "stream_options": {"include_usage": True}}),
+    ("/v1/completions", COMPLETED),
+    ("/v1/completions", {**COMPLETED, "stream": True}),
+    ("/v1/classify", {"model": "sentiment", "input": ["a great film", "a dull film"]}),
+]
+
+
+@pytest.mark.parametrize("path, body", ANSWERED)
+def test_every_answer_is_what_the_schema_publishes(local, path, body):
+    """The 200 of each endpoint, its JSON body or each event of its stream, checked by Schemathesis against the
+    schema (random requests seldom hold a prompt the model can answer)."""
+    operation = schemathesis.openapi.from_url(f"{local}/openapi.json")[path]["POST"]
+    assert operation.Case(body=body).call_and_validate(headers=KEY).status_code == 200
+
+
+def test_the_schema_publishes_every_answer_and_no_422(local):
+    schema = call(local, "/openapi.json")[1]
+    assert "422" not in json.dumps(schema["paths"])
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/classify"):
+        responses = schema["paths"][path]["post"]["responses"]
+        assert sorted(responses) == ["200", "400", "401", "404", "413", "429", "504"], path
+        assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+        assert responses["200"]["content"]["application/json"]["schema"]["$ref"] != {}
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        assert "text/event-stream" in schema["paths"][path]["post"]["responses"]["200"]["content"]
+    assert "text/plain" in schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert schema["components"]["schemas"]["ChatRequest"]["properties"]["model"]["examples"][-1] == "a"
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize(
+    "path, body, status, code",
+    [
+        ("/v1/nowhere", None, 404, "not_found"),
+        ("/v1/chat/completions", None, 405, "method_not_allowed"),  # a GET
+        ("/v1/completions", b'{"model": "a", "prompt": "caf\xe9"}', 400, "invalid_json"),  # Latin-1, not UTF-8
+    ],
+)
+def test_the_routers_own_errors_are_in_openai_shape(local, path, body, status, code):
+    answered, error, _ = call(local, path, body, KEY)
+    assert answered == status and set(error) == {"error"}, error
+    assert error["error"]["code"] == code and error["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/classify", {"model": "sentiment", "input": []}, "input"),
+        ("/v1/completions", {"model": "a", "prompt": "hi", "temperature": 1, "seed": 2**70}, "seed"),
+        ("/v1/completions", {"model": "a", "prompt": "hi", "temperature": 1, "seed": -1}, "seed"),
+    ],
+)
+def test_requests_that_were_500s_are_400s_naming_the_field(local, path, body, param):
+    status, error, _ = call(local, path, body, KEY)
+    assert status == 400 and error["error"]["param"] == param, error
+
+
+def test_every_seed_torch_takes_is_served_and_a_tiny_temperature_is_greedy(local):
+    """2**64 - 1 is the largest seed torch's generator takes; a temperature of 1e-300 is 0 in float32, which
+    once left torch no distribution to sample."""
+    asked = {"model": "a", "prompt": "repeat the word film", "max_tokens": 4}
+    status, sampled, _ = call(local, "/v1/completions", {**asked, "temperature": 1, "seed": 2**64 - 1}, KEY)
+    assert status == 200, sampled
+    greedy = call(local, "/v1/completions", asked, KEY)[1]["choices"][0]["text"]
+    status, tiny, _ = call(local, "/v1/completions", {**asked, "temperature": 1e-300}, KEY)
+    assert status == 200 and tiny["choices"][0]["text"] == greedy
+
+
+def test_a_request_without_max_tokens_gets_the_default_up_to_the_cap(local):
+    """--default-max-tokens (128) above --max-tokens-cap (4) once refused every request that gave no max_tokens."""
+    status, body, _ = call(local, "/v1/completions", {"model": "a", "prompt": "repeat the word film"}, KEY)
+    assert status == 200 and body["usage"]["completion_tokens"] <= LOCAL["max_tokens_cap"], body
+
+
+def _metrics(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics") as response:
+        return response.read().decode()
+
+
+def _sample(text: str, series: str) -> float:
+    """The value of one series in a /metrics page (0 when it is not there yet)."""
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series + " "))
+
+
+def test_unknown_models_and_paths_share_one_metrics_label_each(local):
+    unknown = 'tunelab_requests_total{endpoint="/v1/chat/completions",model="unknown",status="404"}'
+    unrouted = 'tunelab_requests_total{endpoint="unrouted",model="-",status="404"}'
+    before = _metrics(local)
+    for name in ("nope-1", "nope-2"):
+        assert call(local, "/v1/chat/completions", {**CHAT, "model": name}, KEY)[0] == 404
+    assert call(local, "/v1/unrouted-path-1", headers=KEY)[0] == 404
+    after = _metrics(local)
+    assert _sample(after, unknown) == _sample(before, unknown) + 2
+    assert _sample(after, unrouted) == _sample(before, unrouted) + 1
+    assert "nope-1" not in after and "unrouted-path-1" not in after
+
+
+def test_a_request_the_server_fails_on_is_a_500_logged_and_counted(catalog, caplog):
+    def failing():
+        raise RuntimeError("the model is gone")
+
+    broken = Catalog()
+    broken.models = {"broken": dataclasses.replace(catalog.models["a"], id="broken", answering=failing)}
+    caplog.set_level(logging.INFO, logger="tunelab.serve")
+    with in_process(broken) as url:
+        status, error, _ = call(url, "/v1/chat/completions", {**CHAT, "model": "broken"})
+        text = _metrics(url)
+    assert (
+        status == 500 and error["error"]["type"] == "server_error" and "the model is gone" in error["error"]["message"]
+    )
+    assert _sample(text, 'tunelab_requests_total{endpoint="/v1/chat/completions",model="broken",status="500"}') == 1
+    assert any('"POST /v1/chat/completions" 500 model=broken' in line for line in caplog.messages), caplog.messages
+
+
+def test_a_dropped_stream_stops_generating(catalog, tiny_decoder):
+    """The client reads the first piece of a 2000-token stream and hangs up: the server counts the stream as
+    abandoned and has generated a small part of the answer, not all of it. (The untrained base never ends on
+    EOS, so without the cancel its row would run to its budget.)"""
+    budget = 2000
+    with in_process(catalog, max_tokens_cap=budget) as url:
+        body = json.dumps(
+            {"model": tiny_decoder, "prompt": "repeat the word film", "max_tokens": budget, "stream": True}
+        ).encode()
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as client:
+            client.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            received = b""
+            while received.count(b"data: ") < 2:  # the role chunk, then the first piece of text
+                received += client.recv(4096)
+        generated = f'tunelab_generated_tokens_total{{model="{tiny_decoder}"}}'
+        for _ in range(600):  # the worker reaches the next token and ends the row; give it up to a minute
+            text = _metrics(url)
+            if generated in text:
+                break
+            time.sleep(0.1)
+    assert _sample(text, f'tunelab_abandoned_streams_total{{model="{tiny_decoder}"}}') == 1
+    assert 1 <= _sample(text, generated) < budget / 10, text
+
+
+@pytest.fixture(scope="module")
+def word_model(tmp_path_factory) -> str:
+    """A tiny decoder whose word-level tokenizer adds no special tokens, so an empty prompt has no tokens at all
+    (as with SmolLM2's)."""
+    words = ["[PAD]", "[UNK]", "</s>", *POSITIVE, *NEGATIVE, *NOUNS]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path_factory.mktemp("word-model")
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", eos_token="</s>"
+    ).save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_empty_prompt_is_a_400_before_any_stream_starts(word_model, stream):
+    with in_process(load_catalog([f"words={word_model}"])) as url:
+        status, error, headers = call(url, "/v1/completions", {"model": "words", "prompt": "", "stream": stream})
+        assert call(url, "/v1/completions", {"model": "words", "prompt": "great film", "max_tokens": 2})[0] == 200
+    assert status == 400 and error["error"]["param"] == "prompt", error
+    assert headers["content-type"] == "application/json"

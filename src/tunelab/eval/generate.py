@@ -11,6 +11,7 @@ bench/eval_generation.py measures it against one prompt at a time and transforme
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,12 +60,14 @@ def cut_at_stop(text: str, stop: list[str], strip: bool = True) -> str:
 @dataclass
 class Row:
     """One prompt of a batch and how its answer ends: its own token budget and stop strings, and, for streaming,
-    `on_text` called with each new piece of its answer as it is generated."""
+    `on_text` called with each new piece of its answer as it is generated, and `cancelled`, set from another thread
+    when nobody waits for the answer any more (a server's client went away): the row then ends at the next token."""
 
     prompt: list[int]
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
     on_text: Callable[[str], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 class RowEnds(StoppingCriteria):
@@ -100,6 +103,9 @@ class RowEnds(StoppingCriteria):
         eos = self.tokenizer.eos_token_id
         for i, row in enumerate(self.rows):
             if self.done[i]:
+                continue
+            if row.cancelled.is_set():
+                self.done[i] = True
                 continue
             generated = input_ids[i, self.start :].tolist()
             ended = eos is not None and generated[-1:] == [eos]

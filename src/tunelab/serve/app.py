@@ -3,8 +3,11 @@ tunelab's `/v1/classify`, and `/health` and Prometheus `/metrics` for operations
 
 Every limit answers with its status and names itself: the body size (413), prompt tokens and `max_tokens`
 (400), a full queue (429 with Retry-After), the per-request timeout (504). A key, when set, is compared in
-constant time. Errors keep OpenAI's shape, and nothing a request sends can stop the server: the model work
-happens on the batcher's thread, and any failure there answers only the requests it concerned.
+constant time. Every error keeps OpenAI's shape, the router's 404 and 405 included, and nothing a request sends
+can stop the server: the model work happens on the batcher's thread, and any failure there answers only the
+requests it concerned. A request the server fails on (a bug) is a 500 that is logged and counted like any other.
+A stream whose client goes away stops generating at the next token, freeing its place in the batch.
+`/openapi.json` publishes every answer's model, errors included, and says only what this server does.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from tunelab.config import template_fields
 from tunelab.data.encode import decoder_prompt_ids
@@ -32,10 +39,18 @@ from tunelab.serve.batcher import Batcher, Job, QueueFull
 from tunelab.serve.catalog import Catalog, Served
 from tunelab.serve.protocol import (
     ApiError,
+    ChatCompletion,
+    ChatCompletionChunk,
     ChatRequest,
+    Classification,
     ClassifyRequest,
+    Completion,
+    CompletionChunk,
     CompletionRequest,
+    ErrorResponse,
     Generation,
+    Health,
+    ModelList,
     validation_error,
 )
 
@@ -69,6 +84,12 @@ class Metrics:
         self.generated_tokens = Counter(
             "tunelab_generated_tokens", "Tokens generated", ["model"], registry=self.registry
         )
+        self.abandoned = Counter(
+            "tunelab_abandoned_streams",
+            "Streams whose client went away before the answer ended; their generation stopped",
+            ["model"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "tunelab_request_seconds",
             "Request latency",
@@ -85,6 +106,102 @@ class Metrics:
 
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+ERRORS = {
+    400: "The request is invalid; `param` names the field at fault",
+    401: "No API key was sent, or not the server's",
+    404: "No served model has this id",
+    413: "The body is over the server's --max-body-bytes",
+    429: "The queue is full (--queue-size); retry after Retry-After seconds",
+    504: "The request took longer than the server's --timeout",
+}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "required": True, "schema": {"type": "string"}}}
+
+
+def _documented(*statuses: int) -> dict:
+    """The OpenAPI responses of these error statuses, all in OpenAI's error shape."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": ERRORS[status],
+            **({"headers": RETRY_AFTER} if status == 429 else {}),
+        }
+        for status in statuses
+    }
+
+
+def _streamed(kind: str) -> dict:
+    """The 200 of an endpoint that answers JSON, or with `stream: true` server-sent events (their content is
+    published by `_events`)."""
+    return {200: {"description": f"The {kind}; with `stream: true`, server-sent events, then `data: [DONE]`"}}
+
+
+STREAMED = {"/v1/chat/completions": ChatCompletionChunk, "/v1/completions": CompletionChunk}
+REF = "#/components/schemas/{model}"
+
+
+def _events(schemas: dict, chunk: type[BaseModel]) -> dict:
+    """The text/event-stream content of a streamed answer, registering the chunk's models in `schemas`: each event's
+    data is a JSON chunk, or an error (the generation failed or timed out mid-stream), and the last is `[DONE]`."""
+    published = chunk.model_json_schema(ref_template=REF)
+    schemas.update(published.pop("$defs", {}))
+    schemas[chunk.__name__] = published
+    data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [{"$ref": REF.format(model=name)} for name in (chunk.__name__, "ErrorResponse")]},
+    }
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [{"const": "[DONE]"}, data]}}}
+    return {"schema": event}
+
+
+def _not_routed(request: Request, error: HTTPException) -> ApiError:
+    """The router's own errors (no such path, a method the path does not answer, a body it cannot read)."""
+    if error.status_code == 404:
+        message = f"no route {request.url.path}; this server answers /v1/models, /v1/chat/completions, "
+        message += "/v1/completions, /v1/classify, /health and /metrics"
+        return ApiError(404, message, code="not_found")
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        message = f"{request.url.path} does not answer {request.method}; it answers {allowed}"
+        return ApiError(405, message, code="method_not_allowed", headers=dict(error.headers or {}))
+    if error.status_code == 400:  # FastAPI's "There was an error parsing the body": not UTF-8, say
+        return ApiError(400, f"the request body is not UTF-8 JSON ({error.detail})", code="invalid_json")
+    return ApiError(error.status_code, str(error.detail), headers=dict(error.headers or {}))
+
+
+def _published(app: FastAPI, catalog: Catalog, settings: ServeSettings) -> dict:
+    """FastAPI's schema less the 422 it documents for every request body (this server answers those with 400),
+    with this server's own bounds: the served model ids as the examples of each request's `model`, and
+    --max-tokens-cap as the maximum of `max_tokens`."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)  # caches it on the app
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+        for path, chunk in STREAMED.items():
+            content = schema["paths"][path]["post"]["responses"]["200"]["content"]
+            content["text/event-stream"] = _events(schema["components"]["schemas"], chunk)
+        for name in ("ChatRequest", "CompletionRequest", "ClassifyRequest"):
+            _bound(schema["components"]["schemas"][name]["properties"], catalog, settings)
+    return app.openapi_schema
+
+
+def _bound(properties: dict, catalog: Catalog, settings: ServeSettings) -> None:
+    """A request model's properties with this server's bounds: the ids that endpoint serves, and the token cap."""
+    kind = "generate" if "max_tokens" in properties else "classify"
+    served = [entry.id for entry in catalog.models.values() if entry.kind == kind]
+    if served:
+        properties["model"]["examples"] = served
+    for field in ("max_tokens", "max_completion_tokens"):
+        for option in properties.get(field, {}).get("anyOf", []):
+            if option.get("type") == "integer":
+                option["maximum"] = settings.max_tokens_cap
 
 
 def _queue_full(settings: ServeSettings) -> ApiError:
@@ -152,19 +269,31 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
     )
     metrics = metrics_holder["metrics"] = Metrics(batcher.depth)
     app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None)
+    app.openapi = lambda: _published(app, catalog, settings)
     app.state.models = list(catalog.models)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def account(request: Request, call_next):
+        """Log and count every request, the ones the server failed on included. The labels stay bounded
+        whatever clients send: an unknown model is 'unknown', a path no route answers is 'unrouted'."""
         started = time.perf_counter()
         request.state.model, request.state.usage = "-", None
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as error:  # a bug: the client gets a 500 in OpenAI's shape, the log its traceback
+            log.exception("%s %s failed", request.method, request.url.path)
+            failure = f"the server failed on this request ({type(error).__name__}: {error})"
+            response = _error_response(ApiError(500, failure, type="server_error"))
         seconds = time.perf_counter() - started
         endpoint = request.url.path
         if endpoint.startswith("/v1/"):
-            metrics.requests.labels(endpoint, request.state.model, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(seconds)
+            route = request.scope.get("route")
+            label = route.path if route is not None else "unrouted"
+            model = request.state.model
+            model = model if model == "-" or model in catalog.models else "unknown"
+            metrics.requests.labels(label, model, str(response.status_code)).inc()
+            metrics.latency.labels(label).observe(seconds)
         usage = request.state.usage or {}
         log.info(
             '%s "%s %s" %d model=%s prompt_tokens=%s completion_tokens=%s %.0fms',
@@ -187,22 +316,21 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
     async def invalid(request: Request, error: RequestValidationError):
         return _error_response(validation_error(error.errors()))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
-        log.exception("request failed")
-        return _error_response(
-            ApiError(500, f"the server failed on this request ({type(error).__name__}: {error})", type="server_error")
-        )
+    @app.exception_handler(HTTPException)
+    async def not_routed(request: Request, error: HTTPException):
+        return _error_response(_not_routed(request, error))
 
-    def authorised(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
+    bearer = HTTPBearer(auto_error=False, description="the server's --api-key")
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None:
             raise ApiError(401, "no API key: send the header 'Authorization: Bearer KEY'", code="missing_api_key")
-        if not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
+        if not hmac.compare_digest(credentials.credentials.strip().encode(), settings.api_key.encode()):
             raise ApiError(401, "the API key is not the server's", code="invalid_api_key")
+
+    # Only a server with a key asks for one, and only its schema says so (with the 401 it answers).
+    guarded = [Depends(authorised)] if settings.api_key else []
+    keyed = (401,) if settings.api_key else ()
 
     def served(request: Request, model: str, kind: str) -> Served:
         request.state.model = model
@@ -230,7 +358,7 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout_s)
         except asyncio.TimeoutError:
-            future.cancel()
+            job.cancel()
             raise _too_slow(settings) from None
         except TunelabError as error:
             raise ApiError(400, str(error)) from None
@@ -291,14 +419,17 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
         return tokenizer(text)["input_ids"]
 
     def generation_job(request: Request, entry: Served, body: Generation, ids: list[int], on_text=None) -> Job:
+        prompt = "messages" if isinstance(body, ChatRequest) else "prompt"
+        if not ids:
+            raise ApiError(400, "the prompt has no tokens: send some text for the model to continue", param=prompt)
         if len(ids) > settings.max_prompt_tokens:
             raise ApiError(
                 400,
                 f"the prompt has {len(ids)} tokens; the limit is {settings.max_prompt_tokens} (--max-prompt-tokens)",
-                param="messages" if isinstance(body, ChatRequest) else "prompt",
+                param=prompt,
                 code="context_length_exceeded",
             )
-        budget = body.budget() or settings.default_max_tokens
+        budget = body.budget() or min(settings.default_max_tokens, settings.max_tokens_cap)
         if budget > settings.max_tokens_cap:
             raise ApiError(
                 400,
@@ -323,6 +454,18 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
         }
         return request.state.usage
 
+    def abandon(entry: Served, job: Job) -> None:
+        """A stream's client went away before its answer ended: stop generating it (the batcher drops it, or its
+        row ends at the next token), and count it and the tokens it had cost."""
+        job.cancel()
+        metrics.abandoned.labels(entry.id).inc()
+
+        def spent(future: Future) -> None:
+            if not future.cancelled() and future.exception() is None:
+                metrics.generated_tokens.labels(entry.id).inc(future.result().tokens)
+
+        job.future.add_done_callback(spent)
+
     def stream(request: Request, entry: Served, body: Generation, ids: list[int], chunk) -> StreamingResponse:
         """Server-sent events: each new piece of the answer as it is generated, then the finish reason (and the
         usage when asked), then [DONE]."""
@@ -339,32 +482,38 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
         job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, end))
 
         async def events():
-            yield f"data: {json.dumps(chunk(None, None, first=True))}\n\n"
-            while True:
-                try:
-                    piece = await asyncio.wait_for(pieces.get(), timeout=max(0.0, job.deadline - time.monotonic()))
-                except asyncio.TimeoutError:
-                    job.future.cancel()
-                    error = _too_slow(settings)
-                    yield f"data: {json.dumps(error.body())}\n\n"
-                    break
-                if piece is end:
-                    if job.future.cancelled() or job.future.exception() is not None:
-                        failure = job.future.exception() if not job.future.cancelled() else "cancelled"
-                        yield f"data: {json.dumps(ApiError(500, str(failure), type='server_error').body())}\n\n"
+            ended = False
+            try:
+                yield f"data: {json.dumps(chunk(None, None, first=True))}\n\n"
+                while True:
+                    try:
+                        piece = await asyncio.wait_for(pieces.get(), timeout=max(0.0, job.deadline - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        job.cancel()
+                        error = _too_slow(settings)
+                        yield f"data: {json.dumps(error.body())}\n\n"
                         break
-                    result = job.future.result()
-                    yield f"data: {json.dumps(chunk(None, result.finish))}\n\n"
-                    counted = usage(request, entry, len(ids), result.tokens)
-                    if body.stream_options and body.stream_options.include_usage:
-                        yield f"data: {json.dumps({**chunk(None, None), 'choices': [], 'usage': counted})}\n\n"
-                    break
-                yield f"data: {json.dumps(chunk(piece, None))}\n\n"
-            yield "data: [DONE]\n\n"
+                    if piece is end:
+                        if job.future.cancelled() or job.future.exception() is not None:
+                            failure = job.future.exception() if not job.future.cancelled() else "cancelled"
+                            yield f"data: {json.dumps(ApiError(500, str(failure), type='server_error').body())}\n\n"
+                            break
+                        result = job.future.result()
+                        yield f"data: {json.dumps(chunk(None, result.finish))}\n\n"
+                        counted = usage(request, entry, len(ids), result.tokens)
+                        if body.stream_options and body.stream_options.include_usage:
+                            yield f"data: {json.dumps({**chunk(None, None), 'choices': [], 'usage': counted})}\n\n"
+                        break
+                    yield f"data: {json.dumps(chunk(piece, None))}\n\n"
+                yield "data: [DONE]\n\n"
+                ended = True
+            finally:  # the client went away: the stream was cancelled, or closed, before its end
+                if not ended and not job.future.done():
+                    abandon(entry, job)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.get("/v1/models", dependencies=[Depends(authorised)])
+    @app.get("/v1/models", dependencies=guarded, response_model=ModelList, responses=_documented(*keyed))
     async def models():
         return {
             "object": "list",
@@ -374,7 +523,14 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
             ],
         }
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
+    asked = _documented(400, *keyed, 404, 413, 429, 504)
+
+    @app.post(
+        "/v1/chat/completions",
+        dependencies=guarded,
+        response_model=ChatCompletion,
+        responses={**_streamed("chat completion"), **asked},
+    )
     async def chat(request: Request, body: ChatRequest):
         entry = served(request, body.model, "generate")
         ids = prompt_ids(entry, body, None, body.messages)
@@ -400,7 +556,12 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
             "usage": usage(request, entry, len(ids), result.tokens),
         }
 
-    @app.post("/v1/completions", dependencies=[Depends(authorised)])
+    @app.post(
+        "/v1/completions",
+        dependencies=guarded,
+        response_model=Completion,
+        responses={**_streamed("completion"), **asked},
+    )
     async def completions(request: Request, body: CompletionRequest):
         entry = served(request, body.model, "generate")
         ids = prompt_ids(entry, body, body.prompt, None)
@@ -423,7 +584,7 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
             "usage": usage(request, entry, len(ids), result.tokens),
         }
 
-    @app.post("/v1/classify", dependencies=[Depends(authorised)])
+    @app.post("/v1/classify", dependencies=guarded, response_model=Classification, responses=asked)
     async def classify(request: Request, body: ClassifyRequest):
         entry = served(request, body.model, "classify")
         try:
@@ -462,11 +623,17 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health():
         return {"status": "ok", "models": list(catalog.models), "queue_depth": batcher.depth()}
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    )
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -6,6 +6,8 @@ batched generator, every row ending on its own budget and stop strings, so a gre
 gets alone. A sampled request (temperature above 0) runs in a batch of its own, so its seed reproduces it.
 One thread owns the models: PEFT switches adapters by changing the shared model, which concurrent forward
 passes must not see. A failure answers the requests of its group with the error; the worker carries on.
+A job cancelled while it waits is dropped; one cancelled while it generates ends at the next token, so a client
+that went away stops costing the requests behind it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class Job:
     spec: TaskSpec | None = None
     deadline: float = float("inf")
     future: Future = field(default_factory=Future)
+
+    def cancel(self) -> None:
+        """Nobody waits for the answer any more: dropped if still queued, or its row ends at the next token."""
+        self.future.cancel()
+        if self.row is not None:
+            self.row.cancelled.set()
 
     def group(self) -> tuple:
         """Jobs that can share one forward pass: same model id and kind, greedy (a sampled job is alone)."""
@@ -97,7 +105,7 @@ class Batcher:
 
     def _run(self, jobs: list[Job]) -> None:
         now = time.monotonic()
-        live = [job for job in jobs if job.deadline > now and not job.future.cancelled()]
+        live = [job for job in jobs if job.deadline > now and job.future.set_running_or_notify_cancel()]
         if not live:
             return
         self.on_batch(len(live))

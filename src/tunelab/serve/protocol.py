@@ -4,15 +4,23 @@ A parameter tunelab does not support (`n` above 1, `logprobs`, tools, ...) is a 
 ignored. Two extensions serve tuned runs: `record` fills a run's own prompt template from a record's fields
 (`{"dialogue": "..."}`), and `task` names which task of a mixture run's the template or head comes from.
 Temperature defaults to 0 (greedy): a tuned model's answer to the same request is then always the same.
+
+The response models below are what the OpenAPI schema publishes for each answer, errors included, so a client
+generated from `/openapi.json` (or a fuzzer checking the server against it) reads what the server really sends.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 Scalar = str | int | float | bool
+GREEDY_BELOW = 1e-4
+"""A temperature this small decodes greedily: the likeliest token holds all the probability anyway, and a smaller
+one would overflow the scaled logits (1e-300 is 0 in float32), leaving torch no distribution to sample."""
+MAX_SEED = 2**64 - 1
+"""The largest seed torch's generator takes (`torch.manual_seed` accepts 0 to 2**64 - 1)."""
 
 
 class ApiError(Exception):
@@ -58,6 +66,16 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+STOP_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+        {"type": "null"},
+    ]
+}
+"""What `_at_most_four` accepts, published as such (the validators word the errors; the schema states the rule)."""
+
+
 class Generation(_Request):
     """What chat and completion requests share: the model, how long and how to sample, and tunelab's extensions."""
 
@@ -67,9 +85,10 @@ class Generation(_Request):
     """The newer name of max_tokens (the openai client sends it for chat); either may be given."""
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
+    stop: Annotated[str | list[str] | None, WithJsonSchema(STOP_SCHEMA)] = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    """Reproduces a sampled answer (temperature above 0); 0 to 2**64 - 1, the range torch's generator takes."""
+    n: int = Field(1, json_schema_extra={"const": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -98,7 +117,7 @@ class Generation(_Request):
 
     def sampling(self) -> dict | None:
         """torch sampling settings, or None for greedy decoding."""
-        if self.temperature == 0:
+        if self.temperature < GREEDY_BELOW:
             return None
         return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
 
@@ -109,16 +128,167 @@ class ChatRequest(Generation):
 
 class CompletionRequest(Generation):
     prompt: str | None = None
+    """Continued as it is; a prompt of no tokens (`""`) is refused, as the model has nothing to continue."""
 
 
 class ClassifyRequest(_Request):
     model: str
-    input: str | dict[str, Scalar] | list[str | dict[str, Scalar]]
-    """A text, a record of the run's input fields (a text pair), or a list of either."""
+    input: str | dict[str, Scalar] | Annotated[list[str | dict[str, Scalar]], Field(min_length=1)]
+    """A text, a record of the run's input fields (a text pair), or a non-empty list of either."""
     task: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _something_to_classify(cls, input):
+        """Word the empty list's error (the schema publishes the bound, but the union would blame the string)."""
+        if isinstance(input, list) and not input:
+            raise ValueError("the list is empty: send a text, a record, or a list of at least one")
+        return input
 
     def items(self) -> list[str | dict[str, Scalar]]:
         return self.input if isinstance(self.input, list) else [self.input]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    """'invalid_request_error', 'authentication_error', 'rate_limit_error', 'timeout' or 'server_error'."""
+    param: str | None
+    """The request field at fault (`messages.0.role`), when one is."""
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    kind: Literal["generate", "classify"]
+    """tunelab: which endpoints answer it (chat and completions, or classify)."""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+Finish = Literal["stop", "length"]
+"""'stop': EOS or a stop string; 'length': max_tokens ran out."""
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Finish
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Finish
+    logprobs: None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    """In the first chunk only."""
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: Finish | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion: the role, then the answer piece by piece, then the
+    finish reason, then (with `stream_options.include_usage`) the usage with no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Finish | None
+    logprobs: None
+
+
+class CompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion (as `ChatCompletionChunk`, with text instead of deltas)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    scores: dict[str, float]
+    """Every label's probability."""
+
+
+class ClassifyUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Classification(BaseModel):
+    object: Literal["list"]
+    model: str
+    data: list[Prediction]
+    usage: ClassifyUsage
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    models: list[str]
+    queue_depth: int
 
 
 def validation_error(errors: list[dict]) -> ApiError:
