@@ -313,7 +313,7 @@ def test_prefix_reparameterisation_defaults_by_task_and_obeys_the_config(task, s
 def test_prefix_classifier_returns_to_its_best_checkpoint(tiny_encoder, sentiment_file, tmp_path):
     """Without the reparameterisation MLP, PEFT reloads prefix checkpoints, so the best epoch is kept as for other methods."""
     run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix", epochs=2))
-    assert run.state()["best_checkpoint"] is not None
+    assert run.state()["best_step"] is not None
     assert run.state()["state"] == "complete"
 
 

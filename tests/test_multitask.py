@@ -158,7 +158,7 @@ def test_a_one_task_multi_head_run_keeps_its_last_weights(tiny_encoder, tmp_path
             tasks=[{"task": "sst2", "max_examples": 8}],
         )
     )
-    assert run.state()["state"] == "complete" and run.state()["best_checkpoint"] is None
+    assert run.state()["state"] == "complete" and run.state()["best_step"] is None
     assert any("eval_loss" in entry for entry in map(json.loads, run.metrics_path.read_text().splitlines()))
 
 

@@ -1,6 +1,7 @@
 """Resume after `kill -9`: every run kind, one task or a mixture, curricula included, is killed by a real SIGKILL
 once it has written a step checkpoint, resumed with `tunelab train --resume`, and ends where the uninterrupted
-run ends: the same loss at every step, each step logged once, and the same final scores."""
+run ends: the same loss at every logged step (also in the logging window the checkpoint fell inside), each step
+logged once, and the same final scores."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from tunelab.train import trainer as trainer_module
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
 
 SAVE_STEPS = 5
+LOGGING_STEPS = 3
+"""Checkpoints at 5 and 10 fall inside the logging windows 5-6 and 10-12: the resumed run logs the mean over the
+whole window, as the uninterrupted run does."""
 
 MIXTURE = {"eval_examples": 4, "validation_examples": 4}
 STAGES = [
@@ -40,7 +44,7 @@ def _config(kind: str, folder: Path, encoder: str, decoder: str) -> Path:
         "batch_size": 4,
         "learning_rate": 3e-3,
         "precision": "fp32",
-        "logging_steps": 1,
+        "logging_steps": LOGGING_STEPS,
         "seed": 3,
         "save_steps": SAVE_STEPS,
         "save_minutes": None,
@@ -102,7 +106,7 @@ def _config(kind: str, folder: Path, encoder: str, decoder: str) -> Path:
     return path
 
 
-def _only_run(output_dir: Path) -> RunDir:
+def only_run(output_dir: Path) -> RunDir:
     (path,) = [p for p in output_dir.iterdir() if p.is_dir()]
     return RunDir(path)
 
@@ -126,10 +130,10 @@ def _kill_after_a_checkpoint(config: Path, output_dir: Path) -> RunDir:
     assert process.wait(timeout=60) == -signal.SIGKILL, (
         f"the run ended (exit {process.returncode}) before it could be killed: {process.stderr.read()[-2000:]}"
     )
-    return _only_run(output_dir)
+    return only_run(output_dir)
 
 
-def _losses(run: RunDir) -> dict[int, float]:
+def losses_by_step(run: RunDir) -> dict[int, float]:
     entries = [e for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
     steps = [e["step"] for e in entries]
     assert steps == sorted(set(steps)), f"a step is logged twice or out of order: {steps}"
@@ -146,15 +150,24 @@ def _tuned(run: RunDir) -> dict:
     "kind", ["classifier", "text_to_text", "multi_head", "curriculum", "task_adapters_curriculum"]
 )
 def test_a_killed_run_resumes_to_the_uninterrupted_result(kind, tiny_encoder, tiny_decoder, tmp_path):
-    config = _config(kind, tmp_path, tiny_encoder, tiny_decoder)
+    _resumes_to_the_uninterrupted_result(_config(kind, tmp_path, tiny_encoder, tiny_decoder), tmp_path)
+
+
+def test_a_killed_classifier_resumes_to_the_uninterrupted_result(tiny_encoder, tiny_decoder, tmp_path):
+    """The classifier kind without ../shared/data, in seconds: the unit suite's check of the resumed loss window."""
+    _resumes_to_the_uninterrupted_result(_config("classifier", tmp_path, tiny_encoder, tiny_decoder), tmp_path)
+
+
+def _resumes_to_the_uninterrupted_result(config: Path, tmp_path: Path) -> None:
     assert main(["train", str(config), f"output_dir={tmp_path / 'whole'}"]) == 0
-    whole = _only_run(tmp_path / "whole")
+    whole = only_run(tmp_path / "whole")
 
     killed = _kill_after_a_checkpoint(config, tmp_path / "killed")
     assert killed.state()["state"] == "running" and not killed.eval_path.exists()  # a killed run never looks complete
+    assert killed.checkpoint_step() % LOGGING_STEPS  # killed inside a logging window
     assert main(["train", "--resume", str(killed.path)]) == 0
     assert killed.state()["state"] == "complete"
-    assert _losses(killed) == pytest.approx(_losses(whole), rel=1e-5)
+    assert losses_by_step(killed) == pytest.approx(losses_by_step(whole), rel=1e-5)
     _assert_same_scores(_tuned(killed), _tuned(whole))
 
 

@@ -47,7 +47,7 @@ def trials_of(directory) -> dict[int, dict]:
 
 def kept_metric(run: RunDir, metric: str) -> float:
     """The validation metric at the checkpoint the run kept, from its metrics log."""
-    step = int(run.state()["best_checkpoint"].rsplit("-", 1)[-1])
+    step = run.state()["best_step"]
     logged = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     return next(entry[f"eval_{metric}"] for entry in logged if entry["step"] == step and f"eval_{metric}" in entry)
 

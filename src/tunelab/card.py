@@ -204,6 +204,12 @@ def _base_note(config: RunConfig) -> str:
     return "Base = the pretrained model before tuning, prompted the same way. Held-out tasks were never trained on."
 
 
+def _training_time(state: dict) -> str:
+    """Seconds spent training, over every attempt of a run that was interrupted or killed and resumed."""
+    attempts = state.get("attempts", 1)
+    return f"{state['train_seconds']:.1f} s" + (f" over {attempts} attempts (resumed)" if attempts > 1 else "")
+
+
 def render_card(config: RunConfig, state: dict, evaluation: dict, forgetting: str | None = None) -> str:
     trainable = state["trainable"]
     memory = f"{state['peak_rss_mb']:.0f} MB RSS" if state.get("peak_rss_mb") else "not measured"
@@ -218,7 +224,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 {_setup_lines(config)}{_tracking_line(state)}
 - trainable parameters: {trainable["trainable_params"]:,} of {trainable["total_params"]:,} ({trainable["trainable_percent"]:.2f}%)
 - precision: {state["precision"]}
-- training time: {state["train_seconds"]:.1f} s; steps: {state["steps"]}
+- training time: {_training_time(state)}; steps: {state["steps"]}
 - peak memory in training: {memory}
 
 {chain_section(config, state.get("chain", []))}

@@ -93,7 +93,7 @@ def _torchrun(processes: int, arguments: list[str]) -> int:
 
 def _cmd_train(args) -> int | None:
     from tunelab import distributed, pipeline
-    from tunelab.runs import RunDir
+    from tunelab.runs import RunDir, RunInterrupted
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: give the number of training processes, 1 or more")
@@ -104,6 +104,12 @@ def _cmd_train(args) -> int | None:
         )
     resume = RunDir(args.resume) if args.resume else None
     if resume:
+        given = " ".join(filter(None, [args.config, *args.overrides]))
+        if given:
+            raise ConfigError(
+                f"--resume {args.resume} continues the run with its own config ({resume.config_path}), so it takes "
+                f"no config or overrides: drop '{given}', or start a new run with `tunelab train {given}`"
+            )
         if resume.state().get("state") == "complete":
             raise ConfigError(f"run {resume.path} is already complete; nothing to resume")
         config = resume.config()
@@ -118,7 +124,12 @@ def _cmd_train(args) -> int | None:
         return _torchrun(
             args.nproc, ["train", "--resume", args.resume] if resume else ["train", args.config, *args.overrides]
         )
-    run = pipeline.train(config, resume=resume)
+    try:
+        run = pipeline.train(config, resume=resume)
+    except RunInterrupted as stop:  # Ctrl-C or SIGTERM: one line saying where it stopped, not a traceback
+        if distributed.is_main_process():
+            print(stop.line)
+        return stop.exit_status
     if distributed.is_main_process():  # the other ranks return as soon as training ends, before the card exists
         print((run.path / "README.md").read_text(encoding="utf-8"))
         print(f"run complete: {run.path}")

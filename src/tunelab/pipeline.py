@@ -57,6 +57,7 @@ from tunelab.tasks import draw_records, read_for_task
 from tunelab.tasks.suite import load_suite
 from tunelab.train.architectures import Architecture, architecture_of
 from tunelab.train.memory import peak_memory, reset_peak
+from tunelab.train.signals import StopOnSignal
 from tunelab.train.tracking import check_trackers, ends_tracking_on_failure
 from tunelab.train.trainer import build_trainer, choose_precision
 
@@ -237,8 +238,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     run = _run_dir(config, resume)
     print(f"run directory: {run.path}")
     if main:
-        run.update_state(
-            state="running",
+        run.start_attempt(
             precision=precision,
             labels=tasks.labels,
             data_notes=tasks.notes,
@@ -249,25 +249,41 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             data_warnings=report["warnings"],
         )
         _save_data_report(run, report, tasks)
+    checkpoint = distributed.share_from_main(_resume_point(run, plan) if resume else None)
+    stop = StopOnSignal()
     with run.marks_failure() if main else nullcontext(), ends_tracking_on_failure(config):
-        ready = setup(config, run, tasks, plan, precision, callbacks, tokenizer)
-        checkpoint = distributed.share_from_main(run.last_checkpoint() if resume else None)
-        if checkpoint:
-            print(f"resuming from {checkpoint}")
-            if main:
-                run.keep_metrics_until(int(checkpoint.name.split("-")[-1]))
+        ready = setup(config, run, tasks, plan, precision, [*callbacks, stop], tokenizer)
+        if resume and main:  # the steps after the checkpoint (all, without one) are logged again, once
+            run.keep_metrics_until(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
         window = reset_peak()
-        started = time.perf_counter()
-        ready.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with stop.listening():
+            ready.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        stop.raise_if_stopped(run)
         if not main:  # training was the last collective step; what follows is rank 0's alone
             return run
-        _finish(
-            config, ready, time.perf_counter() - started + run.state().get("train_seconds", 0.0), peak_memory(window)
-        )
+        _finish(config, ready, peak_memory(window))
     return run
 
 
-def _finish(config: RunConfig, ready: Setup, train_seconds: float, memory: dict) -> None:
+def _kept_step(trainer: Trainer) -> int | None:
+    """The step of the checkpoint whose weights the Trainer returned to at the end (its best validation), or None
+    when the run kept its last weights. The checkpoint folder itself is gone by then: `model/` holds them."""
+    best = trainer.state.best_model_checkpoint
+    return int(best.rsplit("-", 1)[-1]) if best and trainer.args.load_best_model_at_end else None
+
+
+def _resume_point(run: RunDir, plan: Plan) -> Path | None:
+    """The checkpoint a resumed run continues from, said out loud: its step, or that there is none and training
+    starts over."""
+    checkpoint = run.last_checkpoint()
+    if checkpoint:
+        print(f"resuming at step {run.checkpoint_step()} of {plan.steps}, from {checkpoint}")
+    else:
+        print(f"no complete checkpoint in {run.checkpoints}: training starts over, at step 0 of {plan.steps}")
+    return checkpoint
+
+
+def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     """Score the tuned model on every task, save it, write eval.json and the card, and mark the run complete."""
     run, trainer, tasks = ready.run, ready.trainer, ready.tasks
     model = trainer.model
@@ -288,12 +304,11 @@ def _finish(config: RunConfig, ready: Setup, train_seconds: float, memory: dict)
     write_json(run.eval_path, evaluation)
     steps = trainer.state.global_step
     run.update_state(
-        train_seconds=train_seconds,
         steps=steps,
         epochs_trained=round(ready.plan.epochs_done(steps), 4),
         learning_rate=config.learning_rate(),
         saved_weights_bytes=_saved_weights_bytes(run.model_dir),
-        best_checkpoint=trainer.state.best_model_checkpoint,
+        best_step=_kept_step(trainer),
         **memory,
     )
     forgetting = _retention_report(config, ready, tuned_target) if config.eval.retention_suite else None

@@ -3,9 +3,12 @@
 Layout of `<output_dir>/<name>-<timestamp>/`:
 
     config.yaml     resolved config (every default filled in)
-    run.json        state (running | complete | failed), the base (`base_model` as configured, `base_source` the
-                    folder or hub id it was read from here), labels, trainable parameters, timings, peak memory,
-                    where the trackers of training.report_to wrote
+    run.json        state (running | interrupted | failed | complete; `error` says why a run failed, with the
+                    step), the training process (`host`, `pid`), the base (`base_model` as configured,
+                    `base_source` the folder or hub id it was read from here), labels, trainable parameters, peak
+                    memory, `train_seconds` (every attempt's training time, summed, kept up to date while
+                    training), `attempts`, `best_step` (the step whose weights `model/` holds, when validation
+                    chose them), where the trackers of training.report_to wrote
     metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
     base_eval.json  test metrics of the model before tuning, zero-shot (written before training, kept on resume)
     few_shot_eval.json  the same, few-shot (`eval.baselines: [few_shot]`; written before training, kept on resume)
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,6 +49,15 @@ from tunelab.errors import TunelabError
 
 class RunError(TunelabError, RuntimeError):
     """A run directory that cannot be used for what was asked, with what to do instead."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM and marked interrupted, with the one line that says where it stopped and
+    how to go on. A KeyboardInterrupt, so that a command running several runs (compare, sweep) stops with it."""
+
+    def __init__(self, line: str, exit_status: int = 130):
+        super().__init__(line)
+        self.line, self.exit_status = line, exit_status
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -143,6 +156,18 @@ class RunDir:
             raise RunError(f"{self.path} is not a tunelab run directory (no run.json)")
         return json.loads(self.state_path.read_text(encoding="utf-8"))
 
+    def start_attempt(self, **fields: Any) -> None:
+        """Mark the run running in this process, with `fields`. run.json names the host and process id, by which
+        the web app tells a run still training from one whose process was killed; what an earlier attempt left
+        (its error, the step it was interrupted at) goes."""
+        current = self.state()
+        for stale in ("error", "interrupted_at_step"):
+            current.pop(stale, None)
+        write_json(
+            self.state_path,
+            {**current, **fields, "state": "running", "host": socket.gethostname(), "pid": os.getpid()},
+        )
+
     def update_state(self, **fields: Any) -> None:
         current = self.state() if self.state_path.exists() else {}
         current.update(fields)
@@ -177,14 +202,30 @@ class RunDir:
         found = sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
         return found[-1] if found else None
 
+    def checkpoint_step(self) -> int | None:
+        """The step of the newest complete checkpoint: where `train --resume` continues from."""
+        checkpoint = self.last_checkpoint()
+        return int(checkpoint.name.split("-")[-1]) if checkpoint else None
+
+    def resume_line(self) -> str:
+        """Where `train --resume` would continue this run, in words."""
+        step = self.checkpoint_step()
+        start = f"from step {step}" if step is not None else "over from step 0 (no checkpoint was saved)"
+        return f"resume with tunelab train --resume {self.path} (it continues {start})"
+
     @contextmanager
     def marks_failure(self):
-        """Record an interruption or a crash in run.json, so a half-written run never looks complete."""
+        """Record an interruption or a crash in run.json, so a half-written run never looks complete. A Ctrl-C that
+        was not turned into a checkpoint (a second one, or one before training) comes out as a `RunInterrupted`
+        naming the step a resume continues from, not as a traceback from wherever it landed."""
         try:
             yield
-        except KeyboardInterrupt:
+        except RunInterrupted:
             self.update_state(state="interrupted")
             raise
+        except KeyboardInterrupt:
+            self.update_state(state="interrupted")
+            raise RunInterrupted(f"aborted without saving this step; {self.resume_line()}") from None
         except Exception as exc:
             self.update_state(state="failed", error=f"{type(exc).__name__}: {exc}")
             raise

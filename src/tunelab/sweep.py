@@ -168,8 +168,8 @@ class ReportToTrial(TrainerCallback):
                 f"the run logged no validation {self.metric}: a sweep needs validation data "
                 "(data.validation, or data.validation_fraction of train)"
             )
-        best = run.state().get("best_checkpoint")
-        value = self.values[int(best.rsplit("-", 1)[-1]) if best else max(self.values)]
+        best = run.state().get("best_step")
+        value = self.values[best if best is not None else max(self.values)]
         if math.isnan(value):
             raise SweepError(f"validation {self.metric} is NaN: the training diverged")
         return value

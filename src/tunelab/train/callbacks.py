@@ -1,6 +1,8 @@
-"""Trainer callbacks: the run's metrics log and a progress bar that shows the loss."""
+"""Trainer callbacks: the run's metrics log and training clock, and a progress bar that shows the loss."""
 
 from __future__ import annotations
+
+import time
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -19,6 +21,36 @@ class MetricsLog(TrainerCallback):
         if state.is_world_process_zero and logs:
             epoch = round(state.global_step / self.steps_per_epoch, 4)
             self.run.append_metrics({"step": state.global_step, **logs, "epoch": epoch})
+
+
+class TrainingClock(TrainerCallback):
+    """Keep run.json's `train_seconds` (every attempt's training time, summed) and `attempts` up to date while the
+    run trains, so an interrupted or killed attempt's time still counts once the run is resumed: written at each
+    log and checkpoint and at the end (a killed attempt counts up to its last log)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.before, self.started = 0.0, time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+        if state.is_world_process_zero:
+            recorded = self.run.state()
+            self.before = recorded.get("train_seconds", 0.0)
+            self.run.update_state(attempts=recorded.get("attempts", 0) + 1)
+
+    def _record(self, state) -> None:
+        if state.is_world_process_zero:
+            self.run.update_state(train_seconds=self.before + time.perf_counter() - self.started)
+
+    def on_log(self, args, state, control, **kwargs):
+        self._record(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._record(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._record(state)
 
 
 class LossProgressBar(ProgressCallback):

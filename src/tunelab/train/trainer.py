@@ -26,15 +26,17 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_pt_utils import nested_gather
 from transformers.utils import is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.config import RunConfig
 from tunelab.data.encode import IGNORE_INDEX, VARLEN_KEYS, scored_positions
 from tunelab.data.plan import Plan
+from tunelab.errors import TunelabError
 from tunelab.methods.task_adapters import TaskRoutedTrainer
 from tunelab.runs import RunDir
-from tunelab.train.callbacks import LossProgressBar, MetricsLog
+from tunelab.train.callbacks import LossProgressBar, MetricsLog, TrainingClock
 from tunelab.train.tracking import attach_trackers
 
 LOSS_CHUNK_LOGITS = 16 * 2**20
@@ -80,11 +82,78 @@ class PlannedOrder:
         return SequentialSampler(self.train_dataset if train_dataset is None else train_dataset)
 
 
-class PlannedTrainer(PlannedOrder, Trainer):
+class TrainingDiverged(TunelabError, RuntimeError):
+    """The loss or gradient norm stopped being a finite number: every later step would only train on NaN."""
+
+
+LOSS_WINDOW = "LossWindow"
+"""The key, among trainer_state.json's stateful callbacks, of the logging window a checkpoint was saved in."""
+
+
+class WatchedSteps:
+    """What every tunelab Trainer does after each optimiser step, beside the Trainer's own logging and saving.
+
+    - It stops a diverged run: a loss or gradient norm that is NaN or infinite raises `TrainingDiverged` with the
+      step and the learning rate, after logging that step (the Trainer would train on, and by default hides a NaN
+      loss behind the average of the window's earlier steps).
+    - It keeps the logged loss of a resumed run equal to the uninterrupted run's. The Trainer logs the mean loss
+      of the steps since its last log, and a checkpoint falls anywhere in that window; a resumed Trainer starts a
+      new window at the checkpoint, so the first loss it logged averaged only the steps after it. Each checkpoint
+      keeps the window's start and loss sum (mean over processes) in its trainer_state.json, and a resumed run
+      adds them back before its first log.
+    """
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        window = self.state.stateful_callbacks.pop(LOSS_WINDOW, None)
+        if window:  # resumed inside a logging window: its steps before the checkpoint count again
+            tr_loss += window["loss_sum"]
+            self._globalstep_last_logged = window["since_step"]
+            self._carried_loss = window["loss_sum"]
+        diverged = self._diverged(tr_loss, grad_norm)
+        if diverged:
+            self.control.should_log, self.control.should_evaluate, self.control.should_save = True, False, False
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+        if getattr(self, "_carried_loss", 0.0) and self._globalstep_last_logged == self.state.global_step:
+            self._total_loss_scalar -= self._carried_loss  # train_loss averages this attempt's steps, as before
+            self._carried_loss = 0.0
+        if diverged:
+            raise TrainingDiverged(diverged)
+
+    def _diverged(self, tr_loss: torch.Tensor, grad_norm) -> str | None:
+        """Why the run diverged at this step, or None. A step the fp16 loss scaler skipped (it found inf gradients
+        and lowers its scale) is not a divergence. One host sync per step, as the Trainer's own NaN filter had."""
+        watched = grad_norm is not None and not self.accelerator.optimizer_step_was_skipped
+        total = tr_loss.detach() + grad_norm if watched else tr_loss.detach()
+        if bool(torch.isfinite(total)):
+            return None
+        step, rate = self.state.global_step, self.args.learning_rate
+        loss = float(tr_loss) / max(1, step - self._globalstep_last_logged)
+        norm = f", gradient norm {float(grad_norm):.4g}" if grad_norm is not None else ""
+        cause = f"the likely cause is the learning rate {rate:g}: lower training.learning_rate (e.g. to {rate / 10:g})"
+        if self.args.fp16:
+            cause += " or train in bf16 or fp32 (fp16 overflows)"
+        return (
+            f"training diverged at step {step} (loss {loss:.4g}{norm}); {cause} and start a new run "
+            "(a resumed run keeps its config)"
+        )
+
+    def _save_checkpoint(self, model, trial):
+        loss_sum = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        self.state.stateful_callbacks[LOSS_WINDOW] = {
+            "since_step": self._globalstep_last_logged,
+            "loss_sum": loss_sum,
+        }
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.state.stateful_callbacks.pop(LOSS_WINDOW, None)
+
+
+class PlannedTrainer(WatchedSteps, PlannedOrder, Trainer):
     """The model's own loss over the planned order: classifiers, multi-head encoders, prompt-learning decoders."""
 
 
-class CompletionLossTrainer(PlannedOrder, Trainer):
+class CompletionLossTrainer(WatchedSteps, PlannedOrder, Trainer):
     """Causal-LM training whose loss projects only completion positions onto the vocabulary, in chunks.
 
     The result equals the model's own shifted cross-entropy (tested), but memory
@@ -157,7 +226,7 @@ def _per_item(trainer: Trainer, total: torch.Tensor, num_items_in_batch, items: 
     return loss
 
 
-class WeightedSeq2SeqTrainer(PlannedOrder, Trainer):
+class WeightedSeq2SeqTrainer(WatchedSteps, PlannedOrder, Trainer):
     """Encoder-decoders: token cross-entropy, each example weighted by its task's `loss_weight`."""
 
     loss_is_scaled_for_ga = True
@@ -181,6 +250,7 @@ class RoutedCompletionTrainer(TaskRoutedTrainer, CompletionLossTrainer):
 
 
 def accuracy_from_logits(prediction) -> dict[str, float]:
+    """A classifier's validation accuracy on the 0-100 scale of every other report (eval, card, sweep, compare)."""
     logits, labels = prediction.predictions, prediction.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits
     return {"accuracy": 100.0 * float((np.argmax(logits, axis=-1) == labels).mean())}
@@ -250,11 +320,11 @@ def training_arguments(
         save_steps=plan.eval_steps,
         save_total_limit=2,
         load_best_model_at_end=keeps_best,
-    """A classifier's validation accuracy on the 0-100 scale of every other report (eval, card, sweep, compare)."""
         metric_for_best_model=best if keeps_best else None,
         greater_is_better=best not in ("loss", "eval_loss"),
         logging_steps=training.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss reaches WatchedSteps, which stops the run, not averaged away
         report_to=list(training.report_to),
         run_name=run.path.name,
         gradient_checkpointing=training.gradient_checkpointing,
@@ -290,6 +360,7 @@ def build_trainer(
         )
     callbacks = [
         MetricsLog(run, plan.steps_per_epoch),
+        TrainingClock(run),
         CheckpointEvery(config.training.save_steps, config.training.save_minutes),
         *extra_callbacks,
     ]
