@@ -178,7 +178,13 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
     @app.get("/api/run/{run_id:path}")
     def run_progress(run_id: str):
         summary = index().run(run_id)
-        return {"state": summary.state, "finished": summary.finished_state, "metrics": read_metrics(summary.path)}
+        return {
+            "state": summary.state,
+            "status": summary.status,
+            "state_class": summary.state_class,
+            "finished": summary.finished_state,
+            "metrics": read_metrics(summary.path),
+        }
 
     @app.get("/compare", response_class=HTMLResponse)
     def comparisons(request: Request):

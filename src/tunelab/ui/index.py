@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,57 @@ class RunSummary:
     started: str
     finished: str | None
     updated: float
-    """When the run last wrote its log or state (seconds since the epoch): a 'running' run silent for long has
-    likely died without a chance to say so (a killed machine)."""
+    """When the run last wrote its log or state (seconds since the epoch)."""
     error: str | None = None
+    host: str | None = None
+    """The machine the run's latest attempt trains (or trained) on, and its process id there."""
+    pid: int | None = None
+    attempts: int = 1
+
+    @property
+    def process(self) -> str:
+        """Whether a 'running' run's process is 'alive' or 'gone' (killed without a chance to mark the run), or
+        'elsewhere': on another machine, whose processes this one cannot see. 'unknown' for a run that recorded
+        no process (from before runs did) and for runs that are not running."""
+        if self.state != "running" or self.pid is None or self.host is None:
+            return "unknown"
+        if self.host != socket.gethostname():
+            return "elsewhere"
+        return "alive" if process_alive(self.pid) else "gone"
+
+    @property
+    def stopped(self) -> bool:
+        return self.process == "gone"
+
+    @property
+    def status(self) -> str:
+        """The state as the app shows it: a 'running' run whose process is gone says so."""
+        return "stopped (killed?)" if self.stopped else self.state
+
+    @property
+    def state_class(self) -> str:
+        return "stopped" if self.stopped else self.state
+
+    @property
+    def resume_command(self) -> str | None:
+        """What continues the run from its last checkpoint, for a run stopped before it was complete (a failed run
+        would fail again as it is: its error says what to change)."""
+        return f"tunelab train --resume {self.id}" if self.stopped or self.state == "interrupted" else None
 
     @property
     def finished_state(self) -> bool:
-        return self.state in FINISHED_STATES
+        return self.state in FINISHED_STATES or self.stopped
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user's counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -142,6 +187,9 @@ def summarise_run(path: Path) -> RunSummary:
         finished=state.get("finished"),
         updated=max((f.stat().st_mtime for f in (path / "metrics.jsonl", path / "run.json") if f.exists()), default=0),
         error=state.get("error"),
+        host=state.get("host"),
+        pid=state.get("pid"),
+        attempts=state.get("attempts", 1),
     )
 
 

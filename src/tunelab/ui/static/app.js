@@ -110,8 +110,8 @@ function startCurves(container) {
     const series = seriesOf(data.metrics);
     container.replaceChildren(...Array.from(series, ([name, points]) => drawCurve(name, points)));
     const state = document.getElementById("run-state");
-    state.textContent = data.state;
-    state.className = `state state-${data.state}`;
+    state.textContent = data.status;
+    state.className = `state state-${data.state_class}`;
     status.textContent = series.size
       ? `${data.metrics.length} log entries; ${data.finished ? "final" : "updating every 2 s while the run trains"}`
       : "no training log yet";
