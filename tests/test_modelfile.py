@@ -51,10 +51,16 @@ def tokenizer(tokenizer_dir):
     return with_template
 
 
-def chat_config():
+def chat_config(**evaluation):
     data = {"train": "train.jsonl", "prompt_template": "Summarise:\n{dialogue}", "response_field": "summary"}
     return build_config(
-        {"name": "chat", "task_type": "causal_lm", "model": {"name": "smollm2-135m-instruct"}, "data": data}
+        {
+            "name": "chat",
+            "task_type": "causal_lm",
+            "model": {"name": "smollm2-135m-instruct"},
+            "data": data,
+            "eval": evaluation,
+        }
     )
 
 
@@ -110,3 +116,16 @@ def test_the_modelfile_names_every_end_token_once(tokenizer):
     stops = [json.loads(line.split(" ", 2)[2]) for line in modelfile.splitlines() if line.startswith("PARAMETER stop")]
     assert stops == ["<|im_end|>", "[SEP]"]
     assert 'SYSTEM """You are a helpful assistant."""' in modelfile
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_the_modelfile_decodes_as_the_run_does_not_at_ollamas_defaults(tokenizer, beams):
+    """Ollama samples at temperature 0.8 with a 1.1 repetition penalty unless told otherwise; the run's answers
+    are greedy, unpenalised and at most eval.max_new_tokens long."""
+    chatml = tokenizer(CHATML_WITH_DEFAULT_SYSTEM)
+    modelfile = render_modelfile("chat-f16.gguf", chatml, chat_config(max_new_tokens=24, num_beams=beams), [])
+    parameters = dict(
+        line.split()[1:] for line in modelfile.splitlines() if line.startswith("PARAMETER ") and "stop" not in line
+    )
+    assert parameters == {"temperature": "0", "repeat_penalty": "1", "num_predict": "24"}
+    assert ("eval.num_beams=4" in modelfile) == (beams == 4)

@@ -1,5 +1,6 @@
 """An Ollama Modelfile for an exported GGUF: FROM, a TEMPLATE equivalent to the run's prompt format, the
-stop tokens, and the chat template's default system prompt.
+stop tokens, the chat template's default system prompt, and the run's decoding (greedy, no repetition penalty,
+its answer length), so Ollama answers as `tunelab predict` does rather than sampling at its defaults.
 
 Ollama templates are Go templates, while a tokenizer's chat template is Jinja; no library translates one into
 the other. Most chat templates wrap each message in a fixed prefix and suffix per role, though (ChatML,
@@ -219,6 +220,23 @@ def stop_tokens(tokenizer: PreTrainedTokenizerBase, generation_eos: list[int], c
     return list(dict.fromkeys(stop for stop in stops if stop))
 
 
+def decoding_parameters(config: RunConfig) -> list[str]:
+    """The Modelfile lines that make Ollama decode as tunelab's eval and predict do: greedily (Ollama samples at
+    temperature 0.8 by default), without the repetition penalty Ollama applies by default (1.1; transformers'
+    generate has none), and up to the run's `eval.max_new_tokens`. Beam search has no Ollama equivalent: greedy is
+    the nearest, and a comment says so."""
+    lines = [
+        f"# decoding as the run's eval and predict: greedy, no repetition penalty, at most eval.max_new_tokens"
+        f" = {config.eval.max_new_tokens} tokens (raise num_predict for longer answers)",
+        "PARAMETER temperature 0",
+        "PARAMETER repeat_penalty 1",
+        f"PARAMETER num_predict {config.eval.max_new_tokens}",
+    ]
+    if config.eval.num_beams > 1:
+        lines.insert(1, f"# the run used beam search (eval.num_beams={config.eval.num_beams}); Ollama has none")
+    return lines
+
+
 def _quoted(text: str) -> str:
     if '"""' in text:
         raise TemplateNotTranslatable('the text holds """, which a Modelfile cannot quote')
@@ -228,7 +246,8 @@ def _quoted(text: str) -> str:
 def render_modelfile(
     gguf_name: str, tokenizer: PreTrainedTokenizerBase, config: RunConfig, generation_eos: list[int]
 ) -> str:
-    """The Modelfile beside `gguf_name`: FROM, TEMPLATE, SYSTEM (the chat template's default) and stops.
+    """The Modelfile beside `gguf_name`: FROM, TEMPLATE, SYSTEM (the chat template's default), the run's
+    decoding parameters and stops.
 
     A chat template with no per-role equivalent gets no TEMPLATE line but a comment saying why: Ollama then
     falls back on the chat template the GGUF carries, which it matches against the templates it knows."""
@@ -245,5 +264,6 @@ def render_modelfile(
         lines.append(f"TEMPLATE {_quoted(ollama_template(chat) if chat is not None else prompt_template(config))}")
     if chat is not None and chat.default_system is not None:
         lines.append(f"SYSTEM {_quoted(chat.default_system)}")
+    lines += decoding_parameters(config)
     lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stop_tokens(tokenizer, generation_eos, chat)]
     return "\n".join(lines) + "\n"
