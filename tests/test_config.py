@@ -330,3 +330,62 @@ def test_every_shipped_config_reads_its_data_and_plans_its_run(path, monkeypatch
     config = load_config(path)
     plan = plan_training(config, load_taskset(config))
     assert plan.steps > 0 and len(plan.order) == plan.steps * plan.global_batch
+
+
+# --- data paths in a config file ------------------------------------------------------------------------
+
+
+def _config_in(folder: Path, train: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train": train}}))
+    return path
+
+
+def test_config_data_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    """A config's relative data path is read from the config file's folder, whatever the working directory."""
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    config_path = _config_in(tmp_path / "project" / "configs", "../data/train.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config_path).data.train == str(tmp_path / "project" / "data" / "train.jsonl")
+
+
+def test_config_data_path_found_only_under_the_working_directory_is_read_with_a_note(tmp_path, monkeypatch, capsys):
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    config_path = _config_in(tmp_path / "configs", "train.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config_path).data.train == str(tmp_path / "train.jsonl")
+    note = capsys.readouterr().out
+    assert "not in the config's folder" in note and str(tmp_path / "configs" / "train.jsonl") in note
+
+
+def test_config_data_path_found_nowhere_names_every_absolute_path_tried(tmp_path, monkeypatch):
+    from tunelab.data.readers import DataError
+    from tunelab.data.splits import load_task_data
+
+    config_path = _config_in(tmp_path / "configs", "../absent/train.jsonl")
+    (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")
+    with pytest.raises(DataError) as info:
+        load_task_data(load_config(config_path))
+    message = str(info.value)
+    assert f"{tmp_path / 'absent' / 'train.jsonl'} (the config's folder)" in message
+    assert f"{tmp_path / 'elsewhere' / 'absent' / 'train.jsonl'} (the working directory)" in message
+
+
+def test_override_data_paths_stay_relative_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    config_path = _config_in(tmp_path / "configs", "mine.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config_path, ["data.train=mine.jsonl"]).data.train == "mine.jsonl"
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").exists(), reason="the configs read ../shared/data")
+def test_shipped_configs_find_their_data_from_any_folder(tmp_path, monkeypatch, capsys):
+    for folder in (ROOT, tmp_path):
+        monkeypatch.chdir(folder)
+        config = load_config(ROOT / "configs" / "sentiment-minilm-lora.yaml")
+        assert all(Path(getattr(config.data, key)).is_file() for key in ("train", "validation", "test"))
+    assert "note:" not in capsys.readouterr().out

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from tunelab.errors import TunelabError
@@ -156,6 +165,12 @@ class DataConfig(_Section):
     """Remove training records whose input is in (or near one in) the run's validation or test split or the
     retention suite (`eval.retention_suite`), so no score is measured on trained examples. Counted and written
     as `dedup` is; for `data:` runs only."""
+    _tried: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    """Per data path of a config file that exists nowhere: the absolute paths tried, for the error that names them."""
+
+    def tried(self, key: str) -> list[str]:
+        """The absolute paths tried for `data.<key>` when its config file's relative path was found nowhere."""
+        return self._tried.get(key, [])
 
     @field_validator("prompt_template")
     @classmethod
@@ -846,9 +861,45 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
                 f"{path} must hold a mapping of sections (model:, data:, ...), got {type(loaded).__name__}"
             )
         raw = loaded or {}
+    tried = _resolve_data_paths(raw, path.parent) if path is not None else {}
     if overrides:
         source += " with overrides " + " ".join(overrides)
-    return build_config(_merge(raw, parse_overrides(list(overrides))), source)
+    changes = parse_overrides(list(overrides))
+    config = build_config(_merge(raw, changes), source)
+    overridden = changes.get("data") if isinstance(changes.get("data"), dict) else {}
+    config.data._tried.update({key: places for key, places in tried.items() if key not in overridden})
+    return config
+
+
+DATA_PATHS = ("train", "validation", "test")
+"""The `data:` keys that name files or folders, resolved against the config file's folder."""
+
+
+def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> dict[str, list[str]]:
+    """Make the config file's relative data paths absolute, read from the config's folder (as Axolotl and
+    LLaMA-Factory read theirs), so a config runs from any working directory. A path found only under the working
+    directory (the rule before) is still read from there, with a note; a path found in neither place becomes its
+    config-folder reading, and the places tried are returned (key -> absolute paths) for the error that follows."""
+    data = raw.get("data")
+    tried: dict[str, list[str]] = {}
+    if not isinstance(data, dict):
+        return tried
+    for key in DATA_PATHS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value or value.startswith(("hf:", "~")) or Path(value).is_absolute():
+            continue
+        beside, here = os.path.normpath(folder.absolute() / value), os.path.normpath(Path.cwd() / value)
+        if not os.path.exists(beside) and os.path.exists(here):
+            print(
+                f"note: data.{key} {value} is not in the config's folder ({beside}); read from the working "
+                f"directory instead ({here}). Write it relative to the config file's folder."
+            )
+            data[key] = here
+            continue
+        data[key] = beside
+        if not os.path.exists(beside):
+            tried[key] = [f"{beside} (the config's folder)", f"{here} (the working directory)"]
+    return tried
 
 
 def config_to_yaml(config: RunConfig) -> str:

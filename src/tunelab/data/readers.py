@@ -164,7 +164,8 @@ def read_file(path: str | Path) -> list[Record]:
     """Read one data file by its extension; DataError for a file that holds no records at all."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data file {path} does not exist")
+        looked = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise DataError(f"data file {path} does not exist{looked}")
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a data file ({', '.join(SUFFIXES)})")
     reader = _READERS.get(path.suffix.lower())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tunelab.config import RunConfig
+from tunelab.config import DataConfig, RunConfig
 from tunelab.data.cleaning import Removed, clean_training
 from tunelab.data.readers import DataError, Record, read_source
 from tunelab.data.validate import check_records, enforce
@@ -58,17 +59,26 @@ def label_set(records: list[Record], config: RunConfig, source: str) -> list[str
     return labels
 
 
+def _read_configured(data: DataConfig, key: str) -> dict[str, list[Record]]:
+    """`data.<key>` read into splits; a config file's relative path that exists nowhere is named with every
+    absolute path tried (beside the config file, then under the working directory)."""
+    tried = data.tried(key)
+    if tried and not Path(getattr(data, key)).exists():
+        raise DataError(f"data.{key}: no such file or folder; tried {' and '.join(tried)}")
+    return read_source(getattr(data, key))
+
+
 def load_task_data(config: RunConfig) -> TaskData:
     """Read, split and validate the run's data; raises DataError naming file, line and field."""
     data = config.data
     if not data.train:
         raise DataError("data.train is not set: give a file, a directory of split files, or hf:NAME")
     notes: list[str] = []
-    train_source = read_source(data.train)
+    train_source = _read_configured(data, "train")
     train = _only_split(train_source, data.train, "train")
     given = {
-        "validation": read_source(data.validation) if data.validation else None,
-        "test": read_source(data.test) if data.test else None,
+        "validation": _read_configured(data, "validation") if data.validation else None,
+        "test": _read_configured(data, "test") if data.test else None,
     }
     splits: dict[str, list[Record]] = {}
     for split, spec in (("validation", data.validation), ("test", data.test)):
