@@ -5,7 +5,9 @@ what cannot be exported is refused with what to use instead, and no failed expor
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import onnx
@@ -116,6 +118,17 @@ def test_tiny_classifier_export_predicts_the_rows_of_predict(tiny_classifier, tm
     assert cli(f"predict {output} --engine onnx --input {inputs} --output {tmp_path / 'onnx.jsonl'}") == 0
     _assert_same_rows(_rows(tmp_path / "onnx.jsonl"), _rows(tmp_path / "torch.jsonl"))
     assert json.loads((output / EXPORT_FILE).read_text())["max_length"] == 32  # the long row is cut as in training
+
+
+def test_every_file_of_the_export_and_the_run_has_the_mode_the_umask_gives(tiny_classifier, tmp_path):
+    """tunelab-export.json and run.json were 0600 (written through a temporary file) beside 0644 neighbours."""
+    umask = os.umask(0)
+    os.umask(umask)
+    output = export_onnx(tiny_classifier, tmp_path / "export")
+    files = [*output.iterdir(), tiny_classifier.path / "run.json"]
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+        path.name: 0o666 & ~umask for path in files
+    }
 
 
 def test_predict_engine_onnx_on_a_run_directory_says_to_export_first(tiny_classifier, tmp_path, capsys):

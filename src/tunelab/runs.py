@@ -35,8 +35,8 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,11 +61,13 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write text so that readers see either the old file or the whole new one."""
+    """Write text so that readers see either the old file or the whole new one. The temporary file is created
+    as any other file is, so it gets the mode the umask gives (tempfile.mkstemp's is 0600, which run.json and
+    the exports' tunelab-export.json kept beside their 0644 neighbours)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        with open(temporary, "x", encoding="utf-8") as out:
             out.write(text)
         os.replace(temporary, path)
     except BaseException:
