@@ -110,6 +110,17 @@ def test_missing_field(tmp_path):
     assert "fields present: body, label" in problem
 
 
+def test_a_column_no_record_has_is_one_error_naming_the_columns_and_the_override(tmp_path):
+    """200 records without the label column: one message with the file's columns and the setting to change."""
+    path = write_csv(tmp_path / "d.csv", [{"text": f"review {i}", "sentiment": LABELS[i % 2]} for i in range(200)])
+    with pytest.raises(DataError) as info:
+        problems_in(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: no record has field 'label' (data.label_field; all 200 records checked)")
+    assert "the file's columns are: sentiment, text" in message and "e.g. data.label_field=sentiment" in message
+    assert ":2:" not in message
+
+
 def test_null_field_counts_as_missing(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a review", "label": None}, *rows(2)])
     problem = only_problem(path)
@@ -450,7 +461,7 @@ def test_data_check_invalid_file(tmp_path, capsys):
 def test_data_check_field_mapping_override(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", [{"sentence": f"s{i}", "label": LABELS[i % 2]} for i in range(4)])
     assert main(["data", "check", str(path), "--task", "classification"]) == 2
-    assert f"{path}:1: field 'text' is missing" in capsys.readouterr().err
+    assert "e.g. data.text_field=sentence" in capsys.readouterr().err
     assert main(["data", "check", str(path), "--task", "classification", "data.text_field=sentence"]) == 0
     assert f"{path}: 4 valid records" in capsys.readouterr().out
 
@@ -530,3 +541,57 @@ def test_fields_that_are_not_text_are_named(value, problem, tmp_path):
 def test_a_template_text_cannot_fill_is_refused(template):
     with pytest.raises(ValueError):
         template_fields(template)
+
+
+# --- predict reads its input as a run reads its data ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_encoder, tmp_path_factory):
+    from tunelab import pipeline
+
+    folder = tmp_path_factory.mktemp("predict-inputs")
+    config = build_config(
+        {
+            "name": "tiny-predict",
+            "output_dir": str(folder / "runs"),
+            "model": {"name": tiny_encoder},
+            "data": {"train": str(write_jsonl(folder / "train.jsonl", rows(24))), "max_length": 32},
+            "training": {"max_steps": 1, "batch_size": 8, "precision": "fp32"},
+            "eval": {"baselines": []},
+        }
+    )
+    return pipeline.train(config).path
+
+
+def test_predict_takes_data_overrides_for_another_column_and_skipping_invalid_records(tiny_run, tmp_path, capsys):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"sentence": "a fine film"}, {"sentence": "  "}, {"sentence": "dull"}])
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(tiny_run), "--input", str(path), "--output", str(out)]) == 2
+    assert "e.g. data.text_field=sentence" in capsys.readouterr().err
+    assert (
+        main(["predict", str(tiny_run), "--input", str(path), "--output", str(out), "data.text_field=sentence"]) == 2
+    )
+    assert f"{path}:2: field 'text' is empty" in capsys.readouterr().err
+    command = ["predict", str(tiny_run), "data.text_field=sentence", "--input", str(path), "--output", str(out)]
+    assert main([*command, "data.skip_invalid=true"]) == 0
+    assert f"skipped 1 invalid record(s) in {path}" in capsys.readouterr().out
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["sentence"] for row in written] == ["a fine film", "dull"]
+    assert all(row["prediction"] in LABELS for row in written)
+
+
+def test_predict_reads_a_text_file_one_text_per_line(tiny_run, tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("a fine film\n\nrather dull\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(tiny_run), "--input", str(path), "--output", str(out)]) == 0
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["text"] for row in written] == ["a fine film", "rather dull"]
+
+
+def test_predict_refuses_overrides_that_do_not_read_input(tiny_run, tmp_path, capsys):
+    path = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    command = ["predict", str(tiny_run), "--input", str(path), "--output", str(tmp_path / "o.jsonl")]
+    assert main([*command, "training.epochs=2"]) == 2
+    assert "predict takes the overrides data.text_field" in capsys.readouterr().err

@@ -207,14 +207,17 @@ def test_the_report_on_a_file_with_known_problems_counts_each(known_files, token
         found["near_duplicates"]["groups"] == 5 and found["near_duplicates"]["extra"] == 6
     )  # 2 edits, 3 copies, 1 conflict
     assert found["conflicts"]["inputs"] == 1 and found["conflicts"]["records"] == 2
-    assert found["labels"] == {"counts": {"neg": 19, "pos": 17}, "imbalance": 19 / 17}
+    assert found["labels"]["counts"] == {"neg": 19, "pos": 17} and found["labels"]["imbalance"] == 19 / 17
+    assert found["labels"]["absent"] == {"test": ["neg"]}  # the test file has positive reviews only
     assert found["lengths"]["input"]["limit"] == 256 and found["lengths"]["truncated"] == 0
     test = found["overlap"]["test"]
     assert (test["overlapping"], test["exact"], test["near"], test["records_hit"]) == (3, 2, 1, 3)
     suite = found["overlap"]["tinysuite: tinytask"]
     assert suite["kind"] == "suite" and suite["records"] == 5  # the whole evaluated split, not the limit's draw
     assert (suite["overlapping"], suite["exact"], suite["near"]) == (2, 2, 0)
-    assert len(report["warnings"]) == 2 and "tinysuite: tinytask" in report["warnings"][1]
+    assert report["contamination"] == report["warnings"][1:]
+    assert len(report["contamination"]) == 2 and "tinysuite: tinytask" in report["contamination"][1]
+    assert "label(s) 'neg' never appear in test" in report["warnings"][0]
 
 
 @pytest.mark.parametrize("dedup", ["exact", "near"])
@@ -406,3 +409,49 @@ def test_a_mixture_refuses_the_cleaning_it_would_not_apply(setting):
     build_config(mixture)  # the same mixture without the setting is valid
     with pytest.raises(ConfigError, match="tunelab data clean"):
         build_config({**mixture, "data": setting})
+
+
+# --- label mistakes: every distinct label is a class ------------------------------------------------------------
+
+
+def _typo_labels(tmp_path) -> dict:
+    """20 positive and 20 negative reviews, one 'Positive' and one 'neutral' (two typos that become classes), and a
+    test file with positive and negative reviews only."""
+    train = [
+        {"text": f"review {i} " + sentences(1, i, 8)[0], "label": ("positive", "negative")[i % 2]} for i in range(40)
+    ]
+    train += [{"text": "a fine film", "label": "Positive"}, {"text": "an average film", "label": "neutral"}]
+    test = [{"text": f"test review {i}", "label": ("positive", "negative")[i % 2]} for i in range(6)]
+    return {"train": write_jsonl(tmp_path / "train.jsonl", train), "test": write_jsonl(tmp_path / "test.jsonl", test)}
+
+
+def test_data_check_warns_about_labels_differing_in_case_rare_and_absent_from_the_test_file(tmp_path, capsys):
+    files = _typo_labels(tmp_path)
+    assert cli(f"data check {files['train']} --against {files['test']}") == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("**Warning:**")]
+    name = str(files["train"])
+    assert f"**Warning:** {name}: labels 'positive', 'Positive' differ only in case or spacing" in warnings[0]
+    assert f"{name}: label 'Positive' has only 1 training record(s)" in warnings[1]
+    assert f"{name}: label 'neutral' has only 1 training record(s)" in warnings[2]
+    assert f"{name}: label(s) 'neutral' never appear in {files['test']}" in warnings[3]
+    assert "pin the label set, e.g. data.labels='[negative, positive]'" in warnings[3]
+    assert len(warnings) == 4
+
+
+def test_pinned_labels_make_a_typo_an_error_and_an_unused_pinned_label_a_warning(tmp_path, capsys):
+    files = _typo_labels(tmp_path)
+    assert cli(f"data check {files['train']} data.labels='[negative, positive]'") == 2
+    assert f"{files['train']}:41: field 'label': label 'Positive' is not in the label set" in capsys.readouterr().err
+    assert cli(f"data check {files['test']} data.labels='[negative, positive, neutral]'") == 0
+    assert "data.labels lists 'neutral', which no training record has" in capsys.readouterr().out
+
+
+def test_a_run_records_its_label_warnings_at_the_start_and_its_card_keeps_contamination_apart(tiny_encoder, tmp_path):
+    files = _typo_labels(tmp_path)
+    config = classification_config(tiny_encoder, files["train"], tmp_path / "runs", max_steps=1)
+    config.data.test = str(files["test"])
+    config.eval.baselines = []
+    run = pipeline.train(config)
+    warnings = run.state()["data_warnings"]
+    assert any("labels 'positive', 'Positive' differ only in case" in warning for warning in warnings)
+    assert run.state()["contamination"] == [] and "## Contamination" not in run.card_path.read_text()

@@ -136,7 +136,7 @@ def chain_section(config: RunConfig, chain: list[dict]) -> str:
 def _contamination_section(state: dict) -> str:
     """The data report's warnings: training records that are also in the test split or the retention suite (or,
     in a mixture, another task's test records), whose scores are then measured partly on trained examples."""
-    warnings = state.get("data_warnings")
+    warnings = state.get("contamination", state.get("data_warnings"))  # runs before label warnings: one list
     if not warnings:
         return ""
     lines = "".join(f"- {warning}\n" for warning in warnings)

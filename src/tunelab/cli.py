@@ -288,6 +288,10 @@ def _cmd_predict(args) -> None:
 
     if bool(args.run) == bool(args.adapter):
         raise ConfigError("give either one RUN_DIR, or one or more --adapter RUN_DIR to share one base model")
+    if (args.overrides or "=" in (args.run or "")) and (args.adapter or args.engine == "onnx"):
+        raise ConfigError(
+            "data.* overrides apply to one RUN_DIR with --engine torch, not to --adapter or --engine onnx"
+        )
     if args.engine == "onnx":
         if args.adapter:
             raise ConfigError("--engine onnx predicts from one ONNX export folder; --adapter is for --engine torch")
@@ -295,7 +299,7 @@ def _cmd_predict(args) -> None:
 
         count = predict_onnx(Path(args.run), args.input, args.output, args.task)
     elif args.run:
-        count = pipeline.predict_run(RunDir(args.run), args.input, args.output, args.task)
+        count = pipeline.predict_run(RunDir(args.run), args.input, args.output, args.task, args.overrides)
     else:
         count = pipeline.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
     print(f"wrote {count} predictions to {args.output}")
@@ -665,6 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("run", nargs="?", help="a complete run directory (--engine onnx: an ONNX export folder)")
     predict.add_argument(
+        "overrides",
+        nargs="*",
+        help="how to read --input, as a run's data reads its files: data.text_field=COLUMN (data.text_pair_field, "
+        "data.prompt_field) where the file names the run's input otherwise, data.skip_invalid=true to skip and list "
+        "invalid records",
+    )
+    predict.add_argument(
         "--adapter",
         action="append",
         metavar="[NAME=]RUN_DIR",
@@ -675,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         required=True,
         help="records to answer (JSONL, CSV or Parquet) with the input fields the run trained on: a classifier's "
-        "data.text_field (and data.text_pair_field), a generator's prompt_template fields; no label or answer needed",
+        "data.text_field (and data.text_pair_field), a generator's prompt_template fields; no label or answer needed "
+        "(another column: data.text_field=COLUMN); or a .txt file, one text per line",
     )
     predict.add_argument(
         "--output", required=True, help="JSONL: each input record plus `prediction` (and a classifier's `scores`)"

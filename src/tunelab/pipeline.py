@@ -24,6 +24,7 @@ from tunelab.card import render_card
 from tunelab.config import RunConfig
 from tunelab.data.blocks import block_taskset
 from tunelab.data.cleaning import clean
+from tunelab.data.inputs import read_inputs
 from tunelab.data.plan import Plan, plan_training
 from tunelab.data.quality import run_fields
 from tunelab.data.readers import DataError, Record, read_file
@@ -247,6 +248,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             plan=plan.stages,
             chain=chain,
             data_warnings=report["warnings"],
+            contamination=report["contamination"],
         )
         _save_data_report(run, report, tasks)
     checkpoint = distributed.share_from_main(_resume_point(run, plan) if resume else None)
@@ -389,11 +391,14 @@ def _write_rows(output_path: str, rows: list[dict]) -> None:
     write_atomic(Path(output_path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def predict_run(run: RunDir, input_path: str, output_path: str, task: str | None = None) -> int:
-    """Write one JSON line per input record: the record plus its prediction. Returns the count."""
+def predict_run(
+    run: RunDir, input_path: str, output_path: str, task: str | None = None, overrides: Sequence[str] = ()
+) -> int:
+    """Write one JSON line per input record: the record plus its prediction. Returns the count. `overrides` are
+    `data.` settings for reading the input (`data.text_field=sentence`, `data.skip_invalid=true`)."""
     loaded = load_run(run)
     spec, target = _answering(loaded, task)
-    records = read_for_task(input_path, spec, with_target=False)
+    records = read_inputs(input_path, spec, list(overrides))
     predictions = predict_records(target, spec, records)
     _write_rows(output_path, [{**r.fields, **p} for r, p in zip(records, predictions)])
     return len(records)

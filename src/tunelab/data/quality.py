@@ -212,9 +212,35 @@ def overlap(data: Sketched, other: Sketched) -> list[Match]:
     return [Match(i, *nearest[example.text]) for i, example in enumerate(data.examples) if example.text in nearest]
 
 
+RARE_LABEL = 5
+"""A training label given to fewer records than this, and to at most a quarter as many as the most frequent label,
+is reported as rare: usually a typo or a class too small to learn. In a small, even file no label is rare."""
+
+
 def label_counts(records: list[Record], label_field: str) -> dict[str, int]:
     """Records per label, most frequent first."""
     return dict(Counter(str(record.fields[label_field]) for record in records).most_common())
+
+
+def label_findings(counts: dict[str, int], elsewhere: dict[str, set[str]], pinned: list[str] | None) -> dict:
+    """What in a classifier's training labels is likely a mistake, since every distinct label becomes a class:
+    labels that differ only in case or spacing ('Positive' beside 'positive'), rare labels, labels that a set the
+    model is validated or scored on (`elsewhere`, normalised answers by set name) never has, and labels of the
+    pinned set (`data.labels`) that no training record has."""
+    variants: dict[str, list[str]] = defaultdict(list)
+    for label in counts:
+        variants[normalise(label)].append(label)
+    most = max(counts.values(), default=0)
+    return {
+        "variants": [group for group in variants.values() if len(group) > 1],
+        "rare": [label for label, count in counts.items() if count < RARE_LABEL and 4 * count <= most],
+        "absent": {
+            name: absent
+            for name, seen in elsewhere.items()
+            if (absent := [label for label in counts if normalise(label) not in seen])
+        },
+        "unused": [label for label in pinned or [] if label not in counts],
+    }
 
 
 def suite_examples(reference: str) -> dict[str, list[Example]]:

@@ -28,6 +28,7 @@ from tunelab.data.quality import (
     exact_duplicates,
     examples_of,
     label_counts,
+    label_findings,
     near_duplicates,
     overlap,
     run_fields,
@@ -52,6 +53,9 @@ class Reference:
     kind: str
     """'validation' or 'test' (a split the run scores), 'suite' (a suite task's evaluated split) or 'file'."""
     examples: list[Example]
+    same_task: bool = False
+    """Records of the same task (the run's own splits, a file compared with): a training label they never have is
+    reported."""
 
 
 def _groups(groups: list[list[int]], examples: list[Example]) -> dict:
@@ -106,9 +110,17 @@ def _overlap(train: Sketched, reference: Reference) -> dict:
     }
 
 
-def _labels(records: list[Record], label_field: str) -> dict:
+def _labels(
+    records: list[Record], label_field: str, references: dict[str, Reference], pinned: list[str] | None
+) -> dict:
     counts = label_counts(records, label_field)
-    return {"counts": counts, "imbalance": max(counts.values()) / min(counts.values())}
+    elsewhere = {name: {e.answer for e in ref.examples} for name, ref in references.items() if ref.same_task}
+    return {
+        "counts": counts,
+        "imbalance": max(counts.values()) / min(counts.values()),
+        "pinned": pinned,
+        **label_findings(counts, elsewhere, pinned),
+    }
 
 
 def task_report(
@@ -117,19 +129,52 @@ def task_report(
     references: dict[str, Reference],
     label_field: str | None = None,
     lengths: dict | None = None,
+    pinned: list[str] | None = None,
 ) -> dict:
-    """The findings on one task's training records: duplicates, conflicts, labels (when `label_field` is given),
-    `lengths` as measured, and overlap with each non-empty reference set."""
+    """The findings on one task's training records: duplicates, conflicts, labels (when `label_field` is given;
+    `pinned` is the configured label set), `lengths` as measured, and overlap with each non-empty reference set."""
     train = Sketched(examples_of(records, fields))
     return {
         "records": len(records),
         "exact_duplicates": _groups(exact_duplicates(train.examples), train.examples),
         "near_duplicates": _near(train),
         "conflicts": _conflicts(train.examples),
-        "labels": _labels(records, label_field) if label_field and records else None,
+        "labels": _labels(records, label_field, references, pinned) if label_field and records else None,
         "lengths": lengths,
         "overlap": {name: _overlap(train, ref) for name, ref in references.items() if ref.examples},
     }
+
+
+def _quoted(labels: list[str]) -> str:
+    return ", ".join(f"'{label}'" for label in labels)
+
+
+def label_warnings(task: str, labels: dict) -> list[str]:
+    """One line per likely label mistake (none for a task without labels), each saying what it does to the
+    classifier; while the label set is inferred, the advice to pin it (`data.labels`, after which an unknown label
+    is an error naming file:line)."""
+    if not labels:
+        return []
+    counts = labels["counts"]
+    lines = [
+        f"{task}: labels {_quoted(group)} differ only in case or spacing; each is a class of its own"
+        for group in labels["variants"]
+    ]
+    lines += [f"{task}: label '{label}' has only {counts[label]} training record(s)" for label in labels["rare"]]
+    lines += [
+        f"{task}: label(s) {_quoted(absent)} never appear in {name}; that class is not validated or scored there"
+        for name, absent in labels["absent"].items()
+    ]
+    if labels["unused"]:
+        lines.append(f"{task}: data.labels lists {_quoted(labels['unused'])}, which no training record has")
+    if lines and labels["pinned"] is None:
+        odd = {label for group in labels["variants"] for label in group[1:]} | set(labels["rare"])
+        keep = sorted(label for label in counts if label not in odd)
+        lines[-1] += (
+            f"; pin the label set, e.g. data.labels='[{', '.join(keep)}]', so a record with any other label is an "
+            "error naming its file and line"
+        )
+    return lines
 
 
 def warnings_of(tasks: dict[str, dict]) -> list[str]:
@@ -160,7 +205,9 @@ def assemble(tasks: dict[str, dict], cleaning: dict | None = None) -> dict:
             f"candidates kept at estimated Jaccard >= {NEAR_THRESHOLD}",
         },
         "tasks": tasks,
-        "warnings": warnings_of(tasks),
+        "warnings": [line for task, found in tasks.items() for line in label_warnings(task, found["labels"])]
+        + warnings_of(tasks),
+        "contamination": warnings_of(tasks),
         "cleaning": cleaning,
     }
 
@@ -190,8 +237,8 @@ def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizer
     for name, task in tasks.trained.items():
         fields = run_fields(config.task_type, config.data) if config.mixture is None else task_fields(task.spec)
         references = {
-            "validation": Reference("validation", examples_of(task.validation, fields)),
-            "test": Reference("test", examples_of(task.test, fields)),
+            "validation": Reference("validation", examples_of(task.validation, fields), same_task=True),
+            "test": Reference("test", examples_of(task.test, fields), same_task=True),
             **{f"task {other}": Reference("test", records) for other, records in scored.items() if other != name},
             **suite,
         }
@@ -199,7 +246,9 @@ def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizer
             config.task_type == "classification" if config.mixture is None else task.spec.kind == "classification"
         )
         lengths = _lengths(config, task, tokenizer) if tokenizer is not None else None
-        found[name] = task_report(task.train, fields, references, fields.answer if classifies else None, lengths)
+        pinned = config.data.labels if config.mixture is None else list(task.spec.label_words)
+        answer = fields.answer if classifies else None
+        found[name] = task_report(task.train, fields, references, answer, lengths, pinned if classifies else None)
     if config.mixture is None and (config.data.dedup != "off" or config.data.drop_overlap):
         (task,) = tasks.trained.values()
         return assemble(found, cleaning_summary(len(task.train), tasks.removed))
@@ -208,7 +257,9 @@ def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizer
 
 def file_references(against: dict[str, list[Record]], suites: list[str], fields: Fields) -> dict[str, Reference]:
     """The sets a data file is compared with: other files (by path) and each task of each suite."""
-    references = {name: Reference("file", examples_of(others, fields)) for name, others in against.items()}
+    references = {
+        name: Reference("file", examples_of(others, fields), same_task=True) for name, others in against.items()
+    }
     for suite in suites:
         references.update(_suite_references(suite))
     return references
@@ -227,7 +278,8 @@ def file_report(
     fields = run_fields(task_type, data)
     lengths = token_lengths(task_type, records, tokenizer, data) if tokenizer is not None else None
     label_field = fields.answer if task_type == "classification" else None
-    return assemble({path: task_report(records, fields, references, label_field, lengths)}, cleaning)
+    found = task_report(records, fields, references, label_field, lengths, data.labels)
+    return assemble({path: found}, cleaning)
 
 
 def _summary(length: dict) -> str:
@@ -295,7 +347,6 @@ def render_report(report: dict) -> str:
         cleaning = report["cleaning"]
         lines += [f"Cleaning kept {cleaning['kept']} record(s) and removed {cleaning['removed']}:"]
         lines += [f"- {note}" for note in cleaning["notes"]] + [""]
-    lines += [f"**Warning:** {warning}" for warning in report["warnings"]] or [
-        "No overlap with any test split or suite."
-    ]
+    lines += [f"**Warning:** {warning}" for warning in report["warnings"]]
+    lines += [] if report.get("contamination") else ["No overlap with any test split or suite."]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,8 @@ are an error naming file, line and field, unless the user opts into
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig, template_fields
@@ -67,6 +69,34 @@ def _record_problem(
     return None
 
 
+def _setting_of(name: str, data: DataConfig) -> str:
+    """The `data.` key that names field `name`, for the override that points it at another column."""
+    keys = ("text_field", "text_pair_field", "label_field", "prompt_field", "response_field")
+    return next((f"data.{key}" for key in keys if getattr(data, key) == name), "data.prompt_template")
+
+
+def _check_columns(records: list[Record], needed: list[str], data: DataConfig) -> None:
+    """A field that no record has is a column the file lacks: one error naming the columns it has and the setting
+    to change, rather than the same line for every record."""
+    parsed = [record for record in records if not record.problem]
+    columns = sorted({name for record in parsed for name in record.fields})
+    for name in needed:
+        if parsed and all(name not in record.fields for record in parsed):
+            setting = _setting_of(name, data)
+            unused = [column for column in columns if column not in needed]
+            guess = (difflib.get_close_matches(name, unused, n=1, cutoff=0.3) or unused or ["COLUMN"])[0]
+            how = (
+                "Change data.prompt_template to read the file's columns"
+                if setting == "data.prompt_template"
+                else f"Point {setting} at the column that holds it, e.g. {setting}={guess}"
+            )
+            source = re.sub(r"(:(item |row )?\d+| row \d+)$", "", parsed[0].where)
+            raise DataError(
+                f"{source}: no record has field '{name}' ({setting}; all {len(parsed)} records checked); "
+                f"the file's columns are: {', '.join(columns) or 'none'}. {how}."
+            )
+
+
 def check_records(
     records: list[Record],
     task: str,
@@ -74,8 +104,10 @@ def check_records(
     labels: list[str] | None,
     with_target: bool = True,
 ) -> Checked:
-    """Split records into valid ones and one problem line per invalid one."""
+    """Split records into valid ones and one problem line per invalid one; a field that no record has is one
+    error about the file's columns."""
     needed = required_fields(task, data, with_target)
+    _check_columns(records, needed, data)
     label_field = data.label_field if task == "classification" and with_target else None
     checked = Checked(valid=[])
     for record in records:

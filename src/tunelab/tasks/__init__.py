@@ -364,14 +364,21 @@ def _check_fields(spec: TaskSpec, records: list[Record], with_target: bool = Tru
 def read_for_task(path: str, spec: TaskSpec, with_target: bool = True) -> list[Record]:
     """A data file read as records of `spec`: every record must parse and carry the fields the task reads (and,
     `with_target`, its answer), each checked as a run's own data is, so a bad one is named by file and line."""
-    records = read_file(path)
+    return check_for_task(read_file(path), spec, path, with_target)
+
+
+def check_for_task(
+    records: list[Record], spec: TaskSpec, path: str, with_target: bool = True, skip_invalid: bool = False
+) -> list[Record]:
+    """`read_for_task` on records already read from `path`; `skip_invalid` skips (and lists) a classification or
+    generation task's invalid records instead of failing."""
     if spec.kind in ("classification", "generation"):
         labels = list(spec.label_words) if spec.kind == "classification" else None
         task_type = "classification" if spec.kind == "classification" else "causal_lm"
         return enforce(
             check_records(records, task_type, spec.data_config(spec.max_length or 512), labels, with_target),
             path,
-            skip_invalid=False,
+            skip_invalid,
         )
     bad = next((r for r in records if r.problem), None)
     if bad:
