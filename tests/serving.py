@@ -1,6 +1,6 @@
 """Starting `tunelab serve` for tests and the serving benchmark: a real server in a subprocess, on a free loopback
-port, stopped afterwards; and the short real runs (smollm2 LoRA, minilm classifier) that the serving, export and
-portability tests and benchmarks use."""
+port, stopped afterwards; the short real runs (smollm2 LoRA, minilm classifier) that the serving, export and
+portability tests and benchmarks use; and one target of every kind the server takes, built on the tiny models."""
 
 from __future__ import annotations
 
@@ -73,6 +73,152 @@ def short_lora_run(output_dir: Path, dialogsum: Path, seed: int, name: str):
         "training.learning_rate=1e-2",
     ]
     return train(load_config(CONFIGS / "dialogsum-smollm2-lora.yaml", overrides))
+
+
+def _tiny_run(folder: Path, name: str, model: str, method: str, task_type: str, data: dict, mixture=None):
+    """Two training steps of a tiny model (conftest's tiny_encoder or tiny_decoder), no baseline scored: a run
+    directory of the kind that `method` and `mixture` make, in seconds. The learning rate is small enough that a
+    full fine-tune does not collapse onto the end-of-text token, so every generator still says something.
+    Returns its RunDir."""
+    from tunelab.config import build_config
+    from tunelab.pipeline import train
+
+    config = {
+        "name": name,
+        "task_type": task_type,
+        "output_dir": str(folder / "runs"),
+        "model": {"name": model},
+        "method": {"name": method},
+        "data": data,
+        "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "precision": "fp32"},
+        "eval": {"max_new_tokens": 4, "baselines": []},
+    }
+    return train(build_config({**config, "mixture": mixture} if mixture else config))
+
+
+def _tiny_data(folder: Path) -> tuple[dict, dict]:
+    """The data sections of a tiny classifier (sentiment words) and a tiny generator (repeat a word)."""
+    from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
+
+    sentiment = [
+        {
+            "text": f"the {NOUNS[i % 6]} was {(POSITIVE if i % 2 else NEGATIVE)[i % 6]}",
+            "label": ("negative", "positive")[i % 2],
+        }
+        for i in range(16)
+    ]
+    copy = [{"question": f"repeat the word {word}", "answer": word} for word in POSITIVE + NEGATIVE]
+    return (
+        {"train": str(write_jsonl(folder / "sentiment.jsonl", sentiment)), "max_length": 32},
+        {
+            "train": str(write_jsonl(folder / "copy.jsonl", copy)),
+            "prompt_template": "{question}",
+            "response_field": "answer",
+            "max_length": 48,
+        },
+    )
+
+
+TINY_MIXTURE = {
+    "tasks": [{"task": "sst2", "max_examples": 8}, {"task": "rte", "max_examples": 8}],
+    "eval_examples": 2,
+    "validation_examples": 2,
+}
+"""The two built-in tasks (from ../shared/data) the tiny mixture runs learn; their served ids end in :sst2, :rte."""
+
+
+def tiny_targets(folder: Path, encoder: str, decoder: str) -> dict[str, str]:
+    """One TARGET of every kind `tunelab serve` takes but a registry name, on the tiny models: a model folder, a
+    full and a LoRA fine-tune of the decoder, classifiers tuned with full, head and LoRA, a multi-head and a
+    task-adapters mixture, and the LoRA run merged into a model folder. Returns {kind: TARGET}."""
+    from tunelab.pipeline import merge_run
+
+    classifier, generator = _tiny_data(folder)
+    runs = {
+        "full run": _tiny_run(folder, "full", decoder, "full", "causal_lm", generator),
+        "lora run": _tiny_run(folder, "lora", decoder, "lora", "causal_lm", generator),
+        **{
+            f"classifier {method}": _tiny_run(
+                folder, f"classifier-{method}", encoder, method, "classification", classifier
+            )
+            for method in ("full", "head", "lora")
+        },
+        "multi-head mixture": _tiny_run(
+            folder,
+            "multi-head",
+            encoder,
+            "full",
+            "classification",
+            {"max_length": 64},
+            {**TINY_MIXTURE, "architecture": "multi_head"},
+        ),
+        "task-adapters mixture": _tiny_run(
+            folder,
+            "task-adapters",
+            decoder,
+            "lora",
+            "causal_lm",
+            {"max_length": 96},
+            {**TINY_MIXTURE, "architecture": "task_adapters"},
+        ),
+    }
+    merged = merge_run(runs["lora run"], folder / "merged")
+    return {
+        "model folder": decoder,
+        **{kind: str(run.path) for kind, run in runs.items()},
+        "merged model": str(merged),
+    }
+
+
+ENDPOINTS = {"/v1/chat/completions": "generate", "/v1/completions": "generate", "/v1/classify": "classify"}
+"""Each endpoint and the kind of model id it answers."""
+
+ANY_RECORD = {"text": "the film was great", "sentence1": "A cat sleeps.", "sentence2": "An animal sleeps."}
+"""One classify input for every classifier served here: its fields are the tiny sentiment runs' and SST-2's
+(text) and RTE's (sentence1, sentence2); a classifier reads its own and ignores the rest."""
+
+
+def _request(endpoint: str, model: str) -> dict:
+    if endpoint == "/v1/classify":
+        return {"model": model, "input": [ANY_RECORD]}
+    if endpoint == "/v1/completions":
+        return {"model": model, "prompt": "repeat the word film", "max_tokens": 6}
+    return {"model": model, "messages": [{"role": "user", "content": "repeat the word film"}], "max_tokens": 6}
+
+
+def _answer(endpoint: str, body: dict) -> str:
+    if endpoint == "/v1/classify":
+        (prediction,) = body["data"]
+        return prediction["label"] if sum(prediction["scores"].values()) > 0.999 else ""
+    choice = body["choices"][0]
+    return choice["text"] if endpoint == "/v1/completions" else choice["message"]["content"]
+
+
+def endpoint_outcomes(ask, models: dict[str, str]) -> dict[tuple[str, str], str]:
+    """What every endpoint does for every model id ({id: 'generate' | 'classify'}): 'answered' (a 200 with a
+    non-empty answer), 'refused' (OpenAI's 400 for the wrong endpoint), or the status and body seen otherwise.
+    `ask(endpoint, body)` sends one request and returns (status, JSON body): a server, or the UI's test client."""
+    outcomes = {}
+    for model in models:
+        for endpoint in ENDPOINTS:
+            status, body = ask(endpoint, _request(endpoint, model))
+            error = (body or {}).get("error") if isinstance(body, dict) else None
+            if status == 200 and _answer(endpoint, body):
+                outcomes[model, endpoint] = "answered"
+            elif status == 400 and error and set(error) == {"message", "type", "param", "code"}:
+                outcomes[model, endpoint] = "refused" if error["code"] == "wrong_endpoint" else f"400: {error}"
+            else:
+                outcomes[model, endpoint] = f"{status}: {body}"
+    return outcomes
+
+
+def expected_outcomes(models: dict[str, str]) -> dict[tuple[str, str], str]:
+    """`endpoint_outcomes` of a server that answers every id on the endpoints of its kind and refuses the rest."""
+    return {
+        (model, endpoint): "answered" if kind == answers else "refused"
+        for model, kind in models.items()
+        for endpoint, answers in ENDPOINTS.items()
+    }
 
 
 def free_port() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +17,9 @@ from tunelab.runs import RunDir
 from tunelab.ui.app import create_ui, run_ui
 from tunelab.ui.index import UiError, read_metrics, scan
 
-from helpers import cli
+from conftest import SHARED_DATA
+from helpers import cli, session_home
+from serving import endpoint_outcomes, expected_outcomes, tiny_targets
 
 
 @pytest.fixture
@@ -140,3 +143,50 @@ def test_rating_in_the_browser_forms_stores_each_pair_and_refuses_a_partial_one(
     report = client.get("/rate/web-form/report").text
     assert "sys-a" in report and "alpha" in report.lower()
     assert client.get("/rate/nope?rater=ann").status_code == 400
+
+
+PLAYGROUND = {
+    "full run": {"base: {decoder}": "generate", "tuned: {run}": "generate"},
+    "lora run": {"base: {decoder}": "generate", "tuned: {run}": "generate"},
+    "classifier full": {"tuned: {run}": "classify"},
+    "classifier head": {"tuned: {run}": "classify"},
+    "classifier lora": {"tuned: {run}": "classify"},  # no base: with the adapter off, its head is untrained
+    "multi-head mixture": {"tuned: {run}:sst2": "classify", "tuned: {run}:rte": "classify"},
+    "task-adapters mixture": {
+        "base: {decoder}": "generate",
+        "tuned: {run}:sst2": "generate",
+        "tuned: {run}:rte": "generate",
+    },
+}
+"""The playground's columns for a run of each kind: {label: 'generate' or 'classify'}. A generator's base column is
+the model folder it was tuned from (a registry model answers through the same code)."""
+
+
+@pytest.fixture(scope="module")
+def kinds(tiny_encoder, tiny_decoder, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A run of every kind, under FOLDER/runs: (FOLDER, {kind: run directory})."""
+    folder = tmp_path_factory.mktemp("playground-kinds")
+    with pytest.MonkeyPatch.context() as patch:  # conftest's per-test TUNELAB_HOME is not set up at module scope
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
+        return folder, tiny_targets(folder, tiny_encoder, tiny_decoder)
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="the tiny mixtures read sst2 and rte from ../shared/data")
+@pytest.mark.parametrize("kind", list(PLAYGROUND))
+def test_the_playground_answers_every_run_kind_and_its_base_on_their_endpoints(kind, kinds, tiny_decoder, monkeypatch):
+    folder, targets = kinds
+    monkeypatch.chdir(folder)  # the app names a run by its path from here, as it does for a user
+    run = f"runs/{Path(targets[kind]).name}"
+    client = TestClient(create_ui([folder / "runs"]))
+    loaded = client.post("/api/playground/load", json={"runs": [run]})
+    assert loaded.status_code == 200, loaded.json()
+    columns = loaded.json()["models"]
+    expected = {label.format(decoder=tiny_decoder, run=run): k for label, k in PLAYGROUND[kind].items()}
+    assert {column["label"]: column["kind"] for column in columns} == expected
+
+    def ask(endpoint: str, body: dict) -> tuple[int, dict]:
+        answer = client.post(f"/serve{endpoint}", json=body)
+        return answer.status_code, answer.json()
+
+    models = {column["id"]: column["kind"] for column in columns}
+    assert endpoint_outcomes(ask, models) == expected_outcomes(models)

@@ -3,7 +3,8 @@
 
 Runs whose PEFT adapters were trained from the same base (same model, task type, labels and adapter type)
 share one copy of it: the first run's adapter is loaded with PEFT, the others are added to the same model, and
-a request switches to its adapter. The base itself is listed too and answers with the adapters switched off.
+a request switches to its adapter. A generator's base is listed too and answers with the adapters switched off; a
+classifier's is not: with its adapters off, its head is the untrained one it was given before training.
 A multi-task run is one id per task (`RUN:TASK`), answered by that task's head or adapter. Everything else
 (full fine-tunes, bottleneck adapters, head or bias deltas, plain models) is its own model.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +40,22 @@ class Served:
     """'generate' (chat and completions) or 'classify'."""
     decoder_only: bool
     answering: Callable[[], AbstractContextManager[Target]]
-    """Puts the shared model into this id's state (its adapter, its task's route) while the context is open."""
+    """A factory called once per batch: the context it opens puts the shared model into this id's state (its
+    adapter, its task's route) while it is open."""
     tokenizer: object
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     """The run's trained tasks: their templates, filled from a request's `record`, and a classifier's text fields."""
     owned_by: str = "tunelab"
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        """Refuse a context in place of a factory at load time: `@contextmanager`'s contexts are callable
+        (as decorators), so one given here would only fail, as a 500, on the first request."""
+        if isinstance(self.answering, AbstractContextManager) or not callable(self.answering):
+            raise TypeError(
+                f"model '{self.id}': answering must be a function returning a context, "
+                f"not {type(self.answering).__name__}"
+            )
 
     def task(self, name: str | None) -> TaskSpec:
         """The task whose template or fields a request uses: the one the run trained, or the one it names."""
@@ -60,12 +71,12 @@ class Served:
         )
 
 
-@contextmanager
-def _fixed(target: Target) -> Iterator[Target]:
-    yield target
+def _fixed(target: Target) -> Callable[[], AbstractContextManager[Target]]:
+    """A model that answers as it is, with nothing to switch."""
+    return lambda: nullcontext(target)
 
 
-def _adapter(target: Target, adapter: str | None):
+def _adapter(target: Target, adapter: str | None) -> Callable[[], AbstractContextManager[Target]]:
     """A shared PEFT model switched to one adapter, or with its adapters off for the base."""
 
     @contextmanager
@@ -80,12 +91,9 @@ def _adapter(target: Target, adapter: str | None):
     return switched
 
 
-def _routed(target: Target, task: str):
-    @contextmanager
-    def routed() -> Iterator[Target]:
-        yield target.for_task(task)
-
-    return routed
+def _routed(target: Target, task: str) -> Callable[[], AbstractContextManager[Target]]:
+    """A multi-task model routed to one task (its head or adapter) for the batch."""
+    return lambda: nullcontext(target.for_task(task))
 
 
 def _kind(target: Target) -> tuple[str, bool]:
@@ -122,7 +130,7 @@ class Catalog:
             model.eval()
             shared = trained_target(model, load_tokenizer(str(run.model_dir)), config, labels, config.model.name)
             self._shared[key] = shared
-            if config.model.name not in self.models:  # the base, answering with its adapters off
+            if shared.generates and config.model.name not in self.models:  # the base, with its adapters off
                 self._add(Served(config.model.name, *_kind(shared), _adapter(shared, None), shared.tokenizer, tasks))
         else:
             shared.model.load_adapter(run.model_dir, adapter_name=model_id)

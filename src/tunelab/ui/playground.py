@@ -57,8 +57,8 @@ class Playground:
         return PlaygroundModel(served.id, label, served.kind, fields, task)
 
     def load(self, run: RunSummary) -> list[PlaygroundModel]:
-        """The base model (where one answers like the run: a generator, or a classifier sharing its base with
-        the run's adapter), then the run, or each of a multi-head run's tasks."""
+        """The base model for a generator (a classifier's base has no trained head to answer with), then the run,
+        or each of a multi-task run's tasks."""
         if run.state != "complete":
             raise UiError(f"run {run.id} is {run.state}: only a complete run can answer in the playground")
         directory = RunDir(run.path)
@@ -66,11 +66,7 @@ class Playground:
             if not any(self._of_run(run.id)):
                 self.catalog.add_run(run.id, directory)
             tuned = list(self._of_run(run.id))
-            base = None
-            if tuned[0].kind == "generate":
-                base = self.catalog.add_base(directory)
-            elif directory.config().model.name in self.catalog.models:
-                base = directory.config().model.name
+            base = self.catalog.add_base(directory) if tuned[0].kind == "generate" else None
         columns = [self._column(self.catalog.models[base], f"base: {base}")] if base else []
         return columns + [self._column(served, f"tuned: {served.id}") for served in tuned]
 
