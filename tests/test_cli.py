@@ -76,3 +76,22 @@ def test_compare_says_how_many_models_it_trains_without_methods(tmp_path, capsys
     assert f"no --methods given: training all {methods} methods, {methods} models" in capsys.readouterr().out
     assert main(["compare", CONFIG, "--methods", "full,lora"]) == 0
     assert "no --methods given" not in capsys.readouterr().out
+
+
+def _stated_default(action: argparse.Action) -> bool:
+    """An option whose default `--help` must state: one with a value (a flag, an empty list and None say nothing)."""
+    return bool(action.option_strings) and action.nargs != 0 and action.default not in (None, "", [])
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "tunelab")
+def test_every_argument_is_explained_and_every_default_shown(path, capsys):
+    parser = _parser_at(path)
+    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    for action in actions:
+        if isinstance(action, argparse._SubParsersAction):
+            assert all(choice.help for choice in action._choices_actions), f"a sub-command of {path} has no help"
+        else:
+            assert action.help, f"tunelab {' '.join(path)}: {action.option_strings or action.dest} has no help"
+    shown = _help_text(path, capsys)
+    for action in filter(_stated_default, actions):
+        assert f"(default: {action.default})" in shown, f"tunelab {' '.join(path)} {action.option_strings[0]}"
