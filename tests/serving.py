@@ -5,6 +5,7 @@ portability tests and benchmarks use; and one target of every kind the server ta
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_PORT = "127.0.0.1:8000"
+"""The address the README's serving examples call: `tunelab serve`'s default, which a test replaces by a free port."""
 
 
 CHAT_PROMPTS = [
@@ -219,6 +223,29 @@ def expected_outcomes(models: dict[str, str]) -> dict[tuple[str, str], str]:
         for model, kind in models.items()
         for endpoint, answers in ENDPOINTS.items()
     }
+
+
+def readme_serving_blocks() -> list[str]:
+    """The code blocks of the README's Serving section, in order, each with its continuation lines (a trailing
+    backslash) joined, as a shell reads them."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Serving (`tunelab serve`)") :]
+    section = section[: section.index("\n### ")]
+    return [block.replace("\\\n", "") for block in re.findall(r"```[a-z]*\n(.*?)```", section, re.S)]
+
+
+def readme_curl(command: str, url: str) -> dict:
+    """One of the README's curl commands, run through bash as written but calling `url` (a test server) in place of
+    README_PORT; its JSON answer."""
+    assert command.startswith("curl ") and f"http://{README_PORT}/" in command, command
+    answered = subprocess.run(
+        ["bash", "-c", command.replace(f"http://{README_PORT}", url)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(answered.stdout)
 
 
 def free_port() -> int:

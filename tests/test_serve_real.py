@@ -4,6 +4,7 @@ classifier, driven by the official `openai` client and raw HTTP, and a bounded l
 from __future__ import annotations
 
 import json
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,7 +14,15 @@ from tunelab.pipeline import predict_run
 
 from conftest import SHARED_DATA
 from helpers import session_home
-from serving import call, running_server, short_lora_run, short_sentiment_run
+from serving import (
+    README_PORT,
+    call,
+    readme_curl,
+    readme_serving_blocks,
+    running_server,
+    short_lora_run,
+    short_sentiment_run,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -127,3 +136,24 @@ def test_a_bounded_load_over_two_adapters_answers_every_request_as_alone(client,
     )
     status, health, _ = call(server, "/health")
     assert status == 200 and health["queue_depth"] == 0
+
+
+def test_the_readmes_examples_over_runs_answer_as_written(runs):
+    """The README's serving examples over runs (the first, a registry model, is test_serve_readme.py's): its
+    `tunelab serve` command with these runs in place of runs/<runN>, its curl commands through bash and its
+    Python client snippet, all as written but for a free port in place of 8000."""
+    serve, asks, python = readme_serving_blocks()[1:4]
+    for placeholder, run in zip(("runs/<run1>", "runs/<run2>", "runs/<run3>"), ("one", "two", "sentiment")):
+        assert placeholder in serve, serve
+        serve = serve.replace(placeholder, str(runs[run].path))
+    arguments = shlex.split(serve, comments=True)
+    assert arguments[:2] == ["tunelab", "serve"] and "--port" not in arguments
+    with running_server(arguments[2:]) as url:
+        for ask in asks.strip().splitlines():
+            reply = readme_curl(ask, url)
+            assert "error" not in reply and (reply.get("choices") or reply.get("data")), reply
+        assert f"http://{README_PORT}/v1" in python
+        namespace: dict = {}
+        exec(compile(python.replace(f"http://{README_PORT}", url), "README.md", "exec"), namespace)
+        # What a 3-step adapter says may be nothing at all: that it answered, and streamed to the end, is the point.
+        assert namespace["reply"].choices[0].finish_reason in ("stop", "length")
