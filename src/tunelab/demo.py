@@ -1,4 +1,4 @@
-"""`tunelab demo`: the whole pipeline on embedded defaults, in about a minute on a laptop CPU.
+"""`tunelab demo`: the whole pipeline on embedded defaults, in about 100 CPU-seconds (BENCHMARKS.md has wall times).
 
 LoRA-tunes the real minilm-l6 encoder on a small sentiment set that ships with
 the package (written by us, balanced), then prints base vs tuned on its
