@@ -83,6 +83,12 @@ class RowEnds(StoppingCriteria):
         self.done = [False] * len(rows)
         self.sent = [0] * len(rows)
 
+    def __deepcopy__(self, memo: dict) -> RowEnds:
+        """Itself: PEFT's prompt-learning `generate` deep-copies its kwargs, but this criterion is live state (what
+        each row has streamed, and the `cancelled` events a server sets from another thread, which cannot be
+        copied), and a copy would stream to, and be cancelled from, nobody."""
+        return self
+
     def _emit(self, i: int, text: str, final: bool) -> None:
         """Send row i the part of its answer that can no longer change: what a streaming client receives adds up to
         the final answer exactly (leading and trailing whitespace dropped, as in the answer)."""
