@@ -53,7 +53,16 @@ from tunelab.models.loading import (
     run_directory,
 )
 from tunelab.models.reference import check_reference
-from tunelab.runs import LoadedRun, RunDir, load_run, run_chain, staged_folder, write_atomic, write_json
+from tunelab.runs import (
+    LoadedRun,
+    RunDir,
+    checkpoint_step_of,
+    load_run,
+    run_chain,
+    staged_folder,
+    write_atomic,
+    write_json,
+)
 from tunelab.tasks import draw_records, read_for_task
 from tunelab.tasks.suite import load_suite
 from tunelab.train.architectures import Architecture, architecture_of
@@ -256,7 +265,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     with run.marks_failure() if main else nullcontext(), ends_tracking_on_failure(config):
         ready = setup(config, run, tasks, plan, precision, [*callbacks, stop], tokenizer)
         if resume and main:  # the steps after the checkpoint (all, without one) are logged again, once
-            run.keep_metrics_until(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+            run.keep_metrics_until(checkpoint_step_of(checkpoint) if checkpoint else 0)
         window = reset_peak()
         with stop.listening():
             ready.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -271,7 +280,7 @@ def _kept_step(trainer: Trainer) -> int | None:
     """The step of the checkpoint whose weights the Trainer returned to at the end (its best validation), or None
     when the run kept its last weights. The checkpoint folder itself is gone by then: `model/` holds them."""
     best = trainer.state.best_model_checkpoint
-    return int(best.rsplit("-", 1)[-1]) if best and trainer.args.load_best_model_at_end else None
+    return checkpoint_step_of(best) if best and trainer.args.load_best_model_at_end else None
 
 
 def _resume_point(run: RunDir, plan: Plan) -> Path | None:
@@ -279,7 +288,7 @@ def _resume_point(run: RunDir, plan: Plan) -> Path | None:
     starts over."""
     checkpoint = run.last_checkpoint()
     if checkpoint:
-        print(f"resuming at step {run.checkpoint_step()} of {plan.steps}, from {checkpoint}")
+        print(f"resuming at step {checkpoint_step_of(checkpoint)} of {plan.steps}, from {checkpoint}")
     else:
         print(f"no complete checkpoint in {run.checkpoints}: training starts over, at step 0 of {plan.steps}")
     return checkpoint

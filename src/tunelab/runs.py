@@ -60,6 +60,11 @@ class RunInterrupted(KeyboardInterrupt):
         self.line, self.exit_status = line, exit_status
 
 
+def checkpoint_step_of(checkpoint: str | Path) -> int:
+    """The step a Trainer checkpoint folder (`checkpoint-N`) was saved at."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write text so that readers see either the old file or the whole new one. The temporary file is created
     as any other file is, so it gets the mode the umask gives (tempfile.mkstemp's is 0600, which run.json and
@@ -201,13 +206,13 @@ class RunDir:
         if not self.checkpoints.exists():
             return None
         complete = [p for p in self.checkpoints.glob("checkpoint-*") if _has_trainer_state(p)]
-        found = sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
+        found = sorted(complete, key=checkpoint_step_of)
         return found[-1] if found else None
 
     def checkpoint_step(self) -> int | None:
         """The step of the newest complete checkpoint: where `train --resume` continues from."""
         checkpoint = self.last_checkpoint()
-        return int(checkpoint.name.split("-")[-1]) if checkpoint else None
+        return checkpoint_step_of(checkpoint) if checkpoint else None
 
     def resume_line(self) -> str:
         """Where `train --resume` would continue this run, in words."""
