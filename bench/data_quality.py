@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import time
 
-from tunelab.config import template_fields
 from tunelab.data.quality import Fields, Sketched, examples_of, overlap, task_examples
 from tunelab.data.readers import read_file
 from tunelab.data.report import Reference, task_report
+from tunelab.render import template_fields
 from tunelab.tasks import TaskError, builtin_tasks, data_root, load_records, load_task
 
 

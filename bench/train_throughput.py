@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from tunelab.data.templates import format_decoder_prompt, has_chat_template
+from tunelab.render import format_decoder_prompt, has_chat_template
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main
-from tunelab.config import build_config, template_fields
+from tunelab.config import build_config
 from tunelab.data.readers import DataError, find_split_files, read_file, read_source
 from tunelab.data.splits import load_task_data
 from tunelab.data.validate import SHOWN_PROBLEMS, check_records, enforce, required_fields
+from tunelab.render import template_fields
 
 LABELS = ("neg", "pos")
 

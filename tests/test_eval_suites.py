@@ -12,7 +12,7 @@ from test_train_tiny import causal_config, classification_config
 
 from tunelab import pipeline
 from tunelab.cli import main
-from tunelab.config import DataConfig, RunConfig, template_fields
+from tunelab.config import DataConfig, RunConfig
 from tunelab.data.readers import Record
 from tunelab.eval.bias import bias_report, counterfactual_records, mentioning
 from tunelab.eval.counterfactual import mentions
@@ -23,6 +23,7 @@ from tunelab.eval.robustness import perturbed_records, robustness_report
 from tunelab.eval.runner import TaskResult, _text_nll, run_task, score
 from tunelab.eval.suites import run_suite
 from tunelab.eval.targets import Target, load_target
+from tunelab.render import template_fields
 from tunelab.tasks import TaskError, builtin_tasks, format_entities, load_records, load_task, parse_entities
 from tunelab.tasks.suite import Suite, load_suite
 

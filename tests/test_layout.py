@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 LAYERS = [
-    {"errors"},
+    {"errors", "render"},
     {"config"},
     {"distributed"},
     {"data", "tasks"},

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
-import string
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -31,6 +29,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from tunelab.errors import TunelabError
+from tunelab.render import template_fields
 
 TaskType = Literal["classification", "causal_lm", "seq2seq", "language_modeling"]
 MethodName = Literal["full", "head", "bitfit", "lora", "dora", "rslora", "qlora", "adapter", "prefix", "prompt", "ia3"]
@@ -45,54 +44,6 @@ def tunelab_home() -> Path:
 
 class ConfigError(TunelabError, ValueError):
     """A configuration problem the user must fix; the message says what and how."""
-
-
-class _Blank(str):
-    """The empty text that also answers any key, so a template with `{field[key]}` can be trial-filled."""
-
-    def __getitem__(self, key):
-        return _Blank()
-
-
-def template_fields(template: str) -> list[str]:
-    """The record fields a prompt template reads, in order of first use; ValueError, saying why, for a template
-    that could not be filled from a record's fields. A placeholder names a field (`{text}`) or a key of a field
-    holding a mapping (`{target[span1_text]}`, as in SuperGLUE's WSC)."""
-    names: list[str] = []
-    for _, placeholder, _, _ in string.Formatter().parse(template):
-        if placeholder is not None:
-            if not re.fullmatch(r"[A-Za-z_]\w*(\[[^\[\]]+\])*", placeholder):
-                raise ValueError(
-                    f"prompt_template placeholder '{{{placeholder}}}' must name a record field, e.g. {{text}}, "
-                    "or a key of one, e.g. {target[span1_text]}"
-                )
-            name = placeholder.split("[")[0]
-            if name not in names:
-                names.append(name)
-    template.format(**{name: _Blank() for name in names})  # a conversion or format spec text cannot take fails here
-    return names
-
-
-def _template_value(value: Any) -> Any:
-    """A record value as a prompt shows it: token lists joined with spaces, mappings kept so `{field[key]}` can
-    reach inside them, everything else as text."""
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    if isinstance(value, dict):
-        return {str(key): _template_value(item) for key, item in value.items()}
-    return str(value)
-
-
-def fill_template(template: str, fields: dict[str, Any]) -> str:
-    """The prompt a template makes of one record's fields: the one renderer for training, scoring and serving.
-    Surrounding whitespace is dropped, so an optional last field left empty (Alpaca's `input`) leaves no dangling
-    blank lines. ValueError, naming the field or key, when the record lacks one the template reads."""
-    try:
-        return template.format(**{name: _template_value(value) for name, value in fields.items()}).strip()
-    except KeyError as exc:
-        raise ValueError(f"the template reads {exc.args[0]!r}, which the record does not have") from None
-    except TypeError:  # `{field[key]}` on a field that holds text
-        raise ValueError("the template reads a key of a field that holds text, not a mapping") from None
 
 
 class _Section(BaseModel):

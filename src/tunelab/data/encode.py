@@ -15,7 +15,8 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 
 from tunelab.config import DataConfig
 from tunelab.data.readers import Record
-from tunelab.data.templates import Demonstration, format_decoder_prompt, has_chat_template, render_prompt
+from tunelab.data.templates import render_prompt
+from tunelab.render import Demonstration, format_decoder_prompt, has_chat_template
 
 IGNORE_INDEX = -100
 """Label value that the loss skips: prompt tokens and padding."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.config import ConfigError, DataConfig, parse_overrides, template_fields
+from tunelab.config import ConfigError, DataConfig, parse_overrides
 from tunelab.data.readers import DataError, Record, read_file
+from tunelab.render import template_fields
 from tunelab.tasks import TaskSpec, check_for_task
 
 INPUT_KEYS = ("text_field", "text_pair_field", "prompt_field", "skip_invalid")

@@ -26,8 +26,9 @@ from datasketch import MinHash, MinHashLSH
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tunelab.config import DataConfig, template_fields
+from tunelab.config import DataConfig
 from tunelab.data.readers import Record
+from tunelab.render import template_fields
 from tunelab.tasks import TaskSpec, load_records, load_task
 from tunelab.tasks.suite import load_suite
 

@@ -12,8 +12,9 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-from tunelab.config import DataConfig, template_fields
+from tunelab.config import DataConfig
 from tunelab.data.readers import DataError, Record
+from tunelab.render import template_fields
 
 SHOWN_PROBLEMS = 10
 

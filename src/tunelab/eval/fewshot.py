@@ -14,8 +14,8 @@ import json
 import random
 
 from tunelab.data.readers import Record
-from tunelab.data.templates import Demonstration
 from tunelab.eval import EvaluationError
+from tunelab.render import Demonstration
 from tunelab.tasks import TaskError, TaskSpec, load_records
 
 

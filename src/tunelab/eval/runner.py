@@ -21,7 +21,6 @@ import torch
 from tunelab.config import DataConfig, RunConfig, TrainingConfig
 from tunelab.data.encode import IGNORE_INDEX, decoder_prompt_ids, encode, formatted_prompt_ids
 from tunelab.data.readers import Record
-from tunelab.data.templates import Demonstration, with_demonstrations
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
 from tunelab.eval.fewshot import draw_demonstrations
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
@@ -30,6 +29,7 @@ from tunelab.eval.predict import classify
 from tunelab.eval.progress import progress
 from tunelab.eval.rolling import rolling_nll
 from tunelab.eval.targets import Target, TargetError
+from tunelab.render import Demonstration, with_demonstrations
 from tunelab.tasks import TaskSpec, parse_entities
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import RunConfig
-from tunelab.data.templates import has_chat_template
 from tunelab.errors import TunelabError
+from tunelab.render import has_chat_template, render_chat
 
 ROLES = ("system", "user", "assistant")
 _MARK = {role: f"\x02{role.upper()}-{i}\x03" for i, role in enumerate(ROLES)}
@@ -57,7 +57,7 @@ class ChatFormat:
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], generation: bool = False) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        return render_chat(messages, tokenizer, add_generation_prompt=generation)
     except Exception as error:  # the template's own checks (e.g. no system role): not a per-role format
         raise TemplateNotTranslatable(f"the chat template refused a probe conversation: {error}") from None
 

@@ -29,12 +29,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from tunelab.config import template_fields
 from tunelab.data.encode import decoder_prompt_ids
 from tunelab.data.readers import Record
-from tunelab.data.templates import has_chat_template
 from tunelab.errors import TunelabError
 from tunelab.eval.generate import Row
+from tunelab.render import has_chat_template, render_chat, template_fields
 from tunelab.serve.batcher import Batcher, Job, QueueFull
 from tunelab.serve.catalog import Catalog, Served
 from tunelab.serve.protocol import (
@@ -394,7 +393,7 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
             if has_chat_template(tokenizer):
                 chat = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
                 try:
-                    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                    rendered = render_chat(chat, tokenizer, add_generation_prompt=True)
                 # The template's own checks (roles must alternate, ...) fail on the client's messages: a 400.
                 except Exception as error:
                     raise ApiError(

@@ -21,10 +21,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.config import DataConfig, RunConfig, fill_template, template_fields
+from tunelab.config import DataConfig, RunConfig
 from tunelab.data.readers import DataError, Record, read_file, read_source
 from tunelab.data.validate import check_records, enforce
 from tunelab.errors import TunelabError
+from tunelab.render import fill_template, template_fields
 
 TASKS_DIR = Path(__file__).resolve().parent
 SUITES_DIR = TASKS_DIR / "suites"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from tunelab.config import template_fields
+from tunelab.render import template_fields
 from tunelab.runs import RunDir
 from tunelab.serve.app import ServeSettings, create_app
 from tunelab.serve.catalog import Catalog, Served
