@@ -23,7 +23,6 @@ from tunelab.config.methods import (
     MethodConfig,
     MethodTraits,
     method_names,
-    method_traits,
     spoken_list,
 )
 from tunelab.config.mixture import MixtureConfig, MixtureTask, StageConfig
@@ -54,7 +53,6 @@ __all__ = [
     "config_to_yaml",
     "load_config",
     "method_names",
-    "method_traits",
     "parse_overrides",
     "spoken_list",
     "tunelab_home",

@@ -103,12 +103,7 @@ METHOD_TRAITS: dict[str, MethodTraits] = {
 adds rows for methods defined outside tunelab."""
 
 
-def method_traits(name: str) -> MethodTraits:
-    """The row of a method name that `MethodConfig` has validated."""
-    return METHOD_TRAITS[name]
-
-
-def method_names(test=lambda traits: True) -> list[str]:
+def method_names(test) -> list[str]:
     """The method names whose row passes `test`, in table order."""
     return [name for name, traits in METHOD_TRAITS.items() if test(traits)]
 

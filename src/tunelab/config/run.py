@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
 from tunelab.config.errors import describe_error
-from tunelab.config.methods import MethodConfig, method_traits
+from tunelab.config.methods import METHOD_TRAITS, MethodConfig
 from tunelab.config.mixture import MixtureConfig
 from tunelab.config.overrides import merge_sections, nest_keys
 from tunelab.config.section import Section
@@ -64,7 +64,7 @@ class RunConfig(Section):
 
     def _check_method_applies(self) -> RunConfig:
         """Refuse a method whose row confines it to other task types, saying why."""
-        traits = method_traits(self.method.name)
+        traits = METHOD_TRAITS[self.method.name]
         if not traits.applies_to(self.task_type):
             why = f" ({traits.task_types_reason})" if traits.task_types_reason else ""
             raise ValueError(
@@ -90,7 +90,7 @@ class RunConfig(Section):
 
     def _check_mixture(self) -> RunConfig:
         architecture = self.mixture.architecture
-        traits = method_traits(self.method.name)
+        traits = METHOD_TRAITS[self.method.name]
         if self.task_type == "language_modeling":
             raise ValueError(
                 "task_type 'language_modeling' trains on the raw text of data.train, not on a mixture of tasks; "
@@ -162,7 +162,7 @@ class RunConfig(Section):
         """The learning rate to train with: the configured one, or the method's measured default."""
         if self.training.learning_rate is not None:
             return self.training.learning_rate
-        rates = method_traits(self.method.name).learning_rates
+        rates = METHOD_TRAITS[self.method.name].learning_rates
         return rates.with_head if self.task_type == "classification" else rates.generative
 
     def best_metric(self) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "TrainableReport",
     "apply_method",
     "base_load_options",
+    "check_registry",
     "check_method",
     "method_module",
     "register_method",
