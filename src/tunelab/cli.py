@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from tunelab.config import ConfigError, TaskType, load_config
+from tunelab.config import METHOD_TRAITS, ConfigError, TaskType, load_config, method_names
 from tunelab.errors import TunelabError
 
 
@@ -502,8 +502,8 @@ def _suites() -> str:
     return ", ".join(builtin_suites())
 
 
-COMPARE_METHODS = "full,head,bitfit,lora,adapter,prefix,prompt,ia3"
-"""What `tunelab compare` trains without --methods: one model per method."""
+COMPARE_METHODS = ",".join(name for name, traits in METHOD_TRAITS.items() if not traits.lora_family or name == "lora")
+"""What `tunelab compare` trains without --methods: one model per method, lora standing for its family."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -704,7 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     merge = commands.add_parser(
-        "merge", help="write a standalone model with the run's update folded in (lora family, ia3, bitfit, head, full)"
+        "merge",
+        help="write a standalone model with the run's update folded in "
+        f"({', '.join(method_names(lambda traits: traits.mergeable))})",
     )
     merge.add_argument("run", help="a complete run directory")
     merge.add_argument("--output", required=True, help="new folder for the merged model (safetensors + tokenizer)")

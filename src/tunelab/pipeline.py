@@ -21,7 +21,7 @@ from transformers.utils import enable_tf32, is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.card import render_card
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, method_names, spoken_list
 from tunelab.data.blocks import block_taskset
 from tunelab.data.cleaning import clean
 from tunelab.data.inputs import read_inputs
@@ -449,7 +449,7 @@ def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
         if not adapter_config.exists() or config.mixture is not None:
             raise MethodError(
                 f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
-                "switching needs one-task runs of lora, dora, rslora, qlora, ia3, prefix or prompt"
+                f"switching needs one-task runs of {spoken_list(method_names(lambda traits: traits.peft_adapter))}"
             )
         if (config.model.name, config.task_type, state.get("labels")) != (
             first.model.name,
