@@ -9,12 +9,13 @@ import math
 import pytest
 import torch
 
+from tunelab.data.task_records import load_records
 from tunelab.eval.forgetting import _task_row
 from tunelab.eval.metrics import MetricError, get_metric
 from tunelab.eval.metrics import score as metric_score
 from tunelab.eval.runner import TaskResult, reference_nll, run_task, score, skip_reason
 from tunelab.eval.targets import Target, load_target
-from tunelab.tasks import load_records, load_task
+from tunelab.tasks import load_task
 
 from conftest import write_jsonl
 

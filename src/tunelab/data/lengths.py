@@ -11,9 +11,9 @@ import math
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
-from tunelab.data.encode import formatted_prompt_ids
-from tunelab.data.readers import Record
-from tunelab.data.templates import render_prompt
+from tunelab.kinds.encoding import formatted_prompt_ids
+from tunelab.kinds.generation import render_prompt
+from tunelab.records import Record
 
 
 def length_summary(lengths: list[int], limit: int) -> dict:
