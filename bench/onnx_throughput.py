@@ -22,11 +22,11 @@ import onnxruntime
 import torch
 
 from tunelab.config import RunConfig, TrainingConfig, load_config
+from tunelab.data.task_records import read_for_task
 from tunelab.eval.predict import classify
 from tunelab.export.onnx import OnnxClassifier, export_onnx
 from tunelab.pipeline import merged_model, train
 from tunelab.runs import RunDir, load_run
-from tunelab.tasks import read_for_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

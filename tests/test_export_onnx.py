@@ -17,10 +17,11 @@ import torch
 
 from tunelab import pipeline
 from tunelab.config import build_config, load_config
+from tunelab.data.task_records import load_records
 from tunelab.export import ExportError
 from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE, OnnxClassifier, export_onnx, predict_onnx
 from tunelab.runs import RunDir, RunError, load_run
-from tunelab.tasks import TaskError, load_records, load_task
+from tunelab.tasks import TaskError, load_task
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
 from helpers import cli, session_home

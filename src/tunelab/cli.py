@@ -231,7 +231,8 @@ def _cmd_tasks_list(args) -> None:
 
 
 def _cmd_tasks_show(args) -> None:
-    from tunelab.tasks import load_records, load_task
+    from tunelab.data.task_records import load_records
+    from tunelab.tasks import load_task
 
     spec = load_task(args.name)
     print(

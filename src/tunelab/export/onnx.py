@@ -27,7 +27,7 @@ import onnxruntime
 import torch
 
 from tunelab.data.encode import encode
-from tunelab.data.readers import Record
+from tunelab.data.task_records import read_for_task
 from tunelab.data.taskset import task_specs
 from tunelab.eval.generate import pad_batch
 from tunelab.eval.predict import classify_with
@@ -36,8 +36,9 @@ from tunelab.eval.targets import Target, trained_target
 from tunelab.export import ExportError
 from tunelab.models.loading import load_tokenizer
 from tunelab.pipeline import merged_model
+from tunelab.records import Record
 from tunelab.runs import LoadedRun, RunDir, load_run, staged_folder, write_atomic, write_json
-from tunelab.tasks import TaskSpec, read_for_task
+from tunelab.tasks import TaskSpec
 
 MODEL_FILE = "model.onnx"
 EXPORT_FILE = "tunelab-export.json"

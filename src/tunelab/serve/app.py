@@ -29,10 +29,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from tunelab.data.encode import decoder_prompt_ids
-from tunelab.data.readers import Record
 from tunelab.errors import TunelabError
 from tunelab.eval.generate import Row
+from tunelab.kinds.encoding import decoder_prompt_ids
+from tunelab.records import Record
 from tunelab.render import has_chat_template, render_chat, template_fields
 from tunelab.serve.batcher import Batcher, Job, QueueFull
 from tunelab.serve.catalog import Catalog, Served

@@ -36,7 +36,6 @@ from tunelab.data.encode import (
     make_collator,
 )
 from tunelab.data.plan import Plan
-from tunelab.data.readers import Record
 from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
 from tunelab.methods import TrainableReport, apply_method, base_load_options, lora, method_module
 from tunelab.methods.peft_common import name_base_model
@@ -44,6 +43,7 @@ from tunelab.methods.task_adapters import apply_task_adapters, save_task_adapter
 from tunelab.models.attention import follows_example_boundaries
 from tunelab.models.loading import load_base, portable_reference, resolve_source
 from tunelab.models.multihead import build_multihead
+from tunelab.records import Record
 from tunelab.train.trainer import (
     CompletionLossTrainer,
     PlannedTrainer,
