@@ -33,6 +33,8 @@ EXPORT_ARGUMENTS = ("run", "format", "output", "task")
 
 
 class ExportFormat(Protocol):
+    """What `tunelab export` reads of a format: usually a module, and any object with these attributes will do."""
+
     NAME: str
     DESCRIPTION: str
     OPTIONS: tuple[ExportOption, ...]
