@@ -9,12 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from tunelab import export
+from tunelab import export, pipeline
 from tunelab.cli import main
+from tunelab.config import build_config
 from tunelab.export import EXPORT_FORMATS, register_export_format
 from tunelab.export.base import ExportError, ExportOption
 from tunelab.runs import RunDir
+
+from helpers import cli
 
 
 class ToyFormat:
@@ -98,3 +103,27 @@ def test_the_registry_loads_no_model_library():
     probe = f"import sys, tunelab.cli, tunelab.export; tunelab.cli.build_parser(); print({heavy})"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_transformers_format_writes_the_folder_tunelab_merge_writes(tiny_encoder, sentiment_file, tmp_path):
+    run = pipeline.train(
+        build_config(
+            {
+                "name": "tiny-merged",
+                "task": "classification",
+                "output_dir": str(tmp_path / "runs"),
+                "model": {"name": tiny_encoder},
+                "data": {"train": str(sentiment_file), "max_length": 32},
+                "method": {"name": "lora"},
+                "training": {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-2, "precision": "fp32"},
+                "eval": {"baselines": []},
+            }
+        )
+    )
+    assert cli(f"export {run.path} --format transformers --output {tmp_path / 'exported'}") == 0
+    assert cli(f"merge {run.path} --output {tmp_path / 'merged'}") == 0
+    exported, merged = tmp_path / "exported", tmp_path / "merged"
+    assert sorted(p.name for p in exported.iterdir()) == sorted(p.name for p in merged.iterdir())
+    weights, merged_weights = load_file(exported / "model.safetensors"), load_file(merged / "model.safetensors")
+    assert weights.keys() == merged_weights.keys()
+    assert all(torch.equal(weights[name], merged_weights[name]) for name in weights)

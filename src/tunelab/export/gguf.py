@@ -20,14 +20,13 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from tunelab.export.base import ExportError, ExportOption
 from tunelab.export.modelfile import render_modelfile
 from tunelab.models.registry import REGISTRY
 from tunelab.runs import RunDir, load_run, staged_folder
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 NAME = "gguf"
@@ -221,6 +220,7 @@ def _stored(weight: np.ndarray, tensor_type):
     """The weight as written: 1-D tensors in f32; 2-D ones in the asked type, or f16 where a row does not
     split into the quantisation's blocks."""
     import gguf
+    import numpy as np
 
     if weight.ndim < 2:
         return weight.astype(np.float32), gguf.GGMLQuantizationType.F32
