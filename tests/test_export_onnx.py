@@ -18,8 +18,10 @@ import torch
 from tunelab import pipeline
 from tunelab.config import build_config, load_config
 from tunelab.data.task_records import load_records
-from tunelab.export import ExportError
-from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE, OnnxClassifier, export_onnx, predict_onnx
+from tunelab.export.base import ExportError
+from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE
+from tunelab.export.onnx import export as export_onnx
+from tunelab.export.onnx_predict import OnnxClassifier, predict_onnx
 from tunelab.runs import RunDir, RunError, load_run
 from tunelab.tasks import TaskError, load_task
 
