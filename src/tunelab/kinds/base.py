@@ -12,14 +12,15 @@ and one line in the registry (`tunelab.kinds`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from tunelab.config import DataConfig
 from tunelab.errors import TunelabError
 from tunelab.kinds.encoding import Encoded
 from tunelab.records import Record
+
+if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not import transformers
+    from transformers import PreTrainedTokenizerBase
 
 Family = Literal["encoder", "decoder", "encoder-decoder"]
 """How a model reads an example: an encoder (a classifier's head), a decoder, or an encoder-decoder."""

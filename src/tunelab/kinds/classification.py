@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any
-
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from tunelab.config import DataConfig
 from tunelab.kinds.base import Family, Kind
 from tunelab.kinds.encoding import Encoded
 from tunelab.records import Record
+
+if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not import transformers
+    from transformers import PreTrainedTokenizerBase
 
 
 class Classification(Kind):
@@ -96,6 +97,8 @@ class Classification(Kind):
         return Encoded(examples, truncated)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, family: Family):
+        from transformers import DataCollatorWithPadding
+
         return DataCollatorWithPadding(tokenizer)
 
 

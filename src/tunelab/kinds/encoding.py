@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from tunelab.render import Demonstration, format_decoder_prompt, has_chat_template
+
+if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not import transformers
+    from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 """Label value that the loss skips: prompt tokens and padding."""
@@ -47,4 +49,6 @@ def decoder_prompt_ids(prompt: str, tokenizer: PreTrainedTokenizerBase, budget: 
 
 def padded_with_ignored_labels(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
     """Dynamic padding per batch with labels padded with IGNORE_INDEX, so padding never counts in the loss."""
+    from transformers import DataCollatorForSeq2Seq
+
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)

@@ -7,15 +7,16 @@ prompt and is taught the answer as its target.
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from tunelab.config import DataConfig
 from tunelab.kinds.base import Family, Kind
 from tunelab.kinds.encoding import IGNORE_INDEX, Encoded, decoder_prompt_ids, padded_with_ignored_labels
 from tunelab.records import Record
 from tunelab.render import fill_template, template_fields
+
+if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not import transformers
+    from transformers import PreTrainedTokenizerBase
 
 
 def render_prompt(fields: dict[str, Any], data: DataConfig) -> str:

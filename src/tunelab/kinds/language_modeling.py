@@ -7,14 +7,15 @@ whole text with windows over it.
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from tunelab.config import DataConfig
 from tunelab.kinds.base import Family, Kind, KindError
 from tunelab.kinds.encoding import Encoded, padded_with_ignored_labels
 from tunelab.records import Record
+
+if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not import transformers
+    from transformers import PreTrainedTokenizerBase
 
 
 class LanguageModeling(Kind):
