@@ -6,7 +6,6 @@ Each tiny model is saved as a local model directory, so tests exercise the same
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -25,9 +24,7 @@ from transformers import (
 
 from tunelab.models.registry import REGISTRY, native_dir
 
-from helpers import session_home
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from helpers import NEGATIVE, NOUNS, POSITIVE, copy_rows, sentiment_rows, session_home, write_jsonl
 
 
 def _share_the_cores_between_workers() -> None:
@@ -130,34 +127,17 @@ def tiny_seq2seq(tmp_path_factory, tokenizer_dir) -> str:
     )
 
 
-POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]
-NEGATIVE = ["awful", "boring", "dreadful", "tedious", "clumsy", "dull"]
-NOUNS = ["film", "story", "cast", "score", "ending", "script"]
+@pytest.fixture(scope="session")
+def sentiment_file(tmp_path_factory) -> Path:
+    """A trivially separable sentiment set (`sentiment_rows`); one file for the session, so runs trained on it can
+    be shared (see `trained_run`)."""
+    return write_jsonl(tmp_path_factory.mktemp("sentiment") / "sentiment.jsonl", sentiment_rows())
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def sentiment_file(tmp_path) -> Path:
-    """A trivially separable sentiment set: the adjective decides the label."""
-    rng = random.Random(0)
-    rows = []
-    for i in range(96):
-        positive = i % 2 == 0
-        adjective = rng.choice(POSITIVE if positive else NEGATIVE)
-        rows.append(
-            {"text": f"the {rng.choice(NOUNS)} was {adjective}", "label": "positive" if positive else "negative"}
-        )
-    return write_jsonl(tmp_path / "sentiment.jsonl", rows)
-
-
-@pytest.fixture
-def copy_task_file(tmp_path) -> Path:
-    """Prompt -> completion pairs where the completion repeats the prompt's last word."""
+@pytest.fixture(scope="session")
+def copy_task_file(tmp_path_factory) -> Path:
+    """Prompt -> completion pairs where the completion repeats the prompt's last word (`copy_rows`)."""
     rng = random.Random(0)
     words = POSITIVE + NEGATIVE + NOUNS
-    rows = [{"question": f"repeat the word {w}", "answer": w} for w in (rng.choice(words) for _ in range(64))]
-    return write_jsonl(tmp_path / "copy.jsonl", rows)
+    rows = copy_rows([rng.choice(words) for _ in range(64)])
+    return write_jsonl(tmp_path_factory.mktemp("copy") / "copy.jsonl", rows)

@@ -22,8 +22,7 @@ from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE, OnnxClassifier, export_
 from tunelab.runs import RunDir, RunError, load_run
 from tunelab.tasks import TaskError, load_records, load_task
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
-from helpers import cli, session_home
+from helpers import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, cli, session_home, write_jsonl
 from serving import CONFIGS
 
 needs_shared_data = pytest.mark.skipif(

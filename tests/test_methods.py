@@ -21,7 +21,7 @@ from tunelab.data.splits import load_task_data
 from tunelab.methods import MethodError, apply_method, check_method, method_module
 from tunelab.runs import RunDir, load_run
 
-from helpers import descend, load_for_config
+from helpers import CONFIG_DEFAULT, classification_config, descend, generation_config, load_for_config, logged_losses
 
 CLASSIFIER = "classifier."
 """Name fragment of the tiny BERT classifier's head (PEFT wraps it as ...classifier.modules_to_save...)."""
@@ -49,21 +49,16 @@ MATRIX = (
 
 
 def make_config(task, model_dir, data_file, out, method, **training):
-    data = {"train": str(data_file), "max_length": 32, "max_target_length": 8}
-    if task != "classification":
-        data.update(prompt_template="{question}", response_field="answer")
-    return build_config(
-        {
-            "name": f"tiny-{task}-{method}",
-            "task": task,
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": data,
-            "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
-            "training": {"epochs": 1, "batch_size": 8, "precision": "fp32", "logging_steps": 1, **training},
-            "eval": {"max_new_tokens": 4},
-        }
-    )
+    """A tiny run of `method` for the task: one epoch at the method's own default learning rate, 4 virtual tokens."""
+    settings = {
+        "name": f"tiny-{task}-{method}",
+        "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
+        "evaluation": {"max_new_tokens": 4},
+        **{"epochs": 1, "learning_rate": CONFIG_DEFAULT, "logging_steps": 1, **training},
+    }
+    if task == "classification":
+        return classification_config(model_dir, data_file, out, data={"max_target_length": 8}, **settings)
+    return generation_config(model_dir, data_file, out, task, data={"max_length": 32}, **settings)
 
 
 @pytest.fixture
@@ -114,10 +109,6 @@ def test_method_trains_only_what_it_promises_and_reloads(task, method, model_and
     run.update_state(state="complete", labels=data.labels)
     reloaded = load_run(run).model
     assert torch.allclose(outputs(model, batch), outputs(reloaded, batch), atol=1e-5)
-
-
-def logged_losses(run: RunDir) -> list[float]:
-    return [e["loss"] for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt", "adapter"])

@@ -28,8 +28,7 @@ from tunelab.models.loading import portable_reference, resolve_source
 from tunelab.models.registry import REGISTRY, native_dir
 from tunelab.runs import RunDir, load_run
 
-from conftest import SHARED_DATA, write_jsonl
-from helpers import session_home
+from helpers import SHARED_DATA, session_home, write_jsonl
 from serving import CONFIGS, short_lora_run, short_sentiment_run
 
 needs_shared_data = pytest.mark.skipif(

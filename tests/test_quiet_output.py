@@ -6,12 +6,13 @@ from __future__ import annotations
 import warnings
 
 import torch
-from test_train_tiny import classification_config
 
 from tunelab import pipeline
 from tunelab.eval.generate import generate_texts
 from tunelab.models.loading import load_base
 from tunelab.runs import load_run
+
+from helpers import classification_config
 
 
 def test_a_trained_classifier_loads_without_a_missing_head_report(tiny_encoder, sentiment_file, tmp_path, caplog):

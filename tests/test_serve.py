@@ -33,8 +33,7 @@ from tunelab.runs import RunDir
 from tunelab.serve.app import ServeSettings, create_app
 from tunelab.serve.catalog import Catalog, load_catalog
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
-from helpers import session_home
+from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
 from serving import call, free_port, running_server
 
 KEY = {"Authorization": "Bearer secret"}
