@@ -154,6 +154,41 @@ def generation_config(
     )
 
 
+def method_config(task, model_dir, data_file, out, method, **training):
+    """A tiny run of `method` for the task: one epoch at the method's own default learning rate, 4 virtual tokens
+    for the prompt-learning methods."""
+    settings = {
+        "name": f"tiny-{task}-{method}",
+        "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
+        "evaluation": {"max_new_tokens": 4},
+        **{"epochs": 1, "learning_rate": CONFIG_DEFAULT, "logging_steps": 1, **training},
+    }
+    if task == "classification":
+        return classification_config(model_dir, data_file, out, data={"max_target_length": 8}, **settings)
+    return generation_config(model_dir, data_file, out, task, data={"max_length": 32}, **settings)
+
+
+def mixture_config(model_dir, out, task="causal_lm", method="lora", **mixture):
+    """A tiny run on a mixture of two built-in tasks (24 SST-2 and 8 RTE examples), one epoch; `mixture` overrides."""
+    return build_config(
+        {
+            "name": "tiny-mix",
+            "task": task,
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": {"max_length": 96, "max_target_length": 16},
+            "method": {"name": method},
+            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32"},
+            "mixture": {
+                "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 8}],
+                "eval_examples": 4,
+                "validation_examples": 4,
+                **mixture,
+            },
+        }
+    )
+
+
 def lm_config(model_dir, data_file, out, method="full", method_settings=None, **training):
     """A tiny continued pre-training run on `texts` (field `body`): 3 epochs of TINY_TRAINING unless told otherwise."""
     return build_config(
@@ -205,6 +240,15 @@ def losses_by_step(run) -> dict[int, float]:
     steps = [e["step"] for e in entries]
     assert steps == sorted(set(steps)), f"a step is logged twice or out of order: {steps}"
     return {e["step"]: e["loss"] for e in entries}
+
+
+def copied_run(run, folder: Path):
+    """A copy of a shared run (see conftest's `trained_run`) for a test that writes into its run directory."""
+    import shutil
+
+    from tunelab.runs import RunDir
+
+    return RunDir(shutil.copytree(run.path, folder / run.path.name))
 
 
 def logged_losses(run) -> list[float]:

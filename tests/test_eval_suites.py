@@ -26,7 +26,7 @@ from tunelab.render import template_fields
 from tunelab.tasks import TaskError, builtin_tasks, format_entities, load_records, load_task, parse_entities
 from tunelab.tasks.suite import Suite, load_suite
 
-from helpers import classification_config, cli, generation_config, scored_result
+from helpers import classification_config, cli, copied_run, generation_config, scored_result
 
 
 @pytest.fixture(scope="module")
@@ -386,8 +386,8 @@ def test_forgetting_knows_lower_perplexity_is_better():
     assert not row["forgotten"] and row["significant"]
 
 
-def test_forgetting_report_and_cli_on_a_tuned_run(tiny_decoder, copy_task_file, tmp_path):
-    run = pipeline.train(generation_config(tiny_decoder, copy_task_file, tmp_path / "runs", max_steps=4))
+def test_forgetting_report_and_cli_on_a_tuned_run(decoder_run, tiny_decoder, tmp_path):
+    run = copied_run(decoder_run("lora"), tmp_path)  # the CLI saves its report into the run
     suite = Suite(name="mini", tasks=[{"task": "rte", "limit": 6}, {"task": "wiki_paragraphs", "limit": 3}])
     report = forgetting_report(
         lambda: load_target(tiny_decoder), lambda: load_target(str(run.path)), suite, samples=50

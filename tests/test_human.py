@@ -16,7 +16,6 @@ import krippendorff
 import numpy as np
 import pytest
 
-from tunelab import pipeline
 from tunelab.config import build_config
 from tunelab.data.splits import load_task_data
 from tunelab.data.templates import render_prompt
@@ -73,8 +72,8 @@ def write_ratings(path: Path, rows: list[list]) -> Path:
 # --- export ----------------------------------------------------------------------------------------------------
 
 
-def test_export_writes_a_blind_sheet_whose_key_maps_back(tiny_decoder, copy_task_file, tmp_path):
-    run = pipeline.train(generation_config(tiny_decoder, copy_task_file, tmp_path / "runs", **HUMAN))
+def test_export_writes_a_blind_sheet_whose_key_maps_back(decoder_run, tiny_decoder, tmp_path):
+    run = decoder_run("lora")
     output = tmp_path / "sheets" / "copy-sheet.csv"
     assert human.export_sheet(run, None, 3, output, seed=1) == output
 
