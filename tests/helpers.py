@@ -78,7 +78,7 @@ ANSWER_FIELDS = {"prompt_template": "{question}", "response_field": "answer"}
 def tiny_run_settings(
     task: str,
     model_dir: str,
-    data_file: Path | str | None,
+    data_file: Path | str,
     out: Path | None = None,
     *,
     name: str | None = None,
@@ -96,7 +96,7 @@ def tiny_run_settings(
     settings = {
         "task": task,
         "model": {"name": str(model_dir)},
-        "data": {**({"train": str(data_file)} if data_file else {}), **fields, **(data or {})},
+        "data": {"train": str(data_file), **fields, **(data or {})},
         "training": {
             "precision": "fp32",
             **{key: value for key, value in training.items() if value is not CONFIG_DEFAULT},
