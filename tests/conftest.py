@@ -6,7 +6,6 @@ Each tiny model is saved as a local model directory, so tests exercise the same
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -23,11 +22,20 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from tunelab import pipeline
 from tunelab.models.registry import REGISTRY, native_dir
 
-from helpers import session_home
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from helpers import (
+    NEGATIVE,
+    NOUNS,
+    POSITIVE,
+    copy_rows,
+    method_config,
+    mixture_config,
+    sentiment_rows,
+    session_home,
+    write_jsonl,
+)
 
 
 def _share_the_cores_between_workers() -> None:
@@ -130,34 +138,59 @@ def tiny_seq2seq(tmp_path_factory, tokenizer_dir) -> str:
     )
 
 
-POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]
-NEGATIVE = ["awful", "boring", "dreadful", "tedious", "clumsy", "dull"]
-NOUNS = ["film", "story", "cast", "score", "ending", "script"]
+@pytest.fixture(scope="session")
+def sentiment_file(tmp_path_factory) -> Path:
+    """A trivially separable sentiment set (`sentiment_rows`); one file for the session, so runs trained on it can
+    be shared (see `trained_run`)."""
+    return write_jsonl(tmp_path_factory.mktemp("sentiment") / "sentiment.jsonl", sentiment_rows())
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def sentiment_file(tmp_path) -> Path:
-    """A trivially separable sentiment set: the adjective decides the label."""
-    rng = random.Random(0)
-    rows = []
-    for i in range(96):
-        positive = i % 2 == 0
-        adjective = rng.choice(POSITIVE if positive else NEGATIVE)
-        rows.append(
-            {"text": f"the {rng.choice(NOUNS)} was {adjective}", "label": "positive" if positive else "negative"}
-        )
-    return write_jsonl(tmp_path / "sentiment.jsonl", rows)
-
-
-@pytest.fixture
-def copy_task_file(tmp_path) -> Path:
-    """Prompt -> completion pairs where the completion repeats the prompt's last word."""
+@pytest.fixture(scope="session")
+def copy_task_file(tmp_path_factory) -> Path:
+    """Prompt -> completion pairs where the completion repeats the prompt's last word (`copy_rows`)."""
     rng = random.Random(0)
     words = POSITIVE + NEGATIVE + NOUNS
-    rows = [{"question": f"repeat the word {w}", "answer": w} for w in (rng.choice(words) for _ in range(64))]
-    return write_jsonl(tmp_path / "copy.jsonl", rows)
+    rows = copy_rows([rng.choice(words) for _ in range(64)])
+    return write_jsonl(tmp_path_factory.mktemp("copy") / "copy.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """`trained_run(build, *args, **settings)`: the run `pipeline.train(build(*args, out=..., **settings))` trains,
+    trained once per session (per pytest-xdist worker) and shared by every test that asks with the same arguments.
+
+    For tests that need a trained model, not a test of training: a whole run (scoring before and after included)
+    costs seconds each time. The tests only read a shared run; one that writes into it works on `copied_run`.
+    """
+    runs = {}
+
+    def train_once(build, *args, **settings):
+        key = (build.__qualname__, args, repr(sorted(settings.items())))
+        if key not in runs:
+            runs[key] = pipeline.train(build(*args, out=tmp_path_factory.mktemp("shared-run"), **settings))
+        return runs[key]
+
+    return train_once
+
+
+@pytest.fixture(scope="session")
+def classifier_run(trained_run, tiny_encoder, sentiment_file):
+    """`classifier_run(method)`: a tiny classifier tuned with `method` for 4 steps (`method_config`), shared."""
+    return lambda method: trained_run(
+        method_config, "classification", tiny_encoder, sentiment_file, method=method, max_steps=4
+    )
+
+
+@pytest.fixture(scope="session")
+def decoder_run(trained_run, tiny_decoder, copy_task_file):
+    """`decoder_run(method)`: a tiny decoder tuned with `method` on the copy task, 4 steps at 1e-2, shared."""
+    return lambda method: trained_run(
+        method_config, "causal_lm", tiny_decoder, copy_task_file, method=method, max_steps=4, learning_rate=1e-2
+    )
+
+
+@pytest.fixture(scope="session")
+def multi_head_run(trained_run, tiny_encoder):
+    """A tiny encoder with one head per task on the SST-2 + RTE mixture (`mixture_config`), fully tuned, shared.
+    Reads the built-in tasks from ../shared/data: only for tests that need it."""
+    return trained_run(mixture_config, tiny_encoder, task="classification", method="full", architecture="multi_head")

@@ -1,17 +1,259 @@
-"""Helpers shared by test modules (plain functions; fixtures live in conftest.py)."""
+"""Helpers shared by test modules (plain functions; fixtures live in conftest.py): the data the tiny runs train on,
+the configs of tiny runs, and small readers of a run's files. A test module imports from here, never from another
+test module or from conftest.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shlex
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, build_config
 from tunelab.methods import base_load_options
 from tunelab.models.loading import load_base, load_tokenizer, resolve_source
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""The real datasets (../shared/data beside the checkout) that integration tests read in place."""
+
+POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]
+NEGATIVE = ["awful", "boring", "dreadful", "tedious", "clumsy", "dull"]
+NOUNS = ["film", "story", "cast", "score", "ending", "script"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_yaml(path: Path, settings: dict) -> Path:
+    """A config file as a user writes one, for the tests that go through `tunelab COMMAND config.yaml`."""
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+def sentiment_rows(count: int = 96, seed: int = 0) -> list[dict]:
+    """A trivially separable sentiment set: the adjective decides the label (even rows positive)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        positive = i % 2 == 0
+        adjective = rng.choice(POSITIVE if positive else NEGATIVE)
+        rows.append(
+            {"text": f"the {rng.choice(NOUNS)} was {adjective}", "label": "positive" if positive else "negative"}
+        )
+    return rows
+
+
+def copy_rows(words: list[str]) -> list[dict]:
+    """Prompt -> answer pairs where the answer repeats the prompt's last word."""
+    return [{"question": f"repeat the word {word}", "answer": word} for word in words]
+
+
+def texts(count: int, seed: int = 0) -> list[str]:
+    """Short texts from a tiny grammar: a decoder that learns it becomes far less perplexed by new ones."""
+    rng = random.Random(seed)
+    return [
+        " ".join(f"the {rng.choice(NOUNS)} was {rng.choice(POSITIVE)} ." for _ in range(rng.randint(2, 6)))
+        for _ in range(count)
+    ]
+
+
+CONFIG_DEFAULT = object()
+"""A training value that leaves the setting out of a tiny run's config, so the config's own default holds (a
+method's learning rate, say)."""
+
+TINY_TRAINING = {"batch_size": 8, "learning_rate": 3e-3, "logging_steps": 2}
+"""What most tiny runs train with: seconds on the tiny models, enough steps to see the loss fall."""
+
+ANSWER_FIELDS = {"prompt_template": "{question}", "response_field": "answer"}
+"""How a prompt -> answer run reads `copy_rows`."""
+
+
+def tiny_run_settings(
+    task: str,
+    model_dir: str,
+    data_file: Path | str,
+    out: Path | None = None,
+    *,
+    name: str | None = None,
+    method: str | dict | None = None,
+    data: dict | None = None,
+    evaluation: dict | None = None,
+    **training,
+) -> dict:
+    """The settings of a tiny run, as a config file holds them: what every tiny run of the task shares (its data
+    fields and lengths, fp32) and what the caller gives. A setting the caller leaves out is left out of the settings,
+    so the config's own default holds; a training value of CONFIG_DEFAULT is left out too."""
+    fields = (
+        {"max_length": 32} if task == "classification" else {**ANSWER_FIELDS, "max_length": 48, "max_target_length": 8}
+    )
+    settings = {
+        "task": task,
+        "model": {"name": str(model_dir)},
+        "data": {"train": str(data_file), **fields, **(data or {})},
+        "training": {
+            "precision": "fp32",
+            **{key: value for key, value in training.items() if value is not CONFIG_DEFAULT},
+        },
+    }
+    if name is not None:
+        settings["name"] = name
+    if out is not None:
+        settings["output_dir"] = str(out)
+    if method is not None:
+        settings["method"] = {"name": method} if isinstance(method, str) else method
+    if evaluation is not None:
+        settings["eval"] = evaluation
+    return settings
+
+
+def classification_config(
+    model_dir, data_file, out, method="full", name="tiny-cls", data=None, evaluation=None, **training
+):
+    """A tiny classifier: 3 epochs of TINY_TRAINING unless `training` says otherwise."""
+    training = {"epochs": 3, **TINY_TRAINING, **training}
+    return build_config(
+        tiny_run_settings(
+            "classification",
+            model_dir,
+            data_file,
+            out,
+            name=name,
+            method=method,
+            data=data,
+            evaluation=evaluation,
+            **training,
+        )
+    )
+
+
+def generation_config(
+    model_dir, data_file, out, task="causal_lm", method="lora", name=None, data=None, evaluation=None, **training
+):
+    """A tiny prompt -> answer run (decoder or encoder-decoder) on `copy_rows`: 4 epochs of TINY_TRAINING and
+    4 generated tokens unless told otherwise."""
+    training = {"epochs": 4, **TINY_TRAINING, **training}
+    return build_config(
+        tiny_run_settings(
+            task,
+            model_dir,
+            data_file,
+            out,
+            name=name or f"tiny-{task}",
+            method=method,
+            data=data,
+            evaluation={"max_new_tokens": 4, **(evaluation or {})},
+            **training,
+        )
+    )
+
+
+def method_config(task, model_dir, data_file, out, method, **training):
+    """A tiny run of `method` for the task: one epoch at the method's own default learning rate, 4 virtual tokens
+    for the prompt-learning methods."""
+    settings = {
+        "name": f"tiny-{task}-{method}",
+        "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
+        "evaluation": {"max_new_tokens": 4},
+        **{"epochs": 1, "learning_rate": CONFIG_DEFAULT, "logging_steps": 1, **training},
+    }
+    if task == "classification":
+        return classification_config(model_dir, data_file, out, data={"max_target_length": 8}, **settings)
+    return generation_config(model_dir, data_file, out, task, data={"max_length": 32}, **settings)
+
+
+def mixture_config(model_dir, out, task="causal_lm", method="lora", **mixture):
+    """A tiny run on a mixture of two built-in tasks (24 SST-2 and 8 RTE examples), one epoch; `mixture` overrides."""
+    return build_config(
+        {
+            "name": "tiny-mix",
+            "task": task,
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": {"max_length": 96, "max_target_length": 16},
+            "method": {"name": method},
+            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32"},
+            "mixture": {
+                "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 8}],
+                "eval_examples": 4,
+                "validation_examples": 4,
+                **mixture,
+            },
+        }
+    )
+
+
+def lm_config(model_dir, data_file, out, method="full", method_settings=None, **training):
+    """A tiny continued pre-training run on `texts` (field `body`): 3 epochs of TINY_TRAINING unless told otherwise."""
+    return build_config(
+        {
+            "name": f"tiny-lm-{method}",
+            "task_type": "language_modeling",
+            "output_dir": str(out),
+            "model": {"name": model_dir},
+            "data": {"train": str(data_file), "text_field": "body", "max_length": 32},
+            "method": {"name": method, **(method_settings or {})},
+            "training": {"epochs": 3, **TINY_TRAINING, "precision": "fp32", **training},
+        }
+    )
+
+
+def sweep_config_file(tmp_path, model, data, space, method="lora", epochs=2, **sweep) -> str:
+    """A tiny classifier's config with a sweep section, written to tmp_path/sweep.yaml (runs under tmp_path/runs)."""
+    path = tmp_path / "sweep.yaml"
+    config = {
+        "name": "tiny-sweep",
+        "task_type": "classification",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": model},
+        "data": {"train": str(data), "max_length": 32},
+        "method": {"name": method},
+        "training": {"epochs": epochs, "batch_size": 8, "logging_steps": 5, "precision": "fp32"},
+        "sweep": {"space": space, **sweep},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def trials_of(directory) -> dict[int, dict]:
+    """A sweep's trials by number, from its trials.json."""
+    return {row["number"]: row for row in json.loads((directory / "trials.json").read_text())["trials"]}
+
+
+def only_run(output_dir: Path):
+    """The one run directory under an output folder."""
+    from tunelab.runs import RunDir
+
+    (path,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return RunDir(path)
+
+
+def losses_by_step(run) -> dict[int, float]:
+    """The training losses a run logged, by step; each step logged once and in order."""
+    entries = [e for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
+    steps = [e["step"] for e in entries]
+    assert steps == sorted(set(steps)), f"a step is logged twice or out of order: {steps}"
+    return {e["step"]: e["loss"] for e in entries}
+
+
+def copied_run(run, folder: Path):
+    """A copy of a shared run (see conftest's `trained_run`) for a test that writes into its run directory."""
+    import shutil
+
+    from tunelab.runs import RunDir
+
+    return RunDir(shutil.copytree(run.path, folder / run.path.name))
+
+
+def logged_losses(run) -> list[float]:
+    """Every training loss a run logged, in order."""
+    return [e["loss"] for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
 
 
 def session_home(tmp_path_factory) -> Path:
@@ -106,3 +348,12 @@ def tiny_gemma3():
         **TINY_SHAPE, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]
     )
     return Gemma3ForCausalLM(config)
+
+
+def scored_result(spec, predictions, references):
+    """A task's result from given predictions, scored as an evaluation scores it (200 bootstrap samples)."""
+    from tunelab.eval.runner import TaskResult, score
+
+    result = TaskResult(spec.name, spec.kind, len(predictions), predictions=predictions, references=references)
+    result.scores = score(spec, result, samples=200)
+    return result

@@ -102,7 +102,7 @@ def _tiny_run(folder: Path, name: str, model: str, method: str, task_type: str, 
 
 def _tiny_data(folder: Path) -> tuple[dict, dict]:
     """The data sections of a tiny classifier (sentiment words) and a tiny generator (repeat a word)."""
-    from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
+    from helpers import NEGATIVE, NOUNS, POSITIVE, write_jsonl
 
     sentiment = [
         {

@@ -11,24 +11,15 @@ from tunelab.cli import main
 from tunelab.compare import parse_learning_rates, parse_sizes
 from tunelab.config import ConfigError
 
-from helpers import cli
+from helpers import cli, tiny_run_settings, write_yaml
 
 
 def _tiny_classifier_config(tmp_path, tiny_encoder, sentiment_file, name: str, **training) -> str:
     """A classification config on the tiny encoder, written to tmp_path/<name>.yaml; `training` overrides."""
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": name,
-                "task": "classification",
-                "model": {"name": tiny_encoder},
-                "data": {"train": str(sentiment_file), "max_length": 32},
-                "training": {"epochs": 1, "batch_size": 4, "precision": "fp32", **training},
-            }
-        )
+    settings = tiny_run_settings(
+        "classification", tiny_encoder, sentiment_file, name=name, **{"epochs": 1, "batch_size": 4, **training}
     )
-    return str(config)
+    return str(write_yaml(tmp_path / f"{name}.yaml", settings))
 
 
 def test_compare_writes_a_row_per_method_and_survives_failing_ones(tiny_encoder, sentiment_file, tmp_path, capsys):

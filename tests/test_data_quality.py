@@ -11,7 +11,6 @@ from collections import Counter
 
 import pytest
 import yaml
-from test_train_tiny import causal_config, classification_config
 
 from tunelab import pipeline
 from tunelab.config import ConfigError, DataConfig, build_config
@@ -34,8 +33,7 @@ from tunelab.data.splits import load_task_data
 from tunelab.models.loading import load_tokenizer
 from tunelab.records import Record
 
-from conftest import write_jsonl
-from helpers import cli
+from helpers import classification_config, cli, generation_config, write_jsonl
 
 FIELDS = Fields(("text",), "label")
 
@@ -349,7 +347,7 @@ def test_a_cleaning_run_writes_what_it_removed_and_its_card_has_no_contamination
         )
         for split in ("train", "test")
     }
-    config = causal_config(tiny_decoder, qa["train"], tmp_path / "runs", max_steps=2)
+    config = generation_config(tiny_decoder, qa["train"], tmp_path / "runs", max_steps=2)
     config.data.test, config.data.validation = str(qa["test"]), str(qa["test"])
     config.data.dedup, config.data.drop_overlap = "near", True
     config.eval.retention_suite, config.eval.retention_limit = str(known_files["suite"]), 2

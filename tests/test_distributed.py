@@ -22,8 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 from tunelab.cli import main
 from tunelab.runs import RunDir
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
-from helpers import session_home
+from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
 
 pytestmark = pytest.mark.integration  # torchrun launches and three trainings: ~50 s on 2 cores
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_language_modeling import lm_config, texts
-from test_train_tiny import causal_config
 from transformers import TrainerCallback
 
 from tunelab import pipeline
@@ -20,8 +18,7 @@ from tunelab.eval import gain, generate
 from tunelab.eval.runner import run_task
 from tunelab.eval.targets import load_target
 
-from conftest import write_jsonl
-from helpers import cli
+from helpers import cli, copy_rows, generation_config, lm_config, texts, write_jsonl
 
 
 def _test_file(run, path):
@@ -65,20 +62,16 @@ def test_end_of_training_scores_are_the_scores_eval_gives(tiny_decoder, tmp_path
     assert base.as_dict()["metrics"] == task["base"]["metrics"]
 
 
-def _copy_rows(words: list[str]) -> list[dict]:
-    return [{"question": f"repeat the word {word}", "answer": word} for word in words]
-
-
 @pytest.fixture(scope="module")
 def generating_run(tiny_decoder, tmp_path_factory):
     """A tiny LoRA decoder run that answers by generating (two training steps: what it answers does not matter)."""
     folder = tmp_path_factory.mktemp("generating-run")
-    train = write_jsonl(folder / "train.jsonl", _copy_rows(["good", "bad", "film", "plot"] * 8))
-    return pipeline.train(causal_config(tiny_decoder, train, folder, max_steps=2))
+    train = write_jsonl(folder / "train.jsonl", copy_rows(["good", "bad", "film", "plot"] * 8))
+    return pipeline.train(generation_config(tiny_decoder, train, folder, max_steps=2))
 
 
 def test_eval_data_honours_limit_and_batch_size_and_shows_progress(generating_run, tmp_path, monkeypatch, capsys):
-    data = write_jsonl(tmp_path / "test.jsonl", _copy_rows(["good", "bad", "film", "plot", "cast", "scene"] * 2))
+    data = write_jsonl(tmp_path / "test.jsonl", copy_rows(["good", "bad", "film", "plot", "cast", "scene"] * 2))
     batches = []
     generate_rows = generate.generate_rows
 
@@ -101,8 +94,8 @@ def test_eval_data_honours_limit_and_batch_size_and_shows_progress(generating_ru
 def test_two_data_files_of_one_name_keep_their_own_reports(generating_run, tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
-    first = write_jsonl(tmp_path / "a" / "test.jsonl", _copy_rows(["good", "bad"]))
-    second = write_jsonl(tmp_path / "b" / "test.jsonl", _copy_rows(["film", "plot", "cast"]))
+    first = write_jsonl(tmp_path / "a" / "test.jsonl", copy_rows(["good", "bad"]))
+    second = write_jsonl(tmp_path / "b" / "test.jsonl", copy_rows(["film", "plot", "cast"]))
     out = tmp_path / "out"
     reports = [Path(pipeline.evaluate_run(generating_run, str(f), out)) for f in (first, second, first, second)]
     assert reports[0].name == "data-test.json" and reports[1].name.startswith("data-test-")

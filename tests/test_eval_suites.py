@@ -8,7 +8,6 @@ import string
 
 import pytest
 import torch
-from test_train_tiny import causal_config, classification_config
 
 from tunelab import pipeline
 from tunelab.cli import main
@@ -20,7 +19,7 @@ from tunelab.eval.forgetting import _task_row, forgetting_report
 from tunelab.eval.generate import cut_at_stop, generate_texts, pad_batch
 from tunelab.eval.predict import classify
 from tunelab.eval.robustness import perturbed_records, robustness_report
-from tunelab.eval.runner import TaskResult, _text_nll, run_task, score
+from tunelab.eval.runner import _text_nll, run_task
 from tunelab.eval.suites import run_suite
 from tunelab.eval.targets import Target, load_target
 from tunelab.kinds.tagging import format_entities, parse_entities
@@ -29,7 +28,7 @@ from tunelab.render import template_fields
 from tunelab.tasks import TaskError, builtin_tasks, load_task
 from tunelab.tasks.suite import Suite, load_suite
 
-from helpers import cli
+from helpers import classification_config, cli, copied_run, generation_config, scored_result
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def classifier_run(tiny_encoder, tmp_path_factory):
     """A tiny sentiment classifier with SST-2's labels, trained on a separable set."""
     import random
 
-    from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
+    from helpers import NEGATIVE, NOUNS, POSITIVE, write_jsonl
 
     folder = tmp_path_factory.mktemp("cls")
     rng = random.Random(0)
@@ -366,37 +365,31 @@ def test_eval_cli_writes_the_suite_report(classifier_run, tmp_path, capsys):
 # --- forgetting ---------------------------------------------------------------------------------------
 
 
-def _result(spec, predictions, references) -> TaskResult:
-    result = TaskResult(spec.name, spec.kind, len(predictions), predictions=predictions, references=references)
-    result.scores = score(spec, result, samples=200)
-    return result
-
-
 def test_forgetting_flags_a_significant_drop_and_not_noise():
     spec = load_task("sst2")
     gold = ["positive", "negative"] * 20
-    base = _result(spec, list(gold), gold)
+    base = scored_result(spec, list(gold), gold)
     wrong = ["negative" if g == "positive" else "positive" for g in gold]
-    row = _task_row(spec, base, _result(spec, wrong, gold), samples=200, seed=0)
+    row = _task_row(spec, base, scored_result(spec, wrong, gold), samples=200, seed=0)
     assert row["change"]["value"] == pytest.approx(-100.0) and row["forgotten"] and row["significant"]
     one_miss = list(gold)
     one_miss[0] = "negative"
-    row = _task_row(spec, base, _result(spec, one_miss, gold), samples=200, seed=0)
+    row = _task_row(spec, base, scored_result(spec, one_miss, gold), samples=200, seed=0)
     assert row["change"]["value"] == pytest.approx(-2.5) and not row["significant"] and not row["forgotten"]
 
 
 def test_forgetting_knows_lower_perplexity_is_better():
     spec = load_task("wiki_paragraphs").model_copy(update={"metrics": ["perplexity"]})  # lm-eval's need rolling_nll
-    base = _result(spec, [(20.0, 10)] * 30, [None] * 30)
-    worse = _result(spec, [(30.0, 10)] * 30, [None] * 30)
+    base = scored_result(spec, [(20.0, 10)] * 30, [None] * 30)
+    worse = scored_result(spec, [(30.0, 10)] * 30, [None] * 30)
     row = _task_row(spec, base, worse, samples=100, seed=0)
     assert row["forgotten"] and row["relative_change_pct"] > 0
     row = _task_row(spec, worse, base, samples=100, seed=0)
     assert not row["forgotten"] and row["significant"]
 
 
-def test_forgetting_report_and_cli_on_a_tuned_run(tiny_decoder, copy_task_file, tmp_path):
-    run = pipeline.train(causal_config(tiny_decoder, copy_task_file, tmp_path / "runs", max_steps=4))
+def test_forgetting_report_and_cli_on_a_tuned_run(decoder_run, tiny_decoder, tmp_path):
+    run = copied_run(decoder_run("lora"), tmp_path)  # the CLI saves its report into the run
     suite = Suite(name="mini", tasks=[{"task": "rte", "limit": 6}, {"task": "wiki_paragraphs", "limit": 3}])
     report = forgetting_report(
         lambda: load_target(tiny_decoder), lambda: load_target(str(run.path)), suite, samples=50
@@ -415,7 +408,7 @@ def test_forgetting_report_and_cli_on_a_tuned_run(tiny_decoder, copy_task_file, 
 
 
 def test_training_with_a_retention_suite_puts_the_forgetting_table_in_the_card(tiny_decoder, copy_task_file, tmp_path):
-    config = causal_config(tiny_decoder, copy_task_file, tmp_path / "runs", max_steps=2)
+    config = generation_config(tiny_decoder, copy_task_file, tmp_path / "runs", max_steps=2)
     config.eval.retention_suite, config.eval.retention_limit = "retention", 2
     run = pipeline.train(config)
     report = json.loads((run.path / "eval" / "forgetting-retention.json").read_text())
@@ -425,7 +418,7 @@ def test_training_with_a_retention_suite_puts_the_forgetting_table_in_the_card(t
 
 
 def test_an_unknown_retention_suite_fails_before_training(tiny_decoder, copy_task_file, tmp_path):
-    config = causal_config(tiny_decoder, copy_task_file, tmp_path / "runs")
+    config = generation_config(tiny_decoder, copy_task_file, tmp_path / "runs")
     config.eval.retention_suite = "retension"
     with pytest.raises(TaskError, match="Did you mean 'retention'"):
         pipeline.train(config)

@@ -22,8 +22,7 @@ from tunelab.export.modelfile import PROBES
 from tunelab.pipeline import merged_model, train
 from tunelab.runs import RunDir, RunError, load_run
 
-from conftest import SHARED_DATA
-from helpers import session_home
+from helpers import SHARED_DATA, session_home
 from serving import CONFIGS, short_lora_run
 
 real = pytest.mark.skipif(

@@ -25,8 +25,7 @@ from tunelab.export.onnx_predict import OnnxClassifier, predict_onnx
 from tunelab.runs import RunDir, RunError, load_run
 from tunelab.tasks import TaskError, load_task
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
-from helpers import cli, session_home
+from helpers import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, cli, session_home, write_jsonl
 from serving import CONFIGS
 
 needs_shared_data = pytest.mark.skipif(
@@ -160,28 +159,9 @@ def test_a_decoder_run_is_refused_before_its_model_loads(tiny_decoder, tmp_path)
 
 
 @needs_shared_data
-def test_a_multi_head_run_exports_one_tasks_head(tiny_encoder, tmp_path):
+def test_a_multi_head_run_exports_one_tasks_head(multi_head_run, tmp_path):
     """RTE reads a text pair (token_type_ids matter) and its premises run past the tiny model's 128 positions."""
-    run = pipeline.train(
-        build_config(
-            {
-                "name": "multi-head",
-                "output_dir": str(tmp_path / "runs"),
-                "task": "classification",
-                "model": {"name": tiny_encoder},
-                "method": {"name": "full"},
-                "data": {"max_length": 96},
-                "mixture": {
-                    "tasks": [{"task": "sst2", "max_examples": 16}, {"task": "rte", "max_examples": 8}],
-                    "eval_examples": 4,
-                    "validation_examples": 4,
-                    "architecture": "multi_head",
-                },
-                "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 3e-3, "precision": "fp32"},
-                "eval": {"baselines": []},
-            }
-        )
-    )
+    run = multi_head_run
     with pytest.raises(TaskError, match="--task"):
         export_onnx(run, tmp_path / "no-task")
     output = export_onnx(run, tmp_path / "rte", "rte")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_tiny import causal_config
 
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
@@ -31,8 +30,7 @@ from tunelab.eval.targets import Target, load_target
 from tunelab.render import format_decoder_prompt, with_demonstrations
 from tunelab.tasks import TaskError, load_task
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
-from helpers import cli, only_task
+from helpers import NEGATIVE, NOUNS, POSITIVE, cli, generation_config, only_task, write_jsonl
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -326,7 +324,7 @@ def test_old_configs_evaluate_base_is_read_as_baselines_and_few_shot_needs_a_pro
 
 
 def test_too_few_training_records_for_the_shots_fail_before_a_model_loads(tiny_decoder, copy_task_file, tmp_path):
-    config = causal_config(tiny_decoder, copy_task_file, tmp_path / "runs")
+    config = generation_config(tiny_decoder, copy_task_file, tmp_path / "runs")
     config.eval.baselines, config.eval.shots = ["few_shot"], 100  # 64 records in all
     with pytest.raises(FewShotError, match="100 demonstrations need 100"):
         pipeline.train(config)
@@ -336,7 +334,7 @@ def test_too_few_training_records_for_the_shots_fail_before_a_model_loads(tiny_d
 def test_a_run_scores_zero_shot_few_shot_and_tuned_and_a_resume_keeps_the_baselines(
     tiny_decoder, copy_task_file, tmp_path, monkeypatch
 ):
-    config = causal_config(tiny_decoder, copy_task_file, tmp_path, epochs=1)
+    config = generation_config(tiny_decoder, copy_task_file, tmp_path, epochs=1)
     config.eval.baselines, config.eval.shots = ["zero_shot", "few_shot"], 2
     shots_scored = []
     score_tasks = pipeline.score_tasks

@@ -16,7 +16,6 @@ import krippendorff
 import numpy as np
 import pytest
 
-from tunelab import pipeline
 from tunelab.config import build_config
 from tunelab.data.splits import load_task_data
 from tunelab.eval import human
@@ -26,32 +25,16 @@ from tunelab.kinds.generation import render_prompt
 from tunelab.models.loading import load_base, load_tokenizer
 from tunelab.runs import RunDir, load_run
 
+from helpers import CONFIG_DEFAULT, generation_config
 
-def generation_config(model_dir, data_file, out, prompt_template="{question}", task="causal_lm") -> object:
-    return build_config(
-        {
-            "name": "tiny-human",
-            "task": task,
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": {
-                "train": str(data_file),
-                "prompt_template": prompt_template,
-                "response_field": "answer",
-                "max_length": 48,
-                "max_target_length": 8,
-            },
-            "method": {"name": "lora"},
-            "training": {
-                "max_steps": 4,
-                "batch_size": 8,
-                "learning_rate": 1e-2,
-                "logging_steps": 2,
-                "precision": "fp32",
-            },
-            "eval": {"max_new_tokens": 4, "baselines": []},
-        }
-    )
+HUMAN = {
+    "name": "tiny-human",
+    "evaluation": {"baselines": []},
+    "epochs": CONFIG_DEFAULT,
+    "max_steps": 4,
+    "learning_rate": 1e-2,
+}
+"""The human-rating tests' tiny generator: four steps at a high rate, no baseline scoring."""
 
 
 def read_sheet(path: Path) -> list[dict]:
@@ -89,8 +72,8 @@ def write_ratings(path: Path, rows: list[list]) -> Path:
 # --- export ----------------------------------------------------------------------------------------------------
 
 
-def test_export_writes_a_blind_sheet_whose_key_maps_back(tiny_decoder, copy_task_file, tmp_path):
-    run = pipeline.train(generation_config(tiny_decoder, copy_task_file, tmp_path / "runs"))
+def test_export_writes_a_blind_sheet_whose_key_maps_back(decoder_run, tiny_decoder, tmp_path):
+    run = decoder_run("lora")
     output = tmp_path / "sheets" / "copy-sheet.csv"
     assert human.export_sheet(run, None, 3, output, seed=1) == output
 
@@ -156,9 +139,11 @@ def test_export_refuses_classifiers_and_runs_with_different_prompts(
     )
     with pytest.raises(HumanEvalError, match="human rating is for generated text"):
         human.export_sheet(fake_complete_run(classifier), None, 3, tmp_path / "cls.csv")
-    one = fake_complete_run(generation_config(tiny_decoder, copy_task_file, tmp_path / "one"))
+    one = fake_complete_run(generation_config(tiny_decoder, copy_task_file, tmp_path / "one", **HUMAN))
     other = fake_complete_run(
-        generation_config(tiny_decoder, copy_task_file, tmp_path / "two", prompt_template="Q: {question}")
+        generation_config(
+            tiny_decoder, copy_task_file, tmp_path / "two", data={"prompt_template": "Q: {question}"}, **HUMAN
+        )
     )
     with pytest.raises(HumanEvalError, match=r"data.prompt_template: '\{question\}' vs 'Q: \{question\}'"):
         human.export_sheet(one, other, 3, tmp_path / "pair.csv")

@@ -18,8 +18,7 @@ from tunelab.models.loading import load_model, prepare
 from tunelab.models.registry import REGISTRY, is_prepared
 from tunelab.train.trainer import CompletionLossTrainer
 
-from conftest import SHARED_DATA
-from helpers import load_for_config, only_task, value
+from helpers import SHARED_DATA, load_for_config, only_task, value
 
 pytestmark = [
     pytest.mark.integration,

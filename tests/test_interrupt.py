@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from test_resume import losses_by_step, only_run
 from transformers import TrainerCallback
 
 from tunelab import pipeline
@@ -29,7 +27,7 @@ from tunelab.config import load_config
 from tunelab.runs import RunDir
 from tunelab.train.trainer import TrainingDiverged
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
+from helpers import NEGATIVE, NOUNS, POSITIVE, losses_by_step, only_run, tiny_run_settings, write_jsonl, write_yaml
 
 STEPS = 80
 """Long enough that a signal sent at the first logged step arrives well before the end (steps take milliseconds)."""
@@ -44,26 +42,18 @@ def _write_config(folder: Path, encoder: str, **training) -> Path:
         for adjective in words
         for noun in NOUNS
     ]
-    config = {
-        "name": "tiny",
-        "task": "classification",
-        "model": {"name": encoder},
-        "method": {"name": "lora"},
-        "data": {"train": str(write_jsonl(folder / "sentiment.jsonl", rows)), "max_length": 32},
-        "training": {
-            "max_steps": STEPS,
-            "batch_size": 4,
-            "learning_rate": 3e-3,
-            "precision": "fp32",
-            "logging_steps": 3,
-            "seed": 3,
-            "save_minutes": None,
-            **training,
-        },
+    training = {
+        "max_steps": STEPS,
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "logging_steps": 3,
+        "seed": 3,
+        "save_minutes": None,
+        **training,
     }
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    data = write_jsonl(folder / "sentiment.jsonl", rows)
+    settings = tiny_run_settings("classification", encoder, data, name="tiny", method="lora", **training)
+    return write_yaml(folder / "tiny.yaml", settings)
 
 
 @pytest.fixture(scope="module")

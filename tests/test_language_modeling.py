@@ -4,7 +4,6 @@ perplexity on held-out texts before and after, on a tiny decoder."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -18,8 +17,7 @@ from tunelab.models.loading import pretrained_root
 from tunelab.records import DataError, Record
 from tunelab.runs import RunError, load_run
 
-from conftest import NOUNS, POSITIVE, write_jsonl
-from helpers import only_task, value
+from helpers import lm_config, only_task, texts, value, write_jsonl
 
 
 @pytest.fixture
@@ -28,39 +26,9 @@ def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir, eos_token="[SEP]")
 
 
-def texts(count: int, seed: int = 0) -> list[str]:
-    """Short texts from a tiny grammar: a decoder that learns it becomes far less perplexed by new ones."""
-    rng = random.Random(seed)
-    return [
-        " ".join(f"the {rng.choice(NOUNS)} was {rng.choice(POSITIVE)} ." for _ in range(rng.randint(2, 6)))
-        for _ in range(count)
-    ]
-
-
 @pytest.fixture
 def text_file(tmp_path):
     return write_jsonl(tmp_path / "domain.jsonl", [{"body": text} for text in texts(120)])
-
-
-def lm_config(model_dir, data_file, out, method="full", method_settings=None, **training):
-    return build_config(
-        {
-            "name": f"tiny-lm-{method}",
-            "task_type": "language_modeling",
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": {"train": str(data_file), "text_field": "body", "max_length": 32},
-            "method": {"name": method, **(method_settings or {})},
-            "training": {
-                "epochs": 3,
-                "batch_size": 8,
-                "learning_rate": 3e-3,
-                "logging_steps": 2,
-                "precision": "fp32",
-                **training,
-            },
-        }
-    )
 
 
 def test_blocks_keep_every_token_in_order_with_an_eos_after_each_text(tokenizer):

@@ -17,7 +17,7 @@ from tunelab.eval.runner import TaskResult, _nll_pairs, run_task, score
 from tunelab.eval.targets import Target, load_target
 from tunelab.tasks import load_task
 
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 TEXTS = [
     "the film was great and the cast was wonderful",

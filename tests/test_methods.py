@@ -21,7 +21,7 @@ from tunelab.data.splits import load_task_data
 from tunelab.methods import MethodError, apply_method, check_method, method_module
 from tunelab.runs import RunDir, load_run
 
-from helpers import descend, load_for_config
+from helpers import descend, load_for_config, logged_losses, method_config
 
 CLASSIFIER = "classifier."
 """Name fragment of the tiny BERT classifier's head (PEFT wraps it as ...classifier.modules_to_save...)."""
@@ -48,24 +48,6 @@ MATRIX = (
 )
 
 
-def make_config(task, model_dir, data_file, out, method, **training):
-    data = {"train": str(data_file), "max_length": 32, "max_target_length": 8}
-    if task != "classification":
-        data.update(prompt_template="{question}", response_field="answer")
-    return build_config(
-        {
-            "name": f"tiny-{task}-{method}",
-            "task": task,
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": data,
-            "method": {"name": method, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}},
-            "training": {"epochs": 1, "batch_size": 8, "precision": "fp32", "logging_steps": 1, **training},
-            "eval": {"max_new_tokens": 4},
-        }
-    )
-
-
 @pytest.fixture
 def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_file, copy_task_file):
     def pick(task):
@@ -90,7 +72,7 @@ def outputs(model, batch):
 @pytest.mark.parametrize("task,method", MATRIX)
 def test_method_trains_only_what_it_promises_and_reloads(task, method, model_and_data, tmp_path):
     model_dir, data_file = model_and_data(task)
-    config = make_config(task, model_dir, data_file, tmp_path, method)
+    config = method_config(task, model_dir, data_file, tmp_path, method)
     data = load_task_data(config)
     model, tokenizer = load_for_config(config, data.labels)
     model, report = apply_method(model, config)
@@ -116,14 +98,10 @@ def test_method_trains_only_what_it_promises_and_reloads(task, method, model_and
     assert torch.allclose(outputs(model, batch), outputs(reloaded, batch), atol=1e-5)
 
 
-def logged_losses(run: RunDir) -> list[float]:
-    return [e["loss"] for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
-
-
 @pytest.mark.parametrize("method", ["prefix", "prompt", "adapter"])
 def test_generation_methods_learn_through_the_trainer(method, tiny_decoder, copy_task_file, tmp_path):
     """Prompt-learning methods take the model's own loss path in the Trainer (virtual tokens), adapters the chunked one."""
-    config = make_config(
+    config = method_config(
         "causal_lm",
         tiny_decoder,
         copy_task_file,
@@ -141,8 +119,8 @@ def test_generation_methods_learn_through_the_trainer(method, tiny_decoder, copy
 
 
 @pytest.mark.parametrize("method", ["head", "bitfit"])
-def test_head_and_bitfit_save_only_what_changed(method, tiny_encoder, sentiment_file, tmp_path):
-    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, method, max_steps=3))
+def test_head_and_bitfit_save_only_what_changed(method, classifier_run):
+    run = classifier_run(method)
     from safetensors.torch import load_file
 
     saved = load_file(run.model_dir / "delta.safetensors")
@@ -160,9 +138,8 @@ def greedy(model, tokenizer, prompts):
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "rslora", "ia3", "full"])
-def test_merged_decoder_generates_what_the_unmerged_one_does(method, tiny_decoder, copy_task_file, tmp_path):
-    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, method, max_steps=4, learning_rate=1e-2)
-    run = pipeline.train(config)
+def test_merged_decoder_generates_what_the_unmerged_one_does(method, decoder_run, tmp_path):
+    run = decoder_run(method)
     merged_dir = pipeline.merge_run(run, tmp_path / "merged")
     loaded = load_run(run)
     unmerged, tokenizer = loaded.model, loaded.tokenizer
@@ -173,8 +150,8 @@ def test_merged_decoder_generates_what_the_unmerged_one_does(method, tiny_decode
 
 
 @pytest.mark.parametrize("method", ["lora", "bitfit", "head", "ia3"])
-def test_merged_classifier_scores_what_the_unmerged_one_does(method, tiny_encoder, sentiment_file, tmp_path):
-    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, method, max_steps=4))
+def test_merged_classifier_scores_what_the_unmerged_one_does(method, classifier_run, tmp_path):
+    run = classifier_run(method)
     merged_dir = pipeline.merge_run(run, tmp_path / "merged")
     loaded = load_run(run)
     unmerged, tokenizer, labels = loaded.model, loaded.tokenizer, loaded.labels
@@ -185,15 +162,15 @@ def test_merged_classifier_scores_what_the_unmerged_one_does(method, tiny_encode
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt", "adapter"])
-def test_unmergeable_methods_refuse_to_merge_and_write_nothing(method, tiny_encoder, sentiment_file, tmp_path):
-    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, method, max_steps=2))
+def test_unmergeable_methods_refuse_to_merge_and_write_nothing(method, classifier_run, tmp_path):
+    run = classifier_run(method)
     with pytest.raises(MethodError, match="cannot be"):
         pipeline.merge_run(run, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 
 
-def test_merge_never_overwrites_an_existing_folder(tiny_encoder, sentiment_file, tmp_path):
-    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "lora", max_steps=2))
+def test_merge_never_overwrites_an_existing_folder(classifier_run, tmp_path):
+    run = classifier_run("lora")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     from tunelab.runs import RunError
@@ -203,15 +180,9 @@ def test_merge_never_overwrites_an_existing_folder(tiny_encoder, sentiment_file,
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
-def test_adapters_switch_on_one_base_model(tiny_encoder, sentiment_file, tmp_path, monkeypatch):
-    runs = [
-        pipeline.train(
-            make_config(
-                "classification", tiny_encoder, sentiment_file, tmp_path / name, "lora", max_steps=steps, seed=seed
-            )
-        )
-        for name, steps, seed in (("a", 2, 1), ("b", 8, 2))
-    ]
+def test_adapters_switch_on_one_base_model(classifier_run, tiny_encoder, sentiment_file, tmp_path, monkeypatch):
+    other = method_config("classification", tiny_encoder, sentiment_file, tmp_path / "b", "lora", max_steps=8, seed=2)
+    runs = [classifier_run("lora"), pipeline.train(other)]  # two LoRA adapters of one base, trained apart
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text(
         "".join(json.dumps({"text": t}) + "\n" for t in ("the film was great", "the score was dull", "a dreadful end"))
@@ -232,11 +203,8 @@ def test_adapters_switch_on_one_base_model(tiny_encoder, sentiment_file, tmp_pat
     assert [r["predictions"]["a"]["scores"] for r in rows] != [r["predictions"]["b"]["scores"] for r in rows]
 
 
-def test_adapter_switching_refuses_runs_without_a_peft_adapter(tiny_encoder, sentiment_file, tmp_path):
-    lora = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "lora", max_steps=2))
-    bitfit = pipeline.train(
-        make_config("classification", tiny_encoder, sentiment_file, tmp_path, "bitfit", max_steps=2)
-    )
+def test_adapter_switching_refuses_runs_without_a_peft_adapter(classifier_run, sentiment_file, tmp_path):
+    lora, bitfit = classifier_run("lora"), classifier_run("bitfit")
     with pytest.raises(MethodError, match="saved no single PEFT adapter"):
         pipeline.predict_with_adapters(
             {"lora": lora, "bitfit": bitfit}, str(sentiment_file), str(tmp_path / "out.jsonl")
@@ -246,21 +214,21 @@ def test_adapter_switching_refuses_runs_without_a_peft_adapter(tiny_encoder, sen
 
 def test_head_is_refused_for_generation_at_config_time(tiny_decoder, copy_task_file, tmp_path):
     with pytest.raises(ConfigError, match="method 'head' is defined only for task_type classification"):
-        make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "head")
+        method_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "head")
 
 
 def test_bitfit_is_refused_for_bias_free_models(tiny_decoder, copy_task_file, tmp_path):
-    registry = make_config("causal_lm", "smollm2-135m-instruct", copy_task_file, tmp_path, "bitfit")
+    registry = method_config("causal_lm", "smollm2-135m-instruct", copy_task_file, tmp_path, "bitfit")
     with pytest.raises(MethodError, match="has none"):
         check_method(registry)  # known from the registry: nothing loads
-    local = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "bitfit")
+    local = method_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "bitfit")
     with pytest.raises(MethodError, match="has none"):
         pipeline.train(local)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_qlora_without_cuda_is_a_clear_error_before_anything_loads(tiny_decoder, copy_task_file, tmp_path):
-    config = make_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "qlora")
+    config = method_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "qlora")
     with pytest.raises(MethodError, match="needs a CUDA GPU.*method.name=lora"):
         pipeline.train(config)
     assert not list(tmp_path.glob("tiny-*"))  # refused before a run directory was made
@@ -312,7 +280,7 @@ def test_prefix_reparameterisation_defaults_by_task_and_obeys_the_config(task, s
 
 def test_prefix_classifier_returns_to_its_best_checkpoint(tiny_encoder, sentiment_file, tmp_path):
     """Without the reparameterisation MLP, PEFT reloads prefix checkpoints, so the best epoch is kept as for other methods."""
-    run = pipeline.train(make_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix", epochs=2))
+    run = pipeline.train(method_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix", epochs=2))
     assert run.state()["best_step"] is not None
     assert run.state()["state"] == "complete"
 
@@ -387,7 +355,7 @@ def test_prompt_learning_generates_what_its_forward_computes(method, task, model
     from tunelab.eval.generate import generate_texts
 
     model_dir, data_file = model_and_data(task)
-    config = make_config(task, model_dir, data_file, tmp_path, method)
+    config = method_config(task, model_dir, data_file, tmp_path, method)
     data = load_task_data(config)
     model, tokenizer = load_for_config(config, data.labels)
     prompts = [
@@ -419,7 +387,7 @@ def test_prompt_learning_generates_what_its_forward_computes(method, task, model
 
 def test_a_prefix_classifier_reads_its_prefix(tiny_encoder, sentiment_file, tmp_path):
     """The classifier's answer depends on the prefix (transformers 5.24 renamed the cache argument PEFT passes it in)."""
-    config = make_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix")
+    config = method_config("classification", tiny_encoder, sentiment_file, tmp_path, "prefix")
     data = load_task_data(config)
     model, tokenizer = load_for_config(config, data.labels)
     model, _ = apply_method(model, config)
@@ -453,7 +421,7 @@ def test_prefix_classifiers_that_cannot_work_are_refused_before_anything_loads(
     case, message, tiny_distilbert, tiny_encoder, sentiment_file, tmp_path
 ):
     model = tiny_distilbert if case == "no_cache" else tiny_encoder
-    config = make_config("classification", model, sentiment_file, tmp_path, "prefix")
+    config = method_config("classification", model, sentiment_file, tmp_path, "prefix")
     if case == "positions":  # the tiny encoder has 128 positions; 20 prefixes + 112 tokens do not fit
         config = build_config(
             {

@@ -17,25 +17,7 @@ from tunelab.data.taskset import load_taskset
 from tunelab.records import DataError
 from tunelab.train.trainer import CompletionLossTrainer
 
-
-def mixture_config(model_dir, out, task="causal_lm", method="lora", **mixture):
-    return build_config(
-        {
-            "name": "tiny-mix",
-            "task": task,
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": {"max_length": 96, "max_target_length": 16},
-            "method": {"name": method},
-            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "logging_steps": 2, "precision": "fp32"},
-            "mixture": {
-                "tasks": [{"task": "sst2", "max_examples": 24}, {"task": "rte", "max_examples": 8}],
-                "eval_examples": 4,
-                "validation_examples": 4,
-                **mixture,
-            },
-        }
-    )
+from helpers import mixture_config
 
 
 def planned(config):
@@ -133,9 +115,8 @@ def test_text_to_text_mixture_trains_and_scores_every_task(tiny_decoder, tmp_pat
     assert main(["eval", str(run.path), "--suite", "glue-mini", "--limit", "2", "--samples", "10"]) == 0
 
 
-def test_multi_head_encoder_trains_one_head_per_task(tiny_encoder, tmp_path):
-    config = mixture_config(tiny_encoder, tmp_path, task="classification", method="full", architecture="multi_head")
-    run = pipeline.train(config)
+def test_multi_head_encoder_trains_one_head_per_task(multi_head_run):
+    run = multi_head_run
     evaluation = json.loads(run.eval_path.read_text())
     assert set(evaluation["tasks"]) == {"sst2", "rte"}
     assert json.loads((run.model_dir / "multihead.json").read_text())["tasks"] == {
@@ -200,12 +181,10 @@ def test_compare_mixtures_puts_specialists_and_the_mixture_in_one_table(tiny_dec
     assert main(["compare", str(config_path), "--mixtures", "sst2+nope"]) == 2
 
 
-def test_a_mixture_run_asks_which_task_a_command_means(tiny_encoder, tiny_decoder, tmp_path):
+def test_a_mixture_run_asks_which_task_a_command_means(multi_head_run, tmp_path):
     from tunelab.tasks import TaskError
 
-    run = pipeline.train(
-        mixture_config(tiny_encoder, tmp_path, task="classification", method="full", architecture="multi_head")
-    )
+    run = multi_head_run
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
     with pytest.raises(TaskError, match="trained on sst2, rte; say which task with --task NAME"):

@@ -21,15 +21,14 @@ from safetensors import safe_open
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from tunelab import pipeline
-from tunelab.config import RunConfig, build_config, load_config
+from tunelab.config import RunConfig, load_config
 from tunelab.methods import lora
 from tunelab.methods.peft_common import ADAPTER_CONFIG, name_base_model
 from tunelab.models.loading import portable_reference, resolve_source
 from tunelab.models.registry import REGISTRY, native_dir
 from tunelab.runs import RunDir, load_run
 
-from conftest import SHARED_DATA, write_jsonl
-from helpers import session_home
+from helpers import SHARED_DATA, session_home, write_jsonl
 from serving import CONFIGS, short_lora_run, short_sentiment_run
 
 needs_shared_data = pytest.mark.skipif(
@@ -138,26 +137,9 @@ def test_every_adapter_of_a_run_and_its_card_name_the_portable_base(tmp_path):
 # ---------------------------------------------------------------- label names in saved configs
 
 
-def _tiny_classifier_run(method: str, encoder: str, data_file: Path, folder: Path) -> RunDir:
-    return pipeline.train(
-        build_config(
-            {
-                "name": f"labels-{method}",
-                "task": "classification",
-                "output_dir": str(folder),
-                "model": {"name": encoder},
-                "method": {"name": method},
-                "data": {"train": str(data_file), "max_length": 32},
-                "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
-                "eval": {"baselines": []},
-            }
-        )
-    )
-
-
 @pytest.mark.parametrize("method", ["full", "lora", "bitfit"])
-def test_a_classifier_s_saved_and_merged_configs_carry_its_label_names(method, tiny_encoder, sentiment_file, tmp_path):
-    run = _tiny_classifier_run(method, tiny_encoder, sentiment_file, tmp_path / "runs")
+def test_a_classifier_s_saved_and_merged_configs_carry_its_label_names(method, classifier_run, tiny_encoder, tmp_path):
+    run = classifier_run(method)
     state = run.state()
     expected = _label_maps(state["labels"])
     assert state["base_source"] == tiny_encoder
@@ -174,27 +156,8 @@ def test_a_classifier_s_saved_and_merged_configs_carry_its_label_names(method, t
 
 
 @needs_shared_data
-def test_a_multi_head_run_merged_for_one_task_carries_that_task_s_label_names(tiny_encoder, tmp_path):
-    run = pipeline.train(
-        build_config(
-            {
-                "name": "heads",
-                "task": "classification",
-                "output_dir": str(tmp_path / "runs"),
-                "model": {"name": tiny_encoder},
-                "method": {"name": "full"},
-                "data": {"max_length": 64},
-                "mixture": {
-                    "tasks": [{"task": "sst2", "max_examples": 8}, {"task": "rte", "max_examples": 8}],
-                    "architecture": "multi_head",
-                    "eval_examples": 2,
-                    "validation_examples": 2,
-                },
-                "training": {"max_steps": 2, "batch_size": 4, "precision": "fp32"},
-                "eval": {"baselines": []},
-            }
-        )
-    )
+def test_a_multi_head_run_merged_for_one_task_carries_that_task_s_label_names(multi_head_run, tmp_path):
+    run = multi_head_run
     heads = json.loads((run.model_dir / "multihead.json").read_text())["tasks"]
     assert heads["sst2"] != heads["rte"]
     for task in ("sst2", "rte"):

@@ -6,16 +6,14 @@ from __future__ import annotations
 import warnings
 
 import torch
-from test_train_tiny import classification_config
 
-from tunelab import pipeline
 from tunelab.eval.generate import generate_texts
 from tunelab.models.loading import load_base
 from tunelab.runs import load_run
 
 
-def test_a_trained_classifier_loads_without_a_missing_head_report(tiny_encoder, sentiment_file, tmp_path, caplog):
-    run = pipeline.train(classification_config(tiny_encoder, sentiment_file, tmp_path, method="lora", epochs=1))
+def test_a_trained_classifier_loads_without_a_missing_head_report(classifier_run, caplog):
+    run = classifier_run("lora")
     caplog.clear()
     load_base(run.config(), ["negative", "positive"])  # a fresh head: the report is right to name it
     assert "LOAD REPORT" in caplog.text and "classifier.weight" in caplog.text

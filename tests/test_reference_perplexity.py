@@ -17,7 +17,7 @@ from tunelab.eval.runner import TaskResult, reference_nll, run_task, score, skip
 from tunelab.eval.targets import Target, load_target
 from tunelab.tasks import load_task
 
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 ANSWERS = ["cat", "a brown dog", "the quick fox jumps over it", "yes", "seven small blue birds", "rain"]
 

@@ -20,7 +20,7 @@ from tunelab.cli import main
 from tunelab.runs import RunDir
 from tunelab.train import trainer as trainer_module
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
+from helpers import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, losses_by_step, only_run, write_jsonl
 
 SAVE_STEPS = 5
 LOGGING_STEPS = 3
@@ -106,11 +106,6 @@ def _config(kind: str, folder: Path, encoder: str, decoder: str) -> Path:
     return path
 
 
-def only_run(output_dir: Path) -> RunDir:
-    (path,) = [p for p in output_dir.iterdir() if p.is_dir()]
-    return RunDir(path)
-
-
 def _kill_after_a_checkpoint(config: Path, output_dir: Path) -> RunDir:
     """`tunelab train` in a subprocess, SIGKILLed as soon as its first step checkpoint is complete."""
     process = subprocess.Popen(
@@ -131,13 +126,6 @@ def _kill_after_a_checkpoint(config: Path, output_dir: Path) -> RunDir:
         f"the run ended (exit {process.returncode}) before it could be killed: {process.stderr.read()[-2000:]}"
     )
     return only_run(output_dir)
-
-
-def losses_by_step(run: RunDir) -> dict[int, float]:
-    entries = [e for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
-    steps = [e["step"] for e in entries]
-    assert steps == sorted(set(steps)), f"a step is logged twice or out of order: {steps}"
-    return {e["step"]: e["loss"] for e in entries}
 
 
 def _tuned(run: RunDir) -> dict:

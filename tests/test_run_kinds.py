@@ -20,8 +20,7 @@ from tunelab.eval.human import HumanEvalError
 from tunelab.runs import RunDir, load_run
 from tunelab.tasks import load_task
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
-from helpers import cli, session_home
+from helpers import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, cli, session_home, write_jsonl
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason="the mixtures read sst2 and rte from ../shared/data")
 

@@ -34,8 +34,7 @@ from tunelab.serve.app import create_app
 from tunelab.serve.catalog import Catalog, load_catalog
 from tunelab.serve.settings import ServeSettings
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
-from helpers import session_home
+from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
 from serving import call, free_port, running_server
 
 KEY = {"Authorization": "Bearer secret"}

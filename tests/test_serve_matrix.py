@@ -14,8 +14,7 @@ import pytest
 
 from tunelab.serve.catalog import Served
 
-from conftest import SHARED_DATA
-from helpers import session_home
+from helpers import SHARED_DATA, session_home
 from serving import call, endpoint_outcomes, expected_outcomes, running_server, tiny_targets
 
 pytestmark = [

@@ -12,8 +12,7 @@ from openai import OpenAI
 
 from tunelab.pipeline import predict_run
 
-from conftest import SHARED_DATA
-from helpers import session_home
+from helpers import SHARED_DATA, session_home
 from serving import (
     README_PORT,
     call,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from test_eval_suites import _result
-from test_sweep import trials_of, write_config
 
 from tunelab.data.readers import read_file
 from tunelab.eval import forgetting
@@ -14,7 +12,7 @@ from tunelab.records import DataError
 from tunelab.tasks import load_task
 from tunelab.tasks.suite import Suite
 
-from helpers import cli
+from helpers import cli, scored_result, sweep_config_file, trials_of
 
 
 def test_a_raw_tab_in_a_jsonl_string_is_reported_once_with_its_fix(tmp_path):
@@ -36,7 +34,7 @@ def test_a_json_array_with_a_raw_tab_names_line_and_column(tmp_path):
 
 def test_a_sweep_reports_validation_accuracy_on_the_0_to_100_scale(tiny_encoder, sentiment_file, tmp_path):
     space = {"training.learning_rate": {"choices": [3.0e-3]}}
-    config = write_config(tmp_path, tiny_encoder, sentiment_file, space, "full", 1, metric="accuracy")
+    config = sweep_config_file(tmp_path, tiny_encoder, sentiment_file, space, "full", 1, metric="accuracy")
     assert cli(f"sweep {config} --trials 1 --output {tmp_path / 'sw'}") == 0
     (row,) = trials_of(tmp_path / "sw").values()
     assert 1 < row["value"] <= 100  # the tiny model beats chance on its separable data; 0-1 would be below 1
@@ -47,7 +45,7 @@ def test_the_forgetting_summary_has_the_sign_of_the_table(monkeypatch):
     wrong = ["negative" if label == "positive" else "positive" for label in gold]
 
     def answers(target, tasks, samples, seed, role, scoring):
-        return {spec.name: _result(spec, gold if role == "base" else wrong, gold) for spec, _ in tasks}
+        return {spec.name: scored_result(spec, gold if role == "base" else wrong, gold) for spec, _ in tasks}
 
     monkeypatch.setattr(forgetting, "_evaluate_all", answers)
     report = forgetting.forgetting_report(

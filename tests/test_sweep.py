@@ -16,33 +16,13 @@ from tunelab.config import ConfigError, build_config, load_config
 from tunelab.runs import RunDir, RunError
 from tunelab.sweep import STUDY, SweepError, suggest, sweep, sweep_metric, trial_config
 
-from helpers import cli
+from helpers import cli, sweep_config_file, trials_of
 
 LORA_SPACE = {
     "training.learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True},
     "method.lora.r": {"low": 2, "high": 8, "step": 2},
     "method.lora.target_modules": {"choices": ["attention", ["query", "key", "value"]]},
 }
-
-
-def write_config(tmp_path, model, data, space, method="lora", epochs=2, **sweep) -> str:
-    path = tmp_path / "sweep.yaml"
-    config = {
-        "name": "tiny-sweep",
-        "task_type": "classification",
-        "output_dir": str(tmp_path / "runs"),
-        "model": {"name": model},
-        "data": {"train": str(data), "max_length": 32},
-        "method": {"name": method},
-        "training": {"epochs": epochs, "batch_size": 8, "logging_steps": 5, "precision": "fp32"},
-        "sweep": {"space": space, **sweep},
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return str(path)
-
-
-def trials_of(directory) -> dict[int, dict]:
-    return {row["number"]: row for row in json.loads((directory / "trials.json").read_text())["trials"]}
 
 
 def kept_metric(run: RunDir, metric: str) -> float:
@@ -103,7 +83,7 @@ def test_train_trains_a_config_with_a_sweep_section_without_it(tmp_path, monkeyp
         return RunDir(tmp_path)
 
     monkeypatch.setattr(pipeline, "train", fake_train)
-    assert cli(f"train {write_config(tmp_path, 'minilm-l6', 'x.jsonl', LORA_SPACE)}") == 0
+    assert cli(f"train {sweep_config_file(tmp_path, 'minilm-l6', 'x.jsonl', LORA_SPACE)}") == 0
     assert trained[0].sweep is None and "the sweep: section is for `tunelab sweep`" in capsys.readouterr().out
 
 
@@ -114,7 +94,9 @@ def test_median_pruning_stops_trials_worse_than_earlier_ones(tiny_encoder, senti
     # A rate that wrecks the model (validation loss ~20 where the other stays at ~0.69); three validations per
     # trial, pruning after one finished trial.
     space = {"training.learning_rate": {"choices": [10.0, 1.0e-7]}}
-    config = write_config(tmp_path, tiny_encoder, sentiment_file, space, "full", 3, metric="loss", startup_trials=1)
+    config = sweep_config_file(
+        tmp_path, tiny_encoder, sentiment_file, space, "full", 3, metric="loss", startup_trials=1
+    )
     assert cli(f"sweep {config} --trials 4 --output {tmp_path / 'sw'}") == 0
     rows = trials_of(tmp_path / "sw")
     pruned = [row for row in rows.values() if row["state"] == "pruned"]
@@ -133,7 +115,7 @@ def test_median_pruning_stops_trials_worse_than_earlier_ones(tiny_encoder, senti
 
 
 def test_a_sweep_run_again_continues_its_study_and_retries_a_killed_trial(tiny_encoder, sentiment_file, tmp_path):
-    config_path = write_config(tmp_path, tiny_encoder, sentiment_file, LORA_SPACE)
+    config_path = sweep_config_file(tmp_path, tiny_encoder, sentiment_file, LORA_SPACE)
     directory = tmp_path / "sw"
     assert cli(f"sweep {config_path} --trials 2 --output {directory}") == 0
     first = trials_of(directory)
@@ -167,7 +149,7 @@ def test_a_sweep_run_again_continues_its_study_and_retries_a_killed_trial(tiny_e
 
 
 def test_best_yaml_trains_to_its_trials_metric(tiny_encoder, sentiment_file, tmp_path):
-    config_path = write_config(tmp_path, tiny_encoder, sentiment_file, LORA_SPACE, metric="loss")
+    config_path = sweep_config_file(tmp_path, tiny_encoder, sentiment_file, LORA_SPACE, metric="loss")
     directory = tmp_path / "sw"
     assert cli(f"sweep {config_path} --trials 2 --output {directory}") == 0
     best = json.loads((directory / "trials.json").read_text())["best"]
@@ -192,7 +174,7 @@ def test_best_yaml_trains_to_its_trials_metric(tiny_encoder, sentiment_file, tmp
 
 
 def test_a_sweep_whose_trials_all_fail_stops_after_three(tiny_encoder, tmp_path, capsys):
-    config = write_config(tmp_path, tiny_encoder, tmp_path / "missing.jsonl", LORA_SPACE)
+    config = sweep_config_file(tmp_path, tiny_encoder, tmp_path / "missing.jsonl", LORA_SPACE)
     assert cli(f"sweep {config} --trials 10 --output {tmp_path / 'sw'}") == 2
     assert "3 trials in a row failed" in capsys.readouterr().err
     rows = trials_of(tmp_path / "sw")
@@ -202,7 +184,7 @@ def test_a_sweep_whose_trials_all_fail_stops_after_three(tiny_encoder, tmp_path,
 
 
 def test_a_trial_stopped_with_ctrl_c_runs_again_with_its_values(tiny_encoder, sentiment_file, tmp_path, monkeypatch):
-    config = load_config(write_config(tmp_path, tiny_encoder, sentiment_file, LORA_SPACE))
+    config = load_config(sweep_config_file(tmp_path, tiny_encoder, sentiment_file, LORA_SPACE))
     trained = []
 
     def interrupted(config, resume=None, callbacks=()):

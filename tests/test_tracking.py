@@ -4,7 +4,6 @@ an MLflow store that will not open, is refused before anything is created; the c
 
 from __future__ import annotations
 
-import json
 import os
 
 import mlflow
@@ -18,6 +17,8 @@ from tunelab.config import ConfigError, RunConfig, build_config
 from tunelab.runs import RunDir
 from tunelab.train import tracking
 
+from helpers import classification_config, losses_by_step
+
 
 @pytest.fixture(autouse=True)
 def _no_active_mlflow_experiment(monkeypatch):
@@ -29,27 +30,8 @@ def _no_active_mlflow_experiment(monkeypatch):
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set by the test; one set before it is restored by monkeypatch
 
 
-def tiny_config(model_dir, data_file, out, report_to: list[str], **training) -> RunConfig:
-    return build_config(
-        {
-            "name": "tiny-tracked",
-            "task": "classification",
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": {"train": str(data_file), "max_length": 32},
-            "method": {"name": "full"},
-            "training": {
-                "epochs": 2,
-                "batch_size": 8,
-                "learning_rate": 3e-3,
-                "logging_steps": 2,
-                "precision": "fp32",
-                "report_to": report_to,
-                **training,
-            },
-            "eval": {"baselines": []},
-        }
-    )
+TRACKED = {"name": "tiny-tracked", "evaluation": {"baselines": []}, "epochs": 2}
+"""The tracking tests' tiny classifier: two epochs, no baseline scoring (the trackers see training)."""
 
 
 class SeeArguments(TrainerCallback):
@@ -59,21 +41,18 @@ class SeeArguments(TrainerCallback):
         self.args = args
 
 
-def logged_losses(run: RunDir) -> dict[int, float]:
-    lines = map(json.loads, run.metrics_path.read_text().splitlines())
-    return {entry["step"]: entry["loss"] for entry in lines if "loss" in entry}
-
-
 def test_tensorboard_and_mlflow_hold_the_runs_losses(tiny_encoder, sentiment_file, tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tiny-experiment")
     seen = SeeArguments()
-    config = tiny_config(tiny_encoder, sentiment_file, tmp_path / "runs", ["tensorboard", "mlflow"])
+    config = classification_config(
+        tiny_encoder, sentiment_file, tmp_path / "runs", report_to=["tensorboard", "mlflow"], **TRACKED
+    )
     run = pipeline.train(config, callbacks=[seen])
     assert run.state()["state"] == "complete"
     assert seen.args.report_to == ["tensorboard", "mlflow"] and seen.args.run_name == run.path.name
-    losses = logged_losses(run)
+    losses = losses_by_step(run)
     assert len(losses) >= 3
 
     events = EventAccumulator(str(run.tensorboard_dir))
@@ -106,7 +85,9 @@ def test_mlflow_without_a_tracking_uri_uses_its_default_store_in_the_working_dir
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
-    run = pipeline.train(tiny_config(tiny_encoder, sentiment_file, tmp_path / "runs", ["mlflow"]))
+    run = pipeline.train(
+        classification_config(tiny_encoder, sentiment_file, tmp_path / "runs", report_to=["mlflow"], **TRACKED)
+    )
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run.state()["tracking"]["mlflow"]["tracking_uri"] == store
     (tracked,) = MlflowClient(tracking_uri=store).search_runs(["0"])  # MLflow's Default experiment
@@ -122,7 +103,7 @@ def test_an_mlflow_file_store_holds_the_run_when_allowed_and_is_refused_before_t
     store = f"file:{tmp_path / 'mlruns'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    config = tiny_config(tiny_encoder, sentiment_file, tmp_path / "runs", ["mlflow"])
+    config = classification_config(tiny_encoder, sentiment_file, tmp_path / "runs", report_to=["mlflow"], **TRACKED)
     with pytest.raises(ConfigError, match=r"training\.report_to names mlflow.*file:.*MLFLOW_ALLOW_FILE_STORE=true"):
         pipeline.train(config)
     assert not (tmp_path / "runs").exists()
@@ -133,7 +114,7 @@ def test_an_mlflow_file_store_holds_the_run_when_allowed_and_is_refused_before_t
     (tracked,) = client.search_runs(["0"])
     assert tracked.info.run_name == run.path.name and float(tracked.data.params["learning_rate"]) == 3e-3
     history = {metric.step: metric.value for metric in client.get_metric_history(tracked.info.run_id, "loss")}
-    assert history == pytest.approx(logged_losses(run), rel=1e-6)
+    assert history == pytest.approx(losses_by_step(run), rel=1e-6)
     assert list((tmp_path / "mlruns").glob(f"0/{tracked.info.run_id}/metrics/loss"))  # files, not a database
 
 
@@ -148,7 +129,9 @@ def test_a_failed_run_is_failed_in_mlflow_and_resumes_with_each_step_logged_once
 ):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    config = tiny_config(tiny_encoder, sentiment_file, tmp_path / "runs", ["tensorboard", "mlflow"], save_steps=4)
+    config = classification_config(
+        tiny_encoder, sentiment_file, tmp_path / "runs", report_to=["tensorboard", "mlflow"], **TRACKED, save_steps=4
+    )
     with pytest.raises(RuntimeError, match="failed on purpose"):
         pipeline.train(config, callbacks=[FailAtStep()])  # logs steps 1, 2, 4 and 6; checkpoint at step 4
     (run,) = (RunDir(path) for path in (tmp_path / "runs").iterdir())
@@ -159,7 +142,7 @@ def test_a_failed_run_is_failed_in_mlflow_and_resumes_with_each_step_logged_once
     assert mlflow.active_run() is None  # the next training in this process starts a run of its own
 
     pipeline.train(config, resume=run)
-    losses = logged_losses(run)
+    losses = losses_by_step(run)
     assert 6 in losses and len(list(run.tensorboard_dir.iterdir())) == 2  # one event file per attempt
     events = EventAccumulator(str(run.tensorboard_dir))
     events.Reload()
@@ -172,7 +155,9 @@ def test_a_failed_run_is_failed_in_mlflow_and_resumes_with_each_step_logged_once
 
 def test_no_tracker_by_default(tiny_encoder, sentiment_file, tmp_path):
     seen = SeeArguments()
-    run = pipeline.train(tiny_config(tiny_encoder, sentiment_file, tmp_path, []), callbacks=[seen])
+    run = pipeline.train(
+        classification_config(tiny_encoder, sentiment_file, tmp_path, report_to=[], **TRACKED), callbacks=[seen]
+    )
     assert seen.args.report_to == []
     assert not run.tensorboard_dir.exists() and "tracking" not in run.state()
     assert "training tracked in" not in run.card_path.read_text()
@@ -186,7 +171,11 @@ def test_a_tracker_not_installed_is_refused_before_the_run_starts(
 ):
     monkeypatch.setattr(tracking, "is_installed", lambda name: name != tracker)
     with pytest.raises(ConfigError) as refused:
-        pipeline.train(tiny_config(tiny_encoder, sentiment_file, tmp_path / "runs", ["tensorboard", tracker]))
+        pipeline.train(
+            classification_config(
+                tiny_encoder, sentiment_file, tmp_path / "runs", report_to=["tensorboard", tracker], **TRACKED
+            )
+        )
     message = str(refused.value)
     assert "training.report_to" in message and tracker in message and f"`{install}`" in message
     assert not (tmp_path / "runs").exists()

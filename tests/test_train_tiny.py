@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tunelab import pipeline
-from tunelab.config import ConfigError, build_config
+from tunelab.config import ConfigError
 from tunelab.data.encode import PackedCollator, encode, make_collator
 from tunelab.data.splits import load_task_data
 from tunelab.methods import apply_method
@@ -20,60 +20,16 @@ from tunelab.runs import RunDir, RunError, load_run
 from tunelab.train import trainer as trainer_module
 from tunelab.train.trainer import CompletionLossTrainer
 
-from helpers import cli, load_for_config, only_task, train_in_process, value
-
-
-def classification_config(model_dir, data_file, out, method="full", **training):
-    return build_config(
-        {
-            "name": "tiny-cls",
-            "task": "classification",
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": {"train": str(data_file), "max_length": 32},
-            "method": {"name": method},
-            "training": {
-                "epochs": 3,
-                "batch_size": 8,
-                "learning_rate": 3e-3,
-                "logging_steps": 2,
-                "precision": "fp32",
-                **training,
-            },
-        }
-    )
-
-
-def causal_config(model_dir, data_file, out, task="causal_lm", method="lora", **training):
-    return build_config(
-        {
-            "name": f"tiny-{task}",
-            "task": task,
-            "output_dir": str(out),
-            "model": {"name": model_dir},
-            "data": {
-                "train": str(data_file),
-                "prompt_template": "{question}",
-                "response_field": "answer",
-                "max_length": 48,
-                "max_target_length": 8,
-            },
-            "method": {"name": method},
-            "training": {
-                "epochs": 4,
-                "batch_size": 8,
-                "learning_rate": 3e-3,
-                "logging_steps": 2,
-                "precision": "fp32",
-                **training,
-            },
-            "eval": {"max_new_tokens": 4},
-        }
-    )
-
-
-def logged_losses(run: RunDir) -> list[float]:
-    return [e["loss"] for e in map(json.loads, run.metrics_path.read_text().splitlines()) if "loss" in e]
+from helpers import (
+    classification_config,
+    cli,
+    generation_config,
+    load_for_config,
+    logged_losses,
+    only_task,
+    train_in_process,
+    value,
+)
 
 
 def test_classification_full_writes_a_complete_run(tiny_encoder, sentiment_file, tmp_path):
@@ -155,7 +111,7 @@ def test_same_seed_gives_the_same_run(tiny_encoder, sentiment_file, tmp_path):
 @pytest.mark.parametrize("chunk", [1024, 3])
 def test_completion_loss_equals_the_models_own_loss(tiny_decoder, copy_task_file, tmp_path, monkeypatch, chunk):
     monkeypatch.setattr(trainer_module, "LOSS_CHUNK_LOGITS", chunk * 30522)  # chunks of `chunk` positions
-    config = causal_config(tiny_decoder, copy_task_file, tmp_path)
+    config = generation_config(tiny_decoder, copy_task_file, tmp_path)
     data = load_task_data(config)
     model, tokenizer = load_for_config(config, None)
     examples = encode("causal_lm", data.train[:6], tokenizer, config.data).examples
@@ -169,7 +125,7 @@ def test_completion_loss_equals_the_models_own_loss(tiny_decoder, copy_task_file
 
 
 def test_causal_lora_run_masks_prompt_and_learns(tiny_decoder, copy_task_file, tmp_path):
-    run = pipeline.train(causal_config(tiny_decoder, copy_task_file, tmp_path, epochs=6, learning_rate=1e-2))
+    run = pipeline.train(generation_config(tiny_decoder, copy_task_file, tmp_path, epochs=6, learning_rate=1e-2))
     losses = logged_losses(run)
     assert losses[-1] < losses[0]
     evaluation = json.loads(run.eval_path.read_text())
@@ -205,7 +161,7 @@ def test_a_compiled_decoder_run_trains_on_bucketed_rows(tiny_decoder, copy_task_
         return batch
 
     monkeypatch.setattr(PackedCollator, "__call__", collate)
-    run = pipeline.train(causal_config(tiny_decoder, copy_task_file, tmp_path, epochs=2, compile=True))
+    run = pipeline.train(generation_config(tiny_decoder, copy_task_file, tmp_path, epochs=2, compile=True))
     assert compiled, "the model never went through torch.compile"
     assert widths and set(widths) == {48}  # every row bucketed up to 64 tokens, capped at data.max_length
     state = json.loads((run.path / "run.json").read_text())
@@ -216,7 +172,7 @@ def test_a_compiled_decoder_run_trains_on_bucketed_rows(tiny_decoder, copy_task_
 
 def test_seq2seq_trains_and_predicts_every_input(tiny_seq2seq, copy_task_file, tmp_path):
     run = pipeline.train(
-        causal_config(tiny_seq2seq, copy_task_file, tmp_path, task="seq2seq", method="full", epochs=3)
+        generation_config(tiny_seq2seq, copy_task_file, tmp_path, task="seq2seq", method="full", epochs=3)
     )
     losses = logged_losses(run)
     assert losses[-1] < losses[0]

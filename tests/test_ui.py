@@ -17,8 +17,7 @@ from tunelab.runs import RunDir
 from tunelab.ui.app import create_ui, run_ui
 from tunelab.ui.index import UiError, read_metrics, scan
 
-from conftest import SHARED_DATA
-from helpers import cli, session_home
+from helpers import SHARED_DATA, cli, session_home
 from serving import endpoint_outcomes, expected_outcomes, tiny_targets
 
 

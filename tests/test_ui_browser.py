@@ -22,13 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tunelab.eval import human
 from tunelab.runs import RunDir
 
-from conftest import SHARED_DATA
-from helpers import cli, session_home
+from helpers import SHARED_DATA, cli, session_home, tiny_run_settings, write_yaml
 from serving import free_port, short_lora_run
 
 pytestmark = [
@@ -64,25 +62,12 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 def _tiny_config(folder: Path, tiny_encoder: str, name: str, **training) -> Path:
     """A tiny encoder on the first 400 SST-2 sentences: a real dataset, seconds of training."""
-    config = folder / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": name,
-                "task": "classification",
-                "model": {"name": tiny_encoder},
-                "data": {
-                    "train": str(SHARED_DATA / "sst2" / "train.jsonl"),
-                    "test": str(SHARED_DATA / "sst2" / "test.jsonl"),
-                    "max_train_examples": 400,
-                    "max_eval_examples": 32,
-                    "max_length": 32,
-                },
-                "training": {"batch_size": 8, "precision": "fp32", **training},
-            }
-        )
+    sst2 = SHARED_DATA / "sst2"
+    data = {"test": str(sst2 / "test.jsonl"), "max_train_examples": 400, "max_eval_examples": 32}
+    settings = tiny_run_settings(
+        "classification", tiny_encoder, sst2 / "train.jsonl", name=name, data=data, **{"batch_size": 8, **training}
     )
-    return config
+    return write_yaml(folder / f"{name}.yaml", settings)
 
 
 @contextmanager
