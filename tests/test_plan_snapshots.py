@@ -45,7 +45,7 @@ from tunelab.models.loading import resolve_source
 from tunelab.pipeline import config_tokenizer
 from tunelab.train.architectures import architecture_of
 
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
