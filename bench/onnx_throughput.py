@@ -25,8 +25,9 @@ from tunelab.config import RunConfig, TrainingConfig, load_config
 from tunelab.eval.predict import classify
 from tunelab.export.onnx import OnnxClassifier, export_onnx
 from tunelab.pipeline import merged_model, train
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
 from tunelab.tasks import read_for_task
+from tunelab.train.trained import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

@@ -20,7 +20,8 @@ from tunelab.export import ExportError
 from tunelab.export.gguf import export_gguf
 from tunelab.export.modelfile import PROBES
 from tunelab.pipeline import merged_model, train
-from tunelab.runs import RunDir, RunError, load_run
+from tunelab.runs import RunDir, RunError
+from tunelab.train.trained import load_run
 
 from conftest import SHARED_DATA
 from helpers import session_home

@@ -19,8 +19,9 @@ from tunelab import pipeline
 from tunelab.config import build_config, load_config
 from tunelab.export import ExportError
 from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE, OnnxClassifier, export_onnx, predict_onnx
-from tunelab.runs import RunDir, RunError, load_run
+from tunelab.runs import RunDir, RunError
 from tunelab.tasks import TaskError, load_records, load_task
+from tunelab.train.trained import load_run
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
 from helpers import cli, session_home

@@ -24,7 +24,8 @@ from tunelab.eval import human
 from tunelab.eval.human import HumanEvalError, SystemOutputs
 from tunelab.eval.predict import generate
 from tunelab.models.loading import load_base, load_tokenizer
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
+from tunelab.train.trained import load_run
 
 
 def generation_config(model_dir, data_file, out, prompt_template="{question}", task="causal_lm") -> object:

@@ -16,7 +16,8 @@ from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
 from tunelab.data.readers import DataError, Record
 from tunelab.methods import MethodError
 from tunelab.models.loading import pretrained_root
-from tunelab.runs import RunError, load_run
+from tunelab.runs import RunError
+from tunelab.train.trained import load_run
 
 from conftest import NOUNS, POSITIVE, write_jsonl
 from helpers import only_task, value

@@ -11,7 +11,7 @@ from test_train_tiny import classification_config
 from tunelab import pipeline
 from tunelab.eval.generate import generate_texts
 from tunelab.models.loading import load_base
-from tunelab.runs import load_run
+from tunelab.train.trained import load_run
 
 
 def test_a_trained_classifier_loads_without_a_missing_head_report(tiny_encoder, sentiment_file, tmp_path, caplog):

@@ -16,8 +16,9 @@ from tunelab import pipeline
 from tunelab.config import build_config
 from tunelab.eval import human
 from tunelab.eval.human import HumanEvalError
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
 from tunelab.tasks import load_records, load_task
+from tunelab.train.trained import load_run
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl
 from helpers import cli, session_home

@@ -665,12 +665,6 @@ class RunConfig(_Section):
         classification, generation = DEFAULT_LEARNING_RATES[self.method.name]
         return classification if self.task_type == "classification" else generation
 
-    def best_metric(self) -> str:
-        """The validation metric that selects the best checkpoint."""
-        if self.training.metric_for_best:
-            return self.training.metric_for_best
-        return "accuracy" if self.task_type == "classification" else "loss"
-
     @model_validator(mode="after")
     def _check_sweep(self) -> RunConfig:
         """Every searched value must be one its key takes in this config, so no trial fails on a value the

@@ -36,8 +36,10 @@ from tunelab.eval.targets import Target, trained_target
 from tunelab.export import ExportError
 from tunelab.models.loading import load_tokenizer
 from tunelab.pipeline import merged_model
-from tunelab.runs import LoadedRun, RunDir, load_run, staged_folder, write_atomic, write_json
+from tunelab.runs import RunDir, staged_folder, write_atomic, write_json
 from tunelab.tasks import TaskSpec, read_for_task
+from tunelab.train.objectives import objective_of
+from tunelab.train.trained import LoadedRun, load_run
 
 MODEL_FILE = "model.onnx"
 EXPORT_FILE = "tunelab-export.json"
@@ -52,10 +54,10 @@ def _require_classifier(run: RunDir) -> None:
     """Refuse, before any model loads, a run whose model answers by generating: ONNX covers one forward pass."""
     run.require_complete()
     config = run.config()
-    architecture = config.architecture()
-    if architecture not in ("classifier", "multi_head"):
+    objective = objective_of(config)
+    if not objective.answers_by_head:
         raise ExportError(
-            f"run {run.path} is a {config.task_type} run ({architecture}); ONNX export covers classifier runs "
+            f"run {run.path} is a {config.task_type} run ({objective.name}); ONNX export covers classifier runs "
             "(a classification head, or multi_head runs with --task). Export a decoder run with "
             f"`tunelab export {run.path} --format gguf`, or write any mergeable run as a transformers folder "
             f"with `tunelab merge {run.path} --output DIR`"
