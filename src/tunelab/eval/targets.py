@@ -2,9 +2,10 @@
 
 A target knows how it answers: a decoder or encoder-decoder generates text for any task phrased as an
 instruction; a classifier (a run with a trained head) can only score classification tasks whose labels are
-its own. A multi-task run answers each task its own way (`Target.for_task`): a multi-head encoder with that
-task's head, per-task adapters with that task's adapter (a task without one with the shared adapter, or the
-base model). Evaluation places the model on the GPU when there is one.
+its own. A multi-task run answers each task its own way (`Target.for_task`, as the run's objective routes it:
+`tunelab.train.objectives`): a multi-head encoder with that task's head, per-task adapters with that task's
+adapter (a task without one with the shared adapter, or the base model). Evaluation places the model on the GPU
+when there is one.
 """
 
 from __future__ import annotations
