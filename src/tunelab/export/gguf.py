@@ -27,7 +27,8 @@ from tunelab.export.modelfile import render_modelfile
 from tunelab.models.loading import pretrained_root, source_gguf
 from tunelab.models.registry import REGISTRY
 from tunelab.pipeline import merged_model
-from tunelab.runs import RunDir, load_run, staged_folder
+from tunelab.runs import RunDir, staged_folder
+from tunelab.train.trained import load_run
 
 QUANTS = {"f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
           "q4_0": ("Q4_0", "MOSTLY_Q4_0")}  # fmt: skip
