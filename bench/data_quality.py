@@ -18,8 +18,9 @@ import time
 from tunelab.data.quality import Fields, Sketched, examples_of, overlap, task_examples
 from tunelab.data.readers import read_file
 from tunelab.data.report import Reference, task_report
+from tunelab.data.task_records import load_records
 from tunelab.render import template_fields
-from tunelab.tasks import TaskError, builtin_tasks, data_root, load_records, load_task
+from tunelab.tasks import TaskError, builtin_tasks, data_root, load_task
 
 
 def _findings(name: str, found: dict) -> None:

@@ -20,11 +20,12 @@ import time
 import torch
 from transformers import pipeline as hf_pipeline
 
+from tunelab.data.task_records import load_records
 from tunelab.eval import generate as generation
 from tunelab.eval.generate import generate_texts
 from tunelab.eval.runner import prompt_ids
 from tunelab.eval.targets import load_target
-from tunelab.tasks import load_records, load_task
+from tunelab.tasks import load_task
 
 
 def _tokens(tokenizer, texts: list[str]) -> int:

@@ -22,11 +22,12 @@ import onnxruntime
 import torch
 
 from tunelab.config import RunConfig, TrainingConfig, load_config
+from tunelab.data.task_records import read_for_task
 from tunelab.eval.predict import classify
-from tunelab.export.onnx import OnnxClassifier, export_onnx
+from tunelab.export.onnx import export as export_onnx
+from tunelab.export.onnx_predict import OnnxClassifier
 from tunelab.pipeline import merged_model, train
 from tunelab.runs import RunDir
-from tunelab.tasks import read_for_task
 from tunelab.train.trained import load_run
 
 ROOT = Path(__file__).resolve().parents[1]

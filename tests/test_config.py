@@ -366,8 +366,8 @@ def test_config_data_path_found_only_under_the_working_directory_is_read_with_a_
 
 
 def test_config_data_path_found_nowhere_names_every_absolute_path_tried(tmp_path, monkeypatch):
-    from tunelab.data.readers import DataError
     from tunelab.data.splits import load_task_data
+    from tunelab.records import DataError
 
     config_path = _config_in(tmp_path / "configs", "../absent/train.jsonl")
     (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)

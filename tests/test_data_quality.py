@@ -28,10 +28,11 @@ from tunelab.data.quality import (
     overlap,
     run_fields,
 )
-from tunelab.data.readers import Record, read_file
+from tunelab.data.readers import read_file
 from tunelab.data.report import file_references, file_report
 from tunelab.data.splits import load_task_data
 from tunelab.models.loading import load_tokenizer
+from tunelab.records import Record
 
 from conftest import write_jsonl
 from helpers import cli

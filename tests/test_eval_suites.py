@@ -13,7 +13,7 @@ from test_train_tiny import causal_config, classification_config
 from tunelab import pipeline
 from tunelab.cli import main
 from tunelab.config import DataConfig, RunConfig
-from tunelab.data.readers import Record
+from tunelab.data.task_records import load_records
 from tunelab.eval.bias import bias_report, counterfactual_records, mentioning
 from tunelab.eval.counterfactual import mentions
 from tunelab.eval.forgetting import _task_row, forgetting_report
@@ -23,8 +23,10 @@ from tunelab.eval.robustness import perturbed_records, robustness_report
 from tunelab.eval.runner import TaskResult, _text_nll, run_task, score
 from tunelab.eval.suites import run_suite
 from tunelab.eval.targets import Target, load_target
+from tunelab.kinds.tagging import format_entities, parse_entities
+from tunelab.records import Record
 from tunelab.render import template_fields
-from tunelab.tasks import TaskError, builtin_tasks, format_entities, load_records, load_task, parse_entities
+from tunelab.tasks import TaskError, builtin_tasks, load_task
 from tunelab.tasks.suite import Suite, load_suite
 
 from helpers import cli

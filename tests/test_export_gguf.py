@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.config import build_config, load_config
-from tunelab.export import ExportError
-from tunelab.export.gguf import export_gguf
+from tunelab.export.base import ExportError
+from tunelab.export.gguf import export as export_gguf
 from tunelab.export.modelfile import PROBES
 from tunelab.pipeline import merged_model, train
 from tunelab.runs import RunDir, RunError
@@ -85,7 +85,7 @@ def exports(lora_run, tmp_path_factory):
         env={**os.environ, "TUNELAB_HOME": str(session_home(tmp_path_factory))},
     )  # fmt: skip
     for quant in ("q8_0", "q4_0", "bf16"):
-        export_gguf(lora_run, folders[quant], quant)
+        export_gguf(lora_run, folders[quant], quant=quant)
     return folders
 
 
@@ -216,7 +216,7 @@ def test_a_base_model_template_is_its_prompt_template_then_a_newline(tmp_path):
     run = tiny_run(
         tmp_path / "runs", "instruct-gemma3-dialogsum.yaml", "gemma", "method.lora.target_modules=[q_proj,v_proj]"
     )
-    folder = export_gguf(run, tmp_path / "out", "f16")
+    folder = export_gguf(run, tmp_path / "out", quant="f16")
     template, system, stops, _ = modelfile_fields(folder)
     assert system is None and "<eos>" in stops
     config = run.config()
@@ -240,7 +240,7 @@ def test_a_base_model_template_is_its_prompt_template_then_a_newline(tmp_path):
 @pytest.mark.parametrize("method", ["full", "dora", "rslora", "ia3"])
 def test_every_merging_method_exports_its_merged_weights(tmp_path, method, base_weights):
     run = tiny_run(tmp_path / "runs", "dialogsum-smollm2-lora.yaml", method, f"method.name={method}")
-    folder = export_gguf(run, tmp_path / "out", "f16")
+    folder = export_gguf(run, tmp_path / "out", quant="f16")
     reader = gguf.GGUFReader(gguf_file(folder))
     stored = {t.name: t for t in reader.tensors}
     model = merged_model(load_run(run))
@@ -323,5 +323,5 @@ def test_a_base_outside_the_registry_is_pointed_to_llama_cpps_converter(tiny_dec
 def test_a_k_quant_without_llama_quantize_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize on it
     with pytest.raises(ExportError, match=r"llama-quantize.*not on PATH.*--quant f16.*Q4_K_M"):
-        export_gguf(RunDir(tmp_path / "any-run"), tmp_path / "out", "q4_k_m")
+        export_gguf(RunDir(tmp_path / "any-run"), tmp_path / "out", quant="q4_k_m")
     assert not (tmp_path / "out").exists()

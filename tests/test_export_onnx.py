@@ -17,10 +17,13 @@ import torch
 
 from tunelab import pipeline
 from tunelab.config import build_config, load_config
-from tunelab.export import ExportError
-from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE, OnnxClassifier, export_onnx, predict_onnx
+from tunelab.data.task_records import load_records
+from tunelab.export.base import ExportError
+from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE
+from tunelab.export.onnx import export as export_onnx
+from tunelab.export.onnx_predict import OnnxClassifier, predict_onnx
 from tunelab.runs import RunDir, RunError
-from tunelab.tasks import TaskError, load_records, load_task
+from tunelab.tasks import TaskError, load_task
 from tunelab.train.trained import load_run
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl

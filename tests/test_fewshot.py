@@ -15,6 +15,7 @@ from test_train_tiny import causal_config
 
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
+from tunelab.data.task_records import load_records
 from tunelab.eval.bootstrap import format_interval
 from tunelab.eval.fewshot import FewShotError, demonstration_pool, draw_demonstrations
 from tunelab.eval.runner import (
@@ -28,7 +29,7 @@ from tunelab.eval.runner import (
 )
 from tunelab.eval.targets import Target, load_target
 from tunelab.render import format_decoder_prompt, with_demonstrations
-from tunelab.tasks import TaskError, load_records, load_task
+from tunelab.tasks import TaskError, load_task
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
 from helpers import cli, only_task

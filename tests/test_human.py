@@ -19,10 +19,10 @@ import pytest
 from tunelab import pipeline
 from tunelab.config import build_config
 from tunelab.data.splits import load_task_data
-from tunelab.data.templates import render_prompt
 from tunelab.eval import human
 from tunelab.eval.human import HumanEvalError, SystemOutputs
 from tunelab.eval.predict import generate
+from tunelab.kinds.generation import render_prompt
 from tunelab.models.loading import load_base, load_tokenizer
 from tunelab.runs import RunDir
 from tunelab.train.trained import load_run

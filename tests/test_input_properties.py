@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tunelab.cli import main
 from tunelab.config import ConfigError, RunConfig, load_config, parse_overrides
-from tunelab.data.readers import DataError, Record, read_file
+from tunelab.data.readers import read_file
+from tunelab.records import DataError, Record
 
 SUFFIXES = [".jsonl", ".json", ".csv", ".parquet"]
 FIELDS = ["text", "label", "question", "answer", "prompt", "response", "body", ""]

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
 from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
-from tunelab.data.readers import DataError, Record
 from tunelab.methods import MethodError
 from tunelab.models.loading import pretrained_root
+from tunelab.records import DataError, Record
 from tunelab.runs import RunError
 from tunelab.train.trained import load_run
 

@@ -17,10 +17,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 LAYERS = [
-    {"errors", "render"},
+    {"errors", "render", "records"},
     {"config"},
+    {"kinds"},
     {"distributed"},
-    {"data", "tasks"},
+    {"tasks"},
+    {"data"},
     {"models", "methods"},
     {"runs"},
     {"train", "eval"},

@@ -9,12 +9,13 @@ import math
 import pytest
 import torch
 
+from tunelab.data.task_records import load_records
 from tunelab.eval.forgetting import _task_row
 from tunelab.eval.metrics import MetricError, TextLikelihood
 from tunelab.eval.rolling import lm_eval_length, prefix_token, rolling_windows, text_ids, text_likelihood
 from tunelab.eval.runner import TaskResult, _nll_pairs, run_task, score
 from tunelab.eval.targets import Target, load_target
-from tunelab.tasks import load_records, load_task
+from tunelab.tasks import load_task
 
 from conftest import write_jsonl
 

@@ -8,16 +8,9 @@ import math
 import pytest
 
 from tunelab.eval.bootstrap import Interval, bootstrap_ci, paired_bootstrap
-from tunelab.eval.metrics import (
-    METRICS,
-    MetricError,
-    TextLikelihood,
-    get_metric,
-    match_label,
-    score,
-    unmatched_share,
-)
-from tunelab.tasks import INLINE_METRICS
+from tunelab.eval.metrics import METRICS, MetricError, TextLikelihood, get_metric, score, unmatched_share
+from tunelab.kinds import KINDS
+from tunelab.kinds.classification import match_label
 
 # --- classification ------------------------------------------------------------------------------
 
@@ -63,7 +56,8 @@ def test_mcc_binary_from_the_confusion_matrix():
 def test_a_data_classification_task_is_scored_on_the_registry_scale():
     # a run's own classification data gets accuracy and the macro averages, 0-100 like every other score
     scores = {
-        name: score(name, ["cat", "dog", "dog"], ["cat", "dog", "cat"]) for name in INLINE_METRICS["classification"]
+        name: score(name, ["cat", "dog", "dog"], ["cat", "dog", "cat"])
+        for name in KINDS["classification"].inline_metrics
     }
     assert scores["accuracy"] == pytest.approx(200 / 3)
     assert scores["precision_macro"] == pytest.approx(75.0)  # cat 1/1, dog 1/2
@@ -230,7 +224,7 @@ def test_mismatched_or_empty_inputs_are_refused():
 
 
 def test_a_data_generation_task_keeps_the_scores_runs_always_had():
-    metrics = {name: score(name, ["The cat sat"], ["the cat ran away"]) for name in INLINE_METRICS["generation"]}
+    metrics = {name: score(name, ["The cat sat"], ["the cat ran away"]) for name in KINDS["generation"].inline_metrics}
     assert metrics == pytest.approx({"rouge1": 400 / 7, "rouge2": 40.0, "rougeL": 400 / 7, "exact_match": 0.0})
 
 

@@ -13,8 +13,8 @@ from tunelab.cli import main
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import TaskCollator
 from tunelab.data.plan import plan_training
-from tunelab.data.readers import DataError
 from tunelab.data.taskset import load_taskset
+from tunelab.records import DataError
 from tunelab.train.objectives import objective_of
 from tunelab.train.trainer import CompletionLossTrainer
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tunelab.data.encode import IGNORE_INDEX, VARLEN_KEYS, PackedCollator, Packing, first_fit_decreasing, make_collator
+from tunelab.data.encode import VARLEN_KEYS, PackedCollator, Packing, first_fit_decreasing, make_collator
+from tunelab.kinds.encoding import IGNORE_INDEX
 from tunelab.models.attention import AttentionUnavailable, flash_attention_available, use_attention
 from tunelab.train.trainer import CompletionLossTrainer
 

@@ -14,10 +14,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from tunelab import pipeline
 from tunelab.config import build_config
+from tunelab.data.task_records import load_records
 from tunelab.eval import human
 from tunelab.eval.human import HumanEvalError
 from tunelab.runs import RunDir
-from tunelab.tasks import load_records, load_task
+from tunelab.tasks import load_task
 from tunelab.train.trained import load_run
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, write_jsonl

@@ -30,8 +30,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tunelab import pipeline
 from tunelab.config import build_config
 from tunelab.runs import RunDir
-from tunelab.serve.app import ServeSettings, create_app
+from tunelab.serve.app import create_app
 from tunelab.serve.catalog import Catalog, load_catalog
+from tunelab.serve.settings import ServeSettings
 
 from conftest import NEGATIVE, NOUNS, POSITIVE, write_jsonl
 from helpers import session_home

@@ -8,8 +8,9 @@ import pytest
 from test_eval_suites import _result
 from test_sweep import trials_of, write_config
 
-from tunelab.data.readers import DataError, read_file
+from tunelab.data.readers import read_file
 from tunelab.eval import forgetting
+from tunelab.records import DataError
 from tunelab.tasks import load_task
 from tunelab.tasks.suite import Suite
 

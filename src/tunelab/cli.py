@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from tunelab.config import ConfigError, TaskType, load_config
+from tunelab.config import METHOD_TRAITS, ConfigError, TaskType, load_config, method_names
 from tunelab.errors import TunelabError
 
 
@@ -231,7 +231,8 @@ def _cmd_tasks_list(args) -> None:
 
 
 def _cmd_tasks_show(args) -> None:
-    from tunelab.tasks import load_records, load_task
+    from tunelab.data.task_records import load_records
+    from tunelab.tasks import load_task
 
     spec = load_task(args.name)
     print(
@@ -295,7 +296,7 @@ def _cmd_predict(args) -> None:
     if args.engine == "onnx":
         if args.adapter:
             raise ConfigError("--engine onnx predicts from one ONNX export folder; --adapter is for --engine torch")
-        from tunelab.export.onnx import predict_onnx
+        from tunelab.export.onnx_predict import predict_onnx
 
         count = predict_onnx(Path(args.run), args.input, args.output, args.task)
     elif args.run:
@@ -313,19 +314,11 @@ def _cmd_merge(args) -> None:
 
 
 def _cmd_export(args) -> None:
+    from tunelab.export import EXPORT_FORMATS, export_run
     from tunelab.runs import RunDir
 
-    run, output = RunDir(args.run), Path(args.output)
-    if args.format == "gguf":
-        from tunelab.export.gguf import export_gguf
-
-        written = export_gguf(run, output, args.quant or "f16", args.task)
-    else:
-        if args.quant:
-            raise ConfigError("--quant is for --format gguf; an ONNX export keeps the run's fp32 weights")
-        from tunelab.export.onnx import export_onnx
-
-        written = export_onnx(run, output, args.task)
+    given = {option.name: getattr(args, option.name) for fmt in EXPORT_FORMATS.values() for option in fmt.OPTIONS}
+    written = export_run(args.format, RunDir(args.run), Path(args.output), args.task, **given)
     print(f"{args.format} export written to {written}")
 
 
@@ -381,7 +374,8 @@ def _cmd_ui(args) -> None:
 
 
 def _cmd_serve(args) -> None:
-    from tunelab.serve.app import ServeSettings, run_server
+    from tunelab.serve.app import run_server
+    from tunelab.serve.settings import ServeSettings
 
     for name in (
         "max_batch",
@@ -502,8 +496,33 @@ def _suites() -> str:
     return ", ".join(builtin_suites())
 
 
-COMPARE_METHODS = "full,head,bitfit,lora,adapter,prefix,prompt,ia3"
-"""What `tunelab compare` trains without --methods: one model per method."""
+COMPARE_METHODS = ",".join(name for name, traits in METHOD_TRAITS.items() if not traits.lora_family or name == "lora")
+"""What `tunelab compare` trains without --methods: one model per method, lora standing for its family."""
+
+
+def _add_export(commands) -> None:
+    """`tunelab export`: its formats, their help and their options, from the export registry."""
+    from tunelab.export import EXPORT_FORMATS
+
+    exporting = commands.add_parser("export", help=f"write a run in a deployment format ({', '.join(EXPORT_FORMATS)})")
+    exporting.add_argument("run", help="a complete run directory")
+    exporting.add_argument(
+        "--format",
+        required=True,
+        choices=list(EXPORT_FORMATS),
+        help="; ".join(f"{name}: {fmt.DESCRIPTION}" for name, fmt in EXPORT_FORMATS.items()),
+    )
+    for fmt in EXPORT_FORMATS.values():
+        for option in fmt.OPTIONS:
+            exporting.add_argument(
+                option.flag,
+                dest=option.name,
+                choices=option.choices or None,
+                help=f"--format {fmt.NAME}: {option.help}",
+            )
+    exporting.add_argument("--output", required=True, help="new folder for the exported files")
+    exporting.add_argument("--task", help="for a multi_head or task_adapters run: the task to export")
+    exporting.set_defaults(func=_cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -704,7 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     merge = commands.add_parser(
-        "merge", help="write a standalone model with the run's update folded in (lora family, ia3, bitfit, head, full)"
+        "merge",
+        help="write a standalone model with the run's update folded in "
+        f"({', '.join(method_names(lambda traits: traits.mergeable))})",
     )
     merge.add_argument("run", help="a complete run directory")
     merge.add_argument("--output", required=True, help="new folder for the merged model (safetensors + tokenizer)")
@@ -714,23 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.set_defaults(func=_cmd_merge)
 
-    exporting = commands.add_parser(
-        "export",
-        help="write a run as GGUF (llama.cpp, Ollama, LM Studio; decoder runs) or ONNX (onnxruntime; classifier runs)",
-    )
-    exporting.add_argument("run", help="a complete run directory")
-    exporting.add_argument(
-        "--format", required=True, choices=["gguf", "onnx"], help="gguf for decoders, onnx for classifiers"
-    )
-    exporting.add_argument(
-        "--quant",
-        choices=["f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
-        help="GGUF weight type (default f16); the K-quants q4_k_m, q5_k_m and q6_k need llama.cpp's llama-quantize on "
-        "PATH",
-    )
-    exporting.add_argument("--output", required=True, help="new folder for the exported files")
-    exporting.add_argument("--task", help="for a multi_head or task_adapters run: the task to export")
-    exporting.set_defaults(func=_cmd_export)
+    _add_export(commands)
 
     trained = len(COMPARE_METHODS.split(","))
     compare_help = (

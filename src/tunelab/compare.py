@@ -9,7 +9,7 @@ is inside the larger ones; 0 is the untrained base model). All run through one r
 Every variant runs as its own `tunelab train` process: a variant that crashes (or is refused, like qlora
 without CUDA) becomes a row with its error instead of ending the comparison, and each process's peak memory
 is its own. The config's `training.learning_rate` is not shared across methods: one rate cannot suit full
-fine-tuning and prompt tuning alike, so each method gets its default (DEFAULT_LEARNING_RATES) unless
+fine-tuning and prompt tuning alike, so each method gets its default (its METHOD_TRAITS row) unless
 `--learning-rates` names one. The base model is scored once, by the first variant that trains or holds out
 each task.
 

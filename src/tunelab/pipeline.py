@@ -21,15 +21,16 @@ from transformers.utils import enable_tf32, is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.card import render_card
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, method_names, spoken_list
 from tunelab.data.blocks import block_taskset
 from tunelab.data.cleaning import clean
 from tunelab.data.inputs import read_inputs
 from tunelab.data.plan import Plan, plan_training
 from tunelab.data.quality import run_fields
-from tunelab.data.readers import DataError, Record, read_file
+from tunelab.data.readers import read_file
 from tunelab.data.report import cleaning_summary, file_references, file_report, render_report, run_report
 from tunelab.data.splits import label_set
+from tunelab.data.task_records import draw_records, read_for_task
 from tunelab.data.taskset import TaskSet, load_taskset, task_specs
 from tunelab.data.validate import check_records, enforce
 from tunelab.errors import TunelabError
@@ -39,6 +40,7 @@ from tunelab.eval.gain import evaluation_summary, score_tasks
 from tunelab.eval.runner import predict_records, run_task
 from tunelab.eval.suites import build_report, data_report_name, write_suite_report
 from tunelab.eval.targets import Target, trained_target
+from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
 from tunelab.models.attention import use_attention
 from tunelab.models.kernels import use_kernels
@@ -52,6 +54,7 @@ from tunelab.models.loading import (
     run_directory,
 )
 from tunelab.models.reference import check_reference
+from tunelab.records import DataError, Record
 from tunelab.runs import (
     RunDir,
     checkpoint_step_of,
@@ -60,7 +63,6 @@ from tunelab.runs import (
     write_atomic,
     write_json,
 )
-from tunelab.tasks import draw_records, read_for_task
 from tunelab.tasks.suite import load_suite
 from tunelab.train.memory import peak_memory, reset_peak
 from tunelab.train.objectives import Objective, objective_of
@@ -432,7 +434,7 @@ def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
         if not adapter_config.exists() or config.mixture is not None:
             raise MethodError(
                 f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
-                "switching needs one-task runs of lora, dora, rslora, qlora, ia3, prefix or prompt"
+                f"switching needs one-task runs of {spoken_list(method_names(lambda traits: traits.peft_adapter))}"
             )
         if (config.model.name, config.task_type, state.get("labels")) != (
             first.model.name,
@@ -516,7 +518,7 @@ def read_checked(
     if config.task_type == "classification" and labels is None:
         labels = label_set(records, config, path)
     return enforce(
-        check_records(records, config.task_type, config.data, labels), path, config.data.skip_invalid
+        check_records(records, kind_of_run(config), config.data, labels), path, config.data.skip_invalid
     ), labels
 
 

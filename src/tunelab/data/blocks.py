@@ -10,8 +10,8 @@ problem found later still names its source.
 from __future__ import annotations
 
 from tunelab.config import DataConfig
-from tunelab.data.readers import DataError, Record
 from tunelab.data.taskset import TaskSet
+from tunelab.records import DataError, Record
 
 BLOCK_FIELD = "input_ids"
 """The field of a block record holding its token ids."""

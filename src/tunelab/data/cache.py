@@ -27,8 +27,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig, tunelab_home
-from tunelab.data.encode import Encoded, encode
-from tunelab.data.readers import Record
+from tunelab.data.encode import encode
+from tunelab.kinds.encoding import Encoded
+from tunelab.records import Record
 
 FORMAT_VERSION = 1
 """Part of every key: bump it when the file layout changes, so old entries stop matching."""
@@ -36,14 +37,14 @@ FORMAT_VERSION = 1
 
 @functools.cache
 def encoding_code_digest() -> str:
-    """sha256 of the source of the modules that turn records into ids (encode.py, templates.py), part of every
-    key: a tunelab upgrade that changes how examples are tokenised never reads entries written before it."""
+    """sha256 of the source of the modules that turn records into ids (data/encode.py and the kinds' encoders),
+    part of every key: a tunelab upgrade that changes how examples are tokenised never reads entries written
+    before it."""
     from tunelab.data import encode as encode_module
-    from tunelab.data import templates
+    from tunelab.kinds import classification, encoding, generation
 
-    return hashlib.sha256(
-        "".join(inspect.getsource(m) for m in (encode_module, templates)).encode("utf-8")
-    ).hexdigest()
+    modules = (encode_module, encoding, classification, generation)
+    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode("utf-8")).hexdigest()
 
 
 DISABLE_ENV = "TUNELAB_NO_TOKEN_CACHE"

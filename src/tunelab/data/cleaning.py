@@ -22,7 +22,7 @@ from tunelab.data.quality import (
     run_fields,
     suite_examples,
 )
-from tunelab.data.readers import DataError, Record
+from tunelab.records import DataError, Record
 
 
 @dataclass

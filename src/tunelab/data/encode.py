@@ -1,117 +1,21 @@
-"""Tokenising validated records into model inputs, once, and padding them per batch.
+"""Tokenising a run's validated records into model inputs, once, and collating them into batches.
 
-Examples are tokenised without padding; the collator pads each batch to its own
-longest example (dynamic padding), so no batch pays for the longest input in
-the dataset. Over-long inputs are truncated and counted, never dropped.
+Each kind of example encodes its own records and pads its own batches (`tunelab.kinds`); what is shared by every
+decoder lives here: padding-free packing, the scored positions, and the collators that carry a task's name and
+loss weight (multi-task) or task id (multi-head).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
-from tunelab.data.readers import Record
-from tunelab.data.templates import render_prompt
-from tunelab.render import Demonstration, format_decoder_prompt, has_chat_template
-
-IGNORE_INDEX = -100
-"""Label value that the loss skips: prompt tokens and padding."""
-
-
-@dataclass
-class Encoded:
-    examples: list[dict[str, list[int]]]
-    truncated: int
-    """How many examples were cut to fit max_length / max_target_length."""
-
-
-def encode_classification(
-    records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, labels: list[str] | None
-) -> Encoded:
-    """input_ids/attention_mask (+ label id when `labels` is given) for an encoder classifier."""
-    texts = [str(r.fields[data.text_field]) for r in records]
-    pairs = [str(r.fields[data.text_pair_field]) for r in records] if data.text_pair_field else None
-    full = tokenizer(texts, pairs)["input_ids"]
-    truncated = sum(len(ids) > data.max_length for ids in full)
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=data.max_length)
-    examples = []
-    for i, record in enumerate(records):
-        example = {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i]}
-        if "token_type_ids" in encoded:
-            example["token_type_ids"] = encoded["token_type_ids"][i]
-        if labels is not None:
-            example["labels"] = labels.index(str(record.fields[data.label_field]))
-        examples.append(example)
-    return Encoded(examples, truncated)
-
-
-def formatted_prompt_ids(
-    prompt: str, tokenizer: PreTrainedTokenizerBase, demonstrations: Sequence[Demonstration] = ()
-) -> list[int]:
-    """The uncut ids of a prompt (after any demonstrations) as the decoder reads it: through its chat template,
-    which brings its own special tokens, or as plain text with the tokenizer's."""
-    text = format_decoder_prompt(prompt, tokenizer, demonstrations)
-    return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
-
-
-def decoder_prompt_ids(prompt: str, tokenizer: PreTrainedTokenizerBase, budget: int) -> tuple[list[int], bool]:
-    """Token ids of the formatted prompt within `budget` tokens, cutting the prompt's content (never the
-    chat-template markers that tell the model its answer starts)."""
-    ids = formatted_prompt_ids(prompt, tokenizer)
-    if len(ids) <= budget:
-        return ids, False
-    content = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    overhead = len(ids) - len(content)
-    kept = tokenizer.decode(content[: max(1, budget - overhead)])
-    return formatted_prompt_ids(kept, tokenizer)[:budget], True
-
-
-def encode_causal(
-    records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, with_target: bool
-) -> Encoded:
-    """Prompt (+ completion + EOS) ids; labels mask the prompt so the loss covers the completion only."""
-    examples, truncated = [], 0
-    for record in records:
-        target: list[int] = []
-        if with_target:
-            target = tokenizer(str(record.fields[data.response_field]), add_special_tokens=False)["input_ids"]
-            if len(target) > data.max_target_length:
-                target, truncated = target[: data.max_target_length], truncated + 1
-            target = target + [tokenizer.eos_token_id]
-        prompt_ids, cut = decoder_prompt_ids(
-            render_prompt(record.fields, data), tokenizer, data.max_length - len(target)
-        )
-        truncated += cut
-        example = {"input_ids": prompt_ids + target, "attention_mask": [1] * (len(prompt_ids) + len(target))}
-        if with_target:
-            example["labels"] = [IGNORE_INDEX] * len(prompt_ids) + target
-        examples.append(example)
-    return Encoded(examples, truncated)
-
-
-def encode_seq2seq(
-    records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, with_target: bool
-) -> Encoded:
-    """Encoder input ids and (optionally) decoder target ids."""
-    prompts = [render_prompt(r.fields, data) for r in records]
-    truncated = sum(len(ids) > data.max_length for ids in tokenizer(prompts)["input_ids"])
-    encoded = tokenizer(prompts, truncation=True, max_length=data.max_length)
-    examples = [
-        {"input_ids": ids, "attention_mask": mask}
-        for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])
-    ]
-    if with_target:
-        targets = [str(r.fields[data.response_field]) for r in records]
-        full = tokenizer(text_target=targets)["input_ids"]
-        truncated += sum(len(ids) > data.max_target_length for ids in full)
-        cut = tokenizer(text_target=targets, truncation=True, max_length=data.max_target_length)["input_ids"]
-        for example, target in zip(examples, cut):
-            example["labels"] = target
-    return Encoded(examples, truncated)
+from tunelab.kinds import family_of_task_type, kind_of_task_type
+from tunelab.kinds.encoding import IGNORE_INDEX, Encoded
+from tunelab.records import Record
 
 
 def encode(
@@ -122,12 +26,10 @@ def encode(
     labels: list[str] | None = None,
     with_target: bool = True,
 ) -> Encoded:
-    """Tokenise records for a task; `with_target=False` for prediction inputs."""
-    if task == "classification":
-        return encode_classification(records, tokenizer, data, labels if with_target else None)
-    if task == "causal_lm":
-        return encode_causal(records, tokenizer, data, with_target)
-    return encode_seq2seq(records, tokenizer, data, with_target)
+    """Tokenise records of a run's `task` (its task_type) as its kind of example encodes them for the model
+    family the task_type declares; `with_target=False` for prediction inputs."""
+    kind = kind_of_task_type(task)
+    return kind.encode(records, tokenizer, data, family_of_task_type(task), labels, with_target)
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -281,13 +183,10 @@ COMPILED_WIDTH_MULTIPLE = 64
 
 
 def make_collator(task: str, tokenizer: PreTrainedTokenizerBase, packing: Packing | None = None):
-    """Dynamic padding per batch; labels are padded with IGNORE_INDEX so padding never counts in the loss.
-
-    `packing` switches decoder batches to padding-free packing (PackedCollator).
-    """
-    if task == "classification":
-        return DataCollatorWithPadding(tokenizer)
-    if packing and task == "causal_lm":
+    """The collator of a run's `task` (its task_type): its kind's dynamic padding per batch, or, given `packing`,
+    padding-free packing of a decoder's batches (PackedCollator)."""
+    family = family_of_task_type(task)
+    if packing and family == "decoder":
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return PackedCollator(pad, packing)
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
+    return kind_of_task_type(task).collator(tokenizer, family)

@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.config import ConfigError, DataConfig, parse_overrides
-from tunelab.data.readers import DataError, Record, read_file
+from tunelab.data.readers import read_file
+from tunelab.data.task_records import check_for_task
+from tunelab.records import DataError, Record
 from tunelab.render import template_fields
-from tunelab.tasks import TaskSpec, check_for_task
+from tunelab.tasks import TaskSpec
 
 INPUT_KEYS = ("text_field", "text_pair_field", "prompt_field", "skip_invalid")
 """The `data.` overrides that change how prediction inputs are read (labels and answers are not read)."""

@@ -11,9 +11,10 @@ import math
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
-from tunelab.data.encode import formatted_prompt_ids
-from tunelab.data.readers import Record
-from tunelab.data.templates import render_prompt
+from tunelab.kinds import family_of_task_type, kind_of_task_type
+from tunelab.kinds.encoding import formatted_prompt_ids
+from tunelab.kinds.generation import render_prompt
+from tunelab.records import Record
 
 
 def length_summary(lengths: list[int], limit: int) -> dict:
@@ -49,7 +50,8 @@ def token_lengths(
     """
     if not records:
         return None
-    if task_type == "classification":
+    family = family_of_task_type(task_type)
+    if family == "encoder":
         texts = [str(record.fields[data.text_field]) for record in records]
         pairs = [str(record.fields[data.text_pair_field]) for record in records] if data.text_pair_field else None
         lengths = [len(ids) for ids in tokenizer(texts, pairs)["input_ids"]]
@@ -57,10 +59,10 @@ def token_lengths(
             "input": length_summary(lengths, data.max_length),
             "truncated": sum(n > data.max_length for n in lengths),
         }
-    if task_type == "language_modeling":
+    if not kind_of_task_type(task_type).prompted:  # raw text
         lengths = [len(ids) for ids in tokenizer([str(r.fields[data.text_field]) for r in records])["input_ids"]]
         return {"input": length_summary(lengths, data.max_length), "truncated": None}
-    if task_type == "causal_lm":
+    if family == "decoder":
         answers = _answers(records, tokenizer, data, decoder=True)
         prompts = [len(formatted_prompt_ids(render_prompt(record.fields, data), tokenizer)) for record in records]
         lengths = [prompt + answer + 1 for prompt, answer in zip(prompts, answers)]  # + EOS

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from tunelab.data.readers import DataError
+from tunelab.records import DataError
 
 Strategy = Literal["proportional", "capped", "temperature", "equal"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)

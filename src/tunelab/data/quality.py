@@ -27,9 +27,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from tunelab.config import DataConfig
-from tunelab.data.readers import Record
+from tunelab.data.task_records import load_records
+from tunelab.kinds import kind_of_task_type
+from tunelab.records import Record
 from tunelab.render import template_fields
-from tunelab.tasks import TaskSpec, load_records, load_task
+from tunelab.tasks import TaskSpec, load_task
 from tunelab.tasks.suite import load_suite
 
 NEAR_THRESHOLD = 0.8
@@ -57,22 +59,15 @@ def run_fields(task_type: str, data: DataConfig) -> Fields:
     """The input and answer fields of a `data:` section's records: a classifier reads its text (and text pair) and
     answers a label; a generator reads its prompt template's fields (or its prompt field) and answers the response;
     a language model reads raw text and answers nothing."""
-    if task_type == "classification":
-        return Fields((data.text_field, *([data.text_pair_field] if data.text_pair_field else [])), data.label_field)
-    if task_type == "language_modeling":
-        return Fields((data.text_field,), None)
-    inputs = template_fields(data.prompt_template) if data.prompt_template else [data.prompt_field]
-    return Fields(tuple(inputs), data.response_field)
+    kind = kind_of_task_type(task_type)
+    return Fields(tuple(kind.run_fields(data, with_target=False)), kind.answer_field(data))
 
 
 def task_fields(spec: TaskSpec) -> Fields:
     """A task's input fields (what robustness perturbs and bias swaps, so what contamination compares) and the
     field of the answer it trains on."""
     inputs = spec.input_fields or (template_fields(spec.templates[0]) if spec.templates else [spec.text_field])
-    answer = {"classification": spec.label_field, "ner": spec.tags_field, "language_modeling": None}.get(
-        spec.kind, spec.target_field or spec.reference_field
-    )
-    return Fields(tuple(inputs), answer)
+    return Fields(tuple(inputs), spec.handler.task_answer_field(spec))
 
 
 def normalise(text: str) -> str:

@@ -12,11 +12,9 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tunelab.errors import TunelabError
+from tunelab.records import DataError, Record
 
 SPLIT_NAMES = {
     "train": ("train",),
@@ -24,19 +22,6 @@ SPLIT_NAMES = {
     "test": ("test",),
 }
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-
-
-class DataError(TunelabError, ValueError):
-    """Data that cannot be used as it is; the message names file, line and field."""
-
-
-@dataclass
-class Record:
-    fields: dict[str, Any]
-    where: str
-    """'path:line' for files, 'hf:name[split] row N' for hub datasets."""
-    problem: str | None = field(default=None)
-    """Why the record could not even be parsed (malformed JSON, bad bytes); None when it parsed."""
 
 
 def _malformed(exc: json.JSONDecodeError) -> str:

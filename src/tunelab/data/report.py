@@ -36,8 +36,9 @@ from tunelab.data.quality import (
     task_examples,
     task_fields,
 )
-from tunelab.data.readers import Record
 from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
+from tunelab.kinds import kind_of_run, kind_of_task_type
+from tunelab.records import Record
 
 SHOWN = 5
 """Examples shown per finding; the counts are always complete."""
@@ -222,7 +223,7 @@ def _lengths(config: RunConfig, task: TrainingTask, tokenizer: PreTrainedTokeniz
     data = config.data
     if config.mixture is None:
         return token_lengths(config.task_type, task.train, tokenizer, data)
-    if task.spec.kind == "classification" and config.mixture.architecture == "multi_head":
+    if task.spec.handler.head_answers and config.mixture.architecture == "multi_head":
         return token_lengths("classification", task.train, tokenizer, task.spec.data_config(data.max_length))
     instructions = [task.spec.instruction(record) for record in task.train]
     return token_lengths(config.task_type, instructions, tokenizer, instruction_data(config))
@@ -242,9 +243,7 @@ def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizer
             **{f"task {other}": Reference("test", records) for other, records in scored.items() if other != name},
             **suite,
         }
-        classifies = (
-            config.task_type == "classification" if config.mixture is None else task.spec.kind == "classification"
-        )
+        classifies = (kind_of_run(config) if config.mixture is None else task.spec.handler).head_answers
         lengths = _lengths(config, task, tokenizer) if tokenizer is not None else None
         pinned = config.data.labels if config.mixture is None else list(task.spec.label_words)
         answer = fields.answer if classifies else None
@@ -277,7 +276,7 @@ def file_report(
     """The report on one data file (`tunelab data check` / `data clean`), compared with `references`."""
     fields = run_fields(task_type, data)
     lengths = token_lengths(task_type, records, tokenizer, data) if tokenizer is not None else None
-    label_field = fields.answer if task_type == "classification" else None
+    label_field = fields.answer if kind_of_task_type(task_type).head_answers else None
     found = task_report(records, fields, references, label_field, lengths, data.labels)
     return assemble({path: found}, cleaning)
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.cleaning import Removed, clean_training
-from tunelab.data.readers import DataError, Record, read_source
+from tunelab.data.readers import read_source
 from tunelab.data.validate import check_records, enforce
+from tunelab.kinds import kind_of_run
+from tunelab.records import DataError, Record
 
 
 @dataclass
@@ -49,7 +51,7 @@ def label_set(records: list[Record], config: RunConfig, source: str) -> list[str
     data = config.data
     if data.labels:
         return list(data.labels)
-    checked = check_records(records, config.task_type, data, None)
+    checked = check_records(records, kind_of_run(config), data, None)
     labels = sorted({str(r.fields[data.label_field]) for r in checked.valid})
     if len(labels) < 2:
         enforce(checked, source, skip_invalid=False)  # invalid records, if any, explain the missing labels best
@@ -92,10 +94,10 @@ def load_task_data(config: RunConfig) -> TaskData:
             train, splits[split] = _carve(train, max(1, round(total * fraction)), data.split_seed + offset)
             notes.append(f"{split}: {len(splits[split])} records split from train (seed {data.split_seed + offset})")
     labels = None
-    if config.task_type == "classification":
+    if kind_of_run(config).head_answers:
         labels = label_set(train, config, data.train)
     checked = {
-        name: enforce(check_records(records, config.task_type, data, labels), f"{name} data", data.skip_invalid)
+        name: enforce(check_records(records, kind_of_run(config), data, labels), f"{name} data", data.skip_invalid)
         for name, records in (("train", train), ("validation", splits["validation"]), ("test", splits["test"]))
     }
     removed: list[Removed] = []

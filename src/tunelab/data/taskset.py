@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig, MixtureTask, RunConfig
 from tunelab.data.cleaning import Removed
-from tunelab.data.readers import DataError, Record
 from tunelab.data.splits import load_task_data
-from tunelab.tasks import TaskError, TaskSpec, inline_task, load_records, load_task
+from tunelab.data.task_records import load_records
+from tunelab.records import DataError, Record
+from tunelab.tasks import TaskError, TaskSpec, inline_task, load_task
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _data_taskset(config: RunConfig) -> TaskSet:
 def _trained_task(entry: MixtureTask, config: RunConfig, notes: list[str]) -> TrainingTask:
     spec = load_task(entry.task)
     mixture, seed = config.mixture, config.training.seed
-    if spec.kind == "language_modeling":
+    if not spec.handler.prompted:
         raise DataError(
             f"task {spec.name} is a perplexity task with no answers to train on; list it under mixture.eval_only"
         )

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig
-from tunelab.data.readers import DataError, Record
-from tunelab.render import template_fields
+from tunelab.kinds import Kind
+from tunelab.records import DataError, Record
 
 SHOWN_PROBLEMS = 10
 
@@ -24,17 +24,6 @@ class Checked:
     valid: list[Record]
     problems: list[str] = field(default_factory=list)
     """One 'file:line: field ...: what is wrong' line per invalid record."""
-
-
-def required_fields(task: str, data: DataConfig, with_target: bool = True) -> list[str]:
-    """The record fields a task reads; `with_target=False` for prediction inputs."""
-    if task == "classification":
-        needed = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
-        return needed + ([data.label_field] if with_target else [])
-    if task == "language_modeling":
-        return [data.text_field]
-    needed = template_fields(data.prompt_template) if data.prompt_template else [data.prompt_field]
-    return needed + ([data.response_field] if with_target else [])
 
 
 def _value_problem(value) -> str | None:
@@ -100,16 +89,16 @@ def _check_columns(records: list[Record], needed: list[str], data: DataConfig) -
 
 def check_records(
     records: list[Record],
-    task: str,
+    kind: Kind,
     data: DataConfig,
     labels: list[str] | None,
     with_target: bool = True,
 ) -> Checked:
     """Split records into valid ones and one problem line per invalid one; a field that no record has is one
     error about the file's columns."""
-    needed = required_fields(task, data, with_target)
+    needed = kind.run_fields(data, with_target)
     _check_columns(records, needed, data)
-    label_field = data.label_field if task == "classification" and with_target else None
+    label_field = kind.answer_field(data) if kind.head_answers and with_target else None
     checked = Checked(valid=[])
     for record in records:
         problem = _record_problem(record, needed, label_field, labels)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import random
 import time
 
-from tunelab.data.readers import Record
 from tunelab.eval.bootstrap import Interval, bootstrap_ci, format_interval, paired_bootstrap
 from tunelab.eval.counterfactual import ATTRIBUTES, groups, mentions, to_group
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import run_task
 from tunelab.eval.targets import Target
+from tunelab.kinds import perturbed_kinds
+from tunelab.records import Record
 from tunelab.tasks import TaskError, TaskSpec
 
 NO_LABEL = "(no label)"
@@ -83,7 +84,7 @@ def _attribute_row(
     gap = paired_bootstrap(
         metric, predictions_a, predictions_b, references_a, samples=samples, seed=seed, references_b=references_b
     )
-    if spec.kind == "classification":
+    if spec.handler.head_answers:  # labels, which a swap can flip
         agreement = bootstrap_ci(
             get_metric("accuracy"),
             [p or NO_LABEL for p in b.predictions],
@@ -107,9 +108,9 @@ def bias_report(
     samples: int = 1000,
 ) -> dict:
     """Per attribute: each group's score, the gap between groups and (classification) the flip rate."""
-    if spec.kind in ("ner", "language_modeling"):
+    if not spec.handler.perturbed:
         raise TaskError(
-            f"task {spec.name} ({spec.kind}) has no counterfactual test here; use a classification or generation task"
+            f"task {spec.name} ({spec.kind}) has no counterfactual test here; use a {perturbed_kinds()} task"
         )
     rows = {}
     for attribute in attributes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tunelab.data.task_records import load_records
 from tunelab.eval.bias import attribute_names, bias_report, render_bias
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.perturb import perturbation_names
@@ -16,7 +17,7 @@ from tunelab.eval.robustness import render_robustness, robustness_report
 from tunelab.eval.suites import report_name, run_suite, write_suite_report
 from tunelab.eval.targets import load_target
 from tunelab.runs import write_atomic, write_json
-from tunelab.tasks import load_records, load_task
+from tunelab.tasks import load_task
 from tunelab.tasks.suite import load_suite
 
 

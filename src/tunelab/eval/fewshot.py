@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import random
 
-from tunelab.data.readers import Record
+from tunelab.data.task_records import load_records
 from tunelab.eval import EvaluationError
+from tunelab.records import Record
 from tunelab.render import Demonstration
-from tunelab.tasks import TaskError, TaskSpec, load_records
+from tunelab.tasks import TaskError, TaskSpec
 
 
 class FewShotError(EvaluationError):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from tunelab.data.task_records import suite_tasks
 from tunelab.eval.bootstrap import format_interval, paired_bootstrap
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
 from tunelab.eval.targets import Target
-from tunelab.tasks.suite import Suite, suite_tasks
+from tunelab.tasks.suite import Suite
 
 
 def _evaluate_all(

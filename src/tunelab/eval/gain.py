@@ -7,10 +7,10 @@ held-out tasks. Before training, the base model may be scored zero-shot (`base`)
 
 from __future__ import annotations
 
-from tunelab.data.readers import Record
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import run_task
 from tunelab.eval.targets import Target
+from tunelab.records import Record
 from tunelab.tasks import TaskSpec
 
 ScoredTasks = dict[str, tuple[TaskSpec, list[Record], bool]]

@@ -527,41 +527,6 @@ def score(name: str, predictions: Sequence, references: Sequence | None) -> floa
 # --- generative classification ------------------------------------------------------------------
 
 
-def _normalise_text(text: str) -> str:
-    """Lower case, single spaces, no punctuation or space around the ends: "  Positive!" -> "positive"."""
-    return " ".join(text.lower().split()).strip(string.punctuation + " ")
-
-
-def _whole_word(word: str) -> re.Pattern[str]:
-    """A pattern for `word` not glued to letters or digits on either side."""
-    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")
-
-
-def match_label(text: str, label_words: dict[str, list[str]]) -> str | None:
-    """The label a generated text names, or None when it names none or is ambiguous.
-
-    A label word at the start wins (the model answered); otherwise a label
-    word anywhere counts if only one label is mentioned. Longer words are tried
-    first and their matches blanked out, so "not entailment" is never also read
-    as "entailment".
-    """
-    normalised = _normalise_text(text)
-    words = sorted(
-        ((_normalise_text(w), label) for label, ws in label_words.items() for w in ws),
-        key=lambda pair: len(pair[0]),
-        reverse=True,
-    )
-    for word, label in words:
-        if word and _whole_word(word).match(normalised):
-            return label
-    mentioned = set()
-    for word, label in words:
-        if word and _whole_word(word).search(normalised):
-            mentioned.add(label)
-            normalised = _whole_word(word).sub(" ", normalised)
-    return mentioned.pop() if len(mentioned) == 1 else None
-
-
 def unmatched_share(predictions: Sequence[str | None]) -> float:
     """Share (0-100) of generated answers that matched no label: a high value means the metric measures format, not skill."""
     predictions = list(predictions)

@@ -12,8 +12,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.encode import encode
-from tunelab.data.readers import Record
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
+from tunelab.records import Record
 
 PAD_MULTIPLE = 32
 """Classifier batches are padded to a multiple of this many tokens, so a long test set runs a bounded number of

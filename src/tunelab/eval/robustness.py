@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import time
 
-from tunelab.data.readers import Record
 from tunelab.eval.bootstrap import format_interval, paired_bootstrap
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.perturb import perturb_fields
 from tunelab.eval.runner import run_task
 from tunelab.eval.targets import Target
+from tunelab.kinds import perturbed_kinds
+from tunelab.records import Record
 from tunelab.tasks import TaskError, TaskSpec
 
 
 def perturbed_records(records: list[Record], spec: TaskSpec, name: str, severity: float, seed: int) -> list[Record]:
     """Copies of `records` whose input fields carry perturbation `name`; each record gets its own noise."""
-    if spec.kind in ("ner", "language_modeling"):
+    if not spec.handler.perturbed:
         raise TaskError(
             f"task {spec.name} ({spec.kind}) is not perturbed: noise inside tokens or scored text would change "
-            "what the gold answer refers to; use a classification, qa, summarisation or translation task"
+            f"what the gold answer refers to; use a {perturbed_kinds()} task"
         )
     return [
         Record(perturb_fields(r.fields, spec.input_fields, name, severity, seed, key=i), r.where)

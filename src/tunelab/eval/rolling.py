@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import torch
 
-from tunelab.data.readers import Record
 from tunelab.eval.metrics import MetricError, TextLikelihood
 from tunelab.eval.progress import progress
 from tunelab.eval.targets import Target
+from tunelab.records import Record
 from tunelab.tasks import TaskSpec
 
 LM_EVAL_DEFAULT_LENGTH = 2048
@@ -91,7 +91,7 @@ def text_likelihood(target: Target, text: str, prefix: int, length: int) -> Text
 
 def rolling_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[TextLikelihood]:
     """Each record's text (`spec.text_field`) scored as lm-eval's `loglikelihood_rolling` scores it."""
-    if spec.kind != "language_modeling":
+    if spec.handler.prompted:
         raise MetricError(
             f"lm-eval's perplexities score a text; task {spec.name} is a {spec.kind} task. "
             "Use them with a language_modeling task"

@@ -19,18 +19,20 @@ from dataclasses import dataclass, field
 import torch
 
 from tunelab.config import DataConfig, RunConfig, TrainingConfig
-from tunelab.data.encode import IGNORE_INDEX, decoder_prompt_ids, encode, formatted_prompt_ids
-from tunelab.data.readers import Record
+from tunelab.data.encode import encode
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
 from tunelab.eval.fewshot import draw_demonstrations
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
-from tunelab.eval.metrics import MetricError, TextLikelihood, get_metric, match_label, unmatched_share
+from tunelab.eval.metrics import MetricError, TextLikelihood, get_metric, unmatched_share
 from tunelab.eval.predict import classify
 from tunelab.eval.progress import progress
 from tunelab.eval.rolling import rolling_nll
 from tunelab.eval.targets import Target, TargetError
+from tunelab.kinds import KINDS
+from tunelab.kinds.encoding import IGNORE_INDEX, decoder_prompt_ids, formatted_prompt_ids
+from tunelab.records import Record
 from tunelab.render import Demonstration, with_demonstrations
-from tunelab.tasks import TaskSpec, parse_entities
+from tunelab.tasks import TaskSpec
 
 
 @dataclass
@@ -89,9 +91,6 @@ class TaskResult:
         return result
 
 
-REFERENCE_KINDS = ("generation", "summarisation", "translation", "qa")
-"""Task kinds whose reference answers `reference_perplexity` scores: free text a generator is trained to give."""
-
 REFERENCE_LOGITS = 64 * 2**20
 """Most logits one reference-NLL forward may hold (256 MiB in fp32): the batch shrinks below the target's batch
 size when its longest example times the vocabulary would exceed it (Gemma's vocabulary has 262k tokens)."""
@@ -113,10 +112,10 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
         return target.unavailable
     if not target.generates and reads_reference_nll(spec):
         return f"{target.name} is a classifier; it gives no probability to a reference answer's tokens"
-    if target.generates and spec.kind != "language_modeling" and not spec.templates:
+    if target.generates and spec.handler.prompted and not spec.templates:
         return f"task {spec.name} has no instruction template, so a generating model cannot be asked it"
     if not target.generates:
-        if spec.kind != "classification":
+        if not spec.handler.head_answers:
             return f"{target.name} is a classifier; it cannot answer a {spec.kind} task"
         if set(target.labels or []) != set(spec.label_words):
             return f"{target.name} predicts labels {target.labels}, task {spec.name} has {sorted(spec.label_words)}"
@@ -124,7 +123,7 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
             return f"a classifier reads one text or a text pair; task {spec.name} has inputs {spec.input_fields}"
         if shots:
             return f"{target.name} answers through a trained head, which reads no demonstrations; use 0 shots"
-    elif spec.kind == "language_modeling" and target.task != "causal_lm":
+    elif not spec.handler.prompted and target.task != "causal_lm":
         return "perplexity is computed for decoder models only"
     return None
 
@@ -285,10 +284,11 @@ def _examples_nll(target: Target, examples: list[dict]) -> list[tuple[float, int
 def reference_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
     """Each record's reference answer (`spec.target`) scored as a continuation of its prompt: the summed NLL of
     its tokens and their count, in length-sorted batches (results in record order)."""
-    if spec.kind not in REFERENCE_KINDS:
+    if not spec.handler.reference_answers:
+        scored = [name for name, kind in KINDS.items() if kind.reference_answers]
         raise MetricError(
             f"reference_perplexity scores reference answers; task {spec.name} is a {spec.kind} task. "
-            f"Use it with a {', '.join(REFERENCE_KINDS)} task"
+            f"Use it with a {', '.join(scored)} task"
         )
     return _examples_nll(target, _reference_examples(target, spec, records))
 
@@ -347,11 +347,11 @@ def answer_room(target: Target, spec: TaskSpec, scoring: str | None) -> int:
 def scoring_of(target: Target, spec: TaskSpec, scoring: str | None = None) -> str | None:
     """How `target` answers `spec`: through its head, by generating, or, for a classification task on a generating
     model, as `scoring` says (default the task's own `scoring`); None for perplexity."""
-    if spec.kind == "language_modeling":
+    if not spec.handler.prompted:
         return None
     if not target.generates:
         return "head"
-    return (scoring or spec.scoring) if spec.kind == "classification" else "generate"
+    return (scoring or spec.scoring) if spec.handler.head_answers else "generate"
 
 
 def predictions_for(
@@ -364,30 +364,23 @@ def predictions_for(
     """(metric predictions, metric references, raw outputs) of `target` on `records`; a generating target reads
     `prompts` (`task_prompts`; zero-shot when absent) and answers a classification task as `scoring` says (the
     label it ranks first is then its output)."""
-    if spec.kind == "language_modeling":
+    kind = spec.handler
+    if not kind.prompted:  # the text itself is scored
         pairs = _nll_pairs(target, spec, records)
         return (
             pairs,
             [None] * len(pairs),
             [f"nll={n:.3f} tokens={c} ppl={math.exp(n / max(c, 1)):.2f}" for n, c in pairs],
         )
-    if spec.kind == "classification":
-        references = [spec.label_of(r) for r in records]
-        if not target.generates:
-            labels = [p["label"] for p in classifier_predictions(target, spec, records)]
-            return labels, references, labels
-        if scoring == "loglik":  # the most likely label; the first of them on a tie
-            labels = [max(scores, key=scores.get) for scores in label_loglikelihoods(target, spec, records, prompts)]
-            return labels, references, labels
-        outputs = answers(target, spec, records, prompts)
-        return [match_label(o, spec.label_words) for o in outputs], references, outputs
+    references = kind.references(spec, records)
+    if scoring == "head":
+        labels = [p["label"] for p in classifier_predictions(target, spec, records)]
+        return labels, references, labels
+    if scoring == "loglik":  # the most likely label; the first of them on a tie
+        labels = [max(scores, key=scores.get) for scores in label_loglikelihoods(target, spec, records, prompts)]
+        return labels, references, labels
     outputs = answers(target, spec, records, prompts)
-    if spec.kind == "ner":
-        predictions = [
-            parse_entities(o, list(map(str, r.fields[spec.tokens_field]))) for o, r in zip(outputs, records)
-        ]
-        return predictions, [list(map(str, r.fields[spec.tags_field])) for r in records], outputs
-    return outputs, [spec.reference_of(r) for r in records], outputs
+    return kind.parse(spec, outputs, records), references, outputs
 
 
 def score(spec: TaskSpec, result: TaskResult, samples: int = 1000, seed: int = 0) -> dict[str, Interval]:
@@ -432,7 +425,7 @@ def run_task(
         target, spec, records, prompts, result.scoring
     )
     result.scores = score(spec, result, samples, seed)
-    if spec.kind == "classification" and result.scoring == "generate":
+    if spec.handler.head_answers and result.scoring == "generate":
         result.unmatched = unmatched_share(result.predictions)
     return result
 
@@ -448,9 +441,10 @@ def predict_records(target: Target, spec: TaskSpec, records: list[Record]) -> li
         return [
             {"prediction": p["label"], "scores": p["scores"]} for p in classifier_predictions(target, spec, records)
         ]
-    if spec.kind == "language_modeling":
-        return [{"prediction": output} for output in predictions_for(target, spec, records)[2]]
+    if not spec.handler.prompted:
+        return [{"prediction": output} for output in predictions_for(target, spec, records, scoring=None)[2]]
     outputs = answers(target, spec, records)
-    if spec.kind == "classification":
-        return [{"prediction": output, "label": match_label(output, spec.label_words)} for output in outputs]
+    if spec.handler.head_answers:
+        labels = spec.handler.parse(spec, outputs, records)
+        return [{"prediction": output, "label": label} for output, label in zip(outputs, labels)]
     return [{"prediction": output} for output in outputs]

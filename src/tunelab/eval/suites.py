@@ -15,13 +15,14 @@ import json
 import time
 from pathlib import Path
 
+from tunelab.data.task_records import suite_tasks
 from tunelab.eval.bootstrap import format_interval
 from tunelab.eval.metrics import get_metric
 from tunelab.eval.runner import TaskResult, run_task
 from tunelab.eval.targets import Target
 from tunelab.runs import write_atomic, write_json
 from tunelab.tasks import TaskSpec
-from tunelab.tasks.suite import Suite, suite_tasks
+from tunelab.tasks.suite import Suite
 
 
 def average(results: dict[str, TaskResult], specs: dict[str, TaskSpec]) -> dict | None:

@@ -18,17 +18,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from tunelab.export import ExportError
+from tunelab.export.base import ExportError, ExportOption
 from tunelab.export.modelfile import render_modelfile
-from tunelab.models.loading import pretrained_root, source_gguf
 from tunelab.models.registry import REGISTRY
-from tunelab.pipeline import merged_model
 from tunelab.runs import RunDir, staged_folder
-from tunelab.train.trained import load_run
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+NAME = "gguf"
+DESCRIPTION = "GGUF + Ollama Modelfile for llama.cpp, Ollama, LM Studio (decoder runs)"
 
 QUANTS = {"f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
           "q4_0": ("Q4_0", "MOSTLY_Q4_0")}  # fmt: skip
@@ -51,14 +53,26 @@ _NOT_CARRIED = (
 )
 """Source fields this export writes itself (or that describe the source's quantisation)."""
 
+OPTIONS = (
+    ExportOption(
+        "quant",
+        "GGUF weight type (default f16); the K-quants q4_k_m, q5_k_m and q6_k need llama.cpp's llama-quantize on PATH",
+        choices=(*QUANTS, *K_QUANTS),
+    ),
+)
 
-def export_gguf(run: RunDir, output: Path, quant: str = "f16", task: str | None = None) -> Path:
+
+def export(run: RunDir, output: Path, task: str | None = None, quant: str = "f16") -> Path:
     """Write OUTPUT/<run name>-<quant>.gguf and OUTPUT/Modelfile for a decoder run; returns the folder.
 
     The folder is staged (`runs.staged_folder`): complete or absent, and an existing non-empty one is never
     overwritten. Unsupported runs are refused before any model loads.
     """
     import gguf
+
+    from tunelab.models.loading import source_gguf
+    from tunelab.pipeline import merged_model
+    from tunelab.train.trained import load_run
 
     quantize = _llama_quantize(quant)
     config = run.config()
@@ -122,6 +136,8 @@ def _requantize(program: str, path: Path, quant: str) -> None:
 def _registry_decoder(config):
     """The registry decoder the run was tuned from (through any earlier runs of a two-stage recipe): its GGUF
     carries the tokenizer and architecture metadata."""
+    from tunelab.models.loading import pretrained_root
+
     if config.model_task() != "causal_lm":
         other = "--format onnx" if config.task_type == "classification" else "`tunelab merge` (a transformers folder)"
         raise ExportError(f"GGUF export is for decoder (causal_lm) runs; this run is {config.task_type}: use {other}")
@@ -174,6 +190,7 @@ def _gguf_tensors(model, architecture: str):
     """(GGUF name, fp32 numpy weight) for every weight, in llama.cpp's layout; a tied output head is left out
     (llama.cpp reuses the token embeddings, as transformers does)."""
     import gguf
+    import torch
 
     config = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[ARCHITECTURES[architecture]], config.num_hidden_layers)
@@ -204,6 +221,7 @@ def _stored(weight: np.ndarray, tensor_type):
     """The weight as written: 1-D tensors in f32; 2-D ones in the asked type, or f16 where a row does not
     split into the quantisation's blocks."""
     import gguf
+    import numpy as np
 
     if weight.ndim < 2:
         return weight.astype(np.float32), gguf.GGMLQuantizationType.F32

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import string
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.render import has_chat_template, render_chat
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
 _MARK = {role: f"\x02{role.upper()}-{i}\x03" for i, role in enumerate(ROLES)}

@@ -18,7 +18,12 @@ fine-tuning), which is then loaded as its own base; and ``FREEZES_BASE = True`` 
 every pretrained weight stays frozen (its adapters are PEFT's, kept in fp32), so a bf16
 run may load the base in bf16.
 
-Adding a method is one module and one line in ``METHODS``.
+A method's facts (default learning rates, the task types it applies to, LoRA family, prompt learning,
+mergeable, its settings sections) are its row of ``tunelab.config.METHOD_TRAITS``, which validation, help
+texts and messages read. Adding a method is its module, one line in ``METHODS`` and its row, or, for a method
+defined outside tunelab, one ``register_method(name, module, traits)`` call. A settings section of its own is
+also a field of ``MethodConfig``; a method without one needs no change there. The registry and the table are
+checked against each other at import, so a module without a row (or a row without a module) fails at once.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from tunelab.config import RunConfig
+from tunelab.config import METHOD_TRAITS, MethodConfig, MethodTraits, RunConfig
 from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
 from tunelab.methods.base import MethodError, TrainableReport, count_parameters
 
@@ -38,8 +43,10 @@ __all__ = [
     "TrainableReport",
     "apply_method",
     "base_load_options",
+    "check_registry",
     "check_method",
     "method_module",
+    "register_method",
 ]
 
 
@@ -56,6 +63,45 @@ METHODS: dict[str, ModuleType] = {
     "prompt": prompt,
     "ia3": ia3,
 }
+
+
+def check_registry(modules: dict[str, ModuleType], table: dict[str, MethodTraits]) -> None:
+    """The method modules and the traits table name the same methods, and each row's settings sections exist:
+    a method that is only half added fails here, at import, instead of at its first run."""
+    unlisted, orphaned = sorted(modules.keys() - table.keys()), sorted(table.keys() - modules.keys())
+    if unlisted:
+        raise MethodError(
+            f"method module(s) {', '.join(unlisted)} have no row in tunelab.config.METHOD_TRAITS; add a row "
+            "(default learning rates, task types, ...), or register the method with register_method"
+        )
+    if orphaned:
+        raise MethodError(
+            f"METHOD_TRAITS has row(s) {', '.join(orphaned)} without a module in tunelab.methods.METHODS; "
+            "add the module, or register the method with register_method"
+        )
+    for name, traits in table.items():
+        unknown = sorted(set(traits.settings) - MethodConfig.model_fields.keys())
+        if unknown:
+            raise MethodError(
+                f"method '{name}' reads settings section(s) {', '.join(unknown)}, which MethodConfig does not have; "
+                "add the section to MethodConfig, or drop it from the method's row"
+            )
+
+
+check_registry(METHODS, METHOD_TRAITS)
+
+
+def register_method(name: str, module: ModuleType, traits: MethodTraits) -> None:
+    """Add a method defined outside tunelab: its module (check, apply, save, load, merge) and its row of facts,
+    checked together, so `method.name: NAME` validates from then on and takes its learning rate from the row."""
+    if name in METHODS or name in METHOD_TRAITS:
+        raise MethodError(f"method '{name}' is already registered; pick another name")
+    missing = [part for part in ("check", "apply", "save", "load", "merge") if not hasattr(module, part)]
+    if missing:
+        raise MethodError(f"method module {module.__name__} lacks {', '.join(missing)}; every method provides them")
+    check_registry({**METHODS, name: module}, {**METHOD_TRAITS, name: traits})
+    METHODS[name] = module
+    METHOD_TRAITS[name] = traits
 
 
 def method_module(name: str) -> ModuleType:

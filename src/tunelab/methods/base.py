@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from tunelab.config import method_names, spoken_list
 from tunelab.errors import TunelabError
 
 
@@ -54,5 +55,6 @@ def cannot_merge(method: str, why: str):
     """Refuse `tunelab merge` for a method whose update is not a change of existing weights."""
     raise MethodError(
         f"method '{method}' cannot be merged into the base weights: {why}. Use the run directly "
-        "(`tunelab predict RUN`), or train with lora, dora, rslora, ia3 or bitfit when a standalone merged model is needed"
+        f"(`tunelab predict RUN`), or train with {spoken_list(method_names(lambda traits: traits.mergeable))} when "
+        "a standalone merged model is needed"
     )

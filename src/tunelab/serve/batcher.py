@@ -19,9 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from tunelab.data.readers import Record
 from tunelab.eval.generate import Row, generate_rows
 from tunelab.eval.runner import classifier_predictions
+from tunelab.records import Record
 from tunelab.serve.catalog import Served
 from tunelab.tasks import TaskSpec
 

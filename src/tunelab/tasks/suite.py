@@ -2,14 +2,16 @@
 
 A suite lives beside the tasks it lists, below evaluation, because more than evaluation reads it: the data
 checks compare training data with every record a suite can score, and `data.drop_overlap` drops training
-examples found there, before any model loads. Running a suite is `tunelab.eval.suites`.
+examples found there, before any model loads. Reading its tasks' records is `tunelab.data.task_records.suite_tasks`; running a suite is
+`tunelab.eval.suites`.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tunelab.tasks import SUITES_DIR, TaskError, TaskSpec, find_yaml, load_records, load_task, read_yaml
+from tunelab.tasks.registry import SUITES_DIR, find_yaml, load_task, read_yaml
+from tunelab.tasks.spec import TaskError
 
 
 class SuiteEntry(BaseModel):
@@ -38,13 +40,3 @@ def load_suite(reference: str) -> Suite:
     for entry in suite.tasks:
         load_task(entry.task)
     return suite
-
-
-def suite_tasks(suite: Suite, limit: int | None = None, seed: int = 0) -> list[tuple[TaskSpec, list]]:
-    """Each task of the suite with its records; `limit` caps every task's limit (for quick runs)."""
-    chosen = []
-    for entry in suite.tasks:
-        spec = load_task(entry.task)
-        caps = [c for c in (entry.limit, limit) if c]
-        chosen.append((spec, load_records(spec, min(caps) if caps else None, seed)))
-    return chosen

@@ -32,9 +32,10 @@ from transformers.utils import is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.config import RunConfig
-from tunelab.data.encode import IGNORE_INDEX, VARLEN_KEYS, scored_positions
+from tunelab.data.encode import VARLEN_KEYS, scored_positions
 from tunelab.data.plan import Plan
 from tunelab.errors import TunelabError
+from tunelab.kinds.encoding import IGNORE_INDEX
 from tunelab.methods.task_adapters import TaskRoutedTrainer
 from tunelab.runs import RunDir
 from tunelab.train.callbacks import LossProgressBar, MetricsLog, TrainingClock

@@ -30,7 +30,7 @@ from tunelab.card import mixture_lines, results_table
 from tunelab.errors import TunelabError
 from tunelab.eval import human
 from tunelab.runs import RunDir
-from tunelab.serve.app import ServeSettings
+from tunelab.serve.settings import ServeSettings
 from tunelab.train.objectives import objective_of
 from tunelab.ui.index import DEFAULT_ROOTS, Index, UiError, read_json, read_metrics, scan
 from tunelab.ui.playground import Playground

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from tunelab.render import template_fields
 from tunelab.runs import RunDir
-from tunelab.serve.app import ServeSettings, create_app
+from tunelab.serve.app import create_app
 from tunelab.serve.catalog import Catalog, Served
+from tunelab.serve.settings import ServeSettings
 from tunelab.ui.index import RunSummary, UiError
 
 

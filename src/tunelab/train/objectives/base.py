@@ -20,12 +20,12 @@ from transformers import Trainer
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.cache import encode_cached
 from tunelab.data.plan import Plan
-from tunelab.data.readers import Record
 from tunelab.data.taskset import TaskSet
 from tunelab.errors import TunelabError
 from tunelab.methods import TrainableReport, apply_method, base_load_options, method_module
 from tunelab.methods.peft_common import name_base_model
 from tunelab.models.loading import load_base, load_model, portable_reference
+from tunelab.records import Record
 from tunelab.tasks import load_task
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tunelab.data.blocks import BLOCK_FIELD
 from tunelab.data.encode import TaskCollator, make_collator
-from tunelab.data.readers import Record
+from tunelab.records import Record
 from tunelab.train.objectives.base import Feed, Objective
 from tunelab.train.trainer import CompletionLossTrainer, PlannedTrainer, adds_virtual_tokens
 

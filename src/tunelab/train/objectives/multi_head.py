@@ -8,11 +8,11 @@ import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from tunelab.data.encode import HeadCollator
-from tunelab.data.readers import Record
 from tunelab.data.taskset import TrainingTask, task_specs
 from tunelab.methods import TrainableReport
 from tunelab.models.loading import resolve_source
 from tunelab.models.multihead import MultiHeadClassifier, build_multihead
+from tunelab.records import Record
 from tunelab.train.objectives.base import Feed, Objective, encoded_examples, one_or_per_task
 from tunelab.train.trainer import PlannedTrainer
 

@@ -1,0 +1,93 @@
+"""The registry of kinds of example: a task file's `kind:` names one, and the code asks it what the kind does.
+
+Registering a kind is one line below (or one `register_kind` call, which a test uses for a kind it defines).
+Task files written before the kinds were merged still load: `OLD_KINDS` reads each old name as the kind it
+now is, with the metric it was judged by when the file names none.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from tunelab.kinds.base import Family, Kind, KindError
+from tunelab.kinds.classification import Classification
+from tunelab.kinds.generation import Generation
+from tunelab.kinds.language_modeling import LanguageModeling
+from tunelab.kinds.tagging import Tagging
+
+KINDS: dict[str, Kind] = {}
+"""Every registered kind by name, in registration order."""
+
+REQUIRED_ATTRIBUTES = ("name", "needs", "primary_metric", "inline_metrics")
+
+
+def register_kind(kind: type[Kind]) -> Kind:
+    """Add a kind (its class) to the registry, refusing a name already taken or a kind that leaves out what every
+    kind supplies (`Kind`'s abstract methods and `REQUIRED_ATTRIBUTES`); the registered instance is returned."""
+    if not (inspect.isclass(kind) and issubclass(kind, Kind)):
+        raise KindError(f"{kind!r} is not a kind of example: register a subclass of tunelab.kinds.base.Kind")
+    missing = sorted(kind.__abstractmethods__) + [a for a in REQUIRED_ATTRIBUTES if not hasattr(kind, a)]
+    if missing:
+        raise KindError(f"kind {kind.__name__} is incomplete: it must supply {', '.join(missing)}")
+    if kind.name in KINDS:
+        raise KindError(
+            f"a kind named {kind.name!r} is already registered ({type(KINDS[kind.name]).__name__}); "
+            "give the new kind another name"
+        )
+    KINDS[kind.name] = kind()
+    return KINDS[kind.name]
+
+
+register_kind(Classification)
+register_kind(Generation)
+register_kind(Tagging)
+register_kind(LanguageModeling)
+
+OLD_KINDS: dict[str, tuple[str, str]] = {
+    "summarisation": ("generation", "rougeL"),
+    "translation": ("generation", "bleu"),
+    "qa": ("generation", "squad_f1"),
+    "ner": ("tagging", "entity_f1"),
+}
+"""Task kinds before they were merged: each old name's kind now, and the metric it was judged by by default."""
+
+
+def kind_named(name: str) -> Kind:
+    """The registered kind called `name`, or an error naming the kinds there are (and the closest one)."""
+    if name in KINDS:
+        return KINDS[name]
+    guess = difflib.get_close_matches(name, list(KINDS) + list(OLD_KINDS), n=1)
+    hint = f" Did you mean '{guess[0]}'?" if guess else ""
+    raise KindError(f"unknown kind of example '{name}'.{hint} Kinds: {', '.join(KINDS)}")
+
+
+RUN_KINDS = {
+    "classification": "classification",
+    "causal_lm": "generation",
+    "seq2seq": "generation",
+    "language_modeling": "language_modeling",
+}
+"""The kind of example a run's `task_type` trains on."""
+
+
+def kind_of_task_type(task_type: str) -> Kind:
+    """The kind of example a run of `task_type` trains on (`causal_lm` and `seq2seq` are generation)."""
+    return kind_named(RUN_KINDS[task_type])
+
+
+def kind_of_run(config: Any) -> Kind:
+    """The kind of example a run (a `RunConfig`) trains on, so code reads the kind, not `task_type`."""
+    return kind_of_task_type(config.task_type)
+
+
+def family_of_task_type(task_type: str) -> Family:
+    """The model family a run's `task_type` declares: until the family is derived from the model, `seq2seq` is
+    an encoder-decoder, `classification` an encoder and the rest decoders."""
+    return {"classification": "encoder", "seq2seq": "encoder-decoder"}.get(task_type, "decoder")
+
+
+def perturbed_kinds() -> str:
+    """The kinds robustness and bias may perturb, for a message that says which to use."""
+    return " or ".join(name for name, kind in KINDS.items() if kind.perturbed)

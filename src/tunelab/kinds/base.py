@@ -1,0 +1,120 @@
+"""What a kind of example is: everything the code around a task asks of it, supplied in one module per kind.
+
+A kind (classification, generation, tagging, language modelling) says which task fields it needs, what a record
+must carry, how a record is rendered as the answer a model is taught, how a run's records become token ids and
+batches, how a generated answer is read back, which metrics judge it and which default learning rate it trains
+with. Code outside `tunelab.kinds` asks the task's kind instead of comparing its name, so a new kind is one module
+and one line in the registry (`tunelab.kinds`).
+
+`spec` below is a `tunelab.tasks.TaskSpec`; kinds sit below the task layer, so they take it as it is passed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.config import DataConfig
+from tunelab.errors import TunelabError
+from tunelab.kinds.encoding import Encoded
+from tunelab.records import Record
+
+Family = Literal["encoder", "decoder", "encoder-decoder"]
+"""How a model reads an example: an encoder (a classifier's head), a decoder, or an encoder-decoder."""
+
+
+class KindError(TunelabError, ValueError):
+    """A kind of example that does not exist, cannot be registered, or cannot do what was asked of it."""
+
+
+class Kind(ABC):
+    """A kind of example. Subclasses set the class attributes and implement the abstract methods;
+    `tunelab.kinds.register_kind` refuses one that leaves any of them out."""
+
+    name: ClassVar[str]
+    """The value of a task file's `kind:`."""
+    needs: ClassVar[tuple[str, ...]]
+    """The task fields a task of this kind must set (non-empty)."""
+    primary_metric: ClassVar[str]
+    """The metric a task of this kind is judged by when its file names none."""
+    inline_metrics: ClassVar[tuple[str, ...]]
+    """What the task of a `data:` section of this kind is scored with, the first being the primary metric."""
+    prompted: ClassVar[bool] = True
+    """Whether a generating model answers it from the task's instruction templates (language modelling scores
+    the text itself)."""
+    head_answers: ClassVar[bool] = False
+    """Whether a classifier (a trained head over labels) can answer it."""
+    reference_answers: ClassVar[bool] = False
+    """Whether its answers are free text whose reference `reference_perplexity` can score."""
+    checked_as_run_data: ClassVar[bool] = True
+    """Whether a task's records are checked field by field as a run's own data is (present, non-empty text, a
+    known label), rather than only for the fields' presence (token lists, texts scored whole)."""
+    perturbed: ClassVar[bool] = True
+    """Whether robustness may perturb its inputs and bias swap words in them: not where noise inside tokens or
+    the scored text would change what the gold answer is."""
+
+    @abstractmethod
+    def record_fields(self, spec: Any, with_target: bool) -> list[str]:
+        """The record fields a task of this kind reads beyond its input fields and template fields (its answer
+        fields only `with_target`)."""
+
+    def missing_answer(self, spec: Any, record: Record) -> str | None:
+        """The answer field a record lacks where the kind accepts one of several (a reference or a target), or
+        None: fields every record must carry are `record_fields`."""
+        return None
+
+    @abstractmethod
+    def target(self, spec: Any, record: Record) -> str:
+        """The answer a text-to-text model is taught for a record."""
+
+    @abstractmethod
+    def references(self, spec: Any, records: list[Record]) -> list:
+        """What the task's metrics compare answers with, one per record."""
+
+    @abstractmethod
+    def parse(self, spec: Any, outputs: list[str], records: list[Record]) -> list:
+        """Generated texts read back as what the metrics score (a label, tags, the text itself)."""
+
+    @abstractmethod
+    def learning_rate(self, rates: Any) -> float:
+        """This kind's pick of a method's two default rates (`rates.with_head`, `rates.generative`)."""
+
+    @abstractmethod
+    def data_config(self, spec: Any, max_length: int, max_target_length: int, template: int) -> DataConfig:
+        """The run-data settings that read a task's records as this kind trains on them."""
+
+    @abstractmethod
+    def run_fields(self, data: DataConfig, with_target: bool) -> list[str]:
+        """The record fields a `data:` section of this kind reads (its answer only `with_target`)."""
+
+    @abstractmethod
+    def inline_fields(self, config: Any, labels: list[str] | None) -> dict[str, Any]:
+        """The task fields of the task a run's `data:` section (a `RunConfig`) describes, with the run's `labels`
+        (`tunelab.tasks.inline_task`)."""
+
+    @abstractmethod
+    def answer_field(self, data: DataConfig) -> str | None:
+        """The field of a `data:` section's record holding the answer (the label, the response), None when the
+        text itself is what is learned."""
+
+    @abstractmethod
+    def task_answer_field(self, spec: Any) -> str | None:
+        """The field of a task's record holding the answer it trains on, None when the text itself is learned."""
+
+    @abstractmethod
+    def encode(
+        self,
+        records: list[Record],
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataConfig,
+        family: Family,
+        labels: list[str] | None,
+        with_target: bool,
+    ) -> Encoded:
+        """Token ids (and labels, `with_target`) of a run's records, as a model of `family` reads them."""
+
+    @abstractmethod
+    def collator(self, tokenizer: PreTrainedTokenizerBase, family: Family):
+        """What pads a batch of this kind's encoded examples for a model of `family`."""
