@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--quants", default="f16,bf16,q8_0,q4_0")
     args = parser.parse_args()
     from tunelab.pipeline import merged_model
-    from tunelab.runs import RunDir, load_run
+    from tunelab.runs import RunDir
+    from tunelab.train.trained import load_run
 
     with tempfile.TemporaryDirectory(prefix="tunelab-gguf-bench-") as folder:
         folder = Path(folder)

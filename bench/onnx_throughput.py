@@ -27,7 +27,8 @@ from tunelab.eval.predict import classify
 from tunelab.export.onnx import export as export_onnx
 from tunelab.export.onnx_predict import OnnxClassifier
 from tunelab.pipeline import merged_model, train
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
+from tunelab.train.trained import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

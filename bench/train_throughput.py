@@ -159,6 +159,7 @@ def tunelab_trainer(args, workdir: Path, settings: dict):
     from tunelab.data.plan import plan_training
     from tunelab.data.taskset import load_taskset
     from tunelab.runs import RunDir
+    from tunelab.train.objectives import objective_of
 
     files = {}
     for split, rows in (
@@ -198,7 +199,8 @@ def tunelab_trainer(args, workdir: Path, settings: dict):
     )
     resolved = pipeline.run_precision(config)
     tasks = load_taskset(config)
-    ready = pipeline.setup(config, RunDir.create(config), tasks, plan_training(config, tasks), resolved)
+    plan = plan_training(config, tasks, one_task_per_batch=objective_of(config).one_task_per_batch)
+    ready = pipeline.setup(config, RunDir.create(config), tasks, plan, resolved)
     return ready.trainer, ready.tokenizer, resolved
 
 

@@ -297,18 +297,17 @@ def value(report: dict, metric: str) -> float:
 
 def train_in_process(model, tokenizer, config: RunConfig, run):
     """Train an already adapted model as `tunelab train` would (planned order, trainer and collator of the run's
-    architecture), without the rest of the run's lifecycle; returns the trainer."""
+    objective), without the rest of the run's lifecycle; returns the trainer."""
     from tunelab.data.plan import plan_training
     from tunelab.data.taskset import load_taskset
-    from tunelab.train.architectures import architecture_of
+    from tunelab.train.objectives import objective_of
     from tunelab.train.trainer import build_trainer
 
+    objective = objective_of(config)
     tasks = load_taskset(config)
-    plan = plan_training(config, tasks)
-    feed = architecture_of(config).feed(model, config, tasks, plan, tokenizer)
-    trainer = build_trainer(
-        model, tokenizer, config, run, plan, feed.train, feed.validation, "fp32", feed.trainer_class, feed.collator
-    )
+    plan = plan_training(config, tasks, one_task_per_batch=objective.one_task_per_batch)
+    feed = objective.feed(model, config, tasks, plan, tokenizer)
+    trainer = build_trainer(model, tokenizer, config, run, plan, objective, feed, "fp32")
     trainer.train()
     return trainer
 

@@ -298,11 +298,15 @@ def test_configured_learning_rate_wins():
 
 
 def test_best_metric_default_and_override():
-    assert (
-        build_config({}).best_metric()
-        != build_config({"task": "seq2seq", "data": {"prompt_field": "q"}}).best_metric()
+    from tunelab.train.objectives import objective_of
+
+    def best_metric(config):
+        return objective_of(config).best_metric(config)
+
+    assert best_metric(build_config({})) != best_metric(
+        build_config({"task": "seq2seq", "data": {"prompt_field": "q"}})
     )
-    assert build_config({"training": {"metric_for_best": "f1"}}).best_metric() == "f1"
+    assert best_metric(build_config({"training": {"metric_for_best": "f1"}})) == "f1"
 
 
 @pytest.mark.parametrize(
@@ -325,10 +329,11 @@ def test_every_shipped_config_reads_its_data_and_plans_its_run(path, monkeypatch
     """The configs in configs/ (older ones say `task:`) validate, read their tasks and plan their order."""
     from tunelab.data.plan import plan_training
     from tunelab.data.taskset import load_taskset
+    from tunelab.train.objectives import objective_of
 
     monkeypatch.chdir(ROOT)
     config = load_config(path)
-    plan = plan_training(config, load_taskset(config))
+    plan = plan_training(config, load_taskset(config), one_task_per_batch=objective_of(config).one_task_per_batch)
     assert plan.steps > 0 and len(plan.order) == plan.steps * plan.global_batch
 
 

@@ -20,7 +20,8 @@ from tunelab.export.base import ExportError
 from tunelab.export.gguf import export as export_gguf
 from tunelab.export.modelfile import PROBES
 from tunelab.pipeline import merged_model, train
-from tunelab.runs import RunDir, RunError, load_run
+from tunelab.runs import RunDir, RunError
+from tunelab.train.trained import load_run
 
 from helpers import SHARED_DATA, session_home
 from serving import CONFIGS, short_lora_run

@@ -22,8 +22,9 @@ from tunelab.export.base import ExportError
 from tunelab.export.onnx import EXPORT_FILE, MODEL_FILE
 from tunelab.export.onnx import export as export_onnx
 from tunelab.export.onnx_predict import OnnxClassifier, predict_onnx
-from tunelab.runs import RunDir, RunError, load_run
+from tunelab.runs import RunDir, RunError
 from tunelab.tasks import TaskError, load_task
+from tunelab.train.trained import load_run
 
 from helpers import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, cli, session_home, write_jsonl
 from serving import CONFIGS

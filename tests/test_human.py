@@ -23,7 +23,8 @@ from tunelab.eval.human import HumanEvalError, SystemOutputs
 from tunelab.eval.predict import generate
 from tunelab.kinds.generation import render_prompt
 from tunelab.models.loading import load_base, load_tokenizer
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
+from tunelab.train.trained import load_run
 
 from helpers import CONFIG_DEFAULT, generation_config
 

@@ -15,7 +15,8 @@ from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
 from tunelab.methods import MethodError
 from tunelab.models.loading import pretrained_root
 from tunelab.records import DataError, Record
-from tunelab.runs import RunError, load_run
+from tunelab.runs import RunError
+from tunelab.train.trained import load_run
 
 from helpers import lm_config, only_task, texts, value, write_jsonl
 

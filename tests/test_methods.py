@@ -19,7 +19,8 @@ from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
 from tunelab.methods import MethodError, apply_method, check_method, method_module
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
+from tunelab.train.trained import load_run
 
 from helpers import descend, load_for_config, logged_losses, method_config
 

@@ -15,13 +15,14 @@ from tunelab.data.encode import TaskCollator
 from tunelab.data.plan import plan_training
 from tunelab.data.taskset import load_taskset
 from tunelab.records import DataError
+from tunelab.train.objectives import objective_of
 from tunelab.train.trainer import CompletionLossTrainer
 
 from helpers import mixture_config
 
 
 def planned(config):
-    return plan_training(config, load_taskset(config))
+    return plan_training(config, load_taskset(config), one_task_per_batch=objective_of(config).one_task_per_batch)
 
 
 def test_plan_follows_the_strategy_and_is_saved_with_the_run(tiny_decoder, tmp_path):

@@ -104,7 +104,7 @@ def test_rows_follow_the_attention_and_bucket_for_a_compiled_model(compiled, tmp
     """Per-example attention takes the whole batch as one row (no padding); the dense mask keeps rows bounded;
     a compiled model gets widths in multiples of 64."""
     from tunelab.config import build_config
-    from tunelab.train.architectures import packing_of
+    from tunelab.train.objectives.text_to_text import packing_of
 
     config = build_config(
         {

@@ -43,7 +43,7 @@ from tunelab.data.taskset import TaskSet, load_taskset
 from tunelab.models.attention import use_attention
 from tunelab.models.loading import resolve_source
 from tunelab.pipeline import config_tokenizer
-from tunelab.train.architectures import architecture_of
+from tunelab.train.objectives import objective_of
 
 from helpers import SHARED_DATA
 
@@ -95,7 +95,7 @@ def weightless_model(config: RunConfig, tasks: TaskSet):
         model_class, options = AutoModelForSequenceClassification, {"num_labels": len(tasks.labels)}
     with torch.device("meta"):
         model = model_class.from_config(AutoConfig.from_pretrained(source, **options))
-    model, _ = architecture_of(config).adapt(model, config, tasks)
+    model, _ = objective_of(config).adapt(model, config, tasks)
     if decoder:
         use_attention(model, config.training.attention, config.training.compile)
     return model
@@ -126,9 +126,9 @@ def computed(name: str) -> dict:
     tokenizer = config_tokenizer(config)
     if config.task_type == "language_modeling":
         block_taskset(tasks, tokenizer, config.data)
-    plan = plan_training(config, tasks)
+    plan = plan_training(config, tasks, one_task_per_batch=objective_of(config).one_task_per_batch)
     order = [list(draw) for draw in plan.order]
-    feed = architecture_of(config).feed(weightless_model(config, tasks), config, tasks, plan, tokenizer)
+    feed = objective_of(config).feed(weightless_model(config, tasks), config, tasks, plan, tokenizer)
     return {
         "config": portable(config.model_dump(mode="json")),
         "plan": {

@@ -26,7 +26,8 @@ from tunelab.methods import lora
 from tunelab.methods.peft_common import ADAPTER_CONFIG, name_base_model
 from tunelab.models.loading import portable_reference, resolve_source
 from tunelab.models.registry import REGISTRY, native_dir
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
+from tunelab.train.trained import load_run
 
 from helpers import SHARED_DATA, session_home, write_jsonl
 from serving import CONFIGS, short_lora_run, short_sentiment_run

@@ -9,7 +9,7 @@ import torch
 
 from tunelab.eval.generate import generate_texts
 from tunelab.models.loading import load_base
-from tunelab.runs import load_run
+from tunelab.train.trained import load_run
 
 
 def test_a_trained_classifier_loads_without_a_missing_head_report(classifier_run, caplog):

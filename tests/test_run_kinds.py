@@ -17,8 +17,9 @@ from tunelab.config import build_config
 from tunelab.data.task_records import load_records
 from tunelab.eval import human
 from tunelab.eval.human import HumanEvalError
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
 from tunelab.tasks import load_task
+from tunelab.train.trained import load_run
 
 from helpers import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, cli, session_home, write_jsonl
 

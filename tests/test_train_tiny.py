@@ -16,8 +16,9 @@ from tunelab.data.encode import PackedCollator, encode, make_collator
 from tunelab.data.splits import load_task_data
 from tunelab.methods import apply_method
 from tunelab.models.loading import check_family
-from tunelab.runs import RunDir, RunError, load_run
+from tunelab.runs import RunDir, RunError
 from tunelab.train import trainer as trainer_module
+from tunelab.train.trained import load_run
 from tunelab.train.trainer import CompletionLossTrainer
 
 from helpers import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tunelab.config import RunConfig
 from tunelab.eval.bootstrap import format_interval
+from tunelab.train.objectives import objective_of
 
 
 def _score(result: dict | None, metric: str) -> str:
@@ -192,18 +193,6 @@ def _protocol_note(config: RunConfig) -> str:
     return "".join(f"\n{note}" for note in notes)
 
 
-def _base_note(config: RunConfig) -> str:
-    if config.architecture() == "classifier":
-        return (
-            "Base = the pretrained encoder with its new, untrained classification head: chance level by construction."
-        )
-    if config.architecture() == "multi_head":
-        return "Base = the pretrained encoder with its new, untrained heads. Held-out tasks were never trained on."
-    if config.architecture() == "language_model":
-        return "Base = the pretrained model before tuning, scored on the same held-out texts (lower is better)."
-    return "Base = the pretrained model before tuning, prompted the same way. Held-out tasks were never trained on."
-
-
 def _training_time(state: dict) -> str:
     """Seconds spent training, over every attempt of a run that was interrupted or killed and resumed."""
     attempts = state.get("attempts", 1)
@@ -232,7 +221,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 {_contamination_section(state)}## Test results (95% bootstrap intervals{_scored_in(evaluation)})
 {results_table(evaluation)}
 
-{_base_note(config)}{_protocol_note(config)}
+{objective_of(config).base_note}{_protocol_note(config)}
 {forgetting_section}
 Reproduce: `tunelab train config.yaml` with the `config.yaml` in this directory.
 """

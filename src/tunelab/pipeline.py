@@ -1,6 +1,6 @@
 """The pipeline, left to right: config -> tasks -> plan -> model + method -> trainer -> evaluation -> run directory.
 
-Every run goes through `train`, one lifecycle for one task or a mixture and for every architecture (a `data:`
+Every run goes through `train`, one lifecycle for one task or a mixture and for every objective (a `data:`
 section is a mixture of one task): check, read the tasks, plan the order, set up the model and the trainer,
 train (or resume), score every task before and after, save, write the card. Each CLI command calls one
 function here, and everything after training reads only the run directory.
@@ -42,7 +42,6 @@ from tunelab.eval.suites import build_report, data_report_name, write_suite_repo
 from tunelab.eval.targets import Target, trained_target
 from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, TrainableReport, check_method, method_module
-from tunelab.methods.task_adapters import merge_task_adapter
 from tunelab.models.attention import use_attention
 from tunelab.models.kernels import use_kernels
 from tunelab.models.loading import (
@@ -57,20 +56,19 @@ from tunelab.models.loading import (
 from tunelab.models.reference import check_reference
 from tunelab.records import DataError, Record
 from tunelab.runs import (
-    LoadedRun,
     RunDir,
     checkpoint_step_of,
-    load_run,
     run_chain,
     staged_folder,
     write_atomic,
     write_json,
 )
 from tunelab.tasks.suite import load_suite
-from tunelab.train.architectures import Architecture, architecture_of
 from tunelab.train.memory import peak_memory, reset_peak
+from tunelab.train.objectives import Objective, objective_of
 from tunelab.train.signals import StopOnSignal
 from tunelab.train.tracking import check_trackers, ends_tracking_on_failure
+from tunelab.train.trained import LoadedRun, load_run
 from tunelab.train.trainer import build_trainer, choose_precision
 
 
@@ -117,14 +115,14 @@ class Setup:
     run: RunDir
     tasks: TaskSet
     plan: Plan
-    architecture: Architecture
+    objective: Objective
     trainer: Trainer
     tokenizer: object
     trainable: TrainableReport
 
 
 def _base_target(model, tokenizer, config: RunConfig, tasks: TaskSet) -> Target:
-    """The model before tuning, answering as the run's architecture will."""
+    """The model before tuning, answering as the run's objective will."""
     return trained_target(model, tokenizer, config, tasks.labels, f"{config.model.name} (base)")
 
 
@@ -152,7 +150,7 @@ def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: Ta
     if distributed.is_main_process():
         target, pools = _base_target(model, tokenizer, config, tasks), _demonstration_pools(tasks)
         if target.precision != "fp32":  # a frozen base stored in bf16 to train: scored in fp32, as eval loads it
-            fp32 = architecture_of(config).load(config, tasks, "fp32").eval()
+            fp32 = objective_of(config).load(config, tasks, "fp32").eval()
             target = _base_target(fp32, tokenizer, config, tasks)
         for baseline in missing:
             shots = config.eval.shots if baseline == "few_shot" else 0
@@ -176,35 +174,23 @@ def setup(
     """Load the model, score it before tuning (once per run: kept across a resume), adapt it and build its trainer
     (with `callbacks` beside its own). `tokenizer`: the model's, when the caller has loaded it already."""
     main = distributed.is_main_process()
-    architecture = architecture_of(config)
+    objective = objective_of(config)
     source = resolve_source(config.model.name, config.model.revision)
     tokenizer = tokenizer or config_tokenizer(config)
-    model = architecture.load(config, tasks, precision)
+    model = objective.load(config, tasks, precision)
     _score_baselines(config, run, model, tokenizer, tasks)
     decoder = config.model_task() == "causal_lm"
     kernels = use_kernels(model, config.training.kernels) if decoder else None  # patched before PEFT wraps layers
-    model, trainable = architecture.adapt(model, config, tasks)
-    print(f"{architecture.name}, method {config.method.name}: {trainable}")
+    model, trainable = objective.adapt(model, config, tasks)
+    print(f"{objective.name}, method {config.method.name}: {trainable}")
     attention = use_attention(model, config.training.attention, config.training.compile) if decoder else None
     if decoder:
         print(f"attention over packed rows: {attention}; fused kernels: {kernels}")
     if main:  # the saved adapter names the base as other machines find it; where it was read here stays on record
         run.update_state(trainable=trainable.as_dict(), base_source=source, attention=attention, kernels=kernels)
-    feed = architecture.feed(model, config, tasks, plan, tokenizer)
-    trainer = build_trainer(
-        model,
-        tokenizer,
-        config,
-        run,
-        plan,
-        feed.train,
-        feed.validation,
-        precision,
-        feed.trainer_class,
-        feed.collator,
-        callbacks,
-    )
-    return Setup(run, tasks, plan, architecture, trainer, tokenizer, trainable)
+    feed = objective.feed(model, config, tasks, plan, tokenizer)
+    trainer = build_trainer(model, tokenizer, config, run, plan, objective, feed, precision, callbacks)
+    return Setup(run, tasks, plan, objective, trainer, tokenizer, trainable)
 
 
 def _saved_weights_bytes(directory: Path) -> int:
@@ -240,7 +226,9 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
         _check_demonstrations(config, tasks)
     for note in tasks.notes:
         print(f"data: {note}")
-    plan = plan_training(config, tasks, distributed.world_size())
+    plan = plan_training(
+        config, tasks, distributed.world_size(), one_task_per_batch=objective_of(config).one_task_per_batch
+    )
     precision = run_precision(config)
     print(
         f"precision: {precision} (training.precision={config.training.precision}); "
@@ -300,7 +288,7 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     """Score the tuned model on every task, save it, write eval.json and the card, and mark the run complete."""
     run, trainer, tasks = ready.run, ready.trainer, ready.tasks
     model = trainer.model
-    run.save_model(lambda directory: ready.architecture.save(model, config, directory), ready.tokenizer)
+    run.save_model(lambda directory: ready.objective.save(model, config, directory), ready.tokenizer)
     print("scoring the tuned model on the test data ...")
     tuned_target = _saved_target(run, config)
     tuned = score_tasks(tuned_target, tasks.scored(), config.training.seed, scoring=config.eval.scoring)
@@ -312,7 +300,7 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         **evaluation_summary(tasks.scored(), base, tuned, few_shot),
         "trainable": ready.trainable.as_dict(),
         "method": config.method.name,
-        "architecture": ready.architecture.name,
+        "architecture": ready.objective.name,
     }
     write_json(run.eval_path, evaluation)
     steps = trainer.state.global_step
@@ -345,7 +333,7 @@ def _retention_report(config: RunConfig, ready: Setup, tuned: Target) -> str:
 
     def base() -> Target:  # a fresh copy of the pretrained weights, loaded only when the report needs it
         return _base_target(
-            ready.architecture.load(config, ready.tasks, "fp32").eval(), ready.tokenizer, config, ready.tasks
+            ready.objective.load(config, ready.tasks, "fp32").eval(), ready.tokenizer, config, ready.tasks
         )
 
     suite = load_suite(config.eval.retention_suite)
@@ -417,13 +405,8 @@ def predict_run(
 
 def merged_model(loaded: LoadedRun, task: str | None = None):
     """The run's model as one plain transformers model with its update folded in: the method's merge, or for
-    a multi-task run the head or adapter of one task (`task`)."""
-    config, architecture = loaded.config, loaded.config.architecture()
-    if architecture == "multi_head":
-        return loaded.model.as_classifier(task_specs(config).pick(task).name)
-    if architecture == "task_adapters":
-        return merge_task_adapter(loaded.model, task_specs(config).pick(task).name)
-    return method_module(config.method.name).merge(loaded.model)
+    a multi-task run the head or adapter of one task (`task`), as the run's objective merges."""
+    return objective_of(loaded.config).merge(loaded.model, loaded.config, task)
 
 
 def merge_run(run: RunDir, output: Path, task: str | None = None) -> Path:

@@ -39,7 +39,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -248,52 +247,6 @@ class RunDir:
         if self.model_dir.exists():
             shutil.rmtree(self.model_dir)
         staging.rename(self.model_dir)
-
-
-@dataclass
-class LoadedRun:
-    """A complete run's tuned model, ready to answer, with what it was trained as."""
-
-    run: RunDir
-    model: Any
-    tokenizer: Any
-    config: RunConfig
-    labels: list[str] | None
-    """A classifier's labels in head order (None for other architectures)."""
-
-
-def load_run(run: RunDir, finished: bool = True) -> LoadedRun:
-    """The tuned model of a complete run of any architecture, in eval mode (`finished=False`: the model a run
-    has just saved, which its end-of-training scores read as every later command will).
-
-    A full fine-tune is its own checkpoint, a multi-head model is its own folder; every other method (and the
-    per-task adapters) is rebuilt from a fresh base, loaded in full precision (also for qlora), and what it saved.
-    The model stack is imported here so that commands that only read a run's files never pay for torch.
-    """
-    from tunelab.methods import method_module
-    from tunelab.methods.task_adapters import load_task_adapters
-    from tunelab.models.loading import load_base, load_model, load_tokenizer
-    from tunelab.models.multihead import MultiHeadClassifier
-
-    state = run.require_complete() if finished else run.state()
-    config = run.config()
-    labels = state.get("labels")
-    architecture = config.architecture()
-    if architecture == "multi_head":
-        model = MultiHeadClassifier.load(run.model_dir)
-    elif architecture == "task_adapters":
-        model = load_task_adapters(load_base(config, new_head=False), run.model_dir)
-    else:
-        method = method_module(config.method.name)
-        whole = getattr(method, "SAVES_WHOLE_MODEL", False)
-        base = (
-            load_model(config.model_task(), str(run.model_dir), labels)
-            if whole
-            else load_base(config, labels, new_head=False)
-        )
-        model = method.load(base, run.model_dir)
-    model.eval()
-    return LoadedRun(run, model, load_tokenizer(str(run.model_dir)), config, labels)
 
 
 def chain_step(run: RunDir) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from tunelab.compare import machine_description
 from tunelab.config import ConfigError, RunConfig, SweepConfig, SweepParam, config_to_yaml, with_values
 from tunelab.errors import TunelabError
 from tunelab.runs import RunDir, write_atomic, write_json
-from tunelab.tasks import load_task
+from tunelab.train.objectives import objective_of
 
 STUDY = "sweep"
 """The study's name in study.db: one study per sweep folder."""
@@ -56,22 +56,13 @@ class SweepError(TunelabError, RuntimeError):
     """A sweep that cannot go on as asked, with what to do instead."""
 
 
-def validation_metrics(config: RunConfig) -> list[str]:
-    """What the run's validation logs, without `eval_`: a classifier's accuracy and loss, a generating run's loss,
-    and one loss per task for a mixture of several tasks."""
-    if config.mixture is not None:
-        stages = config.mixture.stage_list()
-        tasks = list(dict.fromkeys(load_task(entry.task).name for stage in stages for entry in stage.tasks))
-        return [f"{task}_loss" for task in tasks] if len(tasks) > 1 else ["loss"]
-    return ["accuracy", "loss"] if config.architecture() == "classifier" else ["loss"]
-
-
 def sweep_metric(config: RunConfig) -> str:
     """The metric the sweep optimises, refused before anything trains when the run's validation never logs it."""
     if config.sweep is None:
         raise ConfigError("the config has no sweep: section; add one with a space to search (README, sweeps)")
-    metric = config.sweep.metric or config.best_metric().removeprefix("eval_")
-    logged = validation_metrics(config)
+    objective = objective_of(config)
+    metric = config.sweep.metric or objective.best_metric(config).removeprefix("eval_")
+    logged = objective.validation_metrics(config)
     if metric not in logged:
         raise ConfigError(
             f"this run's validation logs {', '.join(logged)}, not '{metric}'; set sweep.metric to one of them"

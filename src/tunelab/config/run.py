@@ -165,12 +165,6 @@ class RunConfig(Section):
         rates = METHOD_TRAITS[self.method.name].learning_rates
         return rates.with_head if self.task_type == "classification" else rates.generative
 
-    def best_metric(self) -> str:
-        """The validation metric that selects the best checkpoint."""
-        if self.training.metric_for_best:
-            return self.training.metric_for_best
-        return "accuracy" if self.task_type == "classification" else "loss"
-
     @model_validator(mode="after")
     def _check_sweep(self) -> RunConfig:
         """Every searched value must be one its key takes in this config, so no trial fails on a value the

@@ -126,8 +126,10 @@ def _stage(config: RunConfig, tasks: TaskSet, stage_config: StageConfig | None, 
     return stage, described
 
 
-def plan_training(config: RunConfig, tasks: TaskSet, processes: int = 1) -> Plan:
-    """Every training draw of the run, stage by stage; a mixture's table is printed."""
+def plan_training(config: RunConfig, tasks: TaskSet, processes: int = 1, *, one_task_per_batch: bool) -> Plan:
+    """Every training draw of the run, stage by stage; a mixture's table is printed. `one_task_per_batch`: the
+    run's objective trains each batch on one task (its `Objective.one_task_per_batch`), so every batch is drawn
+    from one task and balanced batches cannot apply."""
     training, mixture = config.training, config.mixture
     batch = training.batch_size * training.gradient_accumulation_steps * processes
     planned = [
@@ -136,7 +138,7 @@ def plan_training(config: RunConfig, tasks: TaskSet, processes: int = 1) -> Plan
     ]
     stages, described = [stage for stage, _ in planned], [description for _, description in planned]
     order, boundaries = curriculum_plan(stages, batch, training.seed)
-    if config.architecture() == "task_adapters":  # one adapter per step: balanced batches cannot apply
+    if one_task_per_batch:
         order, boundaries = _per_stage(
             order, boundaries, batch, stages, lambda part: single_task_batches(part, batch, training.seed)
         )

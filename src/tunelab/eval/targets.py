@@ -2,9 +2,10 @@
 
 A target knows how it answers: a decoder or encoder-decoder generates text for any task phrased as an
 instruction; a classifier (a run with a trained head) can only score classification tasks whose labels are
-its own. A multi-task run answers each task its own way (`Target.for_task`): a multi-head encoder with that
-task's head, per-task adapters with that task's adapter (a task without one with the shared adapter, or the
-base model). Evaluation places the model on the GPU when there is one.
+its own. A multi-task run answers each task its own way (`Target.for_task`, as the run's objective routes it:
+`tunelab.train.objectives`): a multi-head encoder with that task's head, per-task adapters with that task's
+adapter (a task without one with the shared adapter, or the base model). Evaluation places the model on the GPU
+when there is one.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from tunelab.config import RunConfig
 from tunelab.eval import EvaluationError
-from tunelab.methods.task_adapters import SHARED, route, task_names
 from tunelab.models.loading import load_model, load_tokenizer, on_device, resolve_source
-from tunelab.models.multihead import MultiHeadClassifier
 from tunelab.models.registry import REGISTRY
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
+from tunelab.train.objectives import objective_of
+from tunelab.train.trained import load_run
 
 _FAMILY_TASK = {"decoder": "causal_lm", "seq2seq": "seq2seq"}
 
@@ -70,84 +70,6 @@ class Target:
         return self.route(task) if self.route is not None else self
 
 
-class TaskView(torch.nn.Module):
-    """One task's head of a multi-head model, shaped like a sequence classifier for the shared evaluation code."""
-
-    def __init__(self, model: MultiHeadClassifier, task: str):
-        super().__init__()
-        self.model, self.task, self.config = model, task, model.config
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return SequenceClassifierOutput(
-            logits=self.model.predict(input_ids, attention_mask, self.task, token_type_ids)
-        )
-
-
-class AdaptersOff(torch.nn.Module):
-    """The base model inside a task-adapter model (adapters disabled), for tasks that have no adapter."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.peft, self.config = model, model.config
-
-    def forward(self, *args, **kwargs):
-        with self.peft.disable_adapter():
-            return self.peft(*args, **kwargs)
-
-    def generate(self, *args, **kwargs):
-        with self.peft.disable_adapter():
-            return self.peft.generate(*args, **kwargs)
-
-
-def _multi_head(target: Target, model: MultiHeadClassifier) -> Callable[[str], Target]:
-    def answer(task: str) -> Target:
-        if task not in model.tasks:
-            return Target(
-                target.name,
-                model,
-                target.tokenizer,
-                "classification",
-                [],
-                target.batch_size,
-                unavailable=f"{target.name} has heads for {', '.join(model.task_names)} only, not {task}",
-            )
-        return Target(
-            f"{target.name} [{task} head]",
-            TaskView(model, task),
-            target.tokenizer,
-            "classification",
-            model.tasks[task],
-            target.batch_size,
-            target.max_length,
-        )
-
-    return answer
-
-
-def _task_adapters(target: Target, model) -> Callable[[str], Target]:
-    def answering(label: str, answerer) -> Target:
-        return Target(
-            f"{target.name} [{label}]",
-            answerer,
-            target.tokenizer,
-            target.task,
-            None,
-            target.batch_size,
-            target.max_length,
-        )
-
-    def answer(task: str) -> Target:
-        if task in task_names(model):
-            route(model, task)
-            return answering(f"{task} adapter", model)
-        if SHARED in model.peft_config:  # a task without an adapter: the shared adapter is what generalises
-            model.base_model.set_adapter([SHARED])
-            return answering("shared adapter", model)
-        return answering("adapters off", AdaptersOff(model))
-
-    return answer
-
-
 def trained_target(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -156,15 +78,13 @@ def trained_target(
     name: str,
     batch_size: int | None = None,
 ) -> Target:
-    """How a model of the run's architecture answers tasks (the model in training, or one loaded from a run)."""
+    """How a model of the run's objective answers tasks (the model in training, or one loaded from a run): through
+    its head or by generating, and per task as the objective routes it."""
     batch_size = batch_size or config.training.eval_batch_size
-    architecture = config.architecture()
-    task = "classification" if architecture in ("classifier", "multi_head") else config.model_task()
+    objective = objective_of(config)
+    task = "classification" if objective.answers_by_head else config.model_task()
     target = Target(name, on_device(model), tokenizer, task, labels, batch_size)
-    if architecture == "multi_head":
-        target.route = _multi_head(target, model)
-    elif architecture == "task_adapters" and hasattr(model, "peft_config"):  # not the base before its adapters
-        target.route = _task_adapters(target, model)
+    target.route = objective.route(target, model)
     return target
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from tunelab.export.base import ExportError, ExportOption
 from tunelab.export.modelfile import render_modelfile
 from tunelab.models.registry import REGISTRY
-from tunelab.runs import RunDir, load_run, staged_folder
+from tunelab.runs import RunDir, staged_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,6 +72,7 @@ def export(run: RunDir, output: Path, task: str | None = None, quant: str = "f16
 
     from tunelab.models.loading import source_gguf
     from tunelab.pipeline import merged_model
+    from tunelab.train.trained import load_run
 
     quantize = _llama_quantize(quant)
     config = run.config()

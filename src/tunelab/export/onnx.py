@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 from tunelab.export.base import ExportError
 from tunelab.records import Record
-from tunelab.runs import LoadedRun, RunDir, load_run, staged_folder, write_json
+from tunelab.runs import RunDir, staged_folder, write_json
 
 if TYPE_CHECKING:
     import torch
 
     from tunelab.eval.targets import Target
     from tunelab.tasks import TaskSpec
+    from tunelab.train.trained import LoadedRun
 
 NAME = "onnx"
 DESCRIPTION = "ONNX for onnxruntime, and `tunelab predict DIR --engine onnx` (classifier runs)"
@@ -42,12 +43,14 @@ _EXAMPLE_TEXTS = ("a short example", "a somewhat longer example sentence for the
 
 def _require_classifier(run: RunDir) -> None:
     """Refuse, before any model loads, a run whose model answers by generating: ONNX covers one forward pass."""
+    from tunelab.train.objectives import objective_of
+
     run.require_complete()
     config = run.config()
-    architecture = config.architecture()
-    if architecture not in ("classifier", "multi_head"):
+    objective = objective_of(config)
+    if not objective.answers_by_head:
         raise ExportError(
-            f"run {run.path} is a {config.task_type} run ({architecture}); ONNX export covers classifier runs "
+            f"run {run.path} is a {config.task_type} run ({objective.name}); ONNX export covers classifier runs "
             "(a classification head, or multi_head runs with --task). Export a decoder run with "
             f"`tunelab export {run.path} --format gguf`, or write any mergeable run as a transformers folder "
             f"with `tunelab merge {run.path} --output DIR`"
@@ -115,6 +118,7 @@ def export(run: RunDir, output: Path, task: str | None = None) -> Path:
 
     from tunelab.eval.runner import input_limit
     from tunelab.pipeline import merged_model
+    from tunelab.train.trained import load_run
 
     _require_classifier(run)
     with staged_folder(output) as staging:

@@ -23,8 +23,10 @@ from tunelab.errors import TunelabError
 from tunelab.eval.targets import Target, load_target, trained_target
 from tunelab.methods import method_module
 from tunelab.models.loading import load_base, load_tokenizer
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
 from tunelab.tasks import TaskSpec
+from tunelab.train.objectives import objective_of
+from tunelab.train.trained import load_run
 
 
 class CatalogError(TunelabError, ValueError):
@@ -104,7 +106,7 @@ def _kind(target: Target) -> tuple[str, bool]:
 def _shared_key(run: RunDir, config, labels) -> tuple | None:
     """What a run's adapter can share a base with, or None when the run is not one PEFT adapter on a base."""
     adapter_config = run.model_dir / "adapter_config.json"
-    if config.architecture() not in ("classifier", "text_to_text") or not adapter_config.exists():
+    if not objective_of(config).serves_on_shared_base or not adapter_config.exists():
         return None
     peft_type = json.loads(adapter_config.read_text(encoding="utf-8"))["peft_type"]
     return (config.model.name, config.model.revision, config.task_type, tuple(labels or ()), peft_type)
@@ -148,7 +150,7 @@ class Catalog:
             return
         loaded = load_run(run)
         target = trained_target(loaded.model, loaded.tokenizer, config, labels, model_id)
-        if config.architecture() in ("multi_head", "task_adapters"):
+        if objective_of(config).routes_per_task:
             for task, spec in tasks.items():
                 routed = _routed(target, task)
                 with routed() as answering:

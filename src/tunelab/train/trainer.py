@@ -3,7 +3,7 @@
 What we add: a precision chosen from what the hardware really runs; the planned example order read as it is
 (`tunelab.data.plan`); the run directory's metrics log, progress bar and step/time checkpoints; best-checkpoint
 keeping and early stopping for one-task runs; the trackers of `training.report_to` pointed at the run
-(`tunelab.train.tracking`); and the losses the architectures need:
+(`tunelab.train.tracking`); and the losses the objectives (`tunelab.train.objectives`) train with:
 
 - decoders: a completion-only loss that projects only completion positions onto the vocabulary, in chunks (the
   full logits tensor of a 262k-token vocabulary is the largest thing in memory otherwise), each example (or
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from tunelab.methods.task_adapters import TaskRoutedTrainer
 from tunelab.runs import RunDir
 from tunelab.train.callbacks import LossProgressBar, MetricsLog, TrainingClock
 from tunelab.train.tracking import attach_trackers
+
+if TYPE_CHECKING:  # only for annotations: the objectives import this module for their trainers and losses
+    from tunelab.train.objectives.base import Feed, Objective
 
 LOSS_CHUNK_LOGITS = 16 * 2**20
 """Logits materialised at once by the completion loss (64 MiB in fp32): a chunk holds this many divided by the
@@ -308,12 +312,13 @@ class CheckpointEvery(TrainerCallback):
 
 
 def training_arguments(
-    config: RunConfig, run: RunDir, precision: str, plan: Plan, validated: bool, keeps_best: bool
+    config: RunConfig, objective: Objective, run: RunDir, precision: str, plan: Plan, validated: bool, keeps_best: bool
 ) -> TrainingArguments:
-    """Trainer settings from the config and the plan: `plan.steps` optimiser steps over the planned order, with
-    validation (and a checkpoint) every `plan.eval_steps`; `keeps_best` returns to the best checkpoint at the end."""
+    """Trainer settings from the config, the objective and the plan: `plan.steps` optimiser steps over the planned
+    order, with validation (and a checkpoint) every `plan.eval_steps`; `keeps_best` returns to the best checkpoint
+    at the end; predictions are gathered only for an objective that computes metrics from them."""
     training = config.training
-    best = config.best_metric()
+    best = objective.best_metric(config)
     return TrainingArguments(
         output_dir=str(run.checkpoints),
         max_steps=plan.steps,
@@ -347,7 +352,7 @@ def training_arguments(
         report_to=list(training.report_to),
         run_name=run.path.name,
         gradient_checkpointing=training.gradient_checkpointing,
-        prediction_loss_only=config.architecture() != "classifier",
+        prediction_loss_only=objective.metrics_from_predictions is None,
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
@@ -359,19 +364,19 @@ def build_trainer(
     config: RunConfig,
     run: RunDir,
     plan: Plan,
-    train_examples: list[dict],
-    validation: list[dict] | dict[str, list[dict]] | None,
+    objective: Objective,
+    feed: Feed,
     precision: str,
-    trainer_class: type[Trainer],
-    collator,
     extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> Trainer:
-    """The Trainer of a run. A one-task run with validation keeps its best checkpoint and may stop early; a
-    multi-task run keeps its last weights (per-task validation losses name no single best), and so does a
-    multi-head model, whose checkpoints the Trainer cannot reload as its best. `extra_callbacks` watch the run
-    beside its own (a sweep's trial reads every validation through one)."""
+    """The Trainer of a run: the objective's trainer class and collator over its feed. A one-task run with
+    validation keeps its best checkpoint and may stop early; a multi-task run keeps its last weights (per-task
+    validation losses name no single best), and so does an objective whose checkpoints the Trainer cannot reload
+    as its best. `extra_callbacks` watch the run beside its own (a sweep's trial reads every validation through
+    one)."""
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left itself
-    one_task = not isinstance(validation, dict) and config.architecture() != "multi_head"
+    validation = feed.validation
+    one_task = not isinstance(validation, dict) and objective.keeps_best_checkpoint
     keeps_best = bool(validation) and one_task and can_reload_best_checkpoint(model)
     if validation and one_task and not keeps_best:
         print(
@@ -385,17 +390,17 @@ def build_trainer(
     ]
     if config.training.early_stopping_patience and keeps_best:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
-    trainer = trainer_class(
+    trainer = feed.trainer_class(
         model=model,
-        args=training_arguments(config, run, precision, plan, bool(validation), keeps_best),
-        data_collator=collator,
-        train_dataset=train_examples,
+        args=training_arguments(config, objective, run, precision, plan, bool(validation), keeps_best),
+        data_collator=feed.collator,
+        train_dataset=feed.train,
         eval_dataset=validation or None,
         processing_class=tokenizer,
-        compute_metrics=accuracy_from_logits if config.architecture() == "classifier" else None,
+        compute_metrics=objective.metrics_from_predictions,
         callbacks=callbacks,
     )
-    if config.architecture() in ("classifier", "multi_head"):
+    if objective.answers_by_head:
         # Classifier heads average their loss over their own batch, so the Trainer must not treat it as a sum over
         # the tokens of all processes and accumulation steps (it would scale it by process count, and skip the
         # division by gradient_accumulation_steps).

@@ -31,6 +31,7 @@ from tunelab.errors import TunelabError
 from tunelab.eval import human
 from tunelab.runs import RunDir
 from tunelab.serve.settings import ServeSettings
+from tunelab.train.objectives import objective_of
 from tunelab.ui.index import DEFAULT_ROOTS, Index, UiError, read_json, read_metrics, scan
 from tunelab.ui.playground import Playground
 
@@ -63,7 +64,7 @@ def forgetting_command(path: Path, run_id: str) -> str | None:
         config = RunDir(path).config()
     except (TunelabError, OSError, ValueError):  # a config this version cannot read: suggest nothing rather than guess
         return None
-    if config.architecture() in ("classifier", "multi_head"):
+    if objective_of(config).answers_by_head:
         return None
     chain = (read_json(path / "run.json") or {}).get("chain") or []
     base = chain[-1]["run"] if chain else config.model.name
