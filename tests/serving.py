@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -285,6 +286,32 @@ def running_server(targets: list[str], *options: str, startup_seconds: float = 3
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def in_process(catalog, **options):
+    """The app serving `catalog` (a `tunelab.serve.catalog.Catalog`, `ServeSettings` from `options`) on a loopback
+    port in this process's own thread, so a test can read its log, serve entries built in the test, and serve
+    methods or kinds registered in the test; yields the base URL."""
+    import uvicorn
+
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(catalog, ServeSettings(**options)), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the in-process server stopped while starting"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def call(
