@@ -25,8 +25,9 @@ from tunelab import export
 from tunelab.config import METHOD_TRAITS, LearningRates, MethodTraits, RunConfig
 from tunelab.export import EXPORT_FORMATS, register_export_format
 from tunelab.methods import METHODS, MethodError, register_method
-from tunelab.runs import RunDir, load_run
+from tunelab.runs import RunDir
 from tunelab.serve.catalog import load_catalog
+from tunelab.train.trained import load_run
 
 from helpers import cli
 from serving import call, in_process
