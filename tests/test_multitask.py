@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.cli import main
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import TaskCollator
@@ -189,7 +189,7 @@ def test_a_mixture_run_asks_which_task_a_command_means(multi_head_run, tmp_path)
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
     with pytest.raises(TaskError, match="trained on sst2, rte; say which task with --task NAME"):
-        pipeline.predict_run(run, str(inputs), str(tmp_path / "out.jsonl"))
+        run_commands.predict_run(run, str(inputs), str(tmp_path / "out.jsonl"))
     with pytest.raises(TaskError, match="--task"):
-        pipeline.merge_run(run, tmp_path / "merged")
+        run_commands.merge_run(run, tmp_path / "merged")
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "merged").exists()

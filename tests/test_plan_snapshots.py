@@ -41,8 +41,7 @@ from tunelab.data.blocks import block_taskset
 from tunelab.data.plan import plan_training
 from tunelab.data.taskset import TaskSet, load_taskset
 from tunelab.models.attention import use_attention
-from tunelab.models.loading import resolve_source
-from tunelab.pipeline import config_tokenizer
+from tunelab.models.loading import config_tokenizer, resolve_source
 from tunelab.train.objectives import objective_of
 
 from helpers import SHARED_DATA

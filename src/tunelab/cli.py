@@ -39,24 +39,24 @@ def _data_config(args):
 
 
 def _cmd_data_check(args) -> None:
-    from tunelab import pipeline
+    from tunelab import data_checks
     from tunelab.data.report import render_report
 
     config = _data_config(args)
-    valid, labels = pipeline.read_checked(config, args.file)
+    valid, labels = data_checks.read_checked(config, args.file)
     print(
         f"{args.file}: {len(valid)} valid records for task_type {config.task_type}"
         + (f", labels {labels}" if labels else "")
     )
-    print(render_report(pipeline.report_data_file(config, args.file, valid, labels, args.against, args.suite)))
+    print(render_report(data_checks.report_data_file(config, args.file, valid, labels, args.against, args.suite)))
 
 
 def _cmd_data_clean(args) -> None:
-    from tunelab import pipeline
+    from tunelab import data_checks
     from tunelab.data.report import render_report
 
     config = _data_config(args)
-    report, written = pipeline.clean_data_file(
+    report, written = data_checks.clean_data_file(
         config, args.file, Path(args.output), args.dedup, args.against, args.suite
     )
     print(render_report(report))
@@ -137,7 +137,7 @@ def _cmd_train(args) -> int | None:
 
 
 def _cmd_eval(args) -> None:
-    from tunelab import pipeline
+    from tunelab import run_commands
     from tunelab.eval import commands
     from tunelab.runs import RunDir
 
@@ -160,7 +160,7 @@ def _cmd_eval(args) -> None:
             args.scoring,
         )
         return
-    report = pipeline.evaluate_run(
+    report = run_commands.evaluate_run(
         RunDir(args.target),
         args.data,
         Path(args.output) if args.output else None,
@@ -284,7 +284,7 @@ def _named_adapters(items: list[str]) -> dict:
 
 
 def _cmd_predict(args) -> None:
-    from tunelab import pipeline
+    from tunelab import run_commands
     from tunelab.runs import RunDir
 
     if bool(args.run) == bool(args.adapter):
@@ -300,17 +300,17 @@ def _cmd_predict(args) -> None:
 
         count = predict_onnx(Path(args.run), args.input, args.output, args.task)
     elif args.run:
-        count = pipeline.predict_run(RunDir(args.run), args.input, args.output, args.task, args.overrides)
+        count = run_commands.predict_run(RunDir(args.run), args.input, args.output, args.task, args.overrides)
     else:
-        count = pipeline.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
+        count = run_commands.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
     print(f"wrote {count} predictions to {args.output}")
 
 
 def _cmd_merge(args) -> None:
-    from tunelab import pipeline
+    from tunelab import run_commands
     from tunelab.runs import RunDir
 
-    print(f"merged model written to {pipeline.merge_run(RunDir(args.run), Path(args.output), args.task)}")
+    print(f"merged model written to {run_commands.merge_run(RunDir(args.run), Path(args.output), args.task)}")
 
 
 def _cmd_export(args) -> None:

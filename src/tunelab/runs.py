@@ -104,6 +104,11 @@ def write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object a line, written atomically: predictions, cleaned copies and removed records."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def _has_trainer_state(checkpoint: Path) -> bool:
     """Whether the checkpoint's trainer_state.json is whole. The Trainer writes it in place, not atomically,
     so a kill can leave it empty or cut; such a checkpoint cannot be resumed from."""

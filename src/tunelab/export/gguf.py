@@ -71,7 +71,7 @@ def export(run: RunDir, output: Path, task: str | None = None, quant: str = "f16
     import gguf
 
     from tunelab.models.loading import source_gguf
-    from tunelab.pipeline import merged_model
+    from tunelab.run_commands import merged_model
     from tunelab.train.trained import load_run
 
     quantize = _llama_quantize(quant)

@@ -110,14 +110,14 @@ def _write_onnx(model: torch.nn.Module, batch: dict[str, torch.Tensor], path: Pa
 def export(run: RunDir, output: Path, task: str | None = None) -> Path:
     """Write a classifier run (a multi_head run: the head of `task`) as an ONNX folder; returns the folder.
 
-    The model is the run's merged classifier (`pipeline.merged_model`), traced with torch's dynamo exporter and
+    The model is the run's merged classifier (`run_commands.merged_model`), traced with torch's dynamo exporter and
     checked with onnx.checker. The folder is staged (`runs.staged_folder`): complete or absent, and an
     existing non-empty one is never overwritten.
     """
     import torch
 
     from tunelab.eval.runner import input_limit
-    from tunelab.pipeline import merged_model
+    from tunelab.run_commands import merged_model
     from tunelab.train.trained import load_run
 
     _require_classifier(run)

@@ -309,3 +309,9 @@ def parameter_count(source: str) -> int | None:
 def on_device(model: torch.nn.Module) -> torch.nn.Module:
     """The model on the GPU when there is one (evaluation and scoring run there; training places it itself)."""
     return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def config_tokenizer(config: RunConfig):
+    """The tokenizer of the config's model: what a run trains with and what the data report counts tokens with."""
+    source = resolve_source(config.model.name, config.model.revision)
+    return load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
