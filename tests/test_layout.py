@@ -27,7 +27,7 @@ LAYERS = [
     {"runs"},
     {"data_checks"},
     {"train", "eval"},
-    {"card"},
+    {"card", "resolve"},
     {"run_commands"},
     {"pipeline"},
     {"compare", "demo", "serve", "export", "sweep"},

@@ -8,9 +8,9 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import get_args
 
-from tunelab.config import METHOD_TRAITS, ConfigError, TaskType, load_config, method_names
+from tunelab.config import METHOD_TRAITS, ConfigError, load_config, method_names
+from tunelab.config.vocabulary import OLD_TASK_TYPES
 from tunelab.errors import TunelabError
 
 
@@ -35,7 +35,14 @@ def _cmd_models_prepare(args) -> None:
 
 
 def _data_config(args):
-    return load_config(args.config, [f"task_type={args.task_type}", *args.overrides])
+    """The config a data file is read with: --config's (or the defaults) with --kind, or the old --task-type."""
+    from tunelab.resolve import check_config
+
+    chosen = [f"data.kind={args.kind}"] if args.kind else []
+    chosen += [f"task_type={args.task_type}"] if args.task_type else []
+    config = load_config(args.config, [*chosen, *args.overrides])
+    check_config(config)
+    return config
 
 
 def _cmd_data_check(args) -> None:
@@ -45,7 +52,7 @@ def _cmd_data_check(args) -> None:
     config = _data_config(args)
     valid, labels = data_checks.read_checked(config, args.file)
     print(
-        f"{args.file}: {len(valid)} valid records for task_type {config.task_type}"
+        f"{args.file}: {len(valid)} valid records for data.kind {config.data.kind}"
         + (f", labels {labels}" if labels else "")
     )
     print(render_report(data_checks.report_data_file(config, args.file, valid, labels, args.against, args.suite)))
@@ -440,13 +447,19 @@ def _scoring_option(parser: argparse.ArgumentParser) -> None:
 
 def _data_file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="the data file: JSONL, JSON, CSV or Parquet")
+    from tunelab.kinds import KINDS
+
+    parser.add_argument(
+        "--kind",
+        choices=list(KINDS),
+        help="the kind of example the records are (data.kind; default the config's, else classification)",
+    )
     parser.add_argument(
         "--task-type",
         "--task",
         dest="task_type",
-        default="classification",
-        choices=list(get_args(TaskType)),
-        help="how the records are read (--task is its old name)",
+        choices=list(OLD_TASK_TYPES),
+        help="the old spelling of --kind, read as it (causal_lm and seq2seq: generation)",
     )
     parser.add_argument(
         "--config", help="take field mapping (data.*) and model (for token lengths) from this run config"

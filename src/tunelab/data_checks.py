@@ -18,6 +18,7 @@ from tunelab.data.taskset import TaskSet
 from tunelab.data.validate import check_records, enforce
 from tunelab.errors import TunelabError
 from tunelab.kinds import kind_of_run
+from tunelab.models.family import task_type_of
 from tunelab.models.loading import config_tokenizer
 from tunelab.records import DataError, Record
 from tunelab.runs import RunDir, write_atomic, write_json, write_jsonl
@@ -26,7 +27,7 @@ from tunelab.runs import RunDir, write_atomic, write_json, write_jsonl
 def data_report(config: RunConfig, tasks: TaskSet, tokenizer) -> dict:
     """The data report on what the run trains (duplicates, conflicts, labels, token lengths with the run's
     tokenizer, leakage and contamination), printed before any model loads."""
-    report = run_report(config, tasks, tokenizer)
+    report = run_report(config, task_type_of(config), tasks, tokenizer)
     print(render_report(report))
     return report
 
@@ -46,7 +47,7 @@ def read_checked(
     """A data file's records as a run reads its data, with the label set (given, configured or inferred): invalid
     records fail with file, line and field, or are skipped and listed under `data.skip_invalid`."""
     records = read_file(path)
-    if config.task_type == "classification" and labels is None:
+    if kind_of_run(config).head_answers and labels is None:
         labels = label_set(records, config, path)
     return enforce(
         check_records(records, kind_of_run(config), config.data, labels), path, config.data.skip_invalid
@@ -55,7 +56,7 @@ def read_checked(
 
 def _file_references(config: RunConfig, labels: list[str] | None, against: list[str], suites: list[str]) -> dict:
     others = {other: read_checked(config, other, labels)[0] for other in against}
-    return file_references(others, suites, run_fields(config.task_type, config.data))
+    return file_references(others, suites, run_fields(config.data))
 
 
 def _lengths_tokenizer(config: RunConfig):
@@ -78,7 +79,7 @@ def report_data_file(
 ) -> dict:
     """`tunelab data check`'s report on a file's valid records, compared with the files `against` and `suites`."""
     references = _file_references(config, labels, against, suites)
-    return file_report(path, records, config.task_type, config.data, references, _lengths_tokenizer(config))
+    return file_report(path, records, task_type_of(config), config.data, references, _lengths_tokenizer(config))
 
 
 def clean_data_file(
@@ -94,11 +95,11 @@ def clean_data_file(
             raise DataError(f"--output {output} is an input ({given}); write the cleaned copy to a new file")
     records, labels = read_checked(config, path)
     references = _file_references(config, labels, against, suites)
-    cleaned = clean(
-        records, run_fields(config.task_type, config.data), dedup, {n: r.examples for n, r in references.items()}
-    )
+    cleaned = clean(records, run_fields(config.data), dedup, {n: r.examples for n, r in references.items()})
     summary = cleaning_summary(len(cleaned.kept), cleaned.removed)
-    report = file_report(path, records, config.task_type, config.data, references, _lengths_tokenizer(config), summary)
+    report = file_report(
+        path, records, task_type_of(config), config.data, references, _lengths_tokenizer(config), summary
+    )
     stem = output.with_suffix("")
     written = {
         "cleaned": output,

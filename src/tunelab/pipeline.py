@@ -30,8 +30,10 @@ from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
 from tunelab.eval.targets import Target, trained_target
+from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, TrainableReport, check_method
 from tunelab.models.attention import use_attention
+from tunelab.models.family import model_task_of, task_type_of
 from tunelab.models.kernels import use_kernels
 from tunelab.models.loading import (
     MERGED_FOLDER,
@@ -42,6 +44,7 @@ from tunelab.models.loading import (
     run_directory,
 )
 from tunelab.models.reference import check_reference
+from tunelab.resolve import check_config
 from tunelab.run_commands import merge_run
 from tunelab.runs import (
     RunDir,
@@ -61,9 +64,11 @@ from tunelab.train.trainer import build_trainer, choose_precision
 
 def check_runnable(config: RunConfig) -> None:
     """Refuse, before any data or model loads, a model that names nothing loadable or cannot do the task, a
-    method that cannot run here, or a tracker that is not installed (or whose MLflow store will not open)."""
+    method that cannot run here, or a tracker that is not installed (or whose MLflow store will not open); and a
+    kind of example or objective that is not registered or cannot train this config (`resolve.check_config`)."""
+    check_config(config)
     check_reference(config.model.name, config.model.revision)
-    check_family(config.model.name, config.task_type)
+    check_family(config.model.name, task_type_of(config))
     if run_directory(config.model.name):
         RunDir(config.model.name).require_complete()
     check_method(config)
@@ -166,7 +171,7 @@ def setup(
     tokenizer = tokenizer or config_tokenizer(config)
     model = objective.load(config, tasks, precision)
     _score_baselines(config, run, model, tokenizer, tasks)
-    decoder = config.model_task() == "causal_lm"
+    decoder = model_task_of(config) == "causal_lm"
     kernels = use_kernels(model, config.training.kernels) if decoder else None  # patched before PEFT wraps layers
     model, trainable = objective.adapt(model, config, tasks)
     print(f"{objective.name}, method {config.method.name}: {trainable}")
@@ -207,7 +212,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     tasks = load_taskset(config)  # every data error surfaces before a model loads
     tokenizer = config_tokenizer(config)  # the data report counts tokens; language modelling plans in blocks of them
     report = data_report(config, tasks, tokenizer) if distributed.is_main_process() else None  # on the raw texts
-    if config.task_type == "language_modeling":
+    if config.mixture is None and not kind_of_run(config).prompted:  # raw text, trained in blocks
         block_taskset(tasks, tokenizer, config.data)
     if "few_shot" in config.eval.baselines:
         _check_demonstrations(config, tasks)
@@ -294,7 +299,7 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     run.update_state(
         steps=steps,
         epochs_trained=round(ready.plan.epochs_done(steps), 4),
-        learning_rate=config.learning_rate(),
+        learning_rate=ready.objective.learning_rate(config),
         saved_weights_bytes=_saved_weights_bytes(run.model_dir),
         best_step=_kept_step(trainer),
         **memory,

@@ -108,14 +108,14 @@ def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
                 f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
                 f"switching needs one-task runs of {spoken_list(method_names(lambda traits: traits.peft_adapter))}"
             )
-        if (config.model.name, config.task_type, state.get("labels")) != (
+        if (config.model.name, config.data.kind, state.get("labels")) != (
             first.model.name,
-            first.task_type,
+            first.data.kind,
             first_labels,
         ):
             raise MethodError(
-                f"run {run.path} was tuned from {config.model.name} ({config.task_type}, labels "
-                f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task_type}, labels "
+                f"run {run.path} was tuned from {config.model.name} (data.kind {config.data.kind}, labels "
+                f"{state.get('labels')}), run {runs[0].path} from {first.model.name} (data.kind {first.data.kind}, labels "
                 f"{first_labels}); adapters can only share the base model, task and labels they were trained with"
             )
         peft_types.add(json.loads(adapter_config.read_text())["peft_type"])

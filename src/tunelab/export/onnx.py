@@ -50,7 +50,7 @@ def _require_classifier(run: RunDir) -> None:
     objective = objective_of(config)
     if not objective.answers_by_head:
         raise ExportError(
-            f"run {run.path} is a {config.task_type} run ({objective.name}); ONNX export covers classifier runs "
+            f"run {run.path} is a {objective.name} run (data.kind {config.data.kind}); ONNX export covers classifier runs "
             "(a classification head, or multi_head runs with --task). Export a decoder run with "
             f"`tunelab export {run.path} --format gguf`, or write any mergeable run as a transformers folder "
             f"with `tunelab merge {run.path} --output DIR`"

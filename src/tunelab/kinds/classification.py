@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not imp
 
 class Classification(Kind):
     name = "classification"
+    objective = "classifier"
     needs = ("label_words", "input_fields")
     primary_metric = "accuracy"
     inline_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")

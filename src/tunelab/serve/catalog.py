@@ -109,7 +109,7 @@ def _shared_key(run: RunDir, config, labels) -> tuple | None:
     if not objective_of(config).serves_on_shared_base or not adapter_config.exists():
         return None
     peft_type = json.loads(adapter_config.read_text(encoding="utf-8"))["peft_type"]
-    return (config.model.name, config.model.revision, config.task_type, tuple(labels or ()), peft_type)
+    return (config.model.name, config.model.revision, config.data.kind, tuple(labels or ()), peft_type)
 
 
 class Catalog:
