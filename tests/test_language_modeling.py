@@ -15,6 +15,7 @@ from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
 from tunelab.methods import MethodError
 from tunelab.models.reference import pretrained_root
 from tunelab.records import DataError, Record
+from tunelab.resolve import check_config
 from tunelab.runs import RunError
 from tunelab.train.trained import load_run
 
@@ -70,7 +71,7 @@ def test_a_tokenizer_without_eos_is_refused(tokenizer):
 )
 def test_settings_that_read_prompts_or_answers_are_refused(setting, message):
     with pytest.raises(ConfigError, match=message):
-        build_config({"task_type": "language_modeling", **setting})
+        check_config(build_config({"task_type": "language_modeling", **setting}))
 
 
 def test_continued_pretraining_lowers_held_out_perplexity(tiny_decoder, text_file, tmp_path):

@@ -30,7 +30,8 @@ def _check_objective_fits(config: RunConfig, objective) -> None:
     """The rules every objective shares: the runs it trains, and whether it reads a prompt."""
     if config.mixture is not None and not objective.trains_mixtures:
         raise ConfigError(
-            f"objective '{objective.name}' trains a `data:` run, not a mixture of tasks; set objective: text_to_text "
+            f"objective '{objective.name}' trains on a `data:` run's data, not on a mixture of tasks; set objective: "
+            "text_to_text "
             "(every task an instruction), multi_head (an encoder, a head per task) or task_adapters"
         )
     if config.mixture is None and not objective.trains_data_runs:

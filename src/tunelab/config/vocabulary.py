@@ -53,13 +53,19 @@ def _read_task_type(data: dict, old: str) -> str:
             f"{old}: not a task type (got {value!r}).{hint} It is the old spelling of data.kind: write the kind of "
             "example there instead (classification, generation, tagging, language_modeling)"
         )
+    if data.get("mixture") is not None and value == "language_modeling" and data.get("objective") is None:
+        data["objective"] = "language_model"  # refused with a mixture, as this config always was
+        return f"{old}: {value} is now written objective: language_model (the model family comes from the model)"
     if data.get("mixture") is not None:
         return (
             f"{old}: {value} is no longer read for a mixture: its tasks declare their kinds and the model family "
             "comes from the model; drop it (choose how the mixture trains with objective:)"
         )
     kind = OLD_TASK_TYPES[value]
-    data["data"] = {**(section if isinstance(section, dict) else {}), "kind": kind}
+    if section is None or isinstance(section, dict):
+        data["data"] = {**(section or {}), "kind": kind}
+    else:  # a DataConfig given as it is
+        data["data"] = section.model_copy(update={"kind": kind})
     return f"{old}: {value} is now written data.kind: {kind} (the model family comes from the model)"
 
 

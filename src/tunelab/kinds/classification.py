@@ -45,6 +45,7 @@ class Classification(Kind):
     def data_config(self, spec: Any, max_length: int, max_target_length: int, template: int) -> DataConfig:
         pair = spec.input_fields[1] if len(spec.input_fields) > 1 else None
         return DataConfig(
+            kind=self.name,
             text_field=spec.input_fields[0],
             text_pair_field=pair,
             label_field=spec.label_field,

@@ -62,6 +62,7 @@ class Generation(Kind):
 
     def data_config(self, spec: Any, max_length: int, max_target_length: int, template: int) -> DataConfig:
         return DataConfig(
+            kind=self.name,
             prompt_template=spec.templates[template],
             response_field=spec.target_field or spec.reference_field,
             max_length=max_length,

@@ -57,7 +57,7 @@ class LanguageModeling(Kind):
         return rates.generative
 
     def data_config(self, spec: Any, max_length: int, max_target_length: int, template: int) -> DataConfig:
-        return DataConfig(text_field=spec.text_field, max_length=max_length)
+        return DataConfig(kind=self.name, text_field=spec.text_field, max_length=max_length)
 
     def run_fields(self, data: DataConfig, with_target: bool) -> list[str]:
         return [data.text_field]
