@@ -19,7 +19,9 @@ from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
 from tunelab.methods import MethodError, apply_method, check_method, method_module
+from tunelab.models.family import task_type_of
 from tunelab.runs import RunDir
+from tunelab.train.objectives import objective_of
 from tunelab.train.trained import load_run
 
 from helpers import descend, load_for_config, logged_losses, method_config
@@ -59,9 +61,9 @@ def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_
 
 
 def fixed_batch(config, tokenizer, data):
-    examples = encode(config.task_type, data.train[:16], tokenizer, config.data, data.labels).examples
+    examples = encode(task_type_of(config), data.train[:16], tokenizer, config.data, data.labels).examples
     tokenizer.padding_side = "right"
-    return make_collator(config.task_type, tokenizer)(examples)
+    return make_collator(task_type_of(config), tokenizer)(examples)
 
 
 def outputs(model, batch):
@@ -253,7 +255,8 @@ def test_method_settings_are_validated(method, bad, message, tmp_path):
 
 def test_learning_rate_defaults_depend_on_method_and_task():
     def rate(method, task="classification"):
-        return build_config({"task": task, "method": {"name": method}, "data": {"prompt_field": "p"}}).learning_rate()
+        config = build_config({"task": task, "method": {"name": method}, "data": {"prompt_field": "p"}})
+        return objective_of(config).learning_rate(config)
 
     assert rate("full") == 5e-5
     assert rate("lora") == 2e-3 and rate("lora", "causal_lm") == 2e-4

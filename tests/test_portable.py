@@ -24,6 +24,7 @@ from tunelab import run_commands
 from tunelab.config import RunConfig, load_config
 from tunelab.methods import lora
 from tunelab.methods.peft_common import ADAPTER_CONFIG, name_base_model
+from tunelab.models.family import task_type_of
 from tunelab.models.loading import portable_reference, resolve_source
 from tunelab.models.registry import REGISTRY, native_dir
 from tunelab.runs import RunDir
@@ -347,7 +348,7 @@ def _decoder_lora_configs() -> dict[str, RunConfig]:
     return {
         name: config
         for name, config in {**shipped, **defaults}.items()
-        if config.task_type == "causal_lm" and config.method.name in LORA_FAMILY
+        if task_type_of(config) == "causal_lm" and config.method.name in LORA_FAMILY
     }
 
 
