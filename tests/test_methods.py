@@ -219,7 +219,7 @@ def test_adapter_switching_refuses_runs_without_a_peft_adapter(classifier_run, s
 
 
 def test_head_is_refused_for_generation_at_config_time(tiny_decoder, copy_task_file, tmp_path):
-    with pytest.raises(ConfigError, match="method 'head' is defined only for task_type classification"):
+    with pytest.raises(ConfigError, match="method 'head' is defined only for data.kind classification"):
         method_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "head")
 
 
