@@ -122,7 +122,9 @@ def test_run_fields_follow_the_kind():
     assert run_fields(data) == Fields(("premise", "hypothesis"), "label")
     generation = data.model_copy(update={"kind": "generation"})
     assert run_fields(generation) == Fields(("question", "context"), "response")
-    assert run_fields(DataConfig(kind="generation", prompt_field="src", response_field="tgt")) == Fields(("src",), "tgt")
+    assert run_fields(DataConfig(kind="generation", prompt_field="src", response_field="tgt")) == Fields(
+        ("src",), "tgt"
+    )
 
 
 def test_a_text_pair_is_not_the_same_input_as_its_words_split_elsewhere():

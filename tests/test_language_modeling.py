@@ -129,10 +129,17 @@ def test_a_full_stage_one_is_the_base_of_stage_two_and_the_card_shows_the_chain(
     stage_two = pipeline.train(stage_two_config(stage_one, copy_task_file, tmp_path / "two"))
     assert not (stage_one.path / "merged").exists()  # full fine-tuning saved a whole model, read as it is
     (step,) = json.loads(stage_two.state_path.read_text())["chain"]
-    assert step["run"] == str(stage_one.path.resolve()) and step["task_type"] == "language_modeling"
+    assert step["run"] == str(stage_one.path.resolve()) and (step["kind"], step["objective"]) == (
+        "language_modeling",
+        "language_model",
+    )
     assert step["base_model"] == tiny_decoder and step["scores"]["domain"]["metric"] == "perplexity"
     card = stage_two.card_path.read_text()
-    assert "## Chain of runs" in card and f"1. `{tiny_decoder}`" in card and "3. this run: causal_lm" in card
+    assert (
+        "## Chain of runs" in card
+        and f"1. `{tiny_decoder}`" in card
+        and "3. this run: generation, text_to_text" in card
+    )
     assert pretrained_root(str(stage_two.path)) == tiny_decoder  # what GGUF export takes its metadata from
     tuned = load_run(stage_one).model.state_dict()
     pretrained = AutoModelForCausalLM.from_pretrained(tiny_decoder).state_dict()
