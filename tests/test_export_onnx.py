@@ -154,7 +154,7 @@ def test_a_decoder_run_is_refused_before_its_model_loads(tiny_decoder, tmp_path)
     )
     run = RunDir.create(config)
     run.update_state(state="complete")
-    with pytest.raises(ExportError, match=r"causal_lm run \(text_to_text\).*--format gguf"):
+    with pytest.raises(ExportError, match=r"text_to_text run \(data.kind generation\).*--format gguf"):
         export_onnx(run, tmp_path / "export")
     assert not (tmp_path / "export").exists()
 
