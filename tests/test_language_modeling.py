@@ -13,7 +13,7 @@ from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
 from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
 from tunelab.methods import MethodError
-from tunelab.models.loading import pretrained_root
+from tunelab.models.reference import pretrained_root
 from tunelab.records import DataError, Record
 from tunelab.runs import RunError
 from tunelab.train.trained import load_run

@@ -18,7 +18,9 @@ from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
+from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, apply_method, check_method, method_module
+from tunelab.models.family import model_family
 from tunelab.runs import RunDir
 from tunelab.train.trained import load_run
 
@@ -59,9 +61,10 @@ def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_
 
 
 def fixed_batch(config, tokenizer, data):
-    examples = encode(config.task_type, data.train[:16], tokenizer, config.data, data.labels).examples
+    kind, family = kind_of_run(config).name, model_family(config.model)
+    examples = encode(kind, family, data.train[:16], tokenizer, config.data, data.labels).examples
     tokenizer.padding_side = "right"
-    return make_collator(config.task_type, tokenizer)(examples)
+    return make_collator(kind, family, tokenizer)(examples)
 
 
 def outputs(model, batch):

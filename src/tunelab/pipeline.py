@@ -76,7 +76,7 @@ def check_runnable(config: RunConfig) -> None:
     """Refuse, before any data or model loads, a model that names nothing loadable or cannot do the task, a
     method that cannot run here, or a tracker that is not installed (or whose MLflow store will not open)."""
     check_reference(config.model.name, config.model.revision)
-    check_family(config.model.name, config.task_type)
+    check_family(config.model.name, kind_of_run(config).name)
     if run_directory(config.model.name):
         RunDir(config.model.name).require_complete()
     check_method(config)

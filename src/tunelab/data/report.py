@@ -37,7 +37,7 @@ from tunelab.data.quality import (
     task_fields,
 )
 from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
-from tunelab.kinds import kind_of_run, kind_of_task_type
+from tunelab.kinds import family_of_task_type, kind_of_run, kind_of_task_type
 from tunelab.records import Record
 
 SHOWN = 5
@@ -217,16 +217,24 @@ def _suite_references(reference: str | None) -> dict[str, Reference]:
     return {name: Reference("suite", found) for name, found in suite_examples(reference).items()} if reference else {}
 
 
+def _declared(task_type: str) -> tuple[str, str]:
+    """The kind of example and model family a run's `task_type` declares. TO WIRE: the family is read from the model
+    (`tunelab.models.family`) by the caller, pipeline.py, and passed to `run_report` and `file_report`."""
+    return kind_of_task_type(task_type).name, family_of_task_type(task_type)
+
+
 def _lengths(config: RunConfig, task: TrainingTask, tokenizer: PreTrainedTokenizerBase) -> dict | None:
     """A task's lengths as its run tokenises them: a `data:` run's records, a multi-head task's text, or a
     text-to-text mixture task's instructions (first template)."""
     data = config.data
     if config.mixture is None:
-        return token_lengths(config.task_type, task.train, tokenizer, data)
+        return token_lengths(*_declared(config.task_type), task.train, tokenizer, data)
     if task.spec.handler.head_answers and config.mixture.architecture == "multi_head":
-        return token_lengths("classification", task.train, tokenizer, task.spec.data_config(data.max_length))
+        return token_lengths(
+            "classification", "encoder", task.train, tokenizer, task.spec.data_config(data.max_length)
+        )
     instructions = [task.spec.instruction(record) for record in task.train]
-    return token_lengths(config.task_type, instructions, tokenizer, instruction_data(config))
+    return token_lengths(*_declared(config.task_type), instructions, tokenizer, instruction_data(config))
 
 
 def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizerBase | None = None) -> dict:
@@ -275,7 +283,7 @@ def file_report(
 ) -> dict:
     """The report on one data file (`tunelab data check` / `data clean`), compared with `references`."""
     fields = run_fields(task_type, data)
-    lengths = token_lengths(task_type, records, tokenizer, data) if tokenizer is not None else None
+    lengths = token_lengths(*_declared(task_type), records, tokenizer, data) if tokenizer is not None else None
     label_field = fields.answer if kind_of_task_type(task_type).head_answers else None
     found = task_report(records, fields, references, label_field, lengths, data.labels)
     return assemble({path: found}, cleaning)

@@ -24,7 +24,7 @@ def peft_config(config: RunConfig) -> IA3Config:
     ia3 = config.method.ia3
     explicit = isinstance(ia3.target_modules, list)
     return IA3Config(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.peft_task(config),
         target_modules=ia3.target_modules if explicit else None,
         feedforward_modules=ia3.feedforward_modules if explicit else None,
     )

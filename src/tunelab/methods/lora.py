@@ -64,7 +64,7 @@ def peft_config(config: RunConfig) -> LoraConfig:
     # 'attention' means PEFT's per-architecture default: the query and value projections.
     targets = None if lora.target_modules == "attention" else lora.target_modules
     return LoraConfig(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.peft_task(config),
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,

@@ -76,7 +76,7 @@ def check(config: RunConfig) -> None:
 def peft_config(config: RunConfig) -> PrefixTuningConfig:
     prefix = config.method.prefix
     return PrefixTuningConfig(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.peft_task(config),
         num_virtual_tokens=prefix.num_virtual_tokens,
         prefix_projection=prefix.reparameterize
         if prefix.reparameterize is not None

@@ -25,7 +25,7 @@ def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
     prompt = config.method.prompt
     from_text = prompt.init == "text"
     return PromptTuningConfig(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.peft_task(config),
         num_virtual_tokens=prompt.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
         prompt_tuning_init_text=prompt.init_text if from_text else None,

@@ -35,8 +35,10 @@ from transformers import (
     set_seed,
 )
 
-from tunelab.config import ConfigError, RunConfig, load_config
-from tunelab.models.reference import check_reference
+from tunelab.config import ConfigError, ModelConfig, RunConfig, load_config
+from tunelab.kinds import kind_of_run
+from tunelab.models.family import Family, model_family
+from tunelab.models.reference import check_reference, run_directory
 from tunelab.models.registry import (
     REGISTRY,
     ModelNotAvailable,
@@ -47,17 +49,8 @@ from tunelab.models.registry import (
     package_dir,
 )
 
-_AUTO_CLASS = {
-    "classification": AutoModelForSequenceClassification,
-    "causal_lm": AutoModelForCausalLM,
-    "seq2seq": AutoModelForSeq2SeqLM,
-}
-_TASK_FAMILY = {
-    "classification": "encoder",
-    "causal_lm": "decoder",
-    "seq2seq": "seq2seq",
-    "language_modeling": "decoder",
-}
+_GENERATOR_CLASS = {"decoder": AutoModelForCausalLM, "encoder-decoder": AutoModelForSeq2SeqLM}
+"""The auto class of a model that answers by generating, by its family (a model with a head answers through it)."""
 
 
 @contextmanager
@@ -141,12 +134,6 @@ MERGED_FOLDER = "merged"
 """Where a run directory keeps its tuned model with the update folded in, once a next run has named it."""
 
 
-def run_directory(reference: str) -> Path | None:
-    """The run directory a model reference names (a folder holding a run.json), or None."""
-    path = Path(reference).expanduser()
-    return path if (path / "run.json").is_file() else None
-
-
 def run_model_folder(run: Path) -> Path:
     """The folder a run directory is loaded from as a base model: `merged/` when written, else `model/` when
     the run fine-tuned every weight (it saved a whole model); ModelNotAvailable, saying how to merge, otherwise."""
@@ -159,13 +146,6 @@ def run_model_folder(run: Path) -> Path:
         f"{run / MERGED_FOLDER} when a config names the run as model.name, or run "
         f"`tunelab merge {run} --output {run / MERGED_FOLDER}`"
     )
-
-
-def pretrained_root(reference: str) -> str:
-    """The pretrained model at the start of a chain of runs (the reference itself when it names no run)."""
-    while (run := run_directory(reference)) is not None:
-        reference = load_config(run / "config.yaml").model.name
-    return reference
 
 
 def resolve_source(reference: str, revision: str | None = None) -> str:
@@ -193,30 +173,30 @@ def portable_reference(reference: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else reference
 
 
-def check_family(reference: str, task: str) -> None:
-    """Fail early, before loading, when a registry model or a run directory's model cannot serve the task."""
+def check_family(reference: str, kind: str) -> None:
+    """Fail early, before loading, when the model cannot train `kind` (a kind of example's name): a classification
+    run (a head on an encoder) and the generating kinds (a decoder or an encoder-decoder) each need their family; a
+    run directory as the base must be a generating run, since a head knows only its own labels. The family is read
+    for a registry model or a run chain only (a hub id's is read where it loads, so this check asks no hub)."""
     run = run_directory(reference)
-    if run is not None:
-        earlier = load_config(run / "config.yaml").task_type
-        if earlier == "classification":
-            raise ConfigError(
-                f"run {run} is a classification run, whose head knows only its own labels, so it cannot be the "
-                "base of another run; for related classification tasks first, then the target, use mixture.stages"
-            )
-        if _TASK_FAMILY[earlier] != _TASK_FAMILY[task]:
-            raise ConfigError(
-                f"run {run} tuned a {_TASK_FAMILY[earlier]} model (task '{earlier}'), which cannot be the base of a "
-                f"'{task}' run; a next stage needs a run of the same model kind (language_modeling or causal_lm "
-                "before causal_lm or language_modeling, seq2seq before seq2seq)"
-            )
-        return
-    model = REGISTRY.get(reference)
-    if model is not None and model.family != _TASK_FAMILY[task]:
-        fits = [m.name for m in REGISTRY.values() if m.family == _TASK_FAMILY[task]]
+    if run is not None and kind_of_run(load_config(run / "config.yaml")).name == "classification":
         raise ConfigError(
-            f"model '{reference}' is a {model.family} model and cannot do task '{task}'; "
-            f"registry models for it: {', '.join(fits) or 'none (use a hub id or local directory)'}"
+            f"run {run} is a classification run, whose head knows only its own labels, so it cannot be the "
+            "base of another run; for related classification tasks first, then the target, use mixture.stages"
         )
+    if run is None and reference not in REGISTRY:
+        return
+    family = model_family(ModelConfig(name=reference))
+    needed = ("encoder",) if kind == "classification" else ("decoder", "encoder-decoder")
+    if family in needed:
+        return
+    model = f"{'an' if family.startswith('e') else 'a'} {family} model"
+    whose = f"run {run} tuned {model}" if run is not None else f"model '{reference}' is {model}"
+    fits = [m.name for m in REGISTRY.values() if m.family in needed]
+    raise ConfigError(
+        f"{whose}, which cannot train {kind} examples (they need an {' or '.join(needed)} model); "
+        f"registry models for them: {', '.join(fits) or 'none (use a hub id or local directory)'}"
+    )
 
 
 def load_tokenizer(
@@ -230,15 +210,16 @@ def load_tokenizer(
 
 
 def load_model(
-    task: str,
     source: str,
+    family: Family,
     labels: list[str] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     quantization_config=None,
     dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """Load the pretrained model with what the task needs (a fresh classification head for classifiers).
+    """Load the pretrained model as it will answer: given `labels`, with a fresh classification head over them (an
+    objective that answers through a head); else as its `family` generates (a causal LM or an encoder-decoder).
 
     Weights are loaded in fp32 unless `dtype` says otherwise (a frozen base trained
     in bf16); mixed precision is applied by the trainer, which keeps fp32 master
@@ -248,25 +229,28 @@ def load_model(
     kwargs: dict = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code}
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, dtype=torch.bfloat16, device_map={"": 0})
-    if task == "classification":
+    if labels is not None:
         kwargs["num_labels"] = len(labels)
         kwargs["id2label"] = dict(enumerate(labels))
         kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
-    return _AUTO_CLASS[task].from_pretrained(source, **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    return _GENERATOR_CLASS[family].from_pretrained(source, **kwargs)
 
 
 def load_base(config: RunConfig, labels: list[str] | None = None, new_head: bool = True, **options) -> PreTrainedModel:
-    """The pretrained model a run starts from, for its task type; the seed fixes a classifier's new head, so
-    every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base).
+    """The pretrained model a run starts from: with a head over `labels` (a run that answers through one), else as
+    its family generates; the seed fixes a classifier's new head, so every load is the same. `options` are a
+    method's extra `from_pretrained` settings (a bf16 or 4-bit base).
 
     `new_head=False` where a trained run's saved weights are put on the base right after (eval, predict, serve):
     transformers' load report would list the classifier head as MISSING, though the run's own head replaces it.
     """
     set_seed(config.training.seed)
+    source = resolve_source(config.model.name, config.model.revision)  # refuses a name that is no model first
     with _load_report(shown=new_head):
         return load_model(
-            config.model_task(),
-            resolve_source(config.model.name, config.model.revision),
+            source,
+            model_family(config.model),
             labels,
             config.model.revision,
             config.model.trust_remote_code,
