@@ -275,6 +275,7 @@ def test_prefix_reparameterisation_defaults_by_task_and_obeys_the_config(task, s
     config = build_config(
         {
             "task": task,
+            "model": {"name": "minilm-l6" if task == "classification" else "smollm2-135m-instruct"},
             "data": {"prompt_field": "p"},
             "method": {"name": "prefix", "prefix": {"reparameterize": setting}},
         }
