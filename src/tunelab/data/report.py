@@ -218,8 +218,8 @@ def _suite_references(reference: str | None) -> dict[str, Reference]:
 
 
 def _declared(task_type: str) -> tuple[str, str]:
-    """The kind of example and model family a run's `task_type` declares. TO WIRE: the family is read from the model
-    (`tunelab.models.family`) by the caller, pipeline.py, and passed to `run_report` and `file_report`."""
+    """The kind of example and model family a run's `task_type` declares: data/ sits below models/ and cannot read
+    the family from the model, so the report reads it here until its caller passes the model's family in."""
     return kind_of_task_type(task_type).name, family_of_task_type(task_type)
 
 

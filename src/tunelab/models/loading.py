@@ -37,7 +37,8 @@ from transformers import (
 
 from tunelab.config import ConfigError, ModelConfig, RunConfig, load_config
 from tunelab.kinds import kind_of_run
-from tunelab.models.family import Family, model_family
+from tunelab.kinds.base import Family
+from tunelab.models.family import model_family
 from tunelab.models.reference import check_reference, run_directory
 from tunelab.models.registry import (
     REGISTRY,
@@ -173,9 +174,14 @@ def portable_reference(reference: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else reference
 
 
+_FAMILIES_OF_KIND = {"classification": ("encoder",), "language_modeling": ("decoder",)}
+"""The model families a kind of example trains on, where not every generating one (a decoder or an encoder-decoder):
+a classifier is a head on an encoder; continued pre-training predicts each next token, which a decoder does."""
+
+
 def check_family(reference: str, kind: str) -> None:
     """Fail early, before loading, when the model cannot train `kind` (a kind of example's name): a classification
-    run (a head on an encoder) and the generating kinds (a decoder or an encoder-decoder) each need their family; a
+    run needs an encoder, language modelling a decoder, and the other kinds a decoder or an encoder-decoder; a
     run directory as the base must be a generating run, since a head knows only its own labels. The family is read
     for a registry model or a run chain only (a hub id's is read where it loads, so this check asks no hub)."""
     run = run_directory(reference)
@@ -187,14 +193,14 @@ def check_family(reference: str, kind: str) -> None:
     if run is None and reference not in REGISTRY:
         return
     family = model_family(ModelConfig(name=reference))
-    needed = ("encoder",) if kind == "classification" else ("decoder", "encoder-decoder")
+    needed = _FAMILIES_OF_KIND.get(kind, ("decoder", "encoder-decoder"))
     if family in needed:
         return
     model = f"{'an' if family.startswith('e') else 'a'} {family} model"
     whose = f"run {run} tuned {model}" if run is not None else f"model '{reference}' is {model}"
     fits = [m.name for m in REGISTRY.values() if m.family in needed]
     raise ConfigError(
-        f"{whose}, which cannot train {kind} examples (they need an {' or '.join(needed)} model); "
+        f"{whose}, which cannot train {kind} examples (they train on {' or '.join(needed)} models); "
         f"registry models for them: {', '.join(fits) or 'none (use a hub id or local directory)'}"
     )
 
