@@ -13,7 +13,7 @@ from tunelab.config import build_config
 from tunelab.data.readers import find_split_files, read_file, read_source
 from tunelab.data.splits import load_task_data
 from tunelab.data.validate import SHOWN_PROBLEMS, check_records, enforce
-from tunelab.kinds import kind_of_task_type
+from tunelab.kinds import kind_named, kind_of_run
 from tunelab.records import DataError
 from tunelab.render import template_fields
 
@@ -44,7 +44,7 @@ def config(task: str = "classification", **data):
 
 def problems_in(path: Path, labels=LABELS, task: str = "classification", **data) -> list[str]:
     cfg = config(task, **data)
-    return check_records(read_file(path), kind_of_task_type(task), cfg.data, list(labels) if labels else None).problems
+    return check_records(read_file(path), kind_of_run(cfg), cfg.data, list(labels) if labels else None).problems
 
 
 def only_problem(path: Path, **kwargs) -> str:
@@ -185,13 +185,13 @@ def test_generation_template_fields_are_required(tmp_path):
 
 def test_required_fields_for_prediction_leave_out_the_target():
     data = config("seq2seq", prompt_template="{context} {question}").data
-    assert kind_of_task_type("seq2seq").run_fields(data, with_target=True) == [
+    assert kind_named("generation").run_fields(data, with_target=True) == [
         "context",
         "question",
         data.response_field,
     ]
-    assert kind_of_task_type("seq2seq").run_fields(data, with_target=False) == ["context", "question"]
-    assert data.label_field not in kind_of_task_type("classification").run_fields(config().data, with_target=False)
+    assert kind_named("generation").run_fields(data, with_target=False) == ["context", "question"]
+    assert data.label_field not in kind_named("classification").run_fields(config().data, with_target=False)
 
 
 def test_csv_row_with_more_columns_than_header(tmp_path):
@@ -257,7 +257,7 @@ def test_skip_invalid_skips_and_reports(tmp_path, capsys):
 def test_many_invalid_records_are_counted_beyond_the_listing(tmp_path, capsys):
     bad = SHOWN_PROBLEMS + 3
     path = write_jsonl(tmp_path / "d.jsonl", [*rows(4), *[{"text": "", "label": "pos"}] * bad])
-    checked = check_records(read_file(path), kind_of_task_type("classification"), config().data, list(LABELS))
+    checked = check_records(read_file(path), kind_named("classification"), config().data, list(LABELS))
     with pytest.raises(DataError) as info:
         enforce(checked, "train data", skip_invalid=False)
     assert f"{bad} invalid record(s) in train data" in str(info.value)

@@ -132,8 +132,8 @@ def test_a_text_pair_is_not_the_same_input_as_its_words_split_elsewhere():
     assert exact_duplicates(examples_of(records, Fields(("a", "b"), None))) == []
 
 
-@pytest.mark.parametrize("task_type", ["classification", "causal_lm"])
-def test_token_lengths_count_the_examples_training_truncates(task_type, tokenizer_dir):
+@pytest.mark.parametrize(("kind", "family"), [("classification", "encoder"), ("generation", "decoder")])
+def test_token_lengths_count_the_examples_training_truncates(kind, family, tokenizer_dir):
     tokenizer = load_tokenizer(str(tokenizer_dir))
     rng = random.Random(0)
     records = [
@@ -144,10 +144,10 @@ def test_token_lengths_count_the_examples_training_truncates(task_type, tokenize
         for i in range(40)
     ]
     data = DataConfig(prompt_field="text", response_field="answer", max_length=24, max_target_length=6)
-    lengths = token_lengths(task_type, records, tokenizer, data)
-    cut = [encode(task_type, [record], tokenizer, data, ["pos"]).truncated > 0 for record in records]
+    lengths = token_lengths(kind, family, records, tokenizer, data)
+    cut = [encode(kind, family, [record], tokenizer, data, ["pos"]).truncated > 0 for record in records]
     assert 0 < lengths["truncated"] == sum(cut) < len(records)
-    if task_type == "classification":
+    if kind == "classification":
         assert lengths["input"]["over"] == sum(cut)
     assert lengths["input"]["min"] <= lengths["input"]["median"] <= lengths["input"]["p95"] <= lengths["input"]["max"]
 

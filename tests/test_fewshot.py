@@ -196,7 +196,7 @@ def test_zero_shots_are_todays_prompts(decoder, reviews):
 
 def test_a_classifier_takes_no_demonstrations(decoder, reviews):
     spec, _ = reviews
-    classifier = Target("clf", torch.nn.Linear(1, 1), decoder.tokenizer, "classification", ["true", "false"])
+    classifier = Target("clf", torch.nn.Linear(1, 1), decoder.tokenizer, "encoder", ["true", "false"], head=True)
     assert skip_reason(classifier, spec) is None
     assert "no demonstrations" in skip_reason(classifier, spec, shots=2)
 

@@ -72,7 +72,9 @@ def test_smollm2_lora_lowers_the_loss_and_reloads_with_the_same_outputs(tmp_path
     assert tokenizer.chat_template, "the prepared SmolLM2 keeps its chat template"
     model, _ = apply_method(model, config)
     tokenizer.padding_side = "right"
-    batch = make_collator("causal_lm", tokenizer)(encode("causal_lm", data.train[:2], tokenizer, config.data).examples)
+    batch = make_collator("generation", "decoder", tokenizer)(
+        encode("generation", "decoder", data.train[:2], tokenizer, config.data).examples
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     loss_of = CompletionLossTrainer.__new__(CompletionLossTrainer).compute_loss
     losses = []
@@ -86,7 +88,7 @@ def test_smollm2_lora_lowers_the_loss_and_reloads_with_the_same_outputs(tmp_path
     assert losses[-1] < losses[0] - 0.1, losses
 
     model.save_pretrained(tmp_path / "adapter")
-    reloaded = PeftModel.from_pretrained(load_model("causal_lm", source), tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(load_model(source, "decoder"), tmp_path / "adapter")
     model.eval()
     reloaded.eval()
     with torch.no_grad():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from tunelab.config import DataConfig
-from tunelab.kinds import KINDS, KindError, kind_named, kind_of_task_type, register_kind
+from tunelab.kinds import KINDS, KindError, kind_named, register_kind
 from tunelab.kinds.base import Kind
 from tunelab.kinds.classification import Classification
 from tunelab.tasks import TaskSpec, builtin_tasks, load_task
@@ -99,15 +99,6 @@ def test_learning_rate_picks_the_with_head_rate_for_classification_and_the_gener
         "tagging": 2e-4,
         "language_modeling": 2e-4,
     }
-
-
-def test_a_runs_task_type_reads_as_its_kind():
-    assert [kind_of_task_type(t).name for t in ("classification", "causal_lm", "seq2seq", "language_modeling")] == [
-        "classification",
-        "generation",
-        "generation",
-        "language_modeling",
-    ]
 
 
 def test_language_modelling_encodes_blocks_not_examples():

@@ -18,8 +18,9 @@ from tunelab import pipeline, run_commands
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
+from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, apply_method, check_method, method_module
-from tunelab.models.family import task_type_of
+from tunelab.models.family import model_family
 from tunelab.runs import RunDir
 from tunelab.train.objectives import objective_of
 from tunelab.train.trained import load_run
@@ -61,9 +62,10 @@ def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_
 
 
 def fixed_batch(config, tokenizer, data):
-    examples = encode(task_type_of(config), data.train[:16], tokenizer, config.data, data.labels).examples
+    kind, family = kind_of_run(config).name, model_family(config.model)
+    examples = encode(kind, family, data.train[:16], tokenizer, config.data, data.labels).examples
     tokenizer.padding_side = "right"
-    return make_collator(task_type_of(config), tokenizer)(examples)
+    return make_collator(kind, family, tokenizer)(examples)
 
 
 def outputs(model, batch):
@@ -278,6 +280,7 @@ def test_prefix_reparameterisation_defaults_by_task_and_obeys_the_config(task, s
     config = build_config(
         {
             "task": task,
+            "model": {"name": "minilm-l6" if task == "classification" else "smollm2-135m-instruct"},
             "data": {"prompt_field": "p"},
             "method": {"name": "prefix", "prefix": {"reparameterize": setting}},
         }

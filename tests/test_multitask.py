@@ -84,7 +84,7 @@ def test_loss_weights_scale_each_tasks_gradient(tiny_decoder):
         {"input_ids": [101, 2000 + i, 2100 + i, 102], "attention_mask": [1] * 4, "labels": [-100, -100, 2100 + i, 102]}
         for i in range(2)
     ]
-    collate = TaskCollator(make_collator("causal_lm", tokenizer))
+    collate = TaskCollator(make_collator("generation", "decoder", tokenizer))
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
 
     def loss_for(weights):

@@ -239,8 +239,8 @@ def test_completion_loss_of_a_packed_batch_equals_the_padded_batch(build, attent
     model = build().eval()
     model.set_attn_implementation(attention)
     features = examples([7, 12, 5, 9, 3, 11])
-    padded = make_collator("causal_lm", tokenizer)(features)
-    packed = make_collator("causal_lm", tokenizer, Packing(24))(features)
+    padded = make_collator("generation", "decoder", tokenizer)(features)
+    packed = make_collator("generation", "decoder", tokenizer, Packing(24))(features)
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
     model, packed = on_device(model, packed)
@@ -285,7 +285,7 @@ def test_the_completion_loss_adds_no_host_sync_to_the_forward(weighted, tokenize
     model = tiny_llama()
     model.set_attn_implementation("sdpa_varlen")
     features = [{**e, "loss_weights": 2.0} if weighted else e for e in examples([7, 12, 5, 9, 3, 11])]
-    batch = TaskCollator(make_collator("causal_lm", tokenizer, Packing(24)))(features)
+    batch = TaskCollator(make_collator("generation", "decoder", tokenizer, Packing(24)))(features)
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
     with HostSyncs() as forward_only:
         model(

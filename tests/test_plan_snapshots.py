@@ -42,7 +42,7 @@ from tunelab.data.plan import plan_training
 from tunelab.data.taskset import TaskSet, load_taskset
 from tunelab.kinds import kind_of_run
 from tunelab.models.attention import use_attention
-from tunelab.models.family import model_task_of
+from tunelab.models.family import model_family
 from tunelab.models.loading import config_tokenizer, resolve_source
 from tunelab.train.objectives import objective_of
 
@@ -89,7 +89,7 @@ def weightless_model(config: RunConfig, tasks: TaskSet):
     """The model `pipeline.setup` hands the feed, adapted by the run's method and switched to the run's attention
     as setup does, but built from the model's config on the meta device: no weight is read."""
     source = resolve_source(config.model.name, config.model.revision)
-    decoder = model_task_of(config) == "causal_lm"
+    decoder = model_family(config.model) == "decoder"
     if decoder:
         model_class, options = AutoModelForCausalLM, {}
     else:

@@ -22,9 +22,10 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, Llama
 
 from tunelab import run_commands
 from tunelab.config import RunConfig, load_config
+from tunelab.kinds import answers_by_head
 from tunelab.methods import lora
 from tunelab.methods.peft_common import ADAPTER_CONFIG, name_base_model
-from tunelab.models.family import task_type_of
+from tunelab.models.family import model_family
 from tunelab.models.loading import portable_reference, resolve_source
 from tunelab.models.registry import REGISTRY, native_dir
 from tunelab.runs import RunDir
@@ -348,7 +349,9 @@ def _decoder_lora_configs() -> dict[str, RunConfig]:
     return {
         name: config
         for name, config in {**shipped, **defaults}.items()
-        if task_type_of(config) == "causal_lm" and config.method.name in LORA_FAMILY
+        if not answers_by_head(config)
+        and model_family(config.model) == "decoder"
+        and config.method.name in LORA_FAMILY
     }
 
 

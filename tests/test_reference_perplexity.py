@@ -128,7 +128,7 @@ def test_a_prompt_over_the_input_limit_is_cut_and_the_answer_kept(decoder, gener
 
 def test_a_classifier_is_skipped_and_a_task_without_references_refused(decoder, generation_task):
     spec, _ = generation_task
-    classifier = Target("clf", torch.nn.Linear(1, 1), decoder.tokenizer, "classification", ["a", "b"])
+    classifier = Target("clf", torch.nn.Linear(1, 1), decoder.tokenizer, "encoder", ["a", "b"], head=True)
     assert "classifier" in skip_reason(classifier, spec)
     texts = load_task("wiki_paragraphs").model_copy(update={"metrics": ["perplexity", "reference_perplexity"]})
     with pytest.raises(MetricError, match="Use it with a generation task"):

@@ -15,7 +15,8 @@ from tunelab.data import cache
 from tunelab.data.cache import cache_key, encode_cached, read_entry
 from tunelab.data.encode import encode
 from tunelab.data.splits import load_task_data
-from tunelab.models.family import task_type_of
+from tunelab.kinds import kind_of_run
+from tunelab.models.family import model_family
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<user> {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} <bot>{% endif %}"
@@ -60,7 +61,8 @@ def setup(request, tiny_decoder, tiny_encoder, copy_task_file, sentiment_file):
     else:
         model_dir, (config, data) = tiny_encoder, classification_setup(tiny_encoder, sentiment_file)
     args = {
-        "task": task_type_of(config),
+        "kind": kind_of_run(config).name,
+        "family": model_family(config.model),
         "records": data.train,
         "tokenizer": AutoTokenizer.from_pretrained(model_dir),
         "data": config.data,
@@ -138,10 +140,10 @@ def test_cached_result_equals_a_fresh_encode(setup, folder, with_target):
 def test_truncated_count_is_stored(tiny_decoder, copy_task_file, folder):
     config, data = causal_setup(tiny_decoder, copy_task_file, max_length=8, max_target_length=1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_decoder)
-    fresh = encode("causal_lm", data.train, tokenizer, config.data)
+    fresh = encode("generation", "decoder", data.train, tokenizer, config.data)
     assert fresh.truncated > 0
-    encode_cached("causal_lm", data.train, tokenizer, config.data, cache_dir=folder)
-    cached, hit = encode_cached("causal_lm", data.train, tokenizer, config.data, cache_dir=folder)
+    encode_cached("generation", "decoder", data.train, tokenizer, config.data, cache_dir=folder)
+    cached, hit = encode_cached("generation", "decoder", data.train, tokenizer, config.data, cache_dir=folder)
     assert hit and cached.truncated == fresh.truncated and cached.examples == fresh.examples
 
 
@@ -208,9 +210,9 @@ def test_changed_special_token_is_a_miss(tiny_decoder, copy_task_file, folder):
     """The EOS appended to every causal target comes from the special-token map."""
     config, data = causal_setup(tiny_decoder, copy_task_file)
     tokenizer = AutoTokenizer.from_pretrained(tiny_decoder)
-    encode_cached("causal_lm", data.train, tokenizer, config.data, cache_dir=folder)
+    encode_cached("generation", "decoder", data.train, tokenizer, config.data, cache_dir=folder)
     tokenizer.eos_token = "[CLS]"
-    result, hit = encode_cached("causal_lm", data.train, tokenizer, config.data, cache_dir=folder)
+    result, hit = encode_cached("generation", "decoder", data.train, tokenizer, config.data, cache_dir=folder)
     assert not hit
     assert result.examples[0]["input_ids"][-1] == tokenizer.convert_tokens_to_ids("[CLS]")
 

@@ -80,7 +80,7 @@ def test_lora_trains_only_adapter_and_head_and_reloads_identically(tiny_encoder,
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     assert 0 < report.percent < 50
     run = RunDir.create(config)
-    examples = encode("classification", data.train, tokenizer, config.data, data.labels).examples
+    examples = encode("classification", "encoder", data.train, tokenizer, config.data, data.labels).examples
     train_in_process(model, tokenizer, config, run)
     model = model.cpu()  # the Trainer moves it to the GPU when there is one; compare where `before` lives
     for name, parameter in model.named_parameters():
@@ -91,7 +91,7 @@ def test_lora_trains_only_adapter_and_head_and_reloads_identically(tiny_encoder,
     run.save_model(model.save_pretrained, tokenizer)
     run.update_state(state="complete", labels=data.labels)
     reloaded = load_run(run).model
-    batch = make_collator("classification", tokenizer)(examples[:8])
+    batch = make_collator("classification", "encoder", tokenizer)(examples[:8])
     batch.pop("labels")
     model.eval()
     with torch.no_grad():
@@ -115,9 +115,9 @@ def test_completion_loss_equals_the_models_own_loss(tiny_decoder, copy_task_file
     config = generation_config(tiny_decoder, copy_task_file, tmp_path)
     data = load_task_data(config)
     model, tokenizer = load_for_config(config, None)
-    examples = encode("causal_lm", data.train[:6], tokenizer, config.data).examples
+    examples = encode("generation", "decoder", data.train[:6], tokenizer, config.data).examples
     tokenizer.padding_side = "right"
-    batch = make_collator("causal_lm", tokenizer)(examples)
+    batch = make_collator("generation", "decoder", tokenizer)(examples)
     assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum()  # the prompt is masked
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
     ours = trainer.compute_loss(model, dict(batch))
@@ -225,4 +225,4 @@ def test_interrupted_run_is_not_complete_and_resumes(tiny_encoder, sentiment_fil
 
 def test_model_family_mismatch_is_a_config_error():
     with pytest.raises(ConfigError, match="encoder model"):
-        check_family("minilm-l6", "causal_lm")
+        check_family("minilm-l6", "generation")

@@ -17,8 +17,8 @@ from tunelab.data.splits import label_set
 from tunelab.data.taskset import TaskSet
 from tunelab.data.validate import check_records, enforce
 from tunelab.errors import TunelabError
-from tunelab.kinds import kind_of_run
-from tunelab.models.family import task_type_of
+from tunelab.kinds import answers_by_head, kind_of_run
+from tunelab.models.family import model_family
 from tunelab.models.loading import config_tokenizer
 from tunelab.records import DataError, Record
 from tunelab.runs import RunDir, write_atomic, write_json, write_jsonl
@@ -27,7 +27,7 @@ from tunelab.runs import RunDir, write_atomic, write_json, write_jsonl
 def data_report(config: RunConfig, tasks: TaskSet, tokenizer) -> dict:
     """The data report on what the run trains (duplicates, conflicts, labels, token lengths with the run's
     tokenizer, leakage and contamination), printed before any model loads."""
-    report = run_report(config, task_type_of(config), tasks, tokenizer)
+    report = run_report(config, model_family(config.model), answers_by_head(config), tasks, tokenizer)
     print(render_report(report))
     return report
 
@@ -79,7 +79,7 @@ def report_data_file(
 ) -> dict:
     """`tunelab data check`'s report on a file's valid records, compared with the files `against` and `suites`."""
     references = _file_references(config, labels, against, suites)
-    return file_report(path, records, task_type_of(config), config.data, references, _lengths_tokenizer(config))
+    return file_report(path, records, model_family(config.model), config.data, references, _lengths_tokenizer(config))
 
 
 def clean_data_file(
@@ -98,7 +98,7 @@ def clean_data_file(
     cleaned = clean(records, run_fields(config.data), dedup, {n: r.examples for n, r in references.items()})
     summary = cleaning_summary(len(cleaned.kept), cleaned.removed)
     report = file_report(
-        path, records, task_type_of(config), config.data, references, _lengths_tokenizer(config), summary
+        path, records, model_family(config.model), config.data, references, _lengths_tokenizer(config), summary
     )
     stem = output.with_suffix("")
     written = {

@@ -33,7 +33,7 @@ from tunelab.eval.targets import Target, trained_target
 from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, TrainableReport, check_method
 from tunelab.models.attention import use_attention
-from tunelab.models.family import model_task_of, task_type_of
+from tunelab.models.family import model_family
 from tunelab.models.kernels import use_kernels
 from tunelab.models.loading import (
     MERGED_FOLDER,
@@ -68,7 +68,7 @@ def check_runnable(config: RunConfig) -> None:
     kind of example or objective that is not registered or cannot train this config (`resolve.check_config`)."""
     check_config(config)
     check_reference(config.model.name, config.model.revision)
-    check_family(config.model.name, task_type_of(config))
+    check_family(config.model.name, kind_of_run(config).name)
     if run_directory(config.model.name):
         RunDir(config.model.name).require_complete()
     check_method(config)
@@ -171,7 +171,7 @@ def setup(
     tokenizer = tokenizer or config_tokenizer(config)
     model = objective.load(config, tasks, precision)
     _score_baselines(config, run, model, tokenizer, tasks)
-    decoder = model_task_of(config) == "causal_lm"
+    decoder = model_family(config.model) == "decoder"
     kernels = use_kernels(model, config.training.kernels) if decoder else None  # patched before PEFT wraps layers
     model, trainable = objective.adapt(model, config, tasks)
     print(f"{objective.name}, method {config.method.name}: {trainable}")

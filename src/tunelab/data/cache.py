@@ -1,6 +1,6 @@
 """A cache of tokenised examples, so that re-running a config does not tokenise its data again.
 
-Tokenising is deterministic given the task, the records, the data config and
+Tokenising is deterministic given the kind of example and model family, the records, the data config and
 the tokenizer, so its result is stored under a hash of exactly those inputs
 (`cache_key`): anything that could change a token id changes the key, and a
 stale entry is never read, only left behind. Each entry is one JSON file
@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig, tunelab_home
 from tunelab.data.encode import encode
+from tunelab.kinds.base import Family
 from tunelab.kinds.encoding import Encoded
 from tunelab.records import Record
 
@@ -105,7 +106,8 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def cache_key(
-    task: str,
+    kind: str,
+    family: Family,
     records: list[Record],
     tokenizer: PreTrainedTokenizerBase,
     data: DataConfig,
@@ -114,7 +116,7 @@ def cache_key(
 ) -> str:
     """sha256 (hex) naming the cache entry for one `encode` call: equal keys mean equal results.
 
-    Hashed, in order: FORMAT_VERSION, the encoding code's digest, the task, the labels (their order is the
+    Hashed, in order: FORMAT_VERSION, the encoding code's digest, the kind of example and model family, the labels (their order is the
     label ids), `with_target`, the whole data config (every field, not just the
     ones today's `encode` reads, so a new field cannot silently share entries),
     the tokenizer fingerprint, then each record's fields as one JSON line.
@@ -127,7 +129,8 @@ def cache_key(
     header = [
         FORMAT_VERSION,
         encoding_code_digest(),
-        task,
+        kind,
+        family,
         labels,
         with_target,
         data.model_dump(mode="json"),
@@ -181,7 +184,8 @@ def write_entry(path: Path, encoded: Encoded) -> None:
 
 
 def encode_cached(
-    task: str,
+    kind: str,
+    family: Family,
     records: list[Record],
     tokenizer: PreTrainedTokenizerBase,
     data: DataConfig,
@@ -196,17 +200,17 @@ def encode_cached(
     must never stop a run.
     """
     if cache_disabled():
-        return encode(task, records, tokenizer, data, labels, with_target), False
+        return encode(kind, family, records, tokenizer, data, labels, with_target), False
     path = (
         Path(cache_dir or default_cache_dir())
-        / f"{cache_key(task, records, tokenizer, data, labels, with_target)}.json"
+        / f"{cache_key(kind, family, records, tokenizer, data, labels, with_target)}.json"
     )
     if path.exists():
         try:
             return read_entry(path, len(records)), True
         except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             print(f"token cache: ignoring unreadable {path} ({exc}); re-encoding")
-    encoded = encode(task, records, tokenizer, data, labels, with_target)
+    encoded = encode(kind, family, records, tokenizer, data, labels, with_target)
     try:
         write_entry(path, encoded)
     except OSError as exc:

@@ -13,23 +13,24 @@ import torch
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
-from tunelab.kinds import family_of_task_type, kind_of_task_type
+from tunelab.kinds import kind_named
+from tunelab.kinds.base import Family
 from tunelab.kinds.encoding import IGNORE_INDEX, Encoded
 from tunelab.records import Record
 
 
 def encode(
-    task: str,
+    kind: str,
+    family: Family,
     records: list[Record],
     tokenizer: PreTrainedTokenizerBase,
     data: DataConfig,
     labels: list[str] | None = None,
     with_target: bool = True,
 ) -> Encoded:
-    """Tokenise records of a run's `task` (its task_type) as its kind of example encodes them for the model
-    family the task_type declares; `with_target=False` for prediction inputs."""
-    kind = kind_of_task_type(task)
-    return kind.encode(records, tokenizer, data, family_of_task_type(task), labels, with_target)
+    """Tokenise records as their `kind` of example (its name) encodes them for a model of `family` (read from the
+    model where the run is resolved); `with_target=False` for prediction inputs."""
+    return kind_named(kind).encode(records, tokenizer, data, family, labels, with_target)
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -182,11 +183,10 @@ COMPILED_WIDTH_MULTIPLE = 64
 """Packed rows for a compiled model are padded to a multiple of this many tokens, so few shapes recur."""
 
 
-def make_collator(task: str, tokenizer: PreTrainedTokenizerBase, packing: Packing | None = None):
-    """The collator of a run's `task` (its task_type): its kind's dynamic padding per batch, or, given `packing`,
-    padding-free packing of a decoder's batches (PackedCollator)."""
-    family = family_of_task_type(task)
+def make_collator(kind: str, family: Family, tokenizer: PreTrainedTokenizerBase, packing: Packing | None = None):
+    """The collator of a `kind` of example (its name) for a model of `family`: the kind's dynamic padding per
+    batch, or, given `packing`, padding-free packing of a decoder's batches (PackedCollator)."""
     if packing and family == "decoder":
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return PackedCollator(pad, packing)
-    return kind_of_task_type(task).collator(tokenizer, family)
+    return kind_named(kind).collator(tokenizer, family)

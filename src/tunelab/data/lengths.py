@@ -11,7 +11,8 @@ import math
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
-from tunelab.kinds import family_of_task_type, kind_of_task_type
+from tunelab.kinds import kind_named
+from tunelab.kinds.base import Family
 from tunelab.kinds.encoding import formatted_prompt_ids
 from tunelab.kinds.generation import render_prompt
 from tunelab.records import Record
@@ -39,9 +40,9 @@ def _answers(records: list[Record], tokenizer: PreTrainedTokenizerBase, data: Da
 
 
 def token_lengths(
-    task_type: str, records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig
+    kind: str, family: Family, records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig
 ) -> dict | None:
-    """The token-length distribution of `records` as `task_type` reads them, and how many examples training
+    """The token-length distribution of `records` of a `kind` of example (its name) as a model of `family` reads them, and how many examples training
     truncates (None for language modelling, which packs text into blocks and cuts nothing).
 
     What counts as an example's length follows what its limit bounds: a classifier's text (and pair) with its
@@ -50,7 +51,6 @@ def token_lengths(
     """
     if not records:
         return None
-    family = family_of_task_type(task_type)
     if family == "encoder":
         texts = [str(record.fields[data.text_field]) for record in records]
         pairs = [str(record.fields[data.text_pair_field]) for record in records] if data.text_pair_field else None
@@ -59,7 +59,7 @@ def token_lengths(
             "input": length_summary(lengths, data.max_length),
             "truncated": sum(n > data.max_length for n in lengths),
         }
-    if not kind_of_task_type(task_type).prompted:  # raw text
+    if not kind_named(kind).prompted:  # raw text
         lengths = [len(ids) for ids in tokenizer([str(r.fields[data.text_field]) for r in records])["input_ids"]]
         return {"input": length_summary(lengths, data.max_length), "truncated": None}
     if family == "decoder":

@@ -38,6 +38,7 @@ from tunelab.data.quality import (
 )
 from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
 from tunelab.kinds import kind_named, kind_of_run
+from tunelab.kinds.base import Family
 from tunelab.records import Record
 
 SHOWN = 5
@@ -217,24 +218,33 @@ def _suite_references(reference: str | None) -> dict[str, Reference]:
     return {name: Reference("suite", found) for name, found in suite_examples(reference).items()} if reference else {}
 
 
-def _lengths(config: RunConfig, task_type: str, task: TrainingTask, tokenizer: PreTrainedTokenizerBase) -> dict | None:
+def _lengths(
+    config: RunConfig, family: Family, by_head: bool, task: TrainingTask, tokenizer: PreTrainedTokenizerBase
+) -> dict | None:
     """A task's lengths as its run tokenises them: a `data:` run's records, a multi-head task's text, or a
     text-to-text mixture task's instructions (first template)."""
     data = config.data
     if config.mixture is None:
-        return token_lengths(task_type, task.train, tokenizer, data)
-    if task.spec.handler.head_answers and task_type == "classification":  # a multi-head model
-        return token_lengths("classification", task.train, tokenizer, task.spec.data_config(data.max_length))
+        return token_lengths(data.kind, family, task.train, tokenizer, data)
+    if by_head:  # one head per task over a shared encoder
+        return token_lengths(
+            "classification", "encoder", task.train, tokenizer, task.spec.data_config(data.max_length)
+        )
     instructions = [task.spec.instruction(record) for record in task.train]
-    return token_lengths(task_type, instructions, tokenizer, instruction_data(config))
+    return token_lengths("generation", family, instructions, tokenizer, instruction_data(config))
 
 
 def run_report(
-    config: RunConfig, task_type: str, tasks: TaskSet, tokenizer: PreTrainedTokenizerBase | None = None
+    config: RunConfig,
+    family: Family,
+    by_head: bool,
+    tasks: TaskSet,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """The report on every trained task of a run, compared with its own validation and test splits, the other tasks
-    it is scored on, and its retention suite; token lengths when a tokenizer is given, as a model of `task_type`
-    (`tunelab.models.family.task_type_of`: the caller reads the model's family) reads them."""
+    it is scored on, and its retention suite; token lengths when a tokenizer is given, as the run's model reads
+    them: data/ sits below models/ and train/, so the caller passes the model's `family` and whether the run's
+    objective answers `by_head`."""
     suite = _suite_references(config.eval.retention_suite)
     scored = {name: task_examples(spec, records) for name, (spec, records, _) in tasks.scored().items()}
     found = {}
@@ -247,7 +257,7 @@ def run_report(
             **suite,
         }
         classifies = (kind_of_run(config) if config.mixture is None else task.spec.handler).head_answers
-        lengths = _lengths(config, task_type, task, tokenizer) if tokenizer is not None else None
+        lengths = _lengths(config, family, by_head, task, tokenizer) if tokenizer is not None else None
         pinned = config.data.labels if config.mixture is None else list(task.spec.label_words)
         answer = fields.answer if classifies else None
         found[name] = task_report(task.train, fields, references, answer, lengths, pinned if classifies else None)
@@ -270,16 +280,16 @@ def file_references(against: dict[str, list[Record]], suites: list[str], fields:
 def file_report(
     path: str,
     records: list[Record],
-    task_type: str,
+    family: Family,
     data: DataConfig,
     references: dict[str, Reference],
     tokenizer: PreTrainedTokenizerBase | None = None,
     cleaning: dict | None = None,
 ) -> dict:
-    """The report on one data file (`tunelab data check` / `data clean`), compared with `references`; token lengths
-    as a model of `task_type` reads them (`run_report` says whose)."""
+    """The report on one data file (`tunelab data check` / `data clean`) of `data.kind` examples, compared with
+    `references`; token lengths as a model of `family` reads them."""
     fields = run_fields(data)
-    lengths = token_lengths(task_type, records, tokenizer, data) if tokenizer is not None else None
+    lengths = token_lengths(data.kind, family, records, tokenizer, data) if tokenizer is not None else None
     label_field = fields.answer if kind_named(data.kind).head_answers else None
     found = task_report(records, fields, references, label_field, lengths, data.labels)
     return assemble({path: found}, cleaning)

@@ -13,7 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.encode import encode
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
-from tunelab.models.family import task_type_of
+from tunelab.kinds import kind_of_run
+from tunelab.models.family import model_family
 from tunelab.records import Record
 
 PAD_MULTIPLE = 32
@@ -59,7 +60,7 @@ def classify_with(
     Batches are padded to a multiple of `PAD_MULTIPLE` tokens: every distinct input shape costs the CPU's bf16
     kernels (oneDNN) a cached primitive with its own buffers, and a 25,000-review test set in length-sorted batches
     has hundreds of distinct lengths (IMDB's grew one process past 21 GB)."""
-    examples = encode("classification", records, tokenizer, data, with_target=False).examples
+    examples = encode("classification", "encoder", records, tokenizer, data, with_target=False).examples
     results: list[dict] = [{}] * len(examples)
     for indices in batches_by_length([e["input_ids"] for e in examples], batch_size):
         batch = pad_batch(
@@ -78,12 +79,13 @@ def generate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], config: RunConfig
 ) -> list[str]:
     """Greedy (or beam) completions for each record's prompt, stopping at EOS."""
-    examples = encode(task_type_of(config), records, tokenizer, config.data, with_target=False).examples
+    family = model_family(config.model)
+    examples = encode(kind_of_run(config).name, family, records, tokenizer, config.data, with_target=False).examples
     return generate_texts(
         model,
         tokenizer,
         [e["input_ids"] for e in examples],
-        decoder_only=task_type_of(config) == "causal_lm",
+        decoder_only=family == "decoder",
         batch_size=config.training.eval_batch_size,
         max_new_tokens=config.eval.max_new_tokens,
         num_beams=config.eval.num_beams,

@@ -123,7 +123,7 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
             return f"a classifier reads one text or a text pair; task {spec.name} has inputs {spec.input_fields}"
         if shots:
             return f"{target.name} answers through a trained head, which reads no demonstrations; use 0 shots"
-    elif not spec.handler.prompted and target.task != "causal_lm":
+    elif not spec.handler.prompted and not target.decoder:
         return "perplexity is computed for decoder models only"
     return None
 
@@ -137,14 +137,14 @@ def input_limit(target: Target, spec: TaskSpec | None = None) -> int:
 
 def prompt_ids(target: Target, prompt: str, max_new_tokens: int, spec: TaskSpec | None = None) -> list[int]:
     """Prompt ids that leave room for the answer within the input limit."""
-    if target.task == "causal_lm":
+    if target.decoder:
         return decoder_prompt_ids(prompt, target.tokenizer, max(8, input_limit(target, spec) - max_new_tokens))[0]
     return target.tokenizer(prompt, truncation=True, max_length=input_limit(target, spec))["input_ids"]
 
 
 def _demonstrated_ids(target: Target, prompt: str, demonstrations: list[Demonstration]) -> list[int]:
     """The uncut ids of a prompt after its demonstrations, as the target reads them."""
-    if target.task == "causal_lm":
+    if target.decoder:
         return formatted_prompt_ids(prompt, target.tokenizer, demonstrations)
     return target.tokenizer(with_demonstrations(prompt, demonstrations))["input_ids"]
 
@@ -155,7 +155,7 @@ def shown_prompt_ids(
     """The ids of a prompt after as many of its demonstrations as fit the input limit, leaving a decoder `room`
     tokens for its answer, and how many that is. The first demonstrations go first; when none fit, the prompt is
     the zero-shot one, cut as zero-shot cuts it, so demonstrations never cost the query any of its text."""
-    limit = input_limit(target, spec) - (room if target.task == "causal_lm" else 0)
+    limit = input_limit(target, spec) - (room if target.decoder else 0)
     for first in range(len(demonstrations)):
         ids = _demonstrated_ids(target, prompt, demonstrations[first:])
         if len(ids) <= limit:
@@ -183,7 +183,7 @@ def answers(
         target.model,
         target.tokenizer,
         prompts,
-        decoder_only=target.task == "causal_lm",
+        decoder_only=target.decoder,
         batch_size=target.batch_size,
         max_new_tokens=spec.max_new_tokens,
         num_beams=spec.num_beams,
@@ -231,7 +231,7 @@ def _reference_examples(target: Target, spec: TaskSpec, records: list[Record]) -
     limit = input_limit(target, spec)
     data = DataConfig(prompt_field="prompt", response_field="target", max_length=limit)
     data = data.model_copy(update={"max_target_length": min(data.max_target_length, limit // 2)})
-    return encode(target.task, [spec.instruction(r) for r in records], target.tokenizer, data).examples
+    return encode("generation", target.family, [spec.instruction(r) for r in records], target.tokenizer, data).examples
 
 
 def _padded_labels(examples: list[dict], device) -> torch.Tensor:
@@ -250,7 +250,7 @@ def _batch_nll(target: Target, examples: list[dict]) -> list[tuple[float, int]]:
     device = next(target.model.parameters()).device
     batch = pad_batch(examples, target.tokenizer.pad_token_id, left=False, device=device)
     labels = _padded_labels(examples, device)
-    if target.task == "causal_lm":
+    if target.decoder:
         width = labels.shape[1]
         keep = width - int((labels != IGNORE_INDEX).int().argmax(dim=1).min()) + 1
         logits = target.model(**batch, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1]
@@ -299,7 +299,7 @@ def label_continuations(target: Target, spec: TaskSpec) -> list[list[int]]:
     (lm-evaluation-harness and T0 append no EOS either)."""
     tokenizer, continuations = target.tokenizer, []
     for label, words in spec.label_words.items():
-        if target.task == "causal_lm":
+        if target.decoder:
             ids = tokenizer(words[0], add_special_tokens=False)["input_ids"]
         else:
             ids = tokenizer(text_target=words[0])["input_ids"]
@@ -313,7 +313,7 @@ def label_continuations(target: Target, spec: TaskSpec) -> list[list[int]]:
 def _continued(target: Target, prompt: list[int], continuation: list[int]) -> dict:
     """A prompt and one continuation as `_batch_nll` scores them: a decoder reads both with the continuation
     labelled; an encoder-decoder reads the prompt and is labelled with the continuation."""
-    if target.task == "causal_lm":
+    if target.decoder:
         ids = prompt + continuation
         labels = [IGNORE_INDEX] * len(prompt) + continuation
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}

@@ -15,18 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tunelab.config import RunConfig
+from tunelab.config import ModelConfig, RunConfig
 from tunelab.eval import EvaluationError
-from tunelab.models.family import model_task_of
+from tunelab.kinds.base import Family
+from tunelab.models.family import model_family
 from tunelab.models.loading import load_model, load_tokenizer, on_device, resolve_source
-from tunelab.models.registry import REGISTRY
 from tunelab.runs import RunDir
 from tunelab.train.objectives import objective_of
 from tunelab.train.trained import load_run
-
-_FAMILY_TASK = {"decoder": "causal_lm", "seq2seq": "seq2seq"}
 
 DEFAULT_BATCH_SIZE = 32
 """Examples per forward pass or generation batch for a pretrained model; a run uses its training.eval_batch_size."""
@@ -43,8 +41,8 @@ class Target:
     name: str
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
-    task: str
-    """'classification' (answers through its head), 'causal_lm' or 'seq2seq' (answers by generating)."""
+    family: Family
+    """The model's family: how a generating target reads a prompt (after it, as a decoder, or into its encoder)."""
     labels: list[str] | None = None
     """A classifier's labels, in head order."""
     batch_size: int = 32
@@ -54,10 +52,17 @@ class Target:
     """A multi-task model's way to answer one task (a head, an adapter); None when one model answers everything."""
     unavailable: str | None = None
     """Why this target cannot answer at all (a multi-head run asked for a task it has no head for)."""
+    head: bool = False
+    """It answers through a trained classification head over `labels`, not by generating."""
 
     @property
     def generates(self) -> bool:
-        return self.task != "classification"
+        return not self.head
+
+    @property
+    def decoder(self) -> bool:
+        """It reads a prompt and continues it in one sequence (an encoder-decoder reads it into its encoder)."""
+        return self.family == "decoder"
 
     @property
     def precision(self) -> str:
@@ -83,33 +88,22 @@ def trained_target(
     its head or by generating, and per task as the objective routes it."""
     batch_size = batch_size or config.training.eval_batch_size
     objective = objective_of(config)
-    task = "classification" if objective.answers_by_head else model_task_of(config)
-    target = Target(name, on_device(model), tokenizer, task, labels, batch_size)
+    family = model_family(config.model)
+    target = Target(name, on_device(model), tokenizer, family, labels, batch_size, head=objective.answers_by_head)
     target.route = objective.route(target, model)
     return target
 
 
-def _task_of_model(reference: str, source: str) -> str:
-    """causal_lm or seq2seq for a model that can answer instructions; an encoder alone cannot."""
-    registered = REGISTRY.get(reference)
-    if registered is not None:
-        family = registered.family
-    else:
-        config = AutoConfig.from_pretrained(source)
-        architectures = config.architectures or []
-        family = (
-            "seq2seq"
-            if config.is_encoder_decoder
-            else "decoder"
-            if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-            else "encoder"
-        )
-    if family not in _FAMILY_TASK:
+def _generating_family(reference: str) -> Family:
+    """The family of a pretrained model that can answer instructions (a decoder or an encoder-decoder); an encoder
+    alone cannot."""
+    family = model_family(ModelConfig(name=reference))
+    if family == "encoder":
         raise TargetError(
             f"{reference} is an encoder without a trained task head, so it cannot answer tasks; "
             "fine-tune it (tunelab train) and evaluate the run directory instead"
         )
-    return _FAMILY_TASK[family]
+    return family
 
 
 def load_target(reference: str, batch_size: int | None = None) -> Target:
@@ -119,7 +113,7 @@ def load_target(reference: str, batch_size: int | None = None) -> Target:
         loaded = load_run(RunDir(reference))
         return trained_target(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, reference, batch_size)
     source = resolve_source(reference)  # refuses, in seconds, a name that is no model here
-    task = _task_of_model(reference, source)
-    model: PreTrainedModel = load_model(task, source)
+    family = _generating_family(reference)
+    model: PreTrainedModel = load_model(source, family)
     model.eval()
-    return Target(reference, on_device(model), load_tokenizer(source), task, None, batch_size or DEFAULT_BATCH_SIZE)
+    return Target(reference, on_device(model), load_tokenizer(source), family, None, batch_size or DEFAULT_BATCH_SIZE)

@@ -136,16 +136,15 @@ def _requantize(program: str, path: Path, quant: str) -> None:
 def _registry_decoder(config):
     """The registry decoder the run was tuned from (through any earlier runs of a two-stage recipe): its GGUF
     carries the tokenizer and architecture metadata."""
-    from tunelab.models.family import model_task_of, task_type_of
+    from tunelab.models.family import model_family
     from tunelab.models.reference import pretrained_root
+    from tunelab.train.objectives import objective_of
 
-    if model_task_of(config) != "causal_lm":
-        other = (
-            "--format onnx" if task_type_of(config) == "classification" else "`tunelab merge` (a transformers folder)"
-        )
-        raise ExportError(
-            f"GGUF export is for decoder (causal_lm) runs; this run is {task_type_of(config)}: use {other}"
-        )
+    family, head = model_family(config.model), objective_of(config).answers_by_head
+    if head or family != "decoder":
+        whose = "a classification head" if head else f"an {family} model"
+        other = "--format onnx" if head else "`tunelab merge` (a transformers folder)"
+        raise ExportError(f"GGUF export is for generating decoder runs; this run tuned {whose}: use {other}")
     registry = REGISTRY.get(pretrained_root(config.model.name))
     if registry is None or registry.gguf_file is None:
         raise ExportError(

@@ -78,7 +78,9 @@ def _example_batch(tokenizer, spec: TaskSpec, max_length: int) -> dict[str, torc
     from tunelab.eval.generate import pad_batch
 
     records = [Record({field: text for field in spec.input_fields}, "example") for text in _EXAMPLE_TEXTS]
-    examples = encode("classification", records, tokenizer, spec.data_config(max_length), with_target=False).examples
+    examples = encode(
+        "classification", "encoder", records, tokenizer, spec.data_config(max_length), with_target=False
+    ).examples
     return pad_batch(examples, tokenizer.pad_token_id, left=False, device="cpu")
 
 

@@ -11,7 +11,7 @@ import difflib
 import inspect
 from typing import Any
 
-from tunelab.kinds.base import Family, Kind, KindError
+from tunelab.kinds.base import Kind, KindError
 from tunelab.kinds.classification import Classification
 from tunelab.kinds.generation import Generation
 from tunelab.kinds.language_modeling import LanguageModeling
@@ -63,20 +63,6 @@ def kind_named(name: str) -> Kind:
     raise KindError(f"unknown kind of example '{name}'.{hint} Kinds: {', '.join(KINDS)}")
 
 
-RUN_KINDS = {
-    "classification": "classification",
-    "causal_lm": "generation",
-    "seq2seq": "generation",
-    "language_modeling": "language_modeling",
-}
-"""The kind of example each of the old task types trains on (the encoding code below still asks by them)."""
-
-
-def kind_of_task_type(task_type: str) -> Kind:
-    """The kind of example a run of `task_type` trains on (`causal_lm` and `seq2seq` are generation)."""
-    return kind_named(RUN_KINDS[task_type])
-
-
 def kind_of_run(config: Any) -> Kind:
     """The kind of example a `data:` run (a `RunConfig`) trains on: its `data.kind`."""
     return kind_named(config.data.kind)
@@ -86,18 +72,23 @@ MIXTURE_OBJECTIVE = "text_to_text"
 """How a mixture trains unless its config chooses an objective: every task an instruction to one model."""
 
 
+HEAD_OBJECTIVES: set[str] = set()
+"""The objectives that answer through a classification head, filled by `tunelab.train.objectives` as each
+registers: the layers below train (methods, model loading) ask `answers_by_head` while the run is set up."""
+
+
+def answers_by_head(config: Any) -> bool:
+    """Whether a run (a `RunConfig`) answers through a classification head (a classifier, a multi-head model),
+    so its base is a sequence classifier and its method keeps the head trainable."""
+    return objective_name(config) in HEAD_OBJECTIVES
+
+
 def objective_name(config: Any) -> str:
     """The objective a run (a `RunConfig`) trains with: the one its config chooses, else a mixture's default, else
     the one its kind of example trains by (`Kind.objective`). `tunelab.train.objectives.objective_of` looks it up."""
     if config.objective is not None:
         return config.objective
     return MIXTURE_OBJECTIVE if config.mixture is not None else kind_of_run(config).objective
-
-
-def family_of_task_type(task_type: str) -> Family:
-    """The model family a run's `task_type` declares: until the family is derived from the model, `seq2seq` is
-    an encoder-decoder, `classification` an encoder and the rest decoders."""
-    return {"classification": "encoder", "seq2seq": "encoder-decoder"}.get(task_type, "decoder")
 
 
 def perturbed_kinds() -> str:

@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from tunelab.config import METHOD_TRAITS, MethodConfig, MethodTraits, RunConfig
+from tunelab.kinds import answers_by_head
 from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
 from tunelab.methods.base import MethodError, TrainableReport, count_parameters
-from tunelab.models.family import task_type_of
 
 __all__ = [
     "METHODS",
@@ -147,7 +147,7 @@ def base_load_options(config: RunConfig, precision: str = "fp32") -> dict:
     """
     module = method_module(config.method.name)
     options = module.load_options(config) if hasattr(module, "load_options") else {}
-    frozen = getattr(module, "FREEZES_BASE", False) and task_type_of(config) != "classification"
+    frozen = getattr(module, "FREEZES_BASE", False) and not answers_by_head(config)
     if precision == "bf16" and frozen and "quantization_config" not in options:
         options["dtype"] = torch.bfloat16
     return options

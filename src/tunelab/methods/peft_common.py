@@ -13,13 +13,26 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 from peft import PeftModel, TaskType
 
+from tunelab.config import RunConfig
+from tunelab.kinds import answers_by_head
+from tunelab.models.family import model_family
+
 PEFT_CACHE_KEY = "past_key_values"
 """The generation input in which PEFT's prompt learning looks for, and puts, the attention cache."""
 
-PEFT_TASK = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}
+GENERATING_TASK = {"decoder": TaskType.CAUSAL_LM, "encoder-decoder": TaskType.SEQ_2_SEQ_LM}
+"""PEFT's task type for a model that answers by generating, by the model's family."""
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_TAG = "base_model:adapter:"
 """The model card tag by which PEFT links an adapter to its base model on the hub."""
+
+
+def peft_task(config: RunConfig) -> TaskType:
+    """PEFT's task type for a run's model: a sequence classifier when its kind of example answers through a head,
+    else what the model's family generates with (PEFT places prompts and caches differently for each)."""
+    if answers_by_head(config):
+        return TaskType.SEQ_CLS
+    return GENERATING_TASK[model_family(config.model)]
 
 
 def save(model, directory: Path) -> None:

@@ -8,16 +8,14 @@ cannot declare a family the weights do not have, and a new hub model needs no se
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Literal
 
-from tunelab.config import ConfigError, ModelConfig, RunConfig
-from tunelab.kinds import objective_name
+from tunelab.config import ConfigError, ModelConfig
+from tunelab.kinds.base import Family
 from tunelab.models.reference import pretrained_root
 from tunelab.models.registry import REGISTRY
-
-Family = Literal["encoder", "decoder", "encoder-decoder"]
 
 DECODER_ENDINGS = ("ForCausalLM", "LMHeadModel")
 """How a decoder's class names end in a config's `architectures` (LlamaForCausalLM, GPT2LMHeadModel)."""
@@ -33,7 +31,7 @@ def model_family(model: ModelConfig) -> Family:
     folder = Path(reference).expanduser()
     if (folder / "config.json").is_file():
         return family_of_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-    return family_of_config(_hub_config(model.model_copy(update={"name": reference})))
+    return _hub_family(reference, model.revision, model.trust_remote_code)
 
 
 def family_of_config(config: dict) -> Family:
@@ -55,36 +53,17 @@ def family_of_config(config: dict) -> Family:
     return "decoder" if causal else "encoder"
 
 
-def _hub_config(model: ModelConfig) -> dict:
-    """A hub model's config.json (one small download, cached by huggingface_hub)."""
+@functools.cache
+def _hub_family(name: str, revision: str | None, trust_remote_code: bool) -> Family:
+    """A hub model's family, from its config.json: one small download (cached by huggingface_hub), asked once per
+    process however many layers of a run ask the family."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(
-            model.name, revision=model.revision, trust_remote_code=model.trust_remote_code
-        )
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise ConfigError(
-            f"model.name '{model.name}' is not a registry name (`tunelab models list`), a local folder or a "
+            f"model.name '{name}' is not a registry name (`tunelab models list`), a local folder or a "
             f"reachable hub model, so its family (encoder, decoder, encoder-decoder) cannot be read: {error}"
         ) from None
-    return config.to_dict()
-
-
-def task_type_of(config: RunConfig) -> str:
-    """TRANSITIONAL, until the model family is passed down where it is asked (issue 30's family change): the word
-    the model-loading, encoding and PEFT code below still asks by, now read from the run's kind of example, its
-    objective and the model's family instead of declared. 'classification' (a head answers), 'language_modeling'
-    (raw text), else 'seq2seq' for an encoder-decoder and 'causal_lm' for a decoder."""
-    objective = objective_name(config)
-    if objective in ("classifier", "multi_head"):
-        return "classification"
-    if objective == "language_model":
-        return "language_modeling"
-    return "seq2seq" if model_family(config.model) == "encoder-decoder" else "causal_lm"
-
-
-def model_task_of(config: RunConfig) -> str:
-    """TRANSITIONAL (as `task_type_of`): the kind of model a run loads, a language-modelling run a causal LM."""
-    task_type = task_type_of(config)
-    return "causal_lm" if task_type == "language_modeling" else task_type
+    return family_of_config(config.to_dict())

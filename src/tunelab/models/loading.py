@@ -35,8 +35,10 @@ from transformers import (
     set_seed,
 )
 
-from tunelab.config import ConfigError, RunConfig, load_config
-from tunelab.models.family import model_task_of, task_type_of
+from tunelab.config import ConfigError, ModelConfig, RunConfig, load_config
+from tunelab.kinds import answers_by_head
+from tunelab.kinds.base import Family
+from tunelab.models.family import model_family
 from tunelab.models.reference import check_reference, run_directory
 from tunelab.models.registry import (
     REGISTRY,
@@ -48,17 +50,8 @@ from tunelab.models.registry import (
     package_dir,
 )
 
-_AUTO_CLASS = {
-    "classification": AutoModelForSequenceClassification,
-    "causal_lm": AutoModelForCausalLM,
-    "seq2seq": AutoModelForSeq2SeqLM,
-}
-_TASK_FAMILY = {
-    "classification": "encoder",
-    "causal_lm": "decoder",
-    "seq2seq": "seq2seq",
-    "language_modeling": "decoder",
-}
+_GENERATOR_CLASS = {"decoder": AutoModelForCausalLM, "encoder-decoder": AutoModelForSeq2SeqLM}
+"""The auto class of a model that answers by generating, by its family (a model with a head answers through it)."""
 
 
 @contextmanager
@@ -181,30 +174,35 @@ def portable_reference(reference: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else reference
 
 
-def check_family(reference: str, task: str) -> None:
-    """Fail early, before loading, when a registry model or a run directory's model cannot serve the task."""
+_FAMILIES_OF_KIND = {"classification": ("encoder",), "language_modeling": ("decoder",)}
+"""The model families a kind of example trains on, where not every generating one (a decoder or an encoder-decoder):
+a classifier is a head on an encoder; continued pre-training predicts each next token, which a decoder does."""
+
+
+def check_family(reference: str, kind: str) -> None:
+    """Fail early, before loading, when the model cannot train `kind` (a kind of example's name): a classification
+    run needs an encoder, language modelling a decoder, and the other kinds a decoder or an encoder-decoder; a
+    run directory as the base must be a generating run, since a head knows only its own labels. The family is read
+    for a registry model or a run chain only (a hub id's is read where it loads, so this check asks no hub)."""
     run = run_directory(reference)
-    if run is not None:
-        earlier = task_type_of(load_config(run / "config.yaml", quiet=True))
-        if earlier == "classification":
-            raise ConfigError(
-                f"run {run} is a classification run, whose head knows only its own labels, so it cannot be the "
-                "base of another run; for related classification tasks first, then the target, use mixture.stages"
-            )
-        if _TASK_FAMILY[earlier] != _TASK_FAMILY[task]:
-            raise ConfigError(
-                f"run {run} tuned a {_TASK_FAMILY[earlier]} model (task '{earlier}'), which cannot be the base of a "
-                f"'{task}' run; a next stage needs a run of the same model kind (language_modeling or causal_lm "
-                "before causal_lm or language_modeling, seq2seq before seq2seq)"
-            )
-        return
-    model = REGISTRY.get(reference)
-    if model is not None and model.family != _TASK_FAMILY[task]:
-        fits = [m.name for m in REGISTRY.values() if m.family == _TASK_FAMILY[task]]
+    if run is not None and answers_by_head(load_config(run / "config.yaml")):
         raise ConfigError(
-            f"model '{reference}' is a {model.family} model and cannot do task '{task}'; "
-            f"registry models for it: {', '.join(fits) or 'none (use a hub id or local directory)'}"
+            f"run {run} is a classification run, whose head knows only its own labels, so it cannot be the "
+            "base of another run; for related classification tasks first, then the target, use mixture.stages"
         )
+    if run is None and reference not in REGISTRY:
+        return
+    family = model_family(ModelConfig(name=reference))
+    needed = _FAMILIES_OF_KIND.get(kind, ("decoder", "encoder-decoder"))
+    if family in needed:
+        return
+    model = f"{'an' if family.startswith('e') else 'a'} {family} model"
+    whose = f"run {run} tuned {model}" if run is not None else f"model '{reference}' is {model}"
+    fits = [m.name for m in REGISTRY.values() if m.family in needed]
+    raise ConfigError(
+        f"{whose}, which cannot train {kind} examples (they train on {' or '.join(needed)} models); "
+        f"registry models for them: {', '.join(fits) or 'none (use a hub id or local directory)'}"
+    )
 
 
 def load_tokenizer(
@@ -218,15 +216,16 @@ def load_tokenizer(
 
 
 def load_model(
-    task: str,
     source: str,
+    family: Family,
     labels: list[str] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     quantization_config=None,
     dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """Load the pretrained model with what the task needs (a fresh classification head for classifiers).
+    """Load the pretrained model as it will answer: given `labels`, with a fresh classification head over them (an
+    objective that answers through a head); else as its `family` generates (a causal LM or an encoder-decoder).
 
     Weights are loaded in fp32 unless `dtype` says otherwise (a frozen base trained
     in bf16); mixed precision is applied by the trainer, which keeps fp32 master
@@ -236,25 +235,28 @@ def load_model(
     kwargs: dict = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code}
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, dtype=torch.bfloat16, device_map={"": 0})
-    if task == "classification":
+    if labels is not None:
         kwargs["num_labels"] = len(labels)
         kwargs["id2label"] = dict(enumerate(labels))
         kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
-    return _AUTO_CLASS[task].from_pretrained(source, **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    return _GENERATOR_CLASS[family].from_pretrained(source, **kwargs)
 
 
 def load_base(config: RunConfig, labels: list[str] | None = None, new_head: bool = True, **options) -> PreTrainedModel:
-    """The pretrained model a run starts from, for its task type; the seed fixes a classifier's new head, so
-    every load is the same. `options` are a method's extra `from_pretrained` settings (a bf16 or 4-bit base).
+    """The pretrained model a run starts from: with a head over `labels` (a run that answers through one), else as
+    its family generates; the seed fixes a classifier's new head, so every load is the same. `options` are a
+    method's extra `from_pretrained` settings (a bf16 or 4-bit base).
 
     `new_head=False` where a trained run's saved weights are put on the base right after (eval, predict, serve):
     transformers' load report would list the classifier head as MISSING, though the run's own head replaces it.
     """
     set_seed(config.training.seed)
+    source = resolve_source(config.model.name, config.model.revision)  # refuses a name that is no model first
     with _load_report(shown=new_head):
         return load_model(
-            model_task_of(config),
-            resolve_source(config.model.name, config.model.revision),
+            source,
+            model_family(config.model),
             labels,
             config.model.revision,
             config.model.trust_remote_code,

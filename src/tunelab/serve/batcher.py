@@ -118,7 +118,7 @@ class Batcher:
                         target.model,
                         target.tokenizer,
                         [job.row for job in live],
-                        decoder_only=target.task == "causal_lm",
+                        decoder_only=target.decoder,
                         sampling=live[0].sampling,
                     )
         except Exception as exc:  # the requests get the error; the worker, and every other request, carry on

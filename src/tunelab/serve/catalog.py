@@ -101,7 +101,7 @@ def _routed(target: Target, task: str) -> Callable[[], AbstractContextManager[Ta
 
 def _kind(target: Target) -> tuple[str, bool]:
     """How a target answers: ('generate' or 'classify', whether it is a decoder that generates after its prompt)."""
-    return ("generate" if target.generates else "classify"), target.task == "causal_lm"
+    return ("generate" if target.generates else "classify"), target.decoder
 
 
 def _shared_key(run: RunDir, config, labels) -> tuple | None:

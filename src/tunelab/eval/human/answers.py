@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from tunelab.eval.human.store import HumanEvalError
-from tunelab.models.family import task_type_of
+from tunelab.kinds import kind_of_run
 from tunelab.runs import RunDir
 
-GENERATION_TASKS = ("causal_lm", "seq2seq")
 TRAINING_ONLY_DATA_FIELDS = {
     "validation",
     "validation_fraction",
@@ -19,11 +18,11 @@ TRAINING_ONLY_DATA_FIELDS = {
 
 def check_generation_run(run: RunDir) -> None:
     """Only generated text can be rated, and only a finished run has a tuned model to generate it."""
-    config = run.config()
-    if task_type_of(config) not in GENERATION_TASKS:
+    kind = kind_of_run(run.config()).name
+    if kind != "generation":
         raise HumanEvalError(
-            f"run {run.path} is a {task_type_of(config)} run; human rating is for generated text "
-            f"({' or '.join(GENERATION_TASKS)} runs). Score a classifier with `tunelab eval`"
+            f"run {run.path} trains {kind} examples; human rating is for generated text (runs of generation "
+            "examples, on a decoder or an encoder-decoder). Score a classifier with `tunelab eval`"
         )
     run.require_complete()
 

@@ -18,7 +18,7 @@ import difflib
 import inspect
 
 from tunelab.config import RunConfig
-from tunelab.kinds import objective_name
+from tunelab.kinds import HEAD_OBJECTIVES, objective_name
 from tunelab.train.objectives.base import REQUIRED_ATTRIBUTES, Feed, Objective, ObjectiveError
 from tunelab.train.objectives.classifier import Classifier
 from tunelab.train.objectives.language_model import LanguageModel
@@ -64,6 +64,8 @@ def register_objective(objective: type[Objective]) -> Objective:
             f"{type(registered).__qualname__} is registered as already; give it another name"
         )
     OBJECTIVES[objective.name] = objective()
+    if objective.answers_by_head:
+        HEAD_OBJECTIVES.add(objective.name)
     return OBJECTIVES[objective.name]
 
 

@@ -23,9 +23,10 @@ from tunelab.data.plan import Plan
 from tunelab.data.taskset import TaskSet
 from tunelab.errors import TunelabError
 from tunelab.kinds import kind_of_run
+from tunelab.kinds.base import Family
 from tunelab.methods import TrainableReport, apply_method, base_load_options, method_module
 from tunelab.methods.peft_common import name_base_model
-from tunelab.models.family import model_task_of
+from tunelab.models.family import model_family
 from tunelab.models.loading import load_base, load_model, portable_reference
 from tunelab.records import Record
 from tunelab.tasks import load_task
@@ -46,7 +47,8 @@ class Feed:
 
 
 def encoded_examples(
-    task_type: str,
+    kind: str,
+    family: Family,
     records: list[Record],
     tokenizer,
     data: DataConfig,
@@ -54,7 +56,7 @@ def encoded_examples(
     name: str,
 ) -> list[dict]:
     """Token ids of records, tokenised once and then read from the token cache while data and tokenizer stay the same."""
-    encoded, cached = encode_cached(task_type, records, tokenizer, data, labels)
+    encoded, cached = encode_cached(kind, family, records, tokenizer, data, labels)
     if cached:
         print(f"{name}: {len(records)} examples read from the token cache")
     if encoded.truncated:
@@ -152,7 +154,7 @@ class Objective(ABC):
         rebuilt from a fresh base, loaded in full precision (also for qlora), and what it saved."""
         method = method_module(config.method.name)
         if getattr(method, "SAVES_WHOLE_MODEL", False):
-            base = load_model(model_task_of(config), str(directory), labels)
+            base = load_model(str(directory), model_family(config.model), labels)
         else:
             base = load_base(config, labels, new_head=False)
         return method.load(base, directory)

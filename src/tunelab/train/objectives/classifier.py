@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import DataCollatorWithPadding
 
+from tunelab.models.family import model_family
 from tunelab.train.objectives.base import Feed, Objective, encoded_examples
 from tunelab.train.trainer import PlannedTrainer, accuracy_from_logits
 
@@ -24,9 +25,10 @@ class Classifier(Objective):
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
         (task,) = tasks.trained.values()
-        train = encoded_examples("classification", task.train, tokenizer, config.data, tasks.labels, "train")
+        family = model_family(config.model)
+        train = encoded_examples("classification", family, task.train, tokenizer, config.data, tasks.labels, "train")
         validation = encoded_examples(
-            "classification", task.validation, tokenizer, config.data, tasks.labels, "validation"
+            "classification", family, task.validation, tokenizer, config.data, tasks.labels, "validation"
         )
         return Feed(
             [train[index] for _, index in plan.order], validation, PlannedTrainer, DataCollatorWithPadding(tokenizer)

@@ -29,9 +29,12 @@ class LanguageModel(Objective):
         (task,) = tasks.trained.values()
         train = _block_examples(task.train)
         if adds_virtual_tokens(model):  # PEFT's virtual tokens live in the model's own forward and loss
-            trainer_class, collator = PlannedTrainer, make_collator("causal_lm", tokenizer)
+            trainer_class, collator = PlannedTrainer, make_collator("language_modeling", "decoder", tokenizer)
         else:
-            trainer_class, collator = CompletionLossTrainer, TaskCollator(make_collator("causal_lm", tokenizer))
+            trainer_class, collator = (
+                CompletionLossTrainer,
+                TaskCollator(make_collator("language_modeling", "decoder", tokenizer)),
+            )
         return Feed(
             [train[index] for _, index in plan.order],
             _block_examples(task.validation) or None,

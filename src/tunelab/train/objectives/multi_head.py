@@ -68,7 +68,9 @@ class MultiHead(Objective):
         for record in records:
             task.spec.label_of(record)  # an unknown label is an error naming the record
         data = task.spec.data_config(config.data.max_length)
-        examples = encoded_examples("classification", records, tokenizer, data, list(task.spec.label_words), name)
+        examples = encoded_examples(
+            "classification", "encoder", records, tokenizer, data, list(task.spec.label_words), name
+        )
         return [{**e, "task_ids": task_id, "loss_weights": weight} for e in examples]
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:

@@ -73,7 +73,7 @@ class TaskAdapters(TextToText):
             self._examples(config, tasks, plan, tokenizer),
             validation or None,
             RoutedCompletionTrainer,
-            TaskCollator(make_collator("causal_lm", tokenizer, packing_of(model, config))),
+            TaskCollator(make_collator("generation", "decoder", tokenizer, packing_of(model, config))),
         )
 
     def save(self, model, config, directory) -> None:
