@@ -1,6 +1,7 @@
-"""Starting `tunelab serve` for tests and the serving benchmark: a real server in a subprocess, on a free loopback
-port, stopped afterwards; the short real runs (smollm2 LoRA, minilm classifier) that the serving, export and
-portability tests and benchmarks use; and one target of every kind the server takes, built on the tiny models."""
+"""Starting `tunelab serve` for tests and the serving benchmark: a real server in a subprocess (or in the test's own
+process, serving what the test built or registered), on a free loopback port, stopped afterwards; the short real
+runs (smollm2 LoRA, minilm classifier) that the serving, export and portability tests and benchmarks use; and one
+target of every kind the server takes, built on the tiny models."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunelab.serve.catalog import Catalog
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -285,6 +291,31 @@ def running_server(targets: list[str], *options: str, startup_seconds: float = 3
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def in_process(catalog: Catalog, **options):
+    """The app serving `catalog` on a loopback port in this process's own thread, so a test can read its log and
+    serve entries built in the test; yields the base URL."""
+    import uvicorn
+
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(catalog, ServeSettings(**options)), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the in-process server stopped while starting"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def call(

@@ -14,12 +14,10 @@ import socket
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings, strategies
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
@@ -30,12 +28,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tunelab import pipeline
 from tunelab.config import build_config
 from tunelab.runs import RunDir
-from tunelab.serve.app import create_app
 from tunelab.serve.catalog import Catalog, load_catalog
-from tunelab.serve.settings import ServeSettings
 
 from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
-from serving import call, free_port, running_server
+from serving import call, in_process, running_server
 
 KEY = {"Authorization": "Bearer secret"}
 
@@ -290,26 +286,6 @@ def test_a_full_queue_is_429_with_retry_after_and_a_slow_request_504(runs):
         status, slow, _ = call(url, "/v1/completions", {"model": "a", "prompt": "repeat", "max_tokens": 8})
         assert status == 504 and slow["error"]["code"] == "request_timeout" and "--timeout" in slow["error"]["message"]
         assert call(url, "/health")[0] == 200
-
-
-@contextmanager
-def in_process(catalog: Catalog, **options):
-    """The app serving `catalog` on a loopback port in this process's own thread, so a test can read its log and
-    serve entries built in the test; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(catalog, ServeSettings(**options)), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the in-process server stopped while starting"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 LOCAL = {"api_key": "secret", "max_body_bytes": 4096, "max_prompt_tokens": 64, "max_tokens_cap": 4}
