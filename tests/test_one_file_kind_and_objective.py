@@ -1,6 +1,6 @@
 """Proof that a new kind of example and a new objective are each one file (issue 30, item 7): both are defined
 here, registered with one call each, selected by a config's `data.kind` and `objective`, and a tiny run goes
-through train -> eval -> predict -> serve with nothing else in tunelab knowing about them.
+through train -> eval -> predict -> serve (and its page in the UI) with nothing else in tunelab knowing about them.
 
 The kind, `reversal`, is prompt -> answer where the answer is the prompt's words in reverse order; it reads a
 model's answer as the words of its first line and is judged by exact match. The objective, `smoothed_text_to_text`,
@@ -14,6 +14,7 @@ import random
 
 import pytest
 import torch.nn.functional as F
+from fastapi.testclient import TestClient
 
 from tunelab.config import RunConfig
 from tunelab.data.encode import TaskCollator
@@ -24,12 +25,13 @@ from tunelab.serve.catalog import load_catalog
 from tunelab.train.objectives import OBJECTIVES, register_objective
 from tunelab.train.objectives.text_to_text import TextToText
 from tunelab.train.trainer import PlannedTrainer
+from tunelab.ui.app import create_ui
 
-from helpers import NOUNS, POSITIVE, cli, only_run, write_jsonl, write_yaml
+from helpers import NOUNS, POSITIVE, cli, logged_losses, only_run, write_jsonl, write_yaml
 from serving import call, in_process
 
 pytestmark = pytest.mark.skipif(
-    not {"objective"} <= set(RunConfig.model_fields),
+    "objective" not in RunConfig.model_fields,
     reason="waits on the vocabulary (issue 30 item 3): a config selects a kind by data.kind and an objective by "
     "`objective`",
 )
@@ -128,16 +130,20 @@ def toy_run_settings(model: str, train_file, out) -> dict:
     }
 
 
-def test_a_kind_and_an_objective_defined_here_train_evaluate_predict_and_serve(toys, tiny_decoder, tmp_path):
+def test_a_kind_and_an_objective_defined_here_train_evaluate_predict_and_serve(
+    toys, tiny_decoder, tmp_path, monkeypatch
+):
     train_file = write_jsonl(tmp_path / "reversal.jsonl", reversal_rows(48, seed=0))
     config = write_yaml(tmp_path / "toy.yaml", toy_run_settings(tiny_decoder, train_file, tmp_path / "runs"))
 
     assert cli(f"train {config}") == 0
     run = only_run(tmp_path / "runs")
-    assert len(LOSSES) >= 6, "the toy objective's loss did not train the model"
-    assert sum(LOSSES[-3:]) < sum(LOSSES[:3]), f"the label-smoothed loss did not fall: {LOSSES}"
+    assert logged_losses(run) == pytest.approx(LOSSES, rel=1e-3), "the run logged another loss than the toy's"
+    assert len(LOSSES) >= 6 and sum(LOSSES[-3:]) < sum(LOSSES[:3]), f"the label-smoothed loss did not fall: {LOSSES}"
     assert run.config().data.kind == Reversal.name and run.config().objective == SmoothedTextToText.name
     assert SmoothedTextToText.base_note in (run.path / "README.md").read_text()  # the card asks the objective
+    (scored,) = json.loads(run.eval_path.read_text())["tasks"].values()  # before and after tuning
+    assert scored["metric"] == "exact_match" and "exact_match" in scored["tuned"]["metrics"]
 
     held_out = write_jsonl(tmp_path / "held_out.jsonl", reversal_rows(6, seed=1))
     assert cli(f"eval {run.path} --data {held_out} --output {tmp_path / 'eval'}") == 0
@@ -150,8 +156,8 @@ def test_a_kind_and_an_objective_defined_here_train_evaluate_predict_and_serve(t
     assert cli(f"predict {run.path} --input {inputs} --output {predictions}") == 0
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 3
-    for row in rows:  # the kind's own reading of each answer, beside the text generated
-        assert row[Reversal.answer_key] == " ".join(row["prediction"].strip().split("\n")[0].split())
+    reading = KINDS[Reversal.name].parse(None, [row["prediction"] for row in rows], [])
+    assert [row[Reversal.answer_key] for row in rows] == reading  # the kind's reading beside the text generated
 
     with in_process(load_catalog([f"toy={run.path}"])) as url:
         status, body, _ = call(
@@ -160,3 +166,7 @@ def test_a_kind_and_an_objective_defined_here_train_evaluate_predict_and_serve(t
             {"model": "toy", "messages": [{"role": "user", "content": "reverse: great film"}], "max_tokens": 4},
         )
     assert status == 200 and body["choices"][0]["message"]["content"].strip(), body
+
+    monkeypatch.chdir(tmp_path)  # the UI names a run by its path from the working directory
+    page = TestClient(create_ui([tmp_path / "runs"])).get(f"/run/runs/{run.path.name}")
+    assert page.status_code == 200 and "exact_match" in page.text
