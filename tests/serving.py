@@ -1,7 +1,6 @@
-"""Starting `tunelab serve` for tests and the serving benchmark: a real server in a subprocess (or in the test's own
-process, serving what the test built or registered), on a free loopback port, stopped afterwards; the short real
-runs (smollm2 LoRA, minilm classifier) that the serving, export and portability tests and benchmarks use; and one
-target of every kind the server takes, built on the tiny models."""
+"""Starting `tunelab serve` for tests and the serving benchmark: a real server in a subprocess, on a free loopback
+port, stopped afterwards; the short real runs (smollm2 LoRA, minilm classifier) that the serving, export and
+portability tests and benchmarks use; and one target of every kind the server takes, built on the tiny models."""
 
 from __future__ import annotations
 
@@ -16,10 +15,6 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tunelab.serve.catalog import Catalog
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -294,9 +289,10 @@ def running_server(targets: list[str], *options: str, startup_seconds: float = 3
 
 
 @contextmanager
-def in_process(catalog: Catalog, **options):
-    """The app serving `catalog` on a loopback port in this process's own thread, so a test can read its log and
-    serve entries built in the test; yields the base URL."""
+def in_process(catalog, **options):
+    """The app serving `catalog` (a `tunelab.serve.catalog.Catalog`, `ServeSettings` from `options`) on a loopback
+    port in this process's own thread, so a test can read its log, serve entries built in the test, and serve
+    methods or kinds registered in the test; yields the base URL."""
     import uvicorn
 
     from tunelab.serve.app import create_app

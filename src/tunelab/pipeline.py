@@ -21,7 +21,7 @@ from transformers.utils import enable_tf32, is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.card import render_card
-from tunelab.config import RunConfig, method_names, spoken_list
+from tunelab.config import METHOD_TRAITS, RunConfig, method_names, spoken_list
 from tunelab.data.blocks import block_taskset
 from tunelab.data.cleaning import clean
 from tunelab.data.inputs import read_inputs
@@ -430,8 +430,7 @@ def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
     first, first_labels = configs[0], states[0].get("labels")
     peft_types = set()
     for run, config, state in zip(runs, configs, states):
-        adapter_config = run.model_dir / "adapter_config.json"
-        if not adapter_config.exists() or config.mixture is not None:
+        if not METHOD_TRAITS[config.method.name].peft_adapter or config.mixture is not None:
             raise MethodError(
                 f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
                 f"switching needs one-task runs of {spoken_list(method_names(lambda traits: traits.peft_adapter))}"
@@ -446,7 +445,7 @@ def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
                 f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task_type}, labels "
                 f"{first_labels}); adapters can only share the base model, task and labels they were trained with"
             )
-        peft_types.add(json.loads(adapter_config.read_text())["peft_type"])
+        peft_types.add(json.loads((run.model_dir / "adapter_config.json").read_text())["peft_type"])
     if len(peft_types) > 1:
         raise MethodError(
             f"these adapters are of different PEFT types ({', '.join(sorted(peft_types))}); PEFT switches "

@@ -7,7 +7,9 @@ branches on the method:
   method cannot run here (e.g. qlora without CUDA), saying what to use instead;
 - ``apply(model, config)``: the model to train, with exactly the method's weights trainable;
 - ``save(model, directory)``: write what training changed, in a format the ecosystem loads;
-- ``load(base, directory)``: rebuild the tuned model from a freshly loaded base and ``save``'s output;
+- ``load(base, directory)``: rebuild the tuned model from a freshly loaded base and ``save``'s output; a method
+  whose row says ``peft_adapter`` takes ``adapter_name`` too (``load(base, directory, adapter_name="default")``),
+  the name under which `tunelab serve` and `tunelab predict --adapter` load each run's adapter onto one shared base;
 - ``merge(model)``: a plain transformers model with the update folded in, or ``MethodError``
   for methods whose update cannot be folded into the base weights.
 
@@ -28,6 +30,7 @@ checked against each other at import, so a module without a row (or a row withou
 
 from __future__ import annotations
 
+import inspect
 from types import ModuleType
 
 import torch
@@ -66,8 +69,9 @@ METHODS: dict[str, ModuleType] = {
 
 
 def check_registry(modules: dict[str, ModuleType], table: dict[str, MethodTraits]) -> None:
-    """The method modules and the traits table name the same methods, and each row's settings sections exist:
-    a method that is only half added fails here, at import, instead of at its first run."""
+    """The method modules and the traits table name the same methods, each row's settings sections exist, and a
+    module loads the way its row says its runs are loaded: a method that is only half added fails here, at import
+    or registration, instead of at its first run or first `tunelab serve`."""
     unlisted, orphaned = sorted(modules.keys() - table.keys()), sorted(table.keys() - modules.keys())
     if unlisted:
         raise MethodError(
@@ -85,6 +89,12 @@ def check_registry(modules: dict[str, ModuleType], table: dict[str, MethodTraits
             raise MethodError(
                 f"method '{name}' reads settings section(s) {', '.join(unknown)}, which MethodConfig does not have; "
                 "add the section to MethodConfig, or drop it from the method's row"
+            )
+        if traits.peft_adapter and "adapter_name" not in inspect.signature(modules[name].load).parameters:
+            raise MethodError(
+                f"method '{name}' saves a PEFT adapter (peft_adapter in its row), which runs of one base load side by "
+                "side under their own names: give its load an adapter_name argument, "
+                "load(base, directory, adapter_name='default'), passed on to PeftModel.from_pretrained"
             )
 
 

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.config import METHOD_TRAITS
 from tunelab.data.taskset import task_specs
 from tunelab.errors import TunelabError
 from tunelab.eval.targets import Target, load_target, trained_target
@@ -104,11 +105,11 @@ def _kind(target: Target) -> tuple[str, bool]:
 
 
 def _shared_key(run: RunDir, config, labels) -> tuple | None:
-    """What a run's adapter can share a base with, or None when the run is not one PEFT adapter on a base."""
-    adapter_config = run.model_dir / "adapter_config.json"
-    if not objective_of(config).serves_on_shared_base or not adapter_config.exists():
+    """What a run's adapter can share a base with, or None when the run is not one PEFT adapter on a base (its
+    method's row in METHOD_TRAITS says whether it saves one)."""
+    if not objective_of(config).serves_on_shared_base or not METHOD_TRAITS[config.method.name].peft_adapter:
         return None
-    peft_type = json.loads(adapter_config.read_text(encoding="utf-8"))["peft_type"]
+    peft_type = json.loads((run.model_dir / "adapter_config.json").read_text(encoding="utf-8"))["peft_type"]
     return (config.model.name, config.model.revision, config.task_type, tuple(labels or ()), peft_type)
 
 
