@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--quants", default="f16,bf16,q8_0,q4_0")
     args = parser.parse_args()
-    from tunelab.pipeline import merged_model
+    from tunelab.run_commands import merged_model
     from tunelab.runs import RunDir
     from tunelab.train.trained import load_run
 

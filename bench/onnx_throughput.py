@@ -26,7 +26,8 @@ from tunelab.data.task_records import read_for_task
 from tunelab.eval.predict import classify
 from tunelab.export.onnx import export as export_onnx
 from tunelab.export.onnx_predict import OnnxClassifier
-from tunelab.pipeline import merged_model, train
+from tunelab.pipeline import train
+from tunelab.run_commands import merged_model
 from tunelab.runs import RunDir
 from tunelab.train.trained import load_run
 

@@ -145,7 +145,7 @@ def main() -> None:
             with running_server([f"tuned={runs[0]}"], *options, "--max-tokens-cap", str(args.max_tokens)) as url:
                 figures[label] = {c: load(url, "tuned", c, args.requests, args.max_tokens) for c in levels}
         if not args.no_peer:
-            from tunelab.pipeline import merge_run
+            from tunelab.run_commands import merge_run
             from tunelab.runs import RunDir
 
             merged = merge_run(RunDir(runs[0]), folder / "merged")

@@ -193,4 +193,4 @@ def decoder_run(trained_run, tiny_decoder, copy_task_file):
 def multi_head_run(trained_run, tiny_encoder):
     """A tiny encoder with one head per task on the SST-2 + RTE mixture (`mixture_config`), fully tuned, shared.
     Reads the built-in tasks from ../shared/data: only for tests that need it."""
-    return trained_run(mixture_config, tiny_encoder, task="classification", method="full", architecture="multi_head")
+    return trained_run(mixture_config, tiny_encoder, objective="multi_head", method="full")

@@ -75,6 +75,11 @@ ANSWER_FIELDS = {"prompt_template": "{question}", "response_field": "answer"}
 """How a prompt -> answer run reads `copy_rows`."""
 
 
+KIND_OF_MODEL_TASK = {"classification": "classification", "causal_lm": "generation", "seq2seq": "generation"}
+"""The kind of example a tiny run trains, by the word its test names it with: whether the tiny model it trains is
+a decoder or an encoder-decoder is read from that model (data.kind says only what the examples are)."""
+
+
 def tiny_run_settings(
     task: str,
     model_dir: str,
@@ -94,9 +99,8 @@ def tiny_run_settings(
         {"max_length": 32} if task == "classification" else {**ANSWER_FIELDS, "max_length": 48, "max_target_length": 8}
     )
     settings = {
-        "task": task,
         "model": {"name": str(model_dir)},
-        "data": {"train": str(data_file), **fields, **(data or {})},
+        "data": {"kind": KIND_OF_MODEL_TASK[task], "train": str(data_file), **fields, **(data or {})},
         "training": {
             "precision": "fp32",
             **{key: value for key, value in training.items() if value is not CONFIG_DEFAULT},
@@ -168,12 +172,12 @@ def method_config(task, model_dir, data_file, out, method, **training):
     return generation_config(model_dir, data_file, out, task, data={"max_length": 32}, **settings)
 
 
-def mixture_config(model_dir, out, task="causal_lm", method="lora", **mixture):
+def mixture_config(model_dir, out, objective=None, method="lora", **mixture):
     """A tiny run on a mixture of two built-in tasks (24 SST-2 and 8 RTE examples), one epoch; `mixture` overrides."""
     return build_config(
         {
             "name": "tiny-mix",
-            "task": task,
+            "objective": objective,
             "output_dir": str(out),
             "model": {"name": model_dir},
             "data": {"max_length": 96, "max_target_length": 16},
@@ -194,10 +198,9 @@ def lm_config(model_dir, data_file, out, method="full", method_settings=None, **
     return build_config(
         {
             "name": f"tiny-lm-{method}",
-            "task_type": "language_modeling",
             "output_dir": str(out),
             "model": {"name": model_dir},
-            "data": {"train": str(data_file), "text_field": "body", "max_length": 32},
+            "data": {"kind": "language_modeling", "train": str(data_file), "text_field": "body", "max_length": 32},
             "method": {"name": method, **(method_settings or {})},
             "training": {"epochs": 3, **TINY_TRAINING, "precision": "fp32", **training},
         }
@@ -209,7 +212,6 @@ def sweep_config_file(tmp_path, model, data, space, method="lora", epochs=2, **s
     path = tmp_path / "sweep.yaml"
     config = {
         "name": "tiny-sweep",
-        "task_type": "classification",
         "output_dir": str(tmp_path / "runs"),
         "model": {"name": model},
         "data": {"train": str(data), "max_length": 32},

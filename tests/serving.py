@@ -136,7 +136,7 @@ def tiny_targets(folder: Path, encoder: str, decoder: str) -> dict[str, str]:
     """One TARGET of every kind `tunelab serve` takes but a registry name, on the tiny models: a model folder, a
     full and a LoRA fine-tune of the decoder, classifiers tuned with full, head and LoRA, a multi-head and a
     task-adapters mixture, and the LoRA run merged into a model folder. Returns {kind: TARGET}."""
-    from tunelab.pipeline import merge_run
+    from tunelab.run_commands import merge_run
 
     classifier, generator = _tiny_data(folder)
     runs = {

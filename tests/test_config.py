@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tunelab.config import ConfigError, RunConfig, build_config, config_to_yaml, load_config, parse_overrides
+from tunelab.resolve import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ def test_defaults_validate():
     config = load_config(None)
     assert isinstance(config, RunConfig)
     assert config == build_config({})
-    assert config.task_type == "classification"
+    assert config.data.kind == "classification" and config.objective is None
     # every default is itself valid when fed back through validation
     assert build_config(config.model_dump()) == config
 
@@ -185,23 +186,30 @@ def test_wrong_type_rejected():
 
 
 def test_all_problems_reported_together():
-    message = config_error({"training": {"batch_size": 0, "epoch": 1}, "task": "clasification"})
+    message = config_error({"training": {"batch_size": 0, "epoch": 1}, "eval": {"num_beams": 0}})
     assert "training.batch_size" in message
     assert "training.epoch'" in message
-    assert "task:" in message
+    assert "eval.num_beams:" in message
 
 
 @pytest.mark.parametrize("task", ["causal_lm", "seq2seq"])
 def test_generation_task_needs_prompt(task):
-    message = config_error({"task": task})
-    assert f"task_type '{task}' needs data.prompt_template" in message
+    with pytest.raises(ConfigError) as info:
+        check_config(build_config({"task": task}))
+    message = str(info.value)
+    assert "data.kind 'generation' needs data.prompt_template" in message
     assert "data.prompt_field" in message
 
 
 @pytest.mark.parametrize("data", [{"prompt_template": "Q: {question}"}, {"prompt_field": "question"}])
 def test_generation_task_with_prompt_accepted(data):
-    assert build_config({"task": "causal_lm", "data": data}).task_type == "causal_lm"  # `task` is task_type's old name
-    assert build_config({"task_type": "causal_lm", "data": data}).task_type == "causal_lm"
+    for config in (
+        build_config({"task": "causal_lm", "data": data}),  # `task` is task_type's old name
+        build_config({"task_type": "causal_lm", "data": data}),
+        build_config({"data": {"kind": "generation", **data}}),
+    ):
+        assert config.data.kind == "generation"
+        check_config(config)
 
 
 # --- YAML files ---------------------------------------------------------------------------------------
@@ -275,15 +283,21 @@ def test_config_to_yaml_round_trips(tmp_path):
 # --- derived values -----------------------------------------------------------------------------------
 
 
+def learning_rate(config: RunConfig) -> float:
+    from tunelab.train.objectives import objective_of
+
+    return objective_of(config).learning_rate(config)
+
+
 def test_default_learning_rates_depend_on_method_and_task():
-    full_cls = build_config({"method": {"name": "full"}}).learning_rate()
-    full_gen = build_config(
-        {"method": {"name": "full"}, "task": "causal_lm", "data": {"prompt_field": "q"}}
-    ).learning_rate()
-    lora_cls = build_config({"method": {"name": "lora"}}).learning_rate()
-    lora_gen = build_config(
-        {"method": {"name": "lora"}, "task": "seq2seq", "data": {"prompt_field": "q"}}
-    ).learning_rate()
+    full_cls = learning_rate(build_config({"method": {"name": "full"}}))
+    full_gen = learning_rate(
+        build_config({"method": {"name": "full"}, "data": {"kind": "generation", "prompt_field": "q"}})
+    )
+    lora_cls = learning_rate(build_config({"method": {"name": "lora"}}))
+    lora_gen = learning_rate(
+        build_config({"method": {"name": "lora"}, "data": {"kind": "generation", "prompt_field": "q"}})
+    )
     assert full_cls == full_gen  # full fine-tuning uses one default for every task
     assert lora_cls > lora_gen > 0  # LoRA classifiers train a fresh head and take a larger step
     assert lora_cls > full_cls and lora_gen > full_cls  # low-rank updates need larger steps than full tuning
@@ -292,9 +306,7 @@ def test_default_learning_rates_depend_on_method_and_task():
 
 def test_configured_learning_rate_wins():
     for method in ("full", "lora"):
-        assert (
-            build_config({"method": {"name": method}, "training": {"learning_rate": 0.123}}).learning_rate() == 0.123
-        )
+        assert learning_rate(build_config({"method": {"name": method}, "training": {"learning_rate": 0.123}})) == 0.123
 
 
 def test_best_metric_default_and_override():

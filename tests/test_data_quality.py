@@ -110,18 +110,21 @@ def test_overlap_finds_exact_and_near_copies_of_training_inputs_in_a_test_set():
 
 
 def test_language_modelling_compares_text_alone():
-    fields = run_fields("language_modeling", DataConfig(text_field="body"))
+    fields = run_fields(DataConfig(kind="language_modeling", text_field="body"))
     assert fields == Fields(("body",), None)
     records = [Record({"body": text}, f"t:{i}") for i, text in enumerate(["same text", "Same  text", "other"])]
     examples = examples_of(records, fields)
     assert exact_duplicates(examples) == [[0, 1]] and conflicts(examples) == []
 
 
-def test_run_fields_follow_the_task_type():
+def test_run_fields_follow_the_kind():
     data = DataConfig(text_field="premise", text_pair_field="hypothesis", prompt_template="Q: {question}\n{context}")
-    assert run_fields("classification", data) == Fields(("premise", "hypothesis"), "label")
-    assert run_fields("causal_lm", data) == Fields(("question", "context"), "response")
-    assert run_fields("seq2seq", DataConfig(prompt_field="src", response_field="tgt")) == Fields(("src",), "tgt")
+    assert run_fields(data) == Fields(("premise", "hypothesis"), "label")
+    generation = data.model_copy(update={"kind": "generation"})
+    assert run_fields(generation) == Fields(("question", "context"), "response")
+    assert run_fields(DataConfig(kind="generation", prompt_field="src", response_field="tgt")) == Fields(
+        ("src",), "tgt"
+    )
 
 
 def test_a_text_pair_is_not_the_same_input_as_its_words_split_elsewhere():
@@ -396,9 +399,9 @@ def test_a_language_modelling_run_dedups_its_raw_texts_before_packing_them(tiny_
 def test_data_check_reads_raw_text_for_language_modelling(tmp_path, capsys):
     bodies = sentences(5, seed=11)
     path = write_jsonl(tmp_path / "raw.jsonl", [{"body": t} for t in [*bodies, bodies[0].title()]])
-    assert cli(f"data check {path} --task-type language_modeling data.text_field=body") == 0
+    assert cli(f"data check {path} --kind language_modeling data.text_field=body") == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{path}: 6 valid records for task_type language_modeling")
+    assert out.startswith(f"{path}: 6 valid records for data.kind language_modeling")
     assert "exact duplicates: 1 group(s), 1 extra record(s)" in out and "labels:" not in out
 
 

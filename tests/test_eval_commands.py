@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.data.splits import load_task_data
 from tunelab.data.taskset import task_specs
 from tunelab.eval import gain, generate
@@ -50,7 +50,7 @@ def test_end_of_training_scores_are_the_scores_eval_gives(tiny_decoder, tmp_path
     run = pipeline.train(config, callbacks=[TurnsOnTf32()])
     assert seen[-1] == "ieee"  # the tuned model's scoring, after training
     task = next(iter(json.loads(run.eval_path.read_text())["tasks"].values()))
-    report_path = pipeline.evaluate_run(run, str(_test_file(run, tmp_path / "test.jsonl")))
+    report_path = run_commands.evaluate_run(run, str(_test_file(run, tmp_path / "test.jsonl")))
     scored = json.loads(report_path.read_text())["tasks"]["test.jsonl"]
     assert task["base"]["precision"] == task["tuned"]["precision"] == scored["precision"] == "fp32"
     assert "weights in fp32" in run.card_path.read_text()
@@ -97,7 +97,7 @@ def test_two_data_files_of_one_name_keep_their_own_reports(generating_run, tmp_p
     first = write_jsonl(tmp_path / "a" / "test.jsonl", copy_rows(["good", "bad"]))
     second = write_jsonl(tmp_path / "b" / "test.jsonl", copy_rows(["film", "plot", "cast"]))
     out = tmp_path / "out"
-    reports = [Path(pipeline.evaluate_run(generating_run, str(f), out)) for f in (first, second, first, second)]
+    reports = [Path(run_commands.evaluate_run(generating_run, str(f), out)) for f in (first, second, first, second)]
     assert reports[0].name == "data-test.json" and reports[1].name.startswith("data-test-")
     assert reports[2:] == reports[:2]  # each file keeps its report's name
     for report, data in zip(reports, (first, second)):

@@ -19,7 +19,8 @@ from tunelab.config import build_config, load_config
 from tunelab.export.base import ExportError
 from tunelab.export.gguf import export as export_gguf
 from tunelab.export.modelfile import PROBES
-from tunelab.pipeline import merged_model, train
+from tunelab.pipeline import train
+from tunelab.run_commands import merged_model
 from tunelab.runs import RunDir, RunError
 from tunelab.train.trained import load_run
 

@@ -15,7 +15,7 @@ import onnxruntime
 import pytest
 import torch
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.config import build_config, load_config
 from tunelab.data.task_records import load_records
 from tunelab.export.base import ExportError
@@ -117,7 +117,7 @@ def test_tiny_classifier_export_predicts_the_rows_of_predict(tiny_classifier, tm
     output = export_onnx(tiny_classifier, tmp_path / "export")
     rows = [{"text": "the film was great", "id": 1}, {"text": "the cast was " + "very " * 40 + "dull", "id": 2}]
     inputs = write_jsonl(tmp_path / "inputs.jsonl", rows)
-    pipeline.predict_run(tiny_classifier, str(inputs), str(tmp_path / "torch.jsonl"))
+    run_commands.predict_run(tiny_classifier, str(inputs), str(tmp_path / "torch.jsonl"))
     assert cli(f"predict {output} --engine onnx --input {inputs} --output {tmp_path / 'onnx.jsonl'}") == 0
     _assert_same_rows(_rows(tmp_path / "onnx.jsonl"), _rows(tmp_path / "torch.jsonl"))
     assert json.loads((output / EXPORT_FILE).read_text())["max_length"] == 32  # the long row is cut as in training
@@ -154,7 +154,7 @@ def test_a_decoder_run_is_refused_before_its_model_loads(tiny_decoder, tmp_path)
     )
     run = RunDir.create(config)
     run.update_state(state="complete")
-    with pytest.raises(ExportError, match=r"causal_lm run \(text_to_text\).*--format gguf"):
+    with pytest.raises(ExportError, match=r"text_to_text run \(data.kind generation\).*--format gguf"):
         export_onnx(run, tmp_path / "export")
     assert not (tmp_path / "export").exists()
 
@@ -170,7 +170,7 @@ def test_a_multi_head_run_exports_one_tasks_head(multi_head_run, tmp_path):
     tokenizer = OnnxClassifier.load(output).tokenizer
     assert max(len(tokenizer(p["sentence1"], p["sentence2"])["input_ids"]) for p in pairs) > 128
     inputs = write_jsonl(tmp_path / "rte.jsonl", pairs)
-    pipeline.predict_run(run, str(inputs), str(tmp_path / "torch.jsonl"), "rte")
+    run_commands.predict_run(run, str(inputs), str(tmp_path / "torch.jsonl"), "rte")
     predict_onnx(output, str(inputs), str(tmp_path / "onnx.jsonl"), "rte")
     _assert_same_rows(_rows(tmp_path / "onnx.jsonl"), _rows(tmp_path / "torch.jsonl"))
     assert json.loads((output / "config.json").read_text())["id2label"] == {"0": "entailment", "1": "not_entailment"}

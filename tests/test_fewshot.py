@@ -28,6 +28,7 @@ from tunelab.eval.runner import (
 )
 from tunelab.eval.targets import Target, load_target
 from tunelab.render import format_decoder_prompt, with_demonstrations
+from tunelab.resolve import check_config
 from tunelab.tasks import TaskError, load_task
 
 from helpers import NEGATIVE, NOUNS, POSITIVE, cli, generation_config, only_task, write_jsonl
@@ -320,7 +321,9 @@ def test_old_configs_evaluate_base_is_read_as_baselines_and_few_shot_needs_a_pro
     with pytest.raises(ConfigError, match="old spelling of eval.baselines"):
         build_config({"eval": {"evaluate_base": True, "baselines": []}})
     with pytest.raises(ConfigError, match="classifier run answers through a classification head"):
-        build_config({"task_type": "classification", "eval": {"baselines": ["zero_shot", "few_shot"]}})
+        check_config(
+            build_config({"data": {"kind": "classification"}, "eval": {"baselines": ["zero_shot", "few_shot"]}})
+        )
 
 
 def test_too_few_training_records_for_the_shots_fail_before_a_model_loads(tiny_decoder, copy_task_file, tmp_path):

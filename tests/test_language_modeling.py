@@ -13,8 +13,9 @@ from tunelab import pipeline
 from tunelab.config import ConfigError, build_config
 from tunelab.data.blocks import BLOCK_FIELD, pack_blocks
 from tunelab.methods import MethodError
-from tunelab.models.loading import pretrained_root
+from tunelab.models.reference import pretrained_root
 from tunelab.records import DataError, Record
+from tunelab.resolve import check_config
 from tunelab.runs import RunError
 from tunelab.train.trained import load_run
 
@@ -70,7 +71,7 @@ def test_a_tokenizer_without_eos_is_refused(tokenizer):
 )
 def test_settings_that_read_prompts_or_answers_are_refused(setting, message):
     with pytest.raises(ConfigError, match=message):
-        build_config({"task_type": "language_modeling", **setting})
+        check_config(build_config({"task_type": "language_modeling", **setting}))
 
 
 def test_continued_pretraining_lowers_held_out_perplexity(tiny_decoder, text_file, tmp_path):
@@ -128,10 +129,17 @@ def test_a_full_stage_one_is_the_base_of_stage_two_and_the_card_shows_the_chain(
     stage_two = pipeline.train(stage_two_config(stage_one, copy_task_file, tmp_path / "two"))
     assert not (stage_one.path / "merged").exists()  # full fine-tuning saved a whole model, read as it is
     (step,) = json.loads(stage_two.state_path.read_text())["chain"]
-    assert step["run"] == str(stage_one.path.resolve()) and step["task_type"] == "language_modeling"
+    assert step["run"] == str(stage_one.path.resolve()) and (step["kind"], step["objective"]) == (
+        "language_modeling",
+        "language_model",
+    )
     assert step["base_model"] == tiny_decoder and step["scores"]["domain"]["metric"] == "perplexity"
     card = stage_two.card_path.read_text()
-    assert "## Chain of runs" in card and f"1. `{tiny_decoder}`" in card and "3. this run: causal_lm" in card
+    assert (
+        "## Chain of runs" in card
+        and f"1. `{tiny_decoder}`" in card
+        and "3. this run: generation, text_to_text" in card
+    )
     assert pretrained_root(str(stage_two.path)) == tiny_decoder  # what GGUF export takes its metadata from
     tuned = load_run(stage_one).model.state_dict()
     pretrained = AutoModelForCausalLM.from_pretrained(tiny_decoder).state_dict()

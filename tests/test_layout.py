@@ -1,7 +1,7 @@
 """The package's layout follows the pipeline: imports point only downward, and no module imports itself back.
 
-config -> data (and task files) -> model + method -> run directory -> trainer / evaluation -> card -> pipeline ->
-commands. Every import counts, those inside functions too: a lazy import that goes upward is still a dependency
+config -> data (and task files) -> model + method -> run directory -> data checks -> trainer / evaluation -> card
+-> commands over a finished run -> pipeline -> commands. Every import counts, those inside functions too: a lazy import that goes upward is still a dependency
 that goes upward.
 """
 
@@ -25,8 +25,10 @@ LAYERS = [
     {"data"},
     {"models", "methods"},
     {"runs"},
+    {"data_checks"},
     {"train", "eval"},
-    {"card"},
+    {"card", "resolve"},
+    {"run_commands"},
     {"pipeline"},
     {"compare", "demo", "serve", "export", "sweep"},
     {"ui"},

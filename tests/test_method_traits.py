@@ -10,8 +10,10 @@ import pytest
 from tunelab.cli import COMPARE_METHODS, build_parser
 from tunelab.config import METHOD_TRAITS, ConfigError, LearningRates, MethodTraits, build_config
 from tunelab.methods import METHODS, MethodError, base, check_registry, register_method
+from tunelab.resolve import check_config
+from tunelab.train.objectives import objective_of
 
-GENERATION = {"task_type": "causal_lm", "data": {"prompt_field": "prompt"}}
+GENERATION = {"data": {"kind": "generation", "prompt_field": "prompt"}}
 
 
 def _toy_module() -> types.ModuleType:
@@ -64,9 +66,13 @@ def test_an_unregistered_method_name_is_refused_with_a_did_you_mean():
 
 
 def test_a_registered_method_is_valid_config_and_takes_its_rows_learning_rates(toy_registered):
-    assert build_config({"method": {"name": "toy"}}).learning_rate() == 7e-3
-    assert build_config({"method": {"name": "toy"}, **GENERATION}).learning_rate() == 7e-4
-    assert build_config({"method": {"name": "toy"}, "training": {"learning_rate": 1e-5}}).learning_rate() == 1e-5
+    def learning_rate(settings: dict) -> float:
+        config = build_config(settings)
+        return objective_of(config).learning_rate(config)
+
+    assert learning_rate({"method": {"name": "toy"}}) == 7e-3
+    assert learning_rate({"method": {"name": "toy"}, **GENERATION}) == 7e-4
+    assert learning_rate({"method": {"name": "toy"}, "training": {"learning_rate": 1e-5}}) == 1e-5
 
 
 def test_a_method_registers_once_and_only_as_a_whole_module(toy_registered):
@@ -80,11 +86,11 @@ def test_a_method_registers_once_and_only_as_a_whole_module(toy_registered):
 
 
 def test_a_row_confined_to_some_task_types_refuses_the_others_saying_why(toy_registered):
-    traits = MethodTraits(TOY.learning_rates, task_types=frozenset({"causal_lm"}), task_types_reason="toy reasons")
+    traits = MethodTraits(TOY.learning_rates, kinds=frozenset({"generation"}), kinds_reason="toy reasons")
     register_method("toy-decoder", _toy_module(), traits)
     try:
         assert build_config({"method": {"name": "toy-decoder"}, **GENERATION}).method.name == "toy-decoder"
-        with pytest.raises(ConfigError, match=r"defined only for task_type causal_lm, not 'classification' \(toy"):
+        with pytest.raises(ConfigError, match=r"defined only for data.kind generation, not 'classification' \(toy"):
             build_config({"method": {"name": "toy-decoder"}})
     finally:
         del METHODS["toy-decoder"], METHOD_TRAITS["toy-decoder"]
@@ -106,9 +112,9 @@ def test_the_lora_family_and_prompt_learning_rules_read_the_table():
     assert [name for name, traits in METHOD_TRAITS.items() if traits.prompt_learning] == ["prefix", "prompt"]
     mixture = {"tasks": [{"task": "sst2", "loss_weight": 2.0}]}
     with pytest.raises(ConfigError, match="method 'prefix' trains through the model's own loss"):
-        build_config({**GENERATION, "data": {}, "method": {"name": "prefix"}, "mixture": mixture})
-    adapters = {"tasks": [{"task": "sst2"}], "architecture": "task_adapters"}
+        build_config({"method": {"name": "prefix"}, "mixture": mixture})
+    adapters = {"model": {"name": "smollm2-135m-instruct"}, "objective": "task_adapters"}
     for name in ("dora", "rslora"):
-        assert build_config({**GENERATION, "data": {}, "method": {"name": name}, "mixture": adapters})
+        check_config(build_config({**adapters, "method": {"name": name}, "mixture": {"tasks": [{"task": "sst2"}]}}))
     with pytest.raises(ConfigError, match="'task_adapters' trains one LoRA adapter per task"):
-        build_config({**GENERATION, "data": {}, "method": {"name": "qlora"}, "mixture": adapters})
+        check_config(build_config({**adapters, "method": {"name": "qlora"}, "mixture": {"tasks": [{"task": "sst2"}]}}))

@@ -14,12 +14,14 @@ from transformers import (
     DistilBertModel,
 )
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import encode, make_collator
 from tunelab.data.splits import load_task_data
 from tunelab.methods import MethodError, apply_method, check_method, method_module
+from tunelab.models.family import task_type_of
 from tunelab.runs import RunDir
+from tunelab.train.objectives import objective_of
 from tunelab.train.trained import load_run
 
 from helpers import descend, load_for_config, logged_losses, method_config
@@ -59,9 +61,9 @@ def model_and_data(request, tiny_encoder, tiny_decoder, tiny_seq2seq, sentiment_
 
 
 def fixed_batch(config, tokenizer, data):
-    examples = encode(config.task_type, data.train[:16], tokenizer, config.data, data.labels).examples
+    examples = encode(task_type_of(config), data.train[:16], tokenizer, config.data, data.labels).examples
     tokenizer.padding_side = "right"
-    return make_collator(config.task_type, tokenizer)(examples)
+    return make_collator(task_type_of(config), tokenizer)(examples)
 
 
 def outputs(model, batch):
@@ -141,7 +143,7 @@ def greedy(model, tokenizer, prompts):
 @pytest.mark.parametrize("method", ["lora", "dora", "rslora", "ia3", "full"])
 def test_merged_decoder_generates_what_the_unmerged_one_does(method, decoder_run, tmp_path):
     run = decoder_run(method)
-    merged_dir = pipeline.merge_run(run, tmp_path / "merged")
+    merged_dir = run_commands.merge_run(run, tmp_path / "merged")
     loaded = load_run(run)
     unmerged, tokenizer = loaded.model, loaded.tokenizer
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
@@ -153,7 +155,7 @@ def test_merged_decoder_generates_what_the_unmerged_one_does(method, decoder_run
 @pytest.mark.parametrize("method", ["lora", "bitfit", "head", "ia3"])
 def test_merged_classifier_scores_what_the_unmerged_one_does(method, classifier_run, tmp_path):
     run = classifier_run(method)
-    merged_dir = pipeline.merge_run(run, tmp_path / "merged")
+    merged_dir = run_commands.merge_run(run, tmp_path / "merged")
     loaded = load_run(run)
     unmerged, tokenizer, labels = loaded.model, loaded.tokenizer, loaded.labels
     merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
@@ -166,7 +168,7 @@ def test_merged_classifier_scores_what_the_unmerged_one_does(method, classifier_
 def test_unmergeable_methods_refuse_to_merge_and_write_nothing(method, classifier_run, tmp_path):
     run = classifier_run(method)
     with pytest.raises(MethodError, match="cannot be"):
-        pipeline.merge_run(run, tmp_path / "merged")
+        run_commands.merge_run(run, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 
 
@@ -177,7 +179,7 @@ def test_merge_never_overwrites_an_existing_folder(classifier_run, tmp_path):
     from tunelab.runs import RunError
 
     with pytest.raises(RunError, match="not empty"):
-        pipeline.merge_run(run, tmp_path / "taken")
+        run_commands.merge_run(run, tmp_path / "taken")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
@@ -190,13 +192,16 @@ def test_adapters_switch_on_one_base_model(classifier_run, tiny_encoder, sentime
     )
     alone = []
     for i, run in enumerate(runs):
-        pipeline.predict_run(run, str(inputs), str(tmp_path / f"alone{i}.jsonl"))
+        run_commands.predict_run(run, str(inputs), str(tmp_path / f"alone{i}.jsonl"))
         alone.append([json.loads(line) for line in (tmp_path / f"alone{i}.jsonl").read_text().splitlines()])
 
     loads = []
-    original = pipeline.load_base
-    monkeypatch.setattr(pipeline, "load_base", lambda *a, **k: loads.append(a) or original(*a, **k))
-    assert pipeline.predict_with_adapters({"a": runs[0], "b": runs[1]}, str(inputs), str(tmp_path / "both.jsonl")) == 3
+    original = run_commands.load_base
+    monkeypatch.setattr(run_commands, "load_base", lambda *a, **k: loads.append(a) or original(*a, **k))
+    assert (
+        run_commands.predict_with_adapters({"a": runs[0], "b": runs[1]}, str(inputs), str(tmp_path / "both.jsonl"))
+        == 3
+    )
     assert len(loads) == 1  # one base model for both adapters
     rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
     for i, name in enumerate("ab"):
@@ -207,14 +212,14 @@ def test_adapters_switch_on_one_base_model(classifier_run, tiny_encoder, sentime
 def test_adapter_switching_refuses_runs_without_a_peft_adapter(classifier_run, sentiment_file, tmp_path):
     lora, bitfit = classifier_run("lora"), classifier_run("bitfit")
     with pytest.raises(MethodError, match="saved no single PEFT adapter"):
-        pipeline.predict_with_adapters(
+        run_commands.predict_with_adapters(
             {"lora": lora, "bitfit": bitfit}, str(sentiment_file), str(tmp_path / "out.jsonl")
         )
     assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_head_is_refused_for_generation_at_config_time(tiny_decoder, copy_task_file, tmp_path):
-    with pytest.raises(ConfigError, match="method 'head' is defined only for task_type classification"):
+    with pytest.raises(ConfigError, match="method 'head' is defined only for data.kind classification"):
         method_config("causal_lm", tiny_decoder, copy_task_file, tmp_path, "head")
 
 
@@ -250,7 +255,8 @@ def test_method_settings_are_validated(method, bad, message, tmp_path):
 
 def test_learning_rate_defaults_depend_on_method_and_task():
     def rate(method, task="classification"):
-        return build_config({"task": task, "method": {"name": method}, "data": {"prompt_field": "p"}}).learning_rate()
+        config = build_config({"task": task, "method": {"name": method}, "data": {"prompt_field": "p"}})
+        return objective_of(config).learning_rate(config)
 
     assert rate("full") == 5e-5
     assert rate("lora") == 2e-3 and rate("lora", "causal_lm") == 2e-4

@@ -8,13 +8,14 @@ import json
 
 import pytest
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.cli import main
 from tunelab.config import ConfigError, build_config
 from tunelab.data.encode import TaskCollator
 from tunelab.data.plan import plan_training
 from tunelab.data.taskset import load_taskset
 from tunelab.records import DataError
+from tunelab.resolve import check_config
 from tunelab.train.objectives import objective_of
 from tunelab.train.trainer import CompletionLossTrainer
 
@@ -59,7 +60,7 @@ def test_bad_mixtures_are_config_errors(tiny_decoder, tmp_path):
     with pytest.raises(ConfigError, match="needs mixture.cap"):
         mixture_config(tiny_decoder, tmp_path, strategy="capped")
     with pytest.raises(ConfigError, match="multi_head"):
-        mixture_config(tiny_decoder, tmp_path, task="classification")
+        check_config(mixture_config(tiny_decoder, tmp_path, objective="classifier"))
     with pytest.raises(ConfigError, match="takes no per-task loss_weight"):
         mixture_config(tiny_decoder, tmp_path, method="prompt", tasks=[{"task": "sst2", "loss_weight": 2.0}])
     with pytest.raises(ConfigError, match="early_stopping_patience needs a best checkpoint"):
@@ -67,7 +68,7 @@ def test_bad_mixtures_are_config_errors(tiny_decoder, tmp_path):
             {**mixture_config(tiny_decoder, tmp_path).model_dump(), "training": {"early_stopping_patience": 2}}
         )
     with pytest.raises(ConfigError, match="method.name: full"):
-        mixture_config(tiny_decoder, tmp_path, task="classification", method="lora", architecture="multi_head")
+        check_config(mixture_config(tiny_decoder, tmp_path, objective="multi_head", method="lora"))
     with pytest.raises(DataError, match="eval_only"):
         planned(mixture_config(tiny_decoder, tmp_path, tasks=[{"task": "squad_mini"}]))
 
@@ -134,9 +135,8 @@ def test_a_one_task_multi_head_run_keeps_its_last_weights(tiny_encoder, tmp_path
         mixture_config(
             tiny_encoder,
             tmp_path,
-            task="classification",
+            objective="multi_head",
             method="full",
-            architecture="multi_head",
             tasks=[{"task": "sst2", "max_examples": 8}],
         )
     )
@@ -145,9 +145,7 @@ def test_a_one_task_multi_head_run_keeps_its_last_weights(tiny_encoder, tmp_path
 
 
 def test_task_adapters_train_one_adapter_per_task_and_route_by_name(tiny_decoder, tmp_path):
-    config = mixture_config(
-        tiny_decoder, tmp_path, architecture="task_adapters", shared_adapter=True, eval_only=["cola"]
-    )
+    config = mixture_config(tiny_decoder, tmp_path, objective="task_adapters", shared_adapter=True, eval_only=["cola"])
     run = pipeline.train(config)
     manifest = json.loads((run.model_dir / "task_adapters.json").read_text())
     assert manifest == {"tasks": ["sst2", "rte"], "shared": True}
@@ -189,7 +187,7 @@ def test_a_mixture_run_asks_which_task_a_command_means(multi_head_run, tmp_path)
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
     with pytest.raises(TaskError, match="trained on sst2, rte; say which task with --task NAME"):
-        pipeline.predict_run(run, str(inputs), str(tmp_path / "out.jsonl"))
+        run_commands.predict_run(run, str(inputs), str(tmp_path / "out.jsonl"))
     with pytest.raises(TaskError, match="--task"):
-        pipeline.merge_run(run, tmp_path / "merged")
+        run_commands.merge_run(run, tmp_path / "merged")
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "merged").exists()

@@ -42,8 +42,8 @@ class ToyLoha:
     TARGETS = ("o_proj", "down_proj")
     TRAITS = MethodTraits(
         LearningRates(with_head=2e-3, generative=3e-3),  # at 1e-2 the tiny decoder answers only end-of-text
-        task_types=frozenset({"causal_lm"}),
-        task_types_reason="the toy is tried on a decoder only",
+        kinds=frozenset({"generation"}),
+        kinds_reason="the toy is tried on generation only",
         peft_adapter=True,
         mergeable=True,
     )
@@ -117,11 +117,10 @@ def _train(decoder: str, data: Path, folder: Path) -> RunDir:
     """`tunelab train` on a config naming the toy method, with the learning rate left to its row."""
     config = {
         "name": "toy-loha",
-        "task_type": "causal_lm",
         "output_dir": str(folder / "runs"),
         "model": {"name": decoder},
         "method": {"name": ToyLoha.NAME},
-        "data": {"train": str(data), "prompt_template": "{question}", "response_field": "answer", "max_length": 48},
+        "data": {"kind": "generation", "train": str(data), "prompt_template": "{question}", "response_field": "answer", "max_length": 48},
         "training": {"epochs": 4, "batch_size": 8, "logging_steps": 2, "precision": "fp32"},
         "eval": {"max_new_tokens": 4, "baselines": []},
     }

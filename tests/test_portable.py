@@ -20,10 +20,11 @@ from peft import get_peft_model
 from safetensors import safe_open
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-from tunelab import pipeline
+from tunelab import run_commands
 from tunelab.config import RunConfig, load_config
 from tunelab.methods import lora
 from tunelab.methods.peft_common import ADAPTER_CONFIG, name_base_model
+from tunelab.models.family import task_type_of
 from tunelab.models.loading import portable_reference, resolve_source
 from tunelab.models.registry import REGISTRY, native_dir
 from tunelab.runs import RunDir
@@ -144,7 +145,7 @@ def test_a_classifier_s_saved_and_merged_configs_carry_its_label_names(method, c
     state = run.state()
     expected = _label_maps(state["labels"])
     assert state["base_source"] == tiny_encoder
-    merged = pipeline.merge_run(run, tmp_path / "merged")
+    merged = run_commands.merge_run(run, tmp_path / "merged")
     assert _saved_label_maps(merged / "config.json") == expected
     if method == "lora":
         # A config.json beside adapter_config.json makes transformers load the folder as a whole model (and fail
@@ -162,7 +163,7 @@ def test_a_multi_head_run_merged_for_one_task_carries_that_task_s_label_names(mu
     heads = json.loads((run.model_dir / "multihead.json").read_text())["tasks"]
     assert heads["sst2"] != heads["rte"]
     for task in ("sst2", "rte"):
-        merged = pipeline.merge_run(run, tmp_path / task, task=task)
+        merged = run_commands.merge_run(run, tmp_path / task, task=task)
         assert _saved_label_maps(merged / "config.json") == _label_maps(heads[task])
 
 
@@ -183,7 +184,7 @@ def real_runs(tmp_path_factory) -> dict[str, RunDir]:
 
 def _predictions(run: RunDir, inputs: Path) -> list[dict]:
     output = inputs.with_suffix(".predictions.jsonl")
-    pipeline.predict_run(run, str(inputs), str(output))
+    run_commands.predict_run(run, str(inputs), str(output))
     return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
 
@@ -220,7 +221,7 @@ def test_a_merged_classifier_answers_in_plain_transformers_as_tunelab_does(real_
     run = real_runs["sentiment"]
     texts = _sst2_texts()
     tunelab_rows = _predictions(run, write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in texts]))
-    merged = pipeline.merge_run(run, tmp_path / "merged")
+    merged = run_commands.merge_run(run, tmp_path / "merged")
     plain = without_tunelab(
         """
         from transformers import pipeline
@@ -277,7 +278,7 @@ def test_a_merged_decoder_generates_in_plain_transformers_what_tunelab_predicts(
     rows = [json.loads(line) for line in (SHARED_DATA / "dialogsum" / "test.jsonl").read_text().splitlines()]
     records = sorted(rows, key=lambda row: len(row["dialogue"]))[:2]  # short prompts: nothing is truncated
     tunelab_rows = _predictions(run, write_jsonl(tmp_path / "dialogues.jsonl", records))
-    merged = pipeline.merge_run(run, tmp_path / "merged")
+    merged = run_commands.merge_run(run, tmp_path / "merged")
     projection = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(_tensor(merged, projection), _tensor(Path(run.state()["base_source"]), projection))
     plain = without_tunelab(
@@ -347,7 +348,7 @@ def _decoder_lora_configs() -> dict[str, RunConfig]:
     return {
         name: config
         for name, config in {**shipped, **defaults}.items()
-        if config.task_type == "causal_lm" and config.method.name in LORA_FAMILY
+        if task_type_of(config) == "causal_lm" and config.method.name in LORA_FAMILY
     }
 
 

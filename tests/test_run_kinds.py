@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.config import build_config
 from tunelab.data.task_records import load_records
 from tunelab.eval import human
@@ -232,7 +232,7 @@ def _logits(model, batch) -> torch.Tensor:
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_run_kind_merges_into_a_standalone_model(kind, runs, tmp_path):
     run = runs[kind]
-    merged = pipeline.merge_run(
+    merged = run_commands.merge_run(
         run, tmp_path / "merged", task=None if kind in ("classifier", "text_to_text", "mixture") else "sst2"
     )
     loaded = load_run(run)

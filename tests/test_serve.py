@@ -25,7 +25,7 @@ from schemathesis.config import SchemathesisConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.config import build_config
 from tunelab.runs import RunDir
 from tunelab.serve.catalog import Catalog, load_catalog
@@ -159,7 +159,7 @@ def test_a_record_is_answered_as_the_run_answers_it(server, runs, tmp_path):
     """A templated run called with its record's fields answers as `tunelab predict` does on that record."""
     record = {"question": "repeat the word film"}
     inputs = write_jsonl(tmp_path / "in.jsonl", [record])
-    pipeline.predict_run(runs["b"], str(inputs), str(tmp_path / "out.jsonl"))
+    run_commands.predict_run(runs["b"], str(inputs), str(tmp_path / "out.jsonl"))
     expected = json.loads((tmp_path / "out.jsonl").read_text())["prediction"]
     status, body, _ = call(server, "/v1/chat/completions", {"model": "b", "record": record, "max_tokens": 6}, KEY)
     assert status == 200 and body["choices"][0]["message"]["content"] == expected
@@ -195,7 +195,7 @@ def test_streaming_sends_the_answer_piece_by_piece(server):
 def test_classify_answers_as_predict_does(server, runs, tmp_path):
     texts = ["the film was great", "the ending was dull", "a wonderful cast"]
     inputs = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in texts])
-    pipeline.predict_run(runs["sentiment"], str(inputs), str(tmp_path / "out.jsonl"))
+    run_commands.predict_run(runs["sentiment"], str(inputs), str(tmp_path / "out.jsonl"))
     expected = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     status, body, _ = call(server, "/v1/classify", {"model": "sentiment", "input": texts}, KEY)
     assert status == 200

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from openai import OpenAI
 
-from tunelab.pipeline import predict_run
+from tunelab.run_commands import predict_run
 
 from helpers import SHARED_DATA, session_home
 from serving import (

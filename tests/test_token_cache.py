@@ -15,6 +15,7 @@ from tunelab.data import cache
 from tunelab.data.cache import cache_key, encode_cached, read_entry
 from tunelab.data.encode import encode
 from tunelab.data.splits import load_task_data
+from tunelab.models.family import task_type_of
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<user> {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} <bot>{% endif %}"
@@ -59,7 +60,7 @@ def setup(request, tiny_decoder, tiny_encoder, copy_task_file, sentiment_file):
     else:
         model_dir, (config, data) = tiny_encoder, classification_setup(tiny_encoder, sentiment_file)
     args = {
-        "task": config.task_type,
+        "task": task_type_of(config),
         "records": data.train,
         "tokenizer": AutoTokenizer.from_pretrained(model_dir),
         "data": config.data,
@@ -157,7 +158,7 @@ def assert_miss_matching_fresh(setup, folder, **changes):
 def test_changed_record_is_a_miss(setup, folder):
     setup.call(folder)
     records = list(setup.data.train)
-    field = setup.config.data.text_field if setup.config.task_type == "classification" else "question"
+    field = setup.config.data.text_field if setup.config.data.kind == "classification" else "question"
     records[3] = dataclasses.replace(
         records[3], fields={**records[3].fields, field: records[3].fields[field] + " again"}
     )
@@ -182,7 +183,7 @@ def test_changed_data_config_is_a_miss(setup, folder):
 
 def test_changed_labels_or_target_is_a_miss(setup, folder):
     setup.call(folder)
-    if setup.config.task_type == "classification":
+    if setup.config.data.kind == "classification":
         assert_miss_matching_fresh(setup, folder, labels=list(reversed(setup.data.labels)))
     assert_miss_matching_fresh(setup, folder, with_target=False)
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tunelab import pipeline
+from tunelab import pipeline, run_commands
 from tunelab.config import ConfigError
 from tunelab.data.encode import PackedCollator, encode, make_collator
 from tunelab.data.splits import load_task_data
@@ -60,7 +60,7 @@ def test_classification_full_writes_a_complete_run(tiny_encoder, sentiment_file,
     test_file = tmp_path / "test.jsonl"
     data = load_task_data(run.config())
     test_file.write_text("".join(json.dumps(r.fields) + "\n" for r in data.test))
-    report = json.loads(pipeline.evaluate_run(run, str(test_file)).read_text())
+    report = json.loads(run_commands.evaluate_run(run, str(test_file)).read_text())
     scored = report["tasks"]["test.jsonl"]
     assert scored["examples"] == task["tuned"]["examples"]
     for metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
@@ -182,7 +182,7 @@ def test_seq2seq_trains_and_predicts_every_input(tiny_seq2seq, copy_task_file, t
         "".join(json.dumps({"question": f"repeat the word {w}"}) + "\n" for w in ("film", "dull", "cast"))
     )
     output = tmp_path / "preds.jsonl"
-    assert pipeline.predict_run(run, str(inputs), str(output)) == 3
+    assert run_commands.predict_run(run, str(inputs), str(output)) == 3
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["question"] for r in rows] == ["repeat the word film", "repeat the word dull", "repeat the word cast"]
     assert all(isinstance(r["prediction"], str) for r in rows)
@@ -209,7 +209,7 @@ def test_interrupted_run_is_not_complete_and_resumes(tiny_encoder, sentiment_fil
     assert run.state()["state"] == "interrupted"
     assert not run.eval_path.exists() and not run.model_dir.exists()
     with pytest.raises(RunError, match="--resume"):
-        pipeline.evaluate_run(run, str(sentiment_file))
+        run_commands.evaluate_run(run, str(sentiment_file))
     steps_done = int(run.last_checkpoint().name.split("-")[-1])
 
     monkeypatch.setattr(pipeline, "build_trainer", original)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tunelab.config import RunConfig
 from tunelab.eval.bootstrap import format_interval
+from tunelab.kinds import kind_of_run
+from tunelab.runs import run_words
 from tunelab.train.objectives import objective_of
 
 
@@ -102,12 +104,17 @@ def _data_section(config: RunConfig, state: dict) -> str:
         return f"## Mixture, as trained\n{mixture_lines(state['plan'])}\n"
     data, examples = config.data, state["examples"]
     notes = "".join(f"- {note}\n" for note in state.get("data_notes", []))
-    trained = "token blocks" if config.task_type == "language_modeling" else "examples"  # test texts stay whole
+    trained = "examples" if kind_of_run(config).prompted else "token blocks"  # test texts stay whole
     return (
         f"## Data\n- train: `{data.train}` ({examples['train']} {trained})\n"
         f"- validation: `{data.validation or 'split from train'}` ({examples['validation']} {trained})\n"
         f"- test: `{data.test or 'split from train'}` ({examples['test']} examples)\n{notes}"
     )
+
+
+def _trained(step: dict) -> str:
+    """'generation, text_to_text': what a run of a chain trained; a run written before says its task type."""
+    return f"{step['kind']}, {step['objective']}" if "kind" in step else step["task_type"]
 
 
 def _chain_step_scores(step: dict) -> str:
@@ -127,10 +134,10 @@ def chain_section(config: RunConfig, chain: list[dict]) -> str:
     for number, step in enumerate(chain, start=2):
         scores = _chain_step_scores(step)
         lines.append(
-            f"{number}. run `{step['name']}` ({step['run']}): {step['task_type']}, method {step['method']}, "
+            f"{number}. run `{step['name']}` ({step['run']}): {_trained(step)}, method {step['method']}, "
             f"on `{step['data']}`" + (f"; {scores}" if scores else "")
         )
-    lines.append(f"{len(chain) + 2}. this run: {config.task_type}, method {config.method.name}")
+    lines.append(f"{len(chain) + 2}. this run: {_trained(run_words(config))}, method {config.method.name}")
     return "## Chain of runs\n" + "\n".join(lines) + "\n"
 
 
@@ -149,7 +156,7 @@ def _contamination_section(state: dict) -> str:
 
 def _setup_lines(config: RunConfig) -> str:
     if config.mixture is None:
-        return f"- task: {config.task_type}\n- method: {config.method.name}"
+        return f"- kind: {config.data.kind}; objective: {objective_of(config).name}\n- method: {config.method.name}"
     mixture = config.mixture
     sampling = (
         mixture.strategy
@@ -157,7 +164,7 @@ def _setup_lines(config: RunConfig) -> str:
         + (f", temperature {mixture.temperature:g}" if mixture.strategy == "temperature" else "")
     )
     return (
-        f"- architecture: {mixture.architecture}; method: {config.method.name}\n"
+        f"- objective: {objective_of(config).name}; method: {config.method.name}\n"
         f"- sampling: {sampling}; task-balanced batches: {'yes' if mixture.balanced_batches else 'no'}; "
         f"templates: {mixture.templates}"
     )

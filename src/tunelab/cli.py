@@ -8,9 +8,9 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import get_args
 
-from tunelab.config import METHOD_TRAITS, ConfigError, TaskType, load_config, method_names
+from tunelab.config import METHOD_TRAITS, ConfigError, load_config, method_names
+from tunelab.config.vocabulary import OLD_TASK_TYPES
 from tunelab.errors import TunelabError
 
 
@@ -35,28 +35,35 @@ def _cmd_models_prepare(args) -> None:
 
 
 def _data_config(args):
-    return load_config(args.config, [f"task_type={args.task_type}", *args.overrides])
+    """The config a data file is read with: --config's (or the defaults) with --kind, or the old --task-type."""
+    from tunelab.resolve import check_config
+
+    chosen = [f"data.kind={args.kind}"] if args.kind else []
+    chosen += [f"task_type={args.task_type}"] if args.task_type else []
+    config = load_config(args.config, [*chosen, *args.overrides])
+    check_config(config)
+    return config
 
 
 def _cmd_data_check(args) -> None:
-    from tunelab import pipeline
+    from tunelab import data_checks
     from tunelab.data.report import render_report
 
     config = _data_config(args)
-    valid, labels = pipeline.read_checked(config, args.file)
+    valid, labels = data_checks.read_checked(config, args.file)
     print(
-        f"{args.file}: {len(valid)} valid records for task_type {config.task_type}"
+        f"{args.file}: {len(valid)} valid records for data.kind {config.data.kind}"
         + (f", labels {labels}" if labels else "")
     )
-    print(render_report(pipeline.report_data_file(config, args.file, valid, labels, args.against, args.suite)))
+    print(render_report(data_checks.report_data_file(config, args.file, valid, labels, args.against, args.suite)))
 
 
 def _cmd_data_clean(args) -> None:
-    from tunelab import pipeline
+    from tunelab import data_checks
     from tunelab.data.report import render_report
 
     config = _data_config(args)
-    report, written = pipeline.clean_data_file(
+    report, written = data_checks.clean_data_file(
         config, args.file, Path(args.output), args.dedup, args.against, args.suite
     )
     print(render_report(report))
@@ -137,7 +144,7 @@ def _cmd_train(args) -> int | None:
 
 
 def _cmd_eval(args) -> None:
-    from tunelab import pipeline
+    from tunelab import run_commands
     from tunelab.eval import commands
     from tunelab.runs import RunDir
 
@@ -160,7 +167,7 @@ def _cmd_eval(args) -> None:
             args.scoring,
         )
         return
-    report = pipeline.evaluate_run(
+    report = run_commands.evaluate_run(
         RunDir(args.target),
         args.data,
         Path(args.output) if args.output else None,
@@ -284,7 +291,7 @@ def _named_adapters(items: list[str]) -> dict:
 
 
 def _cmd_predict(args) -> None:
-    from tunelab import pipeline
+    from tunelab import run_commands
     from tunelab.runs import RunDir
 
     if bool(args.run) == bool(args.adapter):
@@ -300,17 +307,17 @@ def _cmd_predict(args) -> None:
 
         count = predict_onnx(Path(args.run), args.input, args.output, args.task)
     elif args.run:
-        count = pipeline.predict_run(RunDir(args.run), args.input, args.output, args.task, args.overrides)
+        count = run_commands.predict_run(RunDir(args.run), args.input, args.output, args.task, args.overrides)
     else:
-        count = pipeline.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
+        count = run_commands.predict_with_adapters(_named_adapters(args.adapter), args.input, args.output)
     print(f"wrote {count} predictions to {args.output}")
 
 
 def _cmd_merge(args) -> None:
-    from tunelab import pipeline
+    from tunelab import run_commands
     from tunelab.runs import RunDir
 
-    print(f"merged model written to {pipeline.merge_run(RunDir(args.run), Path(args.output), args.task)}")
+    print(f"merged model written to {run_commands.merge_run(RunDir(args.run), Path(args.output), args.task)}")
 
 
 def _cmd_export(args) -> None:
@@ -440,13 +447,19 @@ def _scoring_option(parser: argparse.ArgumentParser) -> None:
 
 def _data_file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="the data file: JSONL, JSON, CSV or Parquet")
+    from tunelab.kinds import KINDS
+
+    parser.add_argument(
+        "--kind",
+        choices=list(KINDS),
+        help="the kind of example the records are (data.kind; default the config's, else classification)",
+    )
     parser.add_argument(
         "--task-type",
         "--task",
         dest="task_type",
-        default="classification",
-        choices=list(get_args(TaskType)),
-        help="how the records are read (--task is its old name)",
+        choices=list(OLD_TASK_TYPES),
+        help="the old spelling of --kind, read as it (causal_lm and seq2seq: generation)",
     )
     parser.add_argument(
         "--config", help="take field mapping (data.*) and model (for token lengths) from this run config"

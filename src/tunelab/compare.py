@@ -36,8 +36,9 @@ from tunelab.eval.gain import primary_score
 from tunelab.methods import MethodError
 from tunelab.models.reference import check_reference
 from tunelab.pipeline import check_runnable
-from tunelab.runs import RunDir, write_atomic, write_json
+from tunelab.runs import RunDir, run_words, write_atomic, write_json
 from tunelab.tasks import data_task_name, load_task
+from tunelab.train.objectives import objective_of
 
 LOG_TAIL_LINES = 15
 """Lines of a failed variant's log quoted in its row when the run left no error of its own."""
@@ -359,9 +360,9 @@ def write_summary(
         "config": source,
         "name": config.name,
         "kind": kind,
-        "task_type": config.task_type,
+        "data_kind": run_words(config)["kind"],
         "model": config.model.name,
-        "architecture": config.architecture(),
+        "objective": objective_of(config).name,
         "seed": config.training.seed,
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
@@ -390,6 +391,11 @@ def _fmt(value, pattern: str) -> str:
     return "n/a" if value is None else format(value, pattern)
 
 
+def _trained(summary: dict) -> str:
+    """'classification, classifier': what the compared runs train; a summary written before says its task type."""
+    return f"{summary['data_kind']}, {summary['objective']}" if "data_kind" in summary else summary["task_type"]
+
+
 def render_summary(summary: dict, config: RunConfig) -> str:
     tasks = summary["tasks"]
     budget = (
@@ -399,12 +405,12 @@ def render_summary(summary: dict, config: RunConfig) -> str:
         f"data: train `{config.data.train}` (cap {config.data.max_train_examples or 'none'}), "
         f"test `{config.data.test or 'split from train'}` (cap {config.data.max_eval_examples or 'none'})"
         if config.mixture is None
-        else f"{config.mixture.architecture}, sampling {config.mixture.strategy}"
+        else f"{summary['objective']}, sampling {config.mixture.strategy}"
     )
     lines = [
         f"# {summary['kind'].capitalize()} comparison: {summary['name']}",
         "",
-        f"- model `{summary['model']}`, {summary['task_type']}, method {'per row' if summary['kind'] == 'method' else config.method.name}; "
+        f"- model `{summary['model']}`, {_trained(summary)}, method {'per row' if summary['kind'] == 'method' else config.method.name}; "
         f"config `{summary['config']}`",
         f"- {what}",
         f"- same seed ({summary['seed']}) and budget ({budget}, batch {config.training.batch_size}) for every variant",
@@ -525,7 +531,7 @@ def plot_summary(summary: dict, path: Path) -> None:
     for axis in (speed, memory, size):
         axis.tick_params(axis="x", rotation=45)
     figure.suptitle(
-        f"{summary['name']}: {summary['model']} ({summary['architecture']}), {summary['machine']['device']}"
+        f"{summary['name']}: {summary['model']} ({summary.get('objective') or summary['architecture']}), {summary['machine']['device']}"
     )
     figure.tight_layout()
     partial = path.with_name(f".{path.name}.partial.png")

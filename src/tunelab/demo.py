@@ -24,10 +24,15 @@ def demo_config(output_dir: str = "runs"):
     return build_config(
         {
             "name": "demo-sentiment-minilm-lora",
-            "task_type": "classification",
             "output_dir": output_dir,
             "model": {"name": "minilm-l6"},
-            "data": {"train": demo_data_path(), "test_fraction": 0.2, "validation_fraction": 0.1, "max_length": 64},
+            "data": {
+                "kind": "classification",
+                "train": demo_data_path(),
+                "test_fraction": 0.2,
+                "validation_fraction": 0.1,
+                "max_length": 64,
+            },
             "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
             "training": {"epochs": 6, "batch_size": 16, "learning_rate": 2e-3, "logging_steps": 5},
         },

@@ -21,45 +21,35 @@ from transformers.utils import enable_tf32, is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.card import render_card
-from tunelab.config import METHOD_TRAITS, RunConfig, method_names, spoken_list
+from tunelab.config import RunConfig
 from tunelab.data.blocks import block_taskset
-from tunelab.data.cleaning import clean
-from tunelab.data.inputs import read_inputs
 from tunelab.data.plan import Plan, plan_training
-from tunelab.data.quality import run_fields
-from tunelab.data.readers import read_file
-from tunelab.data.report import cleaning_summary, file_references, file_report, render_report, run_report
-from tunelab.data.splits import label_set
-from tunelab.data.task_records import draw_records, read_for_task
-from tunelab.data.taskset import TaskSet, load_taskset, task_specs
-from tunelab.data.validate import check_records, enforce
-from tunelab.errors import TunelabError
+from tunelab.data.taskset import TaskSet, load_taskset
+from tunelab.data_checks import data_report, save_data_report
 from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
-from tunelab.eval.runner import predict_records, run_task
-from tunelab.eval.suites import build_report, data_report_name, write_suite_report
 from tunelab.eval.targets import Target, trained_target
 from tunelab.kinds import kind_of_run
-from tunelab.methods import MethodError, TrainableReport, check_method, method_module
+from tunelab.methods import MethodError, TrainableReport, check_method
 from tunelab.models.attention import use_attention
+from tunelab.models.family import model_task_of, task_type_of
 from tunelab.models.kernels import use_kernels
 from tunelab.models.loading import (
     MERGED_FOLDER,
     check_family,
-    load_base,
-    load_tokenizer,
+    config_tokenizer,
     parameter_count,
     resolve_source,
     run_directory,
 )
 from tunelab.models.reference import check_reference
-from tunelab.records import DataError, Record
+from tunelab.resolve import check_config
+from tunelab.run_commands import merge_run
 from tunelab.runs import (
     RunDir,
     checkpoint_step_of,
     run_chain,
-    staged_folder,
     write_atomic,
     write_json,
 )
@@ -68,15 +58,17 @@ from tunelab.train.memory import peak_memory, reset_peak
 from tunelab.train.objectives import Objective, objective_of
 from tunelab.train.signals import StopOnSignal
 from tunelab.train.tracking import check_trackers, ends_tracking_on_failure
-from tunelab.train.trained import LoadedRun, load_run
+from tunelab.train.trained import load_run
 from tunelab.train.trainer import build_trainer, choose_precision
 
 
 def check_runnable(config: RunConfig) -> None:
     """Refuse, before any data or model loads, a model that names nothing loadable or cannot do the task, a
-    method that cannot run here, or a tracker that is not installed (or whose MLflow store will not open)."""
+    method that cannot run here, or a tracker that is not installed (or whose MLflow store will not open); and a
+    kind of example or objective that is not registered or cannot train this config (`resolve.check_config`)."""
+    check_config(config)
     check_reference(config.model.name, config.model.revision)
-    check_family(config.model.name, config.task_type)
+    check_family(config.model.name, task_type_of(config))
     if run_directory(config.model.name):
         RunDir(config.model.name).require_complete()
     check_method(config)
@@ -179,7 +171,7 @@ def setup(
     tokenizer = tokenizer or config_tokenizer(config)
     model = objective.load(config, tasks, precision)
     _score_baselines(config, run, model, tokenizer, tasks)
-    decoder = config.model_task() == "causal_lm"
+    decoder = model_task_of(config) == "causal_lm"
     kernels = use_kernels(model, config.training.kernels) if decoder else None  # patched before PEFT wraps layers
     model, trainable = objective.adapt(model, config, tasks)
     print(f"{objective.name}, method {config.method.name}: {trainable}")
@@ -219,8 +211,8 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
     chain = distributed.share_from_main(earlier_stages(config) if distributed.is_main_process() else None)
     tasks = load_taskset(config)  # every data error surfaces before a model loads
     tokenizer = config_tokenizer(config)  # the data report counts tokens; language modelling plans in blocks of them
-    report = _data_report(config, tasks, tokenizer) if distributed.is_main_process() else None  # on the raw texts
-    if config.task_type == "language_modeling":
+    report = data_report(config, tasks, tokenizer) if distributed.is_main_process() else None  # on the raw texts
+    if config.mixture is None and not kind_of_run(config).prompted:  # raw text, trained in blocks
         block_taskset(tasks, tokenizer, config.data)
     if "few_shot" in config.eval.baselines:
         _check_demonstrations(config, tasks)
@@ -249,7 +241,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             data_warnings=report["warnings"],
             contamination=report["contamination"],
         )
-        _save_data_report(run, report, tasks)
+        save_data_report(run, report, tasks)
     checkpoint = distributed.share_from_main(_resume_point(run, plan) if resume else None)
     stop = StopOnSignal()
     with run.marks_failure() if main else nullcontext(), ends_tracking_on_failure(config):
@@ -307,7 +299,7 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     run.update_state(
         steps=steps,
         epochs_trained=round(ready.plan.epochs_done(steps), 4),
-        learning_rate=config.learning_rate(),
+        learning_rate=ready.objective.learning_rate(config),
         saved_weights_bytes=_saved_weights_bytes(run.model_dir),
         best_step=_kept_step(trainer),
         **memory,
@@ -345,236 +337,3 @@ def _retention_report(config: RunConfig, ready: Setup, tuned: Target) -> str:
     write_json(ready.run.path / "eval" / f"forgetting-{suite.name}.json", report)
     print(table)
     return table
-
-
-def _answering(loaded: LoadedRun, task: str | None, batch_size: int | None = None):
-    """(the task spec a command means, the run's target answering it, `batch_size` examples a batch: default the
-    run's training.eval_batch_size)."""
-    spec = task_specs(loaded.config, loaded.labels).pick(task)
-    target = trained_target(
-        loaded.model, loaded.tokenizer, loaded.config, loaded.labels, str(loaded.run.path), batch_size
-    )
-    return spec, target
-
-
-def evaluate_run(
-    run: RunDir,
-    data_path: str,
-    output: Path | None = None,
-    samples: int = 1000,
-    seed: int = 0,
-    task: str | None = None,
-    shots: int = 0,
-    scoring: str | None = None,
-    limit: int | None = None,
-    batch_size: int | None = None,
-) -> Path:
-    """Score the run on a labelled file, read as records of the run's task (`task` names one of a mixture's),
-    and write the report a suite task gets (`data-<file>.json/.md/.outputs.jsonl`, named by `data_report_name`,
-    every metric with its 95% interval) to `output` (default the run's eval/ folder); returns the JSON path.
-    `limit` scores that many records drawn with `seed`, `batch_size` examples at a time (default the run's
-    training.eval_batch_size). With `shots`, each prompt follows demonstrations drawn from the task's train split
-    (the run's training data for a `data:` run)."""
-    loaded = load_run(run)
-    spec, target = _answering(loaded, task, batch_size)
-    records = draw_records(read_for_task(data_path, spec), limit, seed)
-    result = run_task(target, spec, records, samples, seed, shots, scoring)
-    results = {Path(data_path).name: result}
-    directory = output or run.path / "eval"
-    name = data_report_name(directory, Path(data_path), shots, scoring)
-    report = build_report(name, str(run.path), results, seed, samples, data=Path(data_path).resolve())
-    return write_suite_report(directory, report, results)
-
-
-def _write_rows(output_path: str, rows: list[dict]) -> None:
-    write_atomic(Path(output_path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def predict_run(
-    run: RunDir, input_path: str, output_path: str, task: str | None = None, overrides: Sequence[str] = ()
-) -> int:
-    """Write one JSON line per input record: the record plus its prediction. Returns the count. `overrides` are
-    `data.` settings for reading the input (`data.text_field=sentence`, `data.skip_invalid=true`)."""
-    loaded = load_run(run)
-    spec, target = _answering(loaded, task)
-    records = read_inputs(input_path, spec, list(overrides))
-    predictions = predict_records(target, spec, records)
-    _write_rows(output_path, [{**r.fields, **p} for r, p in zip(records, predictions)])
-    return len(records)
-
-
-def merged_model(loaded: LoadedRun, task: str | None = None):
-    """The run's model as one plain transformers model with its update folded in: the method's merge, or for
-    a multi-task run the head or adapter of one task (`task`), as the run's objective merges."""
-    return objective_of(loaded.config).merge(loaded.model, loaded.config, task)
-
-
-def merge_run(run: RunDir, output: Path, task: str | None = None) -> Path:
-    """Write a standalone transformers model (safetensors + tokenizer) with the run's update folded in
-    (`merged_model`).
-
-    The folder is staged (`runs.staged_folder`): complete or absent, and an existing non-empty one is never
-    overwritten.
-    """
-    with staged_folder(output) as staging:
-        loaded = load_run(run)
-        merged_model(loaded, task).save_pretrained(staging, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(staging)
-    return output
-
-
-def _check_switchable(runs: list[RunDir]) -> tuple[RunConfig, list[str] | None]:
-    """The shared config and labels of runs whose PEFT adapters can take turns on one base model."""
-    configs = [run.config() for run in runs]
-    states = [run.require_complete() for run in runs]
-    first, first_labels = configs[0], states[0].get("labels")
-    peft_types = set()
-    for run, config, state in zip(runs, configs, states):
-        if not METHOD_TRAITS[config.method.name].peft_adapter or config.mixture is not None:
-            raise MethodError(
-                f"run {run.path} (method {config.method.name}) saved no single PEFT adapter; adapter "
-                f"switching needs one-task runs of {spoken_list(method_names(lambda traits: traits.peft_adapter))}"
-            )
-        if (config.model.name, config.task_type, state.get("labels")) != (
-            first.model.name,
-            first.task_type,
-            first_labels,
-        ):
-            raise MethodError(
-                f"run {run.path} was tuned from {config.model.name} ({config.task_type}, labels "
-                f"{state.get('labels')}), run {runs[0].path} from {first.model.name} ({first.task_type}, labels "
-                f"{first_labels}); adapters can only share the base model, task and labels they were trained with"
-            )
-        peft_types.add(json.loads((run.model_dir / "adapter_config.json").read_text())["peft_type"])
-    if len(peft_types) > 1:
-        raise MethodError(
-            f"these adapters are of different PEFT types ({', '.join(sorted(peft_types))}); PEFT switches "
-            "between adapters of one type on a model, so predict with each kind separately"
-        )
-    return first, first_labels
-
-
-def predict_with_adapters(adapters: dict[str, RunDir], input_path: str, output_path: str) -> int:
-    """Predict with several adapter runs over one base model loaded once, switching adapters between passes.
-
-    Each output line is the record plus `predictions`: {adapter name: prediction}.
-    """
-    names, runs = list(adapters), list(adapters.values())
-    config, labels = _check_switchable(runs)
-    method = method_module(config.method.name)
-    model = method.load(load_base(config, labels, new_head=False), runs[0].model_dir, adapter_name=names[0])
-    for name, run in zip(names[1:], runs[1:]):
-        model.load_adapter(run.model_dir, adapter_name=name)
-    model.eval()
-    tokenizer = load_tokenizer(str(runs[0].model_dir))
-    spec = task_specs(config, labels).pick(None)
-    target = trained_target(model, tokenizer, config, labels, "adapters")
-    records = read_for_task(input_path, spec, with_target=False)
-    by_adapter = {}
-    for name in names:
-        model.set_adapter(name)
-        by_adapter[name] = predict_records(target, spec, records)
-    rows = [
-        {**record.fields, "predictions": {name: by_adapter[name][i] for name in names}}
-        for i, record in enumerate(records)
-    ]
-    _write_rows(output_path, rows)
-    return len(records)
-
-
-# --- data checks: the report a run prints and saves, `tunelab data check` and `tunelab data clean` ----------------
-
-
-def config_tokenizer(config: RunConfig):
-    """The tokenizer of the config's model: what a run trains with and what the data report counts tokens with."""
-    source = resolve_source(config.model.name, config.model.revision)
-    return load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
-
-
-def _data_report(config: RunConfig, tasks: TaskSet, tokenizer) -> dict:
-    """The data report on what the run trains (duplicates, conflicts, labels, token lengths with the run's
-    tokenizer, leakage and contamination), printed before any model loads."""
-    report = run_report(config, tasks, tokenizer)
-    print(render_report(report))
-    return report
-
-
-def _save_data_report(run: RunDir, report: dict, tasks: TaskSet) -> None:
-    """`data/report.json` and `report.md`, and, when cleaning is on, `data/removed.jsonl`: every training record
-    removed, with why (empty when nothing was)."""
-    write_json(run.data_dir / "report.json", report)
-    write_atomic(run.data_dir / "report.md", render_report(report))
-    if report["cleaning"] is not None:
-        _write_rows(str(run.data_dir / "removed.jsonl"), [removed.as_dict() for removed in tasks.removed])
-
-
-def read_checked(
-    config: RunConfig, path: str, labels: list[str] | None = None
-) -> tuple[list[Record], list[str] | None]:
-    """A data file's records as a run reads its data, with the label set (given, configured or inferred): invalid
-    records fail with file, line and field, or are skipped and listed under `data.skip_invalid`."""
-    records = read_file(path)
-    if config.task_type == "classification" and labels is None:
-        labels = label_set(records, config, path)
-    return enforce(
-        check_records(records, kind_of_run(config), config.data, labels), path, config.data.skip_invalid
-    ), labels
-
-
-def _file_references(config: RunConfig, labels: list[str] | None, against: list[str], suites: list[str]) -> dict:
-    others = {other: read_checked(config, other, labels)[0] for other in against}
-    return file_references(others, suites, run_fields(config.task_type, config.data))
-
-
-def _lengths_tokenizer(config: RunConfig):
-    """The config's model's tokenizer, or None (token lengths then go unmeasured, and the report says so) when it
-    cannot be loaded here: checking a file's records must not need its model."""
-    try:
-        return config_tokenizer(config)
-    except (TunelabError, OSError) as exc:
-        print(f"token lengths not measured: the tokenizer of {config.model.name} cannot be loaded ({exc})")
-        return None
-
-
-def report_data_file(
-    config: RunConfig,
-    path: str,
-    records: list[Record],
-    labels: list[str] | None,
-    against: list[str],
-    suites: list[str],
-) -> dict:
-    """`tunelab data check`'s report on a file's valid records, compared with the files `against` and `suites`."""
-    references = _file_references(config, labels, against, suites)
-    return file_report(path, records, config.task_type, config.data, references, _lengths_tokenizer(config))
-
-
-def clean_data_file(
-    config: RunConfig, path: str, output: Path, dedup: str, against: list[str], suites: list[str]
-) -> tuple[dict, dict[str, Path]]:
-    """Write a cleaned copy of a data file (its records as read, as JSON Lines, without the duplicates `dedup` names
-    and the records that overlap `against` files or `suites`), its report and the removed records (with why),
-    each atomically; returns the report and the paths written. The input is never overwritten."""
-    if output.suffix != ".jsonl":
-        raise DataError(f"--output {output}: the cleaned copy is written as JSON Lines; give a .jsonl path")
-    for given in (path, *against):
-        if output.resolve() == Path(given).resolve():
-            raise DataError(f"--output {output} is an input ({given}); write the cleaned copy to a new file")
-    records, labels = read_checked(config, path)
-    references = _file_references(config, labels, against, suites)
-    cleaned = clean(
-        records, run_fields(config.task_type, config.data), dedup, {n: r.examples for n, r in references.items()}
-    )
-    summary = cleaning_summary(len(cleaned.kept), cleaned.removed)
-    report = file_report(path, records, config.task_type, config.data, references, _lengths_tokenizer(config), summary)
-    stem = output.with_suffix("")
-    written = {
-        "cleaned": output,
-        "report": stem.with_name(f"{stem.name}.report.json"),
-        "removed": stem.with_name(f"{stem.name}.removed.jsonl"),
-    }
-    _write_rows(str(written["removed"]), [removed.as_dict() for removed in cleaned.removed])
-    write_json(written["report"], report)
-    write_atomic(written["report"].with_suffix(".md"), render_report(report))
-    _write_rows(str(output), [record.fields for record in cleaned.kept])
-    return report, written

@@ -44,6 +44,7 @@ from typing import Any
 
 from tunelab.config import RunConfig, config_to_yaml, load_config
 from tunelab.errors import TunelabError
+from tunelab.kinds import objective_name
 
 
 class RunError(TunelabError, RuntimeError):
@@ -100,8 +101,20 @@ def staged_folder(output: Path) -> Iterator[Path]:
     staging.rename(output)
 
 
+def run_words(config: RunConfig) -> dict[str, str]:
+    """What a run trains, as run.json, the runs index and a chain of runs record it: its kind of example (a
+    mixture's tasks declare their own) and its objective. Runs written before recorded a `task_type` instead
+    (`config.vocabulary.OLD_TASK_TYPES` reads it as a kind)."""
+    return {"kind": "mixture" if config.mixture is not None else config.data.kind, "objective": objective_name(config)}
+
+
 def write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object a line, written atomically: predictions, cleaned copies and removed records."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _has_trainer_state(checkpoint: Path) -> bool:
@@ -132,7 +145,7 @@ class RunDir:
         run.update_state(
             state="running",
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            task_type=config.task_type,
+            **run_words(config),
             method=config.method.name,
             base_model=config.model.name,
         )
@@ -151,7 +164,7 @@ class RunDir:
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
 
     def config(self) -> RunConfig:
-        return load_config(self.config_path)
+        return load_config(self.config_path, quiet=True)
 
     def state(self) -> dict[str, Any]:
         if not self.path.is_dir():
@@ -269,7 +282,7 @@ def chain_step(run: RunDir) -> dict[str, Any]:
         "run": str(run.path.resolve()),
         "name": config.name,
         "base_model": config.model.name,
-        "task_type": config.task_type,
+        **run_words(config),
         "method": config.method.name,
         "data": config.data.train if config.mixture is None else "mixture",
         "scores": scores,

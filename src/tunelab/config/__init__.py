@@ -9,6 +9,7 @@ the bad value and what is allowed, with a did-you-mean for misspelt keys and cho
 - ``mixture``: multi-task mixtures and curricula;
 - ``sweep``: the hyperparameter search and how its keys name settings;
 - ``loading``: YAML and overrides in, validated config out (and back to YAML);
+- ``vocabulary``: the keys of configs written before `data.kind` and `objective`, read as those;
 - ``overrides``, ``errors``, ``section``, ``home``: what those share.
 
 Callers import from here.
@@ -27,7 +28,7 @@ from tunelab.config.methods import (
 )
 from tunelab.config.mixture import MixtureConfig, MixtureTask, StageConfig
 from tunelab.config.overrides import parse_overrides
-from tunelab.config.run import RunConfig, TaskType
+from tunelab.config.run import RunConfig
 from tunelab.config.sections import DataConfig, EvalConfig, ModelConfig, Precision, TrainingConfig
 from tunelab.config.sweep import SweepConfig, SweepParam
 
@@ -47,7 +48,6 @@ __all__ = [
     "StageConfig",
     "SweepConfig",
     "SweepParam",
-    "TaskType",
     "TrainingConfig",
     "build_config",
     "config_to_yaml",

@@ -20,17 +20,20 @@ def with_values(config: RunConfig, values: dict[str, Any], source: str) -> RunCo
     return build_config(merge_sections(config.model_dump(mode="json"), nest_keys(values)), source)
 
 
-def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate a raw config dict, turning pydantic's errors into messages that say what to fix."""
+def build_config(data: dict[str, Any], source: str = "config", quiet: bool = False) -> RunConfig:
+    """Validate a raw config dict, turning pydantic's errors into messages that say what to fix; `quiet` reads old
+    keys without their notes."""
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data, context={"quiet": quiet})
     except ValidationError as exc:
         problems = "\n".join(f"  - {describe_error(e, RunConfig)}" for e in exc.errors())
         raise ConfigError(f"{source} is invalid:\n{problems}") from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config (or start from defaults when path is None), apply overrides, validate."""
+def load_config(path: str | Path | None, overrides: list[str] = (), quiet: bool = False) -> RunConfig:
+    """Read a YAML config (or start from defaults when path is None), apply overrides, validate. `quiet` reads a
+    run directory's own saved config: one written before the new keys loads without a note the user cannot act on
+    (the run is a record, not a file to edit)."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -51,7 +54,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     if overrides:
         source += " with overrides " + " ".join(overrides)
     changes = parse_overrides(list(overrides))
-    config = build_config(merge_sections(raw, changes), source)
+    config = build_config(merge_sections(raw, changes), source, quiet)
     overridden = changes.get("data") if isinstance(changes.get("data"), dict) else {}
     config.data._tried.update({key: places for key, places in tried.items() if key not in overridden})
     return config

@@ -39,10 +39,10 @@ class MethodTraits:
 
     learning_rates: LearningRates
     """The learning rate when `training.learning_rate` is absent."""
-    task_types: frozenset[str] | None = None
-    """The task types the method is defined for; None: all of them."""
-    task_types_reason: str = ""
-    """Why the method is confined to `task_types`, told when a config asks for another."""
+    kinds: frozenset[str] | None = None
+    """The kinds of example (`data.kind`) the method is defined for; None: all of them."""
+    kinds_reason: str = ""
+    """Why the method is confined to `kinds`, told when a config asks for another."""
     lora_family: bool = False
     """A low-rank update of existing weights through PEFT's LoRA (lora, dora, rslora, qlora)."""
     quantized_base: bool = False
@@ -56,8 +56,8 @@ class MethodTraits:
     settings: tuple[str, ...] = ()
     """The `method.<section>` settings it reads (fields of MethodConfig); () for a method without settings."""
 
-    def applies_to(self, task_type: str) -> bool:
-        return self.task_types is None or task_type in self.task_types
+    def applies_to(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
 
 
 _LORA = MethodTraits(
@@ -72,8 +72,8 @@ METHOD_TRAITS: dict[str, MethodTraits] = {
     "full": MethodTraits(LearningRates(with_head=5e-5, generative=5e-5), mergeable=True),
     "head": MethodTraits(
         LearningRates(with_head=2e-3, generative=2e-3),
-        task_types=frozenset({"classification"}),
-        task_types_reason="it trains only a classification head, and other task types have none",
+        kinds=frozenset({"classification"}),
+        kinds_reason="it trains only a classification head, and other kinds of example have none",
         mergeable=True,
     ),
     "bitfit": MethodTraits(LearningRates(with_head=2e-3, generative=5e-4), mergeable=True),

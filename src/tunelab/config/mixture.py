@@ -54,11 +54,8 @@ class MixtureConfig(Section):
     """Test examples per task for the before/after scores (a seeded draw)."""
     validation_examples: int = Field(50, ge=1)
     """Validation examples per trained task for the per-task validation loss during training."""
-    architecture: Literal["text_to_text", "multi_head", "task_adapters"] = "text_to_text"
-    """'text_to_text': one decoder/seq2seq model, every task an instruction; 'multi_head': one shared encoder with a
-    classification head per task; 'task_adapters': one LoRA adapter per task over a frozen base, routed by task."""
     shared_adapter: bool = False
-    """With task_adapters: also train one adapter shared by every task, active together with the task's own."""
+    """With objective task_adapters: also train one adapter shared by every task, active together with the task's own."""
 
     @model_validator(mode="after")
     def _tasks_or_stages(self) -> MixtureConfig:

@@ -22,6 +22,11 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
+    kind: str = "classification"
+    """The kind of example the data holds: a registered kind (classification, generation, tagging,
+    language_modeling, or one a plugin registers; `tunelab.kinds`). It says which fields a record needs and how it
+    is encoded and scored; the model family (encoder, decoder, encoder-decoder) comes from the model. Configs
+    written before say `task_type:` (or `task:`), read the same way with a note."""
     train: str | None = None
     """Training data: a .jsonl/.csv/.parquet file, a directory of split files, or `hf:NAME[:CONFIG]` for a Hugging Face dataset."""
     validation: str | None = None
@@ -29,7 +34,7 @@ class DataConfig(Section):
     test: str | None = None
     """Test data (same forms as `train`); split from train with `test_fraction` when absent."""
     text_field: str = "text"
-    """Field holding the input text (classification), or the raw text trained on (language_modeling)."""
+    """Field holding the input text (kind classification), or the raw text trained on (kind language_modeling)."""
     text_pair_field: str | None = None
     """Optional second text field for sentence-pair tasks (e.g. entailment)."""
     label_field: str = "label"
@@ -118,7 +123,7 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory at the cost of time."""
     packing: bool = True
-    """Decoder (causal_lm) training without padding: a batch's examples are laid end to end, position ids
+    """Decoder training without padding: a batch's examples are laid end to end, position ids
     restarting per example, so no example attends to another; in one row under per-example attention (see
     `attention`), else in rows of at most data.max_length tokens."""
     attention: Literal["auto", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2"] = "auto"

@@ -102,7 +102,7 @@ def clean_training(config: RunConfig, train: list[Record], validation: list[Reco
     """A `data:` run's training records after `data.drop_overlap` (against its validation and test splits and its
     retention suite) and `data.dedup`; DataError when nothing would be left to train on."""
     data = config.data
-    fields = run_fields(config.task_type, data)
+    fields = run_fields(data)
     against: dict[str, list[Example]] = {}
     if data.drop_overlap:
         against = {"validation": examples_of(validation, fields), "test": examples_of(test, fields)}

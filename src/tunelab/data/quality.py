@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 
 from tunelab.config import DataConfig
 from tunelab.data.task_records import load_records
-from tunelab.kinds import kind_of_task_type
+from tunelab.kinds import kind_named
 from tunelab.records import Record
 from tunelab.render import template_fields
 from tunelab.tasks import TaskSpec, load_task
@@ -55,11 +55,11 @@ class Fields:
     """None when nothing is answered (language modelling): duplicates are then decided by the input alone."""
 
 
-def run_fields(task_type: str, data: DataConfig) -> Fields:
+def run_fields(data: DataConfig) -> Fields:
     """The input and answer fields of a `data:` section's records: a classifier reads its text (and text pair) and
     answers a label; a generator reads its prompt template's fields (or its prompt field) and answers the response;
     a language model reads raw text and answers nothing."""
-    kind = kind_of_task_type(task_type)
+    kind = kind_named(data.kind)
     return Fields(tuple(kind.run_fields(data, with_target=False)), kind.answer_field(data))
 
 

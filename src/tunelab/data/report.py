@@ -37,7 +37,7 @@ from tunelab.data.quality import (
     task_fields,
 )
 from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
-from tunelab.kinds import kind_of_run, kind_of_task_type
+from tunelab.kinds import kind_named, kind_of_run
 from tunelab.records import Record
 
 SHOWN = 5
@@ -217,26 +217,29 @@ def _suite_references(reference: str | None) -> dict[str, Reference]:
     return {name: Reference("suite", found) for name, found in suite_examples(reference).items()} if reference else {}
 
 
-def _lengths(config: RunConfig, task: TrainingTask, tokenizer: PreTrainedTokenizerBase) -> dict | None:
+def _lengths(config: RunConfig, task_type: str, task: TrainingTask, tokenizer: PreTrainedTokenizerBase) -> dict | None:
     """A task's lengths as its run tokenises them: a `data:` run's records, a multi-head task's text, or a
     text-to-text mixture task's instructions (first template)."""
     data = config.data
     if config.mixture is None:
-        return token_lengths(config.task_type, task.train, tokenizer, data)
-    if task.spec.handler.head_answers and config.mixture.architecture == "multi_head":
+        return token_lengths(task_type, task.train, tokenizer, data)
+    if task.spec.handler.head_answers and task_type == "classification":  # a multi-head model
         return token_lengths("classification", task.train, tokenizer, task.spec.data_config(data.max_length))
     instructions = [task.spec.instruction(record) for record in task.train]
-    return token_lengths(config.task_type, instructions, tokenizer, instruction_data(config))
+    return token_lengths(task_type, instructions, tokenizer, instruction_data(config))
 
 
-def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizerBase | None = None) -> dict:
+def run_report(
+    config: RunConfig, task_type: str, tasks: TaskSet, tokenizer: PreTrainedTokenizerBase | None = None
+) -> dict:
     """The report on every trained task of a run, compared with its own validation and test splits, the other tasks
-    it is scored on, and its retention suite; token lengths when a tokenizer is given."""
+    it is scored on, and its retention suite; token lengths when a tokenizer is given, as a model of `task_type`
+    (`tunelab.models.family.task_type_of`: the caller reads the model's family) reads them."""
     suite = _suite_references(config.eval.retention_suite)
     scored = {name: task_examples(spec, records) for name, (spec, records, _) in tasks.scored().items()}
     found = {}
     for name, task in tasks.trained.items():
-        fields = run_fields(config.task_type, config.data) if config.mixture is None else task_fields(task.spec)
+        fields = run_fields(config.data) if config.mixture is None else task_fields(task.spec)
         references = {
             "validation": Reference("validation", examples_of(task.validation, fields), same_task=True),
             "test": Reference("test", examples_of(task.test, fields), same_task=True),
@@ -244,7 +247,7 @@ def run_report(config: RunConfig, tasks: TaskSet, tokenizer: PreTrainedTokenizer
             **suite,
         }
         classifies = (kind_of_run(config) if config.mixture is None else task.spec.handler).head_answers
-        lengths = _lengths(config, task, tokenizer) if tokenizer is not None else None
+        lengths = _lengths(config, task_type, task, tokenizer) if tokenizer is not None else None
         pinned = config.data.labels if config.mixture is None else list(task.spec.label_words)
         answer = fields.answer if classifies else None
         found[name] = task_report(task.train, fields, references, answer, lengths, pinned if classifies else None)
@@ -273,10 +276,11 @@ def file_report(
     tokenizer: PreTrainedTokenizerBase | None = None,
     cleaning: dict | None = None,
 ) -> dict:
-    """The report on one data file (`tunelab data check` / `data clean`), compared with `references`."""
-    fields = run_fields(task_type, data)
+    """The report on one data file (`tunelab data check` / `data clean`), compared with `references`; token lengths
+    as a model of `task_type` reads them (`run_report` says whose)."""
+    fields = run_fields(data)
     lengths = token_lengths(task_type, records, tokenizer, data) if tokenizer is not None else None
-    label_field = fields.answer if kind_of_task_type(task_type).head_answers else None
+    label_field = fields.answer if kind_named(data.kind).head_answers else None
     found = task_report(records, fields, references, label_field, lengths, data.labels)
     return assemble({path: found}, cleaning)
 

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.encode import encode
 from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
+from tunelab.models.family import task_type_of
 from tunelab.records import Record
 
 PAD_MULTIPLE = 32
@@ -77,12 +78,12 @@ def generate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], config: RunConfig
 ) -> list[str]:
     """Greedy (or beam) completions for each record's prompt, stopping at EOS."""
-    examples = encode(config.task_type, records, tokenizer, config.data, with_target=False).examples
+    examples = encode(task_type_of(config), records, tokenizer, config.data, with_target=False).examples
     return generate_texts(
         model,
         tokenizer,
         [e["input_ids"] for e in examples],
-        decoder_only=config.task_type == "causal_lm",
+        decoder_only=task_type_of(config) == "causal_lm",
         batch_size=config.training.eval_batch_size,
         max_new_tokens=config.eval.max_new_tokens,
         num_beams=config.eval.num_beams,

@@ -194,7 +194,7 @@ def answers(
 def classifier_predictions(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
     """A classifier's label and label probabilities for each record, read with the task's text fields."""
     data = spec.data_config(input_limit(target, spec))
-    config = RunConfig(task="classification", data=data, training=TrainingConfig(eval_batch_size=target.batch_size))
+    config = RunConfig(data=data, training=TrainingConfig(eval_batch_size=target.batch_size))
     return classify(target.model, target.tokenizer, records, config, target.labels)
 
 

@@ -19,6 +19,7 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunelab.config import RunConfig
 from tunelab.eval import EvaluationError
+from tunelab.models.family import model_task_of
 from tunelab.models.loading import load_model, load_tokenizer, on_device, resolve_source
 from tunelab.models.registry import REGISTRY
 from tunelab.runs import RunDir
@@ -82,7 +83,7 @@ def trained_target(
     its head or by generating, and per task as the objective routes it."""
     batch_size = batch_size or config.training.eval_batch_size
     objective = objective_of(config)
-    task = "classification" if objective.answers_by_head else config.model_task()
+    task = "classification" if objective.answers_by_head else model_task_of(config)
     target = Target(name, on_device(model), tokenizer, task, labels, batch_size)
     target.route = objective.route(target, model)
     return target

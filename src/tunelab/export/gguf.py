@@ -71,7 +71,7 @@ def export(run: RunDir, output: Path, task: str | None = None, quant: str = "f16
     import gguf
 
     from tunelab.models.loading import source_gguf
-    from tunelab.pipeline import merged_model
+    from tunelab.run_commands import merged_model
     from tunelab.train.trained import load_run
 
     quantize = _llama_quantize(quant)
@@ -136,11 +136,16 @@ def _requantize(program: str, path: Path, quant: str) -> None:
 def _registry_decoder(config):
     """The registry decoder the run was tuned from (through any earlier runs of a two-stage recipe): its GGUF
     carries the tokenizer and architecture metadata."""
-    from tunelab.models.loading import pretrained_root
+    from tunelab.models.family import model_task_of, task_type_of
+    from tunelab.models.reference import pretrained_root
 
-    if config.model_task() != "causal_lm":
-        other = "--format onnx" if config.task_type == "classification" else "`tunelab merge` (a transformers folder)"
-        raise ExportError(f"GGUF export is for decoder (causal_lm) runs; this run is {config.task_type}: use {other}")
+    if model_task_of(config) != "causal_lm":
+        other = (
+            "--format onnx" if task_type_of(config) == "classification" else "`tunelab merge` (a transformers folder)"
+        )
+        raise ExportError(
+            f"GGUF export is for decoder (causal_lm) runs; this run is {task_type_of(config)}: use {other}"
+        )
     registry = REGISTRY.get(pretrained_root(config.model.name))
     if registry is None or registry.gguf_file is None:
         raise ExportError(

@@ -50,7 +50,7 @@ def _require_classifier(run: RunDir) -> None:
     objective = objective_of(config)
     if not objective.answers_by_head:
         raise ExportError(
-            f"run {run.path} is a {config.task_type} run ({objective.name}); ONNX export covers classifier runs "
+            f"run {run.path} is a {objective.name} run (data.kind {config.data.kind}); ONNX export covers classifier runs "
             "(a classification head, or multi_head runs with --task). Export a decoder run with "
             f"`tunelab export {run.path} --format gguf`, or write any mergeable run as a transformers folder "
             f"with `tunelab merge {run.path} --output DIR`"
@@ -110,14 +110,14 @@ def _write_onnx(model: torch.nn.Module, batch: dict[str, torch.Tensor], path: Pa
 def export(run: RunDir, output: Path, task: str | None = None) -> Path:
     """Write a classifier run (a multi_head run: the head of `task`) as an ONNX folder; returns the folder.
 
-    The model is the run's merged classifier (`pipeline.merged_model`), traced with torch's dynamo exporter and
+    The model is the run's merged classifier (`run_commands.merged_model`), traced with torch's dynamo exporter and
     checked with onnx.checker. The folder is staged (`runs.staged_folder`): complete or absent, and an
     existing non-empty one is never overwritten.
     """
     import torch
 
     from tunelab.eval.runner import input_limit
-    from tunelab.pipeline import merged_model
+    from tunelab.run_commands import merged_model
     from tunelab.train.trained import load_run
 
     _require_classifier(run)

@@ -77,7 +77,7 @@ class OnnxClassifier:
 
 
 def predict_onnx(folder: Path, input_path: str, output_path: str, task: str | None = None) -> int:
-    """Write one JSON line per input record, the record plus its prediction, as `pipeline.predict_run` writes
+    """Write one JSON line per input record, the record plus its prediction, as `run_commands.predict_run` writes
     them; returns the count. `task`, when given, must be the task the folder was exported for."""
     classifier = OnnxClassifier.load(folder)
     if task is not None and task != classifier.spec.name:

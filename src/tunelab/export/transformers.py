@@ -1,5 +1,5 @@
 """A standalone transformers folder (safetensors + tokenizer) with the run's update folded in, the same folder
-`tunelab merge` writes (`pipeline.merge_run`, which a two-stage recipe also trains on): it loads with
+`tunelab merge` writes (`run_commands.merge_run`, which a two-stage recipe also trains on): it loads with
 `from_pretrained` in plain transformers, vLLM or TGI, without tunelab or PEFT."""
 
 from __future__ import annotations
@@ -15,6 +15,6 @@ OPTIONS = ()
 
 def export(run: RunDir, output: Path, task: str | None = None) -> Path:
     """Write the merged model of `run` (of `task`'s head or adapter for a multi-task run) into `output`."""
-    from tunelab.pipeline import merge_run
+    from tunelab.run_commands import merge_run
 
     return merge_run(run, output, task)

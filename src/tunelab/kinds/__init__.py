@@ -69,7 +69,7 @@ RUN_KINDS = {
     "seq2seq": "generation",
     "language_modeling": "language_modeling",
 }
-"""The kind of example a run's `task_type` trains on."""
+"""The kind of example each of the old task types trains on (the encoding code below still asks by them)."""
 
 
 def kind_of_task_type(task_type: str) -> Kind:
@@ -78,8 +78,20 @@ def kind_of_task_type(task_type: str) -> Kind:
 
 
 def kind_of_run(config: Any) -> Kind:
-    """The kind of example a run (a `RunConfig`) trains on, so code reads the kind, not `task_type`."""
-    return kind_of_task_type(config.task_type)
+    """The kind of example a `data:` run (a `RunConfig`) trains on: its `data.kind`."""
+    return kind_named(config.data.kind)
+
+
+MIXTURE_OBJECTIVE = "text_to_text"
+"""How a mixture trains unless its config chooses an objective: every task an instruction to one model."""
+
+
+def objective_name(config: Any) -> str:
+    """The objective a run (a `RunConfig`) trains with: the one its config chooses, else a mixture's default, else
+    the one its kind of example trains by (`Kind.objective`). `tunelab.train.objectives.objective_of` looks it up."""
+    if config.objective is not None:
+        return config.objective
+    return MIXTURE_OBJECTIVE if config.mixture is not None else kind_of_run(config).objective
 
 
 def family_of_task_type(task_type: str) -> Family:

@@ -42,6 +42,8 @@ class Kind(ABC):
     """The metric a task of this kind is judged by when its file names none."""
     inline_metrics: ClassVar[tuple[str, ...]]
     """What the task of a `data:` section of this kind is scored with, the first being the primary metric."""
+    objective: ClassVar[str] = "text_to_text"
+    """The objective a `data:` run of this kind trains with unless its config chooses one (`objective:`)."""
     prompted: ClassVar[bool] = True
     """Whether a generating model answers it from the task's instruction templates (language modelling scores
     the text itself)."""
@@ -58,6 +60,10 @@ class Kind(ABC):
     perturbed: ClassVar[bool] = True
     """Whether robustness may perturb its inputs and bias swap words in them: not where noise inside tokens or
     the scored text would change what the gold answer is."""
+
+    def check_run(self, config: Any) -> None:
+        """Refuse, before any data or model loads, a `data:` run (a `RunConfig`) whose settings this kind cannot
+        read, naming the key to change (`KindError`); nothing to refuse by default."""
 
     @abstractmethod
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not imp
 
 class Classification(Kind):
     name = "classification"
+    objective = "classifier"
     needs = ("label_words", "input_fields")
     primary_metric = "accuracy"
     inline_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
@@ -45,6 +46,7 @@ class Classification(Kind):
     def data_config(self, spec: Any, max_length: int, max_target_length: int, template: int) -> DataConfig:
         pair = spec.input_fields[1] if len(spec.input_fields) > 1 else None
         return DataConfig(
+            kind=self.name,
             text_field=spec.input_fields[0],
             text_pair_field=pair,
             label_field=spec.label_field,

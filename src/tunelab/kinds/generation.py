@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunelab.config import DataConfig
-from tunelab.kinds.base import Family, Kind
+from tunelab.kinds.base import Family, Kind, KindError
 from tunelab.kinds.encoding import IGNORE_INDEX, Encoded, decoder_prompt_ids, padded_with_ignored_labels
 from tunelab.records import Record
 from tunelab.render import fill_template, template_fields
@@ -32,6 +32,13 @@ class Generation(Kind):
     primary_metric = "rougeL"
     inline_metrics = ("rougeL", "rouge1", "rouge2", "exact_match")
     reference_answers = True
+
+    def check_run(self, config: Any) -> None:
+        if not (config.data.prompt_template or config.data.prompt_field):
+            raise KindError(
+                "data.kind 'generation' needs data.prompt_template (e.g. 'Summarise:\\n{dialogue}') or "
+                "data.prompt_field naming the field that holds the prompt"
+            )
 
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         return []  # the reference or the target field, either of which will do: `missing_answer`
@@ -55,6 +62,7 @@ class Generation(Kind):
 
     def data_config(self, spec: Any, max_length: int, max_target_length: int, template: int) -> DataConfig:
         return DataConfig(
+            kind=self.name,
             prompt_template=spec.templates[template],
             response_field=spec.target_field or spec.reference_field,
             max_length=max_length,

@@ -20,12 +20,26 @@ if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not imp
 
 class LanguageModeling(Kind):
     name = "language_modeling"
+    objective = "language_model"
     needs = ("text_field",)
     primary_metric = "perplexity"
     inline_metrics = ("perplexity", "word_perplexity", "bits_per_byte")
     prompted = False
     checked_as_run_data = False
     perturbed = False
+
+    def check_run(self, config: Any) -> None:
+        """Raw text has no prompt and no answer: refuse settings that would read them, naming the key."""
+        if config.data.prompt_template or config.data.prompt_field:
+            raise KindError(
+                "data.kind 'language_modeling' trains on the raw text of data.text_field; drop data.prompt_template "
+                "and data.prompt_field (use data.kind: generation for prompt -> answer training)"
+            )
+        if "few_shot" in config.eval.baselines:
+            raise KindError(
+                "eval.baselines few_shot puts solved examples before a prompt; language modelling scores raw text "
+                "(perplexity) and has no prompt: use baselines [zero_shot] or []"
+            )
 
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         return [spec.text_field]
@@ -43,7 +57,7 @@ class LanguageModeling(Kind):
         return rates.generative
 
     def data_config(self, spec: Any, max_length: int, max_target_length: int, template: int) -> DataConfig:
-        return DataConfig(text_field=spec.text_field, max_length=max_length)
+        return DataConfig(kind=self.name, text_field=spec.text_field, max_length=max_length)
 
     def run_fields(self, data: DataConfig, with_target: bool) -> list[str]:
         return [data.text_field]

@@ -39,6 +39,7 @@ from torch import nn
 from tunelab.config import METHOD_TRAITS, MethodConfig, MethodTraits, RunConfig
 from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
 from tunelab.methods.base import MethodError, TrainableReport, count_parameters
+from tunelab.models.family import task_type_of
 
 __all__ = [
     "METHODS",
@@ -146,7 +147,7 @@ def base_load_options(config: RunConfig, precision: str = "fp32") -> dict:
     """
     module = method_module(config.method.name)
     options = module.load_options(config) if hasattr(module, "load_options") else {}
-    frozen = getattr(module, "FREEZES_BASE", False) and config.task_type != "classification"
+    frozen = getattr(module, "FREEZES_BASE", False) and task_type_of(config) != "classification"
     if precision == "bf16" and frozen and "quantization_config" not in options:
         options["dtype"] = torch.bfloat16
     return options

@@ -28,6 +28,7 @@ from transformers.pytorch_utils import Conv1D
 from tunelab.config import RunConfig
 from tunelab.methods import head
 from tunelab.methods.base import MethodError, cannot_merge, train_only
+from tunelab.models.family import task_type_of
 
 ADAPTER_FILE = "adapter_model.safetensors"
 SETTINGS_FILE = "tunelab_adapter.json"
@@ -175,7 +176,7 @@ def check(config: RunConfig) -> None:
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
     settings = config.method.adapter
-    head_module = head.head_name(model) if config.task_type == "classification" else None
+    head_module = head.head_name(model) if task_type_of(config) == "classification" else None
     insert_adapters(model, settings.placement, settings.reduction_factor, settings.activation)
     model.tunelab_adapter = {
         "placement": settings.placement,

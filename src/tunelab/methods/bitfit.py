@@ -15,6 +15,7 @@ from torch import nn
 from tunelab.config import RunConfig
 from tunelab.methods import delta, head
 from tunelab.methods.base import MethodError
+from tunelab.models.family import task_type_of
 from tunelab.models.registry import REGISTRY
 
 
@@ -32,7 +33,7 @@ def check(config: RunConfig) -> None:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    head_prefix = head.head_name(model) + "." if config.task_type == "classification" else None
+    head_prefix = head.head_name(model) + "." if task_type_of(config) == "classification" else None
     kept = delta.freeze_all_but(
         model, lambda name: name.endswith(".bias") or (head_prefix is not None and name.startswith(head_prefix))
     )

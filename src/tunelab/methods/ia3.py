@@ -11,6 +11,7 @@ from torch import nn
 
 from tunelab.config import RunConfig
 from tunelab.methods import peft_common
+from tunelab.models.family import model_task_of
 
 FREEZES_BASE = True
 """Every pretrained weight stays frozen and PEFT keeps the adapters in fp32: a bf16 run may load the base in bf16."""
@@ -24,7 +25,7 @@ def peft_config(config: RunConfig) -> IA3Config:
     ia3 = config.method.ia3
     explicit = isinstance(ia3.target_modules, list)
     return IA3Config(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.PEFT_TASK[model_task_of(config)],
         target_modules=ia3.target_modules if explicit else None,
         feedforward_modules=ia3.feedforward_modules if explicit else None,
     )

@@ -24,6 +24,7 @@ from torch import nn
 from tunelab.config import RunConfig
 from tunelab.methods import peft_common
 from tunelab.methods.base import MethodError
+from tunelab.models.family import model_task_of
 
 FREEZES_BASE = True
 """Every pretrained weight stays frozen and PEFT keeps the adapters in fp32: a bf16 run may load the base in bf16."""
@@ -64,7 +65,7 @@ def peft_config(config: RunConfig) -> LoraConfig:
     # 'attention' means PEFT's per-architecture default: the query and value projections.
     targets = None if lora.target_modules == "attention" else lora.target_modules
     return LoraConfig(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.PEFT_TASK[model_task_of(config)],
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,

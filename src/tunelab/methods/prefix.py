@@ -27,6 +27,7 @@ from transformers import MODEL_MAPPING, AutoConfig
 from tunelab.config import RunConfig
 from tunelab.methods import peft_common
 from tunelab.methods.base import MethodError, cannot_merge
+from tunelab.models.family import model_task_of, task_type_of
 from tunelab.models.loading import resolve_source
 
 CACHE_ARGUMENTS = ("cache", "past_key_values")
@@ -51,7 +52,7 @@ def check(config: RunConfig) -> None:
 
     Read from the model's config, before any weights load, so a run that cannot work never starts.
     """
-    if config.task_type != "classification":
+    if task_type_of(config) != "classification":
         return
     model_config = AutoConfig.from_pretrained(
         resolve_source(config.model.name, config.model.revision),
@@ -76,11 +77,11 @@ def check(config: RunConfig) -> None:
 def peft_config(config: RunConfig) -> PrefixTuningConfig:
     prefix = config.method.prefix
     return PrefixTuningConfig(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.PEFT_TASK[model_task_of(config)],
         num_virtual_tokens=prefix.num_virtual_tokens,
         prefix_projection=prefix.reparameterize
         if prefix.reparameterize is not None
-        else config.task_type != "classification",
+        else task_type_of(config) != "classification",
         encoder_hidden_size=prefix.hidden_size,
     )
 
@@ -111,7 +112,7 @@ def route_prefix_to_cache(classifier: nn.Module) -> None:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    if config.task_type == "classification":
+    if task_type_of(config) == "classification":
         route_prefix_to_cache(model)
     else:
         peft_common.show_cache_to_prompt_learning(model)

@@ -15,6 +15,7 @@ from torch import nn
 from tunelab.config import RunConfig
 from tunelab.methods import peft_common
 from tunelab.methods.base import cannot_merge
+from tunelab.models.family import model_task_of, task_type_of
 
 
 def check(config: RunConfig) -> None:
@@ -25,7 +26,7 @@ def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
     prompt = config.method.prompt
     from_text = prompt.init == "text"
     return PromptTuningConfig(
-        task_type=peft_common.PEFT_TASK[config.model_task()],
+        task_type=peft_common.PEFT_TASK[model_task_of(config)],
         num_virtual_tokens=prompt.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
         prompt_tuning_init_text=prompt.init_text if from_text else None,
@@ -34,7 +35,7 @@ def peft_config(config: RunConfig, tokenizer_source: str) -> PromptTuningConfig:
 
 
 def apply(model: nn.Module, config: RunConfig) -> nn.Module:
-    if config.task_type != "classification":
+    if task_type_of(config) != "classification":
         peft_common.show_cache_to_prompt_learning(model)
     # The text initialisation tokenises init_text with the model's own tokenizer, saved beside its weights.
     return get_peft_model(model, peft_config(config, model.config._name_or_path))

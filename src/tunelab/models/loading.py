@@ -36,7 +36,8 @@ from transformers import (
 )
 
 from tunelab.config import ConfigError, RunConfig, load_config
-from tunelab.models.reference import check_reference
+from tunelab.models.family import model_task_of, task_type_of
+from tunelab.models.reference import check_reference, run_directory
 from tunelab.models.registry import (
     REGISTRY,
     ModelNotAvailable,
@@ -141,12 +142,6 @@ MERGED_FOLDER = "merged"
 """Where a run directory keeps its tuned model with the update folded in, once a next run has named it."""
 
 
-def run_directory(reference: str) -> Path | None:
-    """The run directory a model reference names (a folder holding a run.json), or None."""
-    path = Path(reference).expanduser()
-    return path if (path / "run.json").is_file() else None
-
-
 def run_model_folder(run: Path) -> Path:
     """The folder a run directory is loaded from as a base model: `merged/` when written, else `model/` when
     the run fine-tuned every weight (it saved a whole model); ModelNotAvailable, saying how to merge, otherwise."""
@@ -159,13 +154,6 @@ def run_model_folder(run: Path) -> Path:
         f"{run / MERGED_FOLDER} when a config names the run as model.name, or run "
         f"`tunelab merge {run} --output {run / MERGED_FOLDER}`"
     )
-
-
-def pretrained_root(reference: str) -> str:
-    """The pretrained model at the start of a chain of runs (the reference itself when it names no run)."""
-    while (run := run_directory(reference)) is not None:
-        reference = load_config(run / "config.yaml").model.name
-    return reference
 
 
 def resolve_source(reference: str, revision: str | None = None) -> str:
@@ -197,7 +185,7 @@ def check_family(reference: str, task: str) -> None:
     """Fail early, before loading, when a registry model or a run directory's model cannot serve the task."""
     run = run_directory(reference)
     if run is not None:
-        earlier = load_config(run / "config.yaml").task_type
+        earlier = task_type_of(load_config(run / "config.yaml", quiet=True))
         if earlier == "classification":
             raise ConfigError(
                 f"run {run} is a classification run, whose head knows only its own labels, so it cannot be the "
@@ -265,7 +253,7 @@ def load_base(config: RunConfig, labels: list[str] | None = None, new_head: bool
     set_seed(config.training.seed)
     with _load_report(shown=new_head):
         return load_model(
-            config.model_task(),
+            model_task_of(config),
             resolve_source(config.model.name, config.model.revision),
             labels,
             config.model.revision,
@@ -309,3 +297,9 @@ def parameter_count(source: str) -> int | None:
 def on_device(model: torch.nn.Module) -> torch.nn.Module:
     """The model on the GPU when there is one (evaluation and scoring run there; training places it itself)."""
     return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def config_tokenizer(config: RunConfig):
+    """The tokenizer of the config's model: what a run trains with and what the data report counts tokens with."""
+    source = resolve_source(config.model.name, config.model.revision)
+    return load_tokenizer(source, config.model.revision, config.model.trust_remote_code)

@@ -13,6 +13,7 @@ import functools
 import re
 from pathlib import Path
 
+from tunelab.config import load_config
 from tunelab.models.registry import REGISTRY, ModelNotAvailable, package_dir
 
 HUB_TIMEOUT_SECONDS = 5.0
@@ -74,3 +75,16 @@ def check_reference(reference: str, revision: str | None = None) -> None:
     problem = _hub_problem(reference, revision)
     if problem:
         raise ModelNotAvailable(f"{not_here};\nas a Hugging Face hub id: {problem}")
+
+
+def run_directory(reference: str) -> Path | None:
+    """The run directory a model reference names (a folder holding a run.json), or None."""
+    path = Path(reference).expanduser()
+    return path if (path / "run.json").is_file() else None
+
+
+def pretrained_root(reference: str) -> str:
+    """The pretrained model at the start of a chain of runs (the reference itself when it names no run)."""
+    while (run := run_directory(reference)) is not None:
+        reference = load_config(run / "config.yaml").model.name
+    return reference

@@ -110,7 +110,7 @@ def _shared_key(run: RunDir, config, labels) -> tuple | None:
     if not objective_of(config).serves_on_shared_base or not METHOD_TRAITS[config.method.name].peft_adapter:
         return None
     peft_type = json.loads((run.model_dir / "adapter_config.json").read_text(encoding="utf-8"))["peft_type"]
-    return (config.model.name, config.model.revision, config.task_type, tuple(labels or ()), peft_type)
+    return (config.model.name, config.model.revision, config.data.kind, tuple(labels or ()), peft_type)
 
 
 class Catalog:

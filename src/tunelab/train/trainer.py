@@ -325,7 +325,7 @@ def training_arguments(
         per_device_train_batch_size=training.batch_size,
         per_device_eval_batch_size=training.eval_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
-        learning_rate=config.learning_rate(),
+        learning_rate=objective.learning_rate(config),
         weight_decay=training.weight_decay,
         warmup_steps=training.warmup_ratio,
         lr_scheduler_type=training.scheduler,

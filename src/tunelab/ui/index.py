@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.config.vocabulary import OLD_TASK_TYPES
 from tunelab.errors import TunelabError
 
 DEFAULT_ROOTS = ("runs", "compare", "sweeps")
@@ -45,7 +46,10 @@ class RunSummary:
     path: Path
     name: str
     state: str
-    task_type: str
+    kind: str
+    """The kind of example it trains on ('mixture' for a mixture); a run written before: its task type's kind."""
+    objective: str
+    """How it trains; '' for a run written before run.json recorded it."""
     method: str
     model: str
     tasks: list[str]
@@ -176,7 +180,8 @@ def summarise_run(path: Path) -> RunSummary:
         path=path,
         name=path.name,
         state=state.get("state", "unknown"),
-        task_type=state.get("task_type", ""),
+        kind=state.get("kind") or OLD_TASK_TYPES.get(state.get("task_type", ""), ""),
+        objective=state.get("objective", ""),
         method=state.get("method", ""),
         model=str(state.get("base_model", "")),
         tasks=tasks,

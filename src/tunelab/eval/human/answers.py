@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tunelab.eval.human.store import HumanEvalError
+from tunelab.models.family import task_type_of
 from tunelab.runs import RunDir
 
 GENERATION_TASKS = ("causal_lm", "seq2seq")
@@ -19,9 +20,9 @@ TRAINING_ONLY_DATA_FIELDS = {
 def check_generation_run(run: RunDir) -> None:
     """Only generated text can be rated, and only a finished run has a tuned model to generate it."""
     config = run.config()
-    if config.task_type not in GENERATION_TASKS:
+    if task_type_of(config) not in GENERATION_TASKS:
         raise HumanEvalError(
-            f"run {run.path} is a {config.task_type} run; human rating is for generated text "
+            f"run {run.path} is a {task_type_of(config)} run; human rating is for generated text "
             f"({' or '.join(GENERATION_TASKS)} runs). Score a classifier with `tunelab eval`"
         )
     run.require_complete()

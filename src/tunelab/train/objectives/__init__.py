@@ -14,9 +14,11 @@ test does with a toy objective).
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
 from tunelab.config import RunConfig
+from tunelab.kinds import objective_name
 from tunelab.train.objectives.base import REQUIRED_ATTRIBUTES, Feed, Objective, ObjectiveError
 from tunelab.train.objectives.classifier import Classifier
 from tunelab.train.objectives.language_model import LanguageModel
@@ -24,7 +26,15 @@ from tunelab.train.objectives.multi_head import MultiHead
 from tunelab.train.objectives.task_adapters import TaskAdapters
 from tunelab.train.objectives.text_to_text import TextToText
 
-__all__ = ["OBJECTIVES", "Feed", "Objective", "ObjectiveError", "objective_of", "register_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "Feed",
+    "Objective",
+    "ObjectiveError",
+    "objective_named",
+    "objective_of",
+    "register_objective",
+]
 
 OBJECTIVES: dict[str, Objective] = {}
 """Every registered objective by name."""
@@ -58,11 +68,18 @@ def register_objective(objective: type[Objective]) -> Objective:
 
 
 def objective_of(config: RunConfig) -> Objective:
-    """The objective a run trains with."""
-    name = config.architecture()
-    if name not in OBJECTIVES:
-        raise ObjectiveError(f"no objective is registered as '{name}'; the registered ones: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    """The objective a run trains with: the one its config chooses (`objective:`), or the one its kind of example
+    or its mixture trains by (`tunelab.kinds.objective_name`)."""
+    return objective_named(objective_name(config))
+
+
+def objective_named(name: str) -> Objective:
+    """The registered objective called `name`, or an error naming the registered ones (and the closest)."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    guess = difflib.get_close_matches(name, list(OBJECTIVES), n=1)
+    hint = f" Did you mean '{guess[0]}'?" if guess else ""
+    raise ObjectiveError(f"unknown objective '{name}'.{hint} Objectives: {', '.join(OBJECTIVES)}")
 
 
 register_objective(Classifier)

@@ -17,13 +17,15 @@ from pathlib import Path
 from torch import nn
 from transformers import Trainer
 
-from tunelab.config import DataConfig, RunConfig
+from tunelab.config import METHOD_TRAITS, DataConfig, RunConfig
 from tunelab.data.cache import encode_cached
 from tunelab.data.plan import Plan
 from tunelab.data.taskset import TaskSet
 from tunelab.errors import TunelabError
+from tunelab.kinds import kind_of_run
 from tunelab.methods import TrainableReport, apply_method, base_load_options, method_module
 from tunelab.methods.peft_common import name_base_model
+from tunelab.models.family import model_task_of
 from tunelab.models.loading import load_base, load_model, portable_reference
 from tunelab.records import Record
 from tunelab.tasks import load_task
@@ -79,7 +81,7 @@ class Objective(ABC):
     """One way of training. A subclass sets `name` and `base_note`, writes `feed`, and overrides what differs."""
 
     name: str
-    """The name a config chooses it by (today `mixture.architecture`, or derived from `task_type`)."""
+    """The name a config chooses it by (`objective:`), or a kind of example names as its own (`Kind.objective`)."""
     base_note: str
     """The model card's line on what the base model's scores are the scores of."""
     answers_by_head: bool = False
@@ -92,11 +94,19 @@ class Objective(ABC):
     """The Trainer can return to a one-task run's best checkpoint at the end (it cannot reload every model)."""
     serves_on_shared_base: bool = False
     """A run of it that saved one PEFT adapter can share a served base with other adapter runs of that base."""
+    trains_data_runs: bool = True
+    """A `data:` run (one task, its kind of example from data.kind) can train with it."""
+    trains_mixtures: bool = True
+    """A mixture of tasks can train with it."""
     default_best_metric: str = "loss"
     """The validation metric that picks the best checkpoint unless `training.metric_for_best` names one."""
     metrics_from_predictions: Callable | None = None
     """The validation metrics computed from the model's predictions (the Trainer then keeps them); None when
     validation measures the loss only."""
+
+    def check(self, config: RunConfig) -> None:
+        """Refuse, before any data or model loads, a run this objective cannot train, naming the key to change
+        (`ObjectiveError`); `tunelab.resolve.check_config` asks it after the checks every objective shares."""
 
     def load(self, config: RunConfig, tasks: TaskSet, precision: str) -> nn.Module:
         """The model before tuning, as training wants it stored (a frozen base may be bf16)."""
@@ -108,6 +118,16 @@ class Objective(ABC):
     @abstractmethod
     def feed(self, model: nn.Module, config: RunConfig, tasks: TaskSet, plan: Plan, tokenizer) -> Feed:
         """The planned draws as training examples, the validation sets, and the trainer and collator to read them."""
+
+    def learning_rate(self, config: RunConfig) -> float:
+        """The learning rate to train with: the configured one, or the method's measured default as the run's kind
+        of example picks it (a mixture: the rate for a trained head when this objective answers by one)."""
+        if config.training.learning_rate is not None:
+            return config.training.learning_rate
+        rates = METHOD_TRAITS[config.method.name].learning_rates
+        if config.mixture is None:
+            return kind_of_run(config).learning_rate(rates)
+        return rates.with_head if self.answers_by_head else rates.generative
 
     def best_metric(self, config: RunConfig) -> str:
         """The validation metric that selects the best checkpoint."""
@@ -132,7 +152,7 @@ class Objective(ABC):
         rebuilt from a fresh base, loaded in full precision (also for qlora), and what it saved."""
         method = method_module(config.method.name)
         if getattr(method, "SAVES_WHOLE_MODEL", False):
-            base = load_model(config.model_task(), str(directory), labels)
+            base = load_model(model_task_of(config), str(directory), labels)
         else:
             base = load_base(config, labels, new_head=False)
         return method.load(base, directory)

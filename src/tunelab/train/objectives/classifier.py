@@ -14,6 +14,7 @@ class Classifier(Objective):
         "Base = the pretrained encoder with its new, untrained classification head: chance level by construction."
     )
     answers_by_head = True
+    trains_mixtures = False  # one head: a mixture's classification tasks train with multi_head
     serves_on_shared_base = True
     default_best_metric = "accuracy"
     metrics_from_predictions = staticmethod(accuracy_from_logits)

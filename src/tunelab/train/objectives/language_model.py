@@ -23,6 +23,7 @@ class LanguageModel(Objective):
 
     name = "language_model"
     base_note = "Base = the pretrained model before tuning, scored on the same held-out texts (lower is better)."
+    trains_mixtures = False  # a two-stage recipe trains it first, then names its run as the next run's model
 
     def feed(self, model, config, tasks, plan, tokenizer) -> Feed:
         (task,) = tasks.trained.values()

@@ -13,7 +13,7 @@ from tunelab.methods import TrainableReport
 from tunelab.models.loading import resolve_source
 from tunelab.models.multihead import MultiHeadClassifier, build_multihead
 from tunelab.records import Record
-from tunelab.train.objectives.base import Feed, Objective, encoded_examples, one_or_per_task
+from tunelab.train.objectives.base import Feed, Objective, ObjectiveError, encoded_examples, one_or_per_task
 from tunelab.train.trainer import PlannedTrainer
 
 
@@ -37,6 +37,19 @@ class MultiHead(Objective):
     routes_per_task = True
     keeps_best_checkpoint = False  # the Trainer cannot reload a multi-head checkpoint as its best
     default_best_metric = "accuracy"
+    trains_data_runs = False
+
+    def check(self, config) -> None:
+        if config.method.name != "full":
+            raise ObjectiveError(
+                "objective 'multi_head' fine-tunes a shared encoder and its classification heads: set "
+                "method.name: full"
+            )
+        if config.training.early_stopping_patience:
+            raise ObjectiveError(
+                "training.early_stopping_patience needs a best checkpoint, and a multi-head model keeps its last "
+                "weights; drop it for this run"
+            )
 
     def load(self, config, tasks, precision):
         """The shared encoder with fresh, seeded heads: its untrained heads are the base scores' model."""

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import torch
 
+from tunelab.config import METHOD_TRAITS
 from tunelab.data.encode import TaskCollator, make_collator
 from tunelab.data.taskset import task_specs
 from tunelab.methods import TrainableReport, lora
@@ -21,8 +22,9 @@ from tunelab.methods.task_adapters import (
     task_names,
     trainable_by_adapter,
 )
+from tunelab.models.family import model_family
 from tunelab.models.loading import load_base, portable_reference
-from tunelab.train.objectives.base import Feed
+from tunelab.train.objectives.base import Feed, ObjectiveError
 from tunelab.train.objectives.text_to_text import TextToText, packing_of
 from tunelab.train.trainer import RoutedCompletionTrainer
 
@@ -48,6 +50,15 @@ class TaskAdapters(TextToText):
     routes_per_task = True
     one_task_per_batch = True  # one adapter per step
     serves_on_shared_base = False  # its adapters are routed per task, not switched as one run's
+    trains_data_runs = False
+
+    def check(self, config) -> None:
+        traits = METHOD_TRAITS[config.method.name]
+        if not (traits.lora_family and not traits.quantized_base) or model_family(config.model) != "decoder":
+            raise ObjectiveError(
+                "objective 'task_adapters' trains one LoRA adapter per task of a decoder: set method.name: lora and "
+                "name a decoder as model.name"
+            )
 
     def adapt(self, model, config, tasks):
         model = apply_task_adapters(

@@ -14,6 +14,7 @@ from tunelab.data.encode import COMPILED_WIDTH_MULTIPLE, TASK_KEY, Packing, Task
 from tunelab.data.plan import Plan
 from tunelab.data.taskset import TaskSet, TrainingTask, instruction_data
 from tunelab.models.attention import follows_example_boundaries
+from tunelab.models.family import task_type_of
 from tunelab.train.objectives.base import Feed, Objective, encoded_examples, one_or_per_task
 from tunelab.train.trainer import (
     CompletionLossTrainer,
@@ -65,7 +66,7 @@ class TextToText(Objective):
         encoded = dict(
             zip(
                 distinct,
-                encoded_examples(config.task_type, records, tokenizer, instruction_data(config), None, "train"),
+                encoded_examples(task_type_of(config), records, tokenizer, instruction_data(config), None, "train"),
             )
         )
         return [{**encoded[key], "loss_weights": tasks.trained[key[0]].loss_weight, TASK_KEY: key[0]} for key in keys]
@@ -76,7 +77,7 @@ class TextToText(Objective):
             name: [
                 {**e, TASK_KEY: name}
                 for e in encoded_examples(
-                    config.task_type,
+                    task_type_of(config),
                     [task.spec.instruction(r) for r in task.validation],
                     tokenizer,
                     instruction_data(config),
@@ -89,7 +90,7 @@ class TextToText(Objective):
         }
 
     def _trainer_and_collator(self, model, config, tokenizer) -> tuple[type[Trainer], Callable]:
-        if config.task_type == "seq2seq":
+        if task_type_of(config) == "seq2seq":
             return WeightedSeq2SeqTrainer, TaskCollator(make_collator("seq2seq", tokenizer))
         if adds_virtual_tokens(model):  # PEFT's virtual tokens live in the model's own forward and loss
             return PlannedTrainer, make_collator("causal_lm", tokenizer)
