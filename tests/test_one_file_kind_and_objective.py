@@ -16,7 +16,6 @@ import pytest
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
-from tunelab.config import RunConfig
 from tunelab.data.encode import TaskCollator
 from tunelab.kinds import KINDS, register_kind
 from tunelab.kinds.encoding import IGNORE_INDEX, padded_with_ignored_labels
@@ -29,12 +28,6 @@ from tunelab.ui.app import create_ui
 
 from helpers import NOUNS, POSITIVE, cli, logged_losses, only_run, write_jsonl, write_yaml
 from serving import call, in_process
-
-pytestmark = pytest.mark.skipif(
-    "objective" not in RunConfig.model_fields,
-    reason="waits on the vocabulary (issue 30 item 3): a config selects a kind by data.kind and an objective by "
-    "`objective`",
-)
 
 
 class Reversal(Generation):

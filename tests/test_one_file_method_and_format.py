@@ -120,7 +120,13 @@ def _train(decoder: str, data: Path, folder: Path) -> RunDir:
         "output_dir": str(folder / "runs"),
         "model": {"name": decoder},
         "method": {"name": ToyLoha.NAME},
-        "data": {"kind": "generation", "train": str(data), "prompt_template": "{question}", "response_field": "answer", "max_length": 48},
+        "data": {
+            "kind": "generation",
+            "train": str(data),
+            "prompt_template": "{question}",
+            "response_field": "answer",
+            "max_length": 48,
+        },
         "training": {"epochs": 4, "batch_size": 8, "logging_steps": 2, "precision": "fp32"},
         "eval": {"max_new_tokens": 4, "baselines": []},
     }
