@@ -432,7 +432,8 @@ def run_task(
 
 def predict_records(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
     """What `target` answers for each record of task `spec`: a classifier's label and label probabilities, or a
-    generator's text (with the label it names, for a classification task)."""
+    generator's text (with the kind's reading of it under its `answer_key`: the label a classification answer
+    names)."""
     target = target.for_task(spec.name)
     reason = skip_reason(target, spec)
     if reason:
@@ -444,7 +445,8 @@ def predict_records(target: Target, spec: TaskSpec, records: list[Record]) -> li
     if not spec.handler.prompted:
         return [{"prediction": output} for output in predictions_for(target, spec, records, scoring=None)[2]]
     outputs = answers(target, spec, records)
-    if spec.handler.head_answers:
-        labels = spec.handler.parse(spec, outputs, records)
-        return [{"prediction": output, "label": label} for output, label in zip(outputs, labels)]
+    key = spec.handler.answer_key
+    if key:
+        parsed = spec.handler.parse(spec, outputs, records)
+        return [{"prediction": output, key: answer} for output, answer in zip(outputs, parsed)]
     return [{"prediction": output} for output in outputs]

@@ -54,6 +54,9 @@ class Kind(ABC):
     checked_as_run_data: ClassVar[bool] = True
     """Whether a task's records are checked field by field as a run's own data is (present, non-empty text, a
     known label), rather than only for the fields' presence (token lists, texts scored whole)."""
+    answer_key: ClassVar[str | None] = None
+    """The field `tunelab predict` writes a generated answer's parsed reading under (`parse`: a classification
+    answer's label), beside the text generated; None where the text itself is the answer."""
     perturbed: ClassVar[bool] = True
     """Whether robustness may perturb its inputs and bias swap words in them: not where noise inside tokens or
     the scored text would change what the gold answer is."""

@@ -26,6 +26,7 @@ class Classification(Kind):
     primary_metric = "accuracy"
     inline_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
     head_answers = True
+    answer_key = "label"
 
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         return [spec.label_field] if with_target else []
