@@ -27,6 +27,7 @@ from tunelab.export import EXPORT_FORMATS, register_export_format
 from tunelab.methods import METHODS, MethodError, register_method
 from tunelab.runs import RunDir
 from tunelab.serve.catalog import load_catalog
+from tunelab.train.objectives import objective_of
 from tunelab.train.trained import load_run
 
 from helpers import cli
@@ -154,7 +155,8 @@ def test_a_method_and_a_format_defined_here_train_eval_predict_export_and_serve(
     base = AutoModelForCausalLM.from_pretrained(tiny_decoder)
     trainable = run.require_complete()["trainable"]["trainable_params"]
     assert trainable == ToyLoha.trainable_parameters(base) == 2 * (2 * 4 * (32 + 32) + 2 * 4 * (64 + 32))
-    assert run.config().learning_rate() == ToyLoha.TRAITS.learning_rates.generative
+    config = run.config()
+    assert objective_of(config).learning_rate(config) == ToyLoha.TRAITS.learning_rates.generative
     validation_losses = [entry["eval_loss"] for entry in _lines(run.metrics_path) if "eval_loss" in entry]
     assert len(validation_losses) == 4 and validation_losses == sorted(validation_losses, reverse=True)
     trained = _trained_factors(run)
