@@ -195,7 +195,7 @@ def known_files(tmp_path) -> dict:
 def _report(files: dict, tokenizer=None) -> dict:
     records = read_file(files["train"])
     references = file_references({"test": read_file(files["test"])}, [str(files["suite"])], FIELDS)
-    return file_report(str(files["train"]), records, "classification", DataConfig(), references, tokenizer)
+    return file_report(str(files["train"]), records, "encoder", DataConfig(), references, tokenizer)
 
 
 def test_the_report_on_a_file_with_known_problems_counts_each(known_files, tokenizer_dir):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunelab.eval.human.store import HumanEvalError
-from tunelab.kinds import kind_of_run
+from tunelab.kinds import answers_by_head, kind_of_run, objective_name
 from tunelab.runs import RunDir
 
 TRAINING_ONLY_DATA_FIELDS = {
@@ -18,10 +18,12 @@ TRAINING_ONLY_DATA_FIELDS = {
 
 def check_generation_run(run: RunDir) -> None:
     """Only generated text can be rated, and only a finished run has a tuned model to generate it."""
-    kind = kind_of_run(run.config()).name
-    if kind != "generation":
+    config = run.config()
+    generates = not answers_by_head(config) and (config.mixture is not None or kind_of_run(config).prompted)
+    if not generates:
+        trains = f"{config.data.kind} examples" if config.mixture is None else f"a {objective_name(config)} model"
         raise HumanEvalError(
-            f"run {run.path} trains {kind} examples; human rating is for generated text (runs of generation "
+            f"run {run.path} trains {trains}; human rating is for generated text (runs of generation "
             "examples, on a decoder or an encoder-decoder). Score a classifier with `tunelab eval`"
         )
     run.require_complete()
