@@ -98,6 +98,7 @@ def test_learning_rate_picks_the_with_head_rate_for_classification_and_the_gener
         "generation": 2e-4,
         "tagging": 2e-4,
         "language_modeling": 2e-4,
+        "chat": 2e-4,
     }
 
 

@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 LAYERS = [
-    {"errors", "render", "records"},
+    {"errors", "render", "records", "chat_templates"},
     {"config"},
     {"kinds"},
     {"distributed"},

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tunelab.chat_templates import is_template_file
 from tunelab.config.errors import ConfigError, describe_error
 from tunelab.config.overrides import merge_sections, nest_keys, parse_overrides
 from tunelab.config.run import RunConfig
@@ -60,8 +61,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), quiet: bool 
     return config
 
 
-DATA_PATHS = ("train", "validation", "test")
-"""The `data:` keys that name files or folders, resolved against the config file's folder."""
+DATA_PATHS = ("train", "validation", "test", "chat_template")
+"""The `data:` keys that name files or folders, resolved against the config file's folder (a built-in chat
+template's name is left as it is)."""
 
 
 def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> dict[str, list[str]]:
@@ -76,6 +78,8 @@ def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> dict[str, list[str
     for key in DATA_PATHS:
         value = data.get(key)
         if not isinstance(value, str) or not value or value.startswith(("hf:", "~")) or Path(value).is_absolute():
+            continue
+        if key == "chat_template" and not is_template_file(value):
             continue
         beside, here = os.path.normpath(folder.absolute() / value), os.path.normpath(Path.cwd() / value)
         if not os.path.exists(beside) and os.path.exists(here):

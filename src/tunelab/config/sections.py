@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from tunelab.chat_templates import BUILT_IN, is_template_file
 from tunelab.config.section import Section
 from tunelab.render import template_fields
 
@@ -47,6 +48,22 @@ class DataConfig(Section):
     """Prompt built from record fields, e.g. 'Summarise:\\n{dialogue}' (generation)."""
     response_field: str = "response"
     """Field holding the target completion (generation)."""
+    messages_field: str = "messages"
+    """Field holding a conversation (kind chat): OpenAI `messages` (roles system, user, assistant, tool; assistant
+    `tool_calls`). A record with ShareGPT `conversations` (`from`/`value`) instead is read the same way."""
+    tools_field: str = "tools"
+    """Field holding a conversation's tool definitions (kind chat, OpenAI form; optional per record), passed to the
+    chat template."""
+    chat_template: str | None = None
+    """The chat template (kind chat): a built-in one (chatml, gemma, llama3) or a Jinja file, replacing the model's
+    own; needed for a model without one (a base model). Saved with the run, so serve and export use it too."""
+    train_turns: Literal["all", "last"] = "all"
+    """Which of a conversation's turns of a trained role the loss covers (kind chat): every one, or the last."""
+    train_roles: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
+    """The roles whose turns the loss covers (kind chat); an assistant turn includes its tool calls and the tokens
+    that close it (end-of-turn), so the model learns to stop."""
+    train_on_prompt: bool = False
+    """Train on every token of the conversation, the template's markers and the prompt turns included (kind chat)."""
     max_length: int = Field(256, ge=8)
     """Longest input in tokens; longer inputs are truncated and counted. For language_modeling, the length of the
     blocks the raw text is packed into (nothing is cut: a text runs on into the next block)."""
@@ -80,6 +97,23 @@ class DataConfig(Section):
     def tried(self, key: str) -> list[str]:
         """The absolute paths tried for `data.<key>` when its config file's relative path was found nowhere."""
         return self._tried.get(key, [])
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_chat_template(cls, setting: str | None) -> str | None:
+        if setting is not None and is_template_file(setting) and not setting.endswith((".jinja", ".j2")):
+            raise ValueError(
+                f"chat_template {setting!r} is not a built-in template ({', '.join(BUILT_IN)}); name one, or a "
+                "Jinja file ending in .jinja"
+            )
+        return setting
+
+    @field_validator("train_roles")
+    @classmethod
+    def _some_role(cls, roles: list[str]) -> list[str]:
+        if not roles:
+            raise ValueError("train_roles is empty, so no token would train; name at least one role, e.g. [assistant]")
+        return roles
 
     @field_validator("prompt_template")
     @classmethod

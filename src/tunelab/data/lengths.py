@@ -11,6 +11,7 @@ import math
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
+from tunelab.data.conversations import conversation_token_lengths
 from tunelab.kinds import kind_named
 from tunelab.kinds.base import Family
 from tunelab.kinds.encoding import formatted_prompt_ids
@@ -55,6 +56,12 @@ def token_lengths(
         texts = [str(record.fields[data.text_field]) for record in records]
         pairs = [str(record.fields[data.text_pair_field]) for record in records] if data.text_pair_field else None
         lengths = [len(ids) for ids in tokenizer(texts, pairs)["input_ids"]]
+        return {
+            "input": length_summary(lengths, data.max_length),
+            "truncated": sum(n > data.max_length for n in lengths),
+        }
+    if kind == "chat":
+        lengths = conversation_token_lengths(records, tokenizer, data)
         return {
             "input": length_summary(lengths, data.max_length),
             "truncated": sum(n > data.max_length for n in lengths),

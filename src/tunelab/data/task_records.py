@@ -75,6 +75,9 @@ def _check_fields(spec: TaskSpec, records: list[Record], with_target: bool = Tru
                 f"{record.where}: task {spec.name} needs field(s) {', '.join(missing)}; "
                 f"the record has {', '.join(record.fields)}"
             )
+        problem = kind.record_problem(record, spec)
+        if problem:
+            raise DataError(f"task {spec.name}: {problem}")
 
 
 def read_for_task(path: str, spec: TaskSpec, with_target: bool = True) -> list[Record]:

@@ -41,10 +41,13 @@ def _value_problem(value) -> str | None:
 
 
 def _record_problem(
-    record: Record, needed: list[str], label_field: str | None, labels: list[str] | None
+    record: Record, kind: Kind, data: DataConfig, needed: list[str], label_field: str | None, labels: list[str] | None
 ) -> str | None:
     if record.problem:
         return f"{record.where}: {record.problem}"
+    structured = kind.record_problem(record, data)
+    if structured:
+        return structured
     for name in needed:
         if name not in record.fields or record.fields[name] is None:
             present = ", ".join(sorted(record.fields)) or "none"
@@ -101,7 +104,7 @@ def check_records(
     label_field = kind.answer_field(data) if kind.head_answers and with_target else None
     checked = Checked(valid=[])
     for record in records:
-        problem = _record_problem(record, needed, label_field, labels)
+        problem = _record_problem(record, kind, data, needed, label_field, labels)
         if problem:
             checked.problems.append(problem)
         else:

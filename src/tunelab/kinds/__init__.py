@@ -12,6 +12,7 @@ import inspect
 from typing import Any
 
 from tunelab.kinds.base import Kind, KindError
+from tunelab.kinds.chat import Chat
 from tunelab.kinds.classification import Classification
 from tunelab.kinds.generation import Generation
 from tunelab.kinds.language_modeling import LanguageModeling
@@ -44,6 +45,7 @@ register_kind(Classification)
 register_kind(Generation)
 register_kind(Tagging)
 register_kind(LanguageModeling)
+register_kind(Chat)
 
 OLD_KINDS: dict[str, tuple[str, str]] = {
     "summarisation": ("generation", "rougeL"),

@@ -57,6 +57,9 @@ class Kind(ABC):
     answer_key: ClassVar[str | None] = None
     """The field `tunelab predict` writes a generated answer's parsed reading under (`parse`: a classification
     answer's label), beside the text generated; None where the text itself is the answer."""
+    templated: ClassVar[bool] = True
+    """Whether a generating model is asked it through the task's instruction templates (a conversation carries its
+    own turns)."""
     perturbed: ClassVar[bool] = True
     """Whether robustness may perturb its inputs and bias swap words in them: not where noise inside tokens or
     the scored text would change what the gold answer is."""
@@ -64,6 +67,15 @@ class Kind(ABC):
     def check_run(self, config: Any) -> None:
         """Refuse, before any data or model loads, a `data:` run (a `RunConfig`) whose settings this kind cannot
         read, naming the key to change (`KindError`); nothing to refuse by default."""
+
+    def record_problem(self, record: Record, source: Any) -> str | None:
+        """What is wrong with a record's structured content ('file:line: message 3: unknown role'), read with the
+        field names of `source` (a `DataConfig` or a task), beyond its fields' presence; None when nothing is."""
+        return None
+
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> None:
+        """Set on a run's tokenizer what this kind reads its examples with (a chat template), before anything is
+        encoded; the tokenizer is saved with the run, so serving and export read the same. Nothing by default."""
 
     @abstractmethod
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from tunelab.config import ConfigError, ModelConfig, RunConfig, load_config
-from tunelab.kinds import answers_by_head
+from tunelab.kinds import answers_by_head, kind_of_run
 from tunelab.kinds.base import Family
 from tunelab.models.family import model_family
 from tunelab.models.reference import check_reference, run_directory
@@ -302,6 +302,10 @@ def on_device(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def config_tokenizer(config: RunConfig):
-    """The tokenizer of the config's model: what a run trains with and what the data report counts tokens with."""
+    """The tokenizer of the config's model: what a run trains with and what the data report counts tokens with, set
+    up as the run's kind of example reads its data (a conversation's chat template)."""
     source = resolve_source(config.model.name, config.model.revision)
-    return load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
+    tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
+    if config.mixture is None:
+        kind_of_run(config).prepare_tokenizer(tokenizer, config.data)
+    return tokenizer

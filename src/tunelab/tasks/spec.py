@@ -60,6 +60,10 @@ class TaskSpec(BaseModel):
     """Tagging: the field holding the IOB2 tags."""
     text_field: str | None = None
     """Language modelling: the field holding the text scored."""
+    messages_field: str = "messages"
+    """Chat: the field holding a conversation (OpenAI `messages`; ShareGPT `conversations` is read too)."""
+    tools_field: str = "tools"
+    """Chat: the field holding a conversation's tool definitions, where it has any."""
     unique: bool = False
     """Language modelling: score each distinct text once (e.g. a paragraph shared by many questions)."""
     metrics: list[str] = []

@@ -20,6 +20,7 @@ import inspect
 from tunelab.config import RunConfig
 from tunelab.kinds import HEAD_OBJECTIVES, objective_name
 from tunelab.train.objectives.base import REQUIRED_ATTRIBUTES, Feed, Objective, ObjectiveError
+from tunelab.train.objectives.chat import ChatObjective
 from tunelab.train.objectives.classifier import Classifier
 from tunelab.train.objectives.language_model import LanguageModel
 from tunelab.train.objectives.multi_head import MultiHead
@@ -89,3 +90,4 @@ register_objective(TextToText)
 register_objective(MultiHead)
 register_objective(TaskAdapters)
 register_objective(LanguageModel)
+register_objective(ChatObjective)
