@@ -112,7 +112,7 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
         return target.unavailable
     if not target.generates and reads_reference_nll(spec):
         return f"{target.name} is a classifier; it gives no probability to a reference answer's tokens"
-    if target.generates and spec.handler.prompted and not spec.templates:
+    if target.generates and spec.handler.prompted and spec.handler.templated and not spec.templates:
         return f"task {spec.name} has no instruction template, so a generating model cannot be asked it"
     if not target.generates:
         if not spec.handler.head_answers:
@@ -123,8 +123,10 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
             return f"a classifier reads one text or a text pair; task {spec.name} has inputs {spec.input_fields}"
         if shots:
             return f"{target.name} answers through a trained head, which reads no demonstrations; use 0 shots"
-    elif not spec.handler.prompted and not target.decoder:
-        return "perplexity is computed for decoder models only"
+    elif not target.decoder and not (spec.handler.prompted and spec.handler.templated):
+        return f"a {spec.kind} task is scored on decoder models only"
+    elif shots and not spec.handler.templated:
+        return f"a {spec.kind} task carries its own context; it is asked with 0 shots"
     return None
 
 
@@ -140,6 +142,14 @@ def prompt_ids(target: Target, prompt: str, max_new_tokens: int, spec: TaskSpec 
     if target.decoder:
         return decoder_prompt_ids(prompt, target.tokenizer, max(8, input_limit(target, spec) - max_new_tokens))[0]
     return target.tokenizer(prompt, truncation=True, max_length=input_limit(target, spec))["input_ids"]
+
+
+def record_prompt_ids(target: Target, spec: TaskSpec, record: Record, room: int) -> list[int]:
+    """A record's zero-shot prompt ids, leaving `room` tokens for the answer: its task's first template filled, or
+    the prompt an untemplated kind makes of it (a conversation up to its last assistant turn)."""
+    if spec.handler.templated:
+        return prompt_ids(target, spec.prompt(record), room, spec)
+    return spec.handler.prompt_ids(spec, record, target.tokenizer, max(8, input_limit(target, spec) - room))
 
 
 def _demonstrated_ids(target: Target, prompt: str, demonstrations: list[Demonstration]) -> list[int]:
@@ -168,6 +178,8 @@ def task_prompts(
 ) -> tuple[list[list[int]], list[int]]:
     """Each record's prompt ids (the task's first template, after its demonstrations) and the demonstrations
     each shows."""
+    if not spec.handler.templated:
+        return [record_prompt_ids(target, spec, record, room) for record in records], [0] * len(records)
     pairs = [shown_prompt_ids(target, spec, spec.prompt(r), d, room) for r, d in zip(records, demonstrations)]
     return [ids for ids, _ in pairs], [shown for _, shown in pairs]
 
@@ -178,7 +190,7 @@ def answers(
     """The target's generated answers to the records, phrased with the task's first template (or to `prompts`,
     their prompt ids with demonstrations, `task_prompts`)."""
     if prompts is None:
-        prompts = [prompt_ids(target, spec.prompt(record), spec.max_new_tokens, spec) for record in records]
+        prompts = [record_prompt_ids(target, spec, record, spec.max_new_tokens) for record in records]
     return generate_texts(
         target.model,
         target.tokenizer,

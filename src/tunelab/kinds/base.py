@@ -77,6 +77,11 @@ class Kind(ABC):
         """Set on a run's tokenizer what this kind reads its examples with (a chat template), before anything is
         encoded; the tokenizer is saved with the run, so serving and export read the same. Nothing by default."""
 
+    def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
+        """The ids a decoder answers a record of an untemplated kind (`templated` False) from, within `budget`
+        tokens; a templated kind's prompt is its task's template filled (`tunelab.eval.runner.prompt_ids`)."""
+        raise KindError(f"a {self.name} task is asked through its instruction templates, not its own prompt")
+
     @abstractmethod
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         """The record fields a task of this kind reads beyond its input fields and template fields (its answer

@@ -151,6 +151,12 @@ class Chat(Kind):
     def collator(self, tokenizer: PreTrainedTokenizerBase, family: Family):
         return padded_with_ignored_labels(tokenizer)
 
+    def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
+        """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
+        before it and the generation prompt, the earliest turns after any system prompt dropped until it fits."""
+        messages, tools = conversation_of(record, spec.messages_field, spec.tools_field)
+        return reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, budget)
+
 
 def _masked(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
     """A record's conversation masked as `data` trains it; DataError naming the record when it cannot be."""
@@ -161,10 +167,24 @@ def _masked(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig
         raise DataError(f"{record.where}: {exc}") from None
 
 
+def reply_prompt_ids(
+    history: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tokenizer: PreTrainedTokenizerBase, budget: int
+) -> list[int]:
+    """The ids an assistant's next turn follows: the conversation so far through the chat template and its generation
+    prompt (what `predict`, evaluation and `serve` all ask with), the earliest turns after a system prompt dropped
+    while it is longer than `budget`, and at worst its last `budget` tokens."""
+    kept = list(history)
+    while True:
+        text = render(kept, tokenizer, tools, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        first = 1 if kept and kept[0]["role"] == "system" else 0
+        if len(ids) <= budget or len(kept) - first <= 1:
+            return ids[-budget:]
+        kept.pop(first)
+
+
 def _reply_prompt(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> dict[str, list[int]]:
-    """The ids a model answers a conversation's last assistant turn from: the turns before it and the generation
-    prompt."""
+    """A record's conversation up to its last assistant turn, as the model answers it (prediction inputs)."""
     messages, tools = conversation_of(record, data.messages_field, data.tools_field)
-    text = render(messages[: last_assistant(messages)], tokenizer, tools, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, data.max_length)
     return {"input_ids": ids, "attention_mask": [1] * len(ids)}
