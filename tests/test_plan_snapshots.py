@@ -19,7 +19,7 @@ change the plan. The batch depends on the machine in one way: on a CPU, decoder 
 
 The test never writes a snapshot. After a change that is meant to alter a plan, rewrite them on purpose:
 
-    PYTHONPATH=src .venv/bin/python tests/test_plan_snapshots.py --write
+    PYTHONPATH=src .venv/bin/python tests/test_plan_snapshots.py --write [NAME ...]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from tunelab.config import RunConfig, load_config
+from tunelab.config import DataConfig, RunConfig, load_config
 from tunelab.data.blocks import block_taskset
 from tunelab.data.plan import plan_training
 from tunelab.data.taskset import TaskSet, load_taskset
@@ -169,7 +169,12 @@ def in_new_words(old: dict) -> dict:
     """A snapshot's config, written in the words before issue 30's one vocabulary, as today's config says the same:
     `task_type` becomes `data.kind` (a mixture's tasks declare their own kinds, so its data.kind is the default),
     `mixture.architecture` the top-level `objective` (absent, that is derived: text_to_text for a mixture, the
-    kind's own for a data: run). Nothing else differs."""
+    kind's own for a data: run), and a `data:` key added since (issue 31's conversation keys) reads as its
+    default. Nothing else differs. A snapshot written in today's words is returned as it is."""
+    if "task_type" not in old:
+        return old
+    added = {key: field.get_default(call_default_factory=True) for key, field in DataConfig.model_fields.items()}
+    old = {**old, "data": {**json.loads(json.dumps(added)), **old["data"]}}
     new = {key: value for key, value in old.items() if key != "task_type"}
     mixture = old["mixture"]
     kind = "classification" if mixture is not None else SNAPSHOT_KINDS[old["task_type"]]
@@ -202,14 +207,17 @@ def readable_json(value) -> str:
     return re.sub(r"\[\n[^\[\]{}]*?\]", lambda found: re.sub(r"\n\s*", "", found.group()), text) + "\n"
 
 
-def write_snapshots() -> None:
+def write_snapshots(names: list[str]) -> None:
     SNAPSHOTS.mkdir(exist_ok=True)
-    for name in config_names():
+    for name in names or config_names():
         (SNAPSHOTS / f"{name}.json").write_text(readable_json(computed(name)))
         print(f"wrote {SNAPSHOTS / name}.json", flush=True)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
-        sys.exit(f"usage: python {sys.argv[0]} --write   (rewrites every snapshot in {SNAPSHOTS})")
-    write_snapshots()
+    if sys.argv[1:2] != ["--write"]:
+        sys.exit(
+            f"usage: python {sys.argv[0]} --write [NAME ...]   (writes the snapshots of configs/NAME.yaml, default "
+            f"every config's, in {SNAPSHOTS})"
+        )
+    write_snapshots(sys.argv[2:])
