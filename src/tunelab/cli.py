@@ -64,9 +64,8 @@ def _check_run_data(args) -> None:
     check_config(config)
     report, tasks = data_checks.run_data_report(config)
     print(render_report(report))
-    if args.show_masks:
-        (task,) = tasks.trained.values()
-        print(data_checks.show_masks(config, task.train, args.show_masks))
+    if args.show_masks:  # a `data:` run's one task (show_masks refuses any run but a conversational one)
+        print(data_checks.show_masks(config, next(iter(tasks.trained.values())).train, args.show_masks))
 
 
 def _cmd_data_check(args) -> None:
