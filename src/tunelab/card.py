@@ -206,11 +206,16 @@ def _training_time(state: dict) -> str:
     return f"{state['train_seconds']:.1f} s" + (f" over {attempts} attempts (resumed)" if attempts > 1 else "")
 
 
-def render_card(config: RunConfig, state: dict, evaluation: dict, forgetting: str | None = None) -> str:
+def render_card(
+    config: RunConfig, state: dict, evaluation: dict, forgetting: str | None = None, masks: str | None = None
+) -> str:
+    """The run's model card; `masks`: the mask view of its first training conversations (`data/masks.md`), shown
+    under the data it describes."""
     trainable = state["trainable"]
     memory = f"{state['peak_rss_mb']:.0f} MB RSS" if state.get("peak_rss_mb") else "not measured"
     if state.get("peak_gpu_mb"):
         memory += f", {state['peak_gpu_mb']:.0f} MB GPU"
+    masks_section = f"{masks}\n" if masks else ""
     forgetting_section = f"\n## Forgetting ({config.eval.retention_suite} suite)\n{forgetting}\n" if forgetting else ""
     return f"""# {config.name}
 
@@ -225,7 +230,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 
 {chain_section(config, state.get("chain", []))}
 {_data_section(config, state)}
-{_contamination_section(state)}## Test results (95% bootstrap intervals{_scored_in(evaluation)})
+{masks_section}{_contamination_section(state)}## Test results (95% bootstrap intervals{_scored_in(evaluation)})
 {results_table(evaluation)}
 
 {objective_of(config).base_note}{_protocol_note(config)}

@@ -45,10 +45,36 @@ def _data_config(args):
     return config
 
 
+def _is_run_config(path: str) -> bool:
+    return Path(path).suffix in (".yaml", ".yml")
+
+
+def _check_run_data(args) -> None:
+    """`tunelab data check CONFIG`: the run's own splits, as its training reads them."""
+    from tunelab import data_checks
+    from tunelab.data.report import render_report
+    from tunelab.resolve import check_config
+
+    if args.config or args.against or args.suite:
+        raise ConfigError(
+            f"{args.file} is a run config: its own validation and test splits and eval.retention_suite are what its "
+            "training data is compared with; drop --config, --against and --suite (or check a data file)"
+        )
+    config = load_config(args.file, [*([f"data.kind={args.kind}"] if args.kind else []), *args.overrides])
+    check_config(config)
+    report, tasks = data_checks.run_data_report(config)
+    print(render_report(report))
+    if args.show_masks:  # a `data:` run's one task (show_masks refuses any run but a conversational one)
+        print(data_checks.show_masks(config, next(iter(tasks.trained.values())).train, args.show_masks))
+
+
 def _cmd_data_check(args) -> None:
     from tunelab import data_checks
     from tunelab.data.report import render_report
 
+    if _is_run_config(args.file):
+        _check_run_data(args)
+        return
     config = _data_config(args)
     valid, labels = data_checks.read_checked(config, args.file)
     print(
@@ -56,6 +82,8 @@ def _cmd_data_check(args) -> None:
         + (f", labels {labels}" if labels else "")
     )
     print(render_report(data_checks.report_data_file(config, args.file, valid, labels, args.against, args.suite)))
+    if args.show_masks:
+        print(data_checks.show_masks(config, valid, args.show_masks))
 
 
 def _cmd_data_clean(args) -> None:
@@ -446,7 +474,7 @@ def _scoring_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_file_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="the data file: JSONL, JSON, CSV or Parquet")
+    parser.add_argument("file", help="the data file: JSONL, JSON, CSV or Parquet (data check: or a run config)")
     from tunelab.kinds import KINDS
 
     parser.add_argument(
@@ -560,9 +588,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser(
         "check",
         help="validate a data file (errors name file:line and field) and report duplicates, conflicts, labels, "
-        "token lengths and overlap with other files and suites",
+        "token lengths and overlap with other files and suites; given a run config (.yaml), report the run's "
+        "own splits as its training reads them",
     )
     _data_file_options(check)
+    check.add_argument(
+        "--show-masks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the first N (training) conversations with the tokens that train marked [[ ]], the trained "
+        "tokens per role, whether each assistant turn's closing token trains, and what truncation cuts",
+    )
     check.set_defaults(func=_cmd_data_check)
     clean = data.add_parser(
         "clean",

@@ -10,35 +10,83 @@ from pathlib import Path
 
 from tunelab.config import RunConfig
 from tunelab.data.cleaning import clean
+from tunelab.data.conversations import Counted, count_conversations, mask_views
 from tunelab.data.quality import run_fields
 from tunelab.data.readers import read_file
 from tunelab.data.report import cleaning_summary, file_references, file_report, render_report, run_report
 from tunelab.data.splits import label_set
-from tunelab.data.taskset import TaskSet
+from tunelab.data.taskset import TaskSet, load_taskset
 from tunelab.data.validate import check_records, enforce
 from tunelab.errors import TunelabError
 from tunelab.kinds import answers_by_head, kind_of_run
+from tunelab.kinds.chat import nothing_trains
 from tunelab.models.family import model_family
 from tunelab.models.loading import config_tokenizer
 from tunelab.records import DataError, Record
 from tunelab.runs import RunDir, write_atomic, write_json, write_jsonl
 
+MASKS_PRINTED = 2
+"""Training conversations whose mask view the start of `tunelab train` prints: enough to see what trains."""
+MASKS_SAVED = 3
+"""Training conversations whose mask view a run saves (`data/masks.md`), which its card and run page show."""
+
 
 def data_report(config: RunConfig, tasks: TaskSet, tokenizer) -> dict:
     """The data report on what the run trains (duplicates, conflicts, labels, token lengths with the run's
-    tokenizer, leakage and contamination), printed before any model loads."""
+    tokenizer, leakage and contamination), printed before any model loads, with the mask view of its first
+    conversations; DataError naming the conversations that would train no token."""
     report = run_report(config, model_family(config.model), answers_by_head(config), tasks, tokenizer)
     print(render_report(report))
+    for found in report["tasks"].values():
+        untrained = (found["lengths"] or {}).get("conversations", {}).get("untrained")
+        if untrained:
+            raise nothing_trains(untrained, config.data)
+    shown = training_conversations(config, tasks, tokenizer, MASKS_PRINTED)
+    if shown:
+        print(mask_views(shown))
     return report
 
 
-def save_data_report(run: RunDir, report: dict, tasks: TaskSet) -> None:
-    """`data/report.json` and `report.md`, and, when cleaning is on, `data/removed.jsonl`: every training record
-    removed, with why (empty when nothing was)."""
+def training_conversations(config: RunConfig, tasks: TaskSet, tokenizer, count: int) -> list[Counted]:
+    """The first `count` training conversations of a `data:` run of a conversational kind, as they will train;
+    none for any other run."""
+    if config.mixture is not None or not kind_of_run(config).conversational:
+        return []
+    (task,) = tasks.trained.values()
+    return count_conversations(task.train[:count], tokenizer, config.data)
+
+
+def save_data_report(run: RunDir, config: RunConfig, report: dict, tasks: TaskSet, tokenizer) -> None:
+    """`data/report.json` and `report.md`; when cleaning is on, `data/removed.jsonl`: every training record
+    removed, with why (empty when nothing was); for conversations, `data/masks.md`: the first ones with the tokens
+    that train marked (the card and the run page show it)."""
     write_json(run.data_dir / "report.json", report)
     write_atomic(run.data_dir / "report.md", render_report(report))
     if report["cleaning"] is not None:
         write_jsonl(run.data_dir / "removed.jsonl", [removed.as_dict() for removed in tasks.removed])
+    shown = training_conversations(config, tasks, tokenizer, MASKS_SAVED)
+    if shown:
+        write_atomic(run.masks_path, mask_views(shown))
+
+
+def run_data_report(config: RunConfig) -> tuple[dict, TaskSet]:
+    """`tunelab data check CONFIG`: the report a run of CONFIG prints before training, its data read, split and
+    cleaned as the run reads it and compared with its own validation and test splits and retention suite, and
+    each split's token lengths (and, for conversations, what of them trains); no model loads."""
+    tasks = load_taskset(config)
+    report = run_report(config, model_family(config.model), answers_by_head(config), tasks, _lengths_tokenizer(config))
+    return report, tasks
+
+
+def show_masks(config: RunConfig, records: list[Record], count: int) -> str:
+    """`--show-masks N`: the first `count` conversations of `records` with the tokens that train marked, as the run
+    of `config` trains them (its tokenizer and chat template, data.max_length, data.train_roles, ...)."""
+    if not kind_of_run(config).conversational:
+        raise DataError(
+            f"--show-masks marks the trained tokens of conversations; data.kind {config.data.kind} trains whole "
+            "answers (use data.kind: chat)"
+        )
+    return mask_views(count_conversations(records[:count], config_tokenizer(config), config.data))
 
 
 def read_checked(

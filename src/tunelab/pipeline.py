@@ -241,7 +241,7 @@ def train(config: RunConfig, resume: RunDir | None = None, callbacks: Sequence =
             data_warnings=report["warnings"],
             contamination=report["contamination"],
         )
-        save_data_report(run, report, tasks)
+        save_data_report(run, config, report, tasks, tokenizer)
     checkpoint = distributed.share_from_main(_resume_point(run, plan) if resume else None)
     stop = StopOnSignal()
     with run.marks_failure() if main else nullcontext(), ends_tracking_on_failure(config):
@@ -305,7 +305,8 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         **memory,
     )
     forgetting = _retention_report(config, ready, tuned_target) if config.eval.retention_suite else None
-    write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting))
+    masks = run.masks_path.read_text(encoding="utf-8") if run.masks_path.exists() else None
+    write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting, masks))
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 

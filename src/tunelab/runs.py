@@ -161,6 +161,8 @@ class RunDir:
     model_dir = property(lambda self: self.path / "model")
     card_path = property(lambda self: self.path / "README.md")
     data_dir = property(lambda self: self.path / "data")
+    masks_path = property(lambda self: self.path / "data" / "masks.md")
+    """The first training conversations with the tokens that train marked (conversational kinds only)."""
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
 
     def config(self) -> RunConfig:

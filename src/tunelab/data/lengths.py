@@ -11,7 +11,7 @@ import math
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
-from tunelab.data.conversations import conversation_token_lengths
+from tunelab.data.conversations import conversation_summary, count_conversations
 from tunelab.kinds import kind_named
 from tunelab.kinds.base import Family
 from tunelab.kinds.encoding import formatted_prompt_ids
@@ -43,12 +43,14 @@ def _answers(records: list[Record], tokenizer: PreTrainedTokenizerBase, data: Da
 def token_lengths(
     kind: str, family: Family, records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig
 ) -> dict | None:
-    """The token-length distribution of `records` of a `kind` of example (its name) as a model of `family` reads them, and how many examples training
-    truncates (None for language modelling, which packs text into blocks and cuts nothing).
+    """The token-length distribution of `records` of a `kind` of example (its name) as a model of `family` reads
+    them, and how many examples training truncates (None for language modelling, which packs text into blocks and
+    cuts nothing).
 
     What counts as an example's length follows what its limit bounds: a classifier's text (and pair) with its
     special tokens; a decoder's formatted prompt plus answer and EOS, which share `data.max_length`; an
-    encoder-decoder's prompt. Generation answers are measured against `data.max_target_length` beside it.
+    encoder-decoder's prompt; a conversation as its chat template lays it out, with what of it trains
+    (`conversations`). Generation answers are measured against `data.max_target_length` beside it.
     """
     if not records:
         return None
@@ -60,11 +62,13 @@ def token_lengths(
             "input": length_summary(lengths, data.max_length),
             "truncated": sum(n > data.max_length for n in lengths),
         }
-    if kind == "chat":
-        lengths = conversation_token_lengths(records, tokenizer, data)
+    if kind_named(kind).conversational:
+        counted = count_conversations(records, tokenizer, data)
+        found = conversation_summary(counted, tokenizer, data)
         return {
-            "input": length_summary(lengths, data.max_length),
-            "truncated": sum(n > data.max_length for n in lengths),
+            "input": length_summary([c.length for c in counted], data.max_length),
+            "truncated": found["truncated"],
+            "conversations": found,
         }
     if not kind_named(kind).prompted:  # raw text
         lengths = [len(ids) for ids in tokenizer([str(r.fields[data.text_field]) for r in records])["input_ids"]]

@@ -2,7 +2,8 @@
 records a run or a suite is scored on.
 
 Records are compared by their input, the text the model reads, after normalisation (Unicode NFKC, case folded,
-whitespace collapsed), so "Great film!" and "great  film!" are one input. Exact duplicates share the normalised
+whitespace collapsed), so "Great film!" and "great  film!" are one input; a conversation's input is its turns, as
+its kind reads them (`Kind.compared_text`). Exact duplicates share the normalised
 input and the answer; one input with different answers is a conflict. Near-duplicates come from MinHash
 signatures of character shingles (datasketch): locality-sensitive hashing proposes candidate pairs, a pair counts
 only when its estimated Jaccard similarity reaches the threshold, and pairs join into groups transitively
@@ -18,8 +19,9 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -52,7 +54,11 @@ class Fields:
 
     inputs: tuple[str, ...]
     answer: str | None
-    """None when nothing is answered (language modelling): duplicates are then decided by the input alone."""
+    """None when nothing is answered (language modelling, a conversation): duplicates are then decided by the
+    input alone."""
+    compared: Callable[[Record], str | None] | None = field(default=None, compare=False)
+    """The kind's own reading of a record's compared input (`Kind.compared_text`: a conversation's turns), used
+    where it gives one instead of the input fields; two Fields are equal when their fields are."""
 
 
 def run_fields(data: DataConfig) -> Fields:
@@ -60,14 +66,20 @@ def run_fields(data: DataConfig) -> Fields:
     answers a label; a generator reads its prompt template's fields (or its prompt field) and answers the response;
     a language model reads raw text and answers nothing."""
     kind = kind_named(data.kind)
-    return Fields(tuple(kind.run_fields(data, with_target=False)), kind.answer_field(data))
+    return Fields(
+        tuple(kind.run_fields(data, with_target=False)),
+        kind.answer_field(data),
+        partial(kind.compared_text, source=data),
+    )
 
 
 def task_fields(spec: TaskSpec) -> Fields:
     """A task's input fields (what robustness perturbs and bias swaps, so what contamination compares) and the
     field of the answer it trains on."""
     inputs = spec.input_fields or (template_fields(spec.templates[0]) if spec.templates else [spec.text_field])
-    return Fields(tuple(inputs), spec.handler.task_answer_field(spec))
+    return Fields(
+        tuple(inputs), spec.handler.task_answer_field(spec), partial(spec.handler.compared_text, source=spec)
+    )
 
 
 def normalise(text: str) -> str:
@@ -94,10 +106,18 @@ class Example:
     where: str
 
 
+def _input(record: Record, fields: Fields) -> str:
+    """What a record is compared by: the kind's reading where it gives one, else its input fields joined."""
+    compared = fields.compared(record) if fields.compared else None
+    if compared is not None:
+        return compared
+    return SEPARATOR.join(_text(record.fields.get(name)) for name in fields.inputs)
+
+
 def examples_of(records: list[Record], fields: Fields) -> list[Example]:
     return [
         Example(
-            normalise(SEPARATOR.join(_text(record.fields.get(name)) for name in fields.inputs)),
+            normalise(_input(record, fields)),
             normalise(_text(record.fields.get(fields.answer))) if fields.answer else None,
             record.where,
         )

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.cleaning import Removed, removal_notes
+from tunelab.data.conversations import conversation_warnings, summary_lines
 from tunelab.data.lengths import token_lengths
 from tunelab.data.quality import (
     NEAR_THRESHOLD,
@@ -132,9 +133,11 @@ def task_report(
     label_field: str | None = None,
     lengths: dict | None = None,
     pinned: list[str] | None = None,
+    held_out_lengths: dict[str, dict | None] | None = None,
 ) -> dict:
     """The findings on one task's training records: duplicates, conflicts, labels (when `label_field` is given;
-    `pinned` is the configured label set), `lengths` as measured, and overlap with each non-empty reference set."""
+    `pinned` is the configured label set), `lengths` as measured (and `held_out_lengths`, the run's validation and
+    test splits'), and overlap with each non-empty reference set."""
     train = Sketched(examples_of(records, fields))
     return {
         "records": len(records),
@@ -143,6 +146,7 @@ def task_report(
         "conflicts": _conflicts(train.examples),
         "labels": _labels(records, label_field, references, pinned) if label_field and records else None,
         "lengths": lengths,
+        "held_out_lengths": held_out_lengths or {},
         "overlap": {name: _overlap(train, ref) for name, ref in references.items() if ref.examples},
     }
 
@@ -179,6 +183,16 @@ def label_warnings(task: str, labels: dict) -> list[str]:
     return lines
 
 
+def _conversation_warnings(tasks: dict[str, dict]) -> list[str]:
+    """What in a run's training conversations will not train as meant (`tunelab.data.conversations`)."""
+    return [
+        line
+        for task, found in tasks.items()
+        if found["lengths"] and "conversations" in found["lengths"]
+        for line in conversation_warnings(task, found["lengths"]["conversations"])
+    ]
+
+
 def warnings_of(tasks: dict[str, dict]) -> list[str]:
     """One line per test split or suite task that training records overlap."""
     lines = []
@@ -208,6 +222,7 @@ def assemble(tasks: dict[str, dict], cleaning: dict | None = None) -> dict:
         },
         "tasks": tasks,
         "warnings": [line for task, found in tasks.items() for line in label_warnings(task, found["labels"])]
+        + _conversation_warnings(tasks)
         + warnings_of(tasks),
         "contamination": warnings_of(tasks),
         "cleaning": cleaning,
@@ -232,6 +247,19 @@ def _lengths(
         )
     instructions = [task.spec.instruction(record) for record in task.train]
     return token_lengths("generation", family, instructions, tokenizer, instruction_data(config))
+
+
+def _held_out_lengths(
+    config: RunConfig, family: Family, task: TrainingTask, tokenizer: PreTrainedTokenizerBase | None
+) -> dict[str, dict | None]:
+    """A `data:` run's validation and test splits measured as its training split is (a mixture's tasks are scored
+    through their instructions, which `_lengths` measures for training only)."""
+    if config.mixture is not None or tokenizer is None:
+        return {}
+    return {
+        split: token_lengths(config.data.kind, family, records, tokenizer, config.data)
+        for split, records in (("validation", task.validation), ("test", task.test))
+    }
 
 
 def run_report(
@@ -260,7 +288,10 @@ def run_report(
         lengths = _lengths(config, family, by_head, task, tokenizer) if tokenizer is not None else None
         pinned = config.data.labels if config.mixture is None else list(task.spec.label_words)
         answer = fields.answer if classifies else None
-        found[name] = task_report(task.train, fields, references, answer, lengths, pinned if classifies else None)
+        held_out = _held_out_lengths(config, family, task, tokenizer)
+        found[name] = task_report(
+            task.train, fields, references, answer, lengths, pinned if classifies else None, held_out
+        )
     if config.mixture is None and (config.data.dedup != "off" or config.data.drop_overlap):
         (task,) = tasks.trained.values()
         return assemble(found, cleaning_summary(len(task.train), tasks.removed))
@@ -299,18 +330,25 @@ def _summary(length: dict) -> str:
     return f"min {length['min']}, median {length['median']}, p95 {length['p95']}, max {length['max']} (limit {length['limit']}: {length['over']} over)"
 
 
-def _lengths_line(lengths: dict | None) -> str:
+def _lengths_lines(lengths: dict | None, split: str = "") -> list[str]:
+    """The token lengths of a split (`split`: its name, none for the training records), and what of its
+    conversations trains."""
+    named = f"{split} " if split else ""
     if lengths is None:
-        return "- token lengths: not measured"
-    line = f"- token lengths: {_summary(lengths['input'])}"
+        return [f"- {named}token lengths: not measured"]
+    line = f"- {named}token lengths: {_summary(lengths['input'])}"
     if lengths.get("answer"):
         line += f"; answers {_summary(lengths['answer'])}"
     truncated = lengths["truncated"]
-    return line + (
+    line += (
         "; packed into blocks, nothing truncated"
         if truncated is None
         else f"; {truncated} example(s) will be truncated"
     )
+    if "conversations" not in lengths:
+        return [line]
+    indent = "  " if split else ""
+    return [line, *(indent + entry for entry in summary_lines(lengths["conversations"]))]
 
 
 def _task_lines(name: str, found: dict) -> list[str]:
@@ -329,7 +367,10 @@ def _task_lines(name: str, found: dict) -> list[str]:
         counts, total = found["labels"]["counts"], found["records"]
         shares = ", ".join(f"{label} {count} ({100 * count / total:.1f}%)" for label, count in counts.items())
         lines.append(f"- labels: {shares}; majority/minority {found['labels']['imbalance']:.2f}")
-    lines.append(_lengths_line(found["lengths"]))
+    lines += _lengths_lines(found["lengths"])
+    for split, lengths in found.get("held_out_lengths", {}).items():
+        if lengths is not None:
+            lines += _lengths_lines(lengths, split)
     if found["overlap"]:
         lines += [
             "",

@@ -60,6 +60,9 @@ class Kind(ABC):
     templated: ClassVar[bool] = True
     """Whether a generating model is asked it through the task's instruction templates (a conversation carries its
     own turns)."""
+    conversational: ClassVar[bool] = False
+    """Whether a record is a conversation whose turns train by a mask (`tunelab.data.conversations` counts what of
+    it trains, per role, and what truncation cuts)."""
     perturbed: ClassVar[bool] = True
     """Whether robustness may perturb its inputs and bias swap words in them: not where noise inside tokens or
     the scored text would change what the gold answer is."""
@@ -71,6 +74,12 @@ class Kind(ABC):
     def record_problem(self, record: Record, source: Any) -> str | None:
         """What is wrong with a record's structured content ('file:line: message 3: unknown role'), read with the
         field names of `source` (a `DataConfig` or a task), beyond its fields' presence; None when nothing is."""
+        return None
+
+    def compared_text(self, record: Record, source: Any) -> str | None:
+        """What duplicate, leakage and contamination checks compare a record by when its input fields do not hold
+        it (a conversation's turns), read with the field names of `source` (a `DataConfig` or a task); None: its
+        input fields are compared."""
         return None
 
     def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> None:

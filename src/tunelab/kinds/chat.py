@@ -9,6 +9,7 @@ then saved with the run.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from tunelab.chat_templates import chat_template_text
@@ -35,6 +36,7 @@ class Chat(Kind):
     reference_answers = True
     templated = False
     perturbed = False
+    conversational = True
 
     def check_run(self, config: Any) -> None:
         """A conversation brings its own prompts: refuse the settings of prompt -> answer data, naming the key."""
@@ -55,6 +57,10 @@ class Chat(Kind):
         except ConversationError as exc:
             return f"{record.where}: {exc}"
         return None
+
+    def compared_text(self, record: Record, source: Any) -> str | None:
+        messages, _ = conversation_of(record, source.messages_field, source.tools_field)
+        return compared_turns(messages)
 
     def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> None:
         """Set `data.chat_template` on the tokenizer (saved with the run), and make the token that closes an assistant
@@ -134,15 +140,10 @@ class Chat(Kind):
             raise KindError(f"a conversation is read by a decoder with a chat template; this model is an {family}")
         if not with_target:
             return Encoded([_reply_prompt(record, tokenizer, data) for record in records], 0)
-        masked = [_masked(record, tokenizer, data) for record in records]
+        masked = [masked_record(record, tokenizer, data) for record in records]
         untrained = [record.where for record, m in zip(records, masked) if not m.trained]
         if untrained:
-            shown = ", ".join(untrained[:SHOWN_LINES]) + (" ..." if len(untrained) > SHOWN_LINES else "")
-            raise DataError(
-                f"{len(untrained)} conversation(s) train no token ({shown}): no turn of a role in data.train_roles "
-                f"{data.train_roles} is left within data.max_length={data.max_length}. Raise data.max_length, add "
-                "roles to data.train_roles, or drop those conversations"
-            )
+            raise nothing_trains(untrained, data)
         examples = [
             {"input_ids": m.input_ids, "attention_mask": [1] * len(m.input_ids), "labels": m.labels} for m in masked
         ]
@@ -158,7 +159,31 @@ class Chat(Kind):
         return reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, budget)
 
 
-def _masked(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
+def nothing_trains(untrained: list[str], data: DataConfig) -> DataError:
+    """The refusal of conversations that train no token (`untrained`: where each is), naming them and what to
+    change: raised by the data report before a model loads, and by encoding for any caller that skips it."""
+    shown = ", ".join(untrained[:SHOWN_LINES]) + (" ..." if len(untrained) > SHOWN_LINES else "")
+    return DataError(
+        f"{len(untrained)} conversation(s) train no token ({shown}): no turn of a role in data.train_roles "
+        f"{data.train_roles} is left within data.max_length={data.max_length}. Raise data.max_length, add "
+        "roles to data.train_roles, or drop those conversations"
+    )
+
+
+def compared_turns(messages: list[dict[str, Any]]) -> str:
+    """A conversation as the duplicate and overlap checks compare it: each user, assistant and tool turn as
+    'role: content', an assistant's tool calls as their names and arguments. The system prompt is left out, since
+    a dataset often gives every conversation the same one, which would make distinct conversations look alike."""
+    turns = []
+    for message in messages:
+        if message["role"] == "system":
+            continue
+        calls = [json.dumps(call["function"], sort_keys=True) for call in message.get("tool_calls", [])]
+        turns.append(" ".join([f"{message['role']}: {message['content']}", *calls]))
+    return "\n".join(turns)
+
+
+def masked_record(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
     """A record's conversation masked as `data` trains it; DataError naming the record when it cannot be."""
     try:
         messages, tools = conversation_of(record, data.messages_field, data.tools_field)

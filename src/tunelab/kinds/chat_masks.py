@@ -207,10 +207,10 @@ def mask_conversation(
     labels = [i if r is not None else IGNORE_INDEX for i, r in zip(ids, roles)]
     masked = MaskedConversation(text, ids, labels, roles, offsets, spans, closing)
     _round_trip(masked, tokenizer)
-    return _truncated(masked, data.max_length)
+    return truncated_to(masked, data.max_length)
 
 
-def _truncated(masked: MaskedConversation, limit: int) -> MaskedConversation:
+def truncated_to(masked: MaskedConversation, limit: int) -> MaskedConversation:
     """The conversation cut to its first `limit` tokens, counting the trained tokens lost and the assistant turns
     whose closing text no longer trains."""
     if len(masked.input_ids) <= limit:

@@ -173,6 +173,7 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
             forgetting_command=forgetting_command(path, summary.id),
             plan=mixture_lines(state["plan"]) if state.get("plan") else None,
             data_report=_text(path / "data" / "report.md"),
+            masks=_text(RunDir(path).masks_path),
             card=_text(path / "README.md"),
         )
 
