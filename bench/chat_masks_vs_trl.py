@@ -9,9 +9,10 @@ newline after <|im_end|>) and one around the content and its <|im_end|> only. TR
 an SFTTrainer is built (on a tiny random model: the mask does not depend on the weights) and its prepared
 `train_dataset`'s labels are read.
 
-    PYTHONPATH=src:/work/trl_pkgs python bench/chat_masks_vs_trl.py --count 200
+    pip install --no-deps --target /tmp/trl 'trl==1.16.0'  # the bench extra, beside the environment
+    PYTHONPATH=src:/tmp/trl python bench/chat_masks_vs_trl.py --count 200
 
-TRL 1.16.0 (the bench extra) must be importable; nothing is downloaded.
+TRL's own dependencies are tunelab's (transformers, datasets, accelerate); nothing else is downloaded.
 """
 
 from __future__ import annotations
