@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -13,8 +14,8 @@ from tunelab.kinds.encoding import IGNORE_INDEX
 from tunelab.models.attention import AttentionUnavailable, flash_attention_available, use_attention
 from tunelab.train.trainer import CompletionLossTrainer
 
+from helpers import SHARED_DATA, TINY_SHAPE, tiny_gemma3, tiny_llama
 from helpers import TINY_VOCAB as VOCAB
-from helpers import tiny_gemma3, tiny_llama
 
 needs_flash = pytest.mark.skipif(not flash_attention_available(), reason="flash-attention needs CUDA and flash-attn")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention trains on CUDA only")
@@ -245,6 +246,53 @@ def test_completion_loss_of_a_packed_batch_equals_the_padded_batch(build, attent
     trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
     model, packed = on_device(model, packed)
     model, padded = on_device(model, padded)
+    with torch.no_grad():
+        assert torch.allclose(trainer.compute_loss(model, packed), trainer.compute_loss(model, padded), atol=1e-5)
+
+
+CHAT_CONVERSATIONS = 8
+"""Real conversations from the shared chat data: several assistant turns each, of uneven lengths."""
+
+
+def chat_examples(tokenizer) -> list[dict]:
+    """The first conversations of the shared chat data, encoded by the chat kind (each assistant turn and its
+    closing token trained, nothing else)."""
+    from tunelab.config import DataConfig
+    from tunelab.data.encode import encode
+    from tunelab.records import Record
+
+    path = SHARED_DATA / "chat" / "train.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()[:CHAT_CONVERSATIONS]
+    records = [Record(json.loads(line), f"{path}:{number}") for number, line in enumerate(lines, 1)]
+    return encode("chat", "decoder", records, tokenizer, DataConfig(kind="chat", max_length=512)).examples
+
+
+@pytest.mark.parametrize(
+    ("attention", "row_tokens"), [("sdpa_varlen", None), ("sdpa", 1024)], ids=["one-row", "bounded-rows"]
+)
+def test_packing_keeps_every_conversations_mask_and_its_loss(attention, row_tokens):
+    """Packed conversations train the same tokens, with the same loss, as the padded batch: packing drops no mask."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunelab.models.loading import prepare
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare("smollm2-135m-instruct"))
+    tokenizer.padding_side = "right"
+    features = chat_examples(tokenizer)
+    torch.manual_seed(0)
+    shape = {**TINY_SHAPE, "vocab_size": len(tokenizer), "max_position_embeddings": 512}
+    model = LlamaForCausalLM(LlamaConfig(**shape)).eval()
+    model.set_attn_implementation(attention)
+    padded = make_collator("chat", "decoder", tokenizer)(features)
+    packed = make_collator("chat", "decoder", tokenizer, Packing(row_tokens))(features)
+    if row_tokens:
+        assert packed["input_ids"].shape[0] > 1  # several rows: the bound is felt
+    else:
+        assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].numel() < padded["input_ids"].numel()
+    trained = sum(sum(label != IGNORE_INDEX for label in f["labels"][1:]) for f in features)
+    assert trained > 0 and all(f["labels"][0] == IGNORE_INDEX for f in features)
+    assert int((padded["labels"] != IGNORE_INDEX).sum()) == int((packed["labels"] != IGNORE_INDEX).sum()) == trained
+    trainer = CompletionLossTrainer.__new__(CompletionLossTrainer)
     with torch.no_grad():
         assert torch.allclose(trainer.compute_loss(model, packed), trainer.compute_loss(model, padded), atol=1e-5)
 

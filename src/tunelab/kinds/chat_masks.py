@@ -110,9 +110,9 @@ def _prefix(
         return 0
     prefix = render(messages[:upto], tokenizer, tools, add_generation_prompt)
     if not text.startswith(prefix):
-        raise ChatTemplateError(
-            f"message {upto}: the chat template renders the conversation up to this turn differently from the "
-            "whole conversation (it rewrites earlier turns), so the turn's tokens cannot be located; set "
+        raise ChatTemplateError(  # named by the last message the prefix holds: the turn rewritten once others follow
+            f"message {max(upto - 1, 0)}: the chat template renders the conversation up to this message differently "
+            "from the whole conversation (it rewrites earlier turns), so the turn's tokens cannot be located; set "
             "data.chat_template to a template that renders each turn the same whatever follows (e.g. chatml)"
         )
     return len(prefix.rstrip()) if not add_generation_prompt else len(prefix)
