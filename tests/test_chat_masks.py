@@ -121,14 +121,14 @@ def test_train_turns_last_trains_only_the_last_assistant_turn(family):
     check_assistant_mask(masked, tokenizer, CONVERSATION, ASSISTANT_TURNS[-1:], closing)
 
 
-def test_train_roles_with_user_trains_each_user_turn_whole_and_not_the_system_prompt():
+def test_train_roles_with_user_trains_each_user_turn_whole_without_the_newline_before_it_and_not_the_system_prompt():
     tokenizer = smollm2()
     data = DataConfig(kind="chat", train_roles=["user", "assistant"], max_length=1024)
     masked = mask_conversation(CONVERSATION, None, tokenizer, data)
     by_turn = {span.message: decode(tokenizer, _span_ids(masked, span)) for span in masked.spans}
     assert sorted(by_turn) == [1, 2, 3, 4, 5, 6]
     for index in (1, 3, 5):
-        assert by_turn[index].strip() == f"<|im_start|>user\n{CONVERSATION[index]['content']}<|im_end|>"
+        assert by_turn[index] == f"<|im_start|>user\n{CONVERSATION[index]['content']}<|im_end|>"
     for index in ASSISTANT_TURNS:
         assert by_turn[index] == CONVERSATION[index]["content"] + "<|im_end|>"
     trained = decode(tokenizer, [label for label in masked.labels if label != IGNORE_INDEX])

@@ -102,10 +102,12 @@ def closing_text(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _prefix(
-    messages: list[dict[str, Any]], upto: int, text: str, tokenizer, tools, add_generation_prompt: bool
+    messages: list[dict[str, Any]], upto: int, text: str, tokenizer, tools, add_generation_prompt: bool, ends: bool
 ) -> int:
-    """Where, in the whole conversation's `text`, the rendering of its first `upto` messages ends: checked to be
-    a prefix of it, else the template renders a turn differently depending on what follows it."""
+    """Where, in the whole conversation's `text`, the rendering of its first `upto` messages ends (`ends`: before
+    the whitespace after the last turn's closing text, which is not part of that turn; else after it, where the
+    next turn starts): checked to be a prefix of it, else the template renders a turn differently depending on
+    what follows it."""
     if upto == 0 and not add_generation_prompt:
         return 0
     prefix = render(messages[:upto], tokenizer, tools, add_generation_prompt)
@@ -115,7 +117,7 @@ def _prefix(
             "from the whole conversation (it rewrites earlier turns), so the turn's tokens cannot be located; set "
             "data.chat_template to a template that renders each turn the same whatever follows (e.g. chatml)"
         )
-    return len(prefix.rstrip()) if not add_generation_prompt else len(prefix)
+    return len(prefix.rstrip()) if ends else len(prefix)
 
 
 def turn_spans(
@@ -129,8 +131,8 @@ def turn_spans(
     spans = []
     for index in chosen:
         role = messages[index]["role"]
-        start = _prefix(messages, index, text, tokenizer, tools, add_generation_prompt=role == "assistant")
-        end = _prefix(messages, index + 1, text, tokenizer, tools, add_generation_prompt=False)
+        start = _prefix(messages, index, text, tokenizer, tools, add_generation_prompt=role == "assistant", ends=False)
+        end = _prefix(messages, index + 1, text, tokenizer, tools, add_generation_prompt=False, ends=True)
         if role == "assistant":
             _check_assistant_turn(messages[index], index, text[start:end], closing)
         if end > start:
