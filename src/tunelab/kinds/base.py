@@ -82,6 +82,14 @@ class Kind(ABC):
         tokens; a templated kind's prompt is its task's template filled (`tunelab.eval.runner.prompt_ids`)."""
         raise KindError(f"a {self.name} task is asked through its instruction templates, not its own prompt")
 
+    def reference_examples(
+        self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int
+    ) -> list[dict[str, list[int]]]:
+        """Each record's reference answer as `reference_perplexity` scores it: input ids within `limit` tokens, with
+        labels on exactly the tokens training's loss covers (IGNORE_INDEX elsewhere), so the perplexity is what the
+        loss measures. Only a kind with `reference_answers` has them."""
+        raise KindError(f"a {self.name} task has no reference answer whose likelihood can be scored")
+
     @abstractmethod
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         """The record fields a task of this kind reads beyond its input fields and template fields (its answer

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.chat_templates import chat_template_text
 from tunelab.config import DataConfig
 from tunelab.kinds.base import Family, Kind, KindError
-from tunelab.kinds.chat_masks import ChatTemplateError, closing_text, mask_conversation, render
+from tunelab.kinds.chat_masks import ChatTemplateError, MaskedConversation, closing_text, mask_conversation, render
 from tunelab.kinds.chat_messages import ConversationError, conversation_of, last_assistant, read_conversation
 from tunelab.kinds.encoding import Encoded, padded_with_ignored_labels
 from tunelab.records import DataError, Record
@@ -31,7 +31,7 @@ class Chat(Kind):
     objective = "chat"
     needs = ("messages_field",)
     primary_metric = "rougeL"
-    inline_metrics = ("rougeL", "chrf", "reference_perplexity")
+    inline_metrics = ("rougeL", "chrf", "reference_perplexity", "stop_rate")
     reference_answers = True
     templated = False
     perturbed = False
@@ -143,13 +143,20 @@ class Chat(Kind):
                 f"{data.train_roles} is left within data.max_length={data.max_length}. Raise data.max_length, add "
                 "roles to data.train_roles, or drop those conversations"
             )
-        examples = [
-            {"input_ids": m.input_ids, "attention_mask": [1] * len(m.input_ids), "labels": m.labels} for m in masked
-        ]
-        return Encoded(examples, sum(m.truncated for m in masked))
+        return Encoded([_example(m) for m in masked], sum(m.truncated for m in masked))
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, family: Family):
         return padded_with_ignored_labels(tokenizer)
+
+    def reference_examples(
+        self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int
+    ) -> list[dict[str, list[int]]]:
+        """Each whole conversation masked as a run on the task trains it by default (every assistant turn with its
+        closing token, `mask_conversation`), cut to `limit` tokens: its perplexity is over those tokens."""
+        if family != "decoder":
+            raise KindError(f"a conversation is read by a decoder with a chat template; this model is an {family}")
+        data = self.data_config(spec, limit, 0, 0)
+        return [_example(_masked(record, tokenizer, data)) for record in records]
 
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
@@ -165,6 +172,11 @@ def _masked(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig
         return mask_conversation(messages, tools, tokenizer, data)
     except (ConversationError, ChatTemplateError) as exc:
         raise DataError(f"{record.where}: {exc}") from None
+
+
+def _example(masked: MaskedConversation) -> dict[str, list[int]]:
+    """A masked conversation as a model reads it: its ids, attention over all of them, and its labels."""
+    return {"input_ids": masked.input_ids, "attention_mask": [1] * len(masked.input_ids), "labels": masked.labels}
 
 
 def reply_prompt_ids(
