@@ -110,6 +110,8 @@ def test_reference_perplexity_scores_exactly_the_trained_assistant_tokens(chat_m
         summed = torch.nn.functional.cross_entropy(logits, labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
         assert nll == pytest.approx(float(summed), rel=1e-4)
     assert all(m in spec.metrics for m in CHAT_METRICS)
+    cut = spec.model_copy(update={"max_length": 12})  # every conversation cut before its first assistant turn
+    assert [count for _, count in reference_nll(target, cut, records + records[:1])] == [0, 0, 0, 0]
 
 
 def _biased(folder: str, token: int) -> Target:
@@ -183,6 +185,8 @@ def test_eval_of_a_chat_run_and_of_a_plain_model_on_the_chat_task(chat_models, c
         report = json.loads(evaluate_suite(target, str(suite), output=str(tmp_path / "eval"), samples=50).read_text())
         assert list(report["tasks"]["chat"]["metrics"]) == CHAT_METRICS
     assert [entry.task for entry in load_suite("conversations").tasks] == ["chat", "toolcall"]
+    untemplated = evaluate_suite(chat_models[1], str(suite), output=str(tmp_path / "plain"), samples=50)
+    assert "has no chat template" in json.loads(untemplated.read_text())["tasks"]["chat"]["skipped"]
 
 
 def test_forgetting_of_a_chat_run_on_the_retention_suite(chat_models, chat_run, tmp_path):

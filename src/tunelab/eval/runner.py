@@ -134,6 +134,8 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
         return f"a {spec.kind} task is scored on decoder models only"
     elif shots and not spec.handler.templated:
         return f"a {spec.kind} task carries its own context; it is asked with 0 shots"
+    elif unreadable := spec.handler.unreadable_by(target.tokenizer):
+        return f"{target.name} {unreadable}"
     return None
 
 
@@ -267,8 +269,10 @@ def _batch_nll(target: Target, examples: list[dict]) -> list[tuple[float, int]]:
     batch = pad_batch(examples, target.tokenizer.pad_token_id, left=False, device=device)
     labels = _padded_labels(examples, device)
     if target.decoder:
-        width = labels.shape[1]
-        keep = width - int((labels != IGNORE_INDEX).int().argmax(dim=1).min()) + 1
+        width, scored = labels.shape[1], labels != IGNORE_INDEX
+        # a row with nothing to score (a conversation cut before its first assistant turn) sets no bound
+        first = int(scored.int().argmax(dim=1)[scored.any(dim=1)].min()) if scored.any() else width - 1
+        keep = width - first + 1
         logits = target.model(**batch, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1]
         gold = labels[:, width - keep + 1 :]
     else:

@@ -77,6 +77,11 @@ class Kind(ABC):
         """Set on a run's tokenizer what this kind reads its examples with (a chat template), before anything is
         encoded; the tokenizer is saved with the run, so serving and export read the same. Nothing by default."""
 
+    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        """Why a generating model read with `tokenizer` cannot be asked a task of this kind (what it lacks and what
+        to evaluate instead), or None when it can; evaluation skips the task with this reason."""
+        return None
+
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """The ids a decoder answers a record of an untemplated kind (`templated` False) from, within `budget`
         tokens; a templated kind's prompt is its task's template filled (`tunelab.eval.runner.prompt_ids`)."""

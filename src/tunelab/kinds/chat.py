@@ -18,6 +18,7 @@ from tunelab.kinds.chat_masks import ChatTemplateError, MaskedConversation, clos
 from tunelab.kinds.chat_messages import ConversationError, conversation_of, last_assistant, read_conversation
 from tunelab.kinds.encoding import Encoded, padded_with_ignored_labels
 from tunelab.records import DataError, Record
+from tunelab.render import has_chat_template
 
 if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not import transformers
     from transformers import PreTrainedTokenizerBase
@@ -82,6 +83,14 @@ class Chat(Kind):
             )
         if tokenizer.eos_token != closing:
             tokenizer.eos_token = closing
+
+    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        if has_chat_template(tokenizer):
+            return None
+        return (
+            "has no chat template to lay a conversation out with; evaluate a chat run tuned from it (its tokenizer "
+            "carries data.chat_template), or a model that has one"
+        )
 
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         return []  # messages or ShareGPT conversations, either of which will do: `record_problem`
