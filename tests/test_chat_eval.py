@@ -26,7 +26,7 @@ from tunelab.kinds.chat_masks import mask_conversation
 from tunelab.kinds.chat_messages import conversation_of
 from tunelab.kinds.encoding import IGNORE_INDEX
 from tunelab.models.loading import prepare
-from tunelab.run_commands import predict_run
+from tunelab.run_commands import evaluate_run, predict_run
 from tunelab.runs import RunDir
 from tunelab.tasks import load_task
 from tunelab.tasks.suite import load_suite
@@ -185,6 +185,9 @@ def test_eval_of_a_chat_run_and_of_a_plain_model_on_the_chat_task(chat_models, c
         report = json.loads(evaluate_suite(target, str(suite), output=str(tmp_path / "eval"), samples=50).read_text())
         assert list(report["tasks"]["chat"]["metrics"]) == CHAT_METRICS
     assert [entry.task for entry in load_suite("conversations").tasks] == ["chat", "toolcall"]
+    data = write_jsonl(tmp_path / "held-out.jsonl", _conversations("validation", 2))
+    report = json.loads(evaluate_run(chat_run, str(data), tmp_path / "data", samples=50).read_text())
+    assert list(report["tasks"]["held-out.jsonl"]["metrics"]) == CHAT_METRICS
     untemplated = evaluate_suite(chat_models[1], str(suite), output=str(tmp_path / "plain"), samples=50)
     assert "has no chat template" in json.loads(untemplated.read_text())["tasks"]["chat"]["skipped"]
 
