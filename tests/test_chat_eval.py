@@ -16,6 +16,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tunelab import pipeline
+from tunelab.chat_templates import chat_template_text
 from tunelab.config import DataConfig, build_config
 from tunelab.data.task_records import load_records
 from tunelab.eval.commands import evaluate_suite, forgetting
@@ -26,6 +27,7 @@ from tunelab.kinds.chat_masks import mask_conversation
 from tunelab.kinds.chat_messages import conversation_of
 from tunelab.kinds.encoding import IGNORE_INDEX
 from tunelab.models.loading import prepare
+from tunelab.records import DataError
 from tunelab.run_commands import evaluate_run, predict_run
 from tunelab.runs import RunDir
 from tunelab.tasks import load_task
@@ -199,3 +201,12 @@ def test_forgetting_of_a_chat_run_on_the_retention_suite(chat_models, chat_run, 
     assert set(report["tasks"]) == {entry.task for entry in load_suite("retention").tasks}
     for row in report["tasks"].values():
         assert "skipped" in row or {"base", "tuned", "change"} <= set(row)
+
+
+def test_a_conversation_the_template_refuses_is_named_by_file_and_line(chat_models):
+    target = load_target(chat_models[0])
+    target.tokenizer.chat_template = chat_template_text("gemma")  # Gemma's turns alternate: no tool turn
+    spec = load_task("toolcall")
+    record = next(r for r in load_records(spec) if any(m["role"] == "tool" for m in r.fields["messages"]))
+    with pytest.raises(DataError, match=r"toolcall.*:\d+: the chat template refuses this conversation"):
+        record_prompt_ids(target, spec, record, 8)

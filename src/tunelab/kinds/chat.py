@@ -9,6 +9,7 @@ then saved with the run.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tunelab.chat_templates import chat_template_text
@@ -170,17 +171,26 @@ class Chat(Kind):
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
         before it and the generation prompt, the earliest turns after any system prompt dropped until it fits."""
-        messages, tools = conversation_of(record, spec.messages_field, spec.tools_field)
-        return reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, budget)
+        with _named(record):
+            messages, tools = conversation_of(record, spec.messages_field, spec.tools_field)
+            return reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, budget)
+
+
+@contextmanager
+def _named(record: Record):
+    """A conversation that cannot be read or laid out (a template that refuses a tool turn) as a DataError naming
+    the record (file:line)."""
+    try:
+        yield
+    except (ConversationError, ChatTemplateError) as exc:
+        raise DataError(f"{record.where}: {exc}") from None
 
 
 def _masked(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
     """A record's conversation masked as `data` trains it; DataError naming the record when it cannot be."""
-    try:
+    with _named(record):
         messages, tools = conversation_of(record, data.messages_field, data.tools_field)
         return mask_conversation(messages, tools, tokenizer, data)
-    except (ConversationError, ChatTemplateError) as exc:
-        raise DataError(f"{record.where}: {exc}") from None
 
 
 def _example(masked: MaskedConversation) -> dict[str, list[int]]:
