@@ -205,7 +205,16 @@ def test_registry_describes_every_metric():
     for name, metric in METRICS.items():
         assert metric.name == name and metric.library in libraries and metric.description
     with_fast_path = {name for name, metric in METRICS.items() if metric.per_example is not None}
-    assert with_fast_path == {"accuracy", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "squad_f1"}
+    assert with_fast_path == {
+        "accuracy",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rougeLsum",
+        "exact_match",
+        "squad_f1",
+        "stop_rate",
+    }
 
 
 def test_unknown_metric_lists_names_and_suggests_one():

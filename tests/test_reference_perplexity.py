@@ -131,7 +131,7 @@ def test_a_classifier_is_skipped_and_a_task_without_references_refused(decoder, 
     classifier = Target("clf", torch.nn.Linear(1, 1), decoder.tokenizer, "encoder", ["a", "b"], head=True)
     assert "classifier" in skip_reason(classifier, spec)
     texts = load_task("wiki_paragraphs").model_copy(update={"metrics": ["perplexity", "reference_perplexity"]})
-    with pytest.raises(MetricError, match="Use it with a generation task"):
+    with pytest.raises(MetricError, match="Use it with a generation or chat task"):
         reference_nll(decoder, texts, [])
 
 

@@ -15,7 +15,7 @@ from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.perturb import perturbation_names
 from tunelab.eval.robustness import render_robustness, robustness_report
 from tunelab.eval.suites import report_name, run_suite, write_suite_report
-from tunelab.eval.targets import load_target
+from tunelab.eval.targets import base_target, load_target
 from tunelab.runs import write_atomic, write_json
 from tunelab.tasks import load_task
 from tunelab.tasks.suite import load_suite
@@ -67,11 +67,12 @@ def forgetting(
     batch_size: int | None = None,
     scoring: str | None = None,
 ) -> Path:
-    """`tunelab forgetting BASE TUNED --suite NAME [--scoring loglik|generate]`: one model in memory at a time.
+    """`tunelab forgetting BASE TUNED --suite NAME [--scoring loglik|generate]`: one model in memory at a time, the
+    base asked through a run's own tokenizer when TUNED is a run tuned from it (`base_target`).
     The report is named by suite and protocol, so a loglik rescoring never overwrites a generate-and-map one."""
     loaded_suite = load_suite(suite)
     report = forgetting_report(
-        lambda: load_target(base, batch_size),
+        lambda: base_target(base, tuned, batch_size),
         lambda: load_target(tuned, batch_size),
         loaded_suite,
         limit,

@@ -250,7 +250,7 @@ def _answer(ids: list[int], row: Row, tokenizer: PreTrainedTokenizerBase) -> Ans
 
 
 @torch.inference_mode()
-def generate_texts(
+def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[int]],
@@ -260,16 +260,23 @@ def generate_texts(
     max_new_tokens: int = 64,
     num_beams: int = 1,
     stop: list[str] = (),
-) -> list[str]:
-    """Greedy (or beam) answers to tokenised prompts, in input order, cut at EOS and at the first stop string;
-    a progress bar counts the answers (`tunelab.eval.progress`)."""
+) -> list[Answer]:
+    """Greedy (or beam) answers to tokenised prompts, in input order, cut at EOS and at the first stop string, each
+    with how it ended (what `stop_rate` counts); a progress bar counts the answers (`tunelab.eval.progress`)."""
     stop = [s for s in stop if s]
-    outputs = [""] * len(prompts)
+    answers: list[Answer] = [Answer("", 0, "length")] * len(prompts)
     with progress(len(prompts), "generating") as bar:
         for indices in batches_by_length(prompts, batch_size):
             rows = [Row(prompts[i], max_new_tokens, stop) for i in indices]
-            answers = generate_rows(model, tokenizer, rows, decoder_only=decoder_only, num_beams=num_beams)
-            for i, answer in zip(indices, answers):
-                outputs[i] = answer.text
+            batch = generate_rows(model, tokenizer, rows, decoder_only=decoder_only, num_beams=num_beams)
+            for i, answer in zip(indices, batch):
+                answers[i] = answer
             bar.update(len(indices))
-    return outputs
+    return answers
+
+
+def generate_texts(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], **options
+) -> list[str]:
+    """The texts of `generate_answers` (same keyword options)."""
+    return [answer.text for answer in generate_answers(model, tokenizer, prompts, **options)]

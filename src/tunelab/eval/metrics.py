@@ -12,7 +12,8 @@ Who computes what:
   SQuAD v1.1 evaluation script, and perplexity as exp of the token-weighted mean NLL (of a text, or of each
   record's reference answer given its prompt: reference perplexity); beside it, lm-evaluation-harness's
   conventions for a text (its token, word and byte perplexities and bits per byte), so our numbers compare
-  with the ones users read in papers.
+  with the ones users read in papers; and the stop rate, the share of generated answers that end by themselves
+  (a chat model's closing token) before max_new_tokens cuts them.
 
 Every bounded metric is reported on a 0-100 scale (accuracy 87.5, F1 x100, MCC
 x100, ROUGE x100, BLEU/chrF as sacrebleu gives them); perplexity is raw. Each
@@ -64,13 +65,14 @@ class Metric:
     from_confusion: Callable[[np.ndarray], np.ndarray] | None = None
     """For label metrics: the metric of many confusion matrices at once ([resamples, references, predictions], see
     `confusion_columns`), so a bootstrap counts instead of calling scikit-learn per resample (same values, tested)."""
-    reads: Literal["answers", "reference_nll", "rolling_nll"] = "answers"
+    reads: Literal["answers", "reference_nll", "rolling_nll", "finishes"] = "answers"
     """What the metric scores. "answers": the task's predictions (parsed model answers, or a language-modelling
     text's (nll, tokens) pairs) against its references. "reference_nll": the (nll, tokens) pairs of the reference
     answers given their prompts, which no generated answer yields; one task can report both kinds (ROUGE-L of
     its answers beside the perplexity of its references), so each metric names its own inputs. "rolling_nll":
     each text's `TextLikelihood` scored as lm-evaluation-harness scores it (a second pass over the texts, made
-    only for a task that lists such a metric)."""
+    only for a task that lists such a metric). "finishes": how each generated answer ended ('stop' or 'length'),
+    whatever its text."""
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -449,6 +451,16 @@ def bits_per_byte(predictions: Sequence[TextLikelihood], references: Sequence | 
     return _nll_per(predictions, "bytes") / math.log(2)
 
 
+# --- generation ---------------------------------------------------------------------------------
+
+
+def stopped(finish: str, reference: None = None) -> float:
+    """100 when a generated answer ended by itself (EOS: a chat model's closing token, or a stop string) within
+    max_new_tokens, 0 when the budget cut it: `stop_rate` is their mean, a tuned model that never learned its
+    closing token scoring near 0."""
+    return 100.0 if finish == "stop" else 0.0
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 
@@ -499,6 +511,15 @@ METRICS: dict[str, Metric] = {
             "tunelab",
             "exp of token-weighted mean NLL of the reference answers given their prompts",
             reads="reference_nll",
+        ),
+        Metric(
+            "stop_rate",
+            _mean_of(stopped),
+            stopped,
+            True,
+            "tunelab",
+            "share of generated answers ended by EOS (a chat template's closing token) within max_new_tokens",
+            reads="finishes",
         ),
         _rolling(lm_eval_perplexity, "lm-eval's token perplexity: every token scored, the first after a prefix token"),
         _rolling(word_perplexity, "lm-eval's word perplexity: exp of NLL per whitespace-separated word"),

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunelab.config import DataConfig, RunConfig, TrainingConfig
-from tunelab.data.encode import encode
+from tunelab.config import RunConfig, TrainingConfig
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
 from tunelab.eval.fewshot import draw_demonstrations
-from tunelab.eval.generate import batches_by_length, generate_texts, pad_batch
+from tunelab.eval.generate import Answer, batches_by_length, generate_answers, pad_batch
 from tunelab.eval.metrics import MetricError, TextLikelihood, get_metric, unmatched_share
 from tunelab.eval.predict import classify
 from tunelab.eval.progress import progress
@@ -65,6 +64,9 @@ class TaskResult:
     only when a metric of the task reads it (a second pass over the texts)."""
     precision: str | None = None
     """The dtype(s) of the weights that answered (`Target.precision`)."""
+    finishes: list[str] = field(default_factory=list)
+    """How each generated answer ended: 'stop' (EOS, the closing token, or a stop string) or 'length' (it ran out of
+    max_new_tokens); what `stop_rate` counts. Empty when nothing was generated."""
 
     def metric_inputs(self, name: str) -> tuple[list, list]:
         """The (predictions, references) metric `name` scores: the parsed answers and their references, or the
@@ -72,8 +74,13 @@ class TaskResult:
         reads = get_metric(name).reads
         if reads == "answers":
             return self.predictions, self.references
-        scored = {"reference_nll": self.reference_nll, "rolling_nll": self.rolling_nll}[reads]
-        return scored, [None] * len(scored)
+        if reads == "finishes" and not self.finishes:
+            raise MetricError(
+                f"{name} counts how generated answers end; task {self.task} was answered by {self.scoring}, which "
+                "generates nothing: score it with --scoring generate, or drop the metric"
+            )
+        scored = {"reference_nll": self.reference_nll, "rolling_nll": self.rolling_nll, "finishes": self.finishes}
+        return scored[reads], [None] * len(scored[reads])
 
     def as_dict(self) -> dict:
         result = {"kind": self.kind, "examples": self.examples}
@@ -127,6 +134,8 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
         return f"a {spec.kind} task is scored on decoder models only"
     elif shots and not spec.handler.templated:
         return f"a {spec.kind} task carries its own context; it is asked with 0 shots"
+    elif unreadable := spec.handler.unreadable_by(target.tokenizer):
+        return f"{target.name} {unreadable}"
     return None
 
 
@@ -184,14 +193,14 @@ def task_prompts(
     return [ids for ids, _ in pairs], [shown for _, shown in pairs]
 
 
-def answers(
+def generated(
     target: Target, spec: TaskSpec, records: list[Record], prompts: list[list[int]] | None = None
-) -> list[str]:
-    """The target's generated answers to the records, phrased with the task's first template (or to `prompts`,
-    their prompt ids with demonstrations, `task_prompts`)."""
+) -> list[Answer]:
+    """The target's generated answers to the records and how each ended, phrased with the task's first template or
+    as the kind asks (or to `prompts`, their prompt ids with demonstrations, `task_prompts`)."""
     if prompts is None:
         prompts = [record_prompt_ids(target, spec, record, spec.max_new_tokens) for record in records]
-    return generate_texts(
+    return generate_answers(
         target.model,
         target.tokenizer,
         prompts,
@@ -201,6 +210,13 @@ def answers(
         num_beams=spec.num_beams,
         stop=spec.stop,
     )
+
+
+def answers(
+    target: Target, spec: TaskSpec, records: list[Record], prompts: list[list[int]] | None = None
+) -> list[str]:
+    """The texts of `generated`."""
+    return [answer.text for answer in generated(target, spec, records, prompts)]
 
 
 def classifier_predictions(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
@@ -236,16 +252,6 @@ def _nll_pairs(target: Target, spec: TaskSpec, records: list[Record]) -> list[tu
     return [_text_nll(target, text, window, max(1, window // 2)) for text in progress(len(texts), "perplexity", texts)]
 
 
-def _reference_examples(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
-    """Prompt and answer ids with the prompt masked in the labels, tokenised by training's own encoder (chat
-    template or prompt + newline, answer + EOS, the same truncation), so the NLL is what the training loss measures.
-    The answer keeps at most half the input limit, so a prompt always has room."""
-    limit = input_limit(target, spec)
-    data = DataConfig(prompt_field="prompt", response_field="target", max_length=limit)
-    data = data.model_copy(update={"max_target_length": min(data.max_target_length, limit // 2)})
-    return encode("generation", target.family, [spec.instruction(r) for r in records], target.tokenizer, data).examples
-
-
 def _padded_labels(examples: list[dict], device) -> torch.Tensor:
     """The examples' labels, right-padded with IGNORE_INDEX to the longest."""
     width = max(len(e["labels"]) for e in examples)
@@ -263,8 +269,10 @@ def _batch_nll(target: Target, examples: list[dict]) -> list[tuple[float, int]]:
     batch = pad_batch(examples, target.tokenizer.pad_token_id, left=False, device=device)
     labels = _padded_labels(examples, device)
     if target.decoder:
-        width = labels.shape[1]
-        keep = width - int((labels != IGNORE_INDEX).int().argmax(dim=1).min()) + 1
+        width, scored = labels.shape[1], labels != IGNORE_INDEX
+        # a row with nothing to score (a conversation cut before its first assistant turn) sets no bound
+        first = int(scored.int().argmax(dim=1)[scored.any(dim=1)].min()) if scored.any() else width - 1
+        keep = width - first + 1
         logits = target.model(**batch, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1]
         gold = labels[:, width - keep + 1 :]
     else:
@@ -294,15 +302,19 @@ def _examples_nll(target: Target, examples: list[dict]) -> list[tuple[float, int
 
 
 def reference_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[float, int]]:
-    """Each record's reference answer (`spec.target`) scored as a continuation of its prompt: the summed NLL of
-    its tokens and their count, in length-sorted batches (results in record order)."""
+    """Each record's reference answer scored as a continuation of its prompt (the kind's `reference_examples`: a
+    prompt's answer, every assistant turn of a conversation): the summed NLL of its tokens and their count, in
+    length-sorted batches (results in record order)."""
     if not spec.handler.reference_answers:
         scored = [name for name, kind in KINDS.items() if kind.reference_answers]
         raise MetricError(
             f"reference_perplexity scores reference answers; task {spec.name} is a {spec.kind} task. "
-            f"Use it with a {', '.join(scored)} task"
+            f"Use it with a {' or '.join(scored)} task"
         )
-    return _examples_nll(target, _reference_examples(target, spec, records))
+    examples = spec.handler.reference_examples(
+        spec, records, target.tokenizer, target.family, input_limit(target, spec)
+    )
+    return _examples_nll(target, examples)
 
 
 def label_continuations(target: Target, spec: TaskSpec) -> list[list[int]]:
@@ -372,10 +384,10 @@ def predictions_for(
     records: list[Record],
     prompts: list[list[int]] | None = None,
     scoring: str | None = "generate",
-) -> tuple[list, list, list[str]]:
-    """(metric predictions, metric references, raw outputs) of `target` on `records`; a generating target reads
-    `prompts` (`task_prompts`; zero-shot when absent) and answers a classification task as `scoring` says (the
-    label it ranks first is then its output)."""
+) -> tuple[list, list, list[str], list[str]]:
+    """(metric predictions, metric references, raw outputs, how each generated output ended: empty when nothing was
+    generated) of `target` on `records`; a generating target reads `prompts` (`task_prompts`; zero-shot when absent)
+    and answers a classification task as `scoring` says (the label it ranks first is then its output)."""
     kind = spec.handler
     if not kind.prompted:  # the text itself is scored
         pairs = _nll_pairs(target, spec, records)
@@ -383,16 +395,18 @@ def predictions_for(
             pairs,
             [None] * len(pairs),
             [f"nll={n:.3f} tokens={c} ppl={math.exp(n / max(c, 1)):.2f}" for n, c in pairs],
+            [],
         )
     references = kind.references(spec, records)
     if scoring == "head":
         labels = [p["label"] for p in classifier_predictions(target, spec, records)]
-        return labels, references, labels
+        return labels, references, labels, []
     if scoring == "loglik":  # the most likely label; the first of them on a tie
         labels = [max(scores, key=scores.get) for scores in label_loglikelihoods(target, spec, records, prompts)]
-        return labels, references, labels
-    outputs = answers(target, spec, records, prompts)
-    return kind.parse(spec, outputs, records), references, outputs
+        return labels, references, labels, []
+    answered = generated(target, spec, records, prompts)
+    outputs = [answer.text for answer in answered]
+    return kind.parse(spec, outputs, records), references, outputs, [answer.finish for answer in answered]
 
 
 def score(spec: TaskSpec, result: TaskResult, samples: int = 1000, seed: int = 0) -> dict[str, Interval]:
@@ -433,7 +447,7 @@ def run_task(
         result.reference_nll = reference_nll(target, spec, records)
     if reads_rolling_nll(spec):
         result.rolling_nll = rolling_nll(target, spec, records)
-    result.predictions, result.references, result.outputs = predictions_for(
+    result.predictions, result.references, result.outputs, result.finishes = predictions_for(
         target, spec, records, prompts, result.scoring
     )
     result.scores = score(spec, result, samples, seed)

@@ -106,9 +106,12 @@ def _generating_family(reference: str) -> Family:
     return family
 
 
-def load_target(reference: str, batch_size: int | None = None) -> Target:
-    """A run directory (its tuned model), or a registry name / model folder / hub id (the pretrained model);
-    `batch_size` defaults to the run's training.eval_batch_size, or DEFAULT_BATCH_SIZE for a model."""
+def load_target(
+    reference: str, batch_size: int | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+) -> Target:
+    """A run directory (its tuned model), or a registry name / model folder / hub id (the pretrained model, read with
+    its own tokenizer or `tokenizer`); `batch_size` defaults to the run's training.eval_batch_size, or
+    DEFAULT_BATCH_SIZE for a model."""
     if (Path(reference) / "run.json").exists():
         loaded = load_run(RunDir(reference))
         return trained_target(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, reference, batch_size)
@@ -116,4 +119,19 @@ def load_target(reference: str, batch_size: int | None = None) -> Target:
     family = _generating_family(reference)
     model: PreTrainedModel = load_model(source, family)
     model.eval()
-    return Target(reference, on_device(model), load_tokenizer(source), family, None, batch_size or DEFAULT_BATCH_SIZE)
+    tokenizer = tokenizer or load_tokenizer(source)
+    return Target(reference, on_device(model), tokenizer, family, None, batch_size or DEFAULT_BATCH_SIZE)
+
+
+def base_target(reference: str, tuned: str, batch_size: int | None = None) -> Target:
+    """The model `tuned` was tuned from, asked as `tuned` is: when `tuned` is a run directory tuned from `reference`
+    (the same source), the pretrained weights read with the run's saved tokenizer, which carries what the run set on
+    it (a chat run's template and closing token, which a base model such as gemma3-270m lacks), so both answer the
+    same prompts and stop on the same token. Any other pair: `load_target(reference)`."""
+    if not (Path(tuned) / "run.json").exists() or (Path(reference) / "run.json").exists():
+        return load_target(reference, batch_size)
+    run = RunDir(tuned)
+    config = run.config()
+    if resolve_source(config.model.name, config.model.revision) != resolve_source(reference):
+        return load_target(reference, batch_size)
+    return load_target(reference, batch_size, load_tokenizer(str(run.model_dir)))

@@ -86,10 +86,23 @@ class Kind(ABC):
         """Set on a run's tokenizer what this kind reads its examples with (a chat template), before anything is
         encoded; the tokenizer is saved with the run, so serving and export read the same. Nothing by default."""
 
+    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        """Why a generating model read with `tokenizer` cannot be asked a task of this kind (what it lacks and what
+        to evaluate instead), or None when it can; evaluation skips the task with this reason."""
+        return None
+
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """The ids a decoder answers a record of an untemplated kind (`templated` False) from, within `budget`
         tokens; a templated kind's prompt is its task's template filled (`tunelab.eval.runner.prompt_ids`)."""
         raise KindError(f"a {self.name} task is asked through its instruction templates, not its own prompt")
+
+    def reference_examples(
+        self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int
+    ) -> list[dict[str, list[int]]]:
+        """Each record's reference answer as `reference_perplexity` scores it: input ids within `limit` tokens, with
+        labels on exactly the tokens training's loss covers (IGNORE_INDEX elsewhere), so the perplexity is what the
+        loss measures. Only a kind with `reference_answers` has them."""
+        raise KindError(f"a {self.name} task has no reference answer whose likelihood can be scored")
 
     @abstractmethod
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:

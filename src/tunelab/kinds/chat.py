@@ -10,15 +10,17 @@ then saved with the run.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tunelab.chat_templates import chat_template_text
 from tunelab.config import DataConfig
 from tunelab.kinds.base import Family, Kind, KindError
-from tunelab.kinds.chat_masks import ChatTemplateError, closing_text, mask_conversation, render
+from tunelab.kinds.chat_masks import ChatTemplateError, MaskedConversation, closing_text, mask_conversation, render
 from tunelab.kinds.chat_messages import ConversationError, conversation_of, last_assistant, read_conversation
 from tunelab.kinds.encoding import Encoded, padded_with_ignored_labels
 from tunelab.records import DataError, Record
+from tunelab.render import has_chat_template
 
 if TYPE_CHECKING:  # the registry loads for `tunelab --help`, which must not import transformers
     from transformers import PreTrainedTokenizerBase
@@ -32,7 +34,7 @@ class Chat(Kind):
     objective = "chat"
     needs = ("messages_field",)
     primary_metric = "rougeL"
-    inline_metrics = ("rougeL", "chrf", "reference_perplexity")
+    inline_metrics = ("rougeL", "chrf", "reference_perplexity", "stop_rate")
     reference_answers = True
     templated = False
     perturbed = False
@@ -89,6 +91,14 @@ class Chat(Kind):
         if tokenizer.eos_token != closing:
             tokenizer.eos_token = closing
 
+    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        if has_chat_template(tokenizer):
+            return None
+        return (
+            "has no chat template to lay a conversation out with; evaluate a chat run tuned from it (its tokenizer "
+            "carries data.chat_template), or a model that has one"
+        )
+
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         return []  # messages or ShareGPT conversations, either of which will do: `record_problem`
 
@@ -144,19 +154,37 @@ class Chat(Kind):
         untrained = [record.where for record, m in zip(records, masked) if not m.trained]
         if untrained:
             raise nothing_trains(untrained, data)
-        examples = [
-            {"input_ids": m.input_ids, "attention_mask": [1] * len(m.input_ids), "labels": m.labels} for m in masked
-        ]
-        return Encoded(examples, sum(m.truncated for m in masked))
+        return Encoded([_example(m) for m in masked], sum(m.truncated for m in masked))
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, family: Family):
         return padded_with_ignored_labels(tokenizer)
 
+    def reference_examples(
+        self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int
+    ) -> list[dict[str, list[int]]]:
+        """Each whole conversation masked as a run on the task trains it by default (every assistant turn with its
+        closing token, `mask_conversation`), cut to `limit` tokens: its perplexity is over those tokens."""
+        if family != "decoder":
+            raise KindError(f"a conversation is read by a decoder with a chat template; this model is an {family}")
+        data = self.data_config(spec, limit, 0, 0)
+        return [_example(masked_record(record, tokenizer, data)) for record in records]
+
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
         before it and the generation prompt, the earliest turns after any system prompt dropped until it fits."""
-        messages, tools = conversation_of(record, spec.messages_field, spec.tools_field)
-        return reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, budget)
+        with _named(record):
+            messages, tools = conversation_of(record, spec.messages_field, spec.tools_field)
+            return reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, budget)
+
+
+@contextmanager
+def _named(record: Record):
+    """A conversation that cannot be read or laid out (a template that refuses a tool turn) as a DataError naming
+    the record (file:line)."""
+    try:
+        yield
+    except (ConversationError, ChatTemplateError) as exc:
+        raise DataError(f"{record.where}: {exc}") from None
 
 
 def nothing_trains(untrained: list[str], data: DataConfig) -> DataError:
@@ -185,11 +213,14 @@ def compared_turns(messages: list[dict[str, Any]]) -> str:
 
 def masked_record(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
     """A record's conversation masked as `data` trains it; DataError naming the record when it cannot be."""
-    try:
+    with _named(record):
         messages, tools = conversation_of(record, data.messages_field, data.tools_field)
         return mask_conversation(messages, tools, tokenizer, data)
-    except (ConversationError, ChatTemplateError) as exc:
-        raise DataError(f"{record.where}: {exc}") from None
+
+
+def _example(masked: MaskedConversation) -> dict[str, list[int]]:
+    """A masked conversation as a model reads it: its ids, attention over all of them, and its labels."""
+    return {"input_ids": masked.input_ids, "attention_mask": [1] * len(masked.input_ids), "labels": masked.labels}
 
 
 def reply_prompt_ids(

@@ -106,6 +106,16 @@ class Generation(Kind):
     def collator(self, tokenizer: PreTrainedTokenizerBase, family: Family):
         return padded_with_ignored_labels(tokenizer)
 
+    def reference_examples(
+        self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int
+    ) -> list[dict[str, list[int]]]:
+        """Prompt and answer encoded as a text-to-text run trains them (chat template or prompt + newline, answer +
+        EOS, the same truncation), the prompt masked; the answer keeps at most half of `limit`, so a prompt always
+        has room."""
+        data = DataConfig(prompt_field="prompt", response_field="target", max_length=limit)
+        data = data.model_copy(update={"max_target_length": min(data.max_target_length, limit // 2)})
+        return self.encode([spec.instruction(r) for r in records], tokenizer, data, family, None, True).examples
+
 
 def _encode_decoder(
     records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, with_target: bool
