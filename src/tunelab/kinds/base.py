@@ -57,6 +57,8 @@ class Kind(ABC):
     answer_key: ClassVar[str | None] = None
     """The field `tunelab predict` writes a generated answer's parsed reading under (`parse`: a classification
     answer's label), beside the text generated; None where the text itself is the answer."""
+    cuts_answers: ClassVar[bool] = False
+    """Whether its answers have a length limit of their own (`data.max_target_length`) besides the input's."""
     templated: ClassVar[bool] = True
     """Whether a generating model is asked it through the task's instruction templates (a conversation carries its
     own turns)."""

@@ -32,6 +32,7 @@ class Generation(Kind):
     primary_metric = "rougeL"
     inline_metrics = ("rougeL", "rouge1", "rouge2", "exact_match")
     reference_answers = True
+    cuts_answers = True
 
     def check_run(self, config: Any) -> None:
         if not (config.data.prompt_template or config.data.prompt_field):

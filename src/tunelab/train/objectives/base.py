@@ -22,7 +22,7 @@ from tunelab.data.cache import encode_cached
 from tunelab.data.plan import Plan
 from tunelab.data.taskset import TaskSet
 from tunelab.errors import TunelabError
-from tunelab.kinds import kind_of_run
+from tunelab.kinds import kind_named, kind_of_run
 from tunelab.kinds.base import Family
 from tunelab.methods import TrainableReport, apply_method, base_load_options, method_module
 from tunelab.methods.peft_common import name_base_model
@@ -60,9 +60,10 @@ def encoded_examples(
     if cached:
         print(f"{name}: {len(records)} examples read from the token cache")
     if encoded.truncated:
+        answers = f" / data.max_target_length={data.max_target_length}" if kind_named(kind).cuts_answers else ""
         print(
-            f"{name}: {encoded.truncated} of {len(records)} examples truncated to data.max_length="
-            f"{data.max_length} / data.max_target_length={data.max_target_length}"
+            f"{name}: {encoded.truncated} of {len(records)} examples truncated to data.max_length={data.max_length}"
+            f"{answers}"
         )
     return encoded.examples
 
