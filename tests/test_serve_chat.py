@@ -161,3 +161,22 @@ def test_tools_and_tool_calls_reach_a_template_that_renders_them(served):
     )
     assert status == 200, body
     assert body["usage"]["prompt_tokens"] > 60  # the tool definitions are in the prompt
+
+
+@real
+@pytest.mark.parametrize("key", ["lora", "full"])
+def test_the_merged_export_keeps_the_chat_template_and_stops_at_the_closing_token(served, key, tmp_path):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tunelab.export.transformers import export
+
+    _, runs = served
+    folder = export(runs[key], tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    closing = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert (
+        tokenizer.eos_token == "<|im_end|>"
+        and tokenizer.chat_template == load_tokenizer(str(runs[key].model_dir)).chat_template
+    )
+    eos = GenerationConfig.from_pretrained(folder).eos_token_id
+    assert (eos if isinstance(eos, int) else eos[0]) == closing
