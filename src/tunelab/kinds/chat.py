@@ -172,7 +172,8 @@ def reply_prompt_ids(
 ) -> list[int]:
     """The ids an assistant's next turn follows: the conversation so far through the chat template and its generation
     prompt (what `predict`, evaluation and `serve` all ask with), the earliest turns after a system prompt dropped
-    while it is longer than `budget`, and at worst its last `budget` tokens."""
+    while it is longer than `budget` (up to the next user turn, so what is kept still opens as a conversation does:
+    Gemma's template refuses one that opens with the assistant), and at worst its last `budget` tokens."""
     kept = list(history)
     while True:
         text = render(kept, tokenizer, tools, add_generation_prompt=True)
@@ -181,6 +182,8 @@ def reply_prompt_ids(
         if len(ids) <= budget or len(kept) - first <= 1:
             return ids[-budget:]
         kept.pop(first)
+        while len(kept) - first > 1 and kept[first]["role"] != "user":
+            kept.pop(first)
 
 
 def _reply_prompt(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> dict[str, list[int]]:
