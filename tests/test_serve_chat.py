@@ -180,3 +180,21 @@ def test_the_merged_export_keeps_the_chat_template_and_stops_at_the_closing_toke
     )
     eos = GenerationConfig.from_pretrained(folder).eos_token_id
     assert (eos if isinstance(eos, int) else eos[0]) == closing
+
+
+def test_a_conversation_cut_to_fit_still_opens_with_a_user_turn(tokenizer_dir):
+    """Gemma's template refuses a conversation that opens with the assistant: dropping the earliest turns to fit a
+    budget drops them up to the next user turn (what predict asks a long conversation with)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.chat_templates import chat_template_text
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = chat_template_text("gemma")
+    turns = [
+        {"role": role, "content": f"turn {i} " + "word " * 10} for i, role in enumerate(["user", "assistant"] * 3)
+    ]
+    history = [{"role": "system", "content": "Be brief."}, *turns[:-1]]
+    whole = len(reply_prompt_ids(history, None, tokenizer, 1 << 30))
+    cut = reply_prompt_ids(history, None, tokenizer, whole - 5)
+    assert cut == reply_prompt_ids([history[0], *history[3:]], None, tokenizer, 1 << 30)
