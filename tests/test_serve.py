@@ -333,7 +333,9 @@ def test_schemathesis_finds_the_server_as_its_openapi_schema_says(local, mode):
     answered = collections.Counter()  # what was tested, for a failure's report
 
     @given(case=strategies.builds(_served_model, schema.as_strategy(generation_mode=mode), strategies.booleans()))
-    @settings(max_examples=80, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=120, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     def conforms(case):
         response = case.call_and_validate(headers=KEY, excluded_checks=[positive_data_acceptance])
         answered[response.status_code] += 1
