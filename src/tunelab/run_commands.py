@@ -81,7 +81,7 @@ def merged_model(loaded: LoadedRun, task: str | None = None):
     stops first at the run's EOS (a chat run's turn-closing token), as tunelab's own generation does."""
     model = objective_of(loaded.config).merge(loaded.model, loaded.config, task)
     eos = loaded.tokenizer.eos_token_id
-    if eos is not None and getattr(model, "generation_config", None) is not None:
+    if eos is not None and model.can_generate() and model.generation_config is not None:
         others = model.generation_config.eos_token_id
         others = [others] if isinstance(others, int) else list(others or [])
         stops = list(dict.fromkeys([eos, *others]))
