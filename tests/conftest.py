@@ -29,6 +29,8 @@ from helpers import (
     NEGATIVE,
     NOUNS,
     POSITIVE,
+    SHARED_DATA,
+    chat_config,
     copy_rows,
     method_config,
     mixture_config,
@@ -194,3 +196,36 @@ def multi_head_run(trained_run, tiny_encoder):
     """A tiny encoder with one head per task on the SST-2 + RTE mixture (`mixture_config`), fully tuned, shared.
     Reads the built-in tasks from ../shared/data: only for tests that need it."""
     return trained_run(mixture_config, tiny_encoder, objective="multi_head", method="full")
+
+
+@pytest.fixture(scope="session")
+def chat_decoder(tmp_path_factory) -> str:
+    """A tiny Llama with random weights and smollm2-135m-instruct's tokenizer (its ChatML template, <|im_end|>
+    closing a turn): a chat run of it trains in seconds. The tokenizer comes from the registry model, prepared
+    once into the session's TUNELAB_HOME."""
+    from tunelab.models.loading import prepare
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
+        smollm2 = prepare("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    return _save(_seeded(lambda: LlamaForCausalLM(config)), smollm2, tmp_path_factory.mktemp("tiny-chat-llama"))
+
+
+@pytest.fixture(scope="session")
+def chat_run(trained_run, chat_decoder):
+    """`chat_run(method, data="chat", **data)`: a tiny chat run (`chat_config`) on ../shared/data/DATA, shared."""
+    return lambda method, data="chat", **settings: trained_run(
+        chat_config, chat_decoder, SHARED_DATA / data, method=method, **settings
+    )

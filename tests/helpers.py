@@ -358,3 +358,26 @@ def scored_result(spec, predictions, references):
     result = TaskResult(spec.name, spec.kind, len(predictions), predictions=predictions, references=references)
     result.scores = score(spec, result, samples=200)
     return result
+
+
+def chat_config(model_dir, data_dir: Path, out, method: str = "lora", **data):
+    """A tiny chat run (data.kind: chat): 2 steps on 16 conversations of `data_dir` (../shared/data/chat or
+    toolcall), no test split scored, no baseline; `data` adds data settings (chat_template)."""
+    return build_config(
+        {
+            "name": f"tiny-chat-{method}",
+            "output_dir": str(out),
+            "model": {"name": str(model_dir)},
+            "data": {
+                "kind": "chat",
+                "train": str(data_dir / "train.jsonl"),
+                "max_length": 256,
+                "max_train_examples": 16,
+                "max_eval_examples": 2,
+                **data,
+            },
+            "method": {"name": method},
+            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "precision": "fp32"},
+            "eval": {"max_new_tokens": 8, "baselines": []},
+        }
+    )

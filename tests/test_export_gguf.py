@@ -325,3 +325,52 @@ def test_a_k_quant_without_llama_quantize_says_how_to_make_one(tmp_path, monkeyp
     with pytest.raises(ExportError, match=r"llama-quantize.*not on PATH.*--quant f16.*Q4_K_M"):
         export_gguf(RunDir(tmp_path / "any-run"), tmp_path / "out", quant="q4_k_m")
     assert not (tmp_path / "out").exists()
+
+
+def chat_run_of(folder: Path, model: str, **data):
+    """A 1-step LoRA chat run (data.kind: chat) of a registry decoder on 4 conversations of ../shared/data/chat."""
+    chat = SHARED_DATA / "chat"
+    method = {"name": "lora", "lora": {"target_modules": ["q_proj", "v_proj"]}}
+    data = {"kind": "chat", "train": str(chat / "validation.jsonl"), "test": str(chat / "test.jsonl"), **data}
+    limits = {"max_train_examples": 4, "max_eval_examples": 1, "max_length": 128}
+    training = {"max_steps": 1, "batch_size": 2, "precision": "fp32"}
+    return train(
+        build_config(
+            {
+                "name": f"chat-{model}",
+                "output_dir": str(folder),
+                "model": {"name": model},
+                "data": {**data, **limits},
+                "method": method,
+                "training": training,
+                "eval": {"baselines": [], "max_new_tokens": 4},
+            }
+        )
+    )
+
+
+@pytest.mark.integration
+@real
+@pytest.mark.parametrize("model, data", [("smollm2-135m-instruct", {}), ("gemma3-270m", {"chat_template": "gemma"})])
+def test_a_chat_runs_gguf_and_modelfile_keep_its_template_and_stop_at_its_closing_token(tmp_path, model, data):
+    """smollm2 keeps its own ChatML template; the base gemma3 was given tunelab's gemma template by
+    data.chat_template, and <end_of_turn> (not the source GGUF's <eos>) is the EOS it must stop at."""
+    from tunelab.kinds.chat_masks import closing_text
+
+    run = chat_run_of(tmp_path / "runs", model, **data)
+    folder = export_gguf(run, tmp_path / "out", quant="f16")
+    tokenizer = load_run(run).tokenizer
+    closing = closing_text(tokenizer)
+    assert closing == {"smollm2-135m-instruct": "<|im_end|>", "gemma3-270m": "<end_of_turn>"}[model]
+    reader = gguf.GGUFReader(gguf_file(folder))
+    assert reader.fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
+    eos = reader.fields["tokenizer.ggml.eos_token_id"].contents()
+    assert reader.fields["tokenizer.ggml.tokens"].contents()[eos] == closing
+    template, system, stops, _ = modelfile_fields(folder)
+    assert closing in stops
+    cases = [{"Messages": ([] if c[0]["role"] == "system" or system is None else [{"Role": "system", "Content": system}]) + [{"Role": m["role"], "Content": m["content"]} for m in c]} for c in PROBES]  # fmt: skip
+    expected = [
+        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=c[-1]["role"] != "assistant")
+        for c in PROBES
+    ]
+    assert render_go(template, cases) == expected

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from tunelab.config import build_config
+from tunelab.chat_templates import chat_template_text
+from tunelab.config import DataConfig, build_config
 from tunelab.export.modelfile import (
     PROBES,
-    TemplateNotTranslatable,
     derive_chat_format,
     ollama_template,
     render_modelfile,
 )
+from tunelab.kinds.chat import Chat
 
 CHATML_WITH_DEFAULT_SYSTEM = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -99,13 +100,31 @@ def test_llama3_and_chatml_templates_render_in_go_as_in_jinja(tokenizer):
         assert go_render(ollama_template(chat), conversations, chat.default_system) == expected
 
 
-def test_a_template_that_folds_the_system_prompt_into_the_first_turn_is_not_approximated(tokenizer):
-    gemma = tokenizer(GEMMA_IT)
-    with pytest.raises(TemplateNotTranslatable):
-        derive_chat_format(gemma)
-    modelfile = render_modelfile("chat-f16.gguf", gemma, chat_config(), [])
-    assert "TEMPLATE" not in modelfile.replace("# TEMPLATE left out", "")
-    assert modelfile.startswith("FROM ./chat-f16.gguf\n# TEMPLATE left out")
+def test_a_template_that_folds_the_system_prompt_into_the_first_turn_renders_in_go_as_in_jinja(tokenizer):
+    conversations = [*PROBES, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    for template in (GEMMA_IT, chat_template_text("gemma")):
+        jinja = tokenizer(template)
+        chat = derive_chat_format(jinja)
+        assert chat.folded_system and chat.wraps["system"] == ("<start_of_turn>user\n", "\n\n")
+        expected = [
+            jinja.apply_chat_template(c, tokenize=False, add_generation_prompt=c[-1]["role"] != "assistant")
+            for c in conversations
+        ]
+        assert go_render(ollama_template(chat), conversations, chat.default_system) == expected
+
+
+def test_a_gemma_style_chat_run_keeps_its_template_and_stops_at_the_closing_token(tokenizer):
+    """A base model given `data.chat_template: gemma` (the chat kind sets it and makes <end_of_turn> the EOS):
+    its Modelfile has the template and stops at <end_of_turn>."""
+    run_tokenizer = tokenizer("")
+    run_tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    Chat().prepare_tokenizer(run_tokenizer, DataConfig(kind="chat", train="t.jsonl", chat_template="gemma"))
+    assert run_tokenizer.eos_token == "<end_of_turn>"
+    modelfile = render_modelfile("chat-f16.gguf", run_tokenizer, chat_config(), [run_tokenizer.eos_token_id])
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert template == ollama_template(derive_chat_format(run_tokenizer))
+    stops = [json.loads(line.split(" ", 2)[2]) for line in modelfile.splitlines() if line.startswith("PARAMETER stop")]
+    assert stops == ["<end_of_turn>"]
 
 
 def test_the_modelfile_names_every_end_token_once(tokenizer):

@@ -77,8 +77,16 @@ def predict_run(
 
 def merged_model(loaded: LoadedRun, task: str | None = None):
     """The run's model as one plain transformers model with its update folded in: the method's merge, or for
-    a multi-task run the head or adapter of one task (`task`), as the run's objective merges."""
-    return objective_of(loaded.config).merge(loaded.model, loaded.config, task)
+    a multi-task run the head or adapter of one task (`task`), as the run's objective merges. Its generation config
+    stops first at the run's EOS (a chat run's turn-closing token), as tunelab's own generation does."""
+    model = objective_of(loaded.config).merge(loaded.model, loaded.config, task)
+    eos = loaded.tokenizer.eos_token_id
+    if eos is not None and model.can_generate() and model.generation_config is not None:
+        others = model.generation_config.eos_token_id
+        others = [others] if isinstance(others, int) else list(others or [])
+        stops = list(dict.fromkeys([eos, *others]))
+        model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    return model
 
 
 def merge_run(run: RunDir, output: Path, task: str | None = None) -> Path:

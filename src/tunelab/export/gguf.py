@@ -5,8 +5,8 @@ weights). Everything that is not a weight comes from the registry model's own GG
 converter wrote: the tokenizer (tokens, merges or scores, token types, BOS/EOS/PAD ids), and the
 architecture metadata llama.cpp reads (block count, heads, RoPE base, norm epsilon, sliding window ...).
 Fine-tuning changes neither, and carrying them over avoids re-implementing the converter's tokenizer
-handling. The run's chat template replaces the source's, and the weights are renamed with the `gguf`
-package's tensor-name map and stored as f16, bf16, q8_0 or q4_0 with `gguf.quants`.
+handling. The run's chat template and EOS (a chat run's turn-closing token) replace the source's, and the weights
+are renamed with the `gguf` package's tensor-name map and stored as f16, bf16, q8_0 or q4_0 with `gguf.quants`.
 
 Two layout conventions of llama.cpp's converter are applied as it applies them, and undone by every GGUF
 reader (transformers' loader included): Llama's query and key rows are permuted for its RoPE layout, and
@@ -50,6 +50,7 @@ _NOT_CARRIED = (
     "general.quantization_version",
     "general.name",
     "tokenizer.chat_template",
+    "tokenizer.ggml.eos_token_id",
 )
 """Source fields this export writes itself (or that describe the source's quantisation)."""
 
@@ -89,11 +90,13 @@ def export(run: RunDir, output: Path, task: str | None = None, quant: str = "f16
             source = gguf.GGUFReader(source_path)
             architecture = _field(source, "general.architecture")
             _check_shapes(source, architecture, model.config)
+            source_eos = _field(source, "tokenizer.ggml.eos_token_id")
             writer = gguf.GGUFWriter(staging / name, architecture)
             _carry_metadata(writer, source)
         writer.add_name(f"{config.name} (tunelab, {config.method.name} on {config.model.name})")
         if getattr(loaded.tokenizer, "chat_template", None):
             writer.add_chat_template(loaded.tokenizer.chat_template)
+        writer.add_eos_token_id(_eos_id(loaded.tokenizer, source_eos))
         tensor_type, file_type = QUANTS["f16" if quantize else quant]
         writer.add_file_type(gguf.LlamaFileType[file_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -154,6 +157,12 @@ def _registry_decoder(config):
             "it with llama.cpp's convert_hf_to_gguf.py DIR"
         )
     return registry
+
+
+def _eos_id(tokenizer, source_eos: int) -> int:
+    """The run's EOS: a chat run's tokenizer ends on the token closing its template's turns (`<end_of_turn>` for a
+    base Gemma given the gemma template), which llama.cpp and Ollama must stop on, not the source's own EOS."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else source_eos
 
 
 def _field(reader, key: str):

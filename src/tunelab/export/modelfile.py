@@ -6,8 +6,9 @@ Ollama templates are Go templates, while a tokenizer's chat template is Jinja; n
 the other. Most chat templates wrap each message in a fixed prefix and suffix per role, though (ChatML,
 Llama 3, Gemma), so the format is read off the Jinja template by rendering conversations with marker texts,
 and the result is checked: the conversations rendered from the derived format must equal the tokenizer's own
-rendering. A template that does more (merging the system prompt into the first user turn, tool calls) gets
-no TEMPLATE rather than an approximate one.
+rendering. A template that folds the system prompt into the first user turn (Gemma) is read as such: the system
+message opens the user turn and the user message right after it continues it. A template that does more (tool
+calls, tool definitions) gets no TEMPLATE rather than an approximate one.
 """
 
 from __future__ import annotations
@@ -36,22 +37,27 @@ class TemplateNotTranslatable(TunelabError, ValueError):
 class ChatFormat:
     """A chat template as fixed texts: `start`, then each message as prefix + content + suffix of its role,
     then `generation_prompt` after a last message that is not the assistant's. `default_system` is the system
-    message the template adds when a conversation has none."""
+    message the template adds when a conversation has none. `folded_system`: the system message is written inside
+    the first user turn (Gemma), so a user message right after it has no prefix of its own."""
 
     start: str
     wraps: dict[str, tuple[str, str]]
     generation_prompt: str
     default_system: str | None
+    folded_system: bool = False
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The text this format gives a conversation, the default system message included as Ollama does
         (it prepends the Modelfile's SYSTEM when the conversation has no system message)."""
         if self.default_system is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.default_system}, *messages]
-        text = self.start
+        text, previous = self.start, None
         for message in messages:
             prefix, suffix = self.wraps[message["role"]]
+            if self.folded_system and message["role"] == "user" and previous == "system":
+                prefix = ""
             text += prefix + message["content"] + suffix
+            previous = message["role"]
         if add_generation_prompt and messages[-1]["role"] != "assistant":
             text += self.generation_prompt
         return text
@@ -88,7 +94,9 @@ def derive_chat_format(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
     Conversations of marker texts are rendered and cut at the markers: the text after the last answer is the
     assistant suffix; the generation prompt is what `add_generation_prompt` appends (and the assistant prefix);
     the user prefix sits between an answer's suffix and the next user message; the system prefix is the user
-    prefix with the role name swapped (how role-tagged formats write it; `_check` catches any other)."""
+    prefix with the role name swapped (how role-tagged formats write it), or, where no user prefix follows the
+    system message, the user prefix itself, the system message folded into the first user turn (`_check` catches
+    any other layout)."""
     s, u, a = _MARK["system"], _MARK["user"], _MARK["assistant"]
     user = {"role": "user", "content": u}
     full = _render(tokenizer, [{"role": "system", "content": s}, user, *_turn(a)])
@@ -102,15 +110,21 @@ def derive_chat_format(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
     user_prefix = _strip_prefix(
         _between(two_turns, a, s), assistant_suffix, "between an answer and the next user turn"
     )
-    system_suffix = _strip_suffix(_between(full, s, u), user_prefix, "between the system and the user message")
-    system_prefix = user_prefix.replace("user", "system")
+    between_system_and_user = _between(full, s, u)
+    folded = not between_system_and_user.endswith(user_prefix)
+    if folded:  # the first user message continues the turn the system message opened
+        system_prefix, system_suffix = user_prefix, between_system_and_user
+    else:
+        system_prefix = user_prefix.replace("user", "system")
+        system_suffix = between_system_and_user[: len(between_system_and_user) - len(user_prefix)]
     start = _strip_suffix(_between(full, None, s), system_prefix, "before the system message")
     wraps = {
         "system": (system_prefix, system_suffix),
         "user": (user_prefix, user_suffix),
         "assistant": (generation_prompt, assistant_suffix),
     }
-    chat = ChatFormat(start, wraps, generation_prompt, _default_system(_between(prompt_only, None, u), wraps, start))
+    default_system = _default_system(_between(prompt_only, None, u), wraps, start)
+    chat = ChatFormat(start, wraps, generation_prompt, default_system, folded)
     _check(chat, tokenizer)
     return chat
 
@@ -168,22 +182,33 @@ def _go(text: str) -> str:
 
 
 def ollama_template(chat: ChatFormat) -> str:
-    """The Go template Ollama renders a conversation (.Messages) with, equal to `chat`."""
+    """The Go template Ollama renders a conversation (.Messages) with, equal to `chat`; a folded system message
+    is tracked with `$previous`, the role of the message before."""
     branches = "\n".join(
         ("{{- if" if i == 0 else "{{- else if")
-        + f' eq .Role "{role}" }}}}{_go(prefix)}{{{{ .Content }}}}{_go(suffix)}'
+        + f' eq .Role "{role}" }}}}{_prefix_action(chat, role, prefix)}{{{{ .Content }}}}{_go(suffix)}'
         for i, (role, (prefix, suffix)) in enumerate(chat.wraps.items())
     )
     lines = [
-        _go(chat.start) + "{{- range $i, $message := .Messages }}",
+        _go(chat.start)
+        + ('{{- $previous := "" }}' if chat.folded_system else "")
+        + "{{- range $i, $message := .Messages }}",
         "{{- $last := eq (len (slice $.Messages $i)) 1 }}",
         branches,
         "{{- end }}",
         '{{- if and $last (ne .Role "assistant") }}' + _go(chat.generation_prompt),
         "{{- end }}",
+        *(["{{- $previous = .Role }}"] if chat.folded_system else []),
         "{{- end }}",
     ]
     return "\n".join(lines)
+
+
+def _prefix_action(chat: ChatFormat, role: str, prefix: str) -> str:
+    """A role's prefix; a user message's left out right after a folded system message, which opened its turn."""
+    if chat.folded_system and role == "user" and prefix:
+        return '{{- if ne $previous "system" }}' + _go(prefix) + "{{- end }}"
+    return _go(prefix)
 
 
 def prompt_template(config: RunConfig) -> str:

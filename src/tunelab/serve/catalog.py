@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tunelab.config import METHOD_TRAITS
@@ -79,17 +79,19 @@ def _fixed(target: Target) -> Callable[[], AbstractContextManager[Target]]:
     return lambda: nullcontext(target)
 
 
-def _adapter(target: Target, adapter: str | None) -> Callable[[], AbstractContextManager[Target]]:
-    """A shared PEFT model switched to one adapter, or with its adapters off for the base."""
+def _adapter(target: Target, adapter: str | None, tokenizer=None) -> Callable[[], AbstractContextManager[Target]]:
+    """A shared PEFT model switched to one adapter (answering with that run's own tokenizer: its chat template and
+    the EOS its turns close with), or with its adapters off for the base."""
+    answering = target if tokenizer is None else replace(target, tokenizer=tokenizer)
 
     @contextmanager
     def switched() -> Iterator[Target]:
         if adapter is None:
             with target.model.disable_adapter():
-                yield target
+                yield answering
         else:
             target.model.set_adapter(adapter)
-            yield target
+            yield answering
 
     return switched
 
@@ -138,7 +140,9 @@ class Catalog:
         else:
             shared.model.load_adapter(run.model_dir, adapter_name=model_id)
             shared.model.eval()
-        self._add(Served(model_id, *_kind(shared), _adapter(shared, model_id), shared.tokenizer, tasks, str(run.path)))
+        tokenizer = load_tokenizer(str(run.model_dir))  # runs on one base may differ in chat template and EOS
+        switched = _adapter(shared, model_id, tokenizer)
+        self._add(Served(model_id, *_kind(shared), switched, tokenizer, tasks, str(run.path)))
 
     def add_run(self, model_id: str, run: RunDir) -> None:
         state = run.require_complete()

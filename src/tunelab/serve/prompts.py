@@ -1,16 +1,18 @@
 """A generation request's prompt as token ids, read as the model was trained to read it: a `record` through the
-run's prompt template and the training format, `messages` through the chat template (`render.render_chat`, the one
-message renderer), a completion `prompt` as it is. Every request the model cannot read this way is a 400 naming
-its field."""
+run's prompt template and the training format, `messages` (with `tools`) through the chat template by the renderer
+training uses (`tunelab.kinds.chat_masks.render`), a completion `prompt` as it is. Every request the model cannot
+read this way is a 400 naming its field."""
 
 from __future__ import annotations
 
 from tunelab.errors import TunelabError
+from tunelab.kinds.chat import reply_prompt_ids
+from tunelab.kinds.chat_masks import ChatTemplateError, render
 from tunelab.kinds.encoding import decoder_prompt_ids
 from tunelab.records import Record
-from tunelab.render import has_chat_template, render_chat, template_fields
+from tunelab.render import has_chat_template, template_fields
 from tunelab.serve.catalog import Served
-from tunelab.serve.protocol import ApiError, Generation
+from tunelab.serve.protocol import ApiError, ChatRequest, Generation
 
 
 def record_prompt(entry: Served, body: Generation) -> str:
@@ -34,6 +36,74 @@ def record_prompt(entry: Served, body: Generation) -> str:
     return spec.prompt(Record(dict(body.record), "request"))
 
 
+def chat_prompt_ids(entry: Served, body: ChatRequest) -> list[int]:
+    """A chat request's messages (and tools) as the model answers them: through the renderer training used
+    (`tunelab.kinds.chat_masks.render`) with the run's saved chat template, ending with its generation prompt, as
+    `tunelab predict` asks a conversation's last assistant turn (`tunelab.kinds.chat.reply_prompt_ids`). A request
+    the template cannot render faithfully (tools it drops, tool calls it drops, roles it refuses) is a 400 naming
+    the field, never an answer to a conversation the model did not see."""
+    tokenizer = entry.tokenizer
+    conversation = [message.as_template() for message in body.messages]
+    tools = body.template_tools()
+    _check_tool_answers(conversation)
+    try:
+        text = render(conversation, tokenizer, tools, add_generation_prompt=True)
+        if tools and text == render(conversation, tokenizer, None, add_generation_prompt=True):
+            raise ApiError(
+                400,
+                f"the chat template of model '{entry.id}' does not render tool definitions, so the model would "
+                "never see them: send the request without tools, or serve a run trained with a template that "
+                "writes them (data.chat_template: chatml)",
+                param="tools",
+            )
+        _check_tool_calls_rendered(entry, body, text)
+        return reply_prompt_ids(conversation, tools, tokenizer, budget=UNCUT)
+    except ChatTemplateError as error:
+        raise ApiError(400, f"model '{entry.id}': {error}", param="messages") from None
+
+
+UNCUT = 1 << 30
+"""No prompt is cut to fit: one over the server's --max-prompt-tokens is refused (context_length_exceeded)."""
+
+
+def _check_tool_answers(conversation: list[dict]) -> None:
+    """Each tool message answers a call of the assistant message before it (by id where both carry one)."""
+    calls: list[str | None] = []
+    for index, message in enumerate(conversation):
+        if message["role"] == "assistant":
+            calls = [call.get("id") for call in message.get("tool_calls", [])]
+        elif message["role"] == "tool":
+            answered = message.get("tool_call_id")
+            if not calls:
+                raise ApiError(
+                    400,
+                    f"messages[{index}] is a tool result, but no assistant message before it called a tool",
+                    param=f"messages[{index}]",
+                )
+            if answered is not None and None not in calls and answered not in calls:
+                raise ApiError(
+                    400,
+                    f"messages[{index}] answers tool_call_id {answered!r}; the calls before it are "
+                    f"{', '.join(map(str, calls))}",
+                    param=f"messages[{index}].tool_call_id",
+                )
+        elif message["role"] == "user":
+            calls = []
+
+
+def _check_tool_calls_rendered(entry: Served, body: ChatRequest, text: str) -> None:
+    """A template without tool support (SmolLM2's own) renders an assistant's tool calls as nothing."""
+    for index, message in enumerate(body.messages):
+        for number, call in enumerate(message.tool_calls or []):
+            if call.function.name not in text:
+                raise ApiError(
+                    400,
+                    f"the chat template of model '{entry.id}' does not render tool calls, so this one "
+                    f"({call.function.name!r}) would be dropped from the conversation",
+                    param=f"messages[{index}].tool_calls[{number}]",
+                )
+
+
 def prompt_ids(entry: Served, body: Generation, text: str | None, messages: list | None) -> list[int]:
     """The request's prompt as the model was trained to read it: a record through the run's template and the
     training format, messages through the chat template, a completion prompt as it is."""
@@ -44,17 +114,9 @@ def prompt_ids(entry: Served, body: Generation, text: str | None, messages: list
         if not messages:
             raise ApiError(400, "messages is empty: send at least one message, or a record", param="messages")
         if has_chat_template(tokenizer):
-            chat = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
-            try:
-                rendered = render_chat(chat, tokenizer, add_generation_prompt=True)
-            # The template's own checks (roles must alternate, ...) fail on the client's messages: a 400.
-            except Exception as error:
-                raise ApiError(
-                    400,
-                    f"the chat template of model '{entry.id}' refused these messages: {error}",
-                    param="messages",
-                ) from None
-            return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            return chat_prompt_ids(entry, body)
+        if isinstance(body, ChatRequest) and body.tools:
+            raise ApiError(400, f"model '{entry.id}' has no chat template to pass tools to", param="tools")
         if len(messages) > 1 or messages[0].role != "user":
             raise ApiError(
                 400,

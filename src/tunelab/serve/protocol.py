@@ -1,6 +1,6 @@
 """The OpenAI request and error shapes the server speaks, checked before anything is queued.
 
-A parameter tunelab does not support (`n` above 1, `logprobs`, tools, ...) is a 400 naming it, never silently
+A parameter tunelab does not support (`n` above 1, `logprobs`, `tool_choice`, ...) is a 400 naming it, never silently
 ignored. Two extensions serve tuned runs: `record` fills a run's own prompt template from a record's fields
 (`{"dialogue": "..."}`), and `task` names which task of a mixture run's the template or head comes from.
 Temperature defaults to 0 (greedy): a tuned model's answer to the same request is then always the same.
@@ -11,9 +11,10 @@ generated from `/openapi.json` (or a fuzzer checking the server against it) read
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 Scalar = str | int | float | bool
 GREEDY_BELOW = 1e-4
@@ -53,13 +54,86 @@ class TextPart(_Request):
     text: str
 
 
+class FunctionCall(_Request):
+    name: str = Field(min_length=1)
+    arguments: str | dict = "{}"
+    """A JSON object, as OpenAI sends it (a string) or already read; chat templates read it as a mapping."""
+
+    @field_validator("arguments")
+    @classmethod
+    def _an_object(cls, arguments):
+        """The arguments as the mapping training read (`tunelab.kinds.chat_messages`), so a request renders
+        exactly as the conversations the run trained on."""
+        if isinstance(arguments, dict):
+            return arguments
+        try:
+            parsed = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON ({error.msg})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object of argument names and values")
+        return parsed
+
+
+class ToolCall(_Request):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    """Text; may be left out only by an assistant message that calls tools."""
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
+    """An assistant's calls of the request's tools."""
+    tool_call_id: str | None = None
+    """Which call a tool message answers."""
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _only_assistants_call(cls, tool_calls, info):
+        if tool_calls and info.data.get("role") != "assistant":
+            raise ValueError(f"a {info.data.get('role')} message carries tool_calls; only assistants call tools")
+        return tool_calls
+
+    @model_validator(mode="after")
+    def _says_something(self):
+        if self.content is None and not self.tool_calls:
+            raise ValueError(f"a {self.role} message needs content" + (" or tool_calls" * (self.role == "assistant")))
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+    def as_template(self) -> dict:
+        """The message as chat templates (and tunelab's training) read it: a developer message is the system
+        one, content is text, tool-call arguments are mappings."""
+        message = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump(exclude_none=True) for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            message["name"] = self.name
+        return message
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    """A tool the model may call, passed to the chat template as training passed a conversation's `tools`."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class StreamOptions(_Request):
@@ -124,6 +198,11 @@ class Generation(_Request):
 
 class ChatRequest(Generation):
     messages: list[Message] = Field(default_factory=list)
+    tools: list[Tool] | None = None
+    """Passed to the chat template where it renders them; a 400 naming `tools` where it does not."""
+
+    def template_tools(self) -> list[dict] | None:
+        return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
 
 
 class CompletionRequest(Generation):
@@ -154,7 +233,7 @@ class ErrorDetail(BaseModel):
     type: str
     """'invalid_request_error', 'authentication_error', 'rate_limit_error', 'timeout' or 'server_error'."""
     param: str | None
-    """The request field at fault (`messages.0.role`), when one is."""
+    """The request field at fault (`messages[0].role`), when one is."""
     code: str | None
 
 
@@ -292,10 +371,9 @@ class Health(BaseModel):
 
 
 def validation_error(errors: list[dict]) -> ApiError:
-    """A 400 for pydantic's first complaint, naming the parameter as OpenAI does (`messages.0.role`)."""
+    """A 400 for pydantic's first complaint, naming the parameter as OpenAI does (`messages[0].role`)."""
     first = errors[0]
-    location = [str(part) for part in first["loc"] if part != "body"]
-    param = ".".join(location) or None
+    param = field_path([part for part in first["loc"] if part != "body"])
     if first["type"] == "extra_forbidden":
         return ApiError(
             400, f"parameter '{param}' is not supported by tunelab serve", param=param, code="unsupported_parameter"
@@ -304,3 +382,12 @@ def validation_error(errors: list[dict]) -> ApiError:
         return ApiError(400, f"the request body is not valid JSON ({first['msg']})", code="invalid_json")
     message = first["msg"].removeprefix("Value error, ")
     return ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")
+
+
+def field_path(location: list[str | int]) -> str | None:
+    """A request field as OpenAI names it: keys joined by dots, list positions in brackets
+    (`messages[2].tool_calls[0].function.arguments`)."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or None

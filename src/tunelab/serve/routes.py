@@ -189,7 +189,7 @@ class Endpoints:
                     400,
                     f"input {i} lacks {', '.join(missing)}: model '{entry.id}' reads "
                     f"{', '.join(spec.input_fields)} (send a text, or a record of those fields)",
-                    param=f"input.{i}" if isinstance(body.input, list) else "input",
+                    param=f"input[{i}]" if isinstance(body.input, list) else "input",
                 )
             records.append(Record(fields, f"input {i}"))
         tokens = sum(len(entry.tokenizer(str(r.fields[spec.input_fields[0]]))["input_ids"]) for r in records)
