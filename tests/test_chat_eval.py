@@ -21,7 +21,7 @@ from tunelab.config import DataConfig, build_config
 from tunelab.data.task_records import load_records
 from tunelab.eval.commands import evaluate_suite, forgetting
 from tunelab.eval.metrics import get_metric
-from tunelab.eval.runner import TaskResult, record_prompt_ids, reference_nll, run_task
+from tunelab.eval.runner import TaskResult, record_prompt_ids, reference_nll, run_task, skip_reason
 from tunelab.eval.targets import Target, base_target, load_target
 from tunelab.kinds.chat_masks import mask_conversation
 from tunelab.kinds.chat_messages import conversation_of
@@ -210,3 +210,21 @@ def test_a_conversation_the_template_refuses_is_named_by_file_and_line(chat_mode
     record = next(r for r in load_records(spec) if any(m["role"] == "tool" for m in r.fields["messages"]))
     with pytest.raises(DataError, match=r"toolcall.*:\d+: the chat template refuses this conversation"):
         record_prompt_ids(target, spec, record, 8)
+
+
+@pytest.mark.parametrize(
+    "template, skipped",
+    [("gemma", "refuses this conversation"), (None, "drops the assistant's tool call"), ("chatml", None)],
+)
+def test_a_tool_task_is_skipped_by_a_model_whose_template_cannot_lay_out_tool_calls(chat_models, template, skipped):
+    target = load_target(chat_models[0])
+    if template:  # None: smollm2's own ChatML, which writes no tool calls
+        target.tokenizer.chat_template = chat_template_text(template)
+    spec = load_task("toolcall")
+    records = load_records(spec, limit=4)
+    reason = skip_reason(target, spec, records=records)
+    if skipped is None:
+        assert reason is None
+    else:
+        assert "cannot lay out this task's tool calls" in reason and skipped in reason and "chatml" in reason
+        assert run_task(target, spec, records).skipped == reason

@@ -14,6 +14,7 @@ are most likely after the prompt (rank classification); both read the same promp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -113,8 +114,9 @@ def reads_rolling_nll(spec: TaskSpec) -> bool:
     return any(get_metric(name).reads == "rolling_nll" for name in spec.metrics)
 
 
-def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
-    """Why `target` cannot be scored on `spec` (with `shots` demonstrations in each prompt), or None when it can."""
+def skip_reason(target: Target, spec: TaskSpec, shots: int = 0, records: Sequence[Record] = ()) -> str | None:
+    """Why `target` cannot be scored on `spec` (with `shots` demonstrations in each prompt, on `records`), or None
+    when it can."""
     if target.unavailable:
         return target.unavailable
     if not target.generates and reads_reference_nll(spec):
@@ -134,7 +136,7 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0) -> str | None:
         return f"a {spec.kind} task is scored on decoder models only"
     elif shots and not spec.handler.templated:
         return f"a {spec.kind} task carries its own context; it is asked with 0 shots"
-    elif unreadable := spec.handler.unreadable_by(target.tokenizer):
+    elif unreadable := spec.handler.unreadable_by(target.tokenizer, spec, records):
         return f"{target.name} {unreadable}"
     return None
 
@@ -433,7 +435,7 @@ def run_task(
     `scoring` says (default the task's own)."""
     target = target.for_task(spec.name)
     result = TaskResult(spec.name, spec.kind, len(records))
-    result.skipped = skip_reason(target, spec, shots)
+    result.skipped = skip_reason(target, spec, shots, records)
     if result.skipped:
         return result
     result.scoring, result.precision = scoring_of(target, spec, scoring), target.precision
@@ -461,7 +463,7 @@ def predict_records(target: Target, spec: TaskSpec, records: list[Record]) -> li
     generator's text (with the kind's reading of it under its `answer_key`: the label a classification answer
     names)."""
     target = target.for_task(spec.name)
-    reason = skip_reason(target, spec)
+    reason = skip_reason(target, spec, records=records)
     if reason:
         raise TargetError(f"cannot predict task {spec.name}: {reason}")
     if not target.generates:

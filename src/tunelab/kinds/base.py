@@ -12,6 +12,7 @@ and one line in the registry (`tunelab.kinds`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from tunelab.config import DataConfig
@@ -88,9 +89,9 @@ class Kind(ABC):
         """Set on a run's tokenizer what this kind reads its examples with (a chat template), before anything is
         encoded; the tokenizer is saved with the run, so serving and export read the same. Nothing by default."""
 
-    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase) -> str | None:
-        """Why a generating model read with `tokenizer` cannot be asked a task of this kind (what it lacks and what
-        to evaluate instead), or None when it can; evaluation skips the task with this reason."""
+    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase, spec: Any, records: Sequence[Record]) -> str | None:
+        """Why a generating model read with `tokenizer` cannot be asked task `spec` of this kind on `records` (what
+        it lacks and what to evaluate instead), or None when it can; evaluation skips the task with this reason."""
         return None
 
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:

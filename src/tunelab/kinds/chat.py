@@ -10,6 +10,7 @@ then saved with the run.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -91,13 +92,27 @@ class Chat(Kind):
         if tokenizer.eos_token != closing:
             tokenizer.eos_token = closing
 
-    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase) -> str | None:
-        if has_chat_template(tokenizer):
+    def unreadable_by(self, tokenizer: PreTrainedTokenizerBase, spec: Any, records: Sequence[Record]) -> str | None:
+        """A model without a chat template cannot be asked a conversation; one whose template cannot lay out tool
+        calls and results (Gemma's) cannot be asked a task whose conversations use tools, which its first such
+        record shows."""
+        if not has_chat_template(tokenizer):
+            return (
+                "has no chat template to lay a conversation out with; evaluate a chat run tuned from it (its "
+                "tokenizer carries data.chat_template), or a model that has one"
+            )
+        tooled = next((record for record in records if _uses_tools(record, spec)), None)
+        if tooled is None:
             return None
-        return (
-            "has no chat template to lay a conversation out with; evaluate a chat run tuned from it (its tokenizer "
-            "carries data.chat_template), or a model that has one"
-        )
+        messages, tools = conversation_of(tooled, spec.messages_field, spec.tools_field)
+        try:
+            mask_conversation(messages, tools, tokenizer, DataConfig(kind=self.name, max_length=10**9))
+        except ChatTemplateError as exc:
+            return (
+                f"has a chat template that cannot lay out this task's tool calls ({tooled.where}: {exc}); "
+                "evaluate it with a run trained with data.chat_template: chatml"
+            )
+        return None
 
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         return []  # messages or ShareGPT conversations, either of which will do: `record_problem`
@@ -185,6 +200,16 @@ def _named(record: Record):
         yield
     except (ConversationError, ChatTemplateError) as exc:
         raise DataError(f"{record.where}: {exc}") from None
+
+
+def _uses_tools(record: Record, spec: Any) -> bool:
+    """Whether a record's conversation holds a tool call or a tool result (a record that cannot be read counts as
+    not: reading it again reports what is wrong)."""
+    try:
+        messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
+    except ConversationError:
+        return False
+    return any(message["role"] == "tool" or message.get("tool_calls") for message in messages)
 
 
 def nothing_trains(untrained: list[str], data: DataConfig) -> DataError:
