@@ -38,7 +38,12 @@ Conversation = tuple[list[dict[str, Any]], list[dict[str, Any]] | None]
 
 
 class ConversationError(ValueError):
-    """A conversation that cannot be read; the message names the message index and what is wrong."""
+    """A conversation that cannot be read; the message names the message index and what is wrong, and `index` and
+    `key` say where (the message, and its key at fault if one is), for a server's error to name the request field."""
+
+    def __init__(self, message: str, index: int | None = None, key: str | None = None):
+        super().__init__(message)
+        self.index, self.key = index, key
 
 
 def _arguments(value: Any, where: str) -> dict[str, Any]:
@@ -131,20 +136,25 @@ def _tools(value: Any) -> list[dict[str, Any]] | None:
     return value
 
 
-def _check_tool_answers(messages: list[dict[str, Any]]) -> None:
-    """Each tool message answers a call an earlier assistant message made (by its id, when both carry one)."""
+def check_tool_answers(messages: list[dict[str, Any]]) -> None:
+    """Each tool message answers a call an earlier assistant message made (by its id, when both carry one):
+    checked for data (`read_conversation`) and for a served request alike."""
     open_calls: list[str | None] = []
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
             open_calls = [call.get("id") for call in message.get("tool_calls", [])]
         elif message["role"] == "tool":
             if not open_calls:
-                raise ConversationError(f"message {index} (tool) answers no tool call: no earlier assistant call")
+                raise ConversationError(
+                    f"message {index} (tool) answers no tool call: no earlier assistant call", index
+                )
             answered = message.get("tool_call_id")
             if answered is not None and answered not in open_calls and None not in open_calls:
                 raise ConversationError(
                     f"message {index} (tool) answers tool_call_id {answered!r}, which the calls before it do not "
-                    f"have ({', '.join(map(str, open_calls))})"
+                    f"have ({', '.join(map(str, open_calls))})",
+                    index,
+                    "tool_call_id",
                 )
         elif message["role"] == "user":
             open_calls = []
@@ -166,7 +176,7 @@ def read_conversation(fields: dict[str, Any], messages_field: str, tools_field: 
     messages = [_openai_message(reader(turn, index), index) for index, turn in enumerate(turns)]
     if not any(message["role"] == "assistant" for message in messages):
         raise ConversationError("the conversation has no assistant turn, so nothing in it would train")
-    _check_tool_answers(messages)
+    check_tool_answers(messages)
     return messages, _tools(fields.get(tools_field))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from tunelab.errors import TunelabError
 from tunelab.kinds.chat import reply_prompt_ids
 from tunelab.kinds.chat_masks import ChatTemplateError, render
+from tunelab.kinds.chat_messages import ConversationError, check_tool_answers
 from tunelab.kinds.encoding import decoder_prompt_ids
 from tunelab.records import Record
 from tunelab.render import has_chat_template, template_fields
@@ -67,28 +68,13 @@ UNCUT = 1 << 30
 
 
 def _check_tool_answers(conversation: list[dict]) -> None:
-    """Each tool message answers a call of the assistant message before it (by id where both carry one)."""
-    calls: list[str | None] = []
-    for index, message in enumerate(conversation):
-        if message["role"] == "assistant":
-            calls = [call.get("id") for call in message.get("tool_calls", [])]
-        elif message["role"] == "tool":
-            answered = message.get("tool_call_id")
-            if not calls:
-                raise ApiError(
-                    400,
-                    f"messages[{index}] is a tool result, but no assistant message before it called a tool",
-                    param=f"messages[{index}]",
-                )
-            if answered is not None and None not in calls and answered not in calls:
-                raise ApiError(
-                    400,
-                    f"messages[{index}] answers tool_call_id {answered!r}; the calls before it are "
-                    f"{', '.join(map(str, calls))}",
-                    param=f"messages[{index}].tool_call_id",
-                )
-        elif message["role"] == "user":
-            calls = []
+    """Each tool message answers a call of an assistant message before it, checked as training data is
+    (`tunelab.kinds.chat_messages.check_tool_answers`): a 400 naming the message, or its `tool_call_id`."""
+    try:
+        check_tool_answers(conversation)
+    except ConversationError as error:
+        field = f"messages[{error.index}]" + (f".{error.key}" if error.key else "")
+        raise ApiError(400, f"{field}: {error}", param=field) from None
 
 
 def _check_tool_calls_rendered(entry: Served, body: ChatRequest, text: str) -> None:
