@@ -30,6 +30,7 @@ from helpers import (
     NOUNS,
     POSITIVE,
     SHARED_DATA,
+    TINY_SHAPE,
     chat_config,
     copy_rows,
     method_config,
@@ -210,13 +211,7 @@ def chat_decoder(tmp_path_factory) -> str:
         smollm2 = prepare("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
+        **{**TINY_SHAPE, "vocab_size": len(tokenizer), "max_position_embeddings": 512},
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )

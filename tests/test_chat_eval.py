@@ -33,7 +33,7 @@ from tunelab.runs import RunDir
 from tunelab.tasks import load_task
 from tunelab.tasks.suite import load_suite
 
-from helpers import SHARED_DATA, write_jsonl, write_yaml
+from helpers import SHARED_DATA, TINY_SHAPE, write_jsonl, write_yaml
 
 CHAT_METRICS = ["rougeL", "chrf", "reference_perplexity", "stop_rate"]
 
@@ -43,13 +43,7 @@ def chat_models(tmp_path_factory) -> tuple[str, str]:
     """(a tiny decoder read with smollm2's tokenizer and ChatML template, the same weights without a template)."""
     tokenizer = AutoTokenizer.from_pretrained(prepare("smollm2-135m-instruct"))
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=1024,
+        **{**TINY_SHAPE, "vocab_size": len(tokenizer), "max_position_embeddings": 1024},
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
