@@ -56,7 +56,6 @@ from selenium.common.exceptions import (  # noqa: E402
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
@@ -155,11 +154,17 @@ def shot(driver, name: str) -> None:
     driver.set_window_size(1400, 1000)
 
 
+# What Chromium says when a page load lands inside one call that reads an element: the document it belonged to is
+# gone ("does not belong to the document"), or the inspector lost the page under the call ("unhandled inspector
+# error", seen in CI while a form submission was loading its answer).
+MID_LOAD_ERRORS = ("does not belong to the document", "unhandled inspector error")
+
+
 def _replaced_mid_check(error: WebDriverException) -> bool:
     """Whether `error` only says a page load replaced the document while an element was being read: Selenium's
-    stale element, or Chromium's "does not belong to the document" when the load lands inside one call."""
+    stale element, or one of Chromium's MID_LOAD_ERRORS."""
     stale = (NoSuchElementException, StaleElementReferenceException)
-    return isinstance(error, stale) or "does not belong to the document" in str(error)
+    return isinstance(error, stale) or any(text in str(error) for text in MID_LOAD_ERRORS)
 
 
 def wait(driver, condition, seconds: float = WAIT):
@@ -181,7 +186,19 @@ def click_and_load(driver, element) -> None:
     so that nothing after it reads the old page."""
     old_page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, WAIT, poll_frequency=0.2).until(expected_conditions.staleness_of(old_page))
+
+    def old_page_gone(_driver) -> bool:
+        try:
+            old_page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if any(text in str(error) for text in MID_LOAD_ERRORS):
+                return False  # the load is under way: ask again once it has landed
+            raise
+        return False
+
+    WebDriverWait(driver, WAIT, poll_frequency=0.2).until(old_page_gone)
 
 
 def points(driver, curve: str) -> int:
