@@ -180,7 +180,7 @@ def setup(
         print(f"attention over packed rows: {attention}; fused kernels: {kernels}")
     if main:  # the saved adapter names the base as other machines find it; where it was read here stays on record
         run.update_state(trainable=trainable.as_dict(), base_source=source, attention=attention, kernels=kernels)
-    feed = objective.feed(model, config, tasks, plan, tokenizer)
+    feed = objective.complete_feed(objective.feed(model, config, tasks, plan, tokenizer), model, config, run)
     trainer = build_trainer(model, tokenizer, config, run, plan, objective, feed, precision, callbacks)
     return Setup(run, tasks, plan, objective, trainer, tokenizer, trainable)
 

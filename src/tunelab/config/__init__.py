@@ -29,7 +29,14 @@ from tunelab.config.methods import (
 from tunelab.config.mixture import MixtureConfig, MixtureTask, StageConfig
 from tunelab.config.overrides import parse_overrides
 from tunelab.config.run import RunConfig
-from tunelab.config.sections import DataConfig, EvalConfig, ModelConfig, Precision, TrainingConfig
+from tunelab.config.sections import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    Precision,
+    PreferenceConfig,
+    TrainingConfig,
+)
 from tunelab.config.sweep import SweepConfig, SweepParam
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "MixtureTask",
     "ModelConfig",
     "Precision",
+    "PreferenceConfig",
     "RunConfig",
     "StageConfig",
     "SweepConfig",

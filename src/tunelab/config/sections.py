@@ -64,6 +64,14 @@ class DataConfig(Section):
     that close it (end-of-turn), so the model learns to stop."""
     train_on_prompt: bool = False
     """Train on every token of the conversation, the template's markers and the prompt turns included (kind chat)."""
+    chosen_field: str = "chosen"
+    """Field holding a preference pair's preferred answer (kinds preference, reward): a string or one assistant
+    message; or, with no prompt field in the record, the whole preferred conversation (implicit prompt)."""
+    rejected_field: str = "rejected"
+    """Field holding a preference pair's dispreferred answer, in the form of `chosen_field`."""
+    completion_field: str = "completion"
+    """Field holding an unpaired example's answer (kind preference, `training.preference.loss: kto`), judged good or
+    bad by its `label_field` (true or false)."""
     max_length: int = Field(256, ge=8)
     """Longest input in tokens; longer inputs are truncated and counted. For language_modeling, the length of the
     blocks the raw text is packed into (nothing is cut: a text runs on into the next block)."""
@@ -123,6 +131,42 @@ class DataConfig(Section):
         return template
 
 
+PreferenceLoss = Literal["dpo", "ipo", "hinge", "simpo", "orpo", "kto"]
+
+
+class PreferenceConfig(Section):
+    loss: PreferenceLoss = "dpo"
+    """How preference pairs train a policy (data.kind: preference): 'dpo' (sigmoid, Rafailov et al. 2023), 'ipo'
+    (squared, on per-token log-probabilities, Azar et al. 2023), 'hinge' (SLiC), 'simpo' (reference-free,
+    length-normalised, with margin `gamma`, Meng et al. 2024), 'orpo' (reference-free odds ratio plus the NLL of the
+    chosen answer, Hong et al. 2024), 'kto' (unpaired good/bad examples against a batch KL estimate, Ethayarajh et
+    al. 2024; pairs are read as one good and one bad example)."""
+    beta: float | None = Field(None, gt=0)
+    """How far the policy may move from the reference (dpo, ipo, hinge, kto) or the reward scale (simpo) or the
+    odds-ratio weight (orpo); default each loss's usual value: 0.1 (dpo, hinge, kto, orpo), 0.5 (ipo's tau), 2.0
+    (simpo)."""
+    gamma: float = Field(0.5, ge=0)
+    """SimPO's target reward margin (gamma over beta in the paper's terms is gamma / beta)."""
+    sft_weight: float = Field(0.0, ge=0)
+    """Weight of an added NLL loss on the chosen answer (LLaMA-Factory's pref_ftx): keeps the chosen answer's
+    likelihood from falling while the margin grows. ORPO has this term built in."""
+    desirable_weight: float = Field(1.0, gt=0)
+    """KTO: weight of the loss on good examples (raise it when they are fewer than the bad ones)."""
+    undesirable_weight: float = Field(1.0, gt=0)
+    """KTO: weight of the loss on bad examples."""
+
+    def resolved_beta(self) -> float:
+        """`beta`, or the loss's usual value when it is not set."""
+        if self.beta is not None:
+            return self.beta
+        return {"ipo": 0.5, "simpo": 2.0}.get(self.loss, 0.1)
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the loss compares the policy with a frozen reference (simpo and orpo need none)."""
+        return self.loss not in ("simpo", "orpo")
+
+
 class TrainingConfig(Section):
     epochs: float = Field(2, gt=0)
     """Passes over the training data."""
@@ -177,6 +221,8 @@ class TrainingConfig(Section):
     save_minutes: float | None = Field(10.0, gt=0)
     """Also write a checkpoint when this many minutes have passed since the last one, so a killed run resumed with
     `tunelab train --resume RUN` loses at most that much; none when absent."""
+    preference: PreferenceConfig = PreferenceConfig()
+    """How preference data trains (data.kind: preference): the loss, beta and the added terms."""
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
     """Experiment trackers that also receive the training log, as Trainer's `report_to`: 'tensorboard' (event files
     in <run>/tensorboard/), 'mlflow' (MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db in the working

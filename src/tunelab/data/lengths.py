@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
 from tunelab.data.conversations import conversation_summary, count_conversations
+from tunelab.data.preferences import preference_lengths
 from tunelab.kinds import kind_named
 from tunelab.kinds.base import Family
 from tunelab.kinds.encoding import formatted_prompt_ids
@@ -70,6 +71,8 @@ def token_lengths(
             "truncated": found["truncated"],
             "conversations": found,
         }
+    if kind_named(kind).paired:
+        return preference_lengths(records, tokenizer, data)
     if not kind_named(kind).prompted:  # raw text
         lengths = [len(ids) for ids in tokenizer([str(r.fields[data.text_field]) for r in records])["input_ids"]]
         return {"input": length_summary(lengths, data.max_length), "truncated": None}

@@ -16,6 +16,7 @@ from tunelab.kinds.chat import Chat
 from tunelab.kinds.classification import Classification
 from tunelab.kinds.generation import Generation
 from tunelab.kinds.language_modeling import LanguageModeling
+from tunelab.kinds.preference import PreferenceKind
 from tunelab.kinds.tagging import Tagging
 
 KINDS: dict[str, Kind] = {}
@@ -46,6 +47,7 @@ register_kind(Generation)
 register_kind(Tagging)
 register_kind(LanguageModeling)
 register_kind(Chat)
+register_kind(PreferenceKind)
 
 OLD_KINDS: dict[str, tuple[str, str]] = {
     "summarisation": ("generation", "rougeL"),

@@ -66,6 +66,9 @@ class Kind(ABC):
     conversational: ClassVar[bool] = False
     """Whether a record is a conversation whose turns train by a mask (`tunelab.data.conversations` counts what of
     it trains, per role, and what truncation cuts)."""
+    paired: ClassVar[bool] = False
+    """Whether a record holds a prompt and answers judged against each other (preference pairs, or good/bad
+    answers): `tunelab.data.preferences` measures and checks them."""
     perturbed: ClassVar[bool] = True
     """Whether robustness may perturb its inputs and bias swap words in them: not where noise inside tokens or
     the scored text would change what the gold answer is."""

@@ -66,31 +66,7 @@ class Chat(Kind):
         return compared_turns(messages)
 
     def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> None:
-        """Set `data.chat_template` on the tokenizer (saved with the run), and make the token that closes an assistant
-        turn the tokenizer's EOS, so generation stops where training taught the model to."""
-        if data.chat_template:
-            try:
-                tokenizer.chat_template = chat_template_text(data.chat_template)
-            except ValueError as exc:
-                raise KindError(str(exc)) from None
-        if not getattr(tokenizer, "chat_template", None):
-            raise KindError(
-                "the model has no chat template, so a conversation cannot be laid out; set data.chat_template: "
-                "chatml (or gemma, llama3, or a Jinja file)"
-            )
-        try:
-            closing = closing_text(tokenizer)
-        except ChatTemplateError as exc:
-            raise KindError(str(exc)) from None
-        ids = tokenizer(closing, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise KindError(
-                f"the chat template closes a turn with {closing!r}, which this tokenizer splits into {len(ids)} "
-                "tokens, so generation could not stop on it; choose a template whose markers are the model's own "
-                "tokens (data.chat_template: gemma for Gemma, chatml for models with <|im_end|>)"
-            )
-        if tokenizer.eos_token != closing:
-            tokenizer.eos_token = closing
+        prepare_chat_tokenizer(tokenizer, data)
 
     def unreadable_by(self, tokenizer: PreTrainedTokenizerBase, spec: Any, records: Sequence[Record]) -> str | None:
         """A model without a chat template cannot be asked a conversation; one whose template cannot lay out tool
@@ -187,13 +163,42 @@ class Chat(Kind):
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
         before it and the generation prompt, the earliest turns after any system prompt dropped until it fits."""
-        with _named(record):
+        with named_record(record):
             messages, tools = conversation_of(record, spec.messages_field, spec.tools_field)
             return reply_prompt_ids(messages[: last_assistant(messages)], tools, tokenizer, budget)
 
 
+def prepare_chat_tokenizer(tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> None:
+    """Set `data.chat_template` on the tokenizer (saved with the run), and make the token that closes an assistant
+    turn the tokenizer's EOS, so generation stops where training taught the model to (every kind that reads
+    conversations: chat, preference)."""
+    if data.chat_template:
+        try:
+            tokenizer.chat_template = chat_template_text(data.chat_template)
+        except ValueError as exc:
+            raise KindError(str(exc)) from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise KindError(
+            "the model has no chat template, so a conversation cannot be laid out; set data.chat_template: "
+            "chatml (or gemma, llama3, or a Jinja file)"
+        )
+    try:
+        closing = closing_text(tokenizer)
+    except ChatTemplateError as exc:
+        raise KindError(str(exc)) from None
+    ids = tokenizer(closing, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise KindError(
+            f"the chat template closes a turn with {closing!r}, which this tokenizer splits into {len(ids)} "
+            "tokens, so generation could not stop on it; choose a template whose markers are the model's own "
+            "tokens (data.chat_template: gemma for Gemma, chatml for models with <|im_end|>)"
+        )
+    if tokenizer.eos_token != closing:
+        tokenizer.eos_token = closing
+
+
 @contextmanager
-def _named(record: Record):
+def named_record(record: Record):
     """A conversation that cannot be read or laid out (a template that refuses a tool turn) as a DataError naming
     the record (file:line)."""
     try:
@@ -238,7 +243,7 @@ def compared_turns(messages: list[dict[str, Any]]) -> str:
 
 def masked_record(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
     """A record's conversation masked as `data` trains it; DataError naming the record when it cannot be."""
-    with _named(record):
+    with named_record(record):
         messages, tools = conversation_of(record, data.messages_field, data.tools_field)
         return mask_conversation(messages, tools, tokenizer, data)
 

@@ -180,6 +180,12 @@ def read_conversation(fields: dict[str, Any], messages_field: str, tools_field: 
     return messages, _tools(fields.get(tools_field))
 
 
+def read_messages(turns: list[Any]) -> list[dict[str, Any]]:
+    """A list of OpenAI messages (a part of a conversation: a preference pair's prompt or answer), each checked as
+    a conversation's are; ConversationError naming the message index."""
+    return [_openai_message(message, index) for index, message in enumerate(turns)]
+
+
 def conversation_of(record: Record, messages_field: str, tools_field: str) -> Conversation:
     """`read_conversation` of a record already checked (`tunelab.kinds.chat.Chat.record_problem`)."""
     return read_conversation(record.fields, messages_field, tools_field)

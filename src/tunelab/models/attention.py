@@ -43,10 +43,14 @@ def sdpa_varlen_forward(
     sliding_window: int | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     cu_seq_lens_k: torch.Tensor | None = None,
+    prompt_sharing: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Causal SDPA per example of a packed batch, from the varlen boundaries; any other batch (padded,
     generation with a cache) goes to transformers' own SDPA with the mask it built.
+
+    `prompt_sharing` (one row per segment: prompt length, first answer length; `tunelab.data.pair_rows`) marks
+    segments holding a prompt and two answers, whose second answer must not see the first.
 
     query/key/value are (batch, heads, tokens, head_dim); the boundaries index the batch's rows flattened into
     one stream, as flash-attention's varlen kernel reads them (a row's padded tail is a segment of its own). The
@@ -60,10 +64,14 @@ def sdpa_varlen_forward(
     grouped = key.shape[1] != heads  # grouped-query attention: SDPA shares each key/value head, no copies
     pieces = []
     bounds = cu_seq_lens_q.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):  # a segment never crosses a row: rows end with their tail
-        row, first, last = start // tokens, start % tokens, start % tokens + end - start
+    shared = prompt_sharing.tolist() if prompt_sharing is not None else [[0, 0]] * (len(bounds) - 1)
+    for start, end, (prompt, first_answer) in zip(bounds[:-1], bounds[1:], shared):
+        row, first, last = start // tokens, start % tokens, start % tokens + end - start  # a segment stays in a row
         q, k, v = (t[row : row + 1, :, first:last] for t in (query, key, value))  # 4-D views: SDPA's fused kernel
-        window = _sliding_mask(end - start, sliding_window, q.device)
+        if first_answer:
+            window = _second_answer_blind(end - start, prompt, first_answer, sliding_window, q.device)
+        else:
+            window = _sliding_mask(end - start, sliding_window, q.device)
         pieces.append(
             F.scaled_dot_product_attention(
                 q,
@@ -89,6 +97,20 @@ def _sliding_mask(length: int, window: int | None, device) -> torch.Tensor | Non
     position = torch.arange(length, device=device)
     distance = position[:, None] - position[None, :]
     return (distance >= 0) & (distance < window)
+
+
+def _second_answer_blind(length: int, prompt: int, first_answer: int, window: int | None, device) -> torch.Tensor:
+    """The causal mask of a segment holding a prompt and two answers, the second answer's rows blind to the first
+    answer's columns; a sliding layer's band counts the distance in positions (the second answer's continue from
+    the prompt's end, as the first answer's do)."""
+    index = torch.arange(length, device=device)
+    in_second = index >= prompt + first_answer
+    position = torch.where(in_second, index - first_answer, index)
+    in_first = (index >= prompt) & (index < prompt + first_answer)
+    allowed = (index[:, None] >= index[None, :]) & ~(in_second[:, None] & in_first[None, :])
+    if window is not None:
+        allowed &= position[:, None] - position[None, :] < window
+    return allowed
 
 
 AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_forward)

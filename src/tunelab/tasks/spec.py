@@ -64,6 +64,12 @@ class TaskSpec(BaseModel):
     """Chat: the field holding a conversation (OpenAI `messages`; ShareGPT `conversations` is read too)."""
     tools_field: str = "tools"
     """Chat: the field holding a conversation's tool definitions, where it has any."""
+    prompt_field: str = "prompt"
+    """Preference: the field holding a pair's prompt (a string or messages)."""
+    chosen_field: str = "chosen"
+    """Preference: the field holding a pair's preferred answer."""
+    rejected_field: str = "rejected"
+    """Preference: the field holding a pair's dispreferred answer."""
     unique: bool = False
     """Language modelling: score each distinct text once (e.g. a paragraph shared by many questions)."""
     metrics: list[str] = []

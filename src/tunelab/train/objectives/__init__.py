@@ -6,7 +6,9 @@
 - multi_head: one shared encoder with a classification head per task (a mixture; full fine-tuning);
 - task_adapters: one LoRA adapter per task (plus an optional shared one) over a frozen decoder, each
   single-task batch routed to its adapter (a mixture);
-- language_model: a decoder trained on raw text blocks with the loss on every token (continued pre-training).
+- language_model: a decoder trained on raw text blocks with the loss on every token (continued pre-training);
+- chat: a decoder tuned on whole conversations, the loss on the turns meant to train;
+- preference: a decoder tuned on preference pairs (or good/bad examples) by DPO or a relative.
 
 Adding an objective is its module and one `register_objective` line here (or one call from anywhere else, as a
 test does with a toy objective).
@@ -24,6 +26,7 @@ from tunelab.train.objectives.chat import ChatObjective
 from tunelab.train.objectives.classifier import Classifier
 from tunelab.train.objectives.language_model import LanguageModel
 from tunelab.train.objectives.multi_head import MultiHead
+from tunelab.train.objectives.preference import PreferenceObjective
 from tunelab.train.objectives.task_adapters import TaskAdapters
 from tunelab.train.objectives.text_to_text import TextToText
 
@@ -91,3 +94,4 @@ register_objective(MultiHead)
 register_objective(TaskAdapters)
 register_objective(LanguageModel)
 register_objective(ChatObjective)
+register_objective(PreferenceObjective)

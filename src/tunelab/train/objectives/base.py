@@ -29,6 +29,7 @@ from tunelab.methods.peft_common import name_base_model
 from tunelab.models.family import model_family
 from tunelab.models.loading import load_base, load_model, portable_reference
 from tunelab.records import Record
+from tunelab.runs import RunDir
 from tunelab.tasks import load_task
 
 
@@ -121,6 +122,11 @@ class Objective(ABC):
     @abstractmethod
     def feed(self, model: nn.Module, config: RunConfig, tasks: TaskSet, plan: Plan, tokenizer) -> Feed:
         """The planned draws as training examples, the validation sets, and the trainer and collator to read them."""
+
+    def complete_feed(self, feed: Feed, model: nn.Module, config: RunConfig, run: RunDir) -> Feed:
+        """The feed with what it needs from the untuned model or the run directory, once the run's directory exists
+        (a preference run's reference log-probabilities, kept there for a resume); the feed as it is by default."""
+        return feed
 
     def learning_rate(self, config: RunConfig) -> float:
         """The learning rate to train with: the configured one, or the method's measured default as the run's kind
