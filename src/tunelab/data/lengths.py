@@ -6,31 +6,17 @@ report says before training how many examples `data.max_length` and `data.max_ta
 
 from __future__ import annotations
 
-import math
-
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
 from tunelab.data.conversations import conversation_summary, count_conversations
+from tunelab.data.distribution import length_summary
 from tunelab.data.preferences import preference_lengths
 from tunelab.kinds import kind_named
 from tunelab.kinds.base import Family
 from tunelab.kinds.encoding import formatted_prompt_ids
 from tunelab.kinds.generation import render_prompt
 from tunelab.records import Record
-
-
-def length_summary(lengths: list[int], limit: int) -> dict:
-    """min / median / 95th percentile (nearest rank) / max, the limit, and how many exceed it."""
-    ordered = sorted(lengths)
-    return {
-        "min": ordered[0],
-        "median": ordered[(len(ordered) - 1) // 2],
-        "p95": ordered[math.ceil(0.95 * len(ordered)) - 1],
-        "max": ordered[-1],
-        "limit": limit,
-        "over": sum(length > limit for length in ordered),
-    }
 
 
 def _answers(records: list[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig, decoder: bool) -> list[int]:

@@ -18,6 +18,7 @@ from tunelab.config import DataConfig, RunConfig
 from tunelab.data.cleaning import Removed, removal_notes
 from tunelab.data.conversations import conversation_warnings, summary_lines
 from tunelab.data.lengths import token_lengths
+from tunelab.data.preferences import preference_lines, preference_warnings
 from tunelab.data.quality import (
     NEAR_THRESHOLD,
     PERMUTATIONS,
@@ -183,14 +184,20 @@ def label_warnings(task: str, labels: dict) -> list[str]:
     return lines
 
 
-def _conversation_warnings(tasks: dict[str, dict]) -> list[str]:
-    """What in a run's training conversations will not train as meant (`tunelab.data.conversations`)."""
-    return [
-        line
-        for task, found in tasks.items()
-        if found["lengths"] and "conversations" in found["lengths"]
-        for line in conversation_warnings(task, found["lengths"]["conversations"])
-    ]
+def _summary_warnings(tasks: dict[str, dict]) -> list[str]:
+    """What in a run's training conversations will not train as meant (`tunelab.data.conversations`), and the
+    preference pairs of any split that carry no preference (`tunelab.data.preferences`): a trained one teaches
+    nothing, a held-out one measures nothing."""
+    lines = []
+    for task, found in tasks.items():
+        lengths = found["lengths"] or {}
+        if "conversations" in lengths:
+            lines += conversation_warnings(task, lengths["conversations"])
+        held_out = [(f"{task} ({split})", held) for split, held in found.get("held_out_lengths", {}).items() if held]
+        for named, measured in [(task, lengths), *held_out]:
+            if "preferences" in measured:
+                lines += preference_warnings(named, measured["preferences"])
+    return lines
 
 
 def warnings_of(tasks: dict[str, dict]) -> list[str]:
@@ -222,7 +229,7 @@ def assemble(tasks: dict[str, dict], cleaning: dict | None = None) -> dict:
         },
         "tasks": tasks,
         "warnings": [line for task, found in tasks.items() for line in label_warnings(task, found["labels"])]
-        + _conversation_warnings(tasks)
+        + _summary_warnings(tasks)
         + warnings_of(tasks),
         "contamination": warnings_of(tasks),
         "cleaning": cleaning,
@@ -345,10 +352,12 @@ def _lengths_lines(lengths: dict | None, split: str = "") -> list[str]:
         if truncated is None
         else f"; {truncated} example(s) will be truncated"
     )
-    if "conversations" not in lengths:
-        return [line]
     indent = "  " if split else ""
-    return [line, *(indent + entry for entry in summary_lines(lengths["conversations"]))]
+    if "conversations" in lengths:
+        return [line, *(indent + entry for entry in summary_lines(lengths["conversations"]))]
+    if "preferences" in lengths:
+        return [line, *(indent + entry for entry in preference_lines(lengths["preferences"]))]
+    return [line]
 
 
 def _task_lines(name: str, found: dict) -> list[str]:
