@@ -30,7 +30,7 @@ from tunelab.models.loading import config_tokenizer
 from tunelab.records import DataError
 from tunelab.tasks import load_task
 
-from helpers import SHARED_DATA, cli, write_jsonl, write_yaml
+from helpers import SHARED_DATA, cli, session_home, write_jsonl, write_yaml
 
 MODEL = "smollm2-135m-instruct"
 CLOSING = "<|im_end|>"
@@ -89,8 +89,10 @@ def _config_file(tmp_path, rows: list[dict], **data) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("preference-tokenizer")
-    return config_tokenizer(_config(folder, HELD_OUT))
+    """The run's tokenizer, prepared in the session's registry cache as every other load here is."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
+        return config_tokenizer(_config(tmp_path_factory.mktemp("preference-tokenizer"), HELD_OUT))
 
 
 QUESTION = "Which planet is the largest?"
@@ -296,6 +298,17 @@ def test_the_report_counts_pairs_equal_answers_and_length_bias(tmp_path, tokeniz
     assert "  - pairs: 1; unpaired examples: none" in shown  # each held-out split, under its lengths
 
 
+def test_an_equal_pair_in_the_test_split_is_warned_about_under_its_split(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", HELD_OUT)
+    test = write_jsonl(tmp_path / "equal-test.jsonl", [_pair("Say something.", SAME, SAME)])
+    report, _ = run_data_report(build_config(_settings(tmp_path, train, _held_out(tmp_path)[0], test)))
+    (name,) = report["tasks"]
+    assert report["warnings"] == [
+        f"{name} (test): chosen equal to rejected in 1 pair(s) ({test}:1): they carry no "
+        "preference; drop them or fix one answer"
+    ]
+
+
 def test_unpaired_examples_are_counted_good_and_bad(tmp_path, tokenizer):
     rows = [
         {"prompt": "Is ice cold?", "completion": "Yes, ice is cold.", "label": True},
@@ -315,6 +328,17 @@ def test_unpaired_examples_are_counted_good_and_bad(tmp_path, tokenizer):
         "bad_mean": float(_answer_tokens(tokenizer, "Yes.")),
     }
     assert "- pairs: 0; unpaired examples: 2 good, 1 bad (mean answer tokens: good" in render_report(report)
+
+
+def test_an_answer_judged_both_good_and_bad_is_a_conflict_not_a_duplicate(tmp_path):
+    judged = {"prompt": "Is ice cold?", "completion": "Yes, ice is cold."}
+    rows = [{**judged, "label": True}, {**judged, "label": False}, {**judged, "label": True}, HELD_OUT[0]]
+    report, _ = run_data_report(_config(tmp_path, rows))
+    (found,) = report["tasks"].values()
+    assert (found["conflicts"]["inputs"], found["conflicts"]["records"]) == (1, 3)
+    assert (found["exact_duplicates"]["groups"], found["exact_duplicates"]["extra"]) == (1, 1)  # lines 1 and 3
+    (task,) = load_taskset(_config(tmp_path, rows, dedup="exact")).trained.values()
+    assert [record.where.rsplit(":", 1)[1] for record in task.train] == ["1", "2", "4"]
 
 
 def test_truncation_counts_are_what_training_cuts(tmp_path, tokenizer):

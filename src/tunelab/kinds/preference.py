@@ -123,7 +123,9 @@ class PreferenceKind(Kind):
         }
 
     def answer_field(self, data: DataConfig) -> str | None:
-        return None
+        """An unpaired example's label: one prompt and answer judged both good and bad is a conflict, and only
+        copies judged alike are duplicates (a pair has no label; pairs are compared by their turns alone)."""
+        return data.label_field
 
     def task_answer_field(self, spec: Any) -> str | None:
         return None
