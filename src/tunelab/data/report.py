@@ -2,9 +2,9 @@
 
 For each trained task: exact and near-duplicates, inputs with conflicting answers, the label distribution, token
 lengths against the run's limits (for conversations, what of them trains; for preference data, its pairs, the
-pairs whose answers are equal and the length bias), and overlap with every set the run (or `tunelab data check`) compares it with:
-its validation and test splits (leakage), the other tasks it is scored on and its retention suite
-(contamination). Overlap with a test split or a suite becomes a warning, which the run's card repeats: a score
+pairs whose answers are equal and the length bias), and overlap with every set the run (or `tunelab data check`)
+compares it with: its validation and test splits (leakage), the other tasks it is scored on and its retention
+suite (contamination). Overlap with a test split or a suite becomes a warning, which the run's card repeats: a score
 measured on trained examples is worthless. `tunelab train` prints the report and saves it as
 `<run>/data/report.json` and `report.md`.
 """
