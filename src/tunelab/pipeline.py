@@ -29,6 +29,7 @@ from tunelab.data_checks import data_report, save_data_report
 from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
+from tunelab.eval.judge import RewardJudge, check_judge, judge_answers
 from tunelab.eval.targets import Target, trained_target
 from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, TrainableReport, check_method
@@ -52,6 +53,7 @@ from tunelab.runs import (
     run_chain,
     write_atomic,
     write_json,
+    write_jsonl,
 )
 from tunelab.tasks.suite import load_suite
 from tunelab.train.memory import peak_memory, reset_peak
@@ -75,6 +77,7 @@ def check_runnable(config: RunConfig) -> None:
     check_trackers(config)
     if config.eval.retention_suite:
         load_suite(config.eval.retention_suite)
+    check_judge(config)
 
 
 def earlier_stages(config: RunConfig) -> list[dict]:
@@ -133,7 +136,8 @@ def _check_demonstrations(config: RunConfig, tasks: TaskSet) -> None:
 
 def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: TaskSet) -> None:
     """Score the model before tuning as each of `eval.baselines` asks, once per run: a baseline already written (a
-    resumed run) is kept. Few-shot demonstrations come from each trained task's training records."""
+    resumed run) is kept, with the zero-shot answers a judge reads (`eval.judge`). Few-shot demonstrations come
+    from each trained task's training records."""
     paths = {"zero_shot": run.base_eval_path, "few_shot": run.few_shot_eval_path}
     # decided once, by rank 0: another rank looking for a file could see it already written and skip the barrier
     missing = distributed.share_from_main([b for b in config.eval.baselines if not paths[b].exists()])
@@ -147,9 +151,18 @@ def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: Ta
         for baseline in missing:
             shots = config.eval.shots if baseline == "few_shot" else 0
             print(f"scoring the base model {shots}-shot on the test data ...")
+            answers: dict[str, list[str]] = {}
             scores = score_tasks(
-                target, tasks.scored(), config.training.seed, shots=shots, scoring=config.eval.scoring, pools=pools
+                target,
+                tasks.scored(),
+                config.training.seed,
+                shots=shots,
+                scoring=config.eval.scoring,
+                pools=pools,
+                answers=answers,
             )
+            if baseline == "zero_shot" and config.eval.judge:
+                write_json(run.base_answers_path, answers)
             write_json(paths[baseline], scores)
     distributed.barrier()
 
@@ -283,7 +296,10 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     run.save_model(lambda directory: ready.objective.save(model, config, directory), ready.tokenizer)
     print("scoring the tuned model on the test data ...")
     tuned_target = _saved_target(run, config)
-    tuned = score_tasks(tuned_target, tasks.scored(), config.training.seed, scoring=config.eval.scoring)
+    answers: dict[str, list[str]] = {}
+    tuned = score_tasks(
+        tuned_target, tasks.scored(), config.training.seed, scoring=config.eval.scoring, answers=answers
+    )
     base, few_shot = (
         json.loads(path.read_text()) if path.exists() else None
         for path in (run.base_eval_path, run.few_shot_eval_path)
@@ -294,6 +310,8 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         "method": config.method.name,
         "architecture": ready.objective.name,
     }
+    if config.eval.judge:
+        evaluation["judge"] = _judged(config, ready, answers)
     write_json(run.eval_path, evaluation)
     steps = trainer.state.global_step
     run.update_state(
@@ -309,6 +327,18 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting, masks))
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def _judged(config: RunConfig, ready: Setup, tuned: dict[str, list[str]]) -> dict:
+    """The judge's (`eval.judge`) verdict on the base's and the tuned model's answers to the test prompts, its
+    per-prompt scores written to eval/judge.jsonl; returns eval.json's `judge` section."""
+    print(f"judging the base's and the tuned model's answers with the reward model {config.eval.judge} ...")
+    base = json.loads(ready.run.base_answers_path.read_text(encoding="utf-8"))
+    report, rows = judge_answers(
+        RewardJudge.load(config.eval.judge), ready.tasks.scored(), base, tuned, seed=config.training.seed
+    )
+    write_jsonl(ready.run.path / "eval" / "judge.jsonl", rows)
+    return report
 
 
 def _saved_target(run: RunDir, config: RunConfig) -> Target:

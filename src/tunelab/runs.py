@@ -12,12 +12,15 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
     metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
     base_eval.json  test metrics of the model before tuning, zero-shot (written before training, kept on resume)
     few_shot_eval.json  the same, few-shot (`eval.baselines: [few_shot]`; written before training, kept on resume)
+    base_answers.json  the base model's zero-shot answers per task, kept for the judge (`eval.judge`)
     checkpoints/    Trainer checkpoints while training (removed once the run completes)
     model/          what training changed, as the method saves it (safetensors: the full model, a PEFT
                     adapter, a bottleneck adapter, or the changed tensors of head/bitfit) and the tokenizer
     merged/         the tuned model with its update folded in, written when a next run names this one as its
                     model.name (a two-stage recipe); full fine-tuning needs none
-    eval.json       final test metrics, tuned and base, same data and metric
+    eval.json       final test metrics, tuned and base, same data and metric (and the judge's win rate)
+    eval/           reports written after training: forgetting, and judge.jsonl (`eval.judge`: each test prompt's
+                    base and tuned answers with the judge's scores)
     data/           report.json and report.md (duplicates, conflicts, labels, token lengths, leakage and
                     contamination, as printed at the start), and removed.jsonl when data.dedup or
                     data.drop_overlap is on (every training record removed, with why)
@@ -156,6 +159,7 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     base_eval_path = property(lambda self: self.path / "base_eval.json")
     few_shot_eval_path = property(lambda self: self.path / "few_shot_eval.json")
+    base_answers_path = property(lambda self: self.path / "base_answers.json")
     eval_path = property(lambda self: self.path / "eval.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     model_dir = property(lambda self: self.path / "model")

@@ -25,15 +25,19 @@ def score_tasks(
     shots: int = 0,
     scoring: str | None = None,
     pools: dict[str, list[Record]] | None = None,
+    answers: dict[str, list[str]] | None = None,
 ) -> dict[str, dict]:
     """Each task's report (`TaskResult.as_dict`) for `target`, which answers each task its own way: after `shots`
     demonstrations drawn from the task's records in `pools` (a run's training records; the task's own train split
-    for a task without them), classification scored as `scoring` says."""
+    for a task without them), classification scored as `scoring` says. `answers`, when given, receives each task's
+    raw answers in record order (`TaskResult.outputs`: what a judge scores)."""
     results, pools = {}, pools or {}
     for name, (spec, records, _) in tasks.items():
         print(f"scoring {target.name} on {name} ({len(records)} examples) ...", flush=True)
         result = run_task(target, spec, records, samples, seed, shots, scoring, pools.get(name))
         results[name] = result.as_dict()
+        if answers is not None:
+            answers[name] = result.outputs
     return results
 
 
