@@ -136,8 +136,7 @@ def _check_demonstrations(config: RunConfig, tasks: TaskSet) -> None:
 
 def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: TaskSet) -> None:
     """Score the model before tuning as each of `eval.baselines` asks, once per run: a baseline already written (a
-    resumed run) is kept, with the zero-shot answers a judge reads (`eval.judge`). Few-shot demonstrations come
-    from each trained task's training records."""
+    resumed run) is kept. Few-shot demonstrations come from each trained task's training records."""
     paths = {"zero_shot": run.base_eval_path, "few_shot": run.few_shot_eval_path}
     # decided once, by rank 0: another rank looking for a file could see it already written and skip the barrier
     missing = distributed.share_from_main([b for b in config.eval.baselines if not paths[b].exists()])
@@ -151,18 +150,9 @@ def _score_baselines(config: RunConfig, run: RunDir, model, tokenizer, tasks: Ta
         for baseline in missing:
             shots = config.eval.shots if baseline == "few_shot" else 0
             print(f"scoring the base model {shots}-shot on the test data ...")
-            answers: dict[str, list[str]] = {}
             scores = score_tasks(
-                target,
-                tasks.scored(),
-                config.training.seed,
-                shots=shots,
-                scoring=config.eval.scoring,
-                pools=pools,
-                answers=answers,
+                target, tasks.scored(), config.training.seed, shots=shots, scoring=config.eval.scoring, pools=pools
             )
-            if baseline == "zero_shot" and config.eval.judge:
-                write_json(run.base_answers_path, answers)
             write_json(paths[baseline], scores)
     distributed.barrier()
 
@@ -296,10 +286,7 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     run.save_model(lambda directory: ready.objective.save(model, config, directory), ready.tokenizer)
     print("scoring the tuned model on the test data ...")
     tuned_target = _saved_target(run, config)
-    answers: dict[str, list[str]] = {}
-    tuned = score_tasks(
-        tuned_target, tasks.scored(), config.training.seed, scoring=config.eval.scoring, answers=answers
-    )
+    tuned = score_tasks(tuned_target, tasks.scored(), config.training.seed, scoring=config.eval.scoring)
     base, few_shot = (
         json.loads(path.read_text()) if path.exists() else None
         for path in (run.base_eval_path, run.few_shot_eval_path)
@@ -311,7 +298,7 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         "architecture": ready.objective.name,
     }
     if config.eval.judge:
-        evaluation["judge"] = _judged(config, ready, answers)
+        evaluation["judge"] = _judged(config, ready, base, tuned)
     write_json(run.eval_path, evaluation)
     steps = trainer.state.global_step
     run.update_state(
@@ -329,11 +316,11 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def _judged(config: RunConfig, ready: Setup, tuned: dict[str, list[str]]) -> dict:
-    """The judge's (`eval.judge`) verdict on the base's and the tuned model's answers to the test prompts, its
-    per-prompt scores written to eval/judge.jsonl; returns eval.json's `judge` section."""
+def _judged(config: RunConfig, ready: Setup, base: dict[str, dict], tuned: dict[str, dict]) -> dict:
+    """The judge's (`eval.judge`) verdict on the base's and the tuned model's answers to the test prompts (kept in
+    their zero-shot scores), its per-prompt scores written to eval/judge.jsonl; returns eval.json's `judge`
+    section."""
     print(f"judging the base's and the tuned model's answers with the reward model {config.eval.judge} ...")
-    base = json.loads(ready.run.base_answers_path.read_text(encoding="utf-8"))
     report, rows = judge_answers(
         RewardJudge.load(config.eval.judge), ready.tasks.scored(), base, tuned, seed=config.training.seed
     )

@@ -12,7 +12,6 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
     metrics.jsonl   one line per log/eval event: step, loss, learning rate, eval metrics
     base_eval.json  test metrics of the model before tuning, zero-shot (written before training, kept on resume)
     few_shot_eval.json  the same, few-shot (`eval.baselines: [few_shot]`; written before training, kept on resume)
-    base_answers.json  the base model's zero-shot answers per task, kept for the judge (`eval.judge`)
     checkpoints/    Trainer checkpoints while training (removed once the run completes)
     model/          what training changed, as the method saves it (safetensors: the full model, a PEFT
                     adapter, a bottleneck adapter, or the changed tensors of head/bitfit) and the tokenizer
@@ -159,7 +158,6 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     base_eval_path = property(lambda self: self.path / "base_eval.json")
     few_shot_eval_path = property(lambda self: self.path / "few_shot_eval.json")
-    base_answers_path = property(lambda self: self.path / "base_answers.json")
     eval_path = property(lambda self: self.path / "eval.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     model_dir = property(lambda self: self.path / "model")

@@ -87,21 +87,23 @@ def _win_rate(tuned: list[float], base: list[float], samples: int, seed: int) ->
 def judge_answers(
     judge: RewardJudge,
     tasks: ScoredTasks,
-    base: dict[str, list[str]],
-    tuned: dict[str, list[str]],
+    base: dict[str, dict],
+    tuned: dict[str, dict],
     samples: int = 1000,
     seed: int = 0,
 ) -> tuple[dict, list[dict]]:
-    """The judge's verdict on each task both models answered (`base` and `tuned`: each task's answers, in record
-    order): the tuned model's win rate with its interval and both models' mean scores (eval.json's `judge`), and one
-    row per prompt with both answers and their scores."""
+    """The judge's verdict on each task both models answered by generating (`base` and `tuned`: their scores of
+    each task, `score_tasks`, whose `answers` hold the answers in record order): the tuned model's win rate with its
+    interval and both models' mean scores (eval.json's `judge`), and one row per prompt with both answers and their
+    scores."""
     report: dict = {"judge": judge.name, "tasks": {}}
     rows = []
     for name, (spec, records, _) in tasks.items():
-        if not base.get(name) or not tuned.get(name):
-            continue  # a task a model was not asked (skipped)
+        base_answers, tuned_answers = base[name].get("answers"), tuned[name].get("answers")
+        if not base_answers or not tuned_answers:
+            continue  # a task a model did not answer by generating (skipped, or scored otherwise)
         prompts = [spec.handler.prompt_messages(spec, record) for record in records]
-        base_scores, tuned_scores = judge.score(prompts, base[name]), judge.score(prompts, tuned[name])
+        base_scores, tuned_scores = judge.score(prompts, base_answers), judge.score(prompts, tuned_answers)
         report["tasks"][name] = {
             "examples": len(records),
             "win_rate": _win_rate(tuned_scores, base_scores, samples, seed).as_dict(),
@@ -110,7 +112,7 @@ def judge_answers(
         }
         rows += [
             {"task": name, "index": i, "base": b, "tuned": t, "base_score": bs, "tuned_score": ts}
-            for i, (b, t, bs, ts) in enumerate(zip(base[name], tuned[name], base_scores, tuned_scores))
+            for i, (b, t, bs, ts) in enumerate(zip(base_answers, tuned_answers, base_scores, tuned_scores))
         ]
     return report, rows
 
