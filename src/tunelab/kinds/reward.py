@@ -131,11 +131,13 @@ class RewardKind(Kind):
             )
 
     def record_problem(self, record: Record, source: Any) -> str | None:
+        """A run's data (`source` a DataConfig) trains, so its records must be pairs; a task's records may also be
+        a prompt with one answer to score (`predict`), which pairwise accuracy refuses where it compares pairs."""
         try:
-            pair = read_preference(record.fields, _fields_of(source))
+            scored, _ = scored_conversations(record.fields, _fields_of(source))
         except ConversationError as exc:
             return f"{record.where}: {exc}"
-        return None if pair.paired else f"{record.where}: {UNPAIRED}"
+        return f"{record.where}: {UNPAIRED}" if isinstance(source, DataConfig) and SINGLE_KEY in scored else None
 
     def compared_text(self, record: Record, source: Any) -> str | None:
         """The prompt's turns and both answers, as the preference kind compares a pair."""
