@@ -175,7 +175,12 @@ def tiny_targets(folder: Path, encoder: str, decoder: str) -> dict[str, str]:
     }
 
 
-ENDPOINTS = {"/v1/chat/completions": "generate", "/v1/completions": "generate", "/v1/classify": "classify"}
+ENDPOINTS = {
+    "/v1/chat/completions": "generate",
+    "/v1/completions": "generate",
+    "/v1/classify": "classify",
+    "/v1/score": "score",
+}
 """Each endpoint and the kind of model id it answers."""
 
 ANY_RECORD = {"text": "the film was great", "sentence1": "A cat sleeps.", "sentence2": "An animal sleeps."}
@@ -186,12 +191,18 @@ ANY_RECORD = {"text": "the film was great", "sentence1": "A cat sleeps.", "sente
 def _request(endpoint: str, model: str) -> dict:
     if endpoint == "/v1/classify":
         return {"model": model, "input": [ANY_RECORD]}
+    if endpoint == "/v1/score":
+        answered = [{"role": "user", "content": "repeat the word film"}, {"role": "assistant", "content": "film"}]
+        return {"model": model, "messages": answered}
     if endpoint == "/v1/completions":
         return {"model": model, "prompt": "repeat the word film", "max_tokens": 6}
     return {"model": model, "messages": [{"role": "user", "content": "repeat the word film"}], "max_tokens": 6}
 
 
 def _answer(endpoint: str, body: dict) -> str:
+    if endpoint == "/v1/score":
+        (scored,) = body["data"]
+        return str(scored["score"])
     if endpoint == "/v1/classify":
         (prediction,) = body["data"]
         return prediction["label"] if sum(prediction["scores"].values()) > 0.999 else ""
@@ -200,7 +211,7 @@ def _answer(endpoint: str, body: dict) -> str:
 
 
 def endpoint_outcomes(ask, models: dict[str, str]) -> dict[tuple[str, str], str]:
-    """What every endpoint does for every model id ({id: 'generate' | 'classify'}): 'answered' (a 200 with a
+    """What every endpoint does for every model id ({id: 'generate' | 'classify' | 'score'}): 'answered' (a 200 with a
     non-empty answer), 'refused' (OpenAI's 400 for the wrong endpoint), or the status and body seen otherwise.
     `ask(endpoint, body)` sends one request and returns (status, JSON body): a server, or the UI's test client."""
     outcomes = {}

@@ -99,6 +99,8 @@ def test_learning_rate_picks_the_with_head_rate_for_classification_and_the_gener
         "tagging": 2e-4,
         "language_modeling": 2e-4,
         "chat": 2e-4,
+        "preference": 2e-5,  # a tenth of the generative rate: DPO moves a policy that is tuned already
+        "reward": 2e-3,  # a new scalar head
     }
 
 

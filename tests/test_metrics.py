@@ -214,6 +214,8 @@ def test_registry_describes_every_metric():
         "exact_match",
         "squad_f1",
         "stop_rate",
+        "pairwise_accuracy",
+        "win_rate",
     }
 
 

@@ -170,6 +170,25 @@ def _setup_lines(config: RunConfig) -> str:
     )
 
 
+def _judge_section(evaluation: dict) -> str:
+    """The reward-model win rate (`eval.judge`): per task, the share of test prompts whose tuned answer the judge
+    scored above the base's (ties half, 95% interval), and both models' mean scores; empty without a judge."""
+    judged = evaluation.get("judge")
+    if not judged:
+        return ""
+    rows = "".join(
+        f"| {name} | {task['examples']} | {format_interval(task['win_rate'])} | {task['base_score']:.3f} | "
+        f"{task['tuned_score']:.3f} |\n"
+        for name, task in judged["tasks"].items()
+    )
+    return (
+        f"\n## Reward-model win rate, tuned over base (judge `{judged['judge']}`)\n"
+        "| task | prompts | win rate | base mean score | tuned mean score |\n| --- | ---: | --- | ---: | ---: |\n"
+        f"{rows}\nEach test prompt's greedy answers, the base's and the tuned model's, scored by the judge; a tie counts "
+        "half. Per-prompt scores: `eval/judge.jsonl`.\n"
+    )
+
+
 def _tracking_line(state: dict) -> str:
     """Where else the training log went (`training.report_to`), so a reader of the card finds the curves."""
     tracking = state.get("tracking")
@@ -234,6 +253,6 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 {results_table(evaluation)}
 
 {objective_of(config).base_note}{_protocol_note(config)}
-{forgetting_section}
+{_judge_section(evaluation)}{forgetting_section}
 Reproduce: `tunelab train config.yaml` with the `config.yaml` in this directory.
 """

@@ -756,10 +756,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="records to answer (JSONL, CSV or Parquet) with the input fields the run trained on: a classifier's "
         "data.text_field (and data.text_pair_field), a generator's prompt_template fields; no label or answer needed "
-        "(another column: data.text_field=COLUMN); or a .txt file, one text per line",
+        "(another column: data.text_field=COLUMN); or a .txt file, one text per line. A reward model scores "
+        "prompt with chosen and rejected, or prompt with completion",
     )
     predict.add_argument(
-        "--output", required=True, help="JSONL: each input record plus `prediction` (and a classifier's `scores`)"
+        "--output",
+        required=True,
+        help="JSONL: each input record plus `prediction` (and a classifier's `scores`); a reward model's "
+        "`score_chosen` and `score_rejected` for a pair, `score` for a prompt with one completion",
     )
     predict.add_argument("--task", help=TASK_HELP)
     predict.add_argument(

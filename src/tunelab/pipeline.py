@@ -29,6 +29,7 @@ from tunelab.data_checks import data_report, save_data_report
 from tunelab.eval.fewshot import demonstration_pool
 from tunelab.eval.forgetting import forgetting_report, render_forgetting
 from tunelab.eval.gain import evaluation_summary, score_tasks
+from tunelab.eval.judge import RewardJudge, check_judge, judge_answers
 from tunelab.eval.targets import Target, trained_target
 from tunelab.kinds import kind_of_run
 from tunelab.methods import MethodError, TrainableReport, check_method
@@ -52,6 +53,7 @@ from tunelab.runs import (
     run_chain,
     write_atomic,
     write_json,
+    write_jsonl,
 )
 from tunelab.tasks.suite import load_suite
 from tunelab.train.memory import peak_memory, reset_peak
@@ -75,6 +77,7 @@ def check_runnable(config: RunConfig) -> None:
     check_trackers(config)
     if config.eval.retention_suite:
         load_suite(config.eval.retention_suite)
+    check_judge(config)
 
 
 def earlier_stages(config: RunConfig) -> list[dict]:
@@ -294,6 +297,8 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         "method": config.method.name,
         "architecture": ready.objective.name,
     }
+    if config.eval.judge:
+        evaluation["judge"] = _judged(config, ready, base, tuned)
     write_json(run.eval_path, evaluation)
     steps = trainer.state.global_step
     run.update_state(
@@ -309,6 +314,18 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting, masks))
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def _judged(config: RunConfig, ready: Setup, base: dict[str, dict], tuned: dict[str, dict]) -> dict:
+    """The judge's (`eval.judge`) verdict on the base's and the tuned model's answers to the test prompts (kept in
+    their zero-shot scores), its per-prompt scores written to eval/judge.jsonl; returns eval.json's `judge`
+    section."""
+    print(f"judging the base's and the tuned model's answers with the reward model {config.eval.judge} ...")
+    report, rows = judge_answers(
+        RewardJudge.load(config.eval.judge), ready.tasks.scored(), base, tuned, seed=config.training.seed
+    )
+    write_jsonl(ready.run.path / "eval" / "judge.jsonl", rows)
+    return report
 
 
 def _saved_target(run: RunDir, config: RunConfig) -> Target:

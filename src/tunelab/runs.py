@@ -17,7 +17,9 @@ Layout of `<output_dir>/<name>-<timestamp>/`:
                     adapter, a bottleneck adapter, or the changed tensors of head/bitfit) and the tokenizer
     merged/         the tuned model with its update folded in, written when a next run names this one as its
                     model.name (a two-stage recipe); full fine-tuning needs none
-    eval.json       final test metrics, tuned and base, same data and metric
+    eval.json       final test metrics, tuned and base, same data and metric (and the judge's win rate)
+    eval/           reports written after training: forgetting, and judge.jsonl (`eval.judge`: each test prompt's
+                    base and tuned answers with the judge's scores)
     data/           report.json and report.md (duplicates, conflicts, labels, token lengths, leakage and
                     contamination, as printed at the start), and removed.jsonl when data.dedup or
                     data.drop_overlap is on (every training record removed, with why)

@@ -51,7 +51,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), quiet: bool 
                 f"{path} must hold a mapping of sections (model:, data:, ...), got {type(loaded).__name__}"
             )
         raw = loaded or {}
-    tried = _resolve_data_paths(raw, path.parent) if path is not None else {}
+    tried = _resolve_paths(raw, path.parent, "data", DATA_PATHS) if path is not None else {}
+    if path is not None:
+        _resolve_paths(raw, path.parent, "eval", EVAL_PATHS)  # a path found nowhere is refused where it is read
     if overrides:
         source += " with overrides " + " ".join(overrides)
     changes = parse_overrides(list(overrides))
@@ -66,16 +68,21 @@ DATA_PATHS = ("train", "validation", "test", "chat_template")
 template's name is left as it is)."""
 
 
-def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> dict[str, list[str]]:
-    """Make the config file's relative data paths absolute, read from the config's folder (as Axolotl and
-    LLaMA-Factory read theirs), so a config runs from any working directory. A path found only under the working
-    directory (the rule before) is still read from there, with a note; a path found in neither place becomes its
-    config-folder reading, and the places tried are returned (key -> absolute paths) for the error that follows."""
-    data = raw.get("data")
+EVAL_PATHS = ("judge",)
+"""The `eval:` keys that name folders (the judge's run directory), resolved as data paths are."""
+
+
+def _resolve_paths(raw: dict[str, Any], folder: Path, section: str, keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """Make the config file's relative paths under `section` (its `keys`) absolute, read from the config's folder (as
+    Axolotl and LLaMA-Factory read their data paths), so a config runs from any working directory. A path found only
+    under the working directory (the rule before) is still read from there, with a note; a path found in neither
+    place becomes its config-folder reading, and the places tried are returned (key -> absolute paths) for the error
+    that follows."""
+    data = raw.get(section)
     tried: dict[str, list[str]] = {}
     if not isinstance(data, dict):
         return tried
-    for key in DATA_PATHS:
+    for key in keys:
         value = data.get(key)
         if not isinstance(value, str) or not value or value.startswith(("hf:", "~")) or Path(value).is_absolute():
             continue
@@ -84,7 +91,7 @@ def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> dict[str, list[str
         beside, here = os.path.normpath(folder.absolute() / value), os.path.normpath(Path.cwd() / value)
         if not os.path.exists(beside) and os.path.exists(here):
             print(
-                f"note: data.{key} {value} is not in the config's folder ({beside}); read from the working "
+                f"note: {section}.{key} {value} is not in the config's folder ({beside}); read from the working "
                 f"directory instead ({here}). Write it relative to the config file's folder."
             )
             data[key] = here

@@ -259,6 +259,11 @@ class EvalConfig(Section):
     (what tuning cost on other abilities) goes to eval/forgetting-<suite>.json and the run card."""
     retention_limit: int | None = Field(None, ge=1)
     """Cap every retention task at this many examples (the suite's own limits otherwise)."""
+    judge: str | None = None
+    """A reward-model run directory (data.kind: reward) that judges a generating run after training: it scores the
+    base model's and the tuned model's greedy answers to each test prompt, and the tuned model's win rate over the
+    base (ties counting half, with a bootstrap interval) goes to eval.json, eval/judge.jsonl and the card. Needs
+    the zero_shot baseline. A relative path is read from the config file's folder, as data paths are."""
 
     @model_validator(mode="before")
     @classmethod

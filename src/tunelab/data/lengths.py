@@ -41,6 +41,9 @@ def token_lengths(
     """
     if not records:
         return None
+    own = kind_named(kind).input_lengths(records, tokenizer, data)
+    if own is not None:  # a kind that reads its records its own way (a reward model's whole answers)
+        return {"input": length_summary(own, data.max_length), "truncated": sum(n > data.max_length for n in own)}
     if family == "encoder":
         texts = [str(record.fields[data.text_field]) for record in records]
         pairs = [str(record.fields[data.text_pair_field]) for record in records] if data.text_pair_field else None

@@ -93,11 +93,10 @@ def load_task_data(config: RunConfig) -> TaskData:
         if split not in splits:
             train, splits[split] = _carve(train, max(1, round(total * fraction)), data.split_seed + offset)
             notes.append(f"{split}: {len(splits[split])} records split from train (seed {data.split_seed + offset})")
-    labels = None
-    if kind_of_run(config).head_answers:
-        labels = label_set(train, config, data.train)
+    kind = kind_of_run(config)
+    labels = label_set(train, config, data.train) if kind.head_answers else list(kind.head_labels) or None
     checked = {
-        name: enforce(check_records(records, kind_of_run(config), data, labels), f"{name} data", data.skip_invalid)
+        name: enforce(check_records(records, kind, data, labels), f"{name} data", data.skip_invalid)
         for name, records in (("train", train), ("validation", splits["validation"]), ("test", splits["test"]))
     }
     removed: list[Removed] = []

@@ -28,12 +28,14 @@ def score_tasks(
 ) -> dict[str, dict]:
     """Each task's report (`TaskResult.as_dict`) for `target`, which answers each task its own way: after `shots`
     demonstrations drawn from the task's records in `pools` (a run's training records; the task's own train split
-    for a task without them), classification scored as `scoring` says."""
+    for a task without them), classification scored as `scoring` says. Where the target generated text, the report
+    keeps each answer, in test-record order, under `answers`: a run's base and tuned answers to the same prompts,
+    for a reader, a judge or a rater to compare."""
     results, pools = {}, pools or {}
     for name, (spec, records, _) in tasks.items():
         print(f"scoring {target.name} on {name} ({len(records)} examples) ...", flush=True)
         result = run_task(target, spec, records, samples, seed, shots, scoring, pools.get(name))
-        results[name] = result.as_dict()
+        results[name] = {**result.as_dict(), **({"answers": result.outputs} if result.finishes else {})}
     return results
 
 

@@ -13,7 +13,9 @@ Who computes what:
   record's reference answer given its prompt: reference perplexity); beside it, lm-evaluation-harness's
   conventions for a text (its token, word and byte perplexities and bits per byte), so our numbers compare
   with the ones users read in papers; and the stop rate, the share of generated answers that end by themselves
-  (a chat model's closing token) before max_new_tokens cuts them.
+  (a chat model's closing token) before max_new_tokens cuts them; a reward model's pairwise accuracy (the
+  chosen answer scored above the rejected one) and a judge's win rate (one system's answer scored above
+  another's, a tie counting half), each read from pairs of scores.
 
 Every bounded metric is reported on a 0-100 scale (accuracy 87.5, F1 x100, MCC
 x100, ROUGE x100, BLEU/chrF as sacrebleu gives them); perplexity is raw. Each
@@ -461,6 +463,21 @@ def stopped(finish: str, reference: None = None) -> float:
     return 100.0 if finish == "stop" else 0.0
 
 
+# --- pairs of scores ---------------------------------------------------------------------------
+
+
+def pairwise_accuracy(scores: tuple[float, float], reference: None = None) -> float:
+    """One pair's: 100 when its first score (a reward model's score of the chosen answer) is above its second (the
+    rejected answer's), else 0, a tie counting as a miss; the metric is the mean over pairs."""
+    return 100.0 if scores[0] > scores[1] else 0.0
+
+
+def win_rate(scores: tuple[float, float], reference: None = None) -> float:
+    """One prompt's: 100 when its first score (a judge's score of one system's answer) is above its second (the
+    other system's), 50 on a tie, 0 below; the metric is the mean over prompts."""
+    return 100.0 if scores[0] > scores[1] else 50.0 if scores[0] == scores[1] else 0.0
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 
@@ -521,6 +538,10 @@ METRICS: dict[str, Metric] = {
             "share of generated answers ended by EOS (a chat template's closing token) within max_new_tokens",
             reads="finishes",
         ),
+        _mean_metric(
+            pairwise_accuracy, "tunelab", "share of pairs whose chosen answer a reward model scores above the other"
+        ),
+        _mean_metric(win_rate, "tunelab", "share of prompts whose first answer a judge scores higher, ties half"),
         _rolling(lm_eval_perplexity, "lm-eval's token perplexity: every token scored, the first after a prefix token"),
         _rolling(word_perplexity, "lm-eval's word perplexity: exp of NLL per whitespace-separated word"),
         _rolling(byte_perplexity, "lm-eval's byte perplexity: exp of NLL per UTF-8 byte"),

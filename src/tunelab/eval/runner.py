@@ -26,6 +26,7 @@ from tunelab.eval.generate import Answer, batches_by_length, generate_answers, p
 from tunelab.eval.metrics import MetricError, TextLikelihood, get_metric, unmatched_share
 from tunelab.eval.predict import classify
 from tunelab.eval.progress import progress
+from tunelab.eval.rewards import pair_scores, scored_records
 from tunelab.eval.rolling import rolling_nll
 from tunelab.eval.targets import Target, TargetError
 from tunelab.kinds import KINDS
@@ -119,6 +120,15 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0, records: Sequenc
     when it can."""
     if target.unavailable:
         return target.unavailable
+    if target.reward != spec.handler.scored_by_reward:
+        if target.reward:
+            return f"{target.name} is a reward model; it scores answers to a reward task, not a {spec.kind} task"
+        return (
+            f"a {spec.kind} task is scored by a reward model's scalar head, which {target.name} is not; train one "
+            "with data.kind: reward"
+        )
+    if target.reward:
+        return None
     if not target.generates and reads_reference_nll(spec):
         return f"{target.name} is a classifier; it gives no probability to a reference answer's tokens"
     if target.generates and spec.handler.prompted and spec.handler.templated and not spec.templates:
@@ -371,10 +381,13 @@ def answer_room(target: Target, spec: TaskSpec, scoring: str | None) -> int:
 
 
 def scoring_of(target: Target, spec: TaskSpec, scoring: str | None = None) -> str | None:
-    """How `target` answers `spec`: through its head, by generating, or, for a classification task on a generating
-    model, as `scoring` says (default the task's own `scoring`); None for perplexity."""
+    """How `target` answers `spec`: by a reward model's scores, through its head, by generating, or, for a
+    classification task on a generating model, as `scoring` says (default the task's own `scoring`); None for
+    perplexity."""
     if not spec.handler.prompted:
         return None
+    if target.reward:
+        return "reward"
     if not target.generates:
         return "head"
     return (scoring or spec.scoring) if spec.handler.head_answers else "generate"
@@ -400,6 +413,9 @@ def predictions_for(
             [],
         )
     references = kind.references(spec, records)
+    if scoring == "reward":  # each pair's (chosen, rejected) scores
+        pairs = pair_scores(target, spec, records, input_limit(target, spec))
+        return pairs, references, [f"chosen {chosen:.4f}, rejected {rejected:.4f}" for chosen, rejected in pairs], []
     if scoring == "head":
         labels = [p["label"] for p in classifier_predictions(target, spec, records)]
         return labels, references, labels, []
@@ -459,13 +475,16 @@ def run_task(
 
 
 def predict_records(target: Target, spec: TaskSpec, records: list[Record]) -> list[dict]:
-    """What `target` answers for each record of task `spec`: a classifier's label and label probabilities, or a
-    generator's text (with the kind's reading of it under its `answer_key`: the label a classification answer
-    names)."""
+    """What `target` answers for each record of task `spec`: a reward model's scores (a pair's two, or a prompt's
+    one answer's), a classifier's label and label probabilities, or a generator's text (with the kind's reading
+    of it under its `answer_key`: the label a classification answer names)."""
     target = target.for_task(spec.name)
     reason = skip_reason(target, spec, records=records)
     if reason:
         raise TargetError(f"cannot predict task {spec.name}: {reason}")
+    if target.reward:
+        scored = scored_records(target, spec, records, input_limit(target, spec))
+        return [{key: round(score, 6) for key, score in scores.items()} for scores in scored]
     if not target.generates:
         return [
             {"prediction": p["label"], "scores": p["scores"]} for p in classifier_predictions(target, spec, records)

@@ -54,6 +54,9 @@ class Target:
     """Why this target cannot answer at all (a multi-head run asked for a task it has no head for)."""
     head: bool = False
     """It answers through a trained classification head over `labels`, not by generating."""
+    reward: bool = False
+    """Its head is a reward model's one score of a prompt and answer (`labels` is its one output): it scores the
+    answers of a task of a kind `scored_by_reward`, and answers nothing."""
 
     @property
     def generates(self) -> bool:
@@ -89,7 +92,16 @@ def trained_target(
     batch_size = batch_size or config.training.eval_batch_size
     objective = objective_of(config)
     family = model_family(config.model)
-    target = Target(name, on_device(model), tokenizer, family, labels, batch_size, head=objective.answers_by_head)
+    target = Target(
+        name,
+        on_device(model),
+        tokenizer,
+        family,
+        labels,
+        batch_size,
+        head=objective.answers_by_head,
+        reward=objective.scores_answers,
+    )
     target.route = objective.route(target, model)
     return target
 

@@ -17,6 +17,7 @@ from tunelab.kinds.classification import Classification
 from tunelab.kinds.generation import Generation
 from tunelab.kinds.language_modeling import LanguageModeling
 from tunelab.kinds.preference import PreferenceKind
+from tunelab.kinds.reward import RewardKind
 from tunelab.kinds.tagging import Tagging
 
 KINDS: dict[str, Kind] = {}
@@ -48,6 +49,7 @@ register_kind(Tagging)
 register_kind(LanguageModeling)
 register_kind(Chat)
 register_kind(PreferenceKind)
+register_kind(RewardKind)
 
 OLD_KINDS: dict[str, tuple[str, str]] = {
     "summarisation": ("generation", "rougeL"),

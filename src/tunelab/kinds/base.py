@@ -72,6 +72,16 @@ class Kind(ABC):
     perturbed: ClassVar[bool] = True
     """Whether robustness may perturb its inputs and bias swap words in them: not where noise inside tokens or
     the scored text would change what the gold answer is."""
+    families: ClassVar[tuple[Family, ...]] = ("decoder", "encoder-decoder")
+    """The model families that can train it: a generating one by default (`tunelab.models.loading.check_family`
+    refuses a model of another before it loads)."""
+    head_labels: ClassVar[tuple[str, ...]] = ()
+    """The outputs of the head a model answers it through, where the data does not name them (a reward model's one
+    score); empty where there is no head, or a classifier reads its labels from its data."""
+    scored_by_reward: ClassVar[bool] = False
+    """Whether it is answered by a reward model's scalar score of each answer (a pair's two compared), which
+    neither a generating model nor a classifier gives: evaluation skips it for them, and a reward model scores
+    nothing else."""
 
     def check_run(self, config: Any) -> None:
         """Refuse, before any data or model loads, a `data:` run (a `RunConfig`) whose settings this kind cannot
@@ -101,6 +111,27 @@ class Kind(ABC):
         """The ids a decoder answers a record of an untemplated kind (`templated` False) from, within `budget`
         tokens; a templated kind's prompt is its task's template filled (`tunelab.eval.runner.prompt_ids`)."""
         raise KindError(f"a {self.name} task is asked through its instruction templates, not its own prompt")
+
+    def prompt_messages(self, spec: Any, record: Record) -> list[dict[str, Any]]:
+        """A record's prompt as the conversation a reward model judges an answer to (`eval.judge`): a templated
+        kind's first template filled, as one user turn; a kind with prompts of its own overrides it."""
+        if not (self.prompted and self.templated):
+            raise KindError(f"a {self.name} task has no prompt for a reward model to judge an answer to")
+        return [{"role": "user", "content": spec.prompt(record)}]
+
+    def scored_ids(
+        self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, limit: int
+    ) -> dict[str, list[int]]:
+        """What a reward model scores of a record of a kind `scored_by_reward`: each sequence's token ids within
+        `limit`, by the key its score is reported under."""
+        raise KindError(f"a {self.name} task is not scored by a reward model")
+
+    def input_lengths(
+        self, records: Sequence[Record], tokenizer: PreTrainedTokenizerBase, data: DataConfig
+    ) -> list[int] | None:
+        """Each record's length in tokens as this kind reads it, uncut, where the data report's shared measures (a
+        text field; a prompt and an answer; a conversation) do not fit it; None where they do."""
+        return None
 
     def reference_examples(
         self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int

@@ -160,6 +160,11 @@ class Chat(Kind):
         data = self.data_config(spec, limit, 0, 0)
         return [_example(masked_record(record, tokenizer, data)) for record in records]
 
+    def prompt_messages(self, spec: Any, record: Record) -> list[dict[str, Any]]:
+        """The turns before the conversation's last assistant turn."""
+        messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
+        return messages[: last_assistant(messages)]
+
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
         before it and the generation prompt, the earliest turns after any system prompt dropped until it fits."""

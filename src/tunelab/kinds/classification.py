@@ -27,6 +27,7 @@ class Classification(Kind):
     inline_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
     head_answers = True
     answer_key = "label"
+    families = ("encoder",)  # a classifier is a head on an encoder
 
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:
         return [spec.label_field] if with_target else []

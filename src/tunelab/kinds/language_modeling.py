@@ -27,6 +27,7 @@ class LanguageModeling(Kind):
     prompted = False
     checked_as_run_data = False
     perturbed = False
+    families = ("decoder",)  # continued pre-training predicts each next token, which a decoder does
 
     def check_run(self, config: Any) -> None:
         """Raw text has no prompt and no answer: refuse settings that would read them, naming the key."""

@@ -151,6 +151,10 @@ class PreferenceKind(Kind):
     def collator(self, tokenizer: PreTrainedTokenizerBase, family: Family):
         return padded_with_ignored_labels(tokenizer)  # prediction inputs; training's rows: tunelab.data.pair_rows
 
+    def prompt_messages(self, spec: Any, record: Record) -> list[dict[str, Any]]:
+        """The pair's prompt turns, which both answers reply to."""
+        return preference_of(record, _data_of(spec)).prompt
+
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What the model answers a record's prompt from: its turns and the generation prompt, within `budget`."""
         pair = preference_of(record, _data_of(spec))

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from tunelab.config import ConfigError, ModelConfig, RunConfig, load_config
-from tunelab.kinds import answers_by_head, kind_of_run
+from tunelab.kinds import answers_by_head, kind_named, kind_of_run
 from tunelab.kinds.base import Family
 from tunelab.models.family import model_family
 from tunelab.models.reference import check_reference, run_directory
@@ -174,14 +174,9 @@ def portable_reference(reference: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else reference
 
 
-_FAMILIES_OF_KIND = {"classification": ("encoder",), "language_modeling": ("decoder",)}
-"""The model families a kind of example trains on, where not every generating one (a decoder or an encoder-decoder):
-a classifier is a head on an encoder; continued pre-training predicts each next token, which a decoder does."""
-
-
 def check_family(reference: str, kind: str) -> None:
-    """Fail early, before loading, when the model cannot train `kind` (a kind of example's name): a classification
-    run needs an encoder, language modelling a decoder, and the other kinds a decoder or an encoder-decoder; a
+    """Fail early, before loading, when the model cannot train `kind` (a kind of example's name): a model of
+    another family than the kind's (`Kind.families`: a classifier needs an encoder, language modelling a decoder); a
     run directory as the base must be a generating run, since a head knows only its own labels. The family is read
     for a registry model or a run chain only (a hub id's is read where it loads, so this check asks no hub)."""
     run = run_directory(reference)
@@ -193,7 +188,7 @@ def check_family(reference: str, kind: str) -> None:
     if run is None and reference not in REGISTRY:
         return
     family = model_family(ModelConfig(name=reference))
-    needed = _FAMILIES_OF_KIND.get(kind, ("decoder", "encoder-decoder"))
+    needed = kind_named(kind).families
     if family in needed:
         return
     model = f"{'an' if family.startswith('e') else 'a'} {family} model"
@@ -239,7 +234,10 @@ def load_model(
         kwargs["num_labels"] = len(labels)
         kwargs["id2label"] = dict(enumerate(labels))
         kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
-        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        if model.config.pad_token_id is None:  # a decoder's head reads the last token that is not padding
+            model.config.pad_token_id = load_tokenizer(source, revision, trust_remote_code).pad_token_id
+        return model
     return _GENERATOR_CLASS[family].from_pretrained(source, **kwargs)
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from tunelab.eval.generate import Row, generate_rows
+from tunelab.eval.rewards import reward_scores
 from tunelab.eval.runner import classifier_predictions
 from tunelab.records import Record
 from tunelab.serve.catalog import Served
@@ -39,6 +40,8 @@ class Job:
     records: list[Record] = field(default_factory=list)
     """A classification request: its records, read with `spec`'s text fields."""
     spec: TaskSpec | None = None
+    sequences: list[list[int]] = field(default_factory=list)
+    """A score request: the token ids of each conversation whose last answer a reward model scores."""
     deadline: float = float("inf")
     future: Future = field(default_factory=Future)
 
@@ -111,7 +114,9 @@ class Batcher:
         self.on_batch(len(live))
         try:
             with live[0].served.answering() as target:
-                if live[0].row is None:
+                if live[0].sequences:
+                    results = self._score(target, live)
+                elif live[0].row is None:
                     results = self._classify(target, live)
                 else:
                     results = generate_rows(
@@ -133,10 +138,21 @@ class Batcher:
     @staticmethod
     def _classify(target, jobs: list[Job]) -> list[list[dict]]:
         """One forward pass over every job's records, each job given back its own predictions."""
-        records = [record for job in jobs for record in job.records]
-        predictions = classifier_predictions(target, jobs[0].spec, records)
-        results, start = [], 0
-        for job in jobs:
-            results.append(predictions[start : start + len(job.records)])
-            start += len(job.records)
-        return results
+        predictions = classifier_predictions(target, jobs[0].spec, [record for job in jobs for record in job.records])
+        return _per_job(predictions, [len(job.records) for job in jobs])
+
+    @staticmethod
+    def _score(target, jobs: list[Job]) -> list[list[float]]:
+        """Every job's sequences scored together, each job given back its own scores."""
+        sequences = [ids for job in jobs for ids in job.sequences]
+        scores = reward_scores(target.model, target.tokenizer, sequences, target.batch_size)
+        return _per_job(scores, [len(job.sequences) for job in jobs])
+
+
+def _per_job(results: list, sizes: list[int]) -> list[list]:
+    """Results of several jobs' items, computed together, split back into each job's (`sizes` items each)."""
+    split, start = [], 0
+    for size in sizes:
+        split.append(results[start : start + size])
+        start += size
+    return split

@@ -40,7 +40,7 @@ class Served:
 
     id: str
     kind: str
-    """'generate' (chat and completions) or 'classify'."""
+    """'generate' (chat and completions), 'classify' or 'score' (a reward model)."""
     decoder_only: bool
     answering: Callable[[], AbstractContextManager[Target]]
     """A factory called once per batch: the context it opens puts the shared model into this id's state (its
@@ -102,8 +102,9 @@ def _routed(target: Target, task: str) -> Callable[[], AbstractContextManager[Ta
 
 
 def _kind(target: Target) -> tuple[str, bool]:
-    """How a target answers: ('generate' or 'classify', whether it is a decoder that generates after its prompt)."""
-    return ("generate" if target.generates else "classify"), target.decoder
+    """How a target answers: ('generate', 'classify' or 'score', whether it is a decoder that generates after its
+    prompt)."""
+    return ("score" if target.reward else "generate" if target.generates else "classify"), target.decoder
 
 
 def _shared_key(run: RunDir, config, labels) -> tuple | None:

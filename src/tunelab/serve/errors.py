@@ -21,7 +21,7 @@ def not_routed(request: Request, error: HTTPException) -> ApiError:
     """The router's own errors (no such path, a method the path does not answer, a body it cannot read)."""
     if error.status_code == 404:
         message = f"no route {request.url.path}; this server answers /v1/models, /v1/chat/completions, "
-        message += "/v1/completions, /v1/classify, /health and /metrics"
+        message += "/v1/completions, /v1/classify, /v1/score, /health and /metrics"
         return ApiError(404, message, code="not_found")
     if error.status_code == 405:
         allowed = (error.headers or {}).get("Allow", "")

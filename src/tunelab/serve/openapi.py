@@ -60,6 +60,15 @@ def _events(schemas: dict, chunk: type[BaseModel]) -> dict:
     return {"schema": event}
 
 
+REQUEST_KINDS = {
+    "ChatRequest": "generate",
+    "CompletionRequest": "generate",
+    "ClassifyRequest": "classify",
+    "ScoreRequest": "score",
+}
+"""Each request body's model, and the kind of model id its endpoint answers."""
+
+
 def published(app: FastAPI, catalog: Catalog, settings: ServeSettings) -> dict:
     """FastAPI's schema less the 422 it documents for every request body (this server answers those with 400),
     with this server's own bounds: the served model ids as the examples of each request's `model`, and
@@ -74,14 +83,14 @@ def published(app: FastAPI, catalog: Catalog, settings: ServeSettings) -> dict:
         for path, chunk in STREAMED.items():
             content = schema["paths"][path]["post"]["responses"]["200"]["content"]
             content["text/event-stream"] = _events(schema["components"]["schemas"], chunk)
-        for name in ("ChatRequest", "CompletionRequest", "ClassifyRequest"):
-            _bound(schema["components"]["schemas"][name]["properties"], catalog, settings)
+        for name, kind in REQUEST_KINDS.items():
+            _bound(schema["components"]["schemas"][name]["properties"], kind, catalog, settings)
     return app.openapi_schema
 
 
-def _bound(properties: dict, catalog: Catalog, settings: ServeSettings) -> None:
-    """A request model's properties with this server's bounds: the ids that endpoint serves, and the token cap."""
-    kind = "generate" if "max_tokens" in properties else "classify"
+def _bound(properties: dict, kind: str, catalog: Catalog, settings: ServeSettings) -> None:
+    """A request model's properties with this server's bounds: the ids of `kind` its endpoint serves, and the token
+    cap."""
     served = [entry.id for entry in catalog.models.values() if entry.kind == kind]
     if served:
         properties["model"]["examples"] = served

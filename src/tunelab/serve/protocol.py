@@ -14,7 +14,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 Scalar = str | int | float | bool
 GREEDY_BELOW = 1e-4
@@ -228,6 +237,61 @@ class ClassifyRequest(_Request):
         return self.input if isinstance(self.input, list) else [self.input]
 
 
+SCORED_CONVERSATION = {"type": "array", "items": {"$ref": "#/components/schemas/Message"}, "minItems": 1}
+SCORED_SCHEMA = {
+    "anyOf": [SCORED_CONVERSATION, {"type": "array", "items": SCORED_CONVERSATION, "minItems": 1}],
+    "description": "A conversation ending with the assistant answer to score, or a non-empty list of them.",
+}
+"""What `ScoreRequest.messages` accepts, published as such (`ScoreRequest.conversations` checks it, naming the
+message at fault as a chat request's error would)."""
+
+CONVERSATION = TypeAdapter(list[Message])
+
+
+class ScoreRequest(_Request):
+    """tunelab: a reward model's score of each conversation's last answer."""
+
+    model: str
+    messages: Annotated[list, Field(min_length=1), WithJsonSchema(SCORED_SCHEMA)]
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _something_to_score(cls, messages):
+        """Word the empty list's error (the schema publishes the bound)."""
+        if isinstance(messages, list) and not messages:
+            raise ValueError(
+                "the list is empty: send a conversation ending with the answer to score, or a list of them"
+            )
+        return messages
+
+    def conversations(self) -> list[tuple[str, list[dict]]]:
+        """Each conversation as chat templates read it, with the field that holds it (`messages`, or `messages[1]`
+        in a list of them); a 400 naming the field at fault (`messages[1][2].role`) when one is not a conversation
+        of messages ending with the assistant's answer."""
+        many = isinstance(self.messages[0], list)
+        scored = []
+        for number, turns in enumerate(self.messages if many else [self.messages]):
+            where = ["messages", number] if many else ["messages"]
+            try:
+                messages = CONVERSATION.validate_python(turns)
+            except ValidationError as error:
+                first = error.errors()[0]
+                raise validation_error([{**first, "loc": (*where, *first["loc"])}]) from None
+            path = field_path(where)
+            if not messages:
+                raise ApiError(400, f"{path}: the conversation is empty; end it with the answer to score", param=path)
+            if messages[-1].role != "assistant":
+                last = field_path([*where, len(messages) - 1, "role"])
+                raise ApiError(
+                    400,
+                    f"{last}: the conversation ends with a {messages[-1].role} turn; a reward model scores the "
+                    "assistant's answer, so end the conversation with it",
+                    param=last,
+                )
+            scored.append((path, [message.as_template() for message in messages]))
+        return scored
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -248,8 +312,8 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
-    kind: Literal["generate", "classify"]
-    """tunelab: which endpoints answer it (chat and completions, or classify)."""
+    kind: Literal["generate", "classify", "score"]
+    """tunelab: which endpoints answer it (chat and completions, classify, or score)."""
 
 
 class ModelList(BaseModel):
@@ -361,6 +425,19 @@ class Classification(BaseModel):
     object: Literal["list"]
     model: str
     data: list[Prediction]
+    usage: ClassifyUsage
+
+
+class Score(BaseModel):
+    index: int
+    score: float
+    """The reward model's score of the conversation's last answer: higher is preferred."""
+
+
+class Scores(BaseModel):
+    object: Literal["list"]
+    model: str
+    data: list[Score]
     usage: ClassifyUsage
 
 

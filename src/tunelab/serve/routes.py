@@ -1,5 +1,5 @@
 """The endpoints: OpenAI's `/v1/models`, `/v1/chat/completions` and `/v1/completions` (with server-sent events),
-tunelab's `/v1/classify`, and `/health` and Prometheus `/metrics` for operations. Each reads its request, finds the
+tunelab's `/v1/classify` and `/v1/score` (a reward model's scores of answers), and `/health` and Prometheus `/metrics` for operations. Each reads its request, finds the
 model it names, and hands the work to the job runner; a server with an API key guards the `/v1/` ones."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tunelab.errors import TunelabError
+from tunelab.kinds.chat_masks import ChatTemplateError
+from tunelab.kinds.reward import conversation_ids
 from tunelab.records import Record
 from tunelab.serve.batcher import Job
 from tunelab.serve.catalog import Catalog, Served
@@ -31,10 +33,19 @@ from tunelab.serve.protocol import (
     CompletionRequest,
     Health,
     ModelList,
+    ScoreRequest,
+    Scores,
 )
 from tunelab.serve.settings import ServeSettings
 
 BEARER = HTTPBearer(auto_error=False, description="the server's --api-key")
+
+ANSWERS = {
+    "generate": ("a generator", "/v1/chat/completions or /v1/completions"),
+    "classify": ("a classifier", "/v1/classify"),
+    "score": ("a reward model", "/v1/score"),
+}
+"""What a model id of each kind is, and the endpoints that answer it."""
 
 
 class Endpoints:
@@ -81,6 +92,14 @@ class Endpoints:
             response_model=Classification,
             responses=asked,
         )
+        app.add_api_route(
+            "/v1/score",
+            self.score,
+            methods=["POST"],
+            dependencies=guarded,
+            response_model=Scores,
+            responses=asked,
+        )
         app.add_api_route("/health", self.health, methods=["GET"], response_model=Health)
         app.add_api_route(
             "/metrics",
@@ -109,10 +128,10 @@ class Endpoints:
             )
         entry = self.catalog.models[model]
         if entry.kind != kind:
-            use = "/v1/classify" if entry.kind == "classify" else "/v1/chat/completions or /v1/completions"
+            what, use = ANSWERS[entry.kind]
             raise ApiError(
                 400,
-                f"model '{model}' is a {'classifier' if entry.kind == 'classify' else 'generator'}; use {use}",
+                f"model '{model}' is {what}; use {use}",
                 param="model",
                 code="wrong_endpoint",
             )
@@ -209,6 +228,36 @@ class Endpoints:
             "object": "list",
             "model": entry.id,
             "data": [{"index": i, "label": p["label"], "scores": p["scores"]} for i, p in enumerate(predictions)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    async def score(self, request: Request, body: ScoreRequest):
+        entry = self.served(request, body.model, "score")
+        limit = entry.task(None).max_length or self.settings.max_prompt_tokens
+        sequences = []
+        for where, messages in body.conversations():
+            try:
+                ids, length = conversation_ids(messages, None, entry.tokenizer, limit)
+            except ChatTemplateError as error:
+                raise ApiError(400, f"{where}: {error}", param=where) from None
+            if length > self.settings.max_prompt_tokens:
+                raise ApiError(
+                    400,
+                    f"{where} has {length} tokens; the limit is {self.settings.max_prompt_tokens} "
+                    "(--max-prompt-tokens)",
+                    param=where,
+                    code="context_length_exceeded",
+                )
+            sequences.append(ids)
+        scores = await self.jobs.answer(
+            Job(entry, sequences=sequences, deadline=time.monotonic() + self.settings.timeout_s)
+        )
+        tokens = sum(map(len, sequences))
+        self.metrics.usage(request, entry, tokens, 0)
+        return {
+            "object": "list",
+            "model": entry.id,
+            "data": [{"index": i, "score": score} for i, score in enumerate(scores)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 

@@ -8,7 +8,8 @@
   single-task batch routed to its adapter (a mixture);
 - language_model: a decoder trained on raw text blocks with the loss on every token (continued pre-training);
 - chat: a decoder tuned on whole conversations, the loss on the turns meant to train;
-- preference: a decoder tuned on preference pairs (or good/bad examples) by DPO or a relative.
+- preference: a decoder tuned on preference pairs (or good/bad examples) by DPO or a relative;
+- reward: a reward model, a scalar head on an encoder or a decoder trained on preference pairs by the pairwise loss.
 
 Adding an objective is its module and one `register_objective` line here (or one call from anywhere else, as a
 test does with a toy objective).
@@ -27,6 +28,7 @@ from tunelab.train.objectives.classifier import Classifier
 from tunelab.train.objectives.language_model import LanguageModel
 from tunelab.train.objectives.multi_head import MultiHead
 from tunelab.train.objectives.preference import PreferenceObjective
+from tunelab.train.objectives.reward import RewardObjective
 from tunelab.train.objectives.task_adapters import TaskAdapters
 from tunelab.train.objectives.text_to_text import TextToText
 
@@ -95,3 +97,4 @@ register_objective(TaskAdapters)
 register_objective(LanguageModel)
 register_objective(ChatObjective)
 register_objective(PreferenceObjective)
+register_objective(RewardObjective)

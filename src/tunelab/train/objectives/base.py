@@ -90,6 +90,9 @@ class Objective(ABC):
     """The model card's line on what the base model's scores are the scores of."""
     answers_by_head: bool = False
     """It answers through a classification head, reading no prompt (else it generates text after a prompt)."""
+    scores_answers: bool = False
+    """Its head gives one number for a prompt and an answer (a reward model), not a label: it is scored, predicts
+    and serves scores (`tunelab.eval.rewards`)."""
     routes_per_task: bool = False
     """Each task is answered its own way (a head, an adapter): served as one model id per task."""
     one_task_per_batch: bool = False
