@@ -214,6 +214,8 @@ def test_registry_describes_every_metric():
         "exact_match",
         "squad_f1",
         "stop_rate",
+        "preference_accuracy",
+        "answer_words",
     }
 
 
