@@ -35,6 +35,8 @@ from helpers import (
     copy_rows,
     method_config,
     mixture_config,
+    preference_config,
+    preference_rows,
     sentiment_rows,
     session_home,
     write_jsonl,
@@ -223,4 +225,19 @@ def chat_run(trained_run, chat_decoder):
     """`chat_run(method, data="chat", **data)`: a tiny chat run (`chat_config`) on ../shared/data/DATA, shared."""
     return lambda method, data="chat", **settings: trained_run(
         chat_config, chat_decoder, SHARED_DATA / data, method=method, **settings
+    )
+
+
+@pytest.fixture(scope="session")
+def preference_file(tmp_path_factory) -> Path:
+    """80 preference pairs on one learnable pattern (`preference_rows`)."""
+    return write_jsonl(tmp_path_factory.mktemp("preferences") / "pairs.jsonl", preference_rows())
+
+
+@pytest.fixture(scope="session")
+def preference_run(trained_run, chat_decoder, preference_file):
+    """`preference_run(method="lora", **evaluation)`: a tiny DPO run of the tiny chat decoder (`preference_config`),
+    scored before and after on its 8 held-out pairs, shared."""
+    return lambda method="lora", **evaluation: trained_run(
+        preference_config, chat_decoder, preference_file, method=method, **evaluation
     )

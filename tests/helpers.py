@@ -381,3 +381,47 @@ def chat_config(model_dir, data_dir: Path, out, method: str = "lora", **data):
             "eval": {"max_new_tokens": 8, "baselines": []},
         }
     )
+
+
+POLITE = ["Gladly:", "Happy to help:", "Of course:", "Certainly:"]
+CURT = ["No.", "Whatever.", "Ask someone else.", "Not now."]
+
+
+def preference_rows(count: int = 80, seed: int = 0) -> list[dict]:
+    """Preference pairs on one pattern a tiny model learns in a few DPO steps: the chosen answer opens politely and
+    answers, the rejected one brushes the question off. Each answer's words are drawn, so a random model finds
+    either side likelier about as often as not."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        noun, adjective = rng.choice(NOUNS), rng.choice(POSITIVE + NEGATIVE)
+        rows.append(
+            {
+                "prompt": f"What did you think of the {noun}?",
+                "chosen": f"{rng.choice(POLITE)} the {noun} was {adjective}.",
+                "rejected": f"{rng.choice(CURT)} {rng.choice(NOUNS)} {rng.choice(POSITIVE + NEGATIVE)}",
+            }
+        )
+    return rows
+
+
+def preference_config(model_dir, data_file: Path, out, method: str = "lora", **evaluation):
+    """A tiny DPO run (data.kind: preference) on `preference_rows`: 8 steps of 4 pairs at a high rate, 8 held-out
+    pairs scored before and after; `evaluation` adds eval settings (retention_suite)."""
+    return build_config(
+        {
+            "name": f"tiny-dpo-{method}",
+            "output_dir": str(out),
+            "model": {"name": str(model_dir)},
+            "data": {"kind": "preference", "train": str(data_file), "max_length": 64},
+            "method": {"name": method},
+            "training": {
+                "max_steps": 8,
+                "batch_size": 4,
+                "learning_rate": 1e-2,
+                "logging_steps": 2,
+                "precision": "fp32",
+            },
+            "eval": {"max_new_tokens": 8, **evaluation},
+        }
+    )

@@ -216,6 +216,8 @@ def test_registry_describes_every_metric():
         "stop_rate",
         "pairwise_accuracy",
         "win_rate",
+        "preference_accuracy",
+        "answer_words",
     }
 
 

@@ -14,11 +14,11 @@ def _score(result: dict | None, metric: str) -> str:
         return "not scored"
     if "skipped" in result:
         return "skipped"
-    return format_interval(result["metrics"][metric])
+    return format_interval(result["metrics"][metric]) if metric in result["metrics"] else "not scored"
 
 
 def _change(base: dict | None, tuned: dict, metric: str) -> str:
-    if base is None or "skipped" in base or "skipped" in tuned:
+    if any(metric not in (result or {}).get("metrics", {}) for result in (base, tuned)):
         return ""
     return f"{tuned['metrics'][metric]['value'] - base['metrics'][metric]['value']:+.2f}"
 
@@ -203,6 +203,54 @@ def _tracking_line(state: dict) -> str:
     return "\n- training tracked in: " + "; ".join(places)
 
 
+PREFERENCE_METRICS = ("preference_accuracy", "answer_words")
+"""What the preference section reads from a task's results."""
+
+REWARDS = ("rewards/accuracies", "rewards/margins")
+"""The preference trainer's logged rewards the card ends the section with, as TRL names them."""
+
+
+def _before_after(task: dict, metric: str) -> str:
+    """'48.00 [30.00, 66.67] -> 62.00 [44.00, 80.00]', or why the metric has no value (unscored, skipped)."""
+    tuned = task["tuned"]
+    reason = (tuned.get("unscored") or {}).get(metric)
+    if reason:
+        return f"not scored: {reason}"
+    return f"{_score(task.get('base'), metric)} -> {_score(tuned, metric)}"
+
+
+def _last_logged(log: list[dict], prefix: str) -> str:
+    """The rewards of the last log entry holding them (`prefix` 'eval_' for validation), with its step; empty when
+    none was logged."""
+    entry = next((e for e in reversed(log) if prefix + REWARDS[0] in e), None)
+    if entry is None:
+        return ""
+    return f"step {entry['step']}: " + ", ".join(f"{key} {entry[prefix + key]:.3f}" for key in REWARDS)
+
+
+def preference_section(evaluation: dict, log: list[dict]) -> str:
+    """What a preference run did, base -> tuned: how often the model finds the chosen answer of a held-out pair
+    likelier (per token) than the rejected one, how long its own answers are (a description: DPO is known to
+    lengthen answers, and a change in length is neither a gain nor a loss), and the rewards training logged last."""
+    lines = []
+    for name, task in evaluation["tasks"].items():
+        tuned = task["tuned"] or {}
+        if "skipped" in tuned or not set(PREFERENCE_METRICS) & {*tuned.get("metrics", {}), *tuned.get("unscored", {})}:
+            continue
+        lines.append(
+            f"- {name}, preference accuracy (the chosen answer likelier per token than the rejected one; base -> "
+            f"tuned): {_before_after(task, 'preference_accuracy')}"
+        )
+        lines.append(
+            f"- {name}, answer length in words (mean of the generated answers; descriptive, neither longer nor "
+            f"shorter is better): {_before_after(task, 'answer_words')}"
+        )
+    for prefix, phase in (("", "training"), ("eval_", "validation")):
+        if logged := _last_logged(log, prefix):
+            lines.append(f"- {phase}, last logged {logged}")
+    return "\n## Preferences\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def _protocol_note(config: RunConfig) -> str:
     """How the base model was prompted few-shot and how classification answers were read, when not the default."""
     notes = []
@@ -226,10 +274,15 @@ def _training_time(state: dict) -> str:
 
 
 def render_card(
-    config: RunConfig, state: dict, evaluation: dict, forgetting: str | None = None, masks: str | None = None
+    config: RunConfig,
+    state: dict,
+    evaluation: dict,
+    forgetting: str | None = None,
+    masks: str | None = None,
+    log: list[dict] = (),
 ) -> str:
     """The run's model card; `masks`: the mask view of its first training conversations (`data/masks.md`), shown
-    under the data it describes."""
+    under the data it describes; `log`: the entries of its metrics.jsonl (a preference run's rewards)."""
     trainable = state["trainable"]
     memory = f"{state['peak_rss_mb']:.0f} MB RSS" if state.get("peak_rss_mb") else "not measured"
     if state.get("peak_gpu_mb"):
@@ -253,6 +306,6 @@ Fine-tuned with [tunelab](https://github.com/tunelab/tunelab).
 {results_table(evaluation)}
 
 {objective_of(config).base_note}{_protocol_note(config)}
-{_judge_section(evaluation)}{forgetting_section}
+{_judge_section(evaluation)}{preference_section(evaluation, list(log))}{forgetting_section}
 Reproduce: `tunelab train config.yaml` with the `config.yaml` in this directory.
 """

@@ -244,7 +244,8 @@ def train_in_subprocess(config: RunConfig, directory: Path) -> tuple[RunDir | No
 
 def _primary(task: dict, side: str) -> float | None:
     result = task[side]
-    return None if result is None or "skipped" in result else result["metrics"][task["metric"]]["value"]
+    scored = (result or {}).get("metrics", {})
+    return scored[task["metric"]]["value"] if task["metric"] in scored else None
 
 
 def _forgetting(run: RunDir) -> dict:

@@ -311,7 +311,12 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
     )
     forgetting = _retention_report(config, ready, tuned_target) if config.eval.retention_suite else None
     masks = run.masks_path.read_text(encoding="utf-8") if run.masks_path.exists() else None
-    write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting, masks))
+    log = (
+        [json.loads(line) for line in run.metrics_path.read_text(encoding="utf-8").splitlines()]
+        if run.metrics_path.exists()
+        else []
+    )
+    write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting, masks, log))
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 

@@ -277,7 +277,7 @@ def chain_step(run: RunDir) -> dict[str, Any]:
             **{
                 role: task[role]["metrics"][task["metric"]]["value"]
                 for role in ("base", "tuned")
-                if task.get(role) and "metrics" in task[role]
+                if task["metric"] in (task.get(role) or {}).get("metrics", {})
             },
         }
         for name, task in evaluation.get("tasks", {}).items()

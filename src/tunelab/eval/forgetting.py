@@ -39,7 +39,8 @@ def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int
     tuned_predictions, _ = tuned.metric_inputs(metric.name)
     change = paired_bootstrap(metric, base_predictions, tuned_predictions, references, samples=samples, seed=seed)
     significant = change.low > 0 or change.high < 0
-    worse = change.value < 0 if metric.higher_is_better else change.value > 0
+    direction = {True: -1, False: 1, None: 0}[metric.higher_is_better]  # a descriptive metric is never worse
+    worse = direction * change.value > 0
     row = {
         "kind": spec.kind,
         "examples": base.examples,
@@ -52,7 +53,7 @@ def _task_row(spec, base: TaskResult, tuned: TaskResult, samples: int, seed: int
         "significant": significant,
         "forgotten": significant and worse,
     }
-    if not metric.higher_is_better:
+    if metric.higher_is_better is False:
         row["relative_change_pct"] = 100.0 * change.value / row["base"]["value"]
     if tuned.unmatched is not None:
         row["unmatched_share"] = {"base": base.unmatched, "tuned": tuned.unmatched}
@@ -118,10 +119,11 @@ def render_forgetting(report: dict) -> str:
             lines.append(f"| {name} | {row['examples']} | - | - | - | - | skipped: {row['skipped']} |")
             continue
         change = row["change"]
-        verdict = "forgotten" if row["forgotten"] else ("improved" if row["significant"] else "no significant change")
+        improved = "improved" if row["higher_is_better"] is not None else "changed"  # a length is not better
+        verdict = "forgotten" if row["forgotten"] else (improved if row["significant"] else "no significant change")
         if row.get("unmatched_share", {}).get("tuned"):
             verdict += f" ({row['unmatched_share']['tuned']:.0f}% of tuned answers named no label)"
-        arrow = "" if row["higher_is_better"] else " (lower is better)"
+        arrow = {True: "", False: " (lower is better)", None: " (descriptive)"}[row["higher_is_better"]]
         lines.append(
             f"| {name} | {row['examples']} | {row['metric']}{arrow} | {row['base']['value']:.2f} | "
             f"{row['tuned']['value']:.2f} | {format_interval(change, signed=True)} | {verdict} |"

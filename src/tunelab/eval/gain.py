@@ -40,13 +40,16 @@ def score_tasks(
 
 
 def _macro(results: dict[str, dict] | None, tasks: ScoredTasks, held_out: bool) -> float | None:
-    """Mean primary metric over the scored 0-100 metrics of the trained (or held-out) tasks."""
+    """Mean primary metric over the scored 0-100 metrics of the trained (or held-out) tasks (a task whose primary
+    metric no record could be scored on, `TaskResult.unscored`, is left out)."""
     if results is None:
         return None
     values = [
         results[name]["metrics"][spec.primary_metric]["value"]
         for name, (spec, _, out) in tasks.items()
-        if out == held_out and "metrics" in results[name] and get_metric(spec.primary_metric).higher_is_better
+        if out == held_out
+        and spec.primary_metric in results[name].get("metrics", {})
+        and get_metric(spec.primary_metric).higher_is_better
     ]
     return sum(values) / len(values) if values else None
 
@@ -78,5 +81,6 @@ def primary_score(evaluation: dict, which: str = "tuned") -> float | None:
     tasks = [task for task in evaluation["tasks"].values() if not task["held_out"]]
     if len(tasks) == 1:
         result = tasks[0][which]
-        return result["metrics"][tasks[0]["metric"]]["value"] if result and "metrics" in result else None
+        scored = (result or {}).get("metrics", {})
+        return scored[tasks[0]["metric"]]["value"] if tasks[0]["metric"] in scored else None
     return evaluation["macro_average"][which]

@@ -13,12 +13,14 @@ Who computes what:
   record's reference answer given its prompt: reference perplexity); beside it, lm-evaluation-harness's
   conventions for a text (its token, word and byte perplexities and bits per byte), so our numbers compare
   with the ones users read in papers; and the stop rate, the share of generated answers that end by themselves
-  (a chat model's closing token) before max_new_tokens cuts them; a reward model's pairwise accuracy (the
-  chosen answer scored above the rejected one) and a judge's win rate (one system's answer scored above
-  another's, a tie counting half), each read from pairs of scores.
+  (a chat model's closing token) before max_new_tokens cuts them; preference accuracy, the share of preference
+  pairs whose chosen answer the model finds likelier per token than the rejected one, and the mean length in words
+  of the generated answers (a description, not a score: DPO's known drift to longer answers shows in it); a
+  reward model's pairwise accuracy (the chosen answer scored above the rejected one) and a judge's win rate
+  (one system's answer scored above another's, a tie counting half), each read from pairs of scores.
 
 Every bounded metric is reported on a 0-100 scale (accuracy 87.5, F1 x100, MCC
-x100, ROUGE x100, BLEU/chrF as sacrebleu gives them); perplexity is raw. Each
+x100, ROUGE x100, BLEU/chrF as sacrebleu gives them); perplexity and answer length are raw. Each
 metric takes (predictions, references) and returns one corpus-level float; `Metric.reads` says which of a
 task result's inputs those are.
 `Metric.per_example` is set only when the corpus score is exactly the mean of
@@ -61,20 +63,23 @@ class Metric:
     name: str
     compute: Callable[[Sequence, Sequence], float]
     per_example: Callable[[Any, Any], float] | None
-    higher_is_better: bool
+    higher_is_better: bool | None
+    """None: the metric describes the answers (their length) and neither direction is better, so no report calls
+    a change in it a gain or a loss, and no average of scores takes it in."""
     library: str
     description: str
     from_confusion: Callable[[np.ndarray], np.ndarray] | None = None
     """For label metrics: the metric of many confusion matrices at once ([resamples, references, predictions], see
     `confusion_columns`), so a bootstrap counts instead of calling scikit-learn per resample (same values, tested)."""
-    reads: Literal["answers", "reference_nll", "rolling_nll", "finishes"] = "answers"
+    reads: Literal["answers", "reference_nll", "pair_nll", "rolling_nll", "finishes"] = "answers"
     """What the metric scores. "answers": the task's predictions (parsed model answers, or a language-modelling
     text's (nll, tokens) pairs) against its references. "reference_nll": the (nll, tokens) pairs of the reference
     answers given their prompts, which no generated answer yields; one task can report both kinds (ROUGE-L of
     its answers beside the perplexity of its references), so each metric names its own inputs. "rolling_nll":
     each text's `TextLikelihood` scored as lm-evaluation-harness scores it (a second pass over the texts, made
-    only for a task that lists such a metric). "finishes": how each generated answer ended ('stop' or 'length'),
-    whatever its text."""
+    only for a task that lists such a metric). "pair_nll": each preference pair's chosen and rejected answers'
+    (nll, tokens) given its prompt. "finishes": how each generated answer ended ('stop' or 'length'), whatever its
+    text."""
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -478,6 +483,26 @@ def win_rate(scores: tuple[float, float], reference: None = None) -> float:
     return 100.0 if scores[0] > scores[1] else 50.0 if scores[0] == scores[1] else 0.0
 
 
+def words(prediction: str, reference: Any = None) -> float:
+    """A generated answer's length in whitespace-separated words (the unit a reader counts, whatever the tokenizer):
+    `answer_words` is their mean."""
+    return float(len(prediction.split()))
+
+
+AnswerLikelihood = tuple[float, int]
+"""An answer's summed NLL given its prompt and its token count."""
+
+
+def chosen_preferred(pair: tuple[AnswerLikelihood, AnswerLikelihood], reference: None = None) -> float:
+    """100 when the chosen answer's mean log-likelihood per token is above the rejected one's, else 0 (a tie
+    included, as TRL's rewards/accuracies counts it). Per token, so the longer answer is not the less likely one only
+    for being longer."""
+    (chosen_nll, chosen_tokens), (rejected_nll, rejected_tokens) = pair
+    if chosen_tokens < 1 or rejected_tokens < 1:
+        raise MetricError("preference_accuracy needs at least one token in each answer")
+    return 100.0 if chosen_nll / chosen_tokens < rejected_nll / rejected_tokens else 0.0
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 
@@ -542,6 +567,25 @@ METRICS: dict[str, Metric] = {
             pairwise_accuracy, "tunelab", "share of pairs whose chosen answer a reward model scores above the other"
         ),
         _mean_metric(win_rate, "tunelab", "share of prompts whose first answer a judge scores higher, ties half"),
+
+
+        Metric(
+            "preference_accuracy",
+            _mean_of(chosen_preferred),
+            chosen_preferred,
+            True,
+            "tunelab",
+            "share of preference pairs whose chosen answer has the higher per-token log-likelihood given the prompt",
+            reads="pair_nll",
+        ),
+        Metric(
+            "answer_words",
+            _mean_of(words),
+            words,
+            None,
+            "tunelab",
+            "mean length of the generated answers in words (descriptive: neither longer nor shorter is better)",
+        ),
         _rolling(lm_eval_perplexity, "lm-eval's token perplexity: every token scored, the first after a prefix token"),
         _rolling(word_perplexity, "lm-eval's word perplexity: exp of NLL per whitespace-separated word"),
         _rolling(byte_perplexity, "lm-eval's byte perplexity: exp of NLL per UTF-8 byte"),

@@ -3,8 +3,9 @@
 Every report (suites, forgetting, robustness, bias) is built from `run_task`, so a metric means the same
 thing everywhere. The result keeps the parsed predictions and references, which is what paired comparisons
 (base vs tuned, clean vs perturbed) resample, and, when a metric asks for it, the NLL of each reference answer
-given its prompt (`reference_perplexity`), and each text scored as lm-evaluation-harness scores it (`word_perplexity`
-and the other lm-eval perplexities).
+given its prompt (`reference_perplexity`), each preference pair's two answers' NLL given its prompt
+(`preference_accuracy`), and each text scored as lm-evaluation-harness scores it (`word_perplexity` and the other
+lm-eval perplexities).
 
 A generating model's prompt may follow demonstrations (few-shot, `tunelab.eval.fewshot`), as many as fit the input,
 and it answers a classification task by generating a label's words or, scored `loglik`, by the label whose words
@@ -23,7 +24,7 @@ from tunelab.config import RunConfig, TrainingConfig
 from tunelab.eval.bootstrap import Interval, bootstrap_ci
 from tunelab.eval.fewshot import draw_demonstrations
 from tunelab.eval.generate import Answer, batches_by_length, generate_answers, pad_batch
-from tunelab.eval.metrics import MetricError, TextLikelihood, get_metric, unmatched_share
+from tunelab.eval.metrics import AnswerLikelihood, MetricError, TextLikelihood, get_metric, unmatched_share
 from tunelab.eval.predict import classify
 from tunelab.eval.progress import progress
 from tunelab.eval.rewards import pair_scores, scored_records
@@ -69,6 +70,14 @@ class TaskResult:
     finishes: list[str] = field(default_factory=list)
     """How each generated answer ended: 'stop' (EOS, the closing token, or a stop string) or 'length' (it ran out of
     max_new_tokens); what `stop_rate` counts. Empty when nothing was generated."""
+    pair_nll: list[tuple[AnswerLikelihood, AnswerLikelihood]] = field(default_factory=list)
+    """Each preference pair's (chosen, rejected) answers' summed NLL given its prompt and token counts; computed
+    only when a metric of the task reads it. Unpaired records (one answer judged good or bad) have none."""
+    notes: list[str] = field(default_factory=list)
+    """What a reader of the scores must know: records a metric left out, and why."""
+    unscored: dict[str, str] = field(default_factory=dict)
+    """Metrics of the task that no record could be scored on, each with why (a preference accuracy of unpaired
+    records); absent from `scores`."""
 
     def metric_inputs(self, name: str) -> tuple[list, list]:
         """The (predictions, references) metric `name` scores: the parsed answers and their references, or the
@@ -81,7 +90,12 @@ class TaskResult:
                 f"{name} counts how generated answers end; task {self.task} was answered by {self.scoring}, which "
                 "generates nothing: score it with --scoring generate, or drop the metric"
             )
-        scored = {"reference_nll": self.reference_nll, "rolling_nll": self.rolling_nll, "finishes": self.finishes}
+        scored = {
+            "reference_nll": self.reference_nll,
+            "pair_nll": self.pair_nll,
+            "rolling_nll": self.rolling_nll,
+            "finishes": self.finishes,
+        }
         return scored[reads], [None] * len(scored[reads])
 
     def as_dict(self) -> dict:
@@ -97,6 +111,10 @@ class TaskResult:
         result["metrics"] = {name: interval.as_dict() for name, interval in self.scores.items()}
         if self.unmatched is not None:
             result["unmatched_share"] = self.unmatched
+        if self.unscored:
+            result["unscored"] = self.unscored
+        if self.notes:
+            result["notes"] = self.notes
         return result
 
 
@@ -105,14 +123,10 @@ REFERENCE_LOGITS = 64 * 2**20
 size when its longest example times the vocabulary would exceed it (Gemma's vocabulary has 262k tokens)."""
 
 
-def reads_reference_nll(spec: TaskSpec) -> bool:
-    """Whether a metric of the task scores the reference answers' NLL (which costs a forward pass per record)."""
-    return any(get_metric(name).reads == "reference_nll" for name in spec.metrics)
-
-
-def reads_rolling_nll(spec: TaskSpec) -> bool:
-    """Whether a metric of the task scores texts by lm-eval's convention (which costs a second pass over them)."""
-    return any(get_metric(name).reads == "rolling_nll" for name in spec.metrics)
+def reads(spec: TaskSpec, inputs: str) -> bool:
+    """Whether a metric of the task scores `inputs` (a `Metric.reads` value): the reference answers' or the pairs'
+    NLL cost a forward pass per record, lm-eval's rolling likelihoods a second pass over the texts."""
+    return any(get_metric(name).reads == inputs for name in spec.metrics)
 
 
 def skip_reason(target: Target, spec: TaskSpec, shots: int = 0, records: Sequence[Record] = ()) -> str | None:
@@ -129,8 +143,8 @@ def skip_reason(target: Target, spec: TaskSpec, shots: int = 0, records: Sequenc
         )
     if target.reward:
         return None
-    if not target.generates and reads_reference_nll(spec):
-        return f"{target.name} is a classifier; it gives no probability to a reference answer's tokens"
+    if not target.generates and (reads(spec, "reference_nll") or reads(spec, "pair_nll")):
+        return f"{target.name} is a classifier; it gives no probability to an answer's tokens"
     if target.generates and spec.handler.prompted and spec.handler.templated and not spec.templates:
         return f"task {spec.name} has no instruction template, so a generating model cannot be asked it"
     if not target.generates:
@@ -329,6 +343,33 @@ def reference_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list
     return _examples_nll(target, examples)
 
 
+def pair_nll(target: Target, spec: TaskSpec, records: list[Record]) -> list[tuple[AnswerLikelihood, AnswerLikelihood]]:
+    """Each preference pair's chosen and rejected answer scored as a continuation of its prompt (the kind's
+    `preference_examples`, which leaves out unpaired records): (summed NLL, tokens) of each, in pair order."""
+    examples = spec.handler.preference_examples(spec, records, target.tokenizer, input_limit(target, spec))
+    scored = _examples_nll(target, [answer for pair in examples for answer in pair])
+    return list(zip(scored[0::2], scored[1::2]))
+
+
+def _score_pairs(target: Target, spec: TaskSpec, records: list[Record], result: TaskResult) -> None:
+    """The pairs' likelihoods into `result`, saying which records the pair metrics left out (unpaired ones), or
+    why those metrics are not scored when no record is a pair."""
+    result.pair_nll = pair_nll(target, spec, records)
+    metrics = [name for name in spec.metrics if get_metric(name).reads == "pair_nll"]
+    unpaired = len(records) - len(result.pair_nll)
+    if not result.pair_nll:
+        reason = (
+            f"none of the {len(records)} records is a pair (chosen and rejected answers) to compare; unpaired "
+            "examples (prompt, completion, label) are judged one answer at a time"
+        )
+        result.unscored.update(dict.fromkeys(metrics, reason))
+    elif unpaired:
+        result.notes.append(
+            f"{', '.join(metrics)}: {unpaired} of {len(records)} records are unpaired examples (one answer judged "
+            "good or bad), left out: there is no second answer to compare"
+        )
+
+
 def label_continuations(target: Target, spec: TaskSpec) -> list[list[int]]:
     """Each label's first label word, in label order, tokenised as training's encoder tokenises an answer but
     without the EOS it ends one with: rank classification scores how an answer starts, not that it stops there
@@ -428,10 +469,12 @@ def predictions_for(
 
 
 def score(spec: TaskSpec, result: TaskResult, samples: int = 1000, seed: int = 0) -> dict[str, Interval]:
-    """Every metric of the task on the inputs it reads, each with its bootstrap interval over the examples."""
+    """Every metric of the task on the inputs it reads, each with its bootstrap interval over the examples (but those
+    no record could be scored on, `TaskResult.unscored`)."""
     return {
         name: bootstrap_ci(get_metric(name), *result.metric_inputs(name), samples=samples, seed=seed)
         for name in spec.metrics
+        if name not in result.unscored
     }
 
 
@@ -461,9 +504,11 @@ def run_task(
         demonstrations = draw_demonstrations(spec, records, shots, seed, pool) if shots else [[]] * len(records)
         room = answer_room(target, spec, result.scoring)
         prompts, result.shown = task_prompts(target, spec, records, demonstrations, room)
-    if reads_reference_nll(spec):  # first: a task of the wrong kind fails before any answer is generated
+    if reads(spec, "reference_nll"):  # first: a task of the wrong kind fails before any answer is generated
         result.reference_nll = reference_nll(target, spec, records)
-    if reads_rolling_nll(spec):
+    if reads(spec, "pair_nll"):
+        _score_pairs(target, spec, records, result)
+    if reads(spec, "rolling_nll"):
         result.rolling_nll = rolling_nll(target, spec, records)
     result.predictions, result.references, result.outputs, result.finishes = predictions_for(
         target, spec, records, prompts, result.scoring

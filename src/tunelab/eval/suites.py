@@ -30,7 +30,7 @@ def average(results: dict[str, TaskResult], specs: dict[str, TaskSpec]) -> dict 
     values = {
         name: r.scores[specs[name].primary_metric].value
         for name, r in results.items()
-        if not r.skipped and get_metric(specs[name].primary_metric).higher_is_better
+        if specs[name].primary_metric in r.scores and get_metric(specs[name].primary_metric).higher_is_better
     }
     if not values:
         return None

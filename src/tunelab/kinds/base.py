@@ -133,6 +133,11 @@ class Kind(ABC):
         text field; a prompt and an answer; a conversation) do not fit it; None where they do."""
         return None
 
+    def shown_prompt(self, spec: Any, record: Record) -> str:
+        """A record's prompt as a person rating the answers to it reads it (`tunelab human export`): the task's first
+        template filled; an untemplated kind writes out the turns its model answers."""
+        return spec.prompt(record)
+
     def reference_examples(
         self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int
     ) -> list[dict[str, list[int]]]:
@@ -140,6 +145,16 @@ class Kind(ABC):
         labels on exactly the tokens training's loss covers (IGNORE_INDEX elsewhere), so the perplexity is what the
         loss measures. Only a kind with `reference_answers` has them."""
         raise KindError(f"a {self.name} task has no reference answer whose likelihood can be scored")
+
+    def preference_examples(
+        self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, limit: int
+    ) -> list[tuple[dict[str, list[int]], dict[str, list[int]]]]:
+        """Each preference pair's chosen and rejected answer as continuations of its prompt, labelled on the answer's
+        tokens within `limit` tokens, for `preference_accuracy`; records that hold no pair are left out. Only a kind
+        whose records pair answers has them."""
+        raise KindError(
+            f"a {self.name} task holds no pairs of answers to compare; preference_accuracy scores preference tasks"
+        )
 
     @abstractmethod
     def record_fields(self, spec: Any, with_target: bool) -> list[str]:

@@ -165,6 +165,11 @@ class Chat(Kind):
         messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
         return messages[: last_assistant(messages)]
 
+    def shown_prompt(self, spec: Any, record: Record) -> str:
+        with named_record(record):
+            messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
+        return shown_turns(messages[: last_assistant(messages)])
+
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
         before it and the generation prompt, the earliest turns after any system prompt dropped until it fits."""
@@ -244,6 +249,13 @@ def compared_turns(messages: list[dict[str, Any]]) -> str:
         calls = [json.dumps(call["function"], sort_keys=True) for call in message.get("tool_calls", [])]
         turns.append(" ".join([f"{message['role']}: {message['content']}", *calls]))
     return "\n".join(turns)
+
+
+def shown_turns(messages: list[dict[str, Any]]) -> str:
+    """The turns a model answers, as a person rating its answer reads them: `compared_turns`, after the system prompt
+    where there is one (it says what kind of answer is asked for)."""
+    system = [f"system: {message['content']}" for message in messages[:1] if message["role"] == "system"]
+    return "\n".join([*system, compared_turns(messages)])
 
 
 def masked_record(record: Record, tokenizer: PreTrainedTokenizerBase, data: DataConfig):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import DataConfig
 from tunelab.kinds.base import Family, Kind, KindError
-from tunelab.kinds.chat import compared_turns, named_record, prepare_chat_tokenizer, reply_prompt_ids
+from tunelab.kinds.chat import compared_turns, named_record, prepare_chat_tokenizer, reply_prompt_ids, shown_turns
 from tunelab.kinds.chat_masks import closing_text, mask_conversation
 from tunelab.kinds.chat_messages import ConversationError
 from tunelab.kinds.encoding import IGNORE_INDEX, Encoded, padded_with_ignored_labels
@@ -155,6 +155,9 @@ class PreferenceKind(Kind):
         """The pair's prompt turns, which both answers reply to."""
         return preference_of(record, _data_of(spec)).prompt
 
+    def shown_prompt(self, spec: Any, record: Record) -> str:
+        return shown_turns(preference_of(record, _data_of(spec)).prompt)
+
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What the model answers a record's prompt from: its turns and the generation prompt, within `budget`."""
         pair = preference_of(record, _data_of(spec))
@@ -165,12 +168,14 @@ class PreferenceKind(Kind):
         self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, limit: int
     ) -> list[tuple[dict[str, list[int]], dict[str, list[int]]]]:
         """Each pair's chosen and rejected answer as a continuation of its prompt, labelled on the answer's tokens,
-        within `limit` tokens: what preference accuracy compares the per-token likelihoods of."""
+        within `limit` tokens: what preference accuracy compares the per-token likelihoods of. An unpaired example
+        (one answer judged good or bad) has nothing to compare and is left out."""
         data = _data_of(spec).model_copy(update={"max_length": limit})
         closing, pairs = closing_text(tokenizer), []
         for record in records:
             example, _ = encoded_preference(record, tokenizer, data, closing)
-            pairs.append(tuple(_continuation(example, side) for side in ("chosen", "rejected")))
+            if "desirable" not in example:
+                pairs.append(tuple(_continuation(example, side) for side in ("chosen", "rejected")))
         return pairs
 
 

@@ -84,7 +84,7 @@ def generate_outputs(
     """
     from tunelab.data.taskset import task_specs, test_records
     from tunelab.eval.runner import answers
-    from tunelab.eval.targets import load_target
+    from tunelab.eval.targets import base_target
 
     config = run_a.config()
     spec = task_specs(config, run_a.state().get("labels")).pick(task)
@@ -95,10 +95,13 @@ def generate_outputs(
             f"and {len(records)} (--n)"
         )
     records = records[:n]
-    system_a = config.model.name if run_b is None else str(run_a.path)
+    system_a, tuned = (config.model.name if run_b is None else str(run_a.path)), str((run_b or run_a).path)
     outputs = []
-    for reference in (system_a, str((run_b or run_a).path)):
-        target = load_target(reference).for_task(spec.name)
+    for reference in (
+        system_a,
+        tuned,
+    ):  # a base is asked through the run's tokenizer (its chat template); a run as it is
+        target = base_target(reference, tuned).for_task(spec.name)
         outputs.append(answers(target, spec, records))
         del target
-    return [spec.prompt(record) for record in records], outputs[0], outputs[1]
+    return [spec.handler.shown_prompt(spec, record) for record in records], outputs[0], outputs[1]
