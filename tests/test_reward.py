@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +30,7 @@ from tunelab.eval.targets import Target
 from tunelab.kinds.reward import conversation_ids, transcript
 from tunelab.records import DataError, Record
 from tunelab.run_commands import evaluate_run, predict_run
+from tunelab.runs import RunDir
 from tunelab.serve.catalog import load_catalog
 from tunelab.tasks import TaskSpec
 
@@ -313,6 +315,27 @@ def test_a_judged_run_writes_the_win_rate_to_eval_json_the_card_and_judge_jsonl(
     ]
     assert task["win_rate"]["value"] == pytest.approx(sum(wins) / len(wins))
     assert "## Reward-model win rate, tuned over base" in judged_run.card_path.read_text()
+
+
+def test_tunelab_judge_gives_a_finished_run_the_verdict_eval_judge_gives_at_the_end_of_training(
+    judged_run, reward_run, tmp_path, capsys
+):
+    copy = tmp_path / "unjudged"
+    shutil.copytree(judged_run.path, copy)
+    evaluation = json.loads((copy / "eval.json").read_text())
+    verdict = evaluation.pop("judge")
+    (copy / "eval.json").write_text(json.dumps(evaluation))
+    (copy / "eval" / "judge.jsonl").unlink()
+    card = (copy / "README.md").read_text()
+    (copy / "README.md").write_text(card.replace("## Reward-model win rate, tuned over base", "## (removed)"))
+    assert cli(f"judge {copy} --by {reward_run('encoder', 'full').path}") == 0
+    assert json.loads((copy / "eval.json").read_text())["judge"] == verdict
+    assert (copy / "eval" / "judge.jsonl").read_text() == (judged_run.path / "eval" / "judge.jsonl").read_text()
+    assert "## Reward-model win rate, tuned over base" in (copy / "README.md").read_text()
+    assert load_config(copy / "config.yaml").eval.judge == str(reward_run("encoder", "full").path)
+    assert "win" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="reward"):  # a judge that is no reward run is refused before anything loads
+        pipeline.judge_run(RunDir(copy), str(judged_run.path))
 
 
 def _judged_by(config, judge, **evaluation):

@@ -211,6 +211,19 @@ def _cmd_eval(args) -> None:
     print(f"report written to {report} (and .md, .outputs.jsonl)")
 
 
+def _cmd_judge(args) -> None:
+    from tunelab import pipeline
+    from tunelab.eval.bootstrap import format_interval
+    from tunelab.runs import RunDir
+
+    report = pipeline.judge_run(RunDir(args.run), args.by)
+    for task, verdict in report["tasks"].items():
+        print(
+            f"{task}: the tuned model's answers win {format_interval(verdict['win_rate'])} % against the base's "
+            f"({verdict['examples']} prompts; mean reward {verdict['tuned_score']:.3f} vs {verdict['base_score']:.3f})"
+        )
+
+
 def _cmd_forgetting(args) -> None:
     from tunelab.eval import commands
 
@@ -654,6 +667,19 @@ def build_parser() -> argparse.ArgumentParser:
     _scoring_option(evaluate)
     _report_options(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
+
+    judge = commands.add_parser(
+        "judge",
+        help="a reward run's verdict on a complete run's answers: the tuned model's win rate over the base",
+        description="What eval.judge does at the end of training, for a reward model trained later: the reward run "
+        "scores the base's and the tuned model's answers to the run's test prompts (read from its eval.json); the "
+        "win rate goes to the run's eval.json, eval/judge.jsonl and its card.",
+    )
+    judge.add_argument("run", help="the complete run whose answers are judged")
+    judge.add_argument(
+        "--by", required=True, metavar="REWARD_RUN", help="the reward run that judges (data.kind: reward)"
+    )
+    judge.set_defaults(func=_cmd_judge)
 
     forgetting = commands.add_parser(
         "forgetting", help="what the tuned model can no longer do: base vs tuned on a suite"

@@ -21,7 +21,7 @@ from transformers.utils import enable_tf32, is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.card import render_card
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, config_to_yaml
 from tunelab.data.blocks import block_taskset
 from tunelab.data.plan import Plan, plan_training
 from tunelab.data.taskset import TaskSet, load_taskset
@@ -298,7 +298,7 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         "architecture": ready.objective.name,
     }
     if config.eval.judge:
-        evaluation["judge"] = _judged(config, ready, base, tuned)
+        evaluation["judge"] = _judged(config, run, ready.tasks, base, tuned)
     write_json(run.eval_path, evaluation)
     steps = trainer.state.global_step
     run.update_state(
@@ -309,7 +309,18 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         best_step=_kept_step(trainer),
         **memory,
     )
-    forgetting = _retention_report(config, ready, tuned_target) if config.eval.retention_suite else None
+    if config.eval.retention_suite:
+        _retention_report(config, ready, tuned_target)
+    _write_card(run, config, evaluation)
+    shutil.rmtree(run.checkpoints, ignore_errors=True)
+    run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def _write_card(run: RunDir, config: RunConfig, evaluation: dict) -> None:
+    """The run's card from its evaluation and what its directory holds: the retention suite's forgetting table, the
+    mask view of its first conversations, its training log (a preference run's rewards)."""
+    forgetting_path = run.path / "eval" / f"forgetting-{config.eval.retention_suite}.md"
+    forgetting = forgetting_path.read_text(encoding="utf-8") if config.eval.retention_suite else None
     masks = run.masks_path.read_text(encoding="utf-8") if run.masks_path.exists() else None
     log = (
         [json.loads(line) for line in run.metrics_path.read_text(encoding="utf-8").splitlines()]
@@ -317,20 +328,37 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
         else []
     )
     write_atomic(run.card_path, render_card(config, run.state(), evaluation, forgetting, masks, log))
-    shutil.rmtree(run.checkpoints, ignore_errors=True)
-    run.update_state(state="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def _judged(config: RunConfig, ready: Setup, base: dict[str, dict], tuned: dict[str, dict]) -> dict:
+def _judged(config: RunConfig, run: RunDir, tasks, base: dict[str, dict], tuned: dict[str, dict]) -> dict:
     """The judge's (`eval.judge`) verdict on the base's and the tuned model's answers to the test prompts (kept in
     their zero-shot scores), its per-prompt scores written to eval/judge.jsonl; returns eval.json's `judge`
     section."""
     print(f"judging the base's and the tuned model's answers with the reward model {config.eval.judge} ...")
     report, rows = judge_answers(
-        RewardJudge.load(config.eval.judge), ready.tasks.scored(), base, tuned, seed=config.training.seed
+        RewardJudge.load(config.eval.judge), tasks.scored(), base, tuned, seed=config.training.seed
     )
-    write_jsonl(ready.run.path / "eval" / "judge.jsonl", rows)
+    write_jsonl(run.path / "eval" / "judge.jsonl", rows)
     return report
+
+
+def judge_run(run: RunDir, judge: str) -> dict:
+    """Judge a complete generating run's answers after the fact with a reward run (`tunelab judge`): what
+    `eval.judge` does at the end of training, for a judge trained later. The base's and the tuned model's answers
+    are read from the run's eval.json, the verdict is added to it and to the card, and the judge is recorded in the
+    run's config."""
+    run.require_complete()
+    saved = run.config()
+    config = saved.model_copy(update={"eval": saved.eval.model_copy(update={"judge": str(Path(judge).resolve())})})
+    check_judge(config)
+    evaluation = json.loads(run.eval_path.read_text(encoding="utf-8"))
+    base = {name: task["base"] for name, task in evaluation["tasks"].items() if task.get("base")}
+    tuned = {name: task["tuned"] for name, task in evaluation["tasks"].items() if task.get("tuned")}
+    evaluation["judge"] = _judged(config, run, load_taskset(config), base, tuned)
+    write_json(run.eval_path, evaluation)
+    write_atomic(run.config_path, config_to_yaml(config))
+    _write_card(run, config, evaluation)
+    return evaluation["judge"]
 
 
 def _saved_target(run: RunDir, config: RunConfig) -> Target:

@@ -567,8 +567,6 @@ METRICS: dict[str, Metric] = {
             pairwise_accuracy, "tunelab", "share of pairs whose chosen answer a reward model scores above the other"
         ),
         _mean_metric(win_rate, "tunelab", "share of prompts whose first answer a judge scores higher, ties half"),
-
-
         Metric(
             "preference_accuracy",
             _mean_of(chosen_preferred),
