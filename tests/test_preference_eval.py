@@ -166,6 +166,12 @@ def test_eval_data_scores_a_run_on_a_file_of_pairs(dpo_run, tmp_path):
         "preference_accuracy: 1 of 5 records are unpaired examples (one answer judged good or bad), left out: "
         "there is no second answer to compare"
     ]
+    unpaired_only = write_jsonl(tmp_path / "kto.jsonl", [unpaired, {**unpaired, "label": False}])
+    path = evaluate_run(dpo_run, str(unpaired_only), tmp_path / "eval", samples=50)
+    assert list(json.loads(path.read_text())["tasks"]["kto.jsonl"]["metrics"]) == ["answer_words"]
+    assert "- kto.jsonl: preference_accuracy not scored: none of the 2 records is a pair" in (
+        path.with_suffix(".md").read_text()
+    )
 
 
 def test_a_plain_model_is_scored_on_a_preference_task_and_one_without_a_template_is_skipped(chat_decoder, tmp_path):
