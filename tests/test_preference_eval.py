@@ -233,3 +233,20 @@ def test_the_forgetting_report_of_a_preference_run(dpo_run):
     for row in report["tasks"].values():
         assert "skipped" in row or {"base", "tuned", "change"} <= set(row)
     assert "## Forgetting (retention suite)" in dpo_run.card_path.read_text()
+
+
+def test_a_rater_reads_the_turns_a_conversation_or_a_pair_is_answered_from():
+    system = {"role": "system", "content": "Answer briefly."}
+    turns = [system, {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+    pair = Record({"prompt": [*turns, {"role": "user", "content": "Bye?"}], "chosen": "Bye.", "rejected": "No."}, "p")
+    assert _spec().handler.shown_prompt(_spec(), pair) == (
+        "system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?"
+    )
+    chat = TaskSpec(name="chat", kind="chat", source="chat")
+    conversation = Record(
+        {"messages": [*turns, {"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "Bye."}]}, "c"
+    )
+    assert (
+        chat.handler.shown_prompt(chat, conversation)
+        == "system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?"
+    )
