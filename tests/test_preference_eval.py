@@ -18,6 +18,7 @@ from tunelab.card import preference_section
 from tunelab.data import taskset
 from tunelab.eval import human
 from tunelab.eval.commands import evaluate_suite
+from tunelab.eval.human.answers import shown_prompt
 from tunelab.eval.metrics import get_metric, score
 from tunelab.eval.runner import run_task
 from tunelab.eval.targets import Target, load_target
@@ -239,14 +240,9 @@ def test_a_rater_reads_the_turns_a_conversation_or_a_pair_is_answered_from():
     system = {"role": "system", "content": "Answer briefly."}
     turns = [system, {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
     pair = Record({"prompt": [*turns, {"role": "user", "content": "Bye?"}], "chosen": "Bye.", "rejected": "No."}, "p")
-    assert _spec().handler.shown_prompt(_spec(), pair) == (
-        "system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?"
-    )
+    assert shown_prompt(_spec(), pair) == ("system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?")
     chat = TaskSpec(name="chat", kind="chat", source="chat")
     conversation = Record(
         {"messages": [*turns, {"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "Bye."}]}, "c"
     )
-    assert (
-        chat.handler.shown_prompt(chat, conversation)
-        == "system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?"
-    )
+    assert shown_prompt(chat, conversation) == "system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?"

@@ -102,10 +102,13 @@ class Kind(ABC):
         tokens; a templated kind's prompt is its task's template filled (`tunelab.eval.runner.prompt_ids`)."""
         raise KindError(f"a {self.name} task is asked through its instruction templates, not its own prompt")
 
-    def shown_prompt(self, spec: Any, record: Record) -> str:
-        """A record's prompt as a person rating the answers to it reads it (`tunelab human export`): the task's first
-        template filled; an untemplated kind writes out the turns its model answers."""
-        return spec.prompt(record)
+    def prompt_messages(self, spec: Any, record: Record) -> list[dict[str, Any]]:
+        """A record's prompt as the conversation its answers reply to (what a person rating them reads,
+        `tunelab human export`): a templated kind's first template filled, as one user turn; a kind with prompts of
+        its own overrides it."""
+        if not (self.prompted and self.templated):
+            raise KindError(f"a {self.name} task has no prompt to show")
+        return [{"role": "user", "content": spec.prompt(record)}]
 
     def reference_examples(
         self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int

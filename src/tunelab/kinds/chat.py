@@ -160,10 +160,10 @@ class Chat(Kind):
         data = self.data_config(spec, limit, 0, 0)
         return [_example(masked_record(record, tokenizer, data)) for record in records]
 
-    def shown_prompt(self, spec: Any, record: Record) -> str:
-        with named_record(record):
-            messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
-        return shown_turns(messages[: last_assistant(messages)])
+    def prompt_messages(self, spec: Any, record: Record) -> list[dict[str, Any]]:
+        """The turns before the conversation's last assistant turn."""
+        messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
+        return messages[: last_assistant(messages)]
 
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
