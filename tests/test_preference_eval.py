@@ -18,6 +18,7 @@ from tunelab.card import preference_section
 from tunelab.data import taskset
 from tunelab.eval import human
 from tunelab.eval.commands import evaluate_suite
+from tunelab.eval.human.answers import shown_prompt
 from tunelab.eval.metrics import get_metric, score
 from tunelab.eval.runner import run_task
 from tunelab.eval.targets import Target, load_target
@@ -166,6 +167,12 @@ def test_eval_data_scores_a_run_on_a_file_of_pairs(dpo_run, tmp_path):
         "preference_accuracy: 1 of 5 records are unpaired examples (one answer judged good or bad), left out: "
         "there is no second answer to compare"
     ]
+    unpaired_only = write_jsonl(tmp_path / "kto.jsonl", [unpaired, {**unpaired, "label": False}])
+    path = evaluate_run(dpo_run, str(unpaired_only), tmp_path / "eval", samples=50)
+    assert list(json.loads(path.read_text())["tasks"]["kto.jsonl"]["metrics"]) == ["answer_words"]
+    assert "- kto.jsonl: preference_accuracy not scored: none of the 2 records is a pair" in (
+        path.with_suffix(".md").read_text()
+    )
 
 
 def test_a_plain_model_is_scored_on_a_preference_task_and_one_without_a_template_is_skipped(chat_decoder, tmp_path):
@@ -227,3 +234,15 @@ def test_the_forgetting_report_of_a_preference_run(dpo_run):
     for row in report["tasks"].values():
         assert "skipped" in row or {"base", "tuned", "change"} <= set(row)
     assert "## Forgetting (retention suite)" in dpo_run.card_path.read_text()
+
+
+def test_a_rater_reads_the_turns_a_conversation_or_a_pair_is_answered_from():
+    system = {"role": "system", "content": "Answer briefly."}
+    turns = [system, {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+    pair = Record({"prompt": [*turns, {"role": "user", "content": "Bye?"}], "chosen": "Bye.", "rejected": "No."}, "p")
+    assert shown_prompt(_spec(), pair) == ("system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?")
+    chat = TaskSpec(name="chat", kind="chat", source="chat")
+    conversation = Record(
+        {"messages": [*turns, {"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "Bye."}]}, "c"
+    )
+    assert shown_prompt(chat, conversation) == "system: Answer briefly.\nuser: Hi.\nassistant: Hello.\nuser: Bye?"

@@ -110,6 +110,17 @@ def _protocol_cells(task: dict) -> str:
     return f"{shots} | {task.get('scoring', '-')}"
 
 
+def _notes(report: dict) -> list[str]:
+    """Below the table: each metric a task could not score on its records, and what a task's scores left out."""
+    notes = [
+        f"- {name}: {metric} not scored: {reason}"
+        for name, task in report["tasks"].items()
+        for metric, reason in task.get("unscored", {}).items()
+    ]
+    notes += [f"- {name}: {note}" for name, task in report["tasks"].items() for note in task.get("notes", [])]
+    return ["", *notes] if notes else []
+
+
 def render_suite(report: dict) -> str:
     """The suite report as a Markdown table: every metric with its 95% interval."""
     lines = [
@@ -130,6 +141,7 @@ def render_suite(report: dict) -> str:
                 f"{_protocol_cells(task) if first else ' | '} | {metric} | {format_interval(value)} | "
                 f"{note if first else ''} |"
             )
+    lines += _notes(report)
     if report["average"]:
         lines += [
             "",

@@ -113,10 +113,11 @@ class Kind(ABC):
         raise KindError(f"a {self.name} task is asked through its instruction templates, not its own prompt")
 
     def prompt_messages(self, spec: Any, record: Record) -> list[dict[str, Any]]:
-        """A record's prompt as the conversation a reward model judges an answer to (`eval.judge`): a templated
-        kind's first template filled, as one user turn; a kind with prompts of its own overrides it."""
+        """A record's prompt as the conversation its answers reply to: what a reward model judges an answer to
+        (`eval.judge`) and what a person rating the answers reads (`tunelab human export`). A templated kind's first
+        template filled, as one user turn; a kind with prompts of its own overrides it."""
         if not (self.prompted and self.templated):
-            raise KindError(f"a {self.name} task has no prompt for a reward model to judge an answer to")
+            raise KindError(f"a {self.name} task has no prompt of its own to show or judge an answer to")
         return [{"role": "user", "content": spec.prompt(record)}]
 
     def scored_ids(
@@ -132,11 +133,6 @@ class Kind(ABC):
         """Each record's length in tokens as this kind reads it, uncut, where the data report's shared measures (a
         text field; a prompt and an answer; a conversation) do not fit it; None where they do."""
         return None
-
-    def shown_prompt(self, spec: Any, record: Record) -> str:
-        """A record's prompt as a person rating the answers to it reads it (`tunelab human export`): the task's first
-        template filled; an untemplated kind writes out the turns its model answers."""
-        return spec.prompt(record)
 
     def reference_examples(
         self, spec: Any, records: list[Record], tokenizer: PreTrainedTokenizerBase, family: Family, limit: int

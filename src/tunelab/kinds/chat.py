@@ -165,11 +165,6 @@ class Chat(Kind):
         messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
         return messages[: last_assistant(messages)]
 
-    def shown_prompt(self, spec: Any, record: Record) -> str:
-        with named_record(record):
-            messages, _ = conversation_of(record, spec.messages_field, spec.tools_field)
-        return shown_turns(messages[: last_assistant(messages)])
-
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What a model answers the conversation's last assistant turn from, within `budget` tokens: the turns
         before it and the generation prompt, the earliest turns after any system prompt dropped until it fits."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import DataConfig
 from tunelab.kinds.base import Family, Kind, KindError
-from tunelab.kinds.chat import compared_turns, named_record, prepare_chat_tokenizer, reply_prompt_ids, shown_turns
+from tunelab.kinds.chat import compared_turns, named_record, prepare_chat_tokenizer, reply_prompt_ids
 from tunelab.kinds.chat_masks import closing_text, mask_conversation
 from tunelab.kinds.chat_messages import ConversationError
 from tunelab.kinds.encoding import IGNORE_INDEX, Encoded, padded_with_ignored_labels
@@ -154,9 +154,6 @@ class PreferenceKind(Kind):
     def prompt_messages(self, spec: Any, record: Record) -> list[dict[str, Any]]:
         """The pair's prompt turns, which both answers reply to."""
         return preference_of(record, _data_of(spec)).prompt
-
-    def shown_prompt(self, spec: Any, record: Record) -> str:
-        return shown_turns(preference_of(record, _data_of(spec)).prompt)
 
     def prompt_ids(self, spec: Any, record: Record, tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
         """What the model answers a record's prompt from: its turns and the generation prompt, within `budget`."""

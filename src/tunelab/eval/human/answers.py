@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tunelab.eval.human.store import HumanEvalError
 from tunelab.kinds import answers_by_head, kind_of_run, objective_name
 from tunelab.runs import RunDir
+
+if TYPE_CHECKING:
+    from tunelab.records import Record
+    from tunelab.tasks import TaskSpec
 
 TRAINING_ONLY_DATA_FIELDS = {
     "validation",
@@ -104,4 +110,12 @@ def generate_outputs(
         target = base_target(reference, tuned).for_task(spec.name)
         outputs.append(answers(target, spec, records))
         del target
-    return [spec.handler.shown_prompt(spec, record) for record in records], outputs[0], outputs[1]
+    return [shown_prompt(spec, record) for record in records], outputs[0], outputs[1]
+
+
+def shown_prompt(spec: TaskSpec, record: Record) -> str:
+    """A record's prompt as a person rating the answers to it reads it: the task's template filled, or the turns an
+    untemplated kind's model answers from (a conversation's, a preference pair's), the system prompt included."""
+    from tunelab.kinds.chat import shown_turns
+
+    return spec.prompt(record) if spec.handler.templated else shown_turns(spec.handler.prompt_messages(spec, record))
