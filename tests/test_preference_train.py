@@ -11,6 +11,8 @@ import gc
 import json
 import math
 import shutil
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,10 +21,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForCausalLM, PreTrainedModel, TrainerCallback
 
 from tunelab import pipeline
-from tunelab.config import ConfigError
+from tunelab.config import ConfigError, PreferenceConfig
 from tunelab.kinds.encoding import IGNORE_INDEX
 from tunelab.records import DataError
-from tunelab.train.preference_trainer import answer_logps, reference_logps
+from tunelab.train.preference_losses import AnswerLogProbs, preference_losses
+from tunelab.train.preference_trainer import PreferenceTrainer, answer_logps, reference_logps
 from tunelab.ui.app import create_ui
 from tunelab.ui.index import scan
 
@@ -156,6 +159,38 @@ def test_a_loss_refuses_the_other_form_of_data_naming_the_records(
         pipeline.train(config)
     assert f"{data.rsplit('/', 1)[1]}:1" in str(refused.value)  # the first record, by file and line
     assert "Use loss" in str(refused.value)
+
+
+class OneOfTwoProcesses:
+    """The accelerator of one of two processes whose batches hold the same values: records what it gathers."""
+
+    def __init__(self):
+        self.gathered = []
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.gathered.append(tuple(tensor.shape))
+        return torch.cat([tensor, tensor])
+
+
+def test_every_process_gathers_the_same_rewards_whatever_its_kto_batch_holds():
+    """A KTO batch may hold only good or only bad answers: each process still gathers one tensor of one shape per
+    batch, so no process waits for a gather another skipped; logps/ are the good and the bad answers'."""
+    accelerator = OneOfTwoProcesses()
+    trainer = SimpleNamespace(accelerator=accelerator, _stored={"train": defaultdict(list)})
+    settings = PreferenceConfig(loss="kto", beta=0.5)
+    policy = AnswerLogProbs(torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -6.0]), torch.ones(2), torch.ones(2))
+    reference = AnswerLogProbs(torch.tensor([-4.0, -4.0]), torch.tensor([-4.0, -6.0]), torch.ones(2), torch.ones(2))
+    for labels in ([1, 1], [1, 0], [0, 0]):
+        desirable = torch.tensor(labels)
+        terms = preference_losses(settings, policy, reference, desirable)
+        PreferenceTrainer._store(trainer, policy, terms, desirable, "train")
+    assert len(accelerator.gathered) == 3 and len(set(accelerator.gathered)) == 1
+    logged = trainer._stored["train"]
+    assert logged["rewards/chosen"] == [0.0, 0.5]  # beta * log-ratio of the good answers: (0.5 + -0.5) / 2, then 0.5
+    assert logged["rewards/rejected"] == [-0.5, 0.0]
+    assert logged["rewards/margins"] == [1.0]  # only where the batches held both
+    assert logged["logps/chosen"] == [-4.0, -3.0] and logged["logps/rejected"] == [-5.0, -4.0]
+    assert "rewards/accuracies" not in logged
 
 
 def _one_by_one(model, example: dict) -> list[float]:
