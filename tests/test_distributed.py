@@ -27,9 +27,9 @@ from helpers import (
     NOUNS,
     POSITIVE,
     SUBJECTS,
-    preference_rows,
-    preference_settings,
+    preference_run_settings,
     session_home,
+    subject_pairs,
     write_jsonl,
     write_yaml,
 )
@@ -236,10 +236,8 @@ def test_two_processes_follow_the_one_process_curves_of_a_preference_run(method,
     over both halves."""
     subjects = [f"{colour} {subject}" for colour in ("red", "blue", "green") for subject in SUBJECTS]
     splits = {"train": subjects[:24], "validation": subjects[24:28], "test": subjects[28:30]}
-    files = {
-        split: write_jsonl(tmp_path / f"{split}.jsonl", preference_rows(names)) for split, names in splits.items()
-    }
-    settings = preference_settings(
+    files = {split: write_jsonl(tmp_path / f"{split}.jsonl", subject_pairs(names)) for split, names in splits.items()}
+    settings = preference_run_settings(
         chat_decoder, files["train"], method, {"validation": str(files["validation"]), "test": str(files["test"])}
     )
     settings["training"].update(max_steps=STEPS, learning_rate=3e-3 if method == "full" else 3e-2, seed=7)

@@ -29,7 +29,7 @@ from tunelab.train.preference_trainer import PreferenceTrainer, answer_logps, re
 from tunelab.ui.app import create_ui
 from tunelab.ui.index import scan
 
-from helpers import SUBJECTS, preference_config, preference_rows, unpaired_rows, write_jsonl
+from helpers import SUBJECTS, preference_run_config, subject_pairs, unpaired_subject_examples, write_jsonl
 
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -46,7 +46,7 @@ def pair_files(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("pairs")
     splits = {"train": SUBJECTS[:8], "validation": SUBJECTS[8:10], "test": SUBJECTS[10:]}
     return {
-        split: str(write_jsonl(folder / f"{split}.jsonl", preference_rows(names))) for split, names in splits.items()
+        split: str(write_jsonl(folder / f"{split}.jsonl", subject_pairs(names))) for split, names in splits.items()
     }
 
 
@@ -54,7 +54,7 @@ def pair_files(tmp_path_factory) -> dict[str, str]:
 def dpo_run(chat_decoder, pair_files, tmp_path_factory):
     """DPO with LoRA overfitting the eight training pairs (16 steps of 4), validated once an epoch (2 steps),
     reporting to TensorBoard; shared by the tests that read it."""
-    config = preference_config(
+    config = preference_run_config(
         chat_decoder,
         pair_files["train"],
         tmp_path_factory.mktemp("dpo-run"),
@@ -119,7 +119,9 @@ def test_the_run_page_plots_the_rewards(dpo_run):
 
 @pytest.fixture(scope="module")
 def unpaired_file(tmp_path_factory) -> str:
-    return str(write_jsonl(tmp_path_factory.mktemp("unpaired") / "unpaired.jsonl", unpaired_rows(SUBJECTS)))
+    return str(
+        write_jsonl(tmp_path_factory.mktemp("unpaired") / "unpaired.jsonl", unpaired_subject_examples(SUBJECTS))
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,7 +139,7 @@ def unpaired_file(tmp_path_factory) -> str:
 )
 def test_each_loss_trains_end_to_end(settings, chat_decoder, pair_files, unpaired_file, tmp_path):
     data = unpaired_file if settings["loss"] == "kto" else pair_files["train"]
-    run = pipeline.train(preference_config(chat_decoder, data, tmp_path, max_steps=2, preference=settings))
+    run = pipeline.train(preference_run_config(chat_decoder, data, tmp_path, max_steps=2, preference=settings))
     assert run.state()["state"] == "complete"
     train, _ = _entries(run)
     assert [e["step"] for e in train] == [1, 2]
@@ -154,7 +156,7 @@ def test_a_loss_refuses_the_other_form_of_data_naming_the_records(
     loss, form, wrong, chat_decoder, pair_files, unpaired_file, tmp_path
 ):
     data = pair_files["train"] if wrong == "pairs" else unpaired_file
-    config = preference_config(chat_decoder, data, tmp_path, max_steps=2, preference={"loss": loss})
+    config = preference_run_config(chat_decoder, data, tmp_path, max_steps=2, preference={"loss": loss})
     with pytest.raises(DataError, match=f"loss {loss} trains {form}") as refused:
         pipeline.train(config)
     assert f"{data.rsplit('/', 1)[1]}:1" in str(refused.value)  # the first record, by file and line
@@ -242,7 +244,7 @@ def test_the_lora_reference_is_the_model_with_its_adapters_off_and_no_second_cop
     base_parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(source).parameters())
     census = Census(source)
     run = pipeline.train(
-        preference_config(source, pair_files["train"], tmp_path / "runs", max_steps=4, learning_rate=3e-2),
+        preference_run_config(source, pair_files["train"], tmp_path / "runs", max_steps=4, learning_rate=3e-2),
         callbacks=[census],
     )
     adapters = run.state()["trainable"]["trainable_params"]
@@ -270,7 +272,7 @@ def test_full_fine_tuning_precomputes_the_untuned_models_reference_into_the_run(
 ):
     examples = Examples()
     splits = {"validation": pair_files["validation"], "test": pair_files["test"]}
-    config = preference_config(chat_decoder, pair_files["train"], tmp_path, method="full", data=splits)
+    config = preference_run_config(chat_decoder, pair_files["train"], tmp_path, method="full", data=splits)
     run = pipeline.train(config, callbacks=[examples])
     assert "reference log-probabilities of 10 examples, computed once before training" in capsys.readouterr().out
     stored = json.loads((run.data_dir / "reference_logps.json").read_text())
@@ -286,12 +288,12 @@ def test_full_fine_tuning_precomputes_the_untuned_models_reference_into_the_run(
 def test_prompt_learning_is_refused_before_anything_loads(method, chat_decoder, pair_files, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "load_taskset", lambda config: pytest.fail("the data was read"))
     with pytest.raises(ConfigError, match=f"method {method} adds virtual tokens .* use lora, ia3, full or bitfit"):
-        pipeline.train(preference_config(chat_decoder, pair_files["train"], tmp_path / "runs", method=method))
+        pipeline.train(preference_run_config(chat_decoder, pair_files["train"], tmp_path / "runs", method=method))
     assert not (tmp_path / "runs").exists()
 
 
 def test_an_encoder_is_refused_before_anything_loads(tiny_encoder, pair_files, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "load_taskset", lambda config: pytest.fail("the data was read"))
     with pytest.raises(ConfigError, match="tunes a decoder; .* pick a decoder"):
-        pipeline.train(preference_config(tiny_encoder, pair_files["train"], tmp_path / "runs"))
+        pipeline.train(preference_run_config(tiny_encoder, pair_files["train"], tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()

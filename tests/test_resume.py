@@ -28,8 +28,8 @@ from helpers import (
     SUBJECTS,
     losses_by_step,
     only_run,
-    preference_rows,
-    preference_settings,
+    preference_run_settings,
+    subject_pairs,
     write_jsonl,
 )
 
@@ -91,10 +91,9 @@ def _config(kind: str, folder: Path, encoder: str, decoder: str) -> Path:
     elif kind == "preference":  # full fine-tuning: the reference's log-probabilities are kept in the run
         splits = {"train": SUBJECTS[:10], "validation": SUBJECTS[10:11], "test": SUBJECTS[11:]}
         files = {
-            split: str(write_jsonl(folder / f"{split}.jsonl", preference_rows(names)))
-            for split, names in splits.items()
+            split: str(write_jsonl(folder / f"{split}.jsonl", subject_pairs(names))) for split, names in splits.items()
         }
-        settings = preference_settings(
+        settings = preference_run_settings(
             decoder, files["train"], "full", {"validation": files["validation"], "test": files["test"]}
         )
         config = {  # 5 steps of 2 pairs an epoch: the first checkpoint, at step 5, falls inside the window 4-6
