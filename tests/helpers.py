@@ -207,6 +207,67 @@ def lm_config(model_dir, data_file, out, method="full", method_settings=None, **
     )
 
 
+SUBJECTS = ["cats", "tea", "rain", "maps", "bread", "music", "trees", "boats", "stars", "clocks", "shoes", "lamps"]
+
+
+def subject_pairs(subjects: list[str]) -> list[dict]:
+    """Preference pairs (explicit prompt, TRL's form) a tiny model learns to tell apart within a few steps: the
+    chosen answer names the prompt's subject, the rejected one declines."""
+    return [
+        {"prompt": f"Tell me about {subject}.", "chosen": f"I like {subject} a lot.", "rejected": "I will not say."}
+        for subject in subjects
+    ]
+
+
+def unpaired_subject_examples(subjects: list[str]) -> list[dict]:
+    """Unpaired examples as kto_demo holds them (prompt and completion as messages, a good/bad label): the good
+    answers name the subject, the bad ones decline."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Tell me about {subject}."}],
+            "completion": [
+                {"role": "assistant", "content": f"I like {subject} a lot." if number % 2 == 0 else "I will not say."}
+            ],
+            "label": number % 2 == 0,
+        }
+        for number, subject in enumerate(subjects)
+    ]
+
+
+def preference_run_settings(model_dir, data_file: Path, method: str = "lora", data=None, **training) -> dict:
+    """The settings of a tiny preference run (data.kind: preference), as a config file holds them: DPO (unless
+    `training` sets `preference`) for 4 steps of 4 pairs at 1e-2, LoRA without dropout, no baseline scored; `data`
+    adds data settings."""
+    return {
+        "name": f"tiny-preference-{method}",
+        "model": {"name": str(model_dir)},
+        "data": {
+            "kind": "preference",
+            "train": str(data_file),
+            "max_length": 64,
+            "max_eval_examples": 2,
+            **(data or {}),
+        },
+        "method": {"name": method, "lora": {"dropout": 0.0}},
+        "training": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "learning_rate": 1e-2,
+            "logging_steps": 1,
+            "precision": "fp32",
+            **training,
+        },
+        "eval": {"max_new_tokens": 4, "baselines": []},
+    }
+
+
+def preference_run_config(model_dir, data_file: Path, out, method: str = "lora", data=None, **training) -> RunConfig:
+    """A tiny preference run (`preference_run_settings`) writing under `out`."""
+    return build_config(
+        {**preference_run_settings(model_dir, data_file, method, data, **training), "output_dir": str(out)}
+    )
+
+
 def sweep_config_file(tmp_path, model, data, space, method="lora", epochs=2, **sweep) -> str:
     """A tiny classifier's config with a sweep section, written to tmp_path/sweep.yaml (runs under tmp_path/runs)."""
     path = tmp_path / "sweep.yaml"

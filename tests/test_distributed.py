@@ -22,7 +22,17 @@ from transformers import AutoModel, AutoTokenizer
 from tunelab.cli import main
 from tunelab.runs import RunDir
 
-from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
+from helpers import (
+    NEGATIVE,
+    NOUNS,
+    POSITIVE,
+    SUBJECTS,
+    preference_run_settings,
+    session_home,
+    subject_pairs,
+    write_jsonl,
+    write_yaml,
+)
 
 pytestmark = pytest.mark.integration  # torchrun launches and three trainings: ~50 s on 2 cores
 
@@ -217,3 +227,30 @@ def test_two_processes_train_a_mixture_as_one_does(architecture, tiny_decoder, t
     two, one, _ = _train_both(config, tmp_path)
     assert two.state()["world_size"] == 2 and two.state()["plan"] == one.state()["plan"]
     assert _loss_per_step(two) == pytest.approx(_loss_per_step(one), rel=LOSS_RTOL)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_processes_follow_the_one_process_curves_of_a_preference_run(method, chat_decoder, tmp_path):
+    """DPO: each process scores its half of the pairs against the reference (the adapter-free model, or for full
+    fine-tuning the log-probabilities every process reads from the run), and the rewards logged are the mean
+    over both halves."""
+    subjects = [f"{colour} {subject}" for colour in ("red", "blue", "green") for subject in SUBJECTS]
+    splits = {"train": subjects[:24], "validation": subjects[24:28], "test": subjects[28:30]}
+    files = {split: write_jsonl(tmp_path / f"{split}.jsonl", subject_pairs(names)) for split, names in splits.items()}
+    settings = preference_run_settings(
+        chat_decoder, files["train"], method, {"validation": str(files["validation"]), "test": str(files["test"])}
+    )
+    settings["training"].update(max_steps=STEPS, learning_rate=3e-3 if method == "full" else 3e-2, seed=7)
+    two, one, _ = _train_both(write_yaml(tmp_path / "config.yaml", settings), tmp_path)
+    assert _loss_per_step(two) == pytest.approx(_loss_per_step(one), rel=LOSS_RTOL)
+    assert _logged(one, "rewards/margins")[STEPS] > 0  # the policy has moved from its reference
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "eval_rewards/margins"):
+        assert _logged(two, name) == pytest.approx(_logged(one, name), rel=LOSS_RTOL, abs=1e-7), name
+
+
+def _logged(run: RunDir, name: str) -> dict[int, float]:
+    return {
+        entry["step"]: entry[name]
+        for entry in map(json.loads, run.metrics_path.read_text().splitlines())
+        if name in entry
+    }

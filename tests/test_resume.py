@@ -20,7 +20,18 @@ from tunelab.cli import main
 from tunelab.runs import RunDir
 from tunelab.train import trainer as trainer_module
 
-from helpers import NEGATIVE, NOUNS, POSITIVE, SHARED_DATA, losses_by_step, only_run, write_jsonl
+from helpers import (
+    NEGATIVE,
+    NOUNS,
+    POSITIVE,
+    SHARED_DATA,
+    SUBJECTS,
+    losses_by_step,
+    only_run,
+    preference_run_settings,
+    subject_pairs,
+    write_jsonl,
+)
 
 SAVE_STEPS = 5
 LOGGING_STEPS = 3
@@ -76,6 +87,18 @@ def _config(kind: str, folder: Path, encoder: str, decoder: str) -> Path:
                 "max_length": 48,
             },
             "training": {**training, "epochs": 3},
+        }
+    elif kind == "preference":  # full fine-tuning: the reference's log-probabilities are kept in the run
+        splits = {"train": SUBJECTS[:10], "validation": SUBJECTS[10:11], "test": SUBJECTS[11:]}
+        files = {
+            split: str(write_jsonl(folder / f"{split}.jsonl", subject_pairs(names))) for split, names in splits.items()
+        }
+        settings = preference_run_settings(
+            decoder, files["train"], "full", {"validation": files["validation"], "test": files["test"]}
+        )
+        config = {  # 5 steps of 2 pairs an epoch: the first checkpoint, at step 5, falls inside the window 4-6
+            **settings,
+            "training": {**settings["training"], **training, "batch_size": 2, "max_steps": 15},
         }
     elif kind == "multi_head":
         config = {
@@ -147,16 +170,42 @@ def test_a_killed_classifier_resumes_to_the_uninterrupted_result(tiny_encoder, t
 
 
 def _resumes_to_the_uninterrupted_result(config: Path, tmp_path: Path) -> None:
+    _resume_to(*_whole_and_killed(config, tmp_path))
+
+
+def _whole_and_killed(config: Path, tmp_path: Path) -> tuple[RunDir, RunDir]:
+    """The config trained without interruption, and trained again until killed inside a logging window."""
     assert main(["train", str(config), f"output_dir={tmp_path / 'whole'}"]) == 0
     whole = only_run(tmp_path / "whole")
 
     killed = _kill_after_a_checkpoint(config, tmp_path / "killed")
     assert killed.state()["state"] == "running" and not killed.eval_path.exists()  # a killed run never looks complete
     assert killed.checkpoint_step() % LOGGING_STEPS  # killed inside a logging window
+    return whole, killed
+
+
+def _resume_to(whole: RunDir, killed: RunDir) -> None:
+    """Resume the killed run, which must end as the whole run did."""
     assert main(["train", "--resume", str(killed.path)]) == 0
     assert killed.state()["state"] == "complete"
     assert losses_by_step(killed) == pytest.approx(losses_by_step(whole), rel=1e-5)
     _assert_same_scores(_tuned(killed), _tuned(whole))
+
+
+def test_a_killed_preference_run_reads_its_reference_back_and_resumes_to_the_uninterrupted_result(
+    chat_decoder, tmp_path, capsys
+):
+    """Under full fine-tuning the reference's log-probabilities are computed before the first step; the resumed
+    run reads them back from the run (by then the weights are tuned: computing them again would be wrong)."""
+    whole, killed = _whole_and_killed(_config("preference", tmp_path, "", chat_decoder), tmp_path)
+    reference = killed.data_dir / "reference_logps.json"
+    written = reference.stat().st_mtime_ns
+    capsys.readouterr()
+    _resume_to(whole, killed)
+    resumed = capsys.readouterr().out
+    assert f"reference log-probabilities read from {reference}" in resumed and "computed once" not in resumed
+    assert reference.stat().st_mtime_ns == written
+    assert json.loads(reference.read_text()) == json.loads((whole.data_dir / "reference_logps.json").read_text())
 
 
 def _assert_same_scores(a: dict, b: dict) -> None:

@@ -19,7 +19,7 @@ from transformers import Trainer
 
 from tunelab.config import PreferenceConfig
 from tunelab.data.encode import VARLEN_KEYS
-from tunelab.train.preference_losses import AnswerLogProbs, preference_losses
+from tunelab.train.preference_losses import AnswerLogProbs, LossTerms, preference_losses
 from tunelab.train.trainer import LOSS_CHUNK_LOGITS, PlannedOrder, WatchedSteps
 
 BATCH_KEYS = ("input_ids", "position_ids", "prompt_sharing", *VARLEN_KEYS)
@@ -91,27 +91,35 @@ class PreferenceTrainer(WatchedSteps, PlannedOrder, Trainer):
         reference = reference_logps(model, inputs) if self.settings.uses_reference else None
         terms = preference_losses(self.settings, policy, reference, inputs.get("desirable"))
         loss = terms.losses.mean()
-        self._store(policy, terms, "train" if model.training else "eval")
+        self._store(policy, terms, inputs.get("desirable"), "train" if model.training else "eval")
         return (loss, {"loss": loss}) if return_outputs else loss
 
-    def _store(self, policy: AnswerLogProbs, terms, split: str) -> None:
-        """This batch's rewards and log-probabilities (mean over every process's examples), logged at the next
-        log line as the mean of the batches since the last."""
+    def _store(self, policy: AnswerLogProbs, terms: LossTerms, desirable: torch.Tensor | None, split: str) -> None:
+        """This batch's rewards and log-probabilities (means over every process's examples), logged at the next
+        log line as the mean of the batches since the last. Every process gathers the same sums and counts
+        whatever its examples are: a KTO batch may hold no good or no bad answer, and a value one process left out
+        would pair the others' next gather with another value, or leave them waiting."""
         chosen, rejected = terms.chosen_rewards, terms.rejected_rewards
+        if desirable is None:  # pairs: each example's two answers
+            chosen_logps, rejected_logps = policy.chosen, policy.rejected
+        else:  # unpaired: the good answers and the bad ones (the second slot holds another prompt's answer)
+            good = desirable.bool()
+            chosen_logps, rejected_logps = policy.chosen[good], policy.chosen[~good]
         values = {
-            "rewards/chosen": chosen.mean() if chosen.numel() else None,
-            "rewards/rejected": rejected.mean() if rejected.numel() else None,
-            "logps/chosen": policy.chosen.detach().mean(),
-            "logps/rejected": policy.rejected.detach().mean(),
+            "rewards/chosen": chosen,
+            "rewards/rejected": rejected,
+            "logps/chosen": chosen_logps,
+            "logps/rejected": rejected_logps,
         }
-        if chosen.numel() and rejected.numel():
-            values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
-        if self.settings.loss != "kto":  # a pair's rewards compare its own two answers
-            values["rewards/accuracies"] = (chosen > rejected).float().mean()
-        for name, value in values.items():
-            if value is not None:
-                gathered = self.accelerator.gather_for_metrics(value.detach().float().reshape(1))
-                self._stored[split][name].append(float(gathered.mean()))
+        if desirable is None:  # a pair's rewards compare its own two answers
+            values["rewards/accuracies"] = (chosen > rejected).float()
+        sums = torch.tensor([[float(v.detach().sum()), v.numel()] for v in values.values()], device=chosen.device)
+        totals = self.accelerator.gather(sums[None]).sum(0).tolist()  # [processes, values, 2], summed over processes
+        means = {name: total / count for name, (total, count) in zip(values, totals) if count}
+        if "rewards/chosen" in means and "rewards/rejected" in means:
+            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        for name, mean in means.items():
+            self._stored[split][name].append(mean)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Validation's loss (and rewards, stored for the log): a preference batch has no `labels` for the

@@ -32,7 +32,7 @@ from tunelab.eval import human
 from tunelab.runs import RunDir
 from tunelab.serve.settings import ServeSettings
 from tunelab.train.objectives import objective_of
-from tunelab.ui.index import DEFAULT_ROOTS, Index, UiError, read_json, read_metrics, scan
+from tunelab.ui.index import DEFAULT_ROOTS, Index, UiError, curves, read_json, read_metrics, scan
 from tunelab.ui.playground import Playground
 
 log = logging.getLogger("tunelab.ui")
@@ -180,12 +180,14 @@ def create_ui(roots: list[Path], token: str | None = None, serve_settings: Serve
     @app.get("/api/run/{run_id:path}")
     def run_progress(run_id: str):
         summary = index().run(run_id)
+        metrics = read_metrics(summary.path)
         return {
             "state": summary.state,
             "status": summary.status,
             "state_class": summary.state_class,
             "finished": summary.finished_state,
-            "metrics": read_metrics(summary.path),
+            "metrics": metrics,
+            "curves": curves(metrics),
         }
 
     @app.get("/compare", response_class=HTMLResponse)

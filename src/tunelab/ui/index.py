@@ -22,6 +22,11 @@ DEFAULT_ROOTS = ("runs", "compare", "sweeps")
 MAX_DEPTH = 4
 """A comparison keeps its runs at compare/NAME/runs/VARIANT/RUN: deeper than that is not searched."""
 FINISHED_STATES = ("complete", "failed", "interrupted", "pruned")
+LOGGED_FAMILIES = ("rewards/", "logps/")
+"""Training values the run page plots beside the loss: a preference run's implicit rewards and answer
+log-probabilities (`rewards/chosen`, `logps/rejected`, ..., as TRL and LLaMA-Factory name them)."""
+NOT_CURVES = ("runtime", "per_second", "_flos")
+"""Validation timings: logged with every validation, but no measure of the model."""
 
 
 class UiError(TunelabError, ValueError):
@@ -268,3 +273,17 @@ def read_metrics(path: Path) -> list[dict]:
         except ValueError:
             break
     return entries
+
+
+def curves(entries: list[dict]) -> dict[str, list[list[float]]]:
+    """The run page's curves, by the logged name: [step, value] points of the training loss, of the LOGGED_FAMILIES
+    and of every validation value (`eval_...`) but the timings, in the order they were logged."""
+    series: dict[str, list[list[float]]] = {}
+    for entry in entries:
+        for name, value in entry.items():
+            training = name == "loss" or name.startswith(LOGGED_FAMILIES)
+            plotted = training or (name.startswith("eval_") and not name.endswith(NOT_CURVES))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if plotted and number and isinstance(entry.get("step"), int):
+                series.setdefault(name, []).append([entry["step"], value])
+    return series

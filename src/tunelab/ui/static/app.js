@@ -38,21 +38,6 @@ function makeSortable(table) {
 document.querySelectorAll("table.sortable").forEach(makeSortable);
 
 // --- live curves -----------------------------------------------------------------------------------------------
-const NOT_CURVES = /(runtime|per_second|_flos)$/;
-
-function seriesOf(metrics) {
-  const series = new Map();
-  for (const entry of metrics) {
-    for (const [key, value] of Object.entries(entry)) {
-      const wanted = key === "loss" || (key.startsWith("eval_") && !NOT_CURVES.test(key));
-      if (!wanted || typeof value !== "number" || typeof entry.step !== "number") continue;
-      if (!series.has(key)) series.set(key, []);
-      series.get(key).push([entry.step, value]);
-    }
-  }
-  return series;
-}
-
 function tickFormat(low, high) {
   // Enough decimals to tell the axis ends apart: a loss between 0.6931 and 0.6934 needs four.
   const span = Math.abs(high - low) || Math.abs(high) || 1;
@@ -107,7 +92,7 @@ function startCurves(container) {
       setTimeout(refresh, 5000);
       return;
     }
-    const series = seriesOf(data.metrics);
+    const series = new Map(Object.entries(data.curves)); // chosen by the app (ui/index.py: curves)
     container.replaceChildren(...Array.from(series, ([name, points]) => drawCurve(name, points)));
     const state = document.getElementById("run-state");
     state.textContent = data.status;
