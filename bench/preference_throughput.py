@@ -33,10 +33,8 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,7 +44,7 @@ from transformers import TrainerCallback
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from train_throughput import StepClock  # noqa: E402
+from train_throughput import StepClock, launch  # noqa: E402
 
 PREFERENCE_HH = Path(os.environ.get("TUNELAB_DATA", BENCH.parent.parent / "shared" / "data")) / "preference_hh"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -103,28 +101,22 @@ def tunelab_config(args, workdir: Path, gradient_checkpointing: bool):
     )
 
 
-def planned_order(config) -> list[int]:
-    """Which training pair each step's batch holds, in order: tunelab's plan, which TRL is given to read as is."""
+def planned(config):
+    """The run's tasks and its training plan, as `tunelab train` makes them."""
     from tunelab.data.plan import plan_training
     from tunelab.data.taskset import load_taskset
     from tunelab.train.objectives import objective_of
 
     tasks = load_taskset(config)
-    plan = plan_training(config, tasks, one_task_per_batch=objective_of(config).one_task_per_batch)
-    return [index for _, index in plan.order]
+    return tasks, plan_training(config, tasks, one_task_per_batch=objective_of(config).one_task_per_batch)
 
 
 def tunelab_trainer(args, workdir: Path, variant: str):
     from tunelab import pipeline
-    from tunelab.data.plan import plan_training
-    from tunelab.data.taskset import load_taskset
     from tunelab.runs import RunDir
-    from tunelab.train.objectives import objective_of
 
     config = tunelab_config(args, workdir, gradient_checkpointing=variant == "tunelab-gc")
-    tasks = load_taskset(config)
-    plan = plan_training(config, tasks, one_task_per_batch=objective_of(config).one_task_per_batch)
-    return pipeline.setup(config, RunDir.create(config), tasks, plan, "fp32").trainer
+    return pipeline.setup(config, RunDir.create(config), *planned(config), "fp32").trainer
 
 
 def trl_trainer(args, workdir: Path, variant: str):
@@ -137,7 +129,8 @@ def trl_trainer(args, workdir: Path, variant: str):
     from tunelab.models.loading import resolve_source
 
     rows = hh_rows("train", args.steps * args.batch_size)
-    order = planned_order(tunelab_config(args, workdir, gradient_checkpointing=False))
+    _, plan = planned(tunelab_config(args, workdir, gradient_checkpointing=False))
+    order = [index for _, index in plan.order]  # tunelab's planned order, which TRL is given to read as is
     dataset = Dataset.from_list([{key: rows[i][key] for key in ("prompt", "chosen", "rejected")} for i in order])
     config = DPOConfig(
         output_dir=str(workdir / "trl"),
@@ -224,16 +217,6 @@ def run_variant(variant: str, args) -> dict:
         }
 
 
-def launch(variant: str, argv: list[str]) -> dict:
-    """Run one variant in a fresh process; its last stdout line is the JSON result."""
-    done = subprocess.run([sys.executable, __file__, *argv, "--worker", variant], capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        errors = [line for line in done.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
-        return {"variant": variant, "error": errors[-1:] or done.stderr.strip().splitlines()[-1:] or ["no output"]}
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
 def machine() -> str:
     """The CPU's name and the flags that decide what its matmuls run at, and the library versions."""
     import peft
@@ -318,7 +301,7 @@ def main() -> None:
     results = []
     for repeat in range(args.repeats):
         for variant in variants:
-            result = launch(variant, sys.argv[1:])
+            result = launch(variant, sys.argv[1:], __file__)
             brief = {k: v for k, v in result.items() if k not in ("losses", "accuracies", "margins")}
             print(f"repeat {repeat + 1} {variant}: " + json.dumps(brief), flush=True)
             results.append(result)
