@@ -275,9 +275,10 @@ def run_variant(variant: str, args) -> dict:
         return result
 
 
-def launch(variant: str, argv: list[str]) -> dict:
-    """Run one variant in a fresh process; its last stdout line is the JSON result."""
-    done = subprocess.run([sys.executable, __file__, *argv, "--worker", variant], capture_output=True, text=True)
+def launch(variant: str, argv: list[str], script: str = __file__) -> dict:
+    """Run one variant in a fresh process of `script` (a bench with a `--worker VARIANT` mode); its last stdout line
+    is the JSON result."""
+    done = subprocess.run([sys.executable, script, *argv, "--worker", variant], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         errors = [line for line in done.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
