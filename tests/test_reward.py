@@ -336,6 +336,12 @@ def test_tunelab_judge_gives_a_finished_run_the_verdict_eval_judge_gives_at_the_
     assert "win" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="reward"):  # a judge that is no reward run is refused before anything loads
         pipeline.judge_run(RunDir(copy), str(judged_run.path))
+    unscored = json.loads((copy / "eval.json").read_text())
+    for task in unscored["tasks"].values():
+        task["base"] = None
+    (copy / "eval.json").write_text(json.dumps(unscored))
+    with pytest.raises(ConfigError, match="no base model"):  # no base answers to compare with
+        pipeline.judge_run(RunDir(copy), str(reward_run("encoder", "full").path))
 
 
 def _judged_by(config, judge, **evaluation):

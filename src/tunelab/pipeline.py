@@ -21,7 +21,7 @@ from transformers.utils import enable_tf32, is_torch_tf32_available
 
 from tunelab import distributed
 from tunelab.card import render_card
-from tunelab.config import RunConfig, config_to_yaml
+from tunelab.config import ConfigError, RunConfig, config_to_yaml
 from tunelab.data.blocks import block_taskset
 from tunelab.data.plan import Plan, plan_training
 from tunelab.data.taskset import TaskSet, load_taskset
@@ -348,11 +348,17 @@ def judge_run(run: RunDir, judge: str) -> dict:
     are read from the run's eval.json, the verdict is added to it and to the card, and the judge is recorded in the
     run's config."""
     run.require_complete()
-    saved = run.config()
-    config = saved.model_copy(update={"eval": saved.eval.model_copy(update={"judge": str(Path(judge).resolve())})})
-    check_judge(config)
     evaluation = json.loads(run.eval_path.read_text(encoding="utf-8"))
     base = {name: task["base"] for name, task in evaluation["tasks"].items() if task.get("base")}
+    if not base:
+        raise ConfigError(
+            f"{run.path} scored no base model (eval.baselines was empty), so there are no base answers to compare "
+            "the tuned model's with; train it again with eval.baselines: [zero_shot]"
+        )
+    saved = run.config()
+    judged = {"judge": str(Path(judge).resolve()), "baselines": sorted({*saved.eval.baselines, "zero_shot"})}
+    config = saved.model_copy(update={"eval": saved.eval.model_copy(update=judged)})
+    check_judge(config)
     tuned = {name: task["tuned"] for name, task in evaluation["tasks"].items() if task.get("tuned")}
     evaluation["judge"] = _judged(config, run, load_taskset(config), base, tuned)
     write_json(run.eval_path, evaluation)
