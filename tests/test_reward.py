@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 from tunelab import pipeline
 from tunelab.config import ConfigError, build_config, load_config
 from tunelab.eval.judge import RewardJudge, check_judge, win_rate
+from tunelab.eval.metrics import METRICS
 from tunelab.eval.runner import run_task, skip_reason
 from tunelab.eval.targets import Target
 from tunelab.kinds.reward import conversation_ids, transcript
@@ -313,6 +314,34 @@ def test_a_judged_run_writes_the_win_rate_to_eval_json_the_card_and_judge_jsonl(
     ]
     assert task["win_rate"]["value"] == pytest.approx(sum(wins) / len(wins))
     assert "## Reward-model win rate, tuned over base" in judged_run.card_path.read_text()
+
+
+@pytest.mark.skipif(
+    "preference_accuracy" not in METRICS,
+    reason="a preference run is scored by preference_accuracy, which the preference-evaluation branch registers",
+)
+def test_a_preference_run_judged_by_a_reward_model_writes_the_win_rate(reward_run, chat_decoder, pairs_file, tmp_path):
+    """The judge of the preference issue's evidence: a tiny DPO run of the chat decoder, judged by the reward run
+    of the same decoder; an answer the tuning left as it was is a tie, half a win."""
+    judge = reward_run("decoder", "lora").path
+    config = build_config(
+        {
+            "name": "tiny-dpo-judged",
+            "output_dir": str(tmp_path),
+            "model": {"name": chat_decoder},
+            "data": {"kind": "preference", "train": str(pairs_file), "max_length": 64, "max_target_length": 16},
+            "method": {"name": "lora"},
+            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "precision": "fp32"},
+            "eval": {"max_new_tokens": 6, "judge": str(judge)},
+        }
+    )
+    run = pipeline.train(config)
+    judged = json.loads(run.eval_path.read_text())["judge"]
+    (task,) = judged["tasks"].values()
+    rows = [json.loads(line) for line in (run.path / "eval" / "judge.jsonl").read_text().splitlines()]
+    assert judged["judge"] == str(judge) and task["examples"] == len(rows) > 0
+    wins = [100.0 if r["tuned_score"] > r["base_score"] else 50.0 if r["tuned"] == r["base"] else 0.0 for r in rows]
+    assert task["win_rate"]["value"] == pytest.approx(sum(wins) / len(wins))
 
 
 def _judged_by(config, judge, **evaluation):
