@@ -344,6 +344,30 @@ def test_tunelab_judge_gives_a_finished_run_the_verdict_eval_judge_gives_at_the_
         pipeline.judge_run(RunDir(copy), str(reward_run("encoder", "full").path))
 
 
+def test_a_preference_run_judged_by_a_reward_model_writes_the_win_rate(reward_run, chat_decoder, pairs_file, tmp_path):
+    """The judge of the preference issue's evidence: a tiny DPO run of the chat decoder, judged by the reward run
+    of the same decoder; an answer the tuning left as it was is a tie, half a win."""
+    judge = reward_run("decoder", "lora").path
+    config = build_config(
+        {
+            "name": "tiny-dpo-judged",
+            "output_dir": str(tmp_path),
+            "model": {"name": chat_decoder},
+            "data": {"kind": "preference", "train": str(pairs_file), "max_length": 64, "max_target_length": 16},
+            "method": {"name": "lora"},
+            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "precision": "fp32"},
+            "eval": {"max_new_tokens": 6, "judge": str(judge)},
+        }
+    )
+    run = pipeline.train(config)
+    judged = json.loads(run.eval_path.read_text())["judge"]
+    (task,) = judged["tasks"].values()
+    rows = [json.loads(line) for line in (run.path / "eval" / "judge.jsonl").read_text().splitlines()]
+    assert judged["judge"] == str(judge) and task["examples"] == len(rows) > 0
+    wins = [100.0 if r["tuned_score"] > r["base_score"] else 50.0 if r["tuned"] == r["base"] else 0.0 for r in rows]
+    assert task["win_rate"]["value"] == pytest.approx(sum(wins) / len(wins))
+
+
 def _judged_by(config, judge, **evaluation):
     return config.model_copy(update={"eval": config.eval.model_copy(update={"judge": str(judge), **evaluation})})
 

@@ -5,9 +5,10 @@ Pairs are read in every paired form the preference kind reads (`tunelab.kinds.pr
 example is refused, since a pairwise loss needs both answers. Each answer is scored whole, after its prompt, as
 one sequence: laid out by the model's chat template where it has one (the renderer chat and preference runs use,
 `tunelab.kinds.chat_masks.render`), else as a plain transcript (`transcript`; an encoder such as minilm-l6 has no
-template). A sequence longer than `data.max_length` loses its earliest tokens, so the answer judged is always read
-whole. Evaluation counts the held-out pairs whose chosen answer scores higher (`pairwise_accuracy`); `predict` and
-`serve` give the scores themselves, one for a prompt with a single answer (`data.completion_field`).
+template). A sequence longer than `data.max_length` loses its earliest tokens: a long prompt loses its start before
+the answer judged loses anything. Evaluation counts the held-out pairs whose chosen answer scores higher
+(`pairwise_accuracy`); `predict` and `serve` give the scores themselves, one for a prompt with a single answer
+(`data.completion_field`).
 """
 
 from __future__ import annotations
