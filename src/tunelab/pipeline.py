@@ -319,8 +319,8 @@ def _finish(config: RunConfig, ready: Setup, memory: dict) -> None:
 def _write_card(run: RunDir, config: RunConfig, evaluation: dict) -> None:
     """The run's card from its evaluation and what its directory holds: the retention suite's forgetting table, the
     mask view of its first conversations, its training log (a preference run's rewards)."""
-    forgetting_path = run.path / "eval" / f"forgetting-{config.eval.retention_suite}.md"
-    forgetting = forgetting_path.read_text(encoding="utf-8") if config.eval.retention_suite else None
+    suite = load_suite(config.eval.retention_suite).name if config.eval.retention_suite else None
+    forgetting = (run.path / "eval" / f"forgetting-{suite}.md").read_text(encoding="utf-8") if suite else None
     masks = run.masks_path.read_text(encoding="utf-8") if run.masks_path.exists() else None
     log = (
         [json.loads(line) for line in run.metrics_path.read_text(encoding="utf-8").splitlines()]
