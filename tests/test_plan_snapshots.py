@@ -36,7 +36,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from tunelab.config import DataConfig, RunConfig, load_config
+from tunelab.config import RunConfig, load_config
 from tunelab.data.blocks import block_taskset
 from tunelab.data.plan import plan_training
 from tunelab.data.taskset import TaskSet, load_taskset
@@ -165,20 +165,29 @@ SNAPSHOT_KINDS = {
 """The configs' task types when the snapshots were written, as the data.kind each is now."""
 
 
+def with_added_keys(old: dict) -> dict:
+    """A snapshot's config with every section key added since it was written (issue 31's conversation keys, issue
+    32's preference keys and `training.preference`, `eval.judge`) read as its default, as loading that YAML today
+    reads it. A key the snapshot holds is kept as it is, so a changed default or a changed value still fails."""
+    defaults = json.loads(RunConfig().model_dump_json())
+    return {
+        key: {**defaults[key], **value} if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value
+        for key, value in old.items()
+    }
+
+
 def in_new_words(old: dict) -> dict:
     """A snapshot's config, written in the words before issue 30's one vocabulary, as today's config says the same:
     `task_type` becomes `data.kind` (a mixture's tasks declare their own kinds, so its data.kind is the default),
     `mixture.architecture` the top-level `objective` (absent, that is derived: text_to_text for a mixture, the
-    kind's own for a data: run), and a `data:` key added since (issue 31's conversation keys) reads as its
-    default. Nothing else differs. A snapshot written in today's words is returned as it is."""
+    kind's own for a data: run), and a key added since reads as its default (`with_added_keys`). Nothing else
+    differs."""
     if "task_type" not in old:
-        return old
-    added = {key: field.get_default(call_default_factory=True) for key, field in DataConfig.model_fields.items()}
-    old = {**old, "data": {**json.loads(json.dumps(added)), **old["data"]}}
-    new = {key: value for key, value in old.items() if key != "task_type"}
+        return with_added_keys(old)
+    new = {key: value for key, value in with_added_keys(old).items() if key != "task_type"}
     mixture = old["mixture"]
     kind = "classification" if mixture is not None else SNAPSHOT_KINDS[old["task_type"]]
-    new["data"] = {**old["data"], "kind": kind}
+    new["data"] = {**new["data"], "kind": kind}
     new["objective"] = None
     if mixture is not None:
         new["mixture"] = {key: value for key, value in mixture.items() if key != "architecture"}
