@@ -445,14 +445,23 @@ def test_unknown_models_and_paths_share_one_metrics_label_each(local):
     assert "nope-1" not in after and "unrouted-path-1" not in after
 
 
-def test_a_request_the_server_fails_on_is_a_500_logged_and_counted(catalog, caplog):
-    def failing():
+@pytest.mark.parametrize("batching", ["continuous", "static"])
+def test_a_request_the_server_fails_on_is_a_500_logged_and_counted(catalog, caplog, batching):
+    """A model that fails while answering (on the static path through its `answering` context, on the continuous
+    one when its lane sets it up for a step) answers that request with a 500, logged and counted."""
+
+    def failing(*adapters):
         raise RuntimeError("the model is gone")
 
+    entry = catalog.models["a"]
     broken = Catalog()
-    broken.models = {"broken": dataclasses.replace(catalog.models["a"], id="broken", answering=failing)}
+    broken.models = {
+        "broken": dataclasses.replace(
+            entry, id="broken", answering=failing, lane=dataclasses.replace(entry.lane, setting=failing)
+        )
+    }
     caplog.set_level(logging.INFO, logger="tunelab.serve")
-    with in_process(broken) as url:
+    with in_process(broken, batching=batching) as url:
         status, error, _ = call(url, "/v1/chat/completions", {**CHAT, "model": "broken"})
         text = _metrics(url)
     assert (

@@ -12,6 +12,7 @@ from pathlib import Path
 from tunelab.config import METHOD_TRAITS, ConfigError, load_config, method_names
 from tunelab.config.vocabulary import OLD_TASK_TYPES
 from tunelab.errors import TunelabError
+from tunelab.serve.settings import default_threads
 
 
 def _cmd_models_list(args) -> None:
@@ -418,7 +419,10 @@ def _cmd_sweep(args) -> None:
 def _cmd_ui(args) -> None:
     from tunelab.ui.app import run_ui
 
-    run_ui(args.runs or [], args.host, args.port, args.token or os.environ.get("TUNELAB_UI_TOKEN") or None)
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: give a number of 1 or more")
+    token = args.token or os.environ.get("TUNELAB_UI_TOKEN") or None
+    run_ui(args.runs or [], args.host, args.port, token, threads=args.threads)
 
 
 def _cmd_serve(args) -> None:
@@ -432,6 +436,7 @@ def _cmd_serve(args) -> None:
         "max_prompt_tokens",
         "max_tokens_cap",
         "default_max_tokens",
+        "threads",
     ):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number of 1 or more")
@@ -447,6 +452,8 @@ def _cmd_serve(args) -> None:
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=args.default_max_tokens,
         timeout_s=args.timeout,
+        batching=args.batching,
+        threads=args.threads,
     )
     run_server(args.targets, args.host, args.port, settings)
 
@@ -457,6 +464,10 @@ def _cmd_demo(args) -> None:
     run_demo(args.output_dir)
 
 
+THREADS_HELP = (
+    "CPU threads for the models' work (default: half this machine's cores, so a training run on the same machine "
+    "keeps the rest; give the core count on a machine that only serves)"
+)
 TASK_HELP = (
     "for a multi-task run: the task whose template, head or adapter answers (one of its tasks, or any built-in "
     "task or task YAML); a one-task run answers its own task"
@@ -893,6 +904,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens-cap", type=int, default=512, help="largest max_tokens a request may ask")
     serve.add_argument("--default-max-tokens", type=int, default=128, help="max_tokens when a request gives none")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take (504 after)")
+    serve.add_argument(
+        "--batching",
+        choices=["continuous", "static"],
+        default="continuous",
+        help="continuous: requests join and leave the decoding batch at every step; static: a batch runs to its end",
+    )
+    serve.add_argument("--threads", type=int, default=default_threads(), help=THREADS_HELP)
     serve.set_defaults(func=_cmd_serve)
 
     ui = commands.add_parser(
@@ -908,6 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--token", help="require this token (default: $TUNELAB_UI_TOKEN; needed to bind anything but loopback)"
     )
+    ui.add_argument("--threads", type=int, default=default_threads(), help=THREADS_HELP)
     ui.set_defaults(func=_cmd_ui)
 
     demo = commands.add_parser("demo", help="LoRA-tune minilm-l6 on the bundled sentiment data; print base vs tuned")

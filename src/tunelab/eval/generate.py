@@ -70,29 +70,39 @@ class Row:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-class RowEnds(StoppingCriteria):
-    """Ends each row of a batch on its own: at EOS, at its token budget, or at its first stop string; and streams
-    each row's new text as it comes (holding back what could still turn into a stop string).
+class RowProgress:
+    """One row's answer as it grows, token by token: whether it has ended (EOS, its token budget, its first stop
+    string, or its client gone), and, when it streams, each new piece of its text sent as soon as it can no longer
+    change (what could still turn into a stop string is held back). Shared by `generate`'s stopping criterion and
+    the server's continuous batching, so a row ends and streams the same way on both."""
 
-    `generate` keeps decoding a finished row with padding until every row is done, so a row's answer is the
-    same whatever else shares its batch; the stopping criterion only tells `generate` which rows are done.
-    """
+    def __init__(self, row: Row, tokenizer: PreTrainedTokenizerBase, eos_token_id: int | None = None):
+        self.row, self.tokenizer = row, tokenizer
+        self.eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        self.done, self.sent = False, 0
 
-    def __init__(self, rows: list[Row], tokenizer: PreTrainedTokenizerBase, start: int):
-        self.rows, self.tokenizer, self.start = rows, tokenizer, start
-        self.done = [False] * len(rows)
-        self.sent = [0] * len(rows)
+    def update(self, generated: list[int]) -> bool:
+        """Whether the row has ended, given every token generated for it so far (streaming what is new)."""
+        if self.done:
+            return True
+        row = self.row
+        if row.cancelled.is_set():
+            self.done = True
+            return True
+        ended = self.eos is not None and generated[-1:] == [self.eos]
+        finished = ended or len(generated) >= row.max_new_tokens
+        if row.stop or row.on_text:  # decoding each step costs time, so only rows that need the text pay it
+            text = self.tokenizer.decode(generated[:-1] if ended else generated, skip_special_tokens=True)
+            cut = cut_at_stop(text, row.stop, strip=False)
+            finished = finished or cut != text
+            self._emit(cut, finished)
+        self.done = finished
+        return finished
 
-    def __deepcopy__(self, memo: dict) -> RowEnds:
-        """Itself: PEFT's prompt-learning `generate` deep-copies its kwargs, but this criterion is live state (what
-        each row has streamed, and the `cancelled` events a server sets from another thread, which cannot be
-        copied), and a copy would stream to, and be cancelled from, nobody."""
-        return self
-
-    def _emit(self, i: int, text: str, final: bool) -> None:
-        """Send row i the part of its answer that can no longer change: what a streaming client receives adds up to
-        the final answer exactly (leading and trailing whitespace dropped, as in the answer)."""
-        row = self.rows[i]
+    def _emit(self, text: str, final: bool) -> None:
+        """Send the row the part of its answer that can no longer change: what a streaming client receives adds up
+        to the final answer exactly (leading and trailing whitespace dropped, as in the answer)."""
+        row = self.row
         if row.on_text is None:
             return
         visible = text.lstrip()
@@ -101,28 +111,30 @@ class RowEnds(StoppingCriteria):
         if not final:
             hold = max((len(s) - 1 for s in row.stop), default=0)  # could still become a stop string
             ready = min(ready, len(visible) - hold) - stable.endswith("\ufffd")  # or a character still being decoded
-        if ready > self.sent[i]:
-            row.on_text(stable[self.sent[i] : ready])
-            self.sent[i] = ready
+        if ready > self.sent:
+            row.on_text(stable[self.sent : ready])
+            self.sent = ready
+
+
+class RowEnds(StoppingCriteria):
+    """Ends each row of a `generate` batch on its own (see `RowProgress`).
+
+    `generate` keeps decoding a finished row with padding until every row is done, so a row's answer is the
+    same whatever else shares its batch; the stopping criterion only tells `generate` which rows are done.
+    """
+
+    def __init__(self, rows: list[Row], tokenizer: PreTrainedTokenizerBase, start: int):
+        self.progress, self.start = [RowProgress(row, tokenizer) for row in rows], start
+
+    def __deepcopy__(self, memo: dict) -> RowEnds:
+        """Itself: PEFT's prompt-learning `generate` deep-copies its kwargs, but this criterion is live state (what
+        each row has streamed, and the `cancelled` events a server sets from another thread, which cannot be
+        copied), and a copy would stream to, and be cancelled from, nobody."""
+        return self
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        eos = self.tokenizer.eos_token_id
-        for i, row in enumerate(self.rows):
-            if self.done[i]:
-                continue
-            if row.cancelled.is_set():
-                self.done[i] = True
-                continue
-            generated = input_ids[i, self.start :].tolist()
-            ended = eos is not None and generated[-1:] == [eos]
-            finished = ended or len(generated) >= row.max_new_tokens
-            if row.stop or row.on_text:  # decoding each step costs time, so only rows that need the text pay it
-                text = self.tokenizer.decode(generated[:-1] if ended else generated, skip_special_tokens=True)
-                cut = cut_at_stop(text, row.stop, strip=False)
-                finished = finished or cut != text
-                self._emit(i, cut, finished)
-            self.done[i] = finished
-        return torch.tensor(self.done, device=input_ids.device)
+        done = [progress.update(input_ids[i, self.start :].tolist()) for i, progress in enumerate(self.progress)]
+        return torch.tensor(done, device=input_ids.device)
 
 
 @dataclass
@@ -179,7 +191,7 @@ def generate_rows(
         stopping_criteria=StoppingCriteriaList([ends]) if num_beams == 1 else None,
         **options,
     )
-    return [_answer(generated[i, start:].tolist(), row, tokenizer) for i, row in enumerate(rows)]
+    return [answer_of(generated[i, start:].tolist(), row, tokenizer) for i, row in enumerate(rows)]
 
 
 def can_prefill_packed(model: PreTrainedModel, prompts: list[list[int]]) -> bool:
@@ -208,7 +220,18 @@ def packed_prefill(model: PreTrainedModel, prompts: list[list[int]], width: int)
     runs the last tokens and decodes the batch together. None where the cache cannot be built this way."""
     if not can_prefill_packed(model, prompts):
         return None
-    packed = PackedCollator(0, Packing(None))([{"input_ids": p[:-1]} for p in prompts])  # one row: nothing padded
+    return padded_cache(prefill_states(model, [p[:-1] for p in prompts]), width - 1)
+
+
+LayerStates = list[tuple[torch.Tensor, torch.Tensor]]
+"""One sequence's cached keys and values, a (keys, values) pair per layer, each [1, heads, tokens, head_dim]."""
+
+
+def prefill_states(model: PreTrainedModel, sequences: list[list[int]], **forward_options) -> list[LayerStates]:
+    """Each sequence's key/value states, computed in one forward pass over the sequences packed into one row with
+    attention per sequence (so no padding is computed); `forward_options` go to the model's forward (a PEFT
+    model's `adapter_names`). Every sequence needs a token (see `can_prefill_packed`)."""
+    packed = PackedCollator(0, Packing(None))([{"input_ids": ids} for ids in sequences])  # one row: nothing padded
     cache = DynamicCache()
     previous = model.config._attn_implementation
     model.set_attn_implementation(SDPA_VARLEN)
@@ -220,26 +243,32 @@ def packed_prefill(model: PreTrainedModel, prompts: list[list[int]], width: int)
             logits_to_keep=1,
             **{cache_argument(model): cache},
             **{key: packed[key] for key in VARLEN_KEYS},
+            **forward_options,
         )
     finally:
         model.set_attn_implementation(previous)
     bounds = packed["cu_seq_lens_q"].tolist()
-    batched = DynamicCache()
-    for index, layer in enumerate(cache.layers):
+    return [
+        [(layer.keys[:, :, start:end], layer.values[:, :, start:end]) for layer in cache.layers]
+        for start, end in zip(bounds, bounds[1:])
+    ]
+
+
+def padded_cache(states: list[LayerStates], width: int) -> DynamicCache:
+    """A batch's cache from each row's states, left-padded (with zeros, which the attention mask hides) to `width`
+    tokens."""
+    cache = DynamicCache()
+    for index in range(len(states[0])):
         keys, values = (
-            torch.cat(
-                [
-                    F.pad(states[:, :, start:end], (0, 0, width - 1 - (end - start), 0))
-                    for start, end in zip(bounds, bounds[1:])
-                ]
-            )
-            for states in (layer.keys, layer.values)
+            torch.cat([F.pad(row[index][part], (0, 0, width - row[index][part].shape[2], 0)) for row in states])
+            for part in (0, 1)
         )
-        batched.update(keys, values, index)
-    return batched
+        cache.update(keys, values, index)
+    return cache
 
 
-def _answer(ids: list[int], row: Row, tokenizer: PreTrainedTokenizerBase) -> Answer:
+def answer_of(ids: list[int], row: Row, tokenizer: PreTrainedTokenizerBase) -> Answer:
+    """A row's answer from the tokens generated for it: cut at EOS, its budget and its first stop string."""
     eos = tokenizer.eos_token_id
     ended = eos is not None and eos in ids[: row.max_new_tokens]
     ids = ids[: ids.index(eos)] if ended else ids[: row.max_new_tokens]

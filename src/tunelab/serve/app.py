@@ -32,7 +32,11 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
     """The application serving `catalog` with `settings`; its batcher thread starts with it."""
     metrics = Metrics()
     batcher = Batcher(
-        settings.max_batch, settings.batch_window_ms / 1000, settings.queue_size, on_batch=metrics.batch_size.observe
+        settings.max_batch,
+        settings.batch_window_ms / 1000,
+        settings.queue_size,
+        on_batch=metrics.batch_size.observe,
+        continuous=settings.batching == "continuous",
     )
     metrics.watch_queue(batcher.depth)
     app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None)
@@ -47,12 +51,18 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
 
 def run_server(targets: list[str], host: str, port: int, settings: ServeSettings) -> None:
     """Load the targets and serve them until interrupted (uvicorn, one process: the models live in it)."""
+    import torch
     import uvicorn
 
     from tunelab.serve.catalog import load_catalog
 
+    torch.set_num_threads(settings.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(load_catalog(targets), settings)
     key = "an API key (Authorization: Bearer)" if settings.api_key else "no API key"
-    print(f"serving {', '.join(app.state.models)} on http://{host}:{port}/v1 with {key}", flush=True)
+    print(
+        f"serving {', '.join(app.state.models)} on http://{host}:{port}/v1 with {key}, {settings.batching} batching "
+        f"(up to {settings.max_batch} rows per model), {settings.threads} CPU threads",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

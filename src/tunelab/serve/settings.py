@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+
+
+def default_threads() -> int:
+    """Half the cores this process may use (at least one): a server and a training run on one machine then do not
+    fight over every core (BENCHMARKS.md: 16 clients on a CPU shared with training timed out a third of their
+    requests). A machine that only serves gives `--threads` its whole core count."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 @dataclass
@@ -18,3 +26,8 @@ class ServeSettings:
     max_tokens_cap: int = 512
     default_max_tokens: int = 128
     timeout_s: float = 120.0
+    batching: str = "continuous"
+    """'continuous' (rows join and leave the decoding batch at every step) or 'static' (a batch generated to its
+    end, then the next)."""
+    threads: int = field(default_factory=default_threads)
+    """CPU threads the model's work uses (torch.set_num_threads)."""

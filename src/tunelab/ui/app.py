@@ -30,7 +30,7 @@ from tunelab.card import mixture_lines, results_table
 from tunelab.errors import TunelabError
 from tunelab.eval import human
 from tunelab.runs import RunDir
-from tunelab.serve.settings import ServeSettings
+from tunelab.serve.settings import ServeSettings, default_threads
 from tunelab.train.objectives import objective_of
 from tunelab.ui.index import DEFAULT_ROOTS, Index, UiError, curves, read_json, read_metrics, scan
 from tunelab.ui.playground import Playground
@@ -294,11 +294,13 @@ def _text(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def run_ui(roots: list[str], host: str, port: int, token: str | None) -> None:
-    """Serve the app until interrupted. Anywhere but loopback it needs a token: run pages hold data and the
-    playground runs models."""
+def run_ui(roots: list[str], host: str, port: int, token: str | None, threads: int | None = None) -> None:
+    """Serve the app until interrupted, the playground's models on `threads` CPU threads (default: half the
+    cores). Anywhere but loopback it needs a token: run pages hold data and the playground runs models."""
+    import torch
     import uvicorn
 
+    torch.set_num_threads(threads or default_threads())
     if not is_loopback(host) and not token:
         raise UiError(
             f"--host {host} would let other machines in: give --token TOKEN (or $TUNELAB_UI_TOKEN), or bind 127.0.0.1"
