@@ -116,13 +116,18 @@ def _fixed(target: Target) -> Callable[[], AbstractContextManager[Target]]:
     return lambda: nullcontext(target)
 
 
-def _adapter(target: Target, adapter: str | None, tokenizer=None) -> Callable[[], AbstractContextManager[Target]]:
+def _adapter(
+    target: Target, adapter: str | None, tokenizer=None, folding: AdapterFolding | None = None
+) -> Callable[[], AbstractContextManager[Target]]:
     """A shared PEFT model switched to one adapter (answering with that run's own tokenizer: its chat template and
-    the EOS its turns close with), or with its adapters off for the base."""
+    the EOS its turns close with), or with its adapters off for the base; with the base's own weights, should
+    continuous batching have left an adapter folded into them."""
     answering = target if tokenizer is None else replace(target, tokenizer=tokenizer)
 
     @contextmanager
     def switched() -> Iterator[Target]:
+        if folding is not None:
+            folding.unfold()
         if adapter is None:
             with target.model.disable_adapter():
                 yield answering
@@ -208,7 +213,8 @@ class Catalog:
             target = trained_target(model, load_tokenizer(str(run.model_dir)), config, labels, config.model.name)
             shared = self._shared[key] = SharedBase(target, mixable=key[-1] == "LORA")
             if target.generates and config.model.name not in self.models:  # the base, with its adapters off
-                base = Served(config.model.name, *_kind(target), _adapter(target, None), target.tokenizer, tasks)
+                answering = _adapter(target, None, folding=shared.folding)
+                base = Served(config.model.name, *_kind(target), answering, target.tokenizer, tasks)
                 self._add(replace(base, lane=shared.lane(None)))
         else:
             shared.target.model.load_adapter(run.model_dir, adapter_name=model_id)
@@ -220,7 +226,7 @@ class Catalog:
                     flush=True,
                 )
         tokenizer = load_tokenizer(str(run.model_dir))  # runs on one base may differ in chat template and EOS
-        switched = _adapter(shared.target, model_id, tokenizer)
+        switched = _adapter(shared.target, model_id, tokenizer, shared.folding)
         self._add(
             Served(
                 model_id, *_kind(shared.target), switched, tokenizer, tasks, str(run.path), lane=shared.lane(model_id)
