@@ -110,11 +110,12 @@ def test_a_classification_is_answered_between_decoding_steps(catalog):
     long.future.result(timeout=60)
 
 
+REQUEST_WORDS = ["good", "bad", "film", "plot", "great", "dull", "actor", "song"]
 REQUESTS = [
     (model, f"repeat the word {word}", budget)
     for model, word, budget in zip(
         ["a", "b", "c", "base", "a", "b", "c", "a"] * 2,
-        ["good", "bad", "film", "plot", "great", "dull", "actor", "song"] * 2,
+        REQUEST_WORDS * 2,
         [6, 3, 12, 9, 2, 8, 5, 12, 4, 7, 10, 3, 12, 6, 1, 9],
     )
 ]
@@ -235,3 +236,52 @@ def test_classify_and_a_short_chat_return_before_a_long_generation_over_http(cat
         assert thread.is_alive(), "the long generation ended first: make it longer"
         thread.join(120)
     assert finished["classify"] < finished["long"] and finished["chat"] < finished["long"]
+
+
+@pytest.mark.parametrize(
+    "methods, batching",
+    [
+        (("dora", "dora"), "a batch per adapter"),
+        (("ia3", "ia3"), "a batch per adapter"),
+        (("prefix", "prefix"), "static, per adapter"),
+        (("lora", "dora"), "a batch per adapter"),
+    ],
+)
+def test_every_adapter_type_on_a_shared_base_answers_as_alone(
+    trained_run, tiny_decoder, copy_task_file, methods, batching
+):
+    """Two runs of each other PEFT method on one base: PEFT runs neither DoRA nor IA3 adapters per row, so each
+    adapter decodes in a batch of its own; prefix tuning (virtual tokens in the cache) goes through `generate`,
+    a batch per adapter. A LoRA and a DoRA adapter on one base take turns: the LoRA one folded into the weights,
+    which are unfolded before the DoRA batch's step. In every case answers under load equal answers alone."""
+    runs = [
+        trained_run(
+            method_config,
+            "causal_lm",
+            tiny_decoder,
+            copy_task_file,
+            method=method,
+            max_steps=4,
+            learning_rate=1e-2,
+            seed=seed,
+        )
+        for seed, method in zip((1, 2), methods)
+    ]
+    served = load_catalog([f"x={runs[0].path}", f"y={runs[1].path}"]).models
+    lanes = [served[name].lane for name in "xy"]
+    if batching == "a batch per adapter":
+        assert lanes[0].batch != lanes[1].batch
+    else:
+        assert lanes == [None, None]
+    requests = [
+        (name, f"repeat the word {word}", budget)
+        for name, word, budget in zip("xyxyxy", REQUEST_WORDS, [5, 2, 7, 3, 6, 4])
+    ]
+    batcher = Batcher()
+
+    def job(name, text, budget) -> Job:
+        return Job(served[name], Row(served[name].tokenizer(text)["input_ids"], budget))
+
+    alone = [batcher.submit(job(*request)).result(60).text for request in requests]
+    futures = [batcher.submit(job(*request)) for request in requests]
+    assert [future.result(60).text for future in futures] == alone

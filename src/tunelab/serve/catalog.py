@@ -172,21 +172,28 @@ class SharedBase:
             self.folding = AdapterFolding(self.target.model)
 
     def lane(self, adapter: str | None) -> Lane | None:
-        """How continuous batching runs the rows of `adapter` (None: the base)."""
+        """How continuous batching runs the rows of `adapter` (None: the base): in the base's shared batch when PEFT
+        can run it per row (a plain LoRA), else in a batch of its own."""
         if not _continuous(self.target):
             return None
         model = self.target.model
-        if self.mixable:
+        if self.mixes(adapter):
             return Lane(model, adapter or BASE, self.folding.using, (id(model),))
-        return Lane(model, adapter or BASE, _switching(self.target, adapter), (id(model), adapter))
+        return Lane(model, adapter or BASE, _switching(self.target, adapter, self.folding), (id(model), adapter))
+
+    def mixes(self, adapter: str | None) -> bool:
+        """Whether PEFT runs `adapter` per row (`adapter_names`): LoRA, but not DoRA, which PEFT refuses there."""
+        return self.mixable and (adapter is None or not self.target.model.peft_config[adapter].use_dora)
 
 
-def _switching(target: Target, adapter: str | None) -> Callable[[set[str]], AbstractContextManager[bool]]:
+def _switching(
+    target: Target, adapter: str | None, folding: AdapterFolding | None
+) -> Callable[[set[str]], AbstractContextManager[bool]]:
     """The shared model switched to one adapter (or the base) for a batch of that adapter's rows alone."""
 
     @contextmanager
     def switched(adapters: set[str]) -> Iterator[bool]:
-        with _adapter(target, adapter)():
+        with _adapter(target, adapter, folding=folding)():
             yield False
 
     return switched
@@ -219,14 +226,14 @@ class Catalog:
         else:
             shared.target.model.load_adapter(run.model_dir, adapter_name=model_id)
             shared.target.model.eval()
-            if not shared.mixable and shared.target.generates:
-                print(
-                    f"{model_id} shares its base with other {key[-1]} adapters, but PEFT mixes only LoRA adapters in "
-                    "one forward pass: each of them decodes in a batch of its own",
-                    flush=True,
-                )
         tokenizer = load_tokenizer(str(run.model_dir))  # runs on one base may differ in chat template and EOS
         switched = _adapter(shared.target, model_id, tokenizer, shared.folding)
+        if shared.target.generates and not shared.mixes(model_id):
+            print(
+                f"{model_id}: PEFT cannot run its adapter per row beside others' (it mixes only plain LoRA adapters "
+                "in one forward pass), so its requests decode in a batch of their own",
+                flush=True,
+            )
         self._add(
             Served(
                 model_id, *_kind(shared.target), switched, tokenizer, tasks, str(run.path), lane=shared.lane(model_id)
