@@ -15,6 +15,7 @@ from tunelab.eval.generate import Row
 from tunelab.records import Record
 from tunelab.serve.batcher import Batcher, Job
 from tunelab.serve.catalog import Catalog, load_catalog
+from tunelab.serve.decoding import PrefixCache
 from tunelab.serve.folding import BASE
 
 from helpers import method_config
@@ -285,3 +286,41 @@ def test_every_adapter_type_on_a_shared_base_answers_as_alone(
     alone = [batcher.submit(job(*request)).result(60).text for request in requests]
     futures = [batcher.submit(job(*request)) for request in requests]
     assert [future.result(60).text for future in futures] == alone
+
+
+def test_prompts_opening_alike_reuse_the_cached_beginning_and_answer_as_without_it(catalog):
+    """Prompts sharing a long opening (a system prompt): the first ones cache its states, later ones are prefilled
+    from them, several at once; every answer equals the one a server without a prefix cache gives."""
+    opening = "you are a careful assistant and you always repeat the word you are given. " * 2
+    requests = [
+        (model, f"{opening}repeat the word {word}", budget)
+        for model, word, budget in zip("abcab", REQUEST_WORDS, [6, 3, 8, 5, 7])
+    ]
+    requests += [("base", f"{opening}repeat the word {word}", 6) for word in REQUEST_WORDS[:2]]
+    named = {**catalog.models, "base": catalog.models[base_id(catalog)]}
+
+    def answers(batcher: Batcher, together: bool) -> list[str]:
+        jobs = [Job(named[m], Row(named[m].tokenizer(text)["input_ids"], budget)) for m, text, budget in requests]
+        if together:
+            return [future.result(60).text for future in [batcher.submit(job) for job in jobs]]
+        return [batcher.submit(job).result(60).text for job in jobs]
+
+    uncached = answers(Batcher(prefix_cache_tokens=0), together=False)
+    cached = Batcher()
+    first = answers(cached, together=False)  # caches the opening, then reuses it one prompt at a time
+    (prefixes,) = cached.prefixes.values()
+    ids = named["a"].tokenizer(requests[0][1])["input_ids"]
+    assert prefixes.longest("a", ids)[0] >= len(named["a"].tokenizer(opening)["input_ids"]) - PrefixCache.BLOCK
+    assert first == uncached
+    assert answers(cached, together=True) == uncached  # several prompts prefilled from the cache in one pass
+
+
+def test_the_prefix_cache_keeps_to_its_capacity_and_forgets_an_unloaded_adapter():
+    cache = PrefixCache(capacity=40)
+    states = [(torch.zeros(1, 2, 30, 4), torch.zeros(1, 2, 30, 4))]
+    cache.keep("a", list(range(30)), states)  # beginnings of 8, 16 and 24 tokens
+    assert cache.longest("a", list(range(20)))[0] == 16 and cache.longest("b", list(range(20)))[0] == 0
+    cache.keep("b", list(range(100, 130)), states)
+    assert cache.tokens <= 40 and cache.longest("b", list(range(100, 125)))[0] == 24
+    cache.forget("b")
+    assert cache.longest("b", list(range(100, 125)))[0] == 0 and cache.tokens >= 0

@@ -440,6 +440,8 @@ def _cmd_serve(args) -> None:
     ):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number of 1 or more")
+    if args.prefix_cache_tokens < 0:
+        raise ConfigError(f"--prefix-cache-tokens {args.prefix_cache_tokens}: give 0 (off) or more")
     if args.timeout <= 0 or args.batch_window_ms < 0:
         raise ConfigError("--timeout must be above 0 seconds and --batch-window-ms at least 0")
     settings = ServeSettings(
@@ -453,6 +455,7 @@ def _cmd_serve(args) -> None:
         default_max_tokens=args.default_max_tokens,
         timeout_s=args.timeout,
         batching=args.batching,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         threads=args.threads,
     )
     run_server(args.targets, args.host, args.port, settings)
@@ -909,6 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["continuous", "static"],
         default="continuous",
         help="continuous: requests join and leave the decoding batch at every step; static: a batch runs to its end",
+    )
+    serve.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=4096,
+        help="prompt-beginning tokens whose states each base keeps for later prompts that open the same way (0: off)",
     )
     serve.add_argument("--threads", type=int, default=default_threads(), help=THREADS_HELP)
     serve.set_defaults(func=_cmd_serve)

@@ -37,6 +37,7 @@ def create_app(catalog: Catalog, settings: ServeSettings) -> FastAPI:
         settings.queue_size,
         on_batch=metrics.batch_size.observe,
         continuous=settings.batching == "continuous",
+        prefix_cache_tokens=settings.prefix_cache_tokens,
     )
     metrics.watch_queue(batcher.depth)
     app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None)

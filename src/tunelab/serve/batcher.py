@@ -7,7 +7,8 @@ stop strings, its deadline, or its client gone), freeing its slot; at most `max_
 model, the others waiting in arrival order. Between two decoding steps the worker takes every request that has
 arrived: a classification or a reward score is answered there and then, so it never waits for a long
 generation, and generations join. A greedy row's answer is the one the request gets alone; a sampled one draws
-with its own seeded generator, so it joins any batch and its seed still reproduces it.
+with its own seeded generator, so it joins any batch and its seed still reproduces it. The states of prompt
+beginnings are cached per model (`PrefixCache`), so a prompt opening like an earlier one is prefilled from there.
 
 Static batching (`--batching static`, and any model without a lane: encoder-decoders, prompt learning, a
 multi-task run's routes): the requests arriving within `window` seconds, up to `max_batch`, are grouped by model
@@ -32,7 +33,7 @@ from tunelab.eval.rewards import reward_scores
 from tunelab.eval.runner import classifier_predictions
 from tunelab.records import Record
 from tunelab.serve.catalog import Lane, Served
-from tunelab.serve.decoding import DecodeBatch, Running
+from tunelab.serve.decoding import DecodeBatch, PrefixCache, Running
 from tunelab.tasks import TaskSpec
 
 
@@ -78,8 +79,13 @@ class Batcher:
         queue_size: int = 64,
         on_batch: Callable[[int], None] | None = None,
         continuous: bool = True,
+        prefix_cache_tokens: int = 4096,
     ):
         self.max_batch, self.window, self.queue_size, self.continuous = max_batch, window, queue_size, continuous
+        self.prefix_cache_tokens = prefix_cache_tokens
+        self.prefixes: dict[tuple, PrefixCache] = {}
+        """Per model (a lane's batch key), the prompt beginnings whose states its batches reuse; kept while its
+        batches come and go."""
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
         """Generations taken from the queue that wait for a slot in their model's batch."""
@@ -174,7 +180,7 @@ class Batcher:
         for key, (lane, rows) in joining.items():
             if not rows:
                 continue
-            batch = self.decoding.get(key) or DecodeBatch(lane.model, lane.setting)
+            batch = self.decoding.get(key) or DecodeBatch(lane.model, lane.setting, self._prefixes(key))
             try:
                 batch.admit(rows)
             except Exception as exc:  # the joining requests get the error; the rows decoding carry on
@@ -183,6 +189,11 @@ class Batcher:
                 continue
             self.decoding[key] = batch
             self.on_batch(len(batch))
+
+    def _prefixes(self, key: tuple) -> PrefixCache | None:
+        if not self.prefix_cache_tokens:
+            return None
+        return self.prefixes.setdefault(key, PrefixCache(self.prefix_cache_tokens))
 
     def _run(self, jobs: list[Job]) -> None:
         now = time.monotonic()

@@ -17,6 +17,7 @@ weights (`AdapterFolding`) and the batch runs at the merged model's speed.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -75,11 +76,63 @@ class Running:
         return int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))
 
 
-class DecodeBatch:
-    """The rows decoding together on one decoder model, set up for each forward pass by `setting`."""
+@dataclass
+class Prefilled:
+    """A joining row's cached states (None: nothing to cache yet) and which of their tokens attention reads."""
 
-    def __init__(self, model, setting: Setting):
-        self.model, self.setting = model, setting
+    states: LayerStates | None
+    mask: list[int]
+
+
+class PrefixCache:
+    """The key/value states of prompt beginnings seen before, per adapter, reused by later prompts that begin the
+    same way (vLLM's automatic prefix caching, in whole blocks of `BLOCK` tokens): a chat server's prompts open
+    with the same system prompt and template tokens, and on a CPU their prefill is most of a short request's
+    cost. Least recently used beginnings are dropped past `capacity` cached tokens."""
+
+    BLOCK = 8
+
+    def __init__(self, capacity: int):
+        self.capacity, self.tokens = capacity, 0
+        self.entries: OrderedDict[tuple, LayerStates] = OrderedDict()
+
+    def longest(self, adapter: str, ids: list[int]) -> tuple[int, LayerStates | None]:
+        """The longest cached beginning of `ids` (its length and states), or (0, None)."""
+        for length in range(len(ids) // self.BLOCK * self.BLOCK, 0, -self.BLOCK):
+            key = (adapter, tuple(ids[:length]))
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return length, self.entries[key]
+        return 0, None
+
+    def keep(self, adapter: str, ids: list[int], states: LayerStates) -> None:
+        """Cache every whole-block beginning of `ids` (views of one copy of its states)."""
+        longest = len(ids) // self.BLOCK * self.BLOCK
+        if not longest or (adapter, tuple(ids[:longest])) in self.entries:
+            return
+        copied = [(keys[:, :, :longest].clone(), values[:, :, :longest].clone()) for keys, values in states]
+        for length in range(self.BLOCK, longest + 1, self.BLOCK):
+            key = (adapter, tuple(ids[:length]))
+            if key not in self.entries:
+                self.entries[key] = [(keys[:, :, :length], values[:, :, :length]) for keys, values in copied]
+                self.tokens += length
+        while self.tokens > self.capacity and self.entries:
+            (_, dropped), _ = self.entries.popitem(last=False)
+            self.tokens -= len(dropped)
+
+    def forget(self, adapter: str) -> None:
+        """Drop an adapter's beginnings (it is being unloaded: a new adapter of its name must not reuse them)."""
+        for key in [key for key in self.entries if key[0] == adapter]:
+            self.tokens -= len(key[1])
+            del self.entries[key]
+
+
+class DecodeBatch:
+    """The rows decoding together on one decoder model, set up for each forward pass by `setting`, reusing the
+    states of prompt beginnings in `prefixes`."""
+
+    def __init__(self, model, setting: Setting, prefixes: PrefixCache | None = None):
+        self.model, self.setting, self.prefixes = model, setting, prefixes
         self.rows: list[Running] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None
@@ -92,51 +145,104 @@ class DecodeBatch:
     def admit(self, joining: list[Running]) -> None:
         """Prefill the joining rows (all but each prompt's last token, which the next step runs) and add them to
         the batch."""
-        states: list[LayerStates | None] = [None] * len(joining)
+        prefilled: list[Prefilled] = [Prefilled(None, [])] * len(joining)
         for adapter in dict.fromkeys(running.adapter for running in joining):
             indices = [i for i, running in enumerate(joining) if running.adapter == adapter]
-            for i, row_states in zip(indices, self._prefill([joining[i].row.prompt[:-1] for i in indices], adapter)):
-                states[i] = row_states
-        lengths = [len(running.row.prompt) - 1 for running in joining]
-        self._stack(states, lengths)
+            for i, row in zip(indices, self._prefill([joining[i].row.prompt[:-1] for i in indices], adapter)):
+                prefilled[i] = row
+        self._stack(prefilled)
         self.rows.extend(joining)
 
-    def _prefill(self, sequences: list[list[int]], adapter: str) -> list[LayerStates | None]:
-        """The states of sequences that use one adapter: packed into one forward pass where the model allows it,
-        else one sequence at a time. A one-token prompt has nothing to prefill (None)."""
-        wanted = [i for i, ids in enumerate(sequences) if ids]
-        states: list[LayerStates | None] = [None] * len(sequences)
-        if not wanted:
-            return states
+    def _prefill(self, sequences: list[list[int]], adapter: str) -> list[Prefilled]:
+        """The states of sequences that use one adapter. A sequence whose beginning is in the prefix cache has only
+        the rest computed (those sharing a cached beginning in one forward pass); the others are packed into one
+        forward pass where the model allows it, else computed one at a time, and their beginnings cached. A
+        one-token prompt has nothing to prefill."""
+        prefilled = [Prefilled(None, [])] * len(sequences)
+        packable = can_prefill_packed(self.model, [[0, 0]])
+        cached = {}
+        if packable and self.prefixes is not None:
+            for i, ids in enumerate(sequences):
+                length, states = self.prefixes.longest(adapter, ids)
+                if length:
+                    cached.setdefault((length, tuple(ids[:length])), (states, []))[1].append(i)
+        fresh = [i for i, ids in enumerate(sequences) if ids and not any(i in group for _, group in cached.values())]
         with self.setting({adapter}) as per_row:
-            options = {"adapter_names": [adapter]} if per_row else {}
-            if can_prefill_packed(self.model, [[0, *sequences[i]] for i in wanted]):
-                for i, row_states in zip(
-                    wanted, prefill_states(self.model, [sequences[i] for i in wanted], **options)
+            for (length, _), (states, group) in cached.items():
+                for i, row in zip(
+                    group, self._continue_from(states, length, [sequences[i] for i in group], adapter, per_row)
                 ):
-                    states[i] = row_states
+                    prefilled[i] = row
+            if not fresh:
+                return prefilled
+            options = {"adapter_names": [adapter]} if per_row else {}
+            if packable:
+                computed = prefill_states(self.model, [sequences[i] for i in fresh], **options)
             else:
-                for i in wanted:
-                    cache = DynamicCache()
-                    ids = torch.tensor([sequences[i]], device=self.device)
-                    cached = {cache_argument(self.model): cache}
-                    self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **cached, **options)
-                    states[i] = [(layer.keys, layer.values) for layer in cache.layers]
-        return states
+                computed = [self._alone(sequences[i], options) for i in fresh]
+        for i, states in zip(fresh, computed):
+            prefilled[i] = Prefilled(states, [1] * len(sequences[i]))
+            if packable and self.prefixes is not None:
+                self.prefixes.keep(adapter, sequences[i], states)
+        return prefilled
 
-    def _stack(self, states: list[LayerStates | None], lengths: list[int]) -> None:
-        """Add the joining rows' states under the batch's, every row left-padded to the widest."""
-        width = max([*lengths, 0 if self.mask is None else self.mask.shape[1]])
-        if width == 0:  # nothing cached yet, nor for the joining rows: the first step starts the cache
-            self.mask = torch.zeros(len(self.rows) + len(states), 0, dtype=torch.long, device=self.device)
-            return
-        template = next((s for s in states if s is not None), None) or self._layer_states(0)
-        empty = [(k[:, :, :0], v[:, :, :0]) for k, v in template]
-        joined = padded_cache([s if s is not None else empty for s in states], width)
-        masks = [
-            torch.cat([torch.zeros(width - n, dtype=torch.long), torch.ones(n, dtype=torch.long)]) for n in lengths
+    def _alone(self, ids: list[int], options: dict) -> LayerStates:
+        """One sequence's states, computed by itself (a model whose attention a packed row would break)."""
+        cache = DynamicCache()
+        self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_argument(self.model): cache},
+            **options,
+        )
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _continue_from(
+        self, prefix: LayerStates, length: int, sequences: list[list[int]], adapter: str, per_row: bool
+    ) -> list[Prefilled]:
+        """The states of sequences that all begin with the same cached `length` tokens: the rest of each computed in
+        one forward pass over the cached states, the rests left-padded, so each row's states are the prefix, a gap
+        the mask hides, and its rest (positions continue from the prefix, so the gap changes nothing)."""
+        rests = [ids[length:] for ids in sequences]
+        width = max(map(len, rests))
+        if width == 0:
+            return [Prefilled(prefix, [1] * length) for _ in sequences]
+        count = len(sequences)
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(prefix):
+            cache.update(
+                keys.expand(count, -1, -1, -1).contiguous(), values.expand(count, -1, -1, -1).contiguous(), index
+            )
+        masks = [[1] * length + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+        ids = [[0] * (width - len(rest)) + rest for rest in rests]
+        positions = [[length] * (width - len(rest)) + list(range(length, length + len(rest))) for rest in rests]
+        self.model(
+            input_ids=torch.tensor(ids, device=self.device),
+            attention_mask=torch.tensor(masks, device=self.device),
+            position_ids=torch.tensor(positions, device=self.device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_argument(self.model): cache},
+            **({"adapter_names": [adapter] * count} if per_row else {}),
+        )
+        return [
+            Prefilled([(layer.keys[i : i + 1], layer.values[i : i + 1]) for layer in cache.layers], masks[i])
+            for i in range(count)
         ]
-        joined_mask = torch.stack(masks).to(self.device)
+
+    def _stack(self, prefilled: list[Prefilled]) -> None:
+        """Add the joining rows' states under the batch's, every row left-padded to the widest."""
+        width = max([*(len(row.mask) for row in prefilled), 0 if self.mask is None else self.mask.shape[1]])
+        if width == 0:  # nothing cached yet, nor for the joining rows: the first step starts the cache
+            self.mask = torch.zeros(len(self.rows) + len(prefilled), 0, dtype=torch.long, device=self.device)
+            return
+        template = next((row.states for row in prefilled if row.states is not None), None) or self._layer_states(0)
+        empty = [(k[:, :, :0], v[:, :, :0]) for k, v in template]
+        joined = padded_cache([row.states if row.states is not None else empty for row in prefilled], width)
+        joined_mask = torch.tensor(
+            [[0] * (width - len(row.mask)) + row.mask for row in prefilled], dtype=torch.long, device=self.device
+        )
         if self.rows:
             current = self._widened(width)
             joined = _concatenated(current, joined)

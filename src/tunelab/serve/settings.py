@@ -29,5 +29,7 @@ class ServeSettings:
     batching: str = "continuous"
     """'continuous' (rows join and leave the decoding batch at every step) or 'static' (a batch generated to its
     end, then the next)."""
+    prefix_cache_tokens: int = 4096
+    """Prompt-beginning tokens whose key/value states each served base keeps for later prompts (0: none)."""
     threads: int = field(default_factory=default_threads)
     """CPU threads the model's work uses (torch.set_num_threads)."""
