@@ -5,6 +5,7 @@ recently used adapter with no request in flight, and refuses while every one is 
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import shlex
@@ -18,7 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 from safetensors.torch import load_file, save_file
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
+from schemathesis.config import SchemathesisConfig
 
 from tunelab import cli
 from tunelab.config import ConfigError
@@ -34,6 +40,10 @@ from serving import call, in_process, readme_curl_text, readme_serving_blocks, r
 
 KEY = {"Authorization": "Bearer secret"}
 PROMPTS = ["repeat the word film", "repeat the word dull", "repeat the word cast"]
+REJECTIONS = SchemathesisConfig.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "409", "413", "503"]}}}
+)
+"""How these endpoints refuse an invalid request (test_serve.py's list, with an unload's 409 and a load's 503)."""
 LONG = 2000
 """A budget the base (and an adapter with no delta) does not finish within the test: it never ends on EOS."""
 
@@ -163,7 +173,8 @@ def test_loading_is_off_unless_allowed_and_only_then_published(root):
     load, unload = published["/v1/load_lora_adapter"]["post"], published["/v1/unload_lora_adapter"]["post"]
     assert sorted(load["responses"]) == ["200", "400", "401", "413", "503"]
     assert sorted(unload["responses"]) == ["200", "400", "401", "404", "409", "413"]
-    assert "text/plain" in load["responses"]["200"]["content"]
+    assert list(load["responses"]["200"]["content"]) == ["text/plain"]
+    assert list(unload["responses"]["409"]["content"]) == ["application/json"]
     assert load["responses"]["503"]["headers"]["Retry-After"]["required"]
 
 
@@ -375,3 +386,23 @@ def test_the_readmes_load_and_unload_example_answers_as_written(root, tiny_decod
             tiny_decoder,
             "summarise",
         ]
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_schemathesis_finds_the_loading_endpoints_as_the_schema_says(root, mode):
+    """Loads and unloads generated from `/openapi.json` (names and paths at random, a few of which name runs of the
+    root): every answer has a published status, content type and body, and none is a 5xx."""
+    with serving(root, "a", "b", max_adapters=3) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=REJECTIONS)
+        answered = collections.Counter()
+
+        @given(case=schema.include(path_regex="lora_adapter").as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
+        def conforms(case):
+            response = case.call_and_validate(headers=KEY, excluded_checks=[positive_data_acceptance])
+            answered[response.status_code] += 1
+
+        conforms()
+    assert answered[400], answered

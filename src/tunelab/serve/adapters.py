@@ -58,7 +58,7 @@ class RuntimeAdapters:
             run = self._run(path)
             try:
                 plan = await asyncio.to_thread(self.catalog.adapter_plan, name, run)
-            except TunelabError as error:
+            except (TunelabError, OSError) as error:  # not a run, not complete, not for a served base; unreadable
                 raise ApiError(400, f"lora_path: {error}", param="lora_path", code="invalid_adapter") from None
             evicted = self._room_for(plan.key)
             served = await self._swap(plan, evicted)
@@ -85,7 +85,10 @@ class RuntimeAdapters:
     def _run(self, path: str) -> RunDir:
         """The run directory `path` names (relative: under the root), if it resolves inside `--adapter-root`."""
         root = self.settings.adapter_root
-        resolved = (root / Path(path)).resolve()
+        try:
+            resolved = (root / Path(path)).resolve()
+        except (OSError, ValueError) as error:  # a NUL byte, a name too long, a loop of links
+            raise ApiError(400, f"lora_path is not a path here ({error})", param="lora_path") from None
         if not resolved.is_relative_to(root):
             raise ApiError(
                 400,

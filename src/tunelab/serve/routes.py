@@ -140,7 +140,7 @@ class Endpoints:
                 change,
                 methods=["POST"],
                 dependencies=guarded,
-                response_class=PlainTextResponse,
+                response_class=Response,
                 responses={**CHANGED, **documented(*refusals)},
             )
 
