@@ -46,7 +46,15 @@ class RuntimeAdapters:
 
     async def load(self, name: str, path: str) -> str:
         """Serve the adapter of the run at `path` as `name`; returns vLLM's success message (naming the adapter
-        unloaded to make room, if one was)."""
+        unloaded to make room, if one was). A change, once begun, ends even if its client goes away: the model and
+        the catalog never disagree."""
+        return await asyncio.shield(self._load(name, path))
+
+    async def unload(self, name: str) -> str:
+        """Stop serving the adapter `name` and delete it from its base; returns vLLM's success message."""
+        return await asyncio.shield(self._unload(name))
+
+    async def _load(self, name: str, path: str) -> str:
         async with self._changing:
             if name in self.catalog.models:
                 raise ApiError(
@@ -72,8 +80,7 @@ class RuntimeAdapters:
         )
         return f"Success: LoRA adapter '{name}' added successfully.{made_room}"
 
-    async def unload(self, name: str) -> str:
-        """Stop serving the adapter `name` and delete it from its base; returns vLLM's success message."""
+    async def _unload(self, name: str) -> str:
         async with self._changing:
             self._check_unloadable(name)
             shared = self.catalog.shared_base(name)
