@@ -80,6 +80,35 @@ def short_lora_run(output_dir: Path, dialogsum: Path, seed: int, name: str):
     return train(load_config(CONFIGS / "dialogsum-smollm2-lora.yaml", overrides))
 
 
+def tiny_lora_run(name: str, folder: Path, model: str, data: dict, task_type: str | None, seed: int):
+    """Six LoRA steps of a tiny model (conftest's tiny_decoder or tiny_encoder) at 1e-2 into `folder`/runs, no
+    baseline scored: each seed gives a different adapter over the same base, in seconds. `task_type` None: the kind
+    is `data.kind`. Returns its RunDir."""
+    from tunelab.config import build_config
+    from tunelab.pipeline import train
+
+    return train(
+        build_config(
+            {
+                "name": name,
+                **({"task_type": task_type} if task_type else {}),
+                "output_dir": str(folder / "runs"),
+                "model": {"name": model},
+                "data": data,
+                "method": {"name": "lora"},
+                "eval": {"max_new_tokens": 6, "baselines": []},
+                "training": {
+                    "max_steps": 6,
+                    "batch_size": 8,
+                    "learning_rate": 1e-2,
+                    "seed": seed,
+                    "precision": "fp32",
+                },
+            }
+        )
+    )
+
+
 def _tiny_run(folder: Path, name: str, model: str, method: str, task_type: str, data: dict, mixture=None):
     """Two training steps of a tiny model (conftest's tiny_encoder or tiny_decoder), no baseline scored: a run
     directory of the kind that `method` and `mixture` make, in seconds. The learning rate is small enough that a
@@ -249,6 +278,11 @@ def readme_serving_blocks() -> list[str]:
 def readme_curl(command: str, url: str) -> dict:
     """One of the README's curl commands, run through bash as written but calling `url` (a test server) in place of
     README_PORT; its JSON answer."""
+    return json.loads(readme_curl_text(command, url))
+
+
+def readme_curl_text(command: str, url: str) -> str:
+    """`readme_curl`'s answer as the text it is (a load or unload answers a line of text)."""
     assert command.startswith("curl ") and f"http://{README_PORT}/" in command, command
     answered = subprocess.run(
         ["bash", "-c", command.replace(f"http://{README_PORT}", url)],
@@ -257,7 +291,7 @@ def readme_curl(command: str, url: str) -> dict:
         timeout=300,
         check=True,
     )
-    return json.loads(answered.stdout)
+    return answered.stdout
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -25,38 +24,14 @@ from schemathesis.config import SchemathesisConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tunelab import pipeline, run_commands
-from tunelab.config import build_config
+from tunelab import run_commands
 from tunelab.runs import RunDir
 from tunelab.serve.catalog import Catalog, load_catalog
 
 from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
-from serving import call, in_process, running_server
+from serving import call, in_process, running_server, tiny_lora_run
 
 KEY = {"Authorization": "Bearer secret"}
-
-
-def _train(name: str, folder: Path, model: str, data: dict, task_type: str, seed: int) -> RunDir:
-    return pipeline.train(
-        build_config(
-            {
-                "name": name,
-                "task_type": task_type,
-                "output_dir": str(folder / "runs"),
-                "model": {"name": model},
-                "data": data,
-                "method": {"name": "lora"},
-                "eval": {"max_new_tokens": 6, "baselines": []},
-                "training": {
-                    "max_steps": 6,
-                    "batch_size": 8,
-                    "learning_rate": 1e-2,
-                    "seed": seed,
-                    "precision": "fp32",
-                },
-            }
-        )
-    )
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +58,9 @@ def runs(tiny_decoder, tiny_encoder, tmp_path_factory) -> dict[str, RunDir]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TUNELAB_HOME", str(session_home(tmp_path_factory)))
         return {
-            "a": _train("copy-a", folder, tiny_decoder, generation, "causal_lm", 1),
-            "b": _train("copy-b", folder, tiny_decoder, generation, "causal_lm", 2),
-            "sentiment": _train(
+            "a": tiny_lora_run("copy-a", folder, tiny_decoder, generation, "causal_lm", 1),
+            "b": tiny_lora_run("copy-b", folder, tiny_decoder, generation, "causal_lm", 2),
+            "sentiment": tiny_lora_run(
                 "sentiment", folder, tiny_encoder, {"train": str(sentiment), "max_length": 32}, "classification", 3
             ),
         }

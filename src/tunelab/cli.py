@@ -444,6 +444,8 @@ def _cmd_serve(args) -> None:
         raise ConfigError(f"--prefix-cache-tokens {args.prefix_cache_tokens}: give 0 (off) or more")
     if args.timeout <= 0 or args.batch_window_ms < 0:
         raise ConfigError("--timeout must be above 0 seconds and --batch-window-ms at least 0")
+    if not args.allow_adapter_loading and (args.adapter_root is not None or args.max_adapters is not None):
+        raise ConfigError("--adapter-root and --max-adapters apply only with --allow-adapter-loading")
     settings = ServeSettings(
         api_key=args.api_key or os.environ.get("TUNELAB_API_KEY") or None,
         max_batch=args.max_batch,
@@ -457,6 +459,9 @@ def _cmd_serve(args) -> None:
         batching=args.batching,
         prefix_cache_tokens=args.prefix_cache_tokens,
         threads=args.threads,
+        allow_adapter_loading=args.allow_adapter_loading,
+        adapter_root=args.adapter_root,
+        max_adapters=ServeSettings.max_adapters if args.max_adapters is None else args.max_adapters,
     )
     run_server(args.targets, args.host, args.port, settings)
 
@@ -920,6 +925,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt-beginning tokens whose states each base keeps for later prompts that open the same way (0: off)",
     )
     serve.add_argument("--threads", type=int, default=default_threads(), help=THREADS_HELP)
+    serve.add_argument(
+        "--allow-adapter-loading",
+        action="store_true",
+        help="route POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's) to load and unload adapter runs "
+        "while the server runs (needs --adapter-root)",
+    )
+    serve.add_argument(
+        "--adapter-root",
+        metavar="DIR",
+        help="the folder every loaded run must lie in (symlinks followed; a relative lora_path is read from it)",
+    )
+    serve.add_argument(
+        "--max-adapters",
+        type=int,
+        help="adapters loaded at once, at start and at run time (default 8); one more unloads the least recently "
+        "used one with no request in flight",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     ui = commands.add_parser(

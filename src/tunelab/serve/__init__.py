@@ -12,5 +12,6 @@
 - `metrics`: Prometheus counters and the access log;
 - `openapi`: the published schema, with this server's own bounds;
 - `settings`: the limits and batching of `tunelab serve`'s options;
+- `adapters`: adapters loaded and unloaded while the server runs (vLLM's endpoints, --allow-adapter-loading);
 - `routes`: the endpoints; `app`: the FastAPI application assembled from these parts.
 """

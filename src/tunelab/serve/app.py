@@ -61,9 +61,14 @@ def run_server(targets: list[str], host: str, port: int, settings: ServeSettings
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(load_catalog(targets), settings)
     key = "an API key (Authorization: Bearer)" if settings.api_key else "no API key"
+    loading = (
+        f", adapters loaded from {settings.adapter_root} (up to {settings.max_adapters})"
+        if settings.allow_adapter_loading
+        else ""
+    )
     print(
         f"serving {', '.join(app.state.models)} on http://{host}:{port}/v1 with {key}, {settings.batching} batching "
-        f"(up to {settings.max_batch} rows per model), {settings.threads} CPU threads",
+        f"(up to {settings.max_batch} rows per model), {settings.threads} CPU threads{loading}",
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

@@ -171,6 +171,18 @@ class SharedBase:
         if self.mixable:
             self.folding = AdapterFolding(self.target.model)
 
+    def load(self, adapter: str, run: RunDir) -> None:
+        """Add `run`'s adapter to the model under the name `adapter`."""
+        self.target.model.load_adapter(run.model_dir, adapter_name=adapter)
+        self.target.model.eval()
+
+    def unload(self, adapter: str) -> None:
+        """Delete `adapter` from the model, after giving the base its own weights back if the adapter is folded
+        into them."""
+        if self.folding is not None:
+            self.folding.forget(adapter)
+        self.target.model.delete_adapter(adapter)
+
     def lane(self, adapter: str | None) -> Lane | None:
         """How continuous batching runs the rows of `adapter` (None: the base): in the base's shared batch when PEFT
         can run it per row (a plain LoRA), else in a batch of its own."""
@@ -199,12 +211,55 @@ def _switching(
     return switched
 
 
+def _adapter_served(shared: SharedBase, model_id: str, run: RunDir, tokenizer, tasks: dict) -> Served:
+    """The entry of a run's adapter loaded onto `shared` as `model_id`, answering with the run's own tokenizer (runs
+    on one base may differ in chat template and EOS). The server says when PEFT cannot run the adapter per row."""
+    switched = _adapter(shared.target, model_id, tokenizer, shared.folding)
+    if shared.target.generates and not shared.mixes(model_id):
+        print(
+            f"{model_id}: PEFT cannot run its adapter per row beside others' (it mixes only plain LoRA adapters "
+            "in one forward pass), so its requests decode in a batch of their own",
+            flush=True,
+        )
+    return Served(
+        model_id, *_kind(shared.target), switched, tokenizer, tasks, str(run.path), lane=shared.lane(model_id)
+    )
+
+
+def _described(key: tuple) -> str:
+    """A shared base's key (`_shared_key`) in words."""
+    name, revision, kind, labels, peft_type = key
+    at = f" at revision {revision}" if revision else ""
+    labelled = f", labels {list(labels)}" if labels else ""
+    return f"a {peft_type} adapter for {name}{at} (data.kind {kind}{labelled})"
+
+
+@dataclass
+class AdapterPlan:
+    """A run's adapter read and checked, ready to be loaded onto the base it was trained for (`load`)."""
+
+    model_id: str
+    run: RunDir
+    key: tuple
+    shared: SharedBase
+    tokenizer: object
+    tasks: dict[str, TaskSpec]
+
+    def load(self) -> Served:
+        """Load the adapter onto the base (on the thread that owns the model); returns its entry, not yet served."""
+        self.shared.load(self.model_id, self.run)
+        return _adapter_served(self.shared, self.model_id, self.run, self.tokenizer, self.tasks)
+
+
 class Catalog:
     """The served model ids, in the order given."""
 
     def __init__(self) -> None:
         self.models: dict[str, Served] = {}
         self._shared: dict[tuple, SharedBase] = {}
+        self.adapters: dict[str, tuple] = {}
+        """The ids answered by one adapter on a shared base, and that base's key (`_shared_key`): the ones a
+        server may unload."""
 
     def _add(self, served: Served) -> None:
         if served.id in self.models:
@@ -224,21 +279,45 @@ class Catalog:
                 base = Served(config.model.name, *_kind(target), answering, target.tokenizer, tasks)
                 self._add(replace(base, lane=shared.lane(None)))
         else:
-            shared.target.model.load_adapter(run.model_dir, adapter_name=model_id)
-            shared.target.model.eval()
-        tokenizer = load_tokenizer(str(run.model_dir))  # runs on one base may differ in chat template and EOS
-        switched = _adapter(shared.target, model_id, tokenizer, shared.folding)
-        if shared.target.generates and not shared.mixes(model_id):
-            print(
-                f"{model_id}: PEFT cannot run its adapter per row beside others' (it mixes only plain LoRA adapters "
-                "in one forward pass), so its requests decode in a batch of their own",
-                flush=True,
+            shared.load(model_id, run)
+        self.register(_adapter_served(shared, model_id, run, load_tokenizer(str(run.model_dir)), tasks), key)
+
+    def register(self, served: Served, key: tuple | None = None) -> None:
+        """Serve `served`; `key`: the shared base whose adapter answers it."""
+        self._add(served)
+        if key is not None:
+            self.adapters[served.id] = key
+
+    def shared_base(self, model_id: str) -> SharedBase:
+        """The base the adapter serving `model_id` is loaded on."""
+        return self._shared[self.adapters[model_id]]
+
+    def withdraw(self, model_id: str) -> Served:
+        """Stop serving an adapter (deleting it from its base is the worker's); returns its entry."""
+        del self.adapters[model_id]
+        return self.models.pop(model_id)
+
+    def adapter_plan(self, model_id: str, run: RunDir) -> AdapterPlan:
+        """What loading `run`'s adapter as `model_id` onto a served base takes, read from its run directory; a
+        run that is not one PEFT adapter, or not for a base this server holds with adapters of its type, is refused
+        naming the run's base and the served ones."""
+        state = run.require_complete()
+        config, labels = run.config(), state.get("labels")
+        key = _shared_key(run, config, labels)
+        if key is None:
+            raise CatalogError(
+                f"run {run.path} (method '{config.method.name}') is not one PEFT adapter on a base; serve it as its "
+                "own model when the server starts"
             )
-        self._add(
-            Served(
-                model_id, *_kind(shared.target), switched, tokenizer, tasks, str(run.path), lane=shared.lane(model_id)
+        if key not in self._shared:
+            served = "; ".join(map(_described, self._shared)) or "none (start the server with an adapter run)"
+            raise CatalogError(
+                f"run {run.path} is {_described(key)}; this server's bases take: {served}. Load it onto a server "
+                "started with an adapter run on its base"
             )
-        )
+        run_tasks = task_specs(config, labels)
+        tasks = {name: run_tasks.specs[name] for name in run_tasks.trained}
+        return AdapterPlan(model_id, run, key, self._shared[key], load_tokenizer(str(run.model_dir)), tasks)
 
     def add_run(self, model_id: str, run: RunDir) -> None:
         state = run.require_complete()

@@ -7,7 +7,8 @@ is tunelab's, kept to the few operations it needs on a plain key/value cache. Th
 (several joining rows packed into one row with attention per prompt, as eval's generation does), its states
 left-padded to the batch's width and stacked under the others; a leaving row's states are dropped, and the
 columns no row uses any more are cut. The attention mask hides the padding, and each row's positions are its
-own, so a greedy row's answer is the one it gets alone.
+own, so a greedy row's answer is the one it gets alone. A prompt whose beginning was prefilled before starts
+from those states (`PrefixCache`), only its rest computed.
 
 Rows on one shared PEFT model may each turn on a different LoRA adapter (PEFT's per-row `adapter_names`,
 `__base__` for none). While every row of the batch uses one adapter, the adapter is folded into the base's
@@ -50,8 +51,8 @@ class Running:
     tokenizer: object
     """The row's own tokenizer (runs on one base may close their turns with different EOS tokens)."""
     sampling: dict | None
-    done: object
-    """Called with the row's `Answer` when it ends."""
+    done: Callable[[object], None]
+    """Called with the row's `Answer` when it ends, or with the error that ended it."""
     generated: list[int] = field(default_factory=list)
     progress: RowProgress | None = None
     generator: torch.Generator | None = None

@@ -4,6 +4,8 @@ body-size middleware that answers 413 before the application reads a byte of JSO
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -50,6 +52,11 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _not_routed)
+
+
+def not_served(model: str, served: Iterable[str], param: str) -> ApiError:
+    """A 404 for a model id the server does not serve (named by the request's `param`), listing those it does."""
+    return ApiError(404, f"no model '{model}'; served: {', '.join(served)}", param=param, code="model_not_found")
 
 
 def queue_full(settings: ServeSettings) -> ApiError:

@@ -4,8 +4,11 @@ the answer is generated; a stream whose client goes away stops generating and is
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import threading
 import time
+from collections import Counter
 from concurrent.futures import Future
 
 from fastapi import Request
@@ -23,17 +26,45 @@ from tunelab.serve.settings import ServeSettings
 
 class JobRunner:
     """The one way requests reach the model: jobs submitted to the batcher, bounded by the server's settings,
-    their tokens counted in its metrics."""
+    their tokens counted in its metrics, and for each model id its requests in flight and when it was last asked
+    (what a server that loads adapters needs to pick one to unload)."""
 
     def __init__(self, batcher: Batcher, settings: ServeSettings, metrics: Metrics):
         self.batcher, self.settings, self.metrics = batcher, settings, metrics
+        self.in_flight: Counter[str] = Counter()
+        """Requests submitted and not yet answered (queued, waiting for a slot or decoding), per model id."""
+        self.last_used: dict[str, int] = {}
+        """Per model id, when it was last asked for (a tick of `_clock`; never asked: absent)."""
+        self._clock = itertools.count(1)
+        self._lock = threading.Lock()  # the futures are answered on the worker thread
 
-    async def answer(self, job: Job):
-        """The batcher's result for `job`, within the request timeout."""
+    def touch(self, model_id: str) -> None:
+        """Count `model_id` as used now."""
+        self.last_used[model_id] = next(self._clock)
+
+    def _submit(self, job: Job) -> Future:
+        """Hand `job` to the batcher (a 429 when its queue is full), counted in flight until its future is done."""
+        model_id = job.served.id
+        with self._lock:
+            self.in_flight[model_id] += 1
         try:
             future = self.batcher.submit(job)
         except QueueFull:
+            self._answered(model_id)
             raise queue_full(self.settings) from None
+        self.touch(model_id)
+        future.add_done_callback(lambda _: self._answered(model_id))
+        return future
+
+    def _answered(self, model_id: str) -> None:
+        with self._lock:
+            self.in_flight[model_id] -= 1
+            if not self.in_flight[model_id]:
+                del self.in_flight[model_id]
+
+    async def answer(self, job: Job):
+        """The batcher's result for `job`, within the request timeout."""
+        future = self._submit(job)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.settings.timeout_s)
         except asyncio.TimeoutError:
@@ -92,10 +123,7 @@ class JobRunner:
         job = self.generation_job(
             entry, body, ids, on_text=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
         )
-        try:
-            self.batcher.submit(job)
-        except QueueFull:
-            raise queue_full(self.settings) from None
+        self._submit(job)
         job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, end))
 
         async def events():

@@ -14,8 +14,11 @@ ERRORS = {
     400: "The request is invalid; `param` names the field at fault",
     401: "No API key was sent, or not the server's",
     404: "No served model has this id",
+    409: "The adapter has requests in flight (retry when they are answered), or is the last one on its base",
     413: "The body is over the server's --max-body-bytes",
     429: "The queue is full (--queue-size); retry after Retry-After seconds",
+    503: "Every loaded adapter that could make room has requests in flight (--max-adapters); retry after "
+    "Retry-After seconds",
     504: "The request took longer than the server's --timeout",
 }
 
@@ -29,7 +32,7 @@ def documented(*statuses: int) -> dict:
         status: {
             "model": ErrorResponse,
             "description": ERRORS[status],
-            **({"headers": RETRY_AFTER} if status == 429 else {}),
+            **({"headers": RETRY_AFTER} if status in (429, 503) else {}),
         }
         for status in statuses
     }

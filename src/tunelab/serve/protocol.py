@@ -292,6 +292,20 @@ class ScoreRequest(_Request):
         return scored
 
 
+class LoadLoraAdapterRequest(_Request):
+    """vLLM's: serve a run's LoRA adapter as `lora_name` (a server started with --allow-adapter-loading)."""
+
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+    """A tunelab run directory under the server's --adapter-root (a relative path is read from there)."""
+
+
+class UnloadLoraAdapterRequest(_Request):
+    """vLLM's: stop serving an adapter and free it."""
+
+    lora_name: str = Field(min_length=1)
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

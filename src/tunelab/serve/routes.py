@@ -1,6 +1,8 @@
 """The endpoints: OpenAI's `/v1/models`, `/v1/chat/completions` and `/v1/completions` (with server-sent events),
-tunelab's `/v1/classify` and `/v1/score` (a reward model's scores of answers), and `/health` and Prometheus `/metrics` for operations. Each reads its request, finds the
-model it names, and hands the work to the job runner; a server with an API key guards the `/v1/` ones."""
+tunelab's `/v1/classify` and `/v1/score` (a reward model's scores of answers), vLLM's `/v1/load_lora_adapter` and
+`/v1/unload_lora_adapter` (only on a server started with --allow-adapter-loading), and `/health` and Prometheus
+`/metrics` for operations. Each reads its request, finds the model it names, and hands the work to the job runner;
+a server with an API key guards the `/v1/` ones."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import time
 import uuid
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -17,8 +19,10 @@ from tunelab.errors import TunelabError
 from tunelab.kinds.chat_masks import ChatTemplateError
 from tunelab.kinds.reward import conversation_ids
 from tunelab.records import Record
+from tunelab.serve.adapters import RuntimeAdapters
 from tunelab.serve.batcher import Job
 from tunelab.serve.catalog import Catalog, Served
+from tunelab.serve.errors import not_served
 from tunelab.serve.jobs import JobRunner
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.openapi import documented, streamed
@@ -32,9 +36,11 @@ from tunelab.serve.protocol import (
     Completion,
     CompletionRequest,
     Health,
+    LoadLoraAdapterRequest,
     ModelList,
     ScoreRequest,
     Scores,
+    UnloadLoraAdapterRequest,
 )
 from tunelab.serve.settings import ServeSettings
 
@@ -47,12 +53,21 @@ ANSWERS = {
 }
 """What a model id of each kind is, and the endpoints that answer it."""
 
+CHANGED = {
+    200: {
+        "description": "vLLM's success message",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+"""The answer of a load or unload: a line of text, as vLLM answers."""
+
 
 class Endpoints:
     """The endpoints of one server, over its catalog, settings, job runner and metrics."""
 
     def __init__(self, catalog: Catalog, settings: ServeSettings, jobs: JobRunner, metrics: Metrics):
         self.catalog, self.settings, self.jobs, self.metrics = catalog, settings, jobs, metrics
+        self.adapters = RuntimeAdapters(catalog, settings, jobs) if settings.allow_adapter_loading else None
 
     def register(self, app: FastAPI) -> None:
         """Add the endpoints to `app`. Only a server with a key asks for one, and only its schema says so (with
@@ -100,6 +115,8 @@ class Endpoints:
             response_model=Scores,
             responses=asked,
         )
+        if self.adapters is not None:
+            self._register_adapter_loading(app, guarded, keyed)
         app.add_api_route("/health", self.health, methods=["GET"], response_model=Health)
         app.add_api_route(
             "/metrics",
@@ -111,6 +128,32 @@ class Endpoints:
             },
         )
 
+    def _register_adapter_loading(self, app: FastAPI, guarded: list, keyed: tuple) -> None:
+        """vLLM's two endpoints for adapters loaded at run time; a server without --allow-adapter-loading has no
+        such routes (a 404), and its schema does not publish them."""
+        for path, change, refusals in (
+            ("/v1/load_lora_adapter", self.load_adapter, (400, *keyed, 413, 503)),
+            ("/v1/unload_lora_adapter", self.unload_adapter, (400, *keyed, 404, 409, 413)),
+        ):
+            app.add_api_route(
+                path,
+                change,
+                methods=["POST"],
+                dependencies=guarded,
+                response_class=Response,
+                responses={**CHANGED, **documented(*refusals)},
+            )
+
+    async def load_adapter(self, request: Request, body: LoadLoraAdapterRequest):
+        message = await self.adapters.load(body.lora_name, body.lora_path)
+        request.app.openapi_schema = None  # the schema's `model` examples are the served ids
+        return PlainTextResponse(message)
+
+    async def unload_adapter(self, request: Request, body: UnloadLoraAdapterRequest):
+        message = await self.adapters.unload(body.lora_name)
+        request.app.openapi_schema = None
+        return PlainTextResponse(message)
+
     def authorised(self, credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> None:
         if credentials is None:
             raise ApiError(401, "no API key: send the header 'Authorization: Bearer KEY'", code="missing_api_key")
@@ -120,12 +163,7 @@ class Endpoints:
     def served(self, request: Request, model: str, kind: str) -> Served:
         request.state.model = model
         if model not in self.catalog.models:
-            raise ApiError(
-                404,
-                f"no model '{model}'; served: {', '.join(self.catalog.models)}",
-                param="model",
-                code="model_not_found",
-            )
+            raise not_served(model, self.catalog.models, "model")
         entry = self.catalog.models[model]
         if entry.kind != kind:
             what, use = ANSWERS[entry.kind]

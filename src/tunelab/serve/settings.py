@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.config import ConfigError
 
 
 def default_threads() -> int:
@@ -33,3 +36,24 @@ class ServeSettings:
     """Prompt-beginning tokens whose key/value states each served base keeps for later prompts (0: none)."""
     threads: int = field(default_factory=default_threads)
     """CPU threads the model's work uses (torch.set_num_threads)."""
+    allow_adapter_loading: bool = False
+    """Whether `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` exist (they are not routed otherwise)."""
+    adapter_root: Path | None = None
+    """The folder every loaded adapter's run must lie in (symlinks followed); required with adapter loading, so a
+    server never reads a path outside the one its operator chose."""
+    max_adapters: int = 8
+    """Adapters on shared bases loaded at once, at start and at run time; loading one more unloads the least
+    recently used idle one."""
+
+    def __post_init__(self) -> None:
+        """Refuse, at start, adapter loading with nowhere to load from, and a root that is not a folder."""
+        if self.allow_adapter_loading and self.adapter_root is None:
+            raise ConfigError(
+                "--allow-adapter-loading needs --adapter-root DIR: the folder of the runs the server may load"
+            )
+        if self.adapter_root is not None:
+            self.adapter_root = Path(self.adapter_root).resolve()
+            if not self.adapter_root.is_dir():
+                raise ConfigError(f"--adapter-root {self.adapter_root} is not a folder")
+        if self.max_adapters < 1:
+            raise ConfigError(f"--max-adapters {self.max_adapters}: give a number of 1 or more")
