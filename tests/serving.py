@@ -4,6 +4,7 @@ portability tests and benchmarks use; and one target of every kind the server ta
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
@@ -264,6 +265,78 @@ def expected_outcomes(models: dict[str, str]) -> dict[tuple[str, str], str]:
         for model, kind in models.items()
         for endpoint, answers in ENDPOINTS.items()
     }
+
+
+SCHEMA_REJECTIONS = {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "413", "429"]}}}
+"""How `tunelab serve` refuses an invalid request, as Schemathesis config: a 400 naming the field, or before reading
+it, a 413 when the body is over --max-body-bytes (long generated strings often are; schemathesis' own list has no
+413)."""
+
+
+def served_schema(url: str):
+    """The Schemathesis schema a server publishes at /openapi.json, with SCHEMA_REJECTIONS."""
+    import schemathesis
+    from schemathesis.config import SchemathesisConfig
+
+    return schemathesis.openapi.from_url(f"{url}/openapi.json", config=SchemathesisConfig.from_dict(SCHEMA_REJECTIONS))
+
+
+def _served_model(case, use: bool, served: dict[str, str]):
+    """Half the generated requests name a served model (the schema's `model` examples), so that the fuzzing reaches
+    the model and its 200s, not only the 404 of a random name. A request without `model` keeps lacking it: an
+    invalid request must stay invalid."""
+    if use and isinstance(case.body, dict) and "model" in case.body and case.path in served:
+        case.body["model"] = served[case.path]
+    return case
+
+
+def schema_cases(schema, mode, served: dict[str, str]):
+    """A Hypothesis strategy of the requests Schemathesis generates from `schema` (a whole schema or one
+    operation) in `mode` (positive or negative), half of them naming the model `served` gives for their path."""
+    from hypothesis import strategies
+
+    return strategies.builds(
+        functools.partial(_served_model, served=served),
+        schema.as_strategy(generation_mode=mode),
+        strategies.booleans(),
+    )
+
+
+def call_and_check(case, headers: dict):
+    """Send a generated request and check its answer against the schema: status, content type, headers, body, no
+    5xx, an invalid request refused, one without the key a 401. A valid request may still be a 400 the schema cannot
+    foresee (a prompt over the token limit, a record without the template's fields), so schemathesis'
+    positive_data_acceptance is off. Returns (response, None), or (response, schemathesis' FailureGroup of the
+    failed checks, its message a report with the request as a curl command): a test raises it, a bench counts it."""
+    from schemathesis.checks import positive_data_acceptance
+    from schemathesis.core.failures import FailureGroup
+
+    response = case.call(headers=headers)
+    try:
+        case.validate_response(
+            response,
+            headers=headers,
+            excluded_checks=[positive_data_acceptance],
+            transport_kwargs={"headers": headers},
+        )
+    except FailureGroup as failed:
+        return response, failed
+    return response, None
+
+
+def fuzz_settings(max_examples: int):
+    """Hypothesis settings of a Schemathesis run against a server: `max_examples`, no deadline (a generation takes
+    its time), no health check (a server is slow by Hypothesis' measure), nothing remembered between runs and the
+    same examples every run."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 def readme_serving_blocks() -> list[str]:

@@ -17,10 +17,8 @@ import urllib.request
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings, strategies
+from hypothesis import given
 from schemathesis import GenerationMode
-from schemathesis.checks import positive_data_acceptance
-from schemathesis.config import SchemathesisConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -29,7 +27,16 @@ from tunelab.runs import RunDir
 from tunelab.serve.catalog import Catalog, load_catalog
 
 from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
-from serving import call, in_process, running_server, tiny_lora_run
+from serving import (
+    call,
+    call_and_check,
+    fuzz_settings,
+    in_process,
+    running_server,
+    schema_cases,
+    served_schema,
+    tiny_lora_run,
+)
 
 KEY = {"Authorization": "Bearer secret"}
 
@@ -282,38 +289,21 @@ def local(catalog):
 SERVED = {"/v1/chat/completions": "a", "/v1/completions": "a", "/v1/classify": "sentiment"}
 
 
-def _served_model(case, use: bool):
-    """Half the generated requests name a served model (the schema's `model` examples), so that the fuzzing reaches
-    the model and its 200s, not only the 404 of a random name. A request without `model` keeps lacking it: an
-    invalid request must stay invalid."""
-    if use and isinstance(case.body, dict) and "model" in case.body and case.path in SERVED:
-        case.body["model"] = SERVED[case.path]
-    return case
-
-
-REJECTIONS = SchemathesisConfig.from_dict(
-    {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "413", "429"]}}}
-)
-"""How this server refuses an invalid request: a 400 naming the field, or before reading it, a 413 when the body
-is over --max-body-bytes (long generated strings often are; schemathesis' own list has no 413)."""
-
-
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_schemathesis_finds_the_server_as_its_openapi_schema_says(local, mode):
     """Requests generated from `/openapi.json`, valid ones and invalid ones: every answer, 200s and errors, has
     the published status, content type, headers and body schema; nothing is a 5xx; an invalid request is refused,
     and one without the key is a 401. (A valid request may still be a 400 the schema cannot foresee: a prompt over
     the token limit, a record without the template's fields; so schemathesis' positive_data_acceptance is off.)"""
-    schema = schemathesis.openapi.from_url(f"{local}/openapi.json", config=REJECTIONS)
     answered = collections.Counter()  # what was tested, for a failure's report
 
-    @given(case=strategies.builds(_served_model, schema.as_strategy(generation_mode=mode), strategies.booleans()))
-    @settings(
-        max_examples=120, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
-    )
+    @given(case=schema_cases(served_schema(local), mode, SERVED))
+    @fuzz_settings(max_examples=120)
     def conforms(case):
-        response = case.call_and_validate(headers=KEY, excluded_checks=[positive_data_acceptance])
+        response, failed = call_and_check(case, KEY)
         answered[response.status_code] += 1
+        if failed:
+            raise failed
 
     conforms()
     assert answered[200] and answered[400], answered
