@@ -127,7 +127,7 @@ def _adapter(
     @contextmanager
     def switched() -> Iterator[Target]:
         if folding is not None:
-            folding.unfold()
+            folding.restore()
         if adapter is None:
             with target.model.disable_adapter():
                 yield answering
@@ -173,15 +173,18 @@ class SharedBase:
 
     def load(self, adapter: str, run: RunDir) -> None:
         """Add `run`'s adapter to the model under the name `adapter`."""
-        self.target.model.load_adapter(run.model_dir, adapter_name=adapter)
-        self.target.model.eval()
+        with self._changing():
+            self.target.model.load_adapter(run.model_dir, adapter_name=adapter)
+            self.target.model.eval()
 
     def unload(self, adapter: str) -> None:
         """Delete `adapter` from the model, after giving the base its own weights back if the adapter is folded
         into them."""
-        if self.folding is not None:
-            self.folding.forget(adapter)
-        self.target.model.delete_adapter(adapter)
+        with self._changing():
+            self.target.model.delete_adapter(adapter)
+
+    def _changing(self) -> AbstractContextManager[None]:
+        return self.folding.changing() if self.folding is not None else nullcontext()
 
     def lane(self, adapter: str | None) -> Lane | None:
         """How continuous batching runs the rows of `adapter` (None: the base): in the base's shared batch when PEFT

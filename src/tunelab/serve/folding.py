@@ -23,26 +23,40 @@ BASE = "__base__"
 
 class AdapterFolding:
     """The LoRA adapters of one PEFT model, and the one folded into its weights now (None: the weights are the
-    base's)."""
+    base's). Called before every decoding step, so it changes the model only when the step's adapters differ
+    from the last step's: the adapted layers, which adapters fold, and whether PEFT's adapter layers are switched
+    off are remembered (each is a walk over every module of the model), until `changed` says adapters came or
+    went."""
 
     def __init__(self, model, fold: bool = True):
         self.model, self.fold_enabled = model, fold
         self.folded: str | None = None
         self.kept: dict[LoraLayer, torch.Tensor] = {}
+        self.layers_off = False
+        self._layers: list[LoraLayer] | None = None
+        self._foldable: dict[str, bool] = {}
 
     def layers(self) -> list[LoraLayer]:
-        return [module for module in self.model.modules() if isinstance(module, LoraLayer)]
+        if self._layers is None:
+            self._layers = [module for module in self.model.modules() if isinstance(module, LoraLayer)]
+        return self._layers
+
+    def changed(self) -> None:
+        """Adapters were loaded or deleted: walk the model again when next asked."""
+        self._layers, self._foldable = None, {}
 
     def foldable(self, adapter: str) -> bool:
         """Whether `adapter` is a plain LoRA whose delta can be added to its layers' weights."""
         if not self.fold_enabled or adapter == BASE:
             return False
-        holding = [layer for layer in self.layers() if adapter in layer.lora_A]
-        return bool(holding) and all(
-            adapter not in layer.lora_variant
-            and isinstance(getattr(layer.get_base_layer(), "weight", None), torch.Tensor)
-            for layer in holding
-        )
+        if adapter not in self._foldable:
+            holding = [layer for layer in self.layers() if adapter in layer.lora_A]
+            self._foldable[adapter] = bool(holding) and all(
+                adapter not in layer.lora_variant
+                and isinstance(getattr(layer.get_base_layer(), "weight", None), torch.Tensor)
+                for layer in holding
+            )
+        return self._foldable[adapter]
 
     def kept_bytes(self) -> int:
         """Memory held by the base weights kept aside for unfolding."""
@@ -72,19 +86,35 @@ class AdapterFolding:
             layer.get_base_layer().weight.copy_(weight)
         self.folded = None
 
-    def forget(self, adapter: str) -> None:
-        """Before `adapter` is unloaded: unfold it if it is folded, and drop base weights kept for layers no
-        adapter uses any more."""
-        if self.folded == adapter:
-            self.unfold()
-        live = set(self.layers())
-        self.kept = {layer: weight for layer, weight in self.kept.items() if layer in live}
+    def restore(self) -> None:
+        """The model as PEFT left it: the base's weights, adapter layers on (for code that switches adapters by
+        PEFT's own means)."""
+        self.unfold()
+        self._switch_layers(off=False)
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """Around loading or deleting an adapter: the model as PEFT left it while PEFT changes it (no adapter
+        folded, adapter layers on, so new layers match the others), walked again afterwards."""
+        self.restore()
+        try:
+            yield
+        finally:
+            self.changed()
+
+    def _switch_layers(self, off: bool) -> None:
+        if off != self.layers_off:
+            if off:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                self.model.base_model.enable_adapter_layers()
+            self.layers_off = off
 
     @contextmanager
     def using(self, adapters: set[str]) -> Iterator[bool]:
         """The model set up for one step over rows that use `adapters`; yields whether the rows' adapters must be
-        passed per row (`adapter_names`). One foldable adapter is folded and the adapters are switched off (the
-        weights hold it); the base alone runs with the adapters off and the weights unfolded; a mix runs
+        passed per row (`adapter_names`). One foldable adapter is folded and the adapter layers are off (the
+        weights hold it); the base alone runs with the adapter layers off and the weights unfolded; a mix runs
         unfolded, per row."""
         (only,) = adapters if len(adapters) == 1 else (None,)
         if only is not None and (only == BASE or self.foldable(only)):
@@ -92,8 +122,9 @@ class AdapterFolding:
                 self.unfold()
             else:
                 self.fold(only)
-            with self.model.disable_adapter():
-                yield False
+            self._switch_layers(off=True)
+            yield False
             return
         self.unfold()
+        self._switch_layers(off=False)
         yield True
