@@ -415,7 +415,7 @@ def test_a_request_the_server_fails_on_is_a_500_logged_and_counted(catalog, capl
     """A model that fails while answering (on the static path through its `answering` context, on the continuous
     one when its lane sets it up for a step) answers that request with a 500, logged and counted."""
 
-    def failing(*adapters):
+    def failing(*args, **options):
         raise RuntimeError("the model is gone")
 
     entry = catalog.models["a"]

@@ -64,12 +64,18 @@ def base_id(catalog) -> str:
     return next(model for model, entry in catalog.models.items() if entry.lane and entry.lane.adapter == BASE)
 
 
-def test_a_short_request_returns_while_a_long_one_decodes_and_cancelling_the_long_one_frees_its_slot(catalog):
-    batcher = Batcher(max_batch=2)
+def long_decoding(catalog, batcher: Batcher) -> Job:
+    """A long generation submitted to `batcher`, returned once it is decoding."""
     long = generation(catalog, base_id(catalog), "repeat the word film", LONG)
     decoding = started(long)
     batcher.submit(long)
     assert decoding.wait(60)
+    return long
+
+
+def test_a_short_request_returns_while_a_long_one_decodes_and_cancelling_the_long_one_frees_its_slot(catalog):
+    batcher = Batcher(max_batch=2)
+    long = long_decoding(catalog, batcher)
     short = batcher.submit(generation(catalog, "a", "repeat the word good", 2))
     assert short.result(timeout=60).tokens <= 2
     assert not long.future.done(), "the short request waited for the long one"
@@ -80,26 +86,24 @@ def test_a_short_request_returns_while_a_long_one_decodes_and_cancelling_the_lon
 
 def test_a_cancelled_row_gives_its_slot_to_a_waiting_request(catalog):
     """With one slot, a second request waits while the first decodes, and is answered once the first is
-    cancelled (as when its client disconnects)."""
+    cancelled (as when its client disconnects); a third, cancelled while it waits, is dropped, never run."""
     batcher = Batcher(max_batch=1)
-    long = generation(catalog, base_id(catalog), "repeat the word film", LONG)
-    decoding = started(long)
-    batcher.submit(long)
-    assert decoding.wait(60)
+    long = long_decoding(catalog, batcher)
     waiting = batcher.submit(generation(catalog, "a", "repeat the word good", 2))
+    gone = generation(catalog, "b", "repeat the word bad", 2)
+    batcher.submit(gone)
     time.sleep(0.3)
-    assert not waiting.done() and batcher.depth() == 1, "the second request did not wait for the slot"
+    assert not waiting.done() and batcher.depth() == 2, "the requests did not wait for the slot"
+    gone.cancel()  # its client went away while it waited
     long.cancel()
     assert waiting.result(timeout=60).tokens <= 2
     assert long.future.result(timeout=60).tokens < LONG
+    assert gone.future.cancelled() and batcher.depth() == 0
 
 
 def test_a_classification_is_answered_between_decoding_steps(catalog):
     batcher = Batcher()
-    long = generation(catalog, base_id(catalog), "repeat the word film", LONG)
-    decoding = started(long)
-    batcher.submit(long)
-    assert decoding.wait(60)
+    long = long_decoding(catalog, batcher)
     entry = catalog.models["sentiment"]
     spec = entry.task(None)
     classified = batcher.submit(
@@ -130,9 +134,9 @@ def recording_lanes(catalog, seen: list[set[str]]):
             recorded.models[model] = entry
             continue
 
-        def setting(adapters, original=entry.lane.setting):
+        def setting(adapters, decoding=True, original=entry.lane.setting):
             seen.append(set(adapters))
-            return original(adapters)
+            return original(adapters, decoding)
 
         recorded.models[model] = dataclasses.replace(entry, lane=dataclasses.replace(entry.lane, setting=setting))
     return recorded
@@ -184,6 +188,8 @@ def test_a_seeded_sample_reproduces_alone_and_in_a_batch(catalog):
 
 
 def test_folding_an_adapter_writes_its_delta_and_unfolding_gives_the_base_back_exactly(catalog):
+    """An adapter alone in `STEADY` decoding steps is folded into the weights (answering as it does per row), and
+    unfolding gives the base its weights back bit for bit."""
     lane = catalog.models["a"].lane
     model = lane.model
     folding = lane.setting.__self__
@@ -194,6 +200,11 @@ def test_folding_an_adapter_writes_its_delta_and_unfolding_gives_the_base_back_e
         with folding.using({"a", "b"}) as per_row:
             assert per_row
             unfolded = model(input_ids=ids, adapter_names=["a"]).logits
+        for _ in range(folding.STEADY - 1):  # one adapter alone: it runs per row until the batch is steady
+            with folding.using({"a"}) as per_row:
+                assert per_row and folding.folded is None
+        with folding.using({"b"}, decoding=False) as per_row:  # a prefill neither folds nor resets the count
+            assert per_row and folding.folded is None
         with folding.using({"a"}) as per_row:
             assert not per_row and folding.folded == "a"
             folded = model(input_ids=ids).logits

@@ -203,11 +203,13 @@ class Batcher:
         still_waiting: deque[Job] = deque()
         now = time.monotonic()
         for job in self.waiting:
+            if job.future.cancelled() or job.deadline <= now:  # its client went away while it waited: dropped
+                continue
             lane = job.served.lane
             rows = joining.setdefault(lane.batch, (lane, []))[1]
             if len(self.decoding.get(lane.batch, ())) + len(rows) >= self.max_batch:
                 still_waiting.append(job)
-            elif job.deadline > now and job.future.set_running_or_notify_cancel():
+            elif job.future.set_running_or_notify_cancel():
                 rows.append(Running(job.row, lane.adapter, job.served.tokenizer, job.sampling, _answering(job)))
         self.waiting = still_waiting
         for key, (lane, rows) in joining.items():

@@ -48,11 +48,11 @@ class Lane:
 
     model: object
     adapter: str
-    setting: Callable[[set[str]], AbstractContextManager[bool]]
+    setting: Callable[..., AbstractContextManager[bool]]
     batch: tuple
 
 
-def _as_it_is(adapters: set[str]) -> AbstractContextManager[bool]:
+def _as_it_is(adapters: set[str], decoding: bool = True) -> AbstractContextManager[bool]:
     """A model with nothing to switch: no per-row adapters."""
     return nullcontext(False)
 
@@ -203,11 +203,11 @@ class SharedBase:
 
 def _switching(
     target: Target, adapter: str | None, folding: AdapterFolding | None
-) -> Callable[[set[str]], AbstractContextManager[bool]]:
+) -> Callable[..., AbstractContextManager[bool]]:
     """The shared model switched to one adapter (or the base) for a batch of that adapter's rows alone."""
 
     @contextmanager
-    def switched(adapters: set[str]) -> Iterator[bool]:
+    def switched(adapters: set[str], decoding: bool = True) -> Iterator[bool]:
         with _adapter(target, adapter, folding=folding)():
             yield False
 

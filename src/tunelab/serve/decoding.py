@@ -37,9 +37,10 @@ from tunelab.eval.generate import (
     prefill_states,
 )
 
-Setting = Callable[[set[str]], AbstractContextManager[bool]]
-"""Sets the model up for a forward pass over rows using these adapters; the context yields whether the rows'
-adapters must be passed per row (`adapter_names`). See `AdapterFolding.using`."""
+Setting = Callable[..., AbstractContextManager[bool]]
+"""`setting(adapters, decoding=True)` sets the model up for a forward pass over rows using these adapters (a
+decoding step, or with `decoding=False` a prefill); the context yields whether the rows' adapters must be passed
+per row (`adapter_names`). See `AdapterFolding.using`."""
 
 
 @dataclass
@@ -168,7 +169,7 @@ class DecodeBatch:
                 if length:
                     cached.setdefault((length, tuple(ids[:length])), (states, []))[1].append(i)
         fresh = [i for i, ids in enumerate(sequences) if ids and not any(i in group for _, group in cached.values())]
-        with self.setting({adapter}) as per_row:
+        with self.setting({adapter}, decoding=False) as per_row:
             for (length, _), (states, group) in cached.items():
                 for i, row in zip(
                     group, self._continue_from(states, length, [sequences[i] for i in group], adapter, per_row)

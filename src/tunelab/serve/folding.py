@@ -28,9 +28,14 @@ class AdapterFolding:
     off are remembered (each is a walk over every module of the model), until `changed` says adapters came or
     went."""
 
+    STEADY = 8
+    """Decoding steps an adapter must have been alone in its batch before it is folded."""
+
     def __init__(self, model, fold: bool = True):
         self.model, self.fold_enabled = model, fold
         self.folded: str | None = None
+        self.alone: tuple[str | None, int] = (None, 0)
+        """The adapter alone in the last decoding steps (None: a mix), and for how many steps in a row."""
         self.kept: dict[LoraLayer, torch.Tensor] = {}
         self.layers_off = False
         self._layers: list[LoraLayer] | None = None
@@ -111,13 +116,21 @@ class AdapterFolding:
             self.layers_off = off
 
     @contextmanager
-    def using(self, adapters: set[str]) -> Iterator[bool]:
-        """The model set up for one step over rows that use `adapters`; yields whether the rows' adapters must be
-        passed per row (`adapter_names`). One foldable adapter is folded and the adapter layers are off (the
-        weights hold it); the base alone runs with the adapter layers off and the weights unfolded; a mix runs
-        unfolded, per row."""
+    def using(self, adapters: set[str], decoding: bool = True) -> Iterator[bool]:
+        """The model set up for one forward pass over rows that use `adapters`; yields whether the rows' adapters
+        must be passed per row (`adapter_names`).
+
+        The base alone runs with the adapter layers off and the weights unfolded. One adapter runs folded when it
+        is folded already, or when it has been alone in `STEADY` decoding steps in a row; otherwise, and for a
+        mix, the weights are unfolded and the rows' adapters run per row. Folding rewrites every adapted weight,
+        so it waits for a steady batch: under mixed traffic a batch that holds one adapter for a step or two (or
+        a prefill of one adapter's prompts) would fold and unfold at every change, which costs more than it
+        saves."""
         (only,) = adapters if len(adapters) == 1 else (None,)
-        if only is not None and (only == BASE or self.foldable(only)):
+        if decoding:
+            self.alone = (only, self.alone[1] + 1 if only == self.alone[0] else 1)
+        steady = only == self.alone[0] and self.alone[1] >= self.STEADY
+        if only == BASE or (only is not None and (only == self.folded or (steady and self.foldable(only)))):
             if only == BASE:
                 self.unfold()
             else:
