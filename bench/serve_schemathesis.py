@@ -105,6 +105,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tunelab-schemathesis-") as folder:
         served = targets(Path(folder), args.run)
         options = ["--api-key", KEY, "--threads", str(args.threads), *LIMITS]
+        options += ["--allow-adapter-loading", "--adapter-root", folder]  # the load/unload endpoints fuzzed too
         with running_server(served, *options) as url:
             for result in served_schema(url).get_all_operations():
                 operation = result.ok()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -226,6 +227,39 @@ def print_targets(figures: dict[tuple[str, int], dict]) -> None:
     p99(MIXED)
 
 
+def mixing_cost(run: Path, folder: Path, args) -> None:
+    """Like for like: a server holding MIXED copies of one run's adapter (equal weights under different names, so
+    every answer has the same tokens), continuous batching, every request to one copy (folded) against request i
+    to copy i % MIXED (rows of MIXED adapters in one batch, run per row): what mixing adapters costs, free of the
+    answer lengths that differ between distinct adapters."""
+    copies = []
+    for i in range(MIXED):
+        copy = folder / f"copy-{i}"
+        shutil.copytree(run, copy)
+        copies.append(f"c{i}={copy}")
+    names = [f"c{i}" for i in range(MIXED)]
+    with running_server(copies, *tunelab_options(args.threads, args.max_tokens)) as url:
+        one = {c: load(url, names[:1], c, args.requests, args.max_tokens) for c in args.levels}
+        mixed = {c: load(url, names, c, args.requests, args.max_tokens) for c in args.levels}
+    print(f"\nMixing cost, like for like ({MIXED} copies of one adapter, continuous batching):")
+    print("| requests to | concurrency | requests/s | tokens/s | tokens/request | p50 s | p99 s | vs one copy |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, by_level in (("one copy (folded)", one), (f"{MIXED} copies mixed (per row)", mixed)):
+        for c, f in by_level.items():
+            ratio = f["tokens_per_s"] / one[c]["tokens_per_s"]
+            print(
+                f"| {label} | {c} | {f['requests_per_s']:.2f} | {f['tokens_per_s']:.1f} | "
+                f"{f['tokens_per_request']:.1f} | {f['p50']:.2f} | {f['p99']:.2f} | {ratio:.2f}x |"
+            )
+    c = TARGET_CONCURRENCY
+    if c in one:
+        value = mixed[c]["tokens_per_s"] / one[c]["tokens_per_s"]
+        verdict = "PASS" if value >= 0.8 else "MISSED"
+        print(
+            f"- {MIXED} mixed adapters >= 0.8x one adapter, like for like, concurrency {c}: {value:.2f}x ({verdict})"
+        )
+
+
 def merged_speed(run: Path, merged: Path, continuous: dict, args) -> None:
     """The issue's "answer at the merged model's speed": the LoRA run alone on its server (continuous batching,
     its adapter folded while it is the only one in use) against the same run merged, served by tunelab, at
@@ -369,6 +403,7 @@ def main() -> None:
         print_table(figures)
         print_targets(figures)
         merged_speed(runs[0], merged, figures["continuous", 1], args)
+        mixing_cost(runs[0], folder, args)
         print_head_of_line(runs, classifier, args.threads)
         if not args.run:
             print_memory(runs)

@@ -4,6 +4,7 @@ portability tests and benchmarks use; and one target of every kind the server ta
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import re
@@ -376,7 +377,8 @@ def free_port() -> int:
 @contextmanager
 def running_server(targets: list[str], *options: str, startup_seconds: float = 300, port: int | None = None):
     """`tunelab serve TARGETS OPTIONS` on 127.0.0.1 (a free port unless given); yields its base URL once /health
-    answers, and stops it."""
+    answers, and stops it. Its output is read as it comes (the last lines kept for an error): a pipe nobody
+    reads fills up after some 64 KB of access log, and the server then blocks on its next log line."""
     port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tunelab", "serve", *targets, "--port", str(port), *options],
@@ -384,12 +386,16 @@ def running_server(targets: list[str], *options: str, startup_seconds: float = 3
         stderr=subprocess.STDOUT,
         text=True,
     )
+    output: collections.deque[str] = collections.deque(maxlen=200)
+    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_seconds
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}:\n{process.stdout.read()[-4000:]}")
+                reader.join(timeout=10)
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{''.join(output)[-4000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not answer /health in time")
             try:
