@@ -335,3 +335,21 @@ def test_the_prefix_cache_keeps_to_its_capacity_and_forgets_an_unloaded_adapter(
     assert cache.tokens <= 40 and cache.longest("b", list(range(100, 125)))[0] == 24
     cache.forget("b")
     assert cache.longest("b", list(range(100, 125)))[0] == 0 and cache.tokens >= 0
+
+
+def test_a_server_told_not_to_fold_runs_a_lone_adapter_per_row(trained_run, tiny_decoder, copy_task_file):
+    run = trained_run(
+        method_config,
+        "causal_lm",
+        tiny_decoder,
+        copy_task_file,
+        method="lora",
+        max_steps=4,
+        learning_rate=1e-2,
+        seed=1,
+    )
+    folding = load_catalog([f"a={run.path}"], fold_adapters=False).models["a"].lane.setting.__self__
+    for _ in range(folding.STEADY + 1):
+        with folding.using({"a"}) as per_row:
+            assert per_row
+    assert folding.folded is None and folding.kept_bytes() == 0

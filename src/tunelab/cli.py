@@ -458,6 +458,7 @@ def _cmd_serve(args) -> None:
         timeout_s=args.timeout,
         batching=args.batching,
         prefix_cache_tokens=args.prefix_cache_tokens,
+        fold_adapters=args.fold_adapters,
         threads=args.threads,
         allow_adapter_loading=args.allow_adapter_loading,
         adapter_root=args.adapter_root,
@@ -917,6 +918,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["continuous", "static"],
         default="continuous",
         help="continuous: requests join and leave the decoding batch at every step; static: a batch runs to its end",
+    )
+    serve.add_argument(
+        "--no-fold-adapters",
+        dest="fold_adapters",
+        action="store_false",
+        help="never fold a LoRA adapter into its base's weights: saves the copy of the adapted weights folding keeps "
+        "(about the size of those weights), at the unmerged adapter's speed",
     )
     serve.add_argument(
         "--prefix-cache-tokens",

@@ -59,7 +59,7 @@ def run_server(targets: list[str], host: str, port: int, settings: ServeSettings
 
     torch.set_num_threads(settings.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(load_catalog(targets), settings)
+    app = create_app(load_catalog(targets, settings.fold_adapters), settings)
     key = "an API key (Authorization: Bearer)" if settings.api_key else "no API key"
     loading = (
         f", adapters loaded from {settings.adapter_root} (up to {settings.max_adapters})"

@@ -165,11 +165,12 @@ class SharedBase:
 
     target: Target
     mixable: bool
+    fold: bool = True
     folding: AdapterFolding | None = None
 
     def __post_init__(self) -> None:
         if self.mixable:
-            self.folding = AdapterFolding(self.target.model)
+            self.folding = AdapterFolding(self.target.model, self.fold)
 
     def load(self, adapter: str, run: RunDir) -> None:
         """Add `run`'s adapter to the model under the name `adapter`."""
@@ -257,7 +258,9 @@ class AdapterPlan:
 class Catalog:
     """The served model ids, in the order given."""
 
-    def __init__(self) -> None:
+    def __init__(self, fold_adapters: bool = True) -> None:
+        self.fold_adapters = fold_adapters
+        """Whether a LoRA adapter alone in its batch is folded into its base's weights (`AdapterFolding`)."""
         self.models: dict[str, Served] = {}
         self._shared: dict[tuple, SharedBase] = {}
         self.adapters: dict[str, tuple] = {}
@@ -276,7 +279,7 @@ class Catalog:
             model = method.load(load_base(config, labels, new_head=False), run.model_dir, adapter_name=model_id)
             model.eval()
             target = trained_target(model, load_tokenizer(str(run.model_dir)), config, labels, config.model.name)
-            shared = self._shared[key] = SharedBase(target, mixable=key[-1] == "LORA")
+            shared = self._shared[key] = SharedBase(target, key[-1] == "LORA", self.fold_adapters)
             if target.generates and config.model.name not in self.models:  # the base, with its adapters off
                 answering = _adapter(target, None, folding=shared.folding)
                 base = Served(config.model.name, *_kind(target), answering, target.tokenizer, tasks)
@@ -385,11 +388,11 @@ class Catalog:
             self.add_model(name or reference, reference)
 
 
-def load_catalog(targets: list[str]) -> Catalog:
+def load_catalog(targets: list[str], fold_adapters: bool = True) -> Catalog:
     """Load every target; runs sharing a base load it once."""
     if not targets:
         raise CatalogError("give at least one TARGET: a run directory, a registry name or a model folder")
-    catalog = Catalog()
+    catalog = Catalog(fold_adapters)
     for item in targets:
         print(f"loading {item} ...", flush=True)
         catalog.add(item)

@@ -11,11 +11,14 @@ adapter scales by its magnitude vector, which is no weight delta); the others al
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from peft.tuners.lora import LoraLayer
+
+logger = logging.getLogger("tunelab.serve")
 
 BASE = "__base__"
 """PEFT's name, in `adapter_names`, for a row with no adapter."""
@@ -73,14 +76,22 @@ class AdapterFolding:
         if self.folded == adapter:
             return
         self.unfold()
+        added = False
         for layer in self.layers():
             if adapter not in layer.lora_A:
                 continue
             weight = layer.get_base_layer().weight
             if layer not in self.kept:
                 self.kept[layer] = weight.detach().clone()
+                added = True
             weight.copy_(self.kept[layer] + layer.get_delta_weight(adapter).to(weight.dtype))
         self.folded = adapter
+        if added:
+            logger.info(
+                "folding LoRA adapters into their base: %.0f MB of base weights kept to unfold them "
+                "(--no-fold-adapters saves it)",
+                self.kept_bytes() / 2**20,
+            )
 
     @torch.no_grad()
     def unfold(self) -> None:

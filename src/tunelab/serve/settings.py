@@ -32,6 +32,9 @@ class ServeSettings:
     batching: str = "continuous"
     """'continuous' (rows join and leave the decoding batch at every step) or 'static' (a batch generated to its
     end, then the next)."""
+    fold_adapters: bool = True
+    """Fold a LoRA adapter alone in its batch into its base's weights (merged speed, at the cost of a copy of the
+    adapted weights kept to unfold them)."""
     prefix_cache_tokens: int = 4096
     """Prompt-beginning tokens whose key/value states each served base keeps for later prompts (0: none)."""
     threads: int = field(default_factory=default_threads)
