@@ -284,9 +284,10 @@ def served_schema(url: str):
 
 def _served_model(case, use: bool, served: dict[str, str]):
     """Half the generated requests name a served model (the schema's `model` examples), so that the fuzzing reaches
-    the model and its 200s, not only the 404 of a random name. A request without `model` keeps lacking it: an
-    invalid request must stay invalid."""
-    if use and isinstance(case.body, dict) and "model" in case.body and case.path in served:
+    the model and its 200s, not only the 404 of a random name. A request without `model`, or with a `model` that is
+    not a string, keeps it: an invalid request must stay invalid (the larger Schemathesis bench once had an array
+    `model`, the only invalid part of its request, replaced, and then counted the valid request's 200 as a failure)."""
+    if use and isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and case.path in served:
         case.body["model"] = served[case.path]
     return case
 
