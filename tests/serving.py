@@ -268,10 +268,12 @@ def expected_outcomes(models: dict[str, str]) -> dict[tuple[str, str], str]:
     }
 
 
-SCHEMA_REJECTIONS = {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "413", "429"]}}}
+SCHEMA_REJECTIONS = {
+    "checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "409", "413", "429", "503"]}}
+}
 """How `tunelab serve` refuses an invalid request, as Schemathesis config: a 400 naming the field, or before reading
 it, a 413 when the body is over --max-body-bytes (long generated strings often are; schemathesis' own list has no
-413)."""
+413); an adapter unload's 409 (in flight) and a load's 503 (every adapter busy) too."""
 
 
 def served_schema(url: str):

@@ -19,12 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from safetensors.torch import load_file, save_file
 from schemathesis import GenerationMode
-from schemathesis.checks import positive_data_acceptance
-from schemathesis.config import SchemathesisConfig
 
 from tunelab import cli
 from tunelab.config import ConfigError
@@ -36,14 +33,20 @@ from tunelab.serve.catalog import CatalogError, load_catalog
 from tunelab.serve.settings import ServeSettings
 
 from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
-from serving import call, in_process, readme_curl_text, readme_serving_blocks, running_server, tiny_lora_run
+from serving import (
+    call,
+    call_and_check,
+    fuzz_settings,
+    in_process,
+    readme_curl_text,
+    readme_serving_blocks,
+    running_server,
+    served_schema,
+    tiny_lora_run,
+)
 
 KEY = {"Authorization": "Bearer secret"}
 PROMPTS = ["repeat the word film", "repeat the word dull", "repeat the word cast"]
-REJECTIONS = SchemathesisConfig.from_dict(
-    {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "409", "413", "503"]}}}
-)
-"""How these endpoints refuse an invalid request (test_serve.py's list, with an unload's 409 and a load's 503)."""
 LONG = 2000
 """A budget the base (and an adapter with no delta) does not finish within the test: it never ends on EOS."""
 
@@ -393,16 +396,16 @@ def test_schemathesis_finds_the_loading_endpoints_as_the_schema_says(root, mode)
     """Loads and unloads generated from `/openapi.json` (names and paths at random, a few of which name runs of the
     root): every answer has a published status, content type and body, and none is a 5xx."""
     with serving(root, "a", "b", max_adapters=3) as url:
-        schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=REJECTIONS)
+        schema = served_schema(url)
         answered = collections.Counter()
 
         @given(case=schema.include(path_regex="lora_adapter").as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
-        )
+        @fuzz_settings(max_examples=40)
         def conforms(case):
-            response = case.call_and_validate(headers=KEY, excluded_checks=[positive_data_acceptance])
+            response, failed = call_and_check(case, KEY)
             answered[response.status_code] += 1
+            if failed:
+                raise failed
 
         conforms()
     assert answered[400], answered

@@ -200,11 +200,12 @@ def test_folding_an_adapter_writes_its_delta_and_unfolding_gives_the_base_back_e
         with folding.using({"a", "b"}) as per_row:
             assert per_row
             unfolded = model(input_ids=ids, adapter_names=["a"]).logits
-        for _ in range(folding.STEADY - 1):  # one adapter alone: it runs per row until the batch is steady
+        for _ in range(folding.STEADY - 1):  # one adapter alone: PEFT's active adapter until the batch is steady
             with folding.using({"a"}) as per_row:
-                assert per_row and folding.folded is None
+                assert not per_row and folding.folded is None and model.active_adapter == "a"
+                assert torch.allclose(model(input_ids=ids).logits, unfolded, atol=1e-5)
         with folding.using({"b"}, decoding=False) as per_row:  # a prefill neither folds nor resets the count
-            assert per_row and folding.folded is None
+            assert not per_row and folding.folded is None and model.active_adapter == "b"
         with folding.using({"a"}) as per_row:
             assert not per_row and folding.folded == "a"
             folded = model(input_ids=ids).logits
@@ -337,7 +338,7 @@ def test_the_prefix_cache_keeps_to_its_capacity_and_forgets_an_unloaded_adapter(
     assert cache.longest("b", list(range(100, 125)))[0] == 0 and cache.tokens >= 0
 
 
-def test_a_server_told_not_to_fold_runs_a_lone_adapter_per_row(trained_run, tiny_decoder, copy_task_file):
+def test_a_server_told_not_to_fold_runs_a_lone_adapter_unmerged(trained_run, tiny_decoder, copy_task_file):
     run = trained_run(
         method_config,
         "causal_lm",
@@ -351,5 +352,5 @@ def test_a_server_told_not_to_fold_runs_a_lone_adapter_per_row(trained_run, tiny
     folding = load_catalog([f"a={run.path}"], fold_adapters=False).models["a"].lane.setting.__self__
     for _ in range(folding.STEADY + 1):
         with folding.using({"a"}) as per_row:
-            assert per_row
-    assert folding.folded is None and folding.kept_bytes() == 0
+            assert not per_row and folding.folded is None
+    assert folding.kept_bytes() == 0
