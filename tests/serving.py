@@ -328,6 +328,26 @@ def call_and_check(case, headers: dict):
     return response, None
 
 
+def conforming_statuses(cases, max_examples: int, headers: dict) -> collections.Counter:
+    """Send `max_examples` of the generated requests `cases` (a Hypothesis strategy, e.g. `schema_cases`) with
+    `headers`, each answer checked by `call_and_check`; the first failure is raised. Returns how often each status
+    came back, for the test to assert what was reached."""
+    from hypothesis import given
+
+    answered: collections.Counter = collections.Counter()
+
+    @given(case=cases)
+    @fuzz_settings(max_examples=max_examples)
+    def conforms(case):
+        response, failed = call_and_check(case, headers)
+        answered[response.status_code] += 1
+        if failed:
+            raise failed
+
+    conforms()
+    return answered
+
+
 def fuzz_settings(max_examples: int):
     """Hypothesis settings of a Schemathesis run against a server: `max_examples`, no deadline (a generation takes
     its time), no health check (a server is slow by Hypothesis' measure), nothing remembered between runs and the

@@ -5,7 +5,6 @@ recently used adapter with no request in flight, and refuses while every one is 
 
 from __future__ import annotations
 
-import collections
 import json
 import random
 import shlex
@@ -19,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from hypothesis import given
 from safetensors.torch import load_file, save_file
 from schemathesis import GenerationMode
 
@@ -35,8 +33,7 @@ from tunelab.serve.settings import ServeSettings
 from helpers import NEGATIVE, NOUNS, POSITIVE, session_home, write_jsonl
 from serving import (
     call,
-    call_and_check,
-    fuzz_settings,
+    conforming_statuses,
     in_process,
     readme_curl_text,
     readme_serving_blocks,
@@ -396,16 +393,6 @@ def test_schemathesis_finds_the_loading_endpoints_as_the_schema_says(root, mode)
     """Loads and unloads generated from `/openapi.json` (names and paths at random, a few of which name runs of the
     root): every answer has a published status, content type and body, and none is a 5xx."""
     with serving(root, "a", "b", max_adapters=3) as url:
-        schema = served_schema(url)
-        answered = collections.Counter()
-
-        @given(case=schema.include(path_regex="lora_adapter").as_strategy(generation_mode=mode))
-        @fuzz_settings(max_examples=40)
-        def conforms(case):
-            response, failed = call_and_check(case, KEY)
-            answered[response.status_code] += 1
-            if failed:
-                raise failed
-
-        conforms()
+        cases = served_schema(url).include(path_regex="lora_adapter").as_strategy(generation_mode=mode)
+        answered = conforming_statuses(cases, 40, KEY)
     assert answered[400], answered

@@ -25,20 +25,26 @@ LONG = 1500
 """Tokens of a long answer: the untrained base never ends on EOS, so it runs to this budget (seconds)."""
 
 
+def copy_run(trained_run, tiny_decoder, copy_task_file, seed: int, method: str = "lora"):
+    """The tiny decoder tuned with `method` on the copy task (4 steps at 1e-2), shared per session; each seed a
+    different adapter on the same base."""
+    return trained_run(
+        method_config,
+        "causal_lm",
+        tiny_decoder,
+        copy_task_file,
+        method=method,
+        max_steps=4,
+        learning_rate=1e-2,
+        seed=seed,
+    )
+
+
 @pytest.fixture(scope="module")
 def catalog(trained_run, tiny_decoder, copy_task_file, classifier_run):
     """Three LoRA runs of the tiny decoder (one base, three adapters, the base served too) and a LoRA classifier."""
     adapters = {
-        name: trained_run(
-            method_config,
-            "causal_lm",
-            tiny_decoder,
-            copy_task_file,
-            method="lora",
-            max_steps=4,
-            learning_rate=1e-2,
-            seed=seed,
-        )
+        name: copy_run(trained_run, tiny_decoder, copy_task_file, seed, "lora")
         for name, seed in (("a", 1), ("b", 2), ("c", 3))
     }
     targets = [f"{name}={run.path}" for name, run in adapters.items()]
@@ -267,19 +273,7 @@ def test_every_adapter_type_on_a_shared_base_answers_as_alone(
     adapter decodes in a batch of its own; prefix tuning (virtual tokens in the cache) goes through `generate`,
     a batch per adapter. A LoRA and a DoRA adapter on one base take turns: the LoRA one folded into the weights,
     which are unfolded before the DoRA batch's step. In every case answers under load equal answers alone."""
-    runs = [
-        trained_run(
-            method_config,
-            "causal_lm",
-            tiny_decoder,
-            copy_task_file,
-            method=method,
-            max_steps=4,
-            learning_rate=1e-2,
-            seed=seed,
-        )
-        for seed, method in zip((1, 2), methods)
-    ]
+    runs = [copy_run(trained_run, tiny_decoder, copy_task_file, seed, method) for seed, method in zip((1, 2), methods)]
     served = load_catalog([f"x={runs[0].path}", f"y={runs[1].path}"]).models
     lanes = [served[name].lane for name in "xy"]
     if batching == "a batch per adapter":
@@ -339,16 +333,7 @@ def test_the_prefix_cache_keeps_to_its_capacity_and_forgets_an_unloaded_adapter(
 
 
 def test_a_server_told_not_to_fold_runs_a_lone_adapter_unmerged(trained_run, tiny_decoder, copy_task_file):
-    run = trained_run(
-        method_config,
-        "causal_lm",
-        tiny_decoder,
-        copy_task_file,
-        method="lora",
-        max_steps=4,
-        learning_rate=1e-2,
-        seed=1,
-    )
+    run = copy_run(trained_run, tiny_decoder, copy_task_file, 1, "lora")
     folding = load_catalog([f"a={run.path}"], fold_adapters=False).models["a"].lane.setting.__self__
     for _ in range(folding.STEADY + 1):
         with folding.using({"a"}) as per_row:
